@@ -1,0 +1,73 @@
+"""Every Celery setting of seqproc, derived from the typed settings (``models.settings``); nothing else.
+
+``celery_config(settings)`` builds them; the module-level names are the same for the process's own settings, so
+``celery -A worker.app`` tools and Flower see what ``seqproc`` uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Queue
+
+from models.settings import Settings, get_settings
+from producer.routing import queue_name
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    redis_broker = settings.broker_url.startswith(("redis://", "rediss://"))
+    transport_options: dict[str, Any] = {}
+    if redis_broker:
+        transport_options = {
+            # A killed worker's unacknowledged events come back after this (Celery's default is one hour).
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Look for such events every few seconds; kombu's defaults scan only every 100 s.
+            "unacked_restore_interval": settings.restore_interval_s,
+            "unacked_restore_throttle": 1,
+            # No priorities on partition queues: one Redis list per queue keeps BRPOP short and FIFO exact.
+            "priority_steps": [0],
+            "socket_connect_timeout": 5,
+            # Bounds a publish or ack on a broker that vanished without closing the connection.
+            "socket_timeout": 30,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+        }
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 5,
+        # The per-event outcomes live in the result backend (see models.outcomes); tasks themselves store none.
+        "result_backend": "cache+memory://"
+        if settings.result_backend.startswith("memory://")
+        else settings.result_backend,
+        "task_ignore_result": True,
+        # JSON only, never pickle: a message of another content type is dead-lettered, not run.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "task_protocol": 2,
+        # acks_late: a crash before commit must redeliver. The worker acks each message itself after the commit.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": False,
+        # One process per worker (solo pool); it may hold this many messages unacknowledged.
+        "worker_prefetch_multiplier": settings.prefetch_messages,
+        "worker_concurrency": 1,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_queues": [Queue(queue_name(p), routing_key=queue_name(p)) for p in range(settings.partitions)],
+        "task_default_queue": queue_name(0),
+        "task_create_missing_queues": False,
+        "worker_consumer": "worker.consumer:SeqprocConsumer",
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "broker_pool_limit": 32,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+globals().update(celery_config(get_settings()))

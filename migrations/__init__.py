@@ -1,0 +1,1 @@
+"""Alembic migrations; ``seqproc migrate`` runs them (``worker.migrate``)."""

@@ -1,0 +1,42 @@
+"""Every error seqproc raises derives from :class:`SeqprocError`.
+
+The names say what went wrong; the messages say which field or setting, what was wrong, and what is allowed,
+so that a person can act on them without reading a traceback.
+"""
+
+from __future__ import annotations
+
+
+class SeqprocError(Exception):
+    """Base of every error seqproc raises."""
+
+
+class ConfigError(SeqprocError, ValueError):
+    """A setting (``SEQPROC_*``) has a value that is not allowed."""
+
+
+class InvalidEvent(SeqprocError, ValueError):
+    """An event failed validation; nothing was sent.
+
+    ``field`` names the offending field (``"article_id"``, ``"quantity"``, ...).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class PublishError(SeqprocError):
+    """The broker did not accept an event within the bounded retry; the event was NOT sent."""
+
+
+class OutcomeTimeout(SeqprocError, TimeoutError):
+    """No outcome was reported for an event within the wait. The event is not lost: it is queued or in flight."""
+
+
+class PartitionFenced(SeqprocError):
+    """This worker's epoch for a partition is no longer current: another worker owns it, so it must not commit."""
+
+
+class PartitionCountMismatch(SeqprocError):
+    """The configured partition count differs from the one the database was set up with."""

@@ -1,0 +1,144 @@
+"""Per-event outcomes: what the worker decided for each event, reported to whoever waits on its receipt.
+
+The ledger in PostgreSQL is the durable record. The outcome store (the result backend, Redis) is how a producer
+learns it quickly: after each commit the worker writes one small list per event id, and ``Receipt.wait`` blocks on it
+with ``BLMOVE key key`` (a non-destructive blocking read), so there is no polling and no missed notification.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import redis
+
+Status = Literal["applied", "duplicate", "rejected"]
+
+OUTCOME_KEY_PREFIX = "seqproc:outcome:"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """``status`` is ``applied``, ``duplicate`` or ``rejected``; ``reason`` says why (``insufficient_stock``,
+    ``stale``, ...) or what an applied event found (``already_liked``). A duplicate carries ``first``, the outcome
+    of the first application of its key."""
+
+    status: Status
+    reason: str | None = None
+    first: Outcome | None = None
+
+    @property
+    def effective(self) -> Outcome:
+        """The outcome that counts: ``first`` for a duplicate, else this one."""
+        return self.first if self.first is not None else self
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"status": self.status}
+        if self.reason is not None:
+            wire["reason"] = self.reason
+        if self.first is not None:
+            wire["first"] = self.first.to_wire()
+        return wire
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Outcome:
+        first = data.get("first")
+        return cls(status=data["status"], reason=data.get("reason"), first=cls.from_wire(first) if first else None)
+
+
+class OutcomeStore(Protocol):
+    def put_many(self, outcomes: Sequence[tuple[str, Outcome]]) -> None: ...
+
+    def wait(self, event_id: str, timeout_s: float) -> Outcome | None: ...
+
+    def get_many(self, event_ids: Sequence[str]) -> list[Outcome | None]: ...
+
+
+class RedisOutcomeStore:
+    """Outcomes in Redis, one list of one element per event id, expiring after ``ttl_s``."""
+
+    def __init__(self, url: str, *, ttl_s: int) -> None:
+        self._client = redis.Redis.from_url(url, socket_connect_timeout=5)
+        self._ttl_s = ttl_s
+
+    def put_many(self, outcomes: Sequence[tuple[str, Outcome]]) -> None:
+        if not outcomes:
+            return
+        # One round trip for the whole batch. DEL first: a redelivered event's later report (duplicate) replaces
+        # the earlier one instead of queueing behind it.
+        pipe = self._client.pipeline(transaction=False)
+        for event_id, outcome in outcomes:
+            key = OUTCOME_KEY_PREFIX + event_id
+            pipe.delete(key)
+            pipe.rpush(key, json.dumps(outcome.to_wire(), separators=(",", ":")))
+            pipe.expire(key, self._ttl_s)
+        pipe.execute()
+
+    def wait(self, event_id: str, timeout_s: float) -> Outcome | None:
+        key = OUTCOME_KEY_PREFIX + event_id
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            # BLMOVE onto the same list rotates its single element: a blocking read that leaves it in place,
+            # so a second wait() (or another process) sees it too. Slices keep the socket from looking dead.
+            # Redis takes a fractional timeout; redis-py's stub says int.
+            raw = self._client.blmove(key, key, min(remaining, 5.0), "RIGHT", "LEFT")  # type: ignore[arg-type]
+            if raw is not None:
+                return Outcome.from_wire(json.loads(raw))
+
+    def get_many(self, event_ids: Sequence[str]) -> list[Outcome | None]:
+        pipe = self._client.pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.lindex(OUTCOME_KEY_PREFIX + event_id, 0)
+        return [Outcome.from_wire(json.loads(raw)) if raw else None for raw in pipe.execute()]
+
+
+class MemoryOutcomeStore:
+    """Outcomes in this process, for the embedded mode (in-process worker on Celery's memory transport)."""
+
+    def __init__(self) -> None:
+        self._outcomes: dict[str, Outcome] = {}
+        self._changed = threading.Condition()
+
+    def put_many(self, outcomes: Sequence[tuple[str, Outcome]]) -> None:
+        with self._changed:
+            self._outcomes.update(outcomes)
+            self._changed.notify_all()
+
+    def wait(self, event_id: str, timeout_s: float) -> Outcome | None:
+        with self._changed:
+            self._changed.wait_for(lambda: event_id in self._outcomes, timeout=timeout_s)
+            return self._outcomes.get(event_id)
+
+    def get_many(self, event_ids: Sequence[str]) -> list[Outcome | None]:
+        with self._changed:
+            return [self._outcomes.get(event_id) for event_id in event_ids]
+
+
+_MEMORY_STORE = MemoryOutcomeStore()
+_STORES: dict[tuple[str, int], OutcomeStore] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def outcome_store(url: str, *, ttl_s: int) -> OutcomeStore:
+    """The store for a result-backend URL, one per URL per process."""
+    if url.startswith("memory://"):
+        return _MEMORY_STORE
+    with _STORES_LOCK:
+        store = _STORES.get((url, ttl_s))
+        if store is None:
+            store = _STORES[(url, ttl_s)] = RedisOutcomeStore(url, ttl_s=ttl_s)
+        return store
+
+
+def count_statuses(outcomes: Iterable[Outcome]) -> dict[str, int]:
+    counts = {"applied": 0, "duplicate": 0, "rejected": 0}
+    for outcome in outcomes:
+        counts[outcome.status] += 1
+    return counts

@@ -1,0 +1,148 @@
+"""Typed settings, read from the environment (prefix ``SEQPROC_``).
+
+One object for the producer, the worker, the CLI and ``celeryconfig.py``. A bad value fails at start with one line
+naming the variable, the rule and the value given (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.errors import ConfigError
+
+#: Local services on a developer machine; docker-compose overrides these.
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/seqproc"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6379/1"
+#: 16 partitions: enough to spread over a few worker hosts; fixed per deployment (changing it re-routes keys).
+DEFAULT_PARTITIONS = 16
+MAX_PARTITIONS = 1024
+
+ENV_PREFIX = "SEQPROC_"
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Field ``x`` is read from ``SEQPROC_X``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    database_url: str = DEFAULT_DATABASE_URL
+    broker_url: str = DEFAULT_BROKER_URL
+    result_backend: str = DEFAULT_RESULT_BACKEND
+    partitions: Annotated[int, Field(ge=1, le=MAX_PARTITIONS)] = DEFAULT_PARTITIONS
+
+    #: Most events applied in one database transaction.
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    #: How long the worker waits for more messages before it applies what it holds.
+    batch_interval_ms: Annotated[int, Field(ge=0, le=10_000)] = 2
+    #: Messages a worker process may hold unacknowledged (Celery prefetch for its one process).
+    prefetch_messages: Annotated[int, Field(ge=1, le=10_000)] = 64
+    #: Producer side: how long a call waits to share a message with concurrent calls (0: send at once).
+    linger_ms: Annotated[float, Field(ge=0, le=1_000)] = 0
+    #: Most events packed in one message by the producer.
+    max_events_per_message: Annotated[int, Field(ge=1, le=10_000)] = 500
+
+    #: Idempotency keys are kept this long; must exceed the broker's longest redelivery delay.
+    dedup_window_days: Annotated[float, Field(gt=0, le=3650)] = 7
+    #: A message unacknowledged this long is redelivered (Redis transport). Keep it well above
+    #: ``apply_time_limit_s``; it bounds how fast a killed worker's events come back.
+    visibility_timeout_s: Annotated[int, Field(ge=5, le=86_400)] = 30
+    #: How often workers look for messages past the visibility timeout.
+    restore_interval_s: Annotated[int, Field(ge=1, le=3_600)] = 5
+    #: Statement timeout of an apply transaction (the task time limit of this design).
+    apply_time_limit_s: Annotated[float, Field(gt=0, le=3_600)] = 10
+    #: Longest pause between retries of a transaction that failed for a transient reason.
+    retry_backoff_max_s: Annotated[float, Field(gt=0, le=300)] = 5
+    #: Producer: how long to keep retrying the broker before raising :class:`PublishError`.
+    publish_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10
+    #: Outcomes kept in the result backend for ``receipt.wait()``.
+    outcome_ttl_s: Annotated[int, Field(ge=60, le=30 * 86_400)] = 86_400
+
+    #: Send Celery task events (Flower needs them); they cost CPU per message.
+    task_events: bool = True
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0]
+        if "://" not in value or not scheme.startswith(("postgresql", "sqlite")):
+            raise ValueError("must be a postgresql:// or sqlite:/// URL")
+        if scheme in ("postgresql", "postgres"):
+            # psycopg 3 is the driver this project ships with.
+            return "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "memory://", "amqp://", "pyamqp://")):
+            raise ValueError("must be a redis://, rediss:// or memory:// URL (amqp:// works, Redis is advised)")
+        return value
+
+    @field_validator("result_backend")
+    @classmethod
+    def _result_backend(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "memory://")):
+            raise ValueError("must be a redis://, rediss:// or memory:// URL (it holds per-event outcomes)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @property
+    def embedded(self) -> bool:
+        """True when the broker is Celery's in-process memory transport (demo and unit tests)."""
+        return self.broker_url.startswith("memory://")
+
+    def masked(self) -> dict[str, Any]:
+        """The settings with every password in a URL replaced by ``***``: safe to print and log."""
+        return {
+            name: mask_url(value) if isinstance(value, str) and "://" in value else value
+            for name, value in self.model_dump().items()
+        }
+
+
+def mask_url(url: str) -> str:
+    """``redis://:secret@host/0`` -> ``redis://:***@host/0``; URLs without a password are unchanged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo = f"{parts.username or ''}:***"
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per bad setting: ``SEQPROC_PARTITIONS: must be >= 1 (got '0')``."""
+    lines = []
+    for issue in error.errors():
+        field = str(issue["loc"][0]) if issue["loc"] else "?"
+        message = str(issue["msg"]).removeprefix("Value error, ")
+        got = issue.get("input")
+        lines.append(f"{ENV_PREFIX}{field.upper()}: {message} (got {mask_url(str(got))!r})")
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment; raise :class:`ConfigError` with one clear line if one is bad."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests call ``get_settings.cache_clear()`` after changing the env."""
+    return load_settings()

@@ -1,0 +1,154 @@
+"""What application code calls: ``producer.like(...)``, ``producer.reserve(...)``, ``producer.send_many([...])``.
+
+Every call validates first and raises :class:`InvalidEvent` naming the field (nothing is sent then), stamps the
+event with this process's ordering clock, publishes it to its partition queue and returns a :class:`Receipt` once
+the broker holds it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from models.errors import InvalidEvent
+from models.events import EVENT_TYPES, Event, parse_event, reservation_key
+from models.settings import Settings, get_settings
+from producer.publish import Publisher, publisher_for
+from producer.receipt import Receipt
+from producer.stamps import next_stamp
+
+_settings_override: Settings | None = None
+
+#: The fields each event type takes in ``send_many`` and the CLI (besides ``type``).
+FIELDS: dict[str, tuple[str, ...]] = {
+    "like": ("article_id", "user_id", "idempotency_key"),
+    "unlike": ("article_id", "user_id", "idempotency_key"),
+    "reserve": ("product_id", "quantity", "reservation_id"),
+    "release": ("product_id", "reservation_id"),
+    "commit": ("product_id", "reservation_id"),
+    "restock": ("product_id", "quantity", "idempotency_key"),
+}
+
+
+def configure(settings: Settings | None) -> None:
+    """Use ``settings`` instead of the environment's (None: back to the environment). For tests and embedding."""
+    global _settings_override
+    _settings_override = settings
+
+
+def current_settings() -> Settings:
+    return _settings_override if _settings_override is not None else get_settings()
+
+
+def _publisher() -> Publisher:
+    return publisher_for(current_settings())
+
+
+def build_event(event_type: str, fields: Mapping[str, Any]) -> Event:
+    """Validate caller input and make the wire event; raise :class:`InvalidEvent` naming the caller's field."""
+    if event_type not in EVENT_TYPES:
+        raise InvalidEvent("type", f"must be one of {', '.join(EVENT_TYPES)} (got {event_type!r})")
+    allowed = FIELDS[event_type]
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise InvalidEvent(unknown[0], f"is not a field of a {event_type} event (allowed: {', '.join(allowed)})")
+    data: dict[str, Any] = {"type": event_type, "id": uuid.uuid4().hex, "stamp": next_stamp()}
+    for name in allowed:
+        if name != "idempotency_key" and name in fields:
+            data[name] = fields[name]
+    if event_type in ("reserve", "release", "commit"):
+        rid = fields.get("reservation_id")
+        # A non-string id fails on its own field below; the placeholder key keeps that the only error.
+        data["key"] = reservation_key(event_type, rid if isinstance(rid, str) else "")
+    else:
+        key = fields.get("idempotency_key")
+        # No key: each call is a new event (like, unlike, like again all count). A caller that may retry a
+        # request passes its own key (a request id) so that the retry is recognised.
+        data["key"] = uuid.uuid4().hex if key is None else key
+    try:
+        return parse_event(data)
+    except InvalidEvent as error:
+        if error.field == "key":
+            # The caller knows this field as idempotency_key.
+            raise InvalidEvent("idempotency_key", str(error).split(": ", 1)[1]) from None
+        raise
+
+
+def _send(event: Event) -> Receipt:
+    return _publisher().publish([event])[0]
+
+
+def like(article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Receipt:
+    """``user_id`` likes ``article_id`` (a repeated like changes nothing)."""
+    return _send(
+        build_event("like", {"article_id": article_id, "user_id": user_id, "idempotency_key": idempotency_key})
+    )
+
+
+def unlike(article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Receipt:
+    """``user_id`` takes back their like of ``article_id`` (an unlike without a like changes nothing)."""
+    return _send(
+        build_event("unlike", {"article_id": article_id, "user_id": user_id, "idempotency_key": idempotency_key})
+    )
+
+
+def reserve(product_id: int, quantity: int, *, reservation_id: str) -> Receipt:
+    """Hold ``quantity`` units of ``product_id``; rejected with ``insufficient_stock`` if fewer are available."""
+    return _send(
+        build_event("reserve", {"product_id": product_id, "quantity": quantity, "reservation_id": reservation_id})
+    )
+
+
+def release(product_id: int, reservation_id: str) -> Receipt:
+    """Give a reservation's units back (once). A release that arrives before its reservation cancels it."""
+    return _send(build_event("release", {"product_id": product_id, "reservation_id": reservation_id}))
+
+
+def commit(product_id: int, reservation_id: str) -> Receipt:
+    """Turn an applied reservation into a sale. Rejected for an unknown or released reservation."""
+    return _send(build_event("commit", {"product_id": product_id, "reservation_id": reservation_id}))
+
+
+def restock(product_id: int, quantity: int, *, idempotency_key: str | None = None) -> Receipt:
+    """Add ``quantity`` units of ``product_id`` (creating the product on its first restock)."""
+    return _send(
+        build_event("restock", {"product_id": product_id, "quantity": quantity, "idempotency_key": idempotency_key})
+    )
+
+
+def send_many(events: Iterable[Mapping[str, Any]]) -> list[Receipt]:
+    """Send many events with few messages: one per partition (and per ``max_events_per_message``).
+
+    Each item is a mapping with ``type`` and that type's fields, as the single calls take them, e.g.
+    ``{"type": "like", "article_id": 1, "user_id": 2}``. All are validated before any is sent; the first bad one
+    raises :class:`InvalidEvent` naming its index and field (``events[3].quantity: ...``).
+    Order is kept per partition, hence per article and per product.
+    """
+    built = []
+    for index, spec in enumerate(events):
+        if not isinstance(spec, Mapping):
+            raise InvalidEvent(f"events[{index}]", f"must be a mapping with a 'type' (got {type(spec).__name__})")
+        fields = dict(spec)
+        event_type = fields.pop("type", None)
+        try:
+            built.append(build_event(str(event_type) if event_type is not None else "", fields))
+        except InvalidEvent as error:
+            raise InvalidEvent(f"events[{index}].{error.field}", str(error).split(": ", 1)[1]) from None
+    if not built:
+        return []
+    return _publisher().publish(built)
+
+
+__all__ = [
+    "FIELDS",
+    "build_event",
+    "commit",
+    "configure",
+    "like",
+    "release",
+    "reserve",
+    "restock",
+    "send_many",
+    "unlike",
+]

@@ -1,0 +1,74 @@
+"""What a producer call returns: where the event went, and a way to wait for its outcome."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from models.errors import OutcomeTimeout
+from models.outcomes import Outcome, OutcomeStore
+
+#: ``wait()`` without a timeout waits this long.
+DEFAULT_WAIT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Proof that the broker accepted the event (it is durable as far as the broker is).
+
+    ``idempotency_key`` is the key the ledger applies once; ``event_id`` names this very call.
+    """
+
+    idempotency_key: str
+    event_id: str
+    event_type: str
+    partition: int
+    queue: str
+    stamp: int
+    _store: OutcomeStore = field(repr=False, compare=False)
+
+    def wait(self, timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> Outcome:
+        """Block until the worker reports this event's outcome; raise :class:`OutcomeTimeout` after ``timeout_s``."""
+        outcome = self._store.wait(self.event_id, timeout_s)
+        if outcome is None:
+            raise OutcomeTimeout(
+                f"no outcome for {self.event_type} event {self.idempotency_key!r} (partition {self.partition}) "
+                f"within {timeout_s:g} s: it is queued or being applied, not lost; is a worker consuming "
+                f"{self.queue}?"
+            )
+        return outcome
+
+
+def wait_all(receipts: Sequence[Receipt], timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> list[Outcome]:
+    """The outcomes of many receipts, in order, with few round trips; :class:`OutcomeTimeout` names how many are
+    missing when the time is up."""
+    if not receipts:
+        return []
+    deadline = time.monotonic() + timeout_s
+    outcomes: list[Outcome | None] = [None] * len(receipts)
+    pending = list(range(len(receipts)))
+    pause_s = 0.002
+    while True:
+        # Receipts of one call share a store; group anyway, receipts may come from several publishers.
+        by_store: dict[int, list[int]] = {}
+        for index in pending:
+            by_store.setdefault(id(receipts[index]._store), []).append(index)
+        for indexes in by_store.values():
+            store = receipts[indexes[0]]._store
+            for start in range(0, len(indexes), 1000):
+                chunk = indexes[start : start + 1000]
+                for index, outcome in zip(chunk, store.get_many([receipts[i].event_id for i in chunk]), strict=True):
+                    outcomes[index] = outcome
+        pending = [index for index in pending if outcomes[index] is None]
+        if not pending:
+            return [outcome for outcome in outcomes if outcome is not None]
+        if time.monotonic() >= deadline:
+            first = receipts[pending[0]]
+            raise OutcomeTimeout(
+                f"{len(pending)} of {len(receipts)} events have no outcome after {timeout_s:g} s "
+                f"(first: {first.event_type} {first.idempotency_key!r} on partition {first.partition}); "
+                "they are queued or being applied, not lost"
+            )
+        time.sleep(pause_s)
+        pause_s = min(pause_s * 2, 0.1)

@@ -1,0 +1,315 @@
+"""The consumer side of the apply task: gather messages, apply each partition's events in ONE transaction, then ack.
+
+Why not celery-batches: it declares ``celery<5.7``, hands batches to the pool (we need the single consumer thread
+for per-partition order), and acks nothing we could give back in order on a fence. This strategy is ~150 lines on
+Celery's documented Task.Strategy hook.
+
+Flow per message (in the consumer's thread; the solo pool runs nothing else):
+- decode it (JSON only; invalid events become dead letters) and add it to the buffer;
+- flush when the buffer holds ``batch_size`` events, or as many messages as the prefetch lets us hold (no more will
+  come until we ack), or ``batch_interval_ms`` after the first message came in;
+- flush: per partition, in arrival order, one transaction (ledger, rules, dead letters, fence), retried in place on a
+  transient error; then publish the outcomes, then ack the messages;
+- if the partition was taken over (fenced), the messages go back to the head of their queue, in order, unacked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from celery.worker import state as worker_state
+
+from models.errors import PartitionFenced
+from models.events import APPLY_TASK, Event
+from models.outcomes import Outcome, count_statuses
+from producer.routing import queue_name
+from worker import runtime
+from worker.apply import BatchResult, DeadLetterRecord, apply_batch, store_dead_letters
+from worker.decode import Decoded, decode_message
+from worker.retry import StopRetrying, retry_in_place
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Held:
+    """A message held unacknowledged until its partition's transaction commits."""
+
+    message: Any
+    decoded: Decoded
+    received_s: float
+
+
+class Batcher:
+    """One per worker process. Rebound to the consumer each time Celery (re)starts it, so that a broker
+    reconnect neither loses the buffer nor stops batching."""
+
+    def __init__(self) -> None:
+        self.consumer: Any = None
+        self.buffer: list[Held] = []
+        self.events_held = 0
+        self._timer: Any = None
+
+    # -- wiring -----------------------------------------------------------------------------------------------
+    def bind(self, consumer: Any) -> Callable[..., None]:
+        if self.buffer:
+            # Messages of the previous connection: apply them now; their acks may fail, and a redelivered copy
+            # is then reported as a duplicate. Holding them would let newer events overtake them.
+            self.flush()
+        self.consumer = consumer
+        self._timer = None
+        return self.on_message
+
+    @property
+    def rt(self) -> runtime.Runtime:
+        return runtime.current()
+
+    # -- receiving --------------------------------------------------------------------------------------------
+    def on_message(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> None:
+        settings = self.rt.settings
+        decoded = decode_message(message, partitions=settings.partitions)
+        self.buffer.append(Held(message, decoded, time.monotonic()))
+        self.events_held += len(decoded.events)
+        self._send_event("task-received", decoded, name=APPLY_TASK, args="()", kwargs=self._summary(decoded))
+        prefetch = self.consumer.qos.value if self.consumer is not None and self.consumer.qos else 0
+        timer = getattr(self.consumer, "timer", None) if self.consumer is not None else None
+        if (
+            self.events_held >= settings.batch_size
+            or (prefetch and len(self.buffer) >= prefetch)
+            or settings.batch_interval_ms == 0
+            or self.consumer is None
+            or self.consumer.hub is None  # no event loop (memory transport): no timer thread races the buffer
+            or timer is None
+        ):
+            self.flush()
+        elif self._timer is None:
+            self._timer = timer.call_after(settings.batch_interval_ms / 1000.0, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.flush()
+
+    # -- applying ---------------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held, self.buffer, self.events_held = self.buffer, [], 0
+        by_partition: dict[int | None, list[Held]] = {}
+        for item in held:
+            by_partition.setdefault(item.decoded.partition, []).append(item)
+        for partition, items in by_partition.items():
+            try:
+                self._flush_partition(partition, items)
+            except StopRetrying:
+                logger.warning("shutting down during a retry: %d message(s) go back to their queue", len(items))
+                self._give_back(items)
+
+    def _flush_partition(self, partition: int | None, items: list[Held]) -> None:
+        rt = self.rt
+        events: list[Event] = [event for item in items for event in item.decoded.events]
+        dead: list[DeadLetterRecord] = [d for item in items for d in item.decoded.dead_letters]
+        if partition is None:
+            self._store_dead_letters_only(dead)
+            self._ack(items)
+            return
+        epoch = rt.epochs.get(partition)
+        if epoch is None:
+            logger.warning("partition %d: not owned by this worker; %d message(s) go back", partition, len(items))
+            self._give_back(items)
+            return
+        for item in items:
+            self._send_event("task-started", item.decoded)
+        started = time.monotonic()
+        try:
+            result = self._retry(
+                partial(self._transaction, partition, events, epoch, dead),
+                f"partition {partition}: apply {len(events)} event(s)",
+            )
+        except PartitionFenced as error:
+            logger.error(
+                "partition %d: %s; giving back %d message(s) and stopping its consumer",
+                partition,
+                error,
+                len(items),
+            )
+            rt.epochs.pop(partition, None)
+            self._give_back(items)
+            self._stop_consuming(partition)
+            return
+        except StopRetrying:
+            raise
+        except Exception as error:
+            # Not transient: a bug or a constraint that cannot hold. Find the events at fault, one at a time.
+            logger.exception("partition %d: batch failed (%s); applying its events one at a time", partition, error)
+            result = self._isolate(partition, events, epoch, dead)
+        elapsed = time.monotonic() - started
+        self._report(partition, events, result.outcomes)
+        self._ack(items)
+        position = 0
+        for item in items:
+            count = len(item.decoded.events)
+            mine = result.outcomes[position : position + count]
+            position += count
+            self._send_event(
+                "task-succeeded",
+                item.decoded,
+                result=repr(count_statuses(mine) | {"dead_lettered": len(item.decoded.dead_letters)}),
+                runtime=elapsed,
+            )
+        logger.debug(
+            "partition %d: %d event(s) from %d message(s) in %.1f ms (applied %d, duplicate %d, rejected %d)",
+            partition,
+            len(events),
+            len(items),
+            elapsed * 1000,
+            result.applied,
+            result.duplicates,
+            result.rejected,
+        )
+
+    def _transaction(
+        self, partition: int, events: list[Event], epoch: int, dead: list[DeadLetterRecord]
+    ) -> BatchResult:
+        with self.rt.engine.begin() as conn:
+            return apply_batch(conn, partition, events, epoch=epoch, dead_letters=dead)
+
+    def _isolate(self, partition: int, events: list[Event], epoch: int, dead: list[DeadLetterRecord]) -> BatchResult:
+        """Apply events one per transaction; an event that still fails is dead-lettered with its error."""
+        total = BatchResult()
+        if dead:
+            self._retry(partial(self._transaction, partition, [], epoch, dead), f"partition {partition}: dead letters")
+        for event in events:
+            try:
+                one = self._retry(
+                    partial(self._transaction, partition, [event], epoch, []), f"partition {partition}: {event.key}"
+                )
+            except (PartitionFenced, StopRetrying):
+                raise
+            except Exception as error:
+                record = DeadLetterRecord(
+                    error=f"apply failed: {type(error).__name__}: {error}"[:2000],
+                    body=event.model_dump_json(),
+                    partition=partition,
+                    queue=queue_name(partition),
+                    event_key=event.key,
+                    content_type="application/json",
+                )
+                self._retry(
+                    partial(self._transaction, partition, [], epoch, [record]),
+                    f"partition {partition}: dead-letter {event.key}",
+                )
+                one = BatchResult(outcomes=[Outcome("rejected", "dead_lettered")], rejected=1)
+            total.outcomes.extend(one.outcomes)
+            total.applied += one.applied
+            total.duplicates += one.duplicates
+            total.rejected += one.rejected
+        return total
+
+    def _retry(self, attempt: Callable[[], T], what: str) -> T:
+        return retry_in_place(
+            attempt, what=what, backoff_max_s=self.rt.settings.retry_backoff_max_s, should_stop=_should_stop
+        )
+
+    def _store_dead_letters_only(self, dead: list[DeadLetterRecord]) -> None:
+        if dead:
+            self._retry(partial(self._write_dead_letters, dead), "store dead letters")
+
+    def _write_dead_letters(self, dead: list[DeadLetterRecord]) -> None:
+        with self.rt.engine.begin() as conn:
+            store_dead_letters(conn, dead)
+
+    # -- after commit -----------------------------------------------------------------------------------------
+    def _report(self, partition: int, events: list[Event], outcomes: list[Outcome]) -> None:
+        for event, outcome in zip(events, outcomes, strict=True):
+            if outcome.status != "applied":
+                logger.info(
+                    "partition %d key %s idempotency_key %s: %s %s%s",
+                    partition,
+                    event.entity_key,
+                    event.key,
+                    event.type,
+                    outcome.status,
+                    f" ({outcome.reason})" if outcome.reason else "",
+                )
+        try:
+            self.rt.outcomes.put_many([(event.id, outcome) for event, outcome in zip(events, outcomes, strict=True)])
+        except Exception:
+            # The ledger holds the outcomes; only waiters miss them (they time out, with a clear error).
+            logger.exception("partition %d: could not publish %d outcome(s)", partition, len(events))
+
+    def _ack(self, items: list[Held]) -> None:
+        for item in items:
+            try:
+                item.message.ack()
+            except Exception:
+                # Committed already: a redelivered copy is reported as a duplicate, not applied again.
+                logger.warning(
+                    "could not ack message %s (committed; a redelivery will be a duplicate)",
+                    item.decoded.task_id,
+                    exc_info=True,
+                )
+
+    def _give_back(self, items: list[Held]) -> None:
+        """Return unapplied messages to the head of their queue, oldest next in line, then release them here."""
+        for item in reversed(items):
+            message = item.message
+            qos = getattr(getattr(message, "channel", None), "qos", None)
+            try:
+                if qos is not None and hasattr(qos, "restore_by_tag"):
+                    qos.restore_by_tag(message.delivery_tag, leftmost=False)
+                    message.ack()  # only frees the prefetch slot: the restore already removed it from unacked
+                else:
+                    message.reject(requeue=True)
+            except Exception:
+                logger.warning(
+                    "could not give back message %s; the visibility timeout will",
+                    item.decoded.task_id,
+                    exc_info=True,
+                )
+
+    def _stop_consuming(self, partition: int) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.cancel_task_queue(queue_name(partition))
+            except Exception:
+                logger.warning("could not stop consuming %s", queue_name(partition), exc_info=True)
+
+    def _send_event(self, kind: str, decoded: Decoded, **fields: Any) -> None:
+        dispatcher = getattr(self.consumer, "event_dispatcher", None)
+        if dispatcher is None or not dispatcher.enabled or decoded.task_id is None:
+            return
+        try:
+            dispatcher.send(kind, uuid=decoded.task_id, **fields)
+        except Exception:
+            logger.debug("could not send %s event", kind, exc_info=True)
+
+    @staticmethod
+    def _summary(decoded: Decoded) -> str:
+        return repr(
+            {
+                "partition": decoded.partition,
+                "events": len(decoded.events),
+                "invalid": len(decoded.dead_letters),
+            }
+        )
+
+
+def _should_stop() -> bool:
+    return bool(worker_state.should_stop or worker_state.should_terminate)
+
+
+#: The process's batcher (see :class:`Batcher`).
+BATCHER = Batcher()
+
+
+def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
+    """Celery's Task.Strategy hook: called at each consumer (re)start, returns the per-message handler."""
+    return BATCHER.bind(consumer)

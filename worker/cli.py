@@ -1,0 +1,276 @@
+"""``seqproc``: the command line. Errors become one line on stderr and a named exit code, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from models.errors import (
+    ConfigError,
+    InvalidEvent,
+    OutcomeTimeout,
+    PartitionCountMismatch,
+    PublishError,
+    SeqprocError,
+)
+from models.settings import Settings, load_settings, mask_url
+
+#: Exit codes (dramatiq-style names): scripts can tell a bad setting from a broker that is down.
+RET_OK = 0
+RET_FAILED = 1  # the command ran and found a problem (the demo's invariants did not hold)
+RET_USAGE = 2  # click's code for a bad command line
+RET_CONFIG = 3
+RET_INVALID_EVENT = 4
+RET_UNAVAILABLE = 5
+RET_TIMEOUT = 6
+
+_EXIT_CODES: list[tuple[type[SeqprocError], int]] = [
+    (ConfigError, RET_CONFIG),
+    (PartitionCountMismatch, RET_CONFIG),
+    (InvalidEvent, RET_INVALID_EVENT),
+    (PublishError, RET_UNAVAILABLE),
+    (OutcomeTimeout, RET_TIMEOUT),
+]
+
+logger = logging.getLogger("seqproc")
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """seqproc: apply hot writes (likes, stock) in order, one writer per key, exactly once."""
+
+
+@cli.command()
+def migrate() -> None:
+    """Create the database if needed and bring its schema up to date (Alembic)."""
+    from worker.migrate import migrate as run_migrations
+
+    settings = _settings()
+    _setup_logging("WARNING")
+    run_migrations(settings.database_url)
+    click.echo(f"migrated {mask_url(settings.database_url)}")
+
+
+@cli.command()
+@click.option("--partitions", "spec", default="all", show_default=True, help="Partitions to own: 0-7, 0,3,5-6 or all.")
+@click.option("--hostname", default=None, help="Celery node name (default seqproc-p<partitions>@<host>).")
+@click.option("--loglevel", default=None, help="Log level (default: SEQPROC_LOG_LEVEL).")
+def worker(spec: str, hostname: str | None, loglevel: str | None) -> None:
+    """Run a worker that consumes exactly the given partition queues, one batch at a time."""
+    from worker.partitions import parse_partitions
+    from worker.runner import run_worker
+
+    settings = _settings()
+    level = (loglevel or settings.log_level).upper()
+    _setup_logging(level)
+    partitions = parse_partitions(spec, settings.partitions)
+    sys.exit(run_worker(settings, partitions, hostname=hostname, loglevel=level))
+
+
+@cli.group()
+def show() -> None:
+    """Print the applied state of an article or a product."""
+
+
+def _print_state(state: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(state, sort_keys=True))
+        return
+    width = max(len(k) for k in state)
+    for key, value in state.items():
+        click.echo(f"{key:<{width}}  {value}")
+
+
+def _with_connection(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    from models.db import make_engine
+
+    engine = make_engine(_settings().database_url)
+    try:
+        with engine.connect() as conn:
+            return fn(conn, *args)
+    finally:
+        engine.dispose()
+
+
+@show.command("article")
+@click.argument("article_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def show_article(article_id: int, as_json: bool) -> None:
+    """like_count, and the number of like rows (they must be equal)."""
+    from worker.state import article_state
+
+    _print_state(_with_connection(article_state, article_id), as_json)
+
+
+@show.command("product")
+@click.argument("product_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def show_product(product_id: int, as_json: bool) -> None:
+    """available, reserved, sold and total received."""
+    from worker.state import product_state
+
+    _print_state(_with_connection(product_state, product_id), as_json)
+
+
+def _enqueue(event_type: str, fields: dict[str, Any], wait_s: float | None, as_json: bool) -> None:
+    import producer
+    from producer.api import build_event
+    from producer.publish import publisher_for
+
+    event = build_event(event_type, {k: v for k, v in fields.items() if v is not None})
+    receipt = publisher_for(producer.api.current_settings()).publish([event])[0]
+    result: dict[str, Any] = {
+        "type": event_type,
+        "idempotency_key": receipt.idempotency_key,
+        "event_id": receipt.event_id,
+        "partition": receipt.partition,
+        "queue": receipt.queue,
+    }
+    if wait_s is not None:
+        result["outcome"] = receipt.wait(timeout_s=wait_s).to_wire()
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True))
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in result.items()))
+
+
+def _enqueue_options(fn: Callable[..., None]) -> Callable[..., None]:
+    fn = click.option("--wait", "wait_s", type=float, default=None, help="Wait this many seconds for the outcome.")(fn)
+    return click.option("--json", "as_json", is_flag=True, help="One JSON object.")(fn)
+
+
+@cli.group()
+def enqueue() -> None:
+    """Send one event from the shell (as application code would)."""
+
+
+@enqueue.command("like")
+@click.argument("article_id", type=int)
+@click.argument("user_id", type=int)
+@click.option("--key", "idempotency_key", default=None, help="Idempotency key (default: a fresh one).")
+@_enqueue_options
+def enqueue_like(
+    article_id: int, user_id: int, idempotency_key: str | None, wait_s: float | None, as_json: bool
+) -> None:
+    _enqueue(
+        "like",
+        {"article_id": article_id, "user_id": user_id, "idempotency_key": idempotency_key},
+        wait_s,
+        as_json,
+    )
+
+
+@enqueue.command("unlike")
+@click.argument("article_id", type=int)
+@click.argument("user_id", type=int)
+@click.option("--key", "idempotency_key", default=None, help="Idempotency key (default: a fresh one).")
+@_enqueue_options
+def enqueue_unlike(
+    article_id: int, user_id: int, idempotency_key: str | None, wait_s: float | None, as_json: bool
+) -> None:
+    _enqueue(
+        "unlike",
+        {"article_id": article_id, "user_id": user_id, "idempotency_key": idempotency_key},
+        wait_s,
+        as_json,
+    )
+
+
+@enqueue.command("reserve")
+@click.argument("product_id", type=int)
+@click.argument("quantity", type=int)
+@click.argument("reservation_id")
+@_enqueue_options
+def enqueue_reserve(product_id: int, quantity: int, reservation_id: str, wait_s: float | None, as_json: bool) -> None:
+    _enqueue(
+        "reserve",
+        {"product_id": product_id, "quantity": quantity, "reservation_id": reservation_id},
+        wait_s,
+        as_json,
+    )
+
+
+@enqueue.command("release")
+@click.argument("product_id", type=int)
+@click.argument("reservation_id")
+@_enqueue_options
+def enqueue_release(product_id: int, reservation_id: str, wait_s: float | None, as_json: bool) -> None:
+    _enqueue("release", {"product_id": product_id, "reservation_id": reservation_id}, wait_s, as_json)
+
+
+@enqueue.command("commit")
+@click.argument("product_id", type=int)
+@click.argument("reservation_id")
+@_enqueue_options
+def enqueue_commit(product_id: int, reservation_id: str, wait_s: float | None, as_json: bool) -> None:
+    _enqueue("commit", {"product_id": product_id, "reservation_id": reservation_id}, wait_s, as_json)
+
+
+@enqueue.command("restock")
+@click.argument("product_id", type=int)
+@click.argument("quantity", type=int)
+@click.option("--key", "idempotency_key", default=None, help="Idempotency key (default: a fresh one).")
+@_enqueue_options
+def enqueue_restock(
+    product_id: int, quantity: int, idempotency_key: str | None, wait_s: float | None, as_json: bool
+) -> None:
+    _enqueue(
+        "restock",
+        {"product_id": product_id, "quantity": quantity, "idempotency_key": idempotency_key},
+        wait_s,
+        as_json,
+    )
+
+
+@cli.command()
+@click.option("--threads", default=16, show_default=True, help="Producer threads.")
+@click.option("--events", "events_per_thread", default=400, show_default=True, help="Like/unlike events per thread.")
+@click.option("--workers", default=2, show_default=True, help="Worker processes (partitions split between them).")
+@click.option("--embedded", is_flag=True, help="Use the embedded mode even if PostgreSQL and Redis answer.")
+def demo(threads: int, events_per_thread: int, workers: int, embedded: bool) -> None:
+    """Migrate, start workers, send a burst of likes and reservations, and check every invariant."""
+    from worker.demo import run_demo
+
+    _setup_logging("WARNING")
+    ok = run_demo(threads=threads, events_per_thread=events_per_thread, workers=workers, force_embedded=embedded)
+    sys.exit(RET_OK if ok else RET_FAILED)
+
+
+@cli.command("settings")
+def show_settings() -> None:
+    """Print the settings in effect (passwords masked)."""
+    click.echo(json.dumps(_settings().masked(), indent=2, sort_keys=True))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``seqproc`` console script."""
+    try:
+        code = cli.main(args=argv, prog_name="seqproc", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("seqproc: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except SeqprocError as error:
+        code = next((c for kind, c in _EXIT_CODES if isinstance(error, kind)), RET_FAILED)
+        click.echo(f"seqproc: {type(error).__name__}: {error}", err=True)
+        sys.exit(code)
+    sys.exit(code if isinstance(code, int) else RET_OK)

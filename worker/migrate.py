@@ -1,0 +1,37 @@
+"""Run the Alembic migrations (``seqproc migrate``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+import migrations
+from models.db import ensure_database, make_engine
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # '%' is Alembic's interpolation character; a password may contain it.
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def migrate(database_url: str, *, revision: str = "head") -> None:
+    """Create the database if it is missing, then upgrade it to ``revision``."""
+    ensure_database(database_url)
+    config = alembic_config(database_url)
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()

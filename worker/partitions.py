@@ -1,0 +1,123 @@
+"""Partition ownership: parse ``--partitions``, claim partitions (raising their fencing epochs), and hand a dead
+owner's unacknowledged messages back to the queue at once instead of after the visibility timeout."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+
+from models.base import table_of
+from models.errors import ConfigError, PartitionCountMismatch
+from models.partition import Meta, Partition
+from producer.routing import queue_name
+from worker.sql import upsert
+
+logger = logging.getLogger(__name__)
+
+PARTITIONS = table_of(Partition)
+META = table_of(Meta)
+PARTITION_COUNT = "partition_count"
+
+
+def parse_partitions(spec: str | None, total: int) -> list[int]:
+    """``"0-7"``, ``"0,2,5-6"`` or ``"all"``/None -> sorted partition numbers, each below ``total``."""
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return list(range(total))
+    chosen: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                low_text, high_text = part.split("-", 1)
+                low, high = int(low_text), int(high_text)
+                if low > high:
+                    raise ValueError
+                chosen.update(range(low, high + 1))
+            else:
+                chosen.add(int(part))
+        except ValueError:
+            raise ConfigError(
+                f"--partitions: {part!r} is not a partition number or range like 0-7 (spec {spec!r})"
+            ) from None
+    bad = sorted(p for p in chosen if not 0 <= p < total)
+    if bad:
+        raise ConfigError(f"--partitions: {bad[0]} is out of range; partitions are 0-{total - 1} (SEQPROC_PARTITIONS)")
+    return sorted(chosen)
+
+
+def check_partition_count(engine: Engine, total: int) -> None:
+    """Record the partition count on first use; refuse a different one later (it would re-route keys)."""
+    with engine.begin() as conn:
+        conn.execute(
+            upsert(conn, META).on_conflict_do_nothing(index_elements=[META.c.name]),
+            {"name": PARTITION_COUNT, "value": str(total)},
+        )
+        stored = conn.execute(select(META.c.value).where(META.c.name == PARTITION_COUNT)).scalar_one()
+    if int(stored) != total:
+        raise PartitionCountMismatch(
+            f"SEQPROC_PARTITIONS is {total} but this database was set up with {stored} partitions; changing it "
+            f"re-routes keys: drain the queues, then run `seqproc partitions set {total}`"
+        )
+
+
+def claim(engine: Engine, partitions: Sequence[int], *, owner: str, total: int) -> dict[int, int]:
+    """Take ``partitions``: raise each one's epoch, so that any previous owner can no longer commit.
+
+    Returns partition -> the new epoch, which every apply transaction of this owner checks.
+    """
+    check_partition_count(engine, total)
+    if not partitions:
+        return {}
+    with engine.begin() as conn:
+        conn.execute(
+            upsert(conn, PARTITIONS).on_conflict_do_nothing(index_elements=[PARTITIONS.c.partition]),
+            [{"partition": p, "epoch": 0} for p in partitions],
+        )
+        rows = conn.execute(
+            update(PARTITIONS)
+            .where(PARTITIONS.c.partition.in_(list(partitions)))
+            .values(epoch=PARTITIONS.c.epoch + 1, owner=owner, claimed_at=func.now())
+            .returning(PARTITIONS.c.partition, PARTITIONS.c.epoch)
+        )
+        epochs = {int(p): int(e) for p, e in rows}
+    logger.info("claimed partitions %s as %s", ",".join(map(str, partitions)), owner)
+    return epochs
+
+
+def restore_unacked(channel: Any, queues: Iterable[str]) -> int:
+    """Put back, at the head of their queues and in their original order, the unacknowledged messages of
+    ``queues`` (Redis transport). Called by a new owner right after its claim: the old owner can no longer commit
+    (fenced), so its held messages need not wait for the visibility timeout.
+
+    Any still-live holder of such a message is fenced, and the ledger reports the copy as a duplicate.
+    """
+    qos = getattr(channel, "qos", None)
+    if qos is None or not hasattr(qos, "restore_by_tag"):
+        return 0
+    wanted = set(queues)
+    client = channel.client
+    tags = []
+    for tag, raw in client.hgetall(channel.unacked_key).items():
+        try:
+            _payload, _exchange, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
+            continue
+        if routing_key in wanted:
+            tags.append(tag)
+    if not tags:
+        return 0
+    scores = client.zmscore(channel.unacked_index_key, tags)
+    ordered = sorted(zip(tags, scores, strict=True), key=lambda item: item[1] or 0.0)
+    # Each restore pushes onto the consuming end, so restore the newest first: the oldest ends up next in line.
+    for tag, _score in reversed(ordered):
+        qos.restore_by_tag(tag, leftmost=False)
+    logger.info("restored %d unacknowledged message(s) of %s to the head of their queues", len(tags), sorted(wanted))
+    return len(tags)
+
+
+def queues_for(partitions: Iterable[int]) -> list[str]:
+    return [queue_name(p) for p in partitions]
