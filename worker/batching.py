@@ -28,7 +28,7 @@ from models.errors import PartitionFenced
 from models.events import APPLY_TASK, Event
 from models.outcomes import Outcome, count_statuses
 from producer.routing import queue_name
-from worker import runtime
+from worker import faults, runtime
 from worker.apply import BatchResult, DeadLetterRecord, apply_batch, store_dead_letters
 from worker.decode import Decoded, decode_message
 from worker.retry import StopRetrying, retry_in_place
@@ -150,6 +150,7 @@ class Batcher:
             # Not transient: a bug or a constraint that cannot hold. Find the events at fault, one at a time.
             logger.exception("partition %d: batch failed (%s); applying its events one at a time", partition, error)
             result = self._isolate(partition, events, epoch, dead)
+        faults.after_commit()
         elapsed = time.monotonic() - started
         self._report(partition, events, result.outcomes)
         self._ack(items)

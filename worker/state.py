@@ -76,7 +76,7 @@ def check_invariants(conn: Connection, *, limit: int = 20) -> InvariantReport:
     report = InvariantReport()
     rows = conn.execute(select(ArticleLike.article_id, func.count()).group_by(ArticleLike.article_id)).all()
     actual = dict(rows)
-    counts = dict(conn.execute(select(ArticleLikeCount.article_id, ArticleLikeCount.like_count)).tuples().all())
+    counts = dict(conn.execute(select(ArticleLikeCount.article_id, ArticleLikeCount.like_count)).all())
     report.articles = len(set(actual) | set(counts))
     for article_id in sorted(set(actual) | set(counts)):
         if counts.get(article_id, 0) != actual.get(article_id, 0):
@@ -88,18 +88,14 @@ def check_invariants(conn: Connection, *, limit: int = 20) -> InvariantReport:
             select(Reservation.product_id, func.sum(Reservation.quantity))
             .where(Reservation.status == ReservationStatus.ACTIVE.value)
             .group_by(Reservation.product_id)
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     sold = dict(
         conn.execute(
             select(Reservation.product_id, func.sum(Reservation.quantity))
             .where(Reservation.status == ReservationStatus.COMMITTED.value)
             .group_by(Reservation.product_id)
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     for product in conn.execute(select(table_of(ProductStock))):
         report.products += 1

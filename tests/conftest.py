@@ -1,0 +1,210 @@
+"""Fixtures shared by the suites.
+
+Service tests talk to the real PostgreSQL and Redis of the machine: a database of their own (``seqproc_test``,
+migrated down and up once per session) and Redis databases 9 and 10, emptied before each test. A missing service
+skips those tests on a developer's machine and fails them when ``CI`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, text
+
+import producer
+from models.db import can_connect, ensure_database, make_engine
+from models.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DATABASE_URL = os.environ.get(
+    "SEQPROC_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/seqproc_test"
+)
+TEST_REDIS_URL = os.environ.get("SEQPROC_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+BROKER_DB, RESULTS_DB = 9, 10
+
+#: Tables emptied between tests. ``partition`` and ``seqproc_meta`` stay: running workers hold epochs in them.
+DATA_TABLES = (
+    "article_like",
+    "article_unlike",
+    "article_like_count",
+    "product_stock",
+    "reservation",
+    "idempotency_ledger",
+    "dead_letter",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", help="run the long fault and soak variants")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="long variant: run with --soak (make soak)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def require(available: bool, what: str) -> None:
+    """Skip without the service; fail instead when CI is set (a CI run must not pass by skipping)."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is not reachable and CI is set: service tests must run in CI")
+    pytest.skip(f"{what} is not reachable")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    ensure_database(TEST_DATABASE_URL)
+    require(can_connect(TEST_DATABASE_URL), f"PostgreSQL ({TEST_DATABASE_URL})")
+    from alembic import command
+
+    from worker.migrate import alembic_config, migrate
+
+    # Down and up again: the tests run the migrations (both ways), never create_all.
+    command.downgrade(alembic_config(TEST_DATABASE_URL), "base")
+    migrate(TEST_DATABASE_URL)
+    return TEST_DATABASE_URL
+
+
+@pytest.fixture(scope="session")
+def redis_base() -> str:
+    try:
+        ok = bool(redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=2).ping())
+    except redis.RedisError:
+        ok = False
+    require(ok, f"Redis ({TEST_REDIS_URL})")
+    return TEST_REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def service_settings(pg_url: str, redis_base: str) -> Settings:
+    return Settings(
+        database_url=pg_url,
+        broker_url=f"{redis_base}/{BROKER_DB}",
+        result_backend=f"{redis_base}/{RESULTS_DB}",
+        partitions=16,
+        publish_timeout_s=5,
+        visibility_timeout_s=20,
+        restore_interval_s=2,
+        task_events=False,
+    )
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes a child process use ``settings``."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        env[f"SEQPROC_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def engine(pg_url: str) -> Iterator[Engine]:
+    eng = make_engine(pg_url)
+    yield eng
+    eng.dispose()
+
+
+def reset_state(engine: Engine, settings: Settings) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(DATA_TABLES)}"))
+    for url in (settings.broker_url, settings.result_backend):
+        redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def clean(engine: Engine, service_settings: Settings) -> Iterator[Settings]:
+    """A clean database and Redis namespace, and the producer pointed at them."""
+    reset_state(engine, service_settings)
+    producer.configure(service_settings)
+    yield service_settings
+    producer.configure(None)
+
+
+class WorkerProcess:
+    """A real ``seqproc worker`` process, its output in a log file."""
+
+    def __init__(self, settings: Settings, partitions: str, log_dir: Path, **env: str) -> None:
+        self.partitions = partitions
+        self.log_path = log_dir / f"worker-{partitions.replace(',', '_')}-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker", "--partitions", partitions, "--loglevel", "INFO"],
+            cwd=ROOT,
+            env=settings_env(settings, **env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 30) -> WorkerProcess:
+        wait_for(lambda: " ready." in self.log() or self.process.poll() is not None, timeout_s, "worker ready")
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        return self
+
+    def signal(self, signum: int) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signum)
+
+    def stop(self, timeout_s: float = 30) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(10)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.process.wait(10)
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, *, interval_s: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns a truthy value; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real worker processes; every one is stopped at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings, partitions: str = "0-15", *, ready: bool = True, **env: str) -> WorkerProcess:
+        worker = WorkerProcess(settings, partitions, tmp_path, **env)
+        started.append(worker)
+        return worker.wait_ready() if ready else worker
+
+    yield start
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.stop()

@@ -1,0 +1,284 @@
+"""``seqproc demo`` (``make demo``): the main job, end to end.
+
+Migrates, starts worker processes for all partitions, sends a burst (threads liking and unliking one hot article
+and a spread of others, some events sent twice; more reservations than a product has, plus releases, some of them
+before their reservation), shows progress, waits for every outcome, stops the workers, and prints what happened
+with a line saying whether every invariant held. Without PostgreSQL or Redis it runs on the embedded default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import select
+
+import producer
+from models.db import can_connect, make_engine
+from models.likes import ArticleLike
+from models.outcomes import Outcome
+from models.settings import Settings, load_settings, mask_url
+from producer.receipt import Receipt
+from worker.migrate import migrate
+from worker.state import article_state, check_invariants, product_state
+
+#: Units of the demo product, and how many reservations compete for them.
+DEMO_STOCK = 100
+DEMO_RESERVATIONS = 160
+#: Share of like events sent twice with the same idempotency key (a client retrying).
+RESEND_SHARE = 0.1
+
+
+@dataclass
+class Burst:
+    """What the demo sent, and what it expects: the model the database must match."""
+
+    hot_article: int
+    articles: list[int]
+    product: int
+    receipts: list[Receipt] = field(default_factory=list)
+    liked: dict[tuple[int, int], bool] = field(default_factory=dict)
+    resent: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def services_reachable(settings: Settings) -> str | None:
+    """None if PostgreSQL and Redis answer, else why not (one line)."""
+    if not can_connect(settings.database_url):
+        return f"PostgreSQL at {mask_url(settings.database_url)} is not reachable"
+    for url in (settings.broker_url, settings.result_backend):
+        if url.startswith(("redis://", "rediss://")):
+            try:
+                redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+            except redis.RedisError:
+                return f"Redis at {mask_url(url)} is not reachable"
+    return None
+
+
+def embedded_settings(base: Settings, directory: Path) -> Settings:
+    return base.model_copy(
+        update={
+            "database_url": f"sqlite:///{directory / 'seqproc-demo.db'}",
+            "broker_url": "memory://localhost/",
+            "result_backend": "memory://",
+            "task_events": False,
+        }
+    )
+
+
+@contextlib.contextmanager
+def worker_processes(settings: Settings, count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``count`` real ``seqproc worker`` processes sharing the partitions; stopped (SIGTERM) on exit."""
+    count = max(1, min(count, settings.partitions))
+    bounds = [round(i * settings.partitions / count) for i in range(count + 1)]
+    processes = []
+    log = tempfile.NamedTemporaryFile(prefix="seqproc-demo-workers-", suffix=".log", delete=False)  # noqa: SIM115
+    for low, high in itertools.pairwise(bounds):
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "worker", "worker", "--partitions", f"{low}-{high - 1}", "--loglevel", "WARN"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+
+
+def send_likes(burst: Burst, thread: int, events: int) -> None:
+    rng = random.Random(thread)
+    # Each thread speaks for its own users: the order of one user's actions is the order this thread sent them.
+    users = [thread * 100_000 + n for n in range(1, 301)]
+    for n in range(events):
+        article = burst.hot_article if rng.random() < 0.5 else rng.choice(burst.articles)
+        user = rng.choice(users)
+        action = producer.like if rng.random() < 0.65 else producer.unlike
+        key = f"demo-{burst.hot_article}-{thread}-{n}"
+        sent = [action(article, user, idempotency_key=key)]
+        resend = rng.random() < RESEND_SHARE
+        if resend:
+            sent.append(action(article, user, idempotency_key=key))
+        with burst.lock:
+            burst.receipts.extend(sent)
+            burst.liked[(article, user)] = action is producer.like
+            burst.resent += resend
+
+
+def send_reservations(burst: Burst, thread: int, count: int) -> None:
+    rng = random.Random(1000 + thread)
+    for n in range(count):
+        rid = f"demo-{burst.product}-{thread}-{n}"
+        sent = []
+        if n % 20 == 0:
+            # A release that overtakes its reservation: the reservation must then be refused (cancelled).
+            sent.append(producer.release(burst.product, rid))
+        sent.append(producer.reserve(burst.product, rng.randint(1, 2), reservation_id=rid))
+        if n % 5 == 1:
+            sent.append(producer.release(burst.product, rid))
+        with burst.lock:
+            burst.receipts.extend(sent)
+
+
+def wait_with_progress(console: Console, receipts: list[Receipt], timeout_s: float) -> list[Outcome]:
+    done = 0
+    deadline = time.monotonic() + timeout_s
+    with Progress(
+        TextColumn("applying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("apply", total=len(receipts))
+        while done < len(receipts) and time.monotonic() < deadline:
+            # Outcomes arrive roughly in order; count the prefix that has them.
+            chunk = receipts[done : done + 2000]
+            found = chunk[0]._store.get_many([r.event_id for r in chunk])
+            advanced = next((i for i, o in enumerate(found) if o is None), len(found))
+            done += advanced
+            progress.update(task, completed=done)
+            if advanced < len(found):
+                time.sleep(0.05)
+    return producer.wait_all(receipts, timeout_s=max(1.0, deadline - time.monotonic()))
+
+
+def run_demo(*, threads: int, events_per_thread: int, workers: int, force_embedded: bool) -> bool:
+    console = Console()
+    settings = load_settings()
+    unreachable = "--embedded was given" if force_embedded else services_reachable(settings)
+    with contextlib.ExitStack() as stack:
+        if unreachable:
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="seqproc-demo-")))
+            settings = embedded_settings(settings, directory)
+            console.print(
+                f"[yellow]{unreachable}: running on the embedded default (SQLite file {directory}/seqproc-demo.db, "
+                "in-process worker on Celery's memory transport)[/yellow]"
+            )
+        migrate(settings.database_url)
+        producer.configure(settings)
+        stack.callback(producer.configure, None)
+        burst, outcomes, sent_s, elapsed_s = run_burst(
+            console,
+            settings,
+            threads=threads,
+            events_per_thread=events_per_thread,
+            workers=workers,
+            embedded=bool(unreachable),
+        )
+        # The workers have stopped; the database holds the result.
+        return report(console, settings, burst, outcomes, sent_s, elapsed_s)
+
+
+def run_burst(
+    console: Console, settings: Settings, *, threads: int, events_per_thread: int, workers: int, embedded: bool
+) -> tuple[Burst, list[Outcome], float, float]:
+    with contextlib.ExitStack() as stack:
+        if embedded:
+            from worker.runner import embedded_worker
+
+            stack.enter_context(embedded_worker(settings))
+            worker_line = "1 in-process worker, all partitions"
+        else:
+            stack.enter_context(worker_processes(settings, workers))
+            worker_line = f"{workers} worker processes over {settings.partitions} partitions"
+
+        base = (int(time.time()) % 100_000) * 1_000
+        burst = Burst(hot_article=base + 1, articles=list(range(base + 2, base + 52)), product=base + 1)
+        console.print(
+            f"seqproc demo: {worker_line}; {threads} threads x {events_per_thread} like/unlike events "
+            f"(hot article {burst.hot_article} and 50 others, {RESEND_SHARE:.0%} sent twice), "
+            f"{DEMO_RESERVATIONS} reservations against {DEMO_STOCK} units of product {burst.product}"
+        )
+        started = time.monotonic()
+        burst.receipts.append(producer.restock(burst.product, DEMO_STOCK))
+        with ThreadPoolExecutor(threads + 2) as pool:
+            jobs = [pool.submit(send_likes, burst, t, events_per_thread) for t in range(threads)]
+            jobs += [pool.submit(send_reservations, burst, t, DEMO_RESERVATIONS // 2) for t in range(2)]
+            for job in jobs:
+                job.result()
+        sent_s = time.monotonic() - started
+        outcomes = wait_with_progress(console, burst.receipts, timeout_s=300)
+        elapsed_s = time.monotonic() - started
+        console.print(f"all {len(outcomes)} outcomes in; stopping workers")
+    return burst, outcomes, sent_s, elapsed_s
+
+
+def report(
+    console: Console, settings: Settings, burst: Burst, outcomes: list[Outcome], sent_s: float, elapsed_s: float
+) -> bool:
+    statuses = Counter(o.status for o in outcomes)
+    reasons = Counter(o.reason for o in outcomes if o.status == "rejected")
+    engine = make_engine(settings.database_url)
+    problems = []
+    try:
+        with engine.connect() as conn:
+            hot = article_state(conn, burst.hot_article)
+            demo_articles = [burst.hot_article, *burst.articles]
+            rows = {
+                (a, u)
+                for a, u in conn.execute(
+                    select(ArticleLike.article_id, ArticleLike.user_id).where(ArticleLike.article_id.in_(demo_articles))
+                )
+            }
+            spread_ok = all(article_state(conn, a)["consistent"] for a in burst.articles)
+            stock = product_state(conn, burst.product)
+            invariants = check_invariants(conn)
+    finally:
+        engine.dispose()
+    expected_rows = {pair for pair, liked in burst.liked.items() if liked}
+    if rows != expected_rows:
+        problems.append(f"like rows differ from the model ({len(rows)} rows, {len(expected_rows)} expected)")
+    if statuses["duplicate"] != burst.resent:
+        problems.append(f"{statuses['duplicate']} duplicates reported, {burst.resent} sent")
+    if stock["available"] + stock["reserved"] + stock["sold"] != DEMO_STOCK:
+        problems.append(f"stock does not add up to {DEMO_STOCK}: {stock}")
+    problems += invariants.violations
+
+    table = Table(title="seqproc demo", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("events sent", f"{len(outcomes):,}")
+    table.add_row("applied", f"{statuses['applied']:,}")
+    table.add_row("duplicates skipped", f"{statuses['duplicate']:,} (of {burst.resent:,} sent twice)")
+    table.add_row("rejected", f"{statuses['rejected']:,} " + ", ".join(f"{r}: {n}" for r, n in reasons.most_common()))
+    table.add_row("hot article like_count / like rows", f"{hot['like_count']:,} / {hot['likes']:,}")
+    table.add_row("50 spread articles", "count == rows for each" if spread_ok else "MISMATCH")
+    table.add_row(
+        f"product {burst.product}: available / reserved / sold",
+        f"{stock['available']} / {stock['reserved']} / {stock['sold']} (of {DEMO_STOCK})",
+    )
+    table.add_row("sending took", f"{sent_s:.2f} s")
+    table.add_row("elapsed (first send to last applied)", f"{elapsed_s:.2f} s")
+    table.add_row("events per second", f"{len(outcomes) / elapsed_s:,.0f}")
+    console.print(table)
+    if problems:
+        console.print("[bold red]INVARIANTS BROKEN:[/bold red] " + "; ".join(problems))
+        return False
+    console.print(
+        "[bold green]every invariant held:[/bold green] like_count == like rows for every article, the like rows "
+        "equal the producer's model, each duplicate skipped once, available >= 0 and "
+        "available + reserved + sold == stock received for every product"
+    )
+    return True
