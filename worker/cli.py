@@ -253,6 +253,31 @@ def demo(threads: int, events_per_thread: int, workers: int, embedded: bool) -> 
     sys.exit(RET_OK if ok else RET_FAILED)
 
 
+@cli.group()
+def partitions() -> None:
+    """The deployment's partition count (fixed: changing it re-routes keys)."""
+
+
+@partitions.command("set")
+@click.argument("count", type=click.IntRange(1, 1024))
+def partitions_set(count: int) -> None:
+    """Record a new partition count; refused while any partition queue holds events."""
+    import redis
+
+    from models.db import make_engine
+    from worker.partitions import set_partition_count
+
+    settings = _settings()
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        raise ConfigError("seqproc partitions set reads the queues from a Redis broker (SEQPROC_BROKER_URL)")
+    engine = make_engine(settings.database_url)
+    try:
+        old = set_partition_count(engine, redis.Redis.from_url(settings.broker_url), count)
+    finally:
+        engine.dispose()
+    click.echo(f"partition count {old} -> {count}; start producers and workers with SEQPROC_PARTITIONS={count}")
+
+
 @cli.command("settings")
 def show_settings() -> None:
     """Print the settings in effect (passwords masked)."""

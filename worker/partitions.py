@@ -60,7 +60,7 @@ def check_partition_count(engine: Engine, total: int) -> None:
     if int(stored) != total:
         raise PartitionCountMismatch(
             f"SEQPROC_PARTITIONS is {total} but this database was set up with {stored} partitions; changing it "
-            f"re-routes keys: drain the queues, then run `seqproc partitions set {total}`"
+            f"re-routes keys: stop the producers, drain the queues, then run `seqproc partitions set {total}`"
         )
 
 
@@ -121,3 +121,38 @@ def restore_unacked(channel: Any, queues: Iterable[str]) -> int:
 
 def queues_for(partitions: Iterable[int]) -> list[str]:
     return [queue_name(p) for p in partitions]
+
+
+def pending_messages(client: Any, count: int) -> dict[str, int]:
+    """Messages waiting in each of the first ``count`` partition queues, plus those delivered but unacknowledged
+    (key ``unacked``), read straight from Redis."""
+    pipe = client.pipeline(transaction=False)
+    names = queues_for(range(count))
+    for name in names:
+        pipe.llen(name)
+    pipe.hlen("unacked")
+    *depths, unacked = pipe.execute()
+    pending = {name: int(depth) for name, depth in zip(names, depths, strict=True) if depth}
+    if unacked:
+        pending["unacked"] = int(unacked)
+    return pending
+
+
+def set_partition_count(engine: Engine, client: Any, new_count: int) -> int:
+    """Change the deployment's partition count; refuse while any queue holds events. Returns the old count."""
+    with engine.begin() as conn:
+        stored = conn.execute(select(META.c.value).where(META.c.name == PARTITION_COUNT)).scalar_one_or_none()
+        old_count = int(stored) if stored is not None else new_count
+        pending = pending_messages(client, max(old_count, new_count))
+        if pending:
+            described = ", ".join(f"{name}: {n}" for name, n in sorted(pending.items()))
+            raise ConfigError(
+                f"cannot change the partition count from {old_count} to {new_count} while events are queued "
+                f"({described}): stop the producers, let the workers drain the queues, then try again"
+            )
+        conn.execute(
+            upsert(conn, META).on_conflict_do_update(index_elements=[META.c.name], set_={"value": str(new_count)}),
+            {"name": PARTITION_COUNT, "value": str(new_count)},
+        )
+    logger.info("partition count changed from %d to %d", old_count, new_count)
+    return old_count

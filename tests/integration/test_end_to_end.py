@@ -11,6 +11,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 from kombu import Connection
 from sqlalchemy import Engine, select, text
 
@@ -273,3 +274,33 @@ def test_cli_enqueue_and_show(clean: Settings, start_worker) -> None:
     assert bad.stderr.strip().count("\n") == 0
     assert "quantity" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_partition_count_is_fixed_and_changes_only_when_drained(clean: Settings, engine: Engine) -> None:
+    def seqproc(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "worker", *args],
+            cwd=ROOT,
+            env=settings_env(clean, **env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert seqproc("partitions", "set", "16").returncode == 0  # records 16 if nothing was recorded yet
+    refused = seqproc("worker", "--partitions", "0-3", SEQPROC_PARTITIONS="8")
+    assert refused.returncode == 3
+    assert "set up with 16 partitions" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    producer.like(1, 1)  # no worker runs: the event stays queued
+    busy = seqproc("partitions", "set", "8")
+    assert busy.returncode == 3
+    assert "while events are queued" in busy.stderr
+    redis.Redis.from_url(clean.broker_url).flushdb()  # drained
+    try:
+        changed = seqproc("partitions", "set", "8")
+        assert changed.returncode == 0, changed.stderr
+        assert "16 -> 8" in changed.stdout
+    finally:
+        assert seqproc("partitions", "set", "16").returncode == 0
