@@ -44,6 +44,13 @@ class _Event(BaseModel):
     #: Ordering stamp from the producer's clock (nanoseconds, strictly increasing per producer process).
     stamp: Stamp
 
+    @property
+    def ledger_key(self) -> str:
+        """The key the ledger applies once: the caller's key scoped by the event type, so that one request id
+        used for a like and for a restock names two events, and no caller key can collide with the derived
+        ``reserve:<id>`` keys of reservations."""
+        return f"{getattr(self, 'type')}:{self.key}"  # noqa: B009 - ``type`` is declared by each subclass
+
 
 class Like(_Event):
     type: Literal["like"]
@@ -72,6 +79,11 @@ class _ReservationEvent(_Event):
     @property
     def entity_key(self) -> str:
         return f"product:{self.product_id}"
+
+    @property
+    def ledger_key(self) -> str:
+        # Already scoped: "reserve:<reservation id>".
+        return self.key
 
     @model_validator(mode="after")
     def _key_is_derived(self) -> _ReservationEvent:

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     @classmethod
     def _database_url(cls, value: str) -> str:
         scheme = value.split("://", 1)[0]
-        if "://" not in value or not scheme.startswith(("postgresql", "sqlite")):
+        if "://" not in value or not scheme.startswith(("postgres", "sqlite")):
             raise ValueError("must be a postgresql:// or sqlite:/// URL")
         if scheme in ("postgresql", "postgres"):
             # psycopg 3 is the driver this project ships with.

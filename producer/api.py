@@ -11,14 +11,17 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from models.errors import InvalidEvent
-from models.events import EVENT_TYPES, Event, parse_event, reservation_key
+from models.events import EVENT_TYPES, CallerKey, Event, invalid_event_from, parse_event, reservation_key
 from models.settings import Settings, get_settings
 from producer.publish import Publisher, publisher_for
 from producer.receipt import Receipt
 from producer.stamps import next_stamp
 
 _settings_override: Settings | None = None
+_CALLER_KEY: TypeAdapter[str] = TypeAdapter(CallerKey)
 
 #: The fields each event type takes in ``send_many`` and the CLI (besides ``type``).
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -53,6 +56,9 @@ def build_event(event_type: str, fields: Mapping[str, Any]) -> Event:
     unknown = sorted(set(fields) - set(allowed))
     if unknown:
         raise InvalidEvent(unknown[0], f"is not a field of a {event_type} event (allowed: {', '.join(allowed)})")
+    for name in ("idempotency_key", "reservation_id"):
+        if fields.get(name) is not None:
+            check_caller_key(name, fields.get(name))
     data: dict[str, Any] = {"type": event_type, "id": uuid.uuid4().hex, "stamp": next_stamp()}
     for name in allowed:
         if name != "idempotency_key" and name in fields:
@@ -66,13 +72,16 @@ def build_event(event_type: str, fields: Mapping[str, Any]) -> Event:
         # No key: each call is a new event (like, unlike, like again all count). A caller that may retry a
         # request passes its own key (a request id) so that the retry is recognised.
         data["key"] = uuid.uuid4().hex if key is None else key
+    return parse_event(data)
+
+
+def check_caller_key(field: str, value: Any) -> None:
+    """An idempotency key or reservation id as the caller gives it: non-empty, at most 128 characters, no
+    control characters. Checked here, under the caller's name for it, before any derived key is made."""
     try:
-        return parse_event(data)
-    except InvalidEvent as error:
-        if error.field == "key":
-            # The caller knows this field as idempotency_key.
-            raise InvalidEvent("idempotency_key", str(error).split(": ", 1)[1]) from None
-        raise
+        _CALLER_KEY.validate_python(value)
+    except ValidationError as error:
+        raise InvalidEvent(field, str(invalid_event_from(error)).split(": ", 1)[1]) from None
 
 
 def _send(event: Event) -> Receipt:

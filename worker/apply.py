@@ -67,13 +67,15 @@ def apply_batch(
     first_index: dict[str, int] = {}
     candidates: list[int] = []
     for index, event in enumerate(events):
-        if event.key not in first_index:
-            first_index[event.key] = index
+        if event.ledger_key not in first_index:
+            first_index[event.ledger_key] = index
             candidates.append(index)
-    new_keys = ledger.claim(conn, partition, [(events[i].key, events[i].type) for i in candidates])
-    seen_before = ledger.first_outcomes(conn, [events[i].key for i in candidates if events[i].key not in new_keys])
+    new_keys = ledger.claim(conn, partition, [(events[i].ledger_key, events[i].type) for i in candidates])
+    seen_before = ledger.first_outcomes(
+        conn, [events[i].ledger_key for i in candidates if events[i].ledger_key not in new_keys]
+    )
 
-    fresh = [i for i in candidates if events[i].key in new_keys]
+    fresh = [i for i in candidates if events[i].ledger_key in new_keys]
     like_indexes = [i for i in fresh if isinstance(events[i], Like | Unlike)]
     stock_indexes = [i for i in fresh if not isinstance(events[i], Like | Unlike)]
     decided: dict[int, Outcome] = {}
@@ -81,14 +83,14 @@ def apply_batch(
     stock_events: list[StockEvent] = [events[i] for i in stock_indexes]  # type: ignore[misc]
     decided.update(zip(like_indexes, apply_likes(conn, like_events), strict=True))
     decided.update(zip(stock_indexes, apply_stock(conn, stock_events), strict=True))
-    ledger.record(conn, [(events[i].key, decided[i]) for i in fresh])
+    ledger.record(conn, [(events[i].ledger_key, decided[i]) for i in fresh])
 
     result = BatchResult()
     for index, event in enumerate(events):
         if index in decided:
             outcome = decided[index]
         else:
-            first = decided.get(first_index[event.key]) or seen_before.get(event.key)
+            first = decided.get(first_index[event.ledger_key]) or seen_before.get(event.ledger_key)
             outcome = Outcome("duplicate", first=first)
         result.outcomes.append(outcome)
         if outcome.status == "applied":
