@@ -37,10 +37,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 5,
-        # The per-event outcomes live in the result backend (see models.outcomes); tasks themselves store none.
-        "result_backend": "cache+memory://"
-        if settings.result_backend.startswith("memory://")
-        else settings.result_backend,
+        # No Celery result backend: outcomes are kept per event, not per message (models.outcomes writes them to
+        # SEQPROC_RESULT_BACKEND). A Redis backend here would also subscribe to a channel on every send.
+        "result_backend": None,
         "task_ignore_result": True,
         # JSON only, never pickle: a message of another content type is dead-lettered, not run.
         "task_serializer": "json",

@@ -7,7 +7,6 @@ the broker holds it.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,7 +17,7 @@ from models.events import EVENT_TYPES, CallerKey, Event, invalid_event_from, par
 from models.settings import Settings, get_settings
 from producer.publish import Publisher, publisher_for
 from producer.receipt import Receipt
-from producer.stamps import next_stamp
+from producer.stamps import next_stamp, unique_id
 
 _settings_override: Settings | None = None
 _CALLER_KEY: TypeAdapter[str] = TypeAdapter(CallerKey)
@@ -59,7 +58,7 @@ def build_event(event_type: str, fields: Mapping[str, Any]) -> Event:
     for name in ("idempotency_key", "reservation_id"):
         if fields.get(name) is not None:
             check_caller_key(name, fields.get(name))
-    data: dict[str, Any] = {"type": event_type, "id": uuid.uuid4().hex, "stamp": next_stamp()}
+    data: dict[str, Any] = {"type": event_type, "id": unique_id(), "stamp": next_stamp()}
     for name in allowed:
         if name != "idempotency_key" and name in fields:
             data[name] = fields[name]
@@ -71,7 +70,7 @@ def build_event(event_type: str, fields: Mapping[str, Any]) -> Event:
         key = fields.get("idempotency_key")
         # No key: each call is a new event (like, unlike, like again all count). A caller that may retry a
         # request passes its own key (a request id) so that the retry is recognised.
-        data["key"] = uuid.uuid4().hex if key is None else key
+        data["key"] = unique_id() if key is None else key
     return parse_event(data)
 
 

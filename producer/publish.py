@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
-from typing import Any
 
 from celery import Celery
 
@@ -18,8 +18,10 @@ from models.errors import PublishError
 from models.events import APPLY_TASK, Event
 from models.outcomes import OutcomeStore, outcome_store
 from models.settings import Settings, mask_url
+from producer.coalesce import Coalescer
 from producer.receipt import Receipt
 from producer.routing import partition_for, queue_name
+from producer.stamps import unique_id
 
 logger = logging.getLogger(__name__)
 
@@ -40,30 +42,23 @@ class Publisher:
         self.settings = settings
         self.app = client_app(settings)
         self.outcomes: OutcomeStore = outcome_store(settings.result_backend, ttl_s=settings.outcome_ttl_s)
-        # Pauses of 0, 0.25, 0.5, 0.75, then 1 s: about publish_timeout_s in all before PublishError.
-        self._retry_policy = {
-            "max_retries": max(1, int(settings.publish_timeout_s + 2.5)),
-            "interval_start": 0,
-            "interval_step": 0.25,
-            "interval_max": 1.0,
-        }
+        self._connection_errors: tuple[type[BaseException], ...] = (
+            *self.app.connection_for_write().connection_errors,
+            ConnectionError,
+            OSError,
+        )
+        self._coalescer = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
 
     def partition_of(self, event: Event) -> int:
         return partition_for(event.entity_key, self.settings.partitions)
 
     def publish(self, events: Sequence[Event]) -> list[Receipt]:
-        """Send ``events``: one message per partition (split at ``max_events_per_message``), in the order given.
+        """Send ``events`` and return one receipt per event, in order, once the broker holds them all.
 
-        Returns one receipt per event, in order. Raises :class:`PublishError` if a message could not be sent;
-        messages sent before it stay sent (their events will be applied).
+        Concurrent calls share messages (group commit, see :mod:`producer.coalesce`). Raises
+        :class:`PublishError` if they could not be sent.
         """
-        by_partition: dict[int, list[Event]] = {}
-        for event in events:
-            by_partition.setdefault(self.partition_of(event), []).append(event)
-        limit = self.settings.max_events_per_message
-        for partition, group in by_partition.items():
-            for start in range(0, len(group), limit):
-                self.send_message(partition, group[start : start + limit])
+        self._coalescer.submit(events)
         return [self.receipt(event) for event in events]
 
     def receipt(self, event: Event) -> Receipt:
@@ -78,35 +73,68 @@ class Publisher:
             _store=self.outcomes,
         )
 
-    def send_message(self, partition: int, events: Sequence[Event]) -> None:
-        """Send one message of ``events``, all of ``partition``; raise :class:`PublishError` if it is not sent."""
-        queue = queue_name(partition)
-        payload: dict[str, Any] = {"partition": partition, "events": [event.model_dump() for event in events]}
-        try:
-            self.app.send_task(
-                APPLY_TASK,
-                kwargs=payload,
-                queue=queue,
-                routing_key=queue,
-                retry=True,
-                retry_policy=self._retry_policy,
-            )
-        except Exception as error:
-            # Whatever the transport raised, the message is not known to be stored: say so, and say where.
-            raise PublishError(
-                f"could not send {len(events)} event(s) to {queue} at {mask_url(self.settings.broker_url)}: "
-                f"{type(error).__name__}: {error}; they were NOT sent (first key {events[0].key!r})"
-            ) from error
-        logger.debug("sent %d event(s) to %s (first key %s)", len(events), queue, events[0].key)
+    def send(self, events: Sequence[Event]) -> None:
+        """Publish ``events`` now: one message per partition (split at ``max_events_per_message``), every message
+        in one pipelined round trip. Order is kept within each partition. Raises :class:`PublishError`."""
+        by_partition: dict[int, list[Event]] = {}
+        for event in events:
+            by_partition.setdefault(self.partition_of(event), []).append(event)
+        limit = self.settings.max_events_per_message
+        messages = [
+            (partition, group[start : start + limit])
+            for partition, group in by_partition.items()
+            for start in range(0, len(group), limit)
+        ]
+        deadline = time.monotonic() + self.settings.publish_timeout_s
+        pause_s = 0.05
+        while True:
+            try:
+                self._send_messages(messages)
+                return
+            except Exception as error:
+                if not isinstance(error, self._connection_errors) or time.monotonic() >= deadline:
+                    first = messages[0][1][0]
+                    raise PublishError(
+                        f"could not send {len(events)} event(s) to {mask_url(self.settings.broker_url)}: "
+                        f"{type(error).__name__}: {error}; they were NOT sent (first key {first.key!r})"
+                    ) from error
+                logger.warning(
+                    "broker unavailable (%s); retrying for up to %.0f s", error, self.settings.publish_timeout_s
+                )
+                time.sleep(pause_s)
+                pause_s = min(pause_s * 2, 1.0)
+
+    def _send_messages(self, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
+        # A retry after a failed flush may send a message twice; the ledger makes the copy a duplicate. It never
+        # reports as sent a message the broker did not accept.
+        with self.app.producer_or_acquire() as amqp_producer, amqp_producer.batch():
+            for partition, group in messages:
+                queue = queue_name(partition)
+                self.app.send_task(
+                    APPLY_TASK,
+                    kwargs={"partition": partition, "events": [event.model_dump() for event in group]},
+                    queue=queue,
+                    routing_key=queue,
+                    producer=amqp_producer,
+                    task_id=unique_id(),
+                )
+        logger.debug("sent %d message(s), %d event(s)", len(messages), sum(len(g) for _, g in messages))
 
 
 _PUBLISHERS: dict[Settings, Publisher] = {}
 _PUBLISHERS_LOCK = threading.Lock()
+_last: tuple[Settings, Publisher] | None = None
 
 
 def publisher_for(settings: Settings) -> Publisher:
+    """The publisher of ``settings``, one per process. The last one is found without a lock or a hash."""
+    global _last
+    last = _last
+    if last is not None and last[0] is settings:
+        return last[1]
     with _PUBLISHERS_LOCK:
         publisher = _PUBLISHERS.get(settings)
         if publisher is None:
             publisher = _PUBLISHERS[settings] = Publisher(settings)
+        _last = (settings, publisher)
         return publisher

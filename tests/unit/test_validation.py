@@ -42,13 +42,13 @@ def sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
         Settings(broker_url="memory://", result_backend="memory://", database_url="sqlite:///" + str(tmp_path / "p.db"))
     )
     record = Sent()
-    original = Publisher.send_message
+    original = Publisher._send_messages
 
-    def recording(self: Publisher, partition: int, events: Sequence[Event]) -> None:
-        record.messages.append((partition, list(events)))
-        original(self, partition, events)
+    def recording(self: Publisher, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
+        record.messages.extend((partition, list(events)) for partition, events in messages)
+        original(self, messages)
 
-    monkeypatch.setattr(Publisher, "send_message", recording)
+    monkeypatch.setattr(Publisher, "_send_messages", recording)
     try:
         yield record
     finally:
