@@ -10,6 +10,7 @@ from typing import Any
 
 from kombu import Queue
 
+from models.broker import TRANSPORT
 from models.settings import Settings, get_settings
 from producer.routing import queue_name
 
@@ -33,6 +34,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "health_check_interval": 10,
         }
     return {
+        # kombu's Redis transport, reusing one client object per channel (see models.broker). Always set, also to
+        # None (kombu picks the transport from the URL): an app reconfigured from Redis to memory:// must not keep it.
+        "broker_transport": TRANSPORT if settings.broker_url.startswith("redis://") else None,
         "broker_url": settings.broker_url,
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,

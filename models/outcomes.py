@@ -64,19 +64,15 @@ class RedisOutcomeStore:
     def __init__(self, url: str, *, ttl_s: int) -> None:
         self._client = redis.Redis.from_url(url, socket_connect_timeout=5)
         self._ttl_s = ttl_s
+        self._put_script = self._client.register_script(_PUT_MANY)
 
     def put_many(self, outcomes: Sequence[tuple[str, Outcome]]) -> None:
         if not outcomes:
             return
-        # One round trip for the whole batch. DEL first: a redelivered event's later report (duplicate) replaces
-        # the earlier one instead of queueing behind it.
-        pipe = self._client.pipeline(transaction=False)
-        for event_id, outcome in outcomes:
-            key = OUTCOME_KEY_PREFIX + event_id
-            pipe.delete(key)
-            pipe.rpush(key, json.dumps(outcome.to_wire(), separators=(",", ":")))
-            pipe.expire(key, self._ttl_s)
-        pipe.execute()
+        # One command for the whole batch; the loop runs inside Redis.
+        keys = [OUTCOME_KEY_PREFIX + event_id for event_id, _ in outcomes]
+        values = [_encode(outcome) for _, outcome in outcomes]
+        self._put_script(keys=keys, args=[self._ttl_s, *values])
 
     def wait(self, event_id: str, timeout_s: float) -> Outcome | None:
         key = OUTCOME_KEY_PREFIX + event_id
@@ -97,6 +93,27 @@ class RedisOutcomeStore:
         for event_id in event_ids:
             pipe.lindex(OUTCOME_KEY_PREFIX + event_id, 0)
         return [Outcome.from_wire(json.loads(raw)) if raw else None for raw in pipe.execute()]
+
+
+#: For each key: replace the list by one element (a redelivered event's later report, "duplicate", replaces the
+#: earlier one instead of queueing behind it) and set its expiry.
+_PUT_MANY = """
+local ttl = ARGV[1]
+for i, key in ipairs(KEYS) do
+    redis.call('DEL', key)
+    redis.call('RPUSH', key, ARGV[i + 1])
+    redis.call('EXPIRE', key, ttl)
+end
+return #KEYS
+"""
+
+_APPLIED = json.dumps({"status": "applied"}, separators=(",", ":"))
+
+
+def _encode(outcome: Outcome) -> str:
+    if outcome.status == "applied" and outcome.reason is None:
+        return _APPLIED
+    return json.dumps(outcome.to_wire(), separators=(",", ":"))
 
 
 class MemoryOutcomeStore:

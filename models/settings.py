@@ -38,8 +38,10 @@ class Settings(BaseSettings):
 
     #: Most events applied in one database transaction.
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
-    #: How long the worker waits for more messages before it applies what it holds.
+    #: The worker applies what it holds once no message came for this long (a backlog drains into one batch).
     batch_interval_ms: Annotated[int, Field(ge=0, le=10_000)] = 2
+    #: ... or this long after the first message it holds came, whichever is first.
+    batch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 50
     #: Messages a worker process may hold unacknowledged (Celery prefetch for its one process).
     prefetch_messages: Annotated[int, Field(ge=1, le=10_000)] = 64
     #: Producer side: how long a call waits to share a message with concurrent calls (0: send at once).

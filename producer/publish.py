@@ -48,6 +48,9 @@ class Publisher:
             OSError,
         )
         self._coalescer = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
+        #: Messages and events sent so far (the benchmark reports events per message).
+        self.sent_messages = 0
+        self.sent_events = 0
 
     def partition_of(self, event: Event) -> int:
         return partition_for(event.entity_key, self.settings.partitions)
@@ -118,7 +121,10 @@ class Publisher:
                     producer=amqp_producer,
                     task_id=unique_id(),
                 )
-        logger.debug("sent %d message(s), %d event(s)", len(messages), sum(len(g) for _, g in messages))
+        events = sum(len(group) for _, group in messages)
+        self.sent_messages += len(messages)  # only a coalescer's leader sends: no concurrent update
+        self.sent_events += events
+        logger.debug("sent %d message(s), %d event(s)", len(messages), events)
 
 
 _PUBLISHERS: dict[Settings, Publisher] = {}

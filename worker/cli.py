@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -72,7 +73,8 @@ def migrate() -> None:
 @click.option("--partitions", "spec", default="all", show_default=True, help="Partitions to own: 0-7, 0,3,5-6 or all.")
 @click.option("--hostname", default=None, help="Celery node name (default seqproc-p<partitions>@<host>).")
 @click.option("--loglevel", default=None, help="Log level (default: SEQPROC_LOG_LEVEL).")
-def worker(spec: str, hostname: str | None, loglevel: str | None) -> None:
+@click.option("--ready-file", default=None, help="Write this file (the pid) once consuming; removed at exit.")
+def worker(spec: str, hostname: str | None, loglevel: str | None, ready_file: str | None) -> None:
     """Run a worker that consumes exactly the given partition queues, one batch at a time."""
     from worker.partitions import parse_partitions
     from worker.runner import run_worker
@@ -81,7 +83,7 @@ def worker(spec: str, hostname: str | None, loglevel: str | None) -> None:
     level = (loglevel or settings.log_level).upper()
     _setup_logging(level)
     partitions = parse_partitions(spec, settings.partitions)
-    sys.exit(run_worker(settings, partitions, hostname=hostname, loglevel=level))
+    sys.exit(run_worker(settings, partitions, hostname=hostname, loglevel=level, ready_file=ready_file))
 
 
 @cli.group()
@@ -276,6 +278,91 @@ def partitions_set(count: int) -> None:
     finally:
         engine.dispose()
     click.echo(f"partition count {old} -> {count}; start producers and workers with SEQPROC_PARTITIONS={count}")
+
+
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@cli.command()
+@click.option("--scenario", type=click.Choice(["hot", "spread", "flash"]), default="hot", show_default=True)
+@click.option(
+    "--producers", "producers_csv", default="32", show_default=True, help="Producer threads; a list runs each."
+)
+@click.option(
+    "--events", "events", type=click.IntRange(1, 1_000_000), default=200, show_default=True, help="Events per producer."
+)
+@click.option(
+    "--strategies",
+    "strategies_csv",
+    default="all",
+    show_default=True,
+    help="Comma-separated: atomic, for_update, optimistic, serializable, redis_writebehind, "
+    "seqproc_single, seqproc_batched.",
+)
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="seqproc worker processes.")
+@click.option("--scale", "scale_csv", default=None, help="Also run seqproc_batched with these worker counts (1,2,4).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per run instead of tables.")
+@click.option("--chart/--no-chart", default=True, show_default=True, help="Save a PNG chart in bench/results/.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None, help="Default: bench/results/.")
+def bench(
+    scenario: str,
+    producers_csv: str,
+    events: int,
+    strategies_csv: str,
+    workers: int,
+    scale_csv: str | None,
+    as_json: bool,
+    chart: bool,
+    results_dir: Path | None,
+) -> None:
+    """Compare seqproc with row locks, atomic updates, optimistic and serializable retries, and Redis write-behind."""
+    from rich.console import Console
+
+    from bench import run as bench_run
+
+    _setup_logging("WARNING")
+    settings = bench_run.bench_settings(_settings())
+    strategies = list(bench_run.STRATEGIES) if strategies_csv == "all" else _csv(strategies_csv)
+    unknown = [s for s in strategies if s not in bench_run.STRATEGIES]
+    if unknown:
+        raise ConfigError(f"--strategies: {unknown[0]!r} is not one of {', '.join(bench_run.STRATEGIES)}")
+    try:
+        producer_counts = [int(p) for p in _csv(producers_csv)]
+    except ValueError:
+        raise ConfigError(f"--producers: {producers_csv!r} is not a number or a comma-separated list") from None
+    console = Console(stderr=as_json)
+    bench_run.prepare(settings)
+    directory = results_dir or bench_run.RESULTS_DIR
+    comparisons = []
+    for count in producer_counts:
+        comparison = bench_run.compare(settings, scenario, count, events, strategies, workers=workers, console=console)
+        comparisons.append(comparison)
+        if as_json:
+            click.echo(json.dumps(comparison.to_json(), sort_keys=True))
+        else:
+            console.print(bench_run.table(comparison))
+            for name, ratio in comparison.ratios().items():
+                console.print(f"  {name}: {ratio}")
+    saved = bench_run.save(comparisons, directory)
+    if chart:
+        saved.append(bench_run.chart(comparisons, directory / f"{scenario}.png"))
+    if scale_csv:
+        scale = []
+        for count in [int(w) for w in _csv(scale_csv)]:
+            c = bench_run.compare(
+                settings, scenario, producer_counts[-1], events, ["seqproc_batched"], workers=count, console=console
+            )
+            scale.append({"workers": count, **c.results[0].to_json()})
+            if as_json:
+                click.echo(json.dumps({"scenario": scenario, "scale": scale[-1]}, sort_keys=True))
+        path = directory / f"{scenario}-scale.json"
+        path.write_text(json.dumps(scale, indent=2) + "\n")
+        saved.append(path)
+        if not as_json:
+            for row in scale:
+                console.print(f"  workers={row['workers']}: {row['events_per_s']:,.0f} events/s")
+    console.print(f"[dim]saved {', '.join(str(p) for p in saved)}[/dim]")
 
 
 @cli.command("settings")

@@ -9,11 +9,7 @@ with a line saying whether every invariant held. Without PostgreSQL or Redis it 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,6 +32,7 @@ from models.outcomes import Outcome
 from models.settings import Settings, load_settings, mask_url
 from producer.receipt import Receipt
 from worker.migrate import migrate
+from worker.processes import WorkerGroup, split_partitions
 from worker.state import article_state, check_invariants, product_state
 
 #: Units of the demo product, and how many reservations compete for them.
@@ -83,32 +80,15 @@ def embedded_settings(base: Settings, directory: Path) -> Settings:
 
 
 @contextlib.contextmanager
-def worker_processes(settings: Settings, count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+def worker_processes(settings: Settings, count: int) -> Iterator[WorkerGroup]:
     """``count`` real ``seqproc worker`` processes sharing the partitions; stopped (SIGTERM) on exit."""
-    count = max(1, min(count, settings.partitions))
-    bounds = [round(i * settings.partitions / count) for i in range(count + 1)]
-    processes = []
-    log = tempfile.NamedTemporaryFile(prefix="seqproc-demo-workers-", suffix=".log", delete=False)  # noqa: SIM115
-    for low, high in itertools.pairwise(bounds):
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "worker", "worker", "--partitions", f"{low}-{high - 1}", "--loglevel", "WARN"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-    try:
-        yield processes
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        log.close()
+    with tempfile.TemporaryDirectory(prefix="seqproc-demo-workers-") as directory:
+        group = WorkerGroup(settings, split_partitions(settings.partitions, count), Path(directory))
+        try:
+            group.wait_ready()
+            yield group
+        finally:
+            group.stop()
 
 
 def send_likes(burst: Burst, thread: int, events: int) -> None:

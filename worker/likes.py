@@ -1,27 +1,18 @@
 """Likes: set membership per (article, user), the count follows, and the last action by stamp wins.
 
-The rule is a pure function (:func:`decide`) so that it can be checked exhaustively; :func:`apply_likes` loads the
-state of the pairs a batch touches, runs the rule over the events in order in memory, and writes only the pairs
-that changed, with one statement per table.
+Pure functions only: :func:`decide` is the rule for one event, :func:`evaluate` runs it over a batch in order, and
+:func:`diff` says which rows must change. The stores (``worker.store_sql``, ``worker.store_pg``) load the state of
+the pairs a batch touches and write the :class:`LikeChanges`.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_, update
-
-from models.base import table_of
 from models.events import Like, Unlike
-from models.likes import ArticleLike, ArticleLikeCount, ArticleUnlike
 from models.outcomes import Outcome
-from worker.sql import upsert
-
-LIKES = table_of(ArticleLike)
-UNLIKES = table_of(ArticleUnlike)
-COUNTS = table_of(ArticleLikeCount)
 
 Pair = tuple[int, int]
 
@@ -54,90 +45,50 @@ def decide(current: PairState | None, event: Like | Unlike) -> tuple[PairState |
     return PairState(False, event.stamp), outcome
 
 
-def apply_likes(conn: Connection, events: Sequence[Like | Unlike]) -> list[Outcome]:
-    """Apply ``events`` (new ones: the ledger has already filtered duplicates) in order; return their outcomes."""
-    if not events:
-        return []
-    pairs = list({(event.article_id, event.user_id) for event in events})
-    initial = _load(conn, pairs)
+def evaluate(
+    initial: Mapping[Pair, PairState | None], events: Sequence[Like | Unlike]
+) -> tuple[dict[Pair, PairState | None], list[Outcome]]:
+    """Run the rule over ``events`` in order from ``initial``: the final state of every pair, and the outcomes."""
     state = dict(initial)
     outcomes = []
     for event in events:
         pair = (event.article_id, event.user_id)
         state[pair], outcome = decide(state.get(pair), event)
         outcomes.append(outcome)
-    _store(conn, initial, state)
-    return outcomes
+    return state, outcomes
 
 
-def _load(conn: Connection, pairs: list[Pair]) -> dict[Pair, PairState | None]:
-    found: dict[Pair, PairState | None] = dict.fromkeys(pairs)
-    for table, liked in ((LIKES, True), (UNLIKES, False)):
-        rows = conn.execute(
-            select(table.c.article_id, table.c.user_id, table.c.stamp).where(
-                tuple_(table.c.article_id, table.c.user_id).in_(pairs)
-            )
-        )
-        for article_id, user_id, stamp in rows:
-            known = found[(article_id, user_id)]
-            # The two tables are kept disjoint; if both ever held a pair, the newer stamp is the truth.
-            if known is None or stamp > known.stamp:
-                found[(article_id, user_id)] = PairState(liked, stamp)
-    return found
+@dataclass
+class LikeChanges:
+    """The rows to write. A pair lives in exactly one of ``article_like`` / ``article_unlike``: the one its newest
+    action says; ``flipped`` pairs move from one to the other (or appear)."""
+
+    #: Same membership, newer stamp: (article, user, stamp), by table (True: article_like).
+    restamped: dict[bool, list[tuple[int, int, int]]] = field(default_factory=lambda: {True: [], False: []})
+    #: Pairs whose membership changed (or that are new): delete from both tables, then insert into ``inserts``.
+    flipped: list[Pair] = field(default_factory=list)
+    inserts: dict[bool, list[tuple[int, int, int]]] = field(default_factory=lambda: {True: [], False: []})
+    #: like_count changes per article: gains (the row may not exist yet) and losses (it does).
+    gained: dict[int, int] = field(default_factory=dict)
+    lost: dict[int, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.flipped or self.restamped[True] or self.restamped[False])
 
 
-def _store(conn: Connection, initial: dict[Pair, PairState | None], final: dict[Pair, PairState | None]) -> None:
-    flipped: list[Pair] = []
-    restamped: dict[bool, list[dict[str, int]]] = {True: [], False: []}
+def diff(initial: Mapping[Pair, PairState | None], final: Mapping[Pair, PairState | None]) -> LikeChanges:
+    changes = LikeChanges()
     delta: dict[int, int] = defaultdict(int)
     for pair, after in final.items():
-        before = initial[pair]
+        before = initial.get(pair)
         if after is None or after == before:
             continue
         if before is not None and before.liked == after.liked:
-            # Same membership, newer stamp: keep the row (and its liked_at), move the stamp.
-            restamped[after.liked].append({"a": pair[0], "u": pair[1], "s": after.stamp})
+            changes.restamped[after.liked].append((pair[0], pair[1], after.stamp))
             continue
-        flipped.append(pair)
+        changes.flipped.append(pair)
+        changes.inserts[after.liked].append((pair[0], pair[1], after.stamp))
         delta[pair[0]] += int(after.liked) - int(bool(before and before.liked))
-    for liked, rows in restamped.items():
-        if rows:
-            table = LIKES if liked else UNLIKES
-            conn.execute(
-                update(table)
-                .where(table.c.article_id == bindparam("a"), table.c.user_id == bindparam("u"))
-                .values(stamp=bindparam("s")),
-                rows,
-            )
-    if not flipped:
-        return
-    # A pair lives in exactly one of the two tables: the one its newest action says.
-    conn.execute(delete(LIKES).where(tuple_(LIKES.c.article_id, LIKES.c.user_id).in_(flipped)))
-    conn.execute(delete(UNLIKES).where(tuple_(UNLIKES.c.article_id, UNLIKES.c.user_id).in_(flipped)))
-    rows_by_table: dict[bool, list[dict[str, int]]] = {True: [], False: []}
-    for article_id, user_id in flipped:
-        state = final[(article_id, user_id)]
-        assert state is not None
-        rows_by_table[state.liked].append({"article_id": article_id, "user_id": user_id, "stamp": state.stamp})
-    for liked, rows in rows_by_table.items():
-        if rows:
-            conn.execute(insert(LIKES if liked else UNLIKES), rows)
-    gained = [{"article_id": a, "like_count": d} for a, d in sorted(delta.items()) if d > 0]
-    lost = [{"a": a, "d": -d} for a, d in sorted(delta.items()) if d < 0]
-    if gained:
-        stmt = upsert(conn, COUNTS)
-        # like_count in the VALUES is the gain; a new row starts from it.
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[COUNTS.c.article_id],
-            set_={"like_count": COUNTS.c.like_count + stmt.excluded.like_count, "updated_at": func.now()},
-        )
-        conn.execute(stmt, gained)
-    if lost:
-        # An article that loses likes had them, so its row exists. (An upsert with a negative value would fail:
-        # PostgreSQL checks the CHECK constraint on the row it would have inserted.)
-        conn.execute(
-            update(COUNTS)
-            .where(COUNTS.c.article_id == bindparam("a"))
-            .values(like_count=COUNTS.c.like_count - bindparam("d"), updated_at=func.now()),
-            lost,
-        )
+    changes.gained = {a: d for a, d in sorted(delta.items()) if d > 0}
+    changes.lost = {a: -d for a, d in sorted(delta.items()) if d < 0}
+    return changes

@@ -12,8 +12,10 @@ import socket
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+from celery.signals import worker_ready
 from sqlalchemy import inspect
 
 from models.db import make_engine
@@ -36,7 +38,14 @@ def prepare(settings: Settings, partitions: Sequence[int], *, owner: str) -> run
     return runtime.install(settings, engine, epochs, owner=owner)
 
 
-def run_worker(settings: Settings, partitions: Sequence[int], *, hostname: str | None, loglevel: str) -> int:
+def run_worker(
+    settings: Settings,
+    partitions: Sequence[int],
+    *,
+    hostname: str | None,
+    loglevel: str,
+    ready_file: str | None = None,
+) -> int:
     """Run a Celery worker consuming exactly ``partitions``; returns its exit code."""
     if settings.embedded:
         raise ConfigError(
@@ -54,6 +63,8 @@ def run_worker(settings: Settings, partitions: Sequence[int], *, hostname: str |
     with app.connection_for_write() as conn:
         restore_unacked(conn.default_channel, queues)
     logger.info("worker %s: partitions %s, epochs %s", node, span, rt.epochs)
+    if ready_file:
+        _announce_ready(ready_file)
     celery_worker = app.Worker(
         hostname=node,
         queues=queues,
@@ -65,8 +76,21 @@ def run_worker(settings: Settings, partitions: Sequence[int], *, hostname: str |
         send_events=settings.task_events,
         quiet=True,
     )
-    celery_worker.start()
+    try:
+        celery_worker.start()
+    finally:
+        if ready_file:
+            Path(ready_file).unlink(missing_ok=True)
     return int(celery_worker.exitcode or 0)
+
+
+def _announce_ready(path: str) -> None:
+    """Write ``path`` (this process's pid) once the worker consumes: for supervisors, the demo and the benchmark."""
+
+    def write(**_: Any) -> None:
+        Path(path).write_text(f"{os.getpid()}\n")
+
+    worker_ready.connect(write, weak=False)
 
 
 @contextmanager

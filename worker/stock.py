@@ -1,25 +1,18 @@
 """Stock: reserve only what is available, release once, a release that comes first cancels, commit, restock.
 
-As with likes, the rule (:func:`decide`) is pure and runs over the events of a batch in order against the running
-quantities in memory; :func:`apply_stock` then writes each touched product once (as deltas, so that the database's
-CHECK constraints still guard the invariants) and each touched reservation once.
+Pure functions, as for likes: :func:`decide` is the rule for one event, evaluated against the running quantities of
+the batch in memory by :func:`evaluate`; :func:`diff` says what to write: each touched product once, as deltas (so
+that the database's CHECK constraints still guard the invariants), and each touched reservation once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
-
-from models.base import table_of
 from models.events import Commit, Release, Reserve, Restock
 from models.outcomes import Outcome
-from models.stock import ProductStock, Reservation, ReservationStatus
-from worker.sql import upsert
-
-PRODUCTS = table_of(ProductStock)
-RESERVATIONS = table_of(Reservation)
+from models.stock import ReservationStatus
 
 StockEvent = Reserve | Release | Commit | Restock
 
@@ -121,78 +114,39 @@ def _reserve(state: StockState, event: Reserve, current: ReservationState | None
     return APPLIED
 
 
-def apply_stock(conn: Connection, events: Sequence[StockEvent]) -> list[Outcome]:
-    """Apply ``events`` (new ones: the ledger has already filtered duplicates) in order; return their outcomes."""
-    if not events:
-        return []
-    initial = _load(conn, events)
+def evaluate(initial: StockState, events: Sequence[StockEvent]) -> tuple[StockState, list[Outcome]]:
+    """Run the rule over ``events`` in order from ``initial`` (left untouched): the final state, and the outcomes."""
     state = StockState(dict(initial.products), dict(initial.reservations))
-    outcomes = [decide(state, event) for event in events]
-    _store(conn, initial, state)
-    return outcomes
+    return state, [decide(state, event) for event in events]
 
 
-def _load(conn: Connection, events: Sequence[StockEvent]) -> StockState:
-    product_ids = sorted({event.product_id for event in events})
-    reservation_ids = sorted({event.reservation_id for event in events if event.type != "restock"})
-    products = {
-        row.product_id: ProductState(row.available, row.reserved, row.sold, row.total_received)
-        for row in conn.execute(
-            select(
-                PRODUCTS.c.product_id,
-                PRODUCTS.c.available,
-                PRODUCTS.c.reserved,
-                PRODUCTS.c.sold,
-                PRODUCTS.c.total_received,
-            ).where(PRODUCTS.c.product_id.in_(product_ids))
-        )
-    }
-    reservations: dict[str, ReservationState] = {}
-    if reservation_ids:
-        for row in conn.execute(
-            select(
-                RESERVATIONS.c.reservation_id,
-                RESERVATIONS.c.product_id,
-                RESERVATIONS.c.quantity,
-                RESERVATIONS.c.status,
-            ).where(RESERVATIONS.c.reservation_id.in_(reservation_ids))
-        ):
-            reservations[row.reservation_id] = ReservationState(
-                row.product_id, row.quantity, ReservationStatus(row.status)
-            )
-    return StockState(products, reservations)
+QUANTITIES = ("available", "reserved", "sold", "total_received")
 
 
-def _store(conn: Connection, initial: StockState, final: StockState) -> None:
-    columns = ("available", "reserved", "sold", "total_received")
-    new_rows = []
-    deltas = []
+@dataclass
+class StockChanges:
+    #: Products seen for the first time (their first restock): (product_id, available, reserved, sold, total).
+    new_products: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    #: Existing products: (product_id, d_available, d_reserved, d_sold, d_total). Written as deltas, so that the
+    #: CHECK constraints judge the arithmetic against the row as it is.
+    deltas: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    #: Reservations created or whose status changed: (reservation_id, product_id, quantity, status).
+    reservations: list[tuple[str, int, int, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.new_products or self.deltas or self.reservations)
+
+
+def diff(initial: StockState, final: StockState) -> StockChanges:
+    changes = StockChanges()
     for product_id, after in final.products.items():
         before = initial.products.get(product_id)
+        values = tuple(getattr(after, q) for q in QUANTITIES)
         if before is None:
-            new_rows.append({"product_id": product_id} | {c: getattr(after, c) for c in columns})
+            changes.new_products.append((product_id, *values))
         elif after != before:
-            deltas.append({"pid": product_id} | {f"d_{c}": getattr(after, c) - getattr(before, c) for c in columns})
-    if new_rows:
-        conn.execute(insert(PRODUCTS), new_rows)
-    if deltas:
-        # Deltas, not absolute values, so that the CHECK constraints judge the arithmetic against the row as it
-        # is. (Not an upsert: PostgreSQL checks the would-be inserted row, whose negative delta fails the CHECK.)
-        conn.execute(
-            update(PRODUCTS)
-            .where(PRODUCTS.c.product_id == bindparam("pid"))
-            .values({c: PRODUCTS.c[c] + bindparam(f"d_{c}") for c in columns} | {"updated_at": func.now()}),
-            deltas,
-        )
-    changed = [
-        {"reservation_id": rid, "product_id": r.product_id, "quantity": r.quantity, "status": r.status.value}
-        for rid, r in final.reservations.items()
-        if initial.reservations.get(rid) != r
-    ]
-    if changed:
-        stmt = upsert(conn, RESERVATIONS)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[RESERVATIONS.c.reservation_id],
-            set_={"status": stmt.excluded.status, "updated_at": func.now()},
-        )
-        conn.execute(stmt, changed)
+            changes.deltas.append((product_id, *(getattr(after, q) - getattr(before, q) for q in QUANTITIES)))
+    for rid, r in final.reservations.items():
+        if initial.reservations.get(rid) != r:
+            changes.reservations.append((rid, r.product_id, r.quantity, r.status.value))
+    return changes

@@ -1,0 +1,3 @@
+"""The strategy comparison behind ``seqproc bench`` (see bench/run.py)."""
+
+__all__ = ["run", "scenarios"]

@@ -1,0 +1,139 @@
+"""One harness for every strategy: P producer threads, each sending its E events one call at a time, started
+together by a barrier; the clock runs from the first send to the last event applied. Alongside: per-call latency,
+retries, the most database connections open at once, and a correctness check against the workload's model."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+
+from bench.direct import libpq_url
+from bench.scenarios import Op, Workload
+
+#: Longest a run may take to apply its events after the producers are done.
+DRAIN_TIMEOUT_S = 600
+
+
+class Strategy(Protocol):
+    name: str
+
+    def setup(self, workload: Workload) -> None: ...
+
+    def producer(self, index: int) -> Callable[[Op], int]: ...
+
+    def drain(self, timeout_s: float) -> None: ...
+
+    def verify(self, workload: Workload) -> tuple[bool, str, dict[str, Any]]: ...
+
+    def teardown(self) -> None: ...
+
+
+@dataclass
+class RunResult:
+    strategy: str
+    events: int
+    elapsed_s: float
+    events_per_s: float
+    p50_ms: float
+    p99_ms: float
+    retries: int
+    connections: int
+    correct: bool
+    detail: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        return data
+
+
+class ConnectionSampler:
+    """The most connections to the benchmark database seen at once (its own excluded), sampled every 20 ms."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="connection-sampler", daemon=True)
+
+    def __enter__(self) -> ConnectionSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        with psycopg.connect(libpq_url(self.url), autocommit=True) as conn:
+            while not self._stop.is_set():
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchone()
+                self.peak = max(self.peak, int(row[0]) if row else 0)
+                self._stop.wait(0.02)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def run(strategy: Strategy, workload: Workload, *, database_url: str) -> RunResult:
+    strategy.setup(workload)
+    try:
+        calls = [strategy.producer(i) for i in range(workload.producers)]  # connections open before the clock
+        latencies: list[list[float]] = [[] for _ in calls]
+        retries = [0] * len(calls)
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(len(calls) + 1)
+
+        def produce(index: int) -> None:
+            call, mine = calls[index], latencies[index]
+            barrier.wait()
+            try:
+                for op in workload.ops[index]:
+                    started = time.perf_counter()
+                    retries[index] += call(op)
+                    mine.append(time.perf_counter() - started)
+            except BaseException as error:  # reported after the run, which then fails loudly
+                errors.append(error)
+
+        threads = [threading.Thread(target=produce, args=(i,), name=f"producer-{i}") for i in range(len(calls))]
+        with ConnectionSampler(database_url) as sampler:
+            for thread in threads:
+                thread.start()
+            barrier.wait()
+            started = time.perf_counter()
+            for thread in threads:
+                thread.join()
+            if errors:
+                raise RuntimeError(f"{strategy.name}: a producer failed: {errors[0]!r}") from errors[0]
+            strategy.drain(DRAIN_TIMEOUT_S)
+            elapsed = time.perf_counter() - started
+        correct, detail, extra = strategy.verify(workload)
+    finally:
+        strategy.teardown()
+    flat = sorted(x for xs in latencies for x in xs)
+    return RunResult(
+        strategy=strategy.name,
+        events=workload.total,
+        elapsed_s=round(elapsed, 3),
+        events_per_s=round(workload.total / elapsed, 1),
+        p50_ms=round(percentile(flat, 0.50) * 1000, 3),
+        p99_ms=round(percentile(flat, 0.99) * 1000, 3),
+        retries=sum(retries),
+        connections=sampler.peak,
+        correct=correct,
+        detail=detail,
+        extra=extra | {"mean_ms": round(statistics.fmean(flat) * 1000, 3) if flat else 0.0},
+    )

@@ -1,0 +1,202 @@
+"""``seqproc bench``: run the strategies side by side, print a table, save JSON and a chart.
+
+Every figure of one invocation comes from the same machine in the same minutes: quote them as ratios against the
+baselines run beside them (this machine is shared and noisy; absolute figures move by 25% between runs).
+The benchmark uses its own database (``seqproc_bench`` on the configured server) and Redis databases 12-14 on the
+configured Redis, and empties them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import make_url
+
+from bench.direct import DirectStrategy
+from bench.harness import RunResult, Strategy, run
+from bench.scenarios import workload
+from bench.seqproc_strategy import SeqprocStrategy
+from bench.writebehind import WriteBehindStrategy
+from models.settings import Settings
+from worker.migrate import migrate
+
+DIRECT = ("atomic", "for_update", "optimistic", "serializable")
+STRATEGIES = (*DIRECT, "redis_writebehind", "seqproc_single", "seqproc_batched")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BENCH_DATABASE = "seqproc_bench"
+
+
+def bench_settings(base: Settings) -> Settings:
+    """The configured servers, with the benchmark's own database and Redis databases."""
+    database = make_url(base.database_url)
+    if database.drivername.startswith("postgresql"):
+        database = database.set(database=BENCH_DATABASE)
+    redis_base = base.broker_url.rsplit("/", 1)[0] if base.broker_url.count("/") >= 3 else base.broker_url
+    return base.model_copy(
+        update={
+            "database_url": database.render_as_string(hide_password=False),
+            "broker_url": f"{redis_base}/12",
+            "result_backend": f"{redis_base}/13",
+        }
+    )
+
+
+def make_strategy(name: str, settings: Settings, *, workers: int) -> Strategy:
+    if name in DIRECT:
+        return DirectStrategy(name, settings.database_url)
+    if name == "redis_writebehind":
+        return WriteBehindStrategy(settings.database_url, settings.broker_url.rsplit("/", 1)[0] + "/14")
+    if name in ("seqproc_single", "seqproc_batched"):
+        return SeqprocStrategy(name, settings, workers=workers)
+    raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)} (got {name!r})")
+
+
+@dataclass
+class Comparison:
+    scenario: str
+    producers: int
+    events_per_producer: int
+    workers: int
+    results: list[RunResult]
+
+    def by_name(self) -> dict[str, RunResult]:
+        return {r.strategy: r for r in self.results}
+
+    def ratios(self) -> dict[str, float]:
+        """The targets of the throughput issue, as ratios measured in this run (absent when a side did not run)."""
+        r = self.by_name()
+        out: dict[str, float] = {}
+        batched = r.get("seqproc_batched")
+        if batched is None:
+            return out
+        for base in ("atomic", "optimistic", "seqproc_single"):
+            if base in r:
+                out[f"batched_vs_{base}_events_per_s"] = round(batched.events_per_s / r[base].events_per_s, 2)
+        if "atomic" in r and batched.p99_ms:
+            out["atomic_p99_over_batched_p99"] = round(r["atomic"].p99_ms / batched.p99_ms, 2)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "producers": self.producers,
+            "producer_kind": "threads",
+            "events_per_producer": self.events_per_producer,
+            "total_events": self.producers * self.events_per_producer,
+            "workers": self.workers,
+            "strategies": {r.strategy: r.to_json() for r in self.results},
+            "ratios": self.ratios(),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+
+def compare(
+    settings: Settings,
+    scenario: str,
+    producers: int,
+    events: int,
+    strategies: Sequence[str],
+    *,
+    workers: int,
+    console: Console | None = None,
+) -> Comparison:
+    load = workload(scenario, producers, events)
+    results = []
+    for name in strategies:
+        if console:
+            console.print(f"[dim]{scenario} P={producers}: {name} ...[/dim]")
+        result = run(make_strategy(name, settings, workers=workers), load, database_url=settings.database_url)
+        results.append(result)
+        if not result.correct:
+            raise AssertionError(f"{name} on {scenario} P={producers} is WRONG: {result.detail}")
+        time.sleep(0.5)  # let the previous strategy's processes and connections go
+    return Comparison(scenario, producers, events, workers, results)
+
+
+def table(comparison: Comparison) -> Table:
+    by = comparison.by_name()
+    atomic = by.get("atomic")
+    c = comparison
+    plural = "es" if c.workers > 1 else ""
+    out = Table(
+        title=f"{c.scenario}: {c.producers} producer threads x {c.events_per_producer} events"
+        f" ({c.workers} seqproc worker process{plural})"
+    )
+    for column in ("strategy", "events/s", "x atomic", "p50 ms", "p99 ms", "retries", "db conns", "correct", "notes"):
+        out.add_column(column, justify="left" if column in ("strategy", "notes") else "right")
+    for r in comparison.results:
+        notes = []
+        if "events_per_message" in r.extra:
+            notes.append(f"{r.extra['events_per_message']} events/msg")
+        if "at_risk_max" in r.extra:
+            notes.append(f"{r.extra['at_risk_max']} events only in Redis at worst")
+        out.add_row(
+            r.strategy,
+            f"{r.events_per_s:,.0f}",
+            f"{r.events_per_s / atomic.events_per_s:.1f}" if atomic else "-",
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            str(r.retries),
+            str(r.connections),
+            "yes" if r.correct else "NO",
+            "; ".join(notes),
+        )
+    return out
+
+
+def save(comparisons: Sequence[Comparison], directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for c in comparisons:
+        path = directory / f"{c.scenario}-p{c.producers}.json"
+        path.write_text(json.dumps(c.to_json(), indent=2) + "\n")
+        paths.append(path)
+    return paths
+
+
+def chart(comparisons: Sequence[Comparison], path: Path) -> Path:
+    """Events/s and p99 call latency per strategy, one group of bars per producer count (log scales)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strategies = [s for s in STRATEGIES if any(s in c.by_name() for c in comparisons)]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
+    width = 0.8 / max(1, len(comparisons))
+    for n, c in enumerate(comparisons):
+        by = c.by_name()
+        xs = [i + n * width for i in range(len(strategies))]
+        top.bar(xs, [by[s].events_per_s if s in by else 0 for s in strategies], width, label=f"P={c.producers}")
+        bottom.bar(xs, [by[s].p99_ms if s in by else 0 for s in strategies], width, label=f"P={c.producers}")
+    top.set_yscale("log")
+    top.set_ylabel("events/s, end to end (log)")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("producer call p99, ms (log)")
+    bottom.set_xticks([i + width * (len(comparisons) - 1) / 2 for i in range(len(strategies))])
+    bottom.set_xticklabels(strategies, rotation=20)
+    scenario = comparisons[0].scenario
+    top.set_title(f"seqproc bench, scenario '{scenario}' ({os.cpu_count()} cores, producers are threads)")
+    top.legend()
+    top.grid(axis="y", alpha=0.3)
+    bottom.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def prepare(settings: Settings) -> None:
+    migrate(settings.database_url)

@@ -1,0 +1,133 @@
+"""seqproc itself, as the benchmark runs it: real worker processes, the producer API from each producer thread,
+the clock stopped when the last event is applied (read from the partitions' counters, committed with each batch).
+
+- ``seqproc_single``: one event per message and one per transaction (batch size 1, no packing): the naive design;
+- ``seqproc_batched``: the defaults: producer group commit, several messages per transaction.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import func, select, text
+
+import producer
+from bench.scenarios import Op, Workload
+from models.db import make_engine
+from models.partition import Partition
+from models.settings import Settings
+from producer.publish import publisher_for
+from producer.receipt import Receipt
+from worker.processes import WorkerGroup, split_partitions
+from worker.state import article_state, check_invariants, product_state
+
+DATA_TABLES = (
+    "article_like, article_unlike, article_like_count, product_stock, reservation, idempotency_ledger, dead_letter"
+)
+
+
+def strategy_settings(name: str, base: Settings) -> Settings:
+    if name == "seqproc_single":
+        return base.model_copy(update={"batch_size": 1, "max_events_per_message": 1, "linger_ms": 0})
+    return base
+
+
+class SeqprocStrategy:
+    def __init__(self, name: str, settings: Settings, *, workers: int) -> None:
+        self.name = name
+        self.settings = strategy_settings(name, settings)
+        self.workers = workers
+        self.engine = make_engine(self.settings.database_url)
+        self.receipts: list[list[Receipt]] = []
+        self.group: WorkerGroup | None = None
+        self._directory = tempfile.TemporaryDirectory(prefix="seqproc-bench-")
+        self._baseline = 0
+        self.rss_samples: list[list[float]] = []
+
+    def setup(self, workload: Workload) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {DATA_TABLES}"))
+        for url in (self.settings.broker_url, self.settings.result_backend):
+            redis.Redis.from_url(url).flushdb()
+        self.group = WorkerGroup(
+            self.settings, split_partitions(self.settings.partitions, self.workers), Path(self._directory.name)
+        )
+        self.group.wait_ready()
+        producer.configure(self.settings)
+        publisher = publisher_for(self.settings)
+        publisher.sent_messages = publisher.sent_events = 0
+        if workload.stock:
+            producer.restock(1, workload.stock).wait(timeout_s=60)
+        self._baseline = self._applied()
+        self.receipts = [[] for _ in range(workload.producers)]
+        self.rss_samples = [self.group.rss_mb()]
+
+    def _applied(self) -> int:
+        table = Partition.__table__
+        with self.engine.connect() as conn:
+            total = conn.execute(
+                select(func.coalesce(func.sum(table.c.applied + table.c.duplicates + table.c.rejected), 0))
+            ).scalar_one()
+        return int(total)
+
+    def producer(self, index: int) -> Callable[[Op], int]:
+        mine = self.receipts[index]
+
+        def call(op: Op) -> int:
+            if op.kind == "reserve":
+                mine.append(producer.reserve(op.entity, 1, reservation_id=f"r{op.n}"))
+            else:
+                mine.append(producer.like(op.entity, op.n))
+            return 0
+
+        return call
+
+    def drain(self, timeout_s: float) -> None:
+        expected = self._baseline + sum(len(r) for r in self.receipts)
+        deadline = time.monotonic() + timeout_s
+        while self._applied() < expected:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: {expected - self._applied()} events not applied in {timeout_s} s")
+            time.sleep(0.01)
+        assert self.group is not None
+        self.rss_samples.append(self.group.rss_mb())
+
+    def verify(self, workload: Workload) -> tuple[bool, str, dict[str, Any]]:
+        flat = [r for rs in self.receipts for r in rs]
+        statuses = Counter(o.status for o in producer.wait_all(flat, timeout_s=60))
+        publisher = publisher_for(self.settings)
+        extra: dict[str, Any] = {
+            "events_per_message": round(publisher.sent_events / max(1, publisher.sent_messages), 1),
+            "workers": self.workers,
+            "worker_rss_mb": [round(x, 1) for x in self.rss_samples[-1]],
+        }
+        with self.engine.connect() as conn:
+            invariants = check_invariants(conn)
+            if workload.scenario == "flash":
+                state = product_state(conn, 1)
+                sold = min(workload.stock, workload.total)
+                ok = (
+                    invariants.ok
+                    and state["reserved"] == sold
+                    and state["available"] == workload.stock - sold
+                    and statuses == Counter({"applied": sold, "rejected": workload.total - sold})
+                )
+                return ok, f"reserved {state['reserved']} of {workload.stock} (demand {workload.total})", extra
+            expected = workload.expected_likes()
+            bad = [a for a, n in expected.items() if article_state(conn, a)["like_count"] != n]
+            ok = invariants.ok and not bad and statuses == Counter({"applied": workload.total})
+            return ok, f"{sum(expected.values())} likes expected, {len(bad)} articles off, {dict(statuses)}", extra
+
+    def teardown(self) -> None:
+        if self.group is not None:
+            self.group.stop()
+            self.group = None
+        producer.configure(None)
+        self.engine.dispose()
+        self._directory.cleanup()

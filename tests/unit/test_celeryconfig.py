@@ -1,0 +1,47 @@
+"""The Celery settings the guarantees rest on."""
+
+from __future__ import annotations
+
+from celeryconfig import celery_config
+from models.broker import TRANSPORT
+from models.settings import Settings
+from producer.routing import queue_name
+
+
+def test_redelivery_and_safety_settings() -> None:
+    conf = celery_config(Settings())
+    assert conf["accept_content"] == ["json"]  # never pickle
+    assert conf["task_serializer"] == "json"
+    assert conf["task_acks_late"] is True
+    assert conf["task_reject_on_worker_lost"] is True
+    assert conf["task_acks_on_failure_or_timeout"] is False
+    assert 1 <= conf["worker_prefetch_multiplier"] <= 10_000
+    options = conf["broker_transport_options"]
+    # A killed worker's events come back well within a minute, not after Celery's default hour...
+    assert (
+        options["visibility_timeout"] + options["unacked_restore_interval"] * options["unacked_restore_throttle"] < 60
+    )
+    # ... and the visibility timeout stays well above the apply time limit (statement timeout).
+    assert options["visibility_timeout"] >= 2 * Settings().apply_time_limit_s
+    assert options["priority_steps"] == [0]
+    assert [q.name for q in conf["task_queues"]] == [queue_name(p) for p in range(16)]
+
+
+def test_transport_follows_the_broker_url() -> None:
+    assert celery_config(Settings(broker_url="redis://127.0.0.1:6379/0"))["broker_transport"] == TRANSPORT
+    # Always present, so that reconfiguring an app from Redis to memory:// clears it.
+    assert celery_config(Settings(broker_url="memory://localhost/"))["broker_transport"] is None
+    assert celery_config(Settings(broker_url="rediss://h:6380/0"))["broker_transport"] is None
+
+
+def test_reconfiguring_the_worker_app_switches_transport() -> None:
+    from worker.app import app, configure
+
+    configure(Settings(broker_url="redis://127.0.0.1:6379/0"))
+    assert app.conf.broker_transport == TRANSPORT
+    configure(Settings(broker_url="memory://localhost/", result_backend="memory://"))
+    assert app.conf.broker_transport is None
+    assert (
+        app.connection_for_write().transport_cls in ("memory", None)
+        or "memory" in str(type(app.connection_for_write().transport)).lower()
+    )

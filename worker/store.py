@@ -1,0 +1,95 @@
+"""What the apply transaction needs from the database, in two implementations:
+
+- ``worker.store_pg``: PostgreSQL, set-based statements over arrays (``unnest``), constant SQL text (prepared by
+  psycopg after a few uses), sent in pipelines: one round trip to claim the keys and load the touched rows, one to
+  write everything and check the fence;
+- ``worker.store_sql``: SQLAlchemy Core, portable (SQLite: the embedded mode and the unit tests).
+
+Both obey the same contract, and the same property tests run against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy import Connection
+
+from models.outcomes import Outcome
+from worker.likes import LikeChanges, Pair, PairState
+from worker.stock import StockChanges, StockState
+
+#: The status a claimed key starts with: most events are applied plainly, so only the others need a second write.
+CLAIMED_STATUS = "applied"
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    """Something that could not be applied, to be stored with the batch (same transaction as its ack)."""
+
+    error: str
+    body: str
+    partition: int | None = None
+    queue: str | None = None
+    event_key: str | None = None
+    content_type: str | None = None
+
+
+@dataclass
+class Loaded:
+    #: The keys this transaction claimed: their events are new; the other keys are duplicates.
+    new_keys: set[str]
+    pairs: dict[Pair, PairState | None]
+    stock: StockState
+
+
+@dataclass
+class Writes:
+    partition: int
+    #: None: do not check the fence (tools and tests applying directly).
+    epoch: int | None
+    likes: LikeChanges = field(default_factory=LikeChanges)
+    stock: StockChanges = field(default_factory=StockChanges)
+    #: Outcomes of claimed keys that are not a plain "applied" (claimed keys start as that).
+    outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
+    dead_letters: Sequence[DeadLetterRecord] = ()
+    applied: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+class Store(Protocol):
+    def claim_and_load(
+        self,
+        conn: Connection,
+        partition: int,
+        keys: Sequence[tuple[str, str]],
+        pairs: Sequence[Pair],
+        product_ids: Sequence[int],
+        reservation_ids: Sequence[str],
+    ) -> Loaded:
+        """Insert the ``(key, event_type)`` pairs into the ledger (``ON CONFLICT DO NOTHING RETURNING``) and read the
+        state of the touched pairs, products and reservations."""
+        ...
+
+    def first_outcomes(self, conn: Connection, keys: Sequence[str]) -> dict[str, Outcome]:
+        """The recorded outcome of each of ``keys`` that the ledger holds."""
+        ...
+
+    def write(self, conn: Connection, writes: Writes) -> bool:
+        """Write the changes, outcomes, dead letters and counters; check the fencing epoch last (under the partition
+        row's lock). Returns False if the epoch is no longer current: the caller must roll back."""
+        ...
+
+    def store_dead_letters(self, conn: Connection, records: Sequence[DeadLetterRecord]) -> None: ...
+
+
+def store_for(conn: Connection) -> Store:
+    if conn.dialect.name == "postgresql":
+        from worker.store_pg import PostgresStore
+
+        return PostgresStore()
+    from worker.store_sql import SqlStore
+
+    return SqlStore()

@@ -1,0 +1,197 @@
+"""The PostgreSQL store: set-based statements over arrays, in psycopg pipelines. See ``worker.store``.
+
+Every statement has constant text whatever the batch size (arrays, not expanding IN lists or executemany), so
+psycopg prepares it after a few uses and nothing is re-parsed or recompiled per batch. A batch costs three round
+trips: (claim the keys + load the touched rows), (write everything + check the fence), commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+
+from models.outcomes import Outcome
+from models.stock import ReservationStatus
+from worker.likes import Pair, PairState
+from worker.stock import ProductState, ReservationState, StockState
+from worker.store import CLAIMED_STATUS, DeadLetterRecord, Loaded, Writes
+from worker.store_sql import dead_letter_row, status_of
+
+CLAIM = """
+INSERT INTO idempotency_ledger (key, partition, event_type, status)
+SELECT k, %s, t, %s FROM unnest(%s::text[], %s::text[]) AS u(k, t)
+ON CONFLICT (key) DO NOTHING
+RETURNING key
+"""
+LOAD_PAIRS = """
+SELECT true, l.article_id, l.user_id, l.stamp
+FROM article_like l JOIN unnest(%s::bigint[], %s::bigint[]) AS p(a, u) ON l.article_id = p.a AND l.user_id = p.u
+UNION ALL
+SELECT false, n.article_id, n.user_id, n.stamp
+FROM article_unlike n JOIN unnest(%s::bigint[], %s::bigint[]) AS p(a, u) ON n.article_id = p.a AND n.user_id = p.u
+"""
+LOAD_PRODUCTS = """
+SELECT product_id, available, reserved, sold, total_received FROM product_stock WHERE product_id = ANY(%s::bigint[])
+"""
+LOAD_RESERVATIONS = """
+SELECT reservation_id, product_id, quantity, status FROM reservation WHERE reservation_id = ANY(%s::text[])
+"""
+FIRST_OUTCOMES = "SELECT key, status, reason FROM idempotency_ledger WHERE key = ANY(%s::text[])"
+
+RESTAMP = """
+UPDATE {table} t SET stamp = u.s FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS u(a, usr, s)
+WHERE t.article_id = u.a AND t.user_id = u.usr
+"""
+DELETE_PAIRS = """
+DELETE FROM {table} t USING unnest(%s::bigint[], %s::bigint[]) AS p(a, u) WHERE t.article_id = p.a AND t.user_id = p.u
+"""
+INSERT_PAIRS = (
+    "INSERT INTO {table} (article_id, user_id, stamp) SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[])"
+)
+COUNT_GAINS = """
+INSERT INTO article_like_count AS c (article_id, like_count)
+SELECT * FROM unnest(%s::bigint[], %s::bigint[])
+ON CONFLICT (article_id) DO UPDATE SET like_count = c.like_count + excluded.like_count, updated_at = now()
+"""
+COUNT_LOSSES = """
+UPDATE article_like_count c SET like_count = c.like_count - u.d, updated_at = now()
+FROM unnest(%s::bigint[], %s::bigint[]) AS u(a, d) WHERE c.article_id = u.a
+"""
+NEW_PRODUCTS = """
+INSERT INTO product_stock (product_id, available, reserved, sold, total_received)
+SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])
+"""
+PRODUCT_DELTAS = """
+UPDATE product_stock p SET available = p.available + u.da, reserved = p.reserved + u.dr, sold = p.sold + u.ds,
+    total_received = p.total_received + u.dt, updated_at = now()
+FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]) AS u(pid, da, dr, ds, dt)
+WHERE p.product_id = u.pid
+"""
+UPSERT_RESERVATIONS = """
+INSERT INTO reservation AS r (reservation_id, product_id, quantity, status)
+SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::text[])
+ON CONFLICT (reservation_id) DO UPDATE SET status = excluded.status, updated_at = now()
+"""
+SET_OUTCOMES = """
+UPDATE idempotency_ledger l SET status = u.s, reason = u.r FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(k, s, r)
+WHERE l.key = u.k
+"""
+INSERT_DEAD_LETTER = """
+INSERT INTO dead_letter (partition, queue, event_key, content_type, body, error)
+VALUES (%(partition)s, %(queue)s, %(event_key)s, %(content_type)s, %(body)s, %(error)s)
+"""
+FENCE = """
+UPDATE partition SET applied = applied + %s, duplicates = duplicates + %s, rejected = rejected + %s
+WHERE partition = %s AND epoch = %s
+"""
+
+
+def columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows -> one list per column, as ``unnest`` takes them."""
+    return [[row[i] for row in rows] for i in range(width)] if rows else [[] for _ in range(width)]
+
+
+def driver(conn: Connection) -> Any:
+    """The psycopg connection under SQLAlchemy's, in the same transaction."""
+    return conn.connection.driver_connection
+
+
+class PostgresStore:
+    def claim_and_load(
+        self,
+        conn: Connection,
+        partition: int,
+        keys: Sequence[tuple[str, str]],
+        pairs: Sequence[Pair],
+        product_ids: Sequence[int],
+        reservation_ids: Sequence[str],
+    ) -> Loaded:
+        pg = driver(conn)
+        claimed = loaded_pairs = products = reservations = None
+        with pg.pipeline():
+            if keys:
+                ks, ts = columns(keys, 2)
+                claimed = pg.execute(CLAIM, (partition, CLAIMED_STATUS, ks, ts))
+            if pairs:
+                a, u = columns(pairs, 2)
+                loaded_pairs = pg.execute(LOAD_PAIRS, (a, u, a, u))
+            if product_ids:
+                products = pg.execute(LOAD_PRODUCTS, (list(product_ids),))
+            if reservation_ids:
+                reservations = pg.execute(LOAD_RESERVATIONS, (list(reservation_ids),))
+        new_keys = {row[0] for row in claimed.fetchall()} if claimed is not None else set()
+        found: dict[Pair, PairState | None] = dict.fromkeys(pairs)
+        for liked, article_id, user_id, stamp in loaded_pairs.fetchall() if loaded_pairs is not None else ():
+            known = found[(article_id, user_id)]
+            if known is None or stamp > known.stamp:
+                found[(article_id, user_id)] = PairState(liked, stamp)
+        stock = StockState(
+            {row[0]: ProductState(*row[1:]) for row in (products.fetchall() if products is not None else ())},
+            {
+                rid: ReservationState(pid, quantity, ReservationStatus(status))
+                for rid, pid, quantity, status in (reservations.fetchall() if reservations is not None else ())
+            },
+        )
+        return Loaded(new_keys, found, stock)
+
+    def first_outcomes(self, conn: Connection, keys: Sequence[str]) -> dict[str, Outcome]:
+        if not keys:
+            return {}
+        rows = driver(conn).execute(FIRST_OUTCOMES, (list(keys),)).fetchall()
+        return {key: Outcome(status_of(status), reason) for key, status, reason in rows}
+
+    def write(self, conn: Connection, writes: Writes) -> bool:
+        pg = driver(conn)
+        fence = None
+        with pg.pipeline():
+            likes = writes.likes
+            for liked, rows in likes.restamped.items():
+                if rows:
+                    pg.execute(RESTAMP.format(table=_pair_table(liked)), columns(rows, 3))
+            if likes.flipped:
+                a, u = columns(likes.flipped, 2)
+                pg.execute(DELETE_PAIRS.format(table="article_like"), (a, u))
+                pg.execute(DELETE_PAIRS.format(table="article_unlike"), (a, u))
+            for liked, rows in likes.inserts.items():
+                if rows:
+                    pg.execute(INSERT_PAIRS.format(table=_pair_table(liked)), columns(rows, 3))
+            if likes.gained:
+                pg.execute(COUNT_GAINS, (list(likes.gained), list(likes.gained.values())))
+            if likes.lost:
+                pg.execute(COUNT_LOSSES, (list(likes.lost), list(likes.lost.values())))
+            stock = writes.stock
+            if stock.new_products:
+                pg.execute(NEW_PRODUCTS, columns(stock.new_products, 5))
+            if stock.deltas:
+                pg.execute(PRODUCT_DELTAS, columns(stock.deltas, 5))
+            if stock.reservations:
+                pg.execute(UPSERT_RESERVATIONS, columns(stock.reservations, 4))
+            if writes.outcomes:
+                pg.execute(
+                    SET_OUTCOMES,
+                    (
+                        [k for k, _ in writes.outcomes],
+                        [o.status for _, o in writes.outcomes],
+                        [o.reason for _, o in writes.outcomes],
+                    ),
+                )
+            for record in writes.dead_letters:
+                pg.execute(INSERT_DEAD_LETTER, dead_letter_row(record))
+            if writes.epoch is not None:
+                # Last: the partition row's lock orders this transaction against a takeover.
+                fence = pg.execute(
+                    FENCE, (writes.applied, writes.duplicates, writes.rejected, writes.partition, writes.epoch)
+                )
+        return fence is None or fence.rowcount == 1
+
+    def store_dead_letters(self, conn: Connection, records: Sequence[DeadLetterRecord]) -> None:
+        pg = driver(conn)
+        with pg.pipeline():
+            for record in records:
+                pg.execute(INSERT_DEAD_LETTER, dead_letter_row(record))
+
+
+def _pair_table(liked: bool) -> str:
+    return "article_like" if liked else "article_unlike"
