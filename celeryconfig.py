@@ -32,6 +32,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "socket_timeout": 30,
             "socket_keepalive": True,
             "health_check_interval": 10,
+            # Bodies as they are (JSON text), not base64: a third smaller, and no encode/decode per message.
+            # A consumer decodes each message by its own body_encoding property, so mixed queues are fine.
+            "body_encoding": None,
         }
     return {
         # kombu's Redis transport, reusing one client object per channel (see models.broker). Always set, also to

@@ -89,8 +89,8 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def run(strategy: Strategy, workload: Workload, *, database_url: str) -> RunResult:
-    strategy.setup(workload)
     try:
+        strategy.setup(workload)  # inside the try: a failed setup still stops what it started (worker processes)
         calls = [strategy.producer(i) for i in range(workload.producers)]  # connections open before the clock
         latencies: list[list[float]] = [[] for _ in calls]
         retries = [0] * len(calls)

@@ -58,7 +58,7 @@ class SeqprocStrategy:
         self.group = WorkerGroup(
             self.settings, split_partitions(self.settings.partitions, self.workers), Path(self._directory.name)
         )
-        self.group.wait_ready()
+        self.group.wait_ready()  # on failure, teardown() stops the group
         producer.configure(self.settings)
         publisher = publisher_for(self.settings)
         publisher.sent_messages = publisher.sent_events = 0

@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     batch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 50
     #: Messages a worker process may hold unacknowledged (Celery prefetch for its one process).
     prefetch_messages: Annotated[int, Field(ge=1, le=10_000)] = 64
-    #: Producer side: how long a call waits to share a message with concurrent calls (0: send at once).
-    linger_ms: Annotated[float, Field(ge=0, le=1_000)] = 0
+    #: Producer: under concurrency, how long a send may wait for more calls to share its message (0: never wait;
+    #: a lone sequential caller never waits either way).
+    linger_ms: Annotated[float, Field(ge=0, le=1_000)] = 1
     #: Most events packed in one message by the producer.
     max_events_per_message: Annotated[int, Field(ge=1, le=10_000)] = 500
 

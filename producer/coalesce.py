@@ -13,20 +13,24 @@ Nothing is lost to buffering: a call returns only after the broker accepted its 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from models.errors import PublishError
 from models.events import Event
 
 
-@dataclass(eq=False)
 class _Ticket:
-    events: Sequence[Event]
-    wake: threading.Event = field(default_factory=threading.Event)
-    done: bool = False
-    error: PublishError | None = None
+    """One call's events. ``wake`` is a lock held from the start: releasing it wakes the caller (cheaper than a
+    threading.Event, which allocates a Condition and a lock per call)."""
+
+    __slots__ = ("done", "error", "events", "wake")
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = events
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.done = False
+        self.error: PublishError | None = None
 
 
 class Coalescer:
@@ -36,8 +40,12 @@ class Coalescer:
         self._send = send
         self._linger_s = linger_s
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._pending: list[_Ticket] = []
         self._busy = False
+        #: Calls carried by the previous send: how many to expect when lingering.
+        self._last_batch = 0
+        self._lingering = False
 
     def submit(self, events: Sequence[Event]) -> None:
         """Publish ``events``, possibly together with other callers'; return once published."""
@@ -46,19 +54,25 @@ class Coalescer:
             self._pending.append(ticket)
             lead = not self._busy
             self._busy = True
+            if self._lingering:
+                self._arrived.notify()
         if not lead:
-            ticket.wake.wait()
+            ticket.wake.acquire()
             # Woken either because a leader published our events, or because we were handed the lead.
         if not ticket.done:
-            self._lead()
+            self._lead(ticket)
         if ticket.error is not None:
             raise ticket.error
 
-    def _lead(self) -> None:
-        if self._linger_s:
-            time.sleep(self._linger_s)
+    def _lead(self, leader: _Ticket) -> None:
         with self._lock:
+            expected = self._last_batch
+            if self._linger_s and expected > 1 and len(self._pending) < expected:
+                self._lingering = True
+                self._arrived.wait_for(lambda: len(self._pending) >= expected, timeout=self._linger_s)
+                self._lingering = False
             batch, self._pending = self._pending, []
+            self._last_batch = len(batch)
         error: PublishError | None = None
         try:
             self._send([event for ticket in batch for event in ticket.events])
@@ -69,10 +83,11 @@ class Coalescer:
         for ticket in batch:
             ticket.error = error
             ticket.done = True
-            ticket.wake.set()
+            if ticket is not leader:
+                ticket.wake.release()
         with self._lock:
             if self._pending:
                 # Hand the lead to the oldest waiter: it publishes what queued up meanwhile.
-                self._pending[0].wake.set()
+                self._pending[0].wake.release()
             else:
                 self._busy = False

@@ -112,14 +112,28 @@ class Publisher:
         # reports as sent a message the broker did not accept.
         with self.app.producer_or_acquire() as amqp_producer, amqp_producer.batch():
             for partition, group in messages:
-                queue = queue_name(partition)
-                self.app.send_task(
+                # Celery's own protocol-2 message (what send_task builds), published to the default ("") exchange
+                # with the queue's name as routing key: on Redis that is an LPUSH onto the queue's list, with no
+                # binding to look up (a lost binding would divert the message to kombu's undeliverable queue) and
+                # no declare per message. Short reprs for Flower instead of a saferepr() of every event.
+                message = self.app.amqp.as_task_v2(
+                    unique_id(),
                     APPLY_TASK,
-                    kwargs={"partition": partition, "events": [event.model_dump() for event in group]},
-                    queue=queue,
-                    routing_key=queue,
-                    producer=amqp_producer,
-                    task_id=unique_id(),
+                    (),
+                    {"partition": partition, "events": [event.model_dump() for event in group]},
+                    argsrepr="()",
+                    kwargsrepr=f"{{'partition': {partition}, 'events': <{len(group)}>}}",
+                    ignore_result=True,
+                )
+                amqp_producer.publish(
+                    message.body,
+                    exchange="",
+                    routing_key=queue_name(partition),
+                    serializer="json",
+                    headers=message.headers,
+                    declare=[],
+                    retry=False,
+                    **message.properties,
                 )
         events = sum(len(group) for _, group in messages)
         self.sent_messages += len(messages)  # only a coalescer's leader sends: no concurrent update

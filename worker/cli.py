@@ -331,7 +331,7 @@ def bench(
         producer_counts = [int(p) for p in _csv(producers_csv)]
     except ValueError:
         raise ConfigError(f"--producers: {producers_csv!r} is not a number or a comma-separated list") from None
-    console = Console(stderr=as_json)
+    console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 160)
     bench_run.prepare(settings)
     directory = results_dir or bench_run.RESULTS_DIR
     comparisons = []

@@ -71,12 +71,32 @@ def test_a_lone_call_sends_at_once() -> None:
     assert time.monotonic() - started < 0.5
 
 
-def test_linger_gathers_more_events_per_send() -> None:
+def test_linger_gathers_more_calls_per_send_under_concurrency() -> None:
+    """Once a send carried several calls, the next leader waits (up to the linger) for as many again."""
+    sends: dict[float, list[list[Any]]] = {}
+    for linger_s in (0.0, 0.05):
+        recorder = Recorder(delay_s=0.002)
+        coalescer = Coalescer(recorder, linger_s=linger_s)
+
+        def call(n: int, coalescer: Coalescer = coalescer) -> None:
+            for i in range(10):
+                coalescer.submit([(n, i)])
+                time.sleep(0.001 * (n % 3))  # callers out of step: without linger they straggle into sends
+
+        run_threads(8, call)
+        assert sorted(recorder.sent()) == sorted((n, i) for n in range(8) for i in range(10))
+        sends[linger_s] = recorder.sends
+    assert len(sends[0.05]) < len(sends[0.0])
+
+
+def test_a_lone_sequential_caller_never_waits_for_the_linger() -> None:
     recorder = Recorder(delay_s=0)
-    coalescer = Coalescer(recorder, linger_s=0.02)
-    run_threads(8, lambda n: coalescer.submit([n]))
-    assert sorted(recorder.sent()) == list(range(8))
-    assert len(recorder.sends) <= 3
+    coalescer = Coalescer(recorder, linger_s=0.5)
+    started = time.monotonic()
+    for n in range(5):
+        coalescer.submit([n])
+    assert time.monotonic() - started < 0.5  # five calls, not five lingers
+    assert recorder.sends == [[n] for n in range(5)]
 
 
 def test_a_failed_send_raises_for_its_callers_only_and_later_sends_work() -> None:
