@@ -19,6 +19,8 @@ import redis
 Status = Literal["applied", "duplicate", "rejected"]
 
 OUTCOME_KEY_PREFIX = "seqproc:outcome:"
+#: Longest single blocking read while waiting for an outcome.
+WAIT_SLICE_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,8 @@ class RedisOutcomeStore:
     """Outcomes in Redis, one list of one element per event id, expiring after ``ttl_s``."""
 
     def __init__(self, url: str, *, ttl_s: int) -> None:
-        self._client = redis.Redis.from_url(url, socket_connect_timeout=5)
+        # Blocking reads come in slices of WAIT_SLICE_S; the socket timeout must outlast a slice.
+        self._client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=WAIT_SLICE_S + 10)
         self._ttl_s = ttl_s
         self._put_script = self._client.register_script(_PUT_MANY)
 
@@ -84,7 +87,10 @@ class RedisOutcomeStore:
             # BLMOVE onto the same list rotates its single element: a blocking read that leaves it in place,
             # so a second wait() (or another process) sees it too. Slices keep the socket from looking dead.
             # Redis takes a fractional timeout; redis-py's stub says int.
-            raw = self._client.blmove(key, key, min(remaining, 5.0), "RIGHT", "LEFT")  # type: ignore[arg-type]
+            try:
+                raw = self._client.blmove(key, key, min(remaining, WAIT_SLICE_S), "RIGHT", "LEFT")  # type: ignore[arg-type]
+            except redis.TimeoutError:
+                continue  # a slow slice: the deadline above decides
             if raw is not None:
                 return Outcome.from_wire(json.loads(raw))
 

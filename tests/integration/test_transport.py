@@ -1,0 +1,85 @@
+"""The reliable fetch of models.broker, against the real Redis: a message is always in its queue or in unacked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from kombu import Connection
+from sqlalchemy import Engine, select
+
+import producer
+from celeryconfig import celery_config
+from models.broker import bell_key
+from models.ledger import DeadLetter
+from models.settings import Settings
+from producer.routing import article_key, partition_for, queue_name
+from tests.conftest import wait_for
+from worker.partitions import restore_unacked
+from worker.state import article_state
+
+pytestmark = pytest.mark.services
+
+
+def connection(settings: Settings) -> Connection:
+    conf = celery_config(settings)
+    return Connection(
+        settings.broker_url, transport=conf["broker_transport"], transport_options=conf["broker_transport_options"]
+    )
+
+
+def test_a_fetch_records_each_message_in_unacked_in_the_same_step(clean: Settings) -> None:
+    """A worker that dies right after fetching (before delivering, before acking) loses nothing: each message is
+    in unacked, and the takeover restore puts them back at the head of the queue, in order."""
+    receipts = [producer.like(7, user) for user in range(1, 11)]
+    queue = receipts[0].queue
+    client = redis.Redis.from_url(clean.broker_url)
+    assert client.llen(queue) == 10
+    assert client.llen(bell_key(queue)) == 1  # the producer rang the bell
+
+    with connection(clean) as conn:
+        channel = conn.default_channel
+        taken = channel._fetch([queue], 4)  # the "worker" takes 4 and dies here
+        assert len(taken) == 4
+        assert client.llen(queue) == 6
+        assert client.hlen("unacked") == 4
+        assert client.zcard("unacked_index") == 4
+        stored = [json.loads(v) for v in client.hvals("unacked")]
+        assert {entry[2] for entry in stored} == {queue}  # [message, exchange, routing_key], as kombu stores it
+        # The message is stored exactly as sent: a 19-digit stamp survives (no float round trip in Lua).
+        sent_stamps = {r.stamp for r in receipts[:4]}
+        stored_stamps = {json.loads(entry[0]["body"])[1]["events"][0]["stamp"] for entry in stored}
+        assert stored_stamps == sent_stamps
+
+        assert restore_unacked(channel, [queue]) == 4
+    assert client.hlen("unacked") == 0
+    assert client.llen(queue) == 10
+    # RPOP order (the consuming end first) is the producer's order again.
+    order = [json.loads(json.loads(raw)["body"])[1]["events"][0]["user_id"] for raw in client.lrange(queue, 0, -1)]
+    assert list(reversed(order)) == list(range(1, 11))
+
+
+def test_messages_are_consumed_even_when_their_bell_was_lost(clean: Settings, start_worker, engine: Engine) -> None:
+    receipts = [producer.like(8, user) for user in range(1, 6)]
+    client = redis.Redis.from_url(clean.broker_url)
+    client.delete(bell_key(receipts[0].queue))  # as if a worker popped the bell and died
+    start_worker(clean)
+    outcomes = producer.wait_all(receipts, timeout_s=30)
+    assert {o.status for o in outcomes} == {"applied"}
+    with engine.connect() as conn:
+        assert article_state(conn, 8)["like_count"] == 5
+
+
+def test_bytes_that_are_not_a_message_are_dead_lettered(clean: Settings, start_worker, engine: Engine) -> None:
+    worker = start_worker(clean)
+    queue = queue_name(partition_for(article_key(9), clean.partitions))
+    client = redis.Redis.from_url(clean.broker_url)
+    client.lpush(queue, b"\x00\x01 not json at all")
+    client.lpush(bell_key(queue), "1")
+    assert producer.like(9, 1).wait(timeout_s=30).status == "applied"
+    with engine.connect() as conn:
+        letters = wait_for(lambda: conn.execute(select(DeadLetter.error, DeadLetter.body)).all(), 30, "a dead letter")
+    assert len(letters) == 1
+    assert letters[0].body.startswith("base64:")
+    assert worker.process.poll() is None
