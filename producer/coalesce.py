@@ -1,10 +1,15 @@
 """Group commit for producer calls: concurrent calls share messages, and each returns once its event is published.
 
-No background thread and no timer on the quiet path: a call that finds no publish under way publishes at once (it
-is the *leader*). Calls that arrive while a publish is under way queue up; when it completes, the leader hands the
-lead to the oldest of them, which publishes everything queued in one pipelined round trip (one message per
-partition). Under load a message therefore carries all the events that arrived during the previous publish, with
-no added wait; ``linger_ms`` adds a wait before each publish to gather more (a Kafka producer's linger).
+No background thread and no timer on the quiet path: a call that finds a free send slot publishes at once (it is a
+*leader*). Calls that arrive while the slots are busy queue up; when a send completes, its leader hands the lead to
+the oldest queued call, which publishes everything queued in one pipelined round trip (one message per partition).
+Two sends may be under way at once (``max_in_flight``): while one waits for the broker, the next batch gathers and
+goes, so the process is not idle during a round trip. A caller's next call starts only after its previous one was
+sent, so each caller's events keep their order.
+
+``linger_ms`` lets a leader wait a little for more calls (a Kafka producer's linger), but only under concurrency:
+when the previous send carried more than one call, the leader waits until as many calls are queued again, or
+``linger_ms``, whichever comes first. A lone sequential caller never waits.
 
 Nothing is lost to buffering: a call returns only after the broker accepted its message, and raises
 :class:`PublishError` (the event was not sent) otherwise.
@@ -20,45 +25,49 @@ from models.events import Event
 
 
 class _Ticket:
-    """One call's events. ``wake`` is a lock held from the start: releasing it wakes the caller (cheaper than a
-    threading.Event, which allocates a Condition and a lock per call)."""
+    """One call's events. ``wake`` is a lock held from the start; releasing it wakes the caller, once: because its
+    events were sent (``done``), or because it was given the lead (cheaper than a threading.Event per call)."""
 
-    __slots__ = ("done", "error", "events", "wake")
+    __slots__ = ("done", "error", "events", "leads", "wake")
 
     def __init__(self, events: Sequence[Event]) -> None:
         self.events = events
         self.wake = threading.Lock()
         self.wake.acquire()
         self.done = False
+        #: This call leads a send: no other leader takes it into its batch; its own send completes it.
+        self.leads = False
         self.error: PublishError | None = None
 
 
 class Coalescer:
     """Turns concurrent ``submit`` calls into few ``send`` calls; thread-safe."""
 
-    def __init__(self, send: Callable[[list[Event]], None], *, linger_s: float) -> None:
+    def __init__(self, send: Callable[[list[Event]], None], *, linger_s: float, max_in_flight: int = 1) -> None:
         self._send = send
         self._linger_s = linger_s
+        self._max_in_flight = max_in_flight
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._pending: list[_Ticket] = []
-        self._busy = False
+        self._leaders = 0
         #: Calls carried by the previous send: how many to expect when lingering.
         self._last_batch = 0
-        self._lingering = False
+        self._expected = 0
+        self._lingering = 0
 
     def submit(self, events: Sequence[Event]) -> None:
         """Publish ``events``, possibly together with other callers'; return once published."""
         ticket = _Ticket(events)
         with self._lock:
             self._pending.append(ticket)
-            lead = not self._busy
-            self._busy = True
-            if self._lingering:
-                self._arrived.notify()
-        if not lead:
-            ticket.wake.acquire()
-            # Woken either because a leader published our events, or because we were handed the lead.
+            if self._leaders < self._max_in_flight:
+                self._leaders += 1
+                ticket.leads = True
+            elif self._lingering and len(self._pending) >= self._expected:
+                self._arrived.notify()  # once, when enough have come: not one wake-up of a leader per call
+        if not ticket.leads:
+            ticket.wake.acquire()  # sent by some leader, or given the lead
         if not ticket.done:
             self._lead(ticket)
         if ticket.error is not None:
@@ -66,19 +75,21 @@ class Coalescer:
 
     def _lead(self, leader: _Ticket) -> None:
         with self._lock:
-            expected = self._last_batch
+            expected = self._expected = self._last_batch
             if self._linger_s and expected > 1 and len(self._pending) < expected:
-                self._lingering = True
+                self._lingering += 1
                 self._arrived.wait_for(lambda: len(self._pending) >= expected, timeout=self._linger_s)
-                self._lingering = False
-            batch, self._pending = self._pending, []
+                self._lingering -= 1
+            # Take every waiting call except those that lead a send of their own.
+            batch = [t for t in self._pending if not t.leads or t is leader]
+            self._pending = [t for t in self._pending if t.leads and t is not leader]
             self._last_batch = len(batch)
         error: PublishError | None = None
         try:
             self._send([event for ticket in batch for event in ticket.events])
         except PublishError as failure:
             error = failure
-        except Exception as failure:
+        except Exception as failure:  # every waiter must hear of any failure
             error = PublishError(f"publishing failed: {type(failure).__name__}: {failure}; the events were NOT sent")
         for ticket in batch:
             ticket.error = error
@@ -86,8 +97,10 @@ class Coalescer:
             if ticket is not leader:
                 ticket.wake.release()
         with self._lock:
-            if self._pending:
+            following = next((t for t in self._pending if not t.leads), None)
+            if following is not None:
                 # Hand the lead to the oldest waiter: it publishes what queued up meanwhile.
-                self._pending[0].wake.release()
+                following.leads = True
+                following.wake.release()
             else:
-                self._busy = False
+                self._leaders -= 1

@@ -119,3 +119,20 @@ def test_a_failed_send_raises_for_its_callers_only_and_later_sends_work() -> Non
     # Whoever shared the failed send was told so; whoever was not told has its event sent.
     assert 0 in failures
     assert sorted(set(range(1, 8)) - set(failures)) == sorted(e for e in recorder.sent() if e != "good")
+
+
+def test_two_sends_in_flight_keep_every_callers_order_and_lose_nothing() -> None:
+    recorder = Recorder(delay_s=0.002)
+    coalescer = Coalescer(recorder, linger_s=0.001, max_in_flight=2)
+
+    def call(n: int) -> None:
+        for i in range(30):
+            coalescer.submit([(n, i)])
+
+    run_threads(12, call)
+    sent = recorder.sent()
+    assert sorted(sent) == sorted((n, i) for n in range(12) for i in range(30))
+    assert len(sent) == len(set(sent))  # each event sent once
+    for n in range(12):
+        mine = [i for (m, i) in sent if m == n]
+        assert mine == sorted(mine)
