@@ -116,6 +116,7 @@ def run(strategy: Strategy, workload: Workload, *, database_url: str) -> RunResu
             started = time.perf_counter()
             for thread in threads:
                 thread.join()
+            sent = time.perf_counter() - started
             if errors:
                 raise RuntimeError(f"{strategy.name}: a producer failed: {errors[0]!r}") from errors[0]
             strategy.drain(DRAIN_TIMEOUT_S)
@@ -135,5 +136,10 @@ def run(strategy: Strategy, workload: Workload, *, database_url: str) -> RunResu
         connections=sampler.peak,
         correct=correct,
         detail=detail,
-        extra=extra | {"mean_ms": round(statistics.fmean(flat) * 1000, 3) if flat else 0.0},
+        extra=extra
+        | {
+            "mean_ms": round(statistics.fmean(flat) * 1000, 3) if flat else 0.0,
+            # When the last producer call returned: the rest of elapsed_s is the apply lag.
+            "sent_s": round(sent, 3),
+        },
     )

@@ -200,3 +200,55 @@ def chart(comparisons: Sequence[Comparison], path: Path) -> Path:
 
 def prepare(settings: Settings) -> None:
     migrate(settings.database_url)
+
+
+def soak(settings: Settings, *, duration_s: float, producers: int, sample_every_s: float = 10.0) -> dict[str, Any]:
+    """seqproc_batched on the spread scenario for ``duration_s``, producers sending as fast as they can, the
+    worker's resident memory sampled all along: it must stay flat (within 20% of its value after warm-up)."""
+    import threading
+
+    import producer as producer_api
+    from bench.scenarios import SPREAD_ARTICLES
+    from bench.seqproc_strategy import SeqprocStrategy
+
+    strategy = SeqprocStrategy("seqproc_batched", settings, workers=1)
+    strategy.setup(workload("spread", 1, 1))
+    assert strategy.group is not None
+    stop = threading.Event()
+    sent = [0] * producers
+
+    def produce(index: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            producer_api.like(1 + n % SPREAD_ARTICLES, index * 100_000_000 + n)
+            sent[index] += 1
+
+    threads = [threading.Thread(target=produce, args=(i,), daemon=True) for i in range(producers)]
+    samples: list[tuple[float, float]] = []
+    started = time.monotonic()
+    try:
+        for thread in threads:
+            thread.start()
+        while (elapsed := time.monotonic() - started) < duration_s:
+            samples.append((round(elapsed, 1), round(strategy.group.rss_mb()[0], 1)))
+            time.sleep(sample_every_s)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        strategy.drain(600)
+        total_s = time.monotonic() - started
+    finally:
+        strategy.teardown()
+    warm = [rss for t, rss in samples if t >= min(60.0, duration_s / 5)] or [rss for _, rss in samples]
+    baseline = warm[0]
+    return {
+        "duration_s": round(total_s, 1),
+        "events": sum(sent),
+        "events_per_s": round(sum(sent) / total_s, 1),
+        "rss_mb_after_warmup": baseline,
+        "rss_mb_last": warm[-1],
+        "rss_mb_max": max(warm),
+        "flat_within_20_percent": max(warm) <= baseline * 1.2,
+        "samples": samples,
+    }

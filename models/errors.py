@@ -37,6 +37,11 @@ class OutcomeTimeout(SeqprocError, TimeoutError):
 class PartitionFenced(SeqprocError):
     """This worker's epoch for a partition is no longer current: another worker owns it, so it must not commit."""
 
+    def __init__(self, message: str, *, partitions: list[int] | None = None) -> None:
+        super().__init__(message)
+        #: The partitions found fenced.
+        self.partitions = partitions or []
+
 
 class PartitionCountMismatch(SeqprocError):
     """The configured partition count differs from the one the database was set up with."""

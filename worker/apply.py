@@ -21,11 +21,11 @@ from models.errors import PartitionFenced
 from models.events import Event, Like, Unlike
 from models.outcomes import Outcome
 from worker import likes, stock
-from worker.store import DeadLetterRecord, Writes, store_for
+from worker.store import DeadLetterRecord, Fence, Writes, store_for
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BatchResult", "DeadLetterRecord", "apply_batch", "store_dead_letters"]
+__all__ = ["BatchResult", "DeadLetterRecord", "PartitionBatch", "apply_batch", "apply_partitions", "store_dead_letters"]
 
 
 @dataclass
@@ -36,6 +36,17 @@ class BatchResult:
     rejected: int = 0
 
 
+@dataclass(frozen=True)
+class PartitionBatch:
+    """The events of one partition, in the order received, with the epoch this worker holds for it (None: no fence
+    check, for tools and tests applying directly) and what could not be decoded, to be stored alongside."""
+
+    partition: int
+    events: Sequence[Event]
+    epoch: int | None
+    dead_letters: Sequence[DeadLetterRecord] = ()
+
+
 def apply_batch(
     conn: Connection,
     partition: int,
@@ -44,12 +55,20 @@ def apply_batch(
     epoch: int | None,
     dead_letters: Sequence[DeadLetterRecord] = (),
 ) -> BatchResult:
-    """Apply ``events`` (in the order received) inside the caller's transaction; one outcome per event.
+    """Apply the events of one partition inside the caller's transaction; see :func:`apply_partitions`."""
+    return apply_partitions(conn, [PartitionBatch(partition, events, epoch, dead_letters)])[0]
 
-    ``epoch``: the fencing epoch this worker holds for ``partition``; None skips the check (tools and tests that
-    apply directly). Raises :class:`PartitionFenced` if the epoch is no longer current: roll back then.
+
+def apply_partitions(conn: Connection, batches: Sequence[PartitionBatch]) -> list[BatchResult]:
+    """Apply several partitions' batches inside the caller's ONE transaction; one outcome per event, per batch.
+
+    Keys never cross partitions and neither do articles or products, so the partitions are independent; sharing the
+    transaction (and its round trips and its commit) is what makes many small batches cheap. Raises
+    :class:`PartitionFenced` naming every partition whose epoch is no longer current: roll back then.
     """
     store = store_for(conn)
+    events = [event for batch in batches for event in batch.events]
+    owner = [n for n, batch in enumerate(batches) for _ in batch.events]
     first_index: dict[str, int] = {}
     for index, event in enumerate(events):
         first_index.setdefault(event.ledger_key, index)
@@ -58,8 +77,7 @@ def apply_batch(
     stock_events = [e for e in events if not isinstance(e, Like | Unlike)]
     loaded = store.claim_and_load(
         conn,
-        partition,
-        [(events[i].ledger_key, events[i].type) for i in candidates],
+        [(events[i].ledger_key, events[i].type, batches[owner[i]].partition) for i in candidates],
         list(dict.fromkeys((e.article_id, e.user_id) for e in like_events)),
         sorted({e.product_id for e in stock_events}),
         sorted({e.reservation_id for e in stock_events if e.type != "restock"}),
@@ -75,13 +93,14 @@ def apply_batch(
     final_stock, stock_outcomes = stock.evaluate(loaded.stock, [events[i] for i in fresh_stock])  # type: ignore[misc]
     decided = dict(zip(fresh_likes, like_outcomes, strict=True)) | dict(zip(fresh_stock, stock_outcomes, strict=True))
 
-    result = BatchResult()
+    results = [BatchResult() for _ in batches]
     for index, event in enumerate(events):
         if index in decided:
             outcome = decided[index]
         else:
             first = decided.get(first_index[event.ledger_key]) or seen_before.get(event.ledger_key)
             outcome = Outcome("duplicate", first=first)
+        result = results[owner[index]]
         result.outcomes.append(outcome)
         if outcome.status == "applied":
             result.applied += 1
@@ -90,9 +109,12 @@ def apply_batch(
         else:
             result.rejected += 1
 
+    dead_letters = [record for batch in batches for record in batch.dead_letters]
     writes = Writes(
-        partition=partition,
-        epoch=epoch,
+        fences=[
+            Fence(batch.partition, batch.epoch, result.applied, result.duplicates, result.rejected)
+            for batch, result in zip(batches, results, strict=True)
+        ],
         likes=likes.diff(loaded.pairs, final_pairs),
         stock=stock.diff(loaded.stock, final_stock),
         outcomes=[
@@ -101,13 +123,27 @@ def apply_batch(
             if decided[i].status != "applied" or decided[i].reason is not None
         ],
         dead_letters=dead_letters,
-        applied=result.applied,
-        duplicates=result.duplicates,
-        rejected=result.rejected,
     )
-    if not store.write(conn, writes):
-        raise PartitionFenced(f"partition {partition}: epoch {epoch} is no longer current; another worker owns it")
-    for record in dead_letters:
+    fenced = store.write(conn, writes)
+    if fenced:
+        epochs = {batch.partition: batch.epoch for batch in batches}
+        raise PartitionFenced(
+            "; ".join(f"partition {p}: epoch {epochs[p]} is no longer current, another worker owns it" for p in fenced),
+            partitions=fenced,
+        )
+    _log_dead_letters(dead_letters)
+    return results
+
+
+def store_dead_letters(conn: Connection, records: Sequence[DeadLetterRecord]) -> None:
+    """Keep what could not be applied, with its raw body and error, until someone replays or discards it."""
+    if records:
+        store_for(conn).store_dead_letters(conn, records)
+        _log_dead_letters(records)
+
+
+def _log_dead_letters(records: Sequence[DeadLetterRecord]) -> None:
+    for record in records:
         logger.warning(
             "partition %s queue %s idempotency_key %s: dead-lettered: %s",
             record.partition,
@@ -115,18 +151,3 @@ def apply_batch(
             record.event_key,
             record.error,
         )
-    return result
-
-
-def store_dead_letters(conn: Connection, records: Sequence[DeadLetterRecord]) -> None:
-    """Keep what could not be applied, with its raw body and error, until someone replays or discards it."""
-    if records:
-        store_for(conn).store_dead_letters(conn, records)
-        for record in records:
-            logger.warning(
-                "partition %s queue %s idempotency_key %s: dead-lettered: %s",
-                record.partition,
-                record.queue,
-                record.event_key,
-                record.error,
-            )

@@ -30,7 +30,14 @@ from models.events import APPLY_TASK, Event
 from models.outcomes import Outcome, count_statuses
 from producer.routing import queue_name
 from worker import faults, runtime
-from worker.apply import BatchResult, DeadLetterRecord, apply_batch, store_dead_letters
+from worker.apply import (
+    BatchResult,
+    DeadLetterRecord,
+    PartitionBatch,
+    apply_batch,
+    apply_partitions,
+    store_dead_letters,
+)
 from worker.decode import Decoded, decode_message
 from worker.retry import StopRetrying, retry_in_place
 
@@ -46,6 +53,8 @@ class Held:
     message: Any
     decoded: Decoded
     received_s: float
+    #: Committed and acked (or given back): a shutdown in the middle must not give it back again.
+    settled: bool = False
 
 
 class Batcher:
@@ -116,6 +125,7 @@ class Batcher:
 
     # -- applying ---------------------------------------------------------------------------------------------
     def flush(self) -> None:
+        """Apply what is held: every owned partition's events in ONE transaction, then report and ack."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -123,57 +133,83 @@ class Batcher:
         by_partition: dict[int | None, list[Held]] = {}
         for item in held:
             by_partition.setdefault(item.decoded.partition, []).append(item)
-        for partition, items in by_partition.items():
-            try:
-                self._flush_partition(partition, items)
-            except StopRetrying:
-                logger.warning("shutting down during a retry: %d message(s) go back to their queue", len(items))
-                self._give_back(items)
-
-    def _flush_partition(self, partition: int | None, items: list[Held]) -> None:
-        rt = self.rt
-        events: list[Event] = [event for item in items for event in item.decoded.events]
-        dead: list[DeadLetterRecord] = [d for item in items for d in item.decoded.dead_letters]
-        if partition is None:
-            self._store_dead_letters_only(dead)
-            self._ack(items)
-            return
-        epoch = rt.epochs.get(partition)
-        if epoch is None:
-            logger.warning("partition %d: not owned by this worker; %d message(s) go back", partition, len(items))
-            self._give_back(items)
-            return
-        started = time.monotonic()
+        orphans = by_partition.pop(None, [])
         try:
-            result = self._retry(
-                partial(self._transaction, partition, events, epoch, dead),
-                f"partition {partition}: apply {len(events)} event(s)",
-            )
-        except PartitionFenced as error:
-            logger.error(
-                "partition %d: %s; giving back %d message(s) and stopping its consumer",
-                partition,
-                error,
-                len(items),
-            )
-            rt.epochs.pop(partition, None)
-            self._give_back(items)
-            self._stop_consuming(partition)
-            return
+            if orphans:  # not from a partition queue: only dead letters can come of them
+                self._store_dead_letters_only([d for item in orphans for d in item.decoded.dead_letters])
+                self._ack(orphans)
+            owned: dict[int, list[Held]] = {}
+            for partition, items in by_partition.items():
+                if partition in self.rt.epochs:
+                    owned[partition] = items
+                else:
+                    logger.warning(
+                        "partition %d: not owned by this worker; %d message(s) go back", partition, len(items)
+                    )
+                    self._give_back(items)
+            self._apply(owned)
         except StopRetrying:
-            raise
-        except Exception as error:
-            # Not transient: a bug or a constraint that cannot hold. Find the events at fault, one at a time.
-            logger.exception("partition %d: batch failed (%s); applying its events one at a time", partition, error)
-            result = self._isolate(partition, events, epoch, dead)
+            left = [item for items in by_partition.values() for item in items if not item.settled]
+            logger.warning("shutting down during a retry: %d message(s) go back to their queue", len(left))
+            self._give_back(left)
+
+    def _apply(self, owned: dict[int, list[Held]]) -> None:
+        rt = self.rt
+        started = time.monotonic()
+        while owned:
+            batches = [
+                PartitionBatch(
+                    partition,
+                    [event for item in items for event in item.decoded.events],
+                    rt.epochs[partition],
+                    [d for item in items for d in item.decoded.dead_letters],
+                )
+                for partition, items in owned.items()
+            ]
+            try:
+                results = self._retry(
+                    partial(self._transaction, batches),
+                    f"partitions {','.join(map(str, owned))}: apply {sum(len(b.events) for b in batches)} event(s)",
+                )
+            except PartitionFenced as error:
+                # Those partitions were taken over: their messages go back for the new owner; the rest try again.
+                for partition in error.partitions:
+                    items = owned.pop(partition)
+                    logger.error(
+                        "partition %d: fenced (another worker owns it); %d message(s) go back, its consumer stops",
+                        partition,
+                        len(items),
+                    )
+                    rt.epochs.pop(partition, None)
+                    self._give_back(items)
+                    self._stop_consuming(partition)
+                continue
+            except StopRetrying:
+                raise
+            except Exception as error:
+                # Not transient: a bug or a constraint that cannot hold. Find the events at fault, one at a time.
+                logger.exception("batch failed (%s); applying its events one at a time", error)
+                results = [
+                    self._isolate(b.partition, list(b.events), rt.epochs[b.partition], list(b.dead_letters))
+                    for b in batches
+                ]
+            break
+        else:
+            return
         faults.after_commit()
         elapsed = time.monotonic() - started
-        self._report(partition, events, result.outcomes)
+        for batch, result in zip(batches, results, strict=True):
+            self._settle(batch, owned[batch.partition], result, elapsed)
+
+    def _settle(self, batch: PartitionBatch, items: list[Held], result: BatchResult, elapsed: float) -> None:
+        """After the commit: publish the outcomes, ack the messages, tell Flower."""
+        self._report(batch.partition, list(batch.events), result.outcomes)
         self._ack(items)
         # Task events for Flower, sent together after the commit: the dispatcher buffers them and publishes a
         # few "task.multi" messages per batch instead of two messages per task.
         position = 0
         for item in items:
+            item.settled = True
             count = len(item.decoded.events)
             mine = result.outcomes[position : position + count]
             position += count
@@ -188,8 +224,8 @@ class Batcher:
             )
         logger.debug(
             "partition %d: %d event(s) from %d message(s) in %.1f ms (applied %d, duplicate %d, rejected %d)",
-            partition,
-            len(events),
+            batch.partition,
+            len(batch.events),
             len(items),
             elapsed * 1000,
             result.applied,
@@ -197,7 +233,11 @@ class Batcher:
             result.rejected,
         )
 
-    def _transaction(
+    def _transaction(self, batches: list[PartitionBatch]) -> list[BatchResult]:
+        with self.rt.engine.begin() as conn:
+            return apply_partitions(conn, batches)
+
+    def _transaction_one(
         self, partition: int, events: list[Event], epoch: int, dead: list[DeadLetterRecord]
     ) -> BatchResult:
         with self.rt.engine.begin() as conn:
@@ -207,11 +247,13 @@ class Batcher:
         """Apply events one per transaction; an event that still fails is dead-lettered with its error."""
         total = BatchResult()
         if dead:
-            self._retry(partial(self._transaction, partition, [], epoch, dead), f"partition {partition}: dead letters")
+            self._retry(
+                partial(self._transaction_one, partition, [], epoch, dead), f"partition {partition}: dead letters"
+            )
         for event in events:
             try:
                 one = self._retry(
-                    partial(self._transaction, partition, [event], epoch, []), f"partition {partition}: {event.key}"
+                    partial(self._transaction_one, partition, [event], epoch, []), f"partition {partition}: {event.key}"
                 )
             except (PartitionFenced, StopRetrying):
                 raise
@@ -225,7 +267,7 @@ class Batcher:
                     content_type="application/json",
                 )
                 self._retry(
-                    partial(self._transaction, partition, [], epoch, [record]),
+                    partial(self._transaction_one, partition, [], epoch, [record]),
                     f"partition {partition}: dead-letter {event.key}",
                 )
                 one = BatchResult(outcomes=[Outcome("rejected", "dead_lettered")], rejected=1)

@@ -305,6 +305,12 @@ def _csv(value: str) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per run instead of tables.")
 @click.option("--chart/--no-chart", default=True, show_default=True, help="Save a PNG chart in bench/results/.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None, help="Default: bench/results/.")
+@click.option(
+    "--soak-s",
+    type=float,
+    default=None,
+    help="Instead: run seqproc_batched on 'spread' this long and check the worker's memory stays flat.",
+)
 def bench(
     scenario: str,
     producers_csv: str,
@@ -315,6 +321,7 @@ def bench(
     as_json: bool,
     chart: bool,
     results_dir: Path | None,
+    soak_s: float | None,
 ) -> None:
     """Compare seqproc with row locks, atomic updates, optimistic and serializable retries, and Redis write-behind."""
     from rich.console import Console
@@ -334,6 +341,14 @@ def bench(
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 160)
     bench_run.prepare(settings)
     directory = results_dir or bench_run.RESULTS_DIR
+    if soak_s is not None:
+        report = bench_run.soak(settings, duration_s=soak_s, producers=int(_csv(producers_csv)[-1]))
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(json.dumps({k: v for k, v in report.items() if k != "samples"}, sort_keys=True))
+        if not report["flat_within_20_percent"]:
+            raise SeqprocError(f"worker memory grew from {report['rss_mb_after_warmup']} to {report['rss_mb_max']} MB")
+        return
     comparisons = []
     for count in producer_counts:
         comparison = bench_run.compare(settings, scenario, count, events, strategies, workers=workers, console=console)

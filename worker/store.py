@@ -45,41 +45,48 @@ class Loaded:
 
 
 @dataclass
-class Writes:
+class Fence:
+    """One partition of the transaction: its counters, and the epoch to check (None: no check, for tools and tests
+    applying directly)."""
+
     partition: int
-    #: None: do not check the fence (tools and tests applying directly).
     epoch: int | None
+    applied: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+@dataclass
+class Writes:
+    fences: list[Fence] = field(default_factory=list)
     likes: LikeChanges = field(default_factory=LikeChanges)
     stock: StockChanges = field(default_factory=StockChanges)
     #: Outcomes of claimed keys that are not a plain "applied" (claimed keys start as that).
     outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
     dead_letters: Sequence[DeadLetterRecord] = ()
-    applied: int = 0
-    duplicates: int = 0
-    rejected: int = 0
 
 
 class Store(Protocol):
     def claim_and_load(
         self,
         conn: Connection,
-        partition: int,
-        keys: Sequence[tuple[str, str]],
+        keys: Sequence[tuple[str, str, int]],
         pairs: Sequence[Pair],
         product_ids: Sequence[int],
         reservation_ids: Sequence[str],
     ) -> Loaded:
-        """Insert the ``(key, event_type)`` pairs into the ledger (``ON CONFLICT DO NOTHING RETURNING``) and read the
-        state of the touched pairs, products and reservations."""
+        """Insert the ``(key, event_type, partition)`` rows into the ledger (``ON CONFLICT DO NOTHING RETURNING``) and
+        read the state of the touched pairs, products and reservations."""
         ...
 
     def first_outcomes(self, conn: Connection, keys: Sequence[str]) -> dict[str, Outcome]:
         """The recorded outcome of each of ``keys`` that the ledger holds."""
         ...
 
-    def write(self, conn: Connection, writes: Writes) -> bool:
-        """Write the changes, outcomes, dead letters and counters; check the fencing epoch last (under the partition
-        row's lock). Returns False if the epoch is no longer current: the caller must roll back."""
+    def write(self, conn: Connection, writes: Writes) -> list[int]:
+        """Write the changes, outcomes, dead letters and counters; check each partition's fencing epoch last (under
+        the partition row's lock). Returns the partitions whose epoch is no longer current: if any, the caller
+        must roll back."""
         ...
 
     def store_dead_letters(self, conn: Connection, records: Sequence[DeadLetterRecord]) -> None: ...

@@ -21,7 +21,7 @@ from worker.store_sql import dead_letter_row, status_of
 
 CLAIM = """
 INSERT INTO idempotency_ledger (key, partition, event_type, status)
-SELECT k, %s, t, %s FROM unnest(%s::text[], %s::text[]) AS u(k, t)
+SELECT k, p, t, %s FROM unnest(%s::text[], %s::int[], %s::text[]) AS u(k, p, t)
 ON CONFLICT (key) DO NOTHING
 RETURNING key
 """
@@ -102,8 +102,7 @@ class PostgresStore:
     def claim_and_load(
         self,
         conn: Connection,
-        partition: int,
-        keys: Sequence[tuple[str, str]],
+        keys: Sequence[tuple[str, str, int]],
         pairs: Sequence[Pair],
         product_ids: Sequence[int],
         reservation_ids: Sequence[str],
@@ -112,8 +111,8 @@ class PostgresStore:
         claimed = loaded_pairs = products = reservations = None
         with pg.pipeline():
             if keys:
-                ks, ts = columns(keys, 2)
-                claimed = pg.execute(CLAIM, (partition, CLAIMED_STATUS, ks, ts))
+                ks, ts, ps = columns(keys, 3)
+                claimed = pg.execute(CLAIM, (CLAIMED_STATUS, ks, ps, ts))
             if pairs:
                 a, u = columns(pairs, 2)
                 loaded_pairs = pg.execute(LOAD_PAIRS, (a, u, a, u))
@@ -142,9 +141,9 @@ class PostgresStore:
         rows = driver(conn).execute(FIRST_OUTCOMES, (list(keys),)).fetchall()
         return {key: Outcome(status_of(status), reason) for key, status, reason in rows}
 
-    def write(self, conn: Connection, writes: Writes) -> bool:
+    def write(self, conn: Connection, writes: Writes) -> list[int]:
         pg = driver(conn)
-        fence = None
+        fences = []
         with pg.pipeline():
             likes = writes.likes
             for liked, rows in likes.restamped.items():
@@ -179,12 +178,12 @@ class PostgresStore:
                 )
             for record in writes.dead_letters:
                 pg.execute(INSERT_DEAD_LETTER, dead_letter_row(record))
-            if writes.epoch is not None:
-                # Last: the partition row's lock orders this transaction against a takeover.
-                fence = pg.execute(
-                    FENCE, (writes.applied, writes.duplicates, writes.rejected, writes.partition, writes.epoch)
-                )
-        return fence is None or fence.rowcount == 1
+            # Last: each partition row's lock orders this transaction against a takeover of that partition.
+            for f in writes.fences:
+                if f.epoch is not None:
+                    cursor = pg.execute(FENCE, (f.applied, f.duplicates, f.rejected, f.partition, f.epoch))
+                    fences.append((f.partition, cursor))
+        return [partition for partition, cursor in fences if cursor.rowcount != 1]
 
     def store_dead_letters(self, conn: Connection, records: Sequence[DeadLetterRecord]) -> None:
         pg = driver(conn)

@@ -37,8 +37,7 @@ class SqlStore:
     def claim_and_load(
         self,
         conn: Connection,
-        partition: int,
-        keys: Sequence[tuple[str, str]],
+        keys: Sequence[tuple[str, str, int]],
         pairs: Sequence[Pair],
         product_ids: Sequence[int],
         reservation_ids: Sequence[str],
@@ -48,7 +47,7 @@ class SqlStore:
             stmt = upsert(conn, LEDGER).on_conflict_do_nothing(index_elements=[LEDGER.c.key]).returning(LEDGER.c.key)
             rows = conn.execute(
                 stmt,
-                [{"key": k, "partition": partition, "event_type": t, "status": CLAIMED_STATUS} for k, t in keys],
+                [{"key": k, "partition": p, "event_type": t, "status": CLAIMED_STATUS} for k, t, p in keys],
             )
             new_keys = {row[0] for row in rows}
         return Loaded(new_keys, self._load_pairs(conn, pairs), self._load_stock(conn, product_ids, reservation_ids))
@@ -95,7 +94,7 @@ class SqlStore:
         rows = conn.execute(select(LEDGER.c.key, LEDGER.c.status, LEDGER.c.reason).where(LEDGER.c.key.in_(list(keys))))
         return {key: Outcome(status_of(status), reason) for key, status, reason in rows}
 
-    def write(self, conn: Connection, writes: Writes) -> bool:
+    def write(self, conn: Connection, writes: Writes) -> list[int]:
         self._write_likes(conn, writes)
         self._write_stock(conn, writes)
         if writes.outcomes:
@@ -106,18 +105,22 @@ class SqlStore:
                 [{"k": key, "s": o.status, "r": o.reason} for key, o in writes.outcomes],
             )
         self.store_dead_letters(conn, writes.dead_letters)
-        if writes.epoch is None:
-            return True
-        updated = conn.execute(
-            update(PARTITIONS)
-            .where(PARTITIONS.c.partition == writes.partition, PARTITIONS.c.epoch == writes.epoch)
-            .values(
-                applied=PARTITIONS.c.applied + writes.applied,
-                duplicates=PARTITIONS.c.duplicates + writes.duplicates,
-                rejected=PARTITIONS.c.rejected + writes.rejected,
+        fenced = []
+        for f in writes.fences:
+            if f.epoch is None:
+                continue
+            updated = conn.execute(
+                update(PARTITIONS)
+                .where(PARTITIONS.c.partition == f.partition, PARTITIONS.c.epoch == f.epoch)
+                .values(
+                    applied=PARTITIONS.c.applied + f.applied,
+                    duplicates=PARTITIONS.c.duplicates + f.duplicates,
+                    rejected=PARTITIONS.c.rejected + f.rejected,
+                )
             )
-        )
-        return updated.rowcount == 1
+            if updated.rowcount != 1:
+                fenced.append(f.partition)
+        return fenced
 
     def _write_likes(self, conn: Connection, writes: Writes) -> None:
         changes = writes.likes
