@@ -205,8 +205,9 @@ class Batcher:
         """After the commit: publish the outcomes, ack the messages, tell Flower."""
         self._report(batch.partition, list(batch.events), result.outcomes)
         self._ack(items)
-        # Task events for Flower, sent together after the commit: the dispatcher buffers them and publishes a
-        # few "task.multi" messages per batch instead of two messages per task.
+        # One task event per message, after the commit, carrying what Flower shows (name, args, result, runtime):
+        # Celery's event state merges an event's fields into the task, so "task-received" would add nothing but
+        # cost. The dispatcher buffers them and publishes a few "task.multi" messages per batch.
         position = 0
         for item in items:
             item.settled = True
@@ -214,11 +215,11 @@ class Batcher:
             mine = result.outcomes[position : position + count]
             position += count
             self._send_event(
-                "task-received", item.decoded, name=APPLY_TASK, args="()", kwargs=self._summary(item.decoded)
-            )
-            self._send_event(
                 "task-succeeded",
                 item.decoded,
+                name=APPLY_TASK,
+                args="()",
+                kwargs=self._summary(item.decoded),
                 result=repr(count_statuses(mine) | {"dead_lettered": len(item.decoded.dead_letters)}),
                 runtime=elapsed,
             )
