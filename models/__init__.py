@@ -11,7 +11,7 @@ from models.errors import (
     SeqprocError,
 )
 from models.events import Commit, Event, Like, Release, Reserve, Restock, Unlike, parse_event
-from models.ledger import DeadLetter, LedgerEntry
+from models.ledger import DeadLetter, LedgerEntry, ParkedKey
 from models.likes import ArticleLike, ArticleLikeCount, ArticleUnlike
 from models.outcomes import Outcome
 from models.partition import Meta, Partition
@@ -33,6 +33,7 @@ __all__ = [
     "Meta",
     "Outcome",
     "OutcomeTimeout",
+    "ParkedKey",
     "Partition",
     "PartitionCountMismatch",
     "PartitionFenced",

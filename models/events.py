@@ -116,9 +116,25 @@ class Restock(_Event):
         return f"product:{self.product_id}"
 
 
-Event = Like | Unlike | Reserve | Release | Commit | Restock
+EntityKey = Annotated[str, Field(strict=True, pattern=r"^(article|product):[1-9][0-9]{0,18}$")]
+
+
+class Replay(_Event):
+    """Control event, sent by ``seqproc deadletter replay``: apply the dead-lettered events of ``entity`` in their
+    order at this point of its partition's stream, then unpark it. Not an event application code can send."""
+
+    type: Literal["replay"]
+    entity: EntityKey
+
+    @property
+    def entity_key(self) -> str:
+        return self.entity
+
+
+Event = Like | Unlike | Reserve | Release | Commit | Restock | Replay
 LikeEvent = Like | Unlike
 StockEvent = Reserve | Release | Commit | Restock
+DomainEvent = Like | Unlike | Reserve | Release | Commit | Restock
 
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
 
@@ -139,7 +155,7 @@ def parse_event(data: Any) -> Event:
 def invalid_event_from(error: ValidationError) -> InvalidEvent:
     """Turn pydantic's report into one actionable line: field, rule, value given."""
     issue = error.errors(include_url=False)[0]
-    loc = [str(part) for part in issue["loc"] if str(part) not in EVENT_TYPES]
+    loc = [str(part) for part in issue["loc"] if str(part) not in (*EVENT_TYPES, "replay")]
     field = loc[-1] if loc else "event"
     if issue["type"] in ("missing", "union_tag_not_found"):
         return InvalidEvent(field, _rule(issue))
@@ -159,7 +175,7 @@ def _rule(issue: Any) -> str:
         "string_too_short": "must not be empty",
         "string_too_long": f"must be at most {ctx.get('max_length')} characters",
         "string_pattern_mismatch": "must not contain control characters",
-        "union_tag_invalid": f"must be one of {', '.join(EVENT_TYPES)}",
+        "union_tag_invalid": f"must be one of {', '.join((*EVENT_TYPES, 'replay'))}",
         "union_tag_not_found": f"is required (one of {', '.join(EVENT_TYPES)})",
         "model_type": "must be an object",
         "model_attributes_type": "must be an object",

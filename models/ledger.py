@@ -42,6 +42,8 @@ class DeadLetter(Base):
     queue: Mapped[str | None] = mapped_column(String(64), nullable=True)
     #: The event's idempotency key, when the event could be read far enough to have one.
     event_key: Mapped[str | None] = mapped_column(String(LEDGER_KEY_LENGTH), nullable=True, index=True)
+    #: The entity (``article:42``, ``product:7``) of a valid event that could not be applied: what replay goes by.
+    entity_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     content_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
     #: The body as received: text as is, anything else base64 with ``base64:`` in front.
     body: Mapped[str] = mapped_column(Text)
@@ -51,3 +53,18 @@ class DeadLetter(Base):
 
     def __repr__(self) -> str:
         return f"DeadLetter(id={self.id}, partition={self.partition}, error={self.error[:60]!r})"
+
+
+class ParkedKey(Base):
+    """An entity whose events go to the dead-letter store, in order, until ``seqproc deadletter replay`` (its first
+    event failed for a reason other than a transient error). Other keys of the partition flow on."""
+
+    __tablename__ = "parked_key"
+
+    entity_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    parked_at: Mapped[datetime] = now_column()
+
+    def __repr__(self) -> str:
+        return f"ParkedKey(entity_key={self.entity_key!r}, partition={self.partition})"

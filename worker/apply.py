@@ -11,29 +11,51 @@ The caller commits, then acks. This module knows nothing of Celery: it takes a c
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
-from models.errors import PartitionFenced
-from models.events import Event, Like, Unlike
+from models.errors import InvalidEvent, PartitionFenced
+from models.events import Event, Like, Replay, Unlike, parse_event
 from models.outcomes import Outcome
+from producer.routing import queue_name
 from worker import likes, stock
-from worker.store import DeadLetterRecord, Fence, Writes, store_for
+from worker.store import DeadLetterRecord, Fence, Store, Writes, store_for
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BatchResult", "DeadLetterRecord", "PartitionBatch", "apply_batch", "apply_partitions", "store_dead_letters"]
+__all__ = [
+    "PARKED",
+    "BatchResult",
+    "DeadLetterRecord",
+    "PartitionBatch",
+    "apply_batch",
+    "apply_partitions",
+    "park",
+    "store_dead_letters",
+]
 
 
 @dataclass
 class BatchResult:
+    #: One outcome per event of the batch, in order.
     outcomes: list[Outcome] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
     rejected: int = 0
+    #: Dead-lettered events applied by a replay in this batch (not part of any message): their outcomes too.
+    replayed: list[tuple[Event, Outcome]] = field(default_factory=list)
+
+    def count(self, outcome: Outcome) -> None:
+        if outcome.status == "applied":
+            self.applied += 1
+        elif outcome.status == "duplicate":
+            self.duplicates += 1
+        else:
+            self.rejected += 1
 
 
 @dataclass(frozen=True)
@@ -45,6 +67,15 @@ class PartitionBatch:
     events: Sequence[Event]
     epoch: int | None
     dead_letters: Sequence[DeadLetterRecord] = ()
+
+
+@dataclass(frozen=True)
+class _Planned:
+    event: Event
+    #: Which batch, and which of its events (None: a dead letter brought back by a replay).
+    batch: int
+    position: int | None
+    dead_letter_id: int | None = None
 
 
 def apply_batch(
@@ -65,65 +96,90 @@ def apply_partitions(conn: Connection, batches: Sequence[PartitionBatch]) -> lis
     Keys never cross partitions and neither do articles or products, so the partitions are independent; sharing the
     transaction (and its round trips and its commit) is what makes many small batches cheap. Raises
     :class:`PartitionFenced` naming every partition whose epoch is no longer current: roll back then.
+
+    Parked entities (an earlier event of theirs failed for good): their new events are dead-lettered, in order, and
+    their ledger claims given back. A ``replay`` event brings an entity's dead letters back at its place in the
+    stream, oldest first, then unparks it.
     """
     store = store_for(conn)
-    events = [event for batch in batches for event in batch.events]
-    owner = [n for n, batch in enumerate(batches) for _ in batch.events]
+    plan = _plan(conn, store, batches)
+    events = [item.event for item in plan]
     first_index: dict[str, int] = {}
     for index, event in enumerate(events):
         first_index.setdefault(event.ledger_key, index)
     candidates = sorted(first_index.values())
-    like_events = [e for e in events if isinstance(e, Like | Unlike)]
-    stock_events = [e for e in events if not isinstance(e, Like | Unlike)]
+    domain = [e for e in events if not isinstance(e, Replay)]
+    like_events = [e for e in domain if isinstance(e, Like | Unlike)]
+    stock_events = [e for e in domain if not isinstance(e, Like | Unlike)]
     loaded = store.claim_and_load(
         conn,
-        [(events[i].ledger_key, events[i].type, batches[owner[i]].partition) for i in candidates],
+        [(events[i].ledger_key, events[i].type, batches[plan[i].batch].partition) for i in candidates],
         list(dict.fromkeys((e.article_id, e.user_id) for e in like_events)),
         sorted({e.product_id for e in stock_events}),
         sorted({e.reservation_id for e in stock_events if e.type != "restock"}),
+        sorted({e.entity_key for e in events}),
     )
-    fresh = [i for i in candidates if events[i].ledger_key in loaded.new_keys]
     seen_before = store.first_outcomes(
         conn, [events[i].ledger_key for i in candidates if events[i].ledger_key not in loaded.new_keys]
     )
 
-    fresh_likes = [i for i in fresh if isinstance(events[i], Like | Unlike)]
-    fresh_stock = [i for i in fresh if not isinstance(events[i], Like | Unlike)]
-    final_pairs, like_outcomes = likes.evaluate(loaded.pairs, [events[i] for i in fresh_likes])  # type: ignore[misc]
-    final_stock, stock_outcomes = stock.evaluate(loaded.stock, [events[i] for i in fresh_stock])  # type: ignore[misc]
-    decided = dict(zip(fresh_likes, like_outcomes, strict=True)) | dict(zip(fresh_stock, stock_outcomes, strict=True))
+    writes = Writes()
+    parked = set(loaded.parked)
+    decided: dict[int, Outcome] = {}
+    to_apply: list[int] = []
+    for index in candidates:
+        event, item = events[index], plan[index]
+        if event.ledger_key not in loaded.new_keys:
+            continue
+        if isinstance(event, Replay):
+            parked.discard(event.entity)
+            writes.unpark.append(event.entity)
+            brought = [
+                p.dead_letter_id for p in plan if p.dead_letter_id is not None and p.event.entity_key == event.entity
+            ]
+            writes.replayed.extend(d for d in brought if d is not None)
+            decided[index] = Outcome("applied", f"replayed {len(brought)}")
+        elif event.entity_key in parked:
+            decided[index] = PARKED
+            writes.unclaim.append(event.ledger_key)
+            writes.dead_letters = [*writes.dead_letters, _parked_letter(event, batches[item.batch].partition)]
+        else:
+            to_apply.append(index)
+
+    apply_likes = [i for i in to_apply if isinstance(events[i], Like | Unlike)]
+    apply_stock = [i for i in to_apply if not isinstance(events[i], Like | Unlike)]
+    final_pairs, like_outcomes = likes.evaluate(loaded.pairs, [events[i] for i in apply_likes])  # type: ignore[misc]
+    final_stock, stock_outcomes = stock.evaluate(loaded.stock, [events[i] for i in apply_stock])  # type: ignore[misc]
+    decided.update(zip(apply_likes, like_outcomes, strict=True))
+    decided.update(zip(apply_stock, stock_outcomes, strict=True))
 
     results = [BatchResult() for _ in batches]
-    for index, event in enumerate(events):
+    for index, item in enumerate(plan):
+        key = events[index].ledger_key
         if index in decided:
             outcome = decided[index]
         else:
-            first = decided.get(first_index[event.ledger_key]) or seen_before.get(event.ledger_key)
-            outcome = Outcome("duplicate", first=first)
-        result = results[owner[index]]
-        result.outcomes.append(outcome)
-        if outcome.status == "applied":
-            result.applied += 1
-        elif outcome.status == "duplicate":
-            result.duplicates += 1
+            outcome = Outcome("duplicate", first=decided.get(first_index[key]) or seen_before.get(key))
+        result = results[item.batch]
+        result.count(outcome)
+        if item.position is None:
+            result.replayed.append((item.event, outcome))
         else:
-            result.rejected += 1
+            result.outcomes.append(outcome)
 
-    dead_letters = [record for batch in batches for record in batch.dead_letters]
-    writes = Writes(
-        fences=[
-            Fence(batch.partition, batch.epoch, result.applied, result.duplicates, result.rejected)
-            for batch, result in zip(batches, results, strict=True)
-        ],
-        likes=likes.diff(loaded.pairs, final_pairs),
-        stock=stock.diff(loaded.stock, final_stock),
-        outcomes=[
-            (events[i].ledger_key, decided[i])
-            for i in fresh
-            if decided[i].status != "applied" or decided[i].reason is not None
-        ],
-        dead_letters=dead_letters,
-    )
+    writes.fences = [
+        Fence(batch.partition, batch.epoch, result.applied, result.duplicates, result.rejected)
+        for batch, result in zip(batches, results, strict=True)
+    ]
+    writes.likes = likes.diff(loaded.pairs, final_pairs)
+    writes.stock = stock.diff(loaded.stock, final_stock)
+    writes.outcomes = [
+        (events[i].ledger_key, outcome)
+        for i, outcome in decided.items()
+        if (outcome.status != "applied" or outcome.reason is not None) and events[i].ledger_key not in writes.unclaim
+    ]
+    incoming = [record for batch in batches for record in batch.dead_letters]
+    writes.dead_letters = [*incoming, *writes.dead_letters]
     fenced = store.write(conn, writes)
     if fenced:
         epochs = {batch.partition: batch.epoch for batch in batches}
@@ -131,8 +187,81 @@ def apply_partitions(conn: Connection, batches: Sequence[PartitionBatch]) -> lis
             "; ".join(f"partition {p}: epoch {epochs[p]} is no longer current, another worker owns it" for p in fenced),
             partitions=fenced,
         )
-    _log_dead_letters(dead_letters)
+    _log_dead_letters(writes.dead_letters)
     return results
+
+
+#: The outcome of an event of a parked entity: kept in the dead-letter store until a replay applies it.
+PARKED = Outcome("rejected", "parked")
+
+
+def _plan(conn: Connection, store: Store, batches: Sequence[PartitionBatch]) -> list[_Planned]:
+    """The events in the order to apply them: as received, except that a replay of entity K is followed by K's dead
+    letters (oldest first) and then by K's events that came earlier in this batch (they would have been parked)."""
+    replays = sorted({e.entity for b in batches for e in b.events if isinstance(e, Replay)})
+    dead, parked = store.load_replay(conn, replays) if replays else ({}, set())
+    plan: list[_Planned] = []
+    for n, batch in enumerate(batches):
+        out: list[_Planned] = []
+        for position, event in enumerate(batch.events):
+            item = _Planned(event, n, position)
+            if not isinstance(event, Replay):
+                out.append(item)
+                continue
+            entity = event.entity
+            earlier = [p for p in out if p.event.entity_key == entity and not isinstance(p.event, Replay)]
+            if entity in parked:
+                out = [p for p in out if p not in earlier]
+            else:
+                earlier = []
+            out.append(item)
+            for dead_id, body in dead.get(entity, []):
+                try:
+                    brought = parse_event(json.loads(body))
+                except (ValueError, InvalidEvent):
+                    continue  # not a valid event (a malformed message): it stays a dead letter
+                if brought.entity_key == entity and not isinstance(brought, Replay):
+                    out.append(_Planned(brought, n, None, dead_id))
+            out.extend(earlier)
+        plan.extend(out)
+    return plan
+
+
+def _parked_letter(event: Event, partition: int) -> DeadLetterRecord:
+    return DeadLetterRecord(
+        error=f"{event.entity_key} is parked (an earlier event of it failed); replay it with "
+        f"`seqproc deadletter replay {event.entity_key}` once the cause is fixed",
+        body=event.model_dump_json(),
+        partition=partition,
+        queue=queue_name(partition),
+        event_key=event.key,
+        content_type="application/json",
+        entity_key=event.entity_key,
+    )
+
+
+def park(conn: Connection, partition: int, epoch: int | None, event: Event, error: BaseException) -> DeadLetterRecord:
+    """Dead-letter ``event`` (it failed for a reason other than a transient error) and park its entity, so that its
+    later events wait in order behind it instead of overtaking it. Other entities flow on."""
+    record = DeadLetterRecord(
+        error=f"apply failed: {type(error).__name__}: {error}"[:2000],
+        body=event.model_dump_json(),
+        partition=partition,
+        queue=queue_name(partition),
+        event_key=event.key,
+        content_type="application/json",
+        entity_key=event.entity_key,
+    )
+    writes = Writes(
+        fences=[Fence(partition, epoch, rejected=1)],
+        dead_letters=[record],
+        park=[(event.entity_key, partition, record.error)],
+    )
+    fenced = store_for(conn).write(conn, writes)
+    if fenced:
+        raise PartitionFenced(f"partition {partition}: epoch {epoch} is no longer current", partitions=fenced)
+    _log_dead_letters([record])
+    return record
 
 
 def store_dead_letters(conn: Connection, records: Sequence[DeadLetterRecord]) -> None:

@@ -36,6 +36,7 @@ from worker.apply import (
     PartitionBatch,
     apply_batch,
     apply_partitions,
+    park,
     store_dead_letters,
 )
 from worker.decode import Decoded, decode_message
@@ -203,7 +204,11 @@ class Batcher:
 
     def _settle(self, batch: PartitionBatch, items: list[Held], result: BatchResult, elapsed: float) -> None:
         """After the commit: publish the outcomes, ack the messages, tell Flower."""
-        self._report(batch.partition, list(batch.events), result.outcomes)
+        self._report(
+            batch.partition,
+            [*batch.events, *(event for event, _ in result.replayed)],
+            [*result.outcomes, *(outcome for _, outcome in result.replayed)],
+        )
         self._ack(items)
         # One task event per message, after the commit, carrying what Flower shows (name, args, result, runtime):
         # Celery's event state merges an event's fields into the task, so "task-received" would add nothing but
@@ -245,12 +250,13 @@ class Batcher:
             return apply_batch(conn, partition, events, epoch=epoch, dead_letters=dead)
 
     def _isolate(self, partition: int, events: list[Event], epoch: int, dead: list[DeadLetterRecord]) -> BatchResult:
-        """Apply events one per transaction; an event that still fails is dead-lettered with its error."""
+        """Apply events one per transaction. One that still fails (a bug, a constraint that cannot hold) is
+        dead-lettered and its entity parked: its later events follow it into the dead-letter store, in order,
+        until ``seqproc deadletter replay``; the other entities flow on."""
         total = BatchResult()
         if dead:
-            self._retry(
-                partial(self._transaction_one, partition, [], epoch, dead), f"partition {partition}: dead letters"
-            )
+            what = f"partition {partition}: dead letters"
+            self._retry(partial(self._transaction_one, partition, [], epoch, dead), what)
         for event in events:
             try:
                 one = self._retry(
@@ -259,24 +265,26 @@ class Batcher:
             except (PartitionFenced, StopRetrying):
                 raise
             except Exception as error:
-                record = DeadLetterRecord(
-                    error=f"apply failed: {type(error).__name__}: {error}"[:2000],
-                    body=event.model_dump_json(),
-                    partition=partition,
-                    queue=queue_name(partition),
-                    event_key=event.key,
-                    content_type="application/json",
+                logger.error(
+                    "partition %d key %s idempotency_key %s: %s failed for good (%s); parking the key",
+                    partition,
+                    event.entity_key,
+                    event.key,
+                    event.type,
+                    error,
                 )
-                self._retry(
-                    partial(self._transaction_one, partition, [], epoch, [record]),
-                    f"partition {partition}: dead-letter {event.key}",
-                )
-                one = BatchResult(outcomes=[Outcome("rejected", "dead_lettered")], rejected=1)
+                self._retry(partial(self._park, partition, epoch, event, error), f"partition {partition}: park")
+                one = BatchResult(outcomes=[DEAD_LETTERED], rejected=1)
             total.outcomes.extend(one.outcomes)
+            total.replayed.extend(one.replayed)
             total.applied += one.applied
             total.duplicates += one.duplicates
             total.rejected += one.rejected
         return total
+
+    def _park(self, partition: int, epoch: int, event: Event, error: BaseException) -> None:
+        with self.rt.engine.begin() as conn:
+            park(conn, partition, epoch, event, error)
 
     def _retry(self, attempt: Callable[[], T], what: str) -> T:
         return retry_in_place(
@@ -398,6 +406,9 @@ def ack_many(messages: list[Any]) -> int:
         message._state = "ACK"
     return len(messages)
 
+
+#: The outcome of an event dead-lettered because it failed for good (its entity is parked behind it).
+DEAD_LETTERED = Outcome("rejected", "dead_lettered")
 
 #: The process's batcher (see :class:`Batcher`).
 BATCHER = Batcher()

@@ -256,6 +256,71 @@ def demo(threads: int, events_per_thread: int, workers: int, embedded: bool) -> 
 
 
 @cli.group()
+def deadletter() -> None:
+    """What could not be applied: list it, and replay a parked key once the cause is fixed."""
+
+
+@deadletter.command("list")
+@click.option("--key", "entity_key", default=None, help="Only this entity (article:42, product:7).")
+@click.option("--all", "include_replayed", is_flag=True, help="Include dead letters already replayed.")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: dead_letters and parked_keys.")
+def deadletter_list(entity_key: str | None, include_replayed: bool, limit: int, as_json: bool) -> None:
+    """Dead letters, oldest first, with their error; and the parked keys."""
+    from models.db import make_engine
+    from worker.deadletters import list_dead_letters, parked_keys
+
+    engine = make_engine(_settings().database_url)
+    try:
+        with engine.connect() as conn:
+            letters = list_dead_letters(conn, entity_key=entity_key, include_replayed=include_replayed, limit=limit)
+            parked = parked_keys(conn)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps({"dead_letters": letters, "parked_keys": parked}, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"dead letters ({len(letters)})")
+    for column in ("id", "partition", "entity", "idempotency key", "error", "created", "replayed"):
+        table.add_column(column)
+    for d in letters:
+        table.add_row(
+            str(d["id"]),
+            str(d["partition"]),
+            d["entity_key"] or "-",
+            d["event_key"] or "-",
+            d["error"][:80],
+            d["created_at"] or "",
+            d["replayed_at"] or "",
+        )
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(table)
+    if parked:
+        console.print("parked: " + ", ".join(p["entity_key"] for p in parked))
+
+
+@deadletter.command("replay")
+@click.argument("key")
+@click.option("--wait", "wait_s", type=float, default=30.0, show_default=True, help="Wait this long for the worker.")
+def deadletter_replay(key: str, wait_s: float) -> None:
+    """Apply KEY's dead letters (article:42, product:7) in order, exactly once, then unpark it.
+
+    The request goes through KEY's partition queue, so it takes its place in the stream: whatever was queued for KEY
+    before it is dead-lettered first, and what comes after it is applied after the replayed events."""
+    import producer
+    from producer.publish import publisher_for
+    from worker.deadletters import replay_event
+
+    event = replay_event(key)
+    receipt = publisher_for(producer.api.current_settings()).publish([event])[0]
+    outcome = receipt.wait(timeout_s=wait_s)
+    click.echo(f"{key}: {outcome.status} ({outcome.reason}) on partition {receipt.partition}")
+
+
+@cli.group()
 def partitions() -> None:
     """The deployment's partition count (fixed: changing it re-routes keys)."""
 

@@ -34,6 +34,8 @@ class DeadLetterRecord:
     queue: str | None = None
     event_key: str | None = None
     content_type: str | None = None
+    #: The entity of a valid event that could not be applied (what replay goes by).
+    entity_key: str | None = None
 
 
 @dataclass
@@ -42,6 +44,8 @@ class Loaded:
     new_keys: set[str]
     pairs: dict[Pair, PairState | None]
     stock: StockState
+    #: The entities among those asked about that are parked.
+    parked: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -64,6 +68,13 @@ class Writes:
     #: Outcomes of claimed keys that are not a plain "applied" (claimed keys start as that).
     outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
     dead_letters: Sequence[DeadLetterRecord] = ()
+    #: Claimed keys to give back: their events were dead-lettered (parked entity), a replay must find them new.
+    unclaim: list[str] = field(default_factory=list)
+    #: Entities to park (entity, partition, reason) and to unpark.
+    park: list[tuple[str, int, str]] = field(default_factory=list)
+    unpark: list[str] = field(default_factory=list)
+    #: Dead letters applied by a replay.
+    replayed: list[int] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -74,9 +85,16 @@ class Store(Protocol):
         pairs: Sequence[Pair],
         product_ids: Sequence[int],
         reservation_ids: Sequence[str],
+        entity_keys: Sequence[str],
     ) -> Loaded:
         """Insert the ``(key, event_type, partition)`` rows into the ledger (``ON CONFLICT DO NOTHING RETURNING``) and
-        read the state of the touched pairs, products and reservations."""
+        read the state of the touched pairs, products, reservations, and which of ``entity_keys`` are parked."""
+        ...
+
+    def load_replay(
+        self, conn: Connection, entity_keys: Sequence[str]
+    ) -> tuple[dict[str, list[tuple[int, str]]], set[str]]:
+        """The dead letters not yet replayed of each entity, oldest first, as (id, body); and which are parked."""
         ...
 
     def first_outcomes(self, conn: Connection, keys: Sequence[str]) -> dict[str, Outcome]:

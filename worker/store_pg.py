@@ -39,6 +39,17 @@ LOAD_RESERVATIONS = """
 SELECT reservation_id, product_id, quantity, status FROM reservation WHERE reservation_id = ANY(%s::text[])
 """
 FIRST_OUTCOMES = "SELECT key, status, reason FROM idempotency_ledger WHERE key = ANY(%s::text[])"
+LOAD_PARKED = "SELECT entity_key FROM parked_key WHERE entity_key = ANY(%s::text[])"
+LOAD_DEAD_LETTERS = """
+SELECT id, entity_key, body FROM dead_letter
+WHERE entity_key = ANY(%s::text[]) AND replayed_at IS NULL ORDER BY id
+"""
+UNCLAIM = "DELETE FROM idempotency_ledger WHERE key = ANY(%s::text[])"
+PARK = """
+INSERT INTO parked_key (entity_key, partition, reason) VALUES (%s, %s, %s) ON CONFLICT (entity_key) DO NOTHING
+"""
+UNPARK = "DELETE FROM parked_key WHERE entity_key = ANY(%s::text[])"
+MARK_REPLAYED = "UPDATE dead_letter SET replayed_at = now() WHERE id = ANY(%s::bigint[])"
 
 RESTAMP = """
 UPDATE {table} t SET stamp = u.s FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS u(a, usr, s)
@@ -79,8 +90,8 @@ UPDATE idempotency_ledger l SET status = u.s, reason = u.r FROM unnest(%s::text[
 WHERE l.key = u.k
 """
 INSERT_DEAD_LETTER = """
-INSERT INTO dead_letter (partition, queue, event_key, content_type, body, error)
-VALUES (%(partition)s, %(queue)s, %(event_key)s, %(content_type)s, %(body)s, %(error)s)
+INSERT INTO dead_letter (partition, queue, event_key, entity_key, content_type, body, error)
+VALUES (%(partition)s, %(queue)s, %(event_key)s, %(entity_key)s, %(content_type)s, %(body)s, %(error)s)
 """
 FENCE = """
 UPDATE partition SET applied = applied + %s, duplicates = duplicates + %s, rejected = rejected + %s
@@ -106,9 +117,10 @@ class PostgresStore:
         pairs: Sequence[Pair],
         product_ids: Sequence[int],
         reservation_ids: Sequence[str],
+        entity_keys: Sequence[str],
     ) -> Loaded:
         pg = driver(conn)
-        claimed = loaded_pairs = products = reservations = None
+        claimed = loaded_pairs = products = reservations = parked = None
         with pg.pipeline():
             if keys:
                 ks, ts, ps = columns(keys, 3)
@@ -120,6 +132,8 @@ class PostgresStore:
                 products = pg.execute(LOAD_PRODUCTS, (list(product_ids),))
             if reservation_ids:
                 reservations = pg.execute(LOAD_RESERVATIONS, (list(reservation_ids),))
+            if entity_keys:
+                parked = pg.execute(LOAD_PARKED, (list(entity_keys),))
         new_keys = {row[0] for row in claimed.fetchall()} if claimed is not None else set()
         found: dict[Pair, PairState | None] = dict.fromkeys(pairs)
         for liked, article_id, user_id, stamp in loaded_pairs.fetchall() if loaded_pairs is not None else ():
@@ -133,7 +147,19 @@ class PostgresStore:
                 for rid, pid, quantity, status in (reservations.fetchall() if reservations is not None else ())
             },
         )
-        return Loaded(new_keys, found, stock)
+        return Loaded(new_keys, found, stock, {row[0] for row in parked.fetchall()} if parked is not None else set())
+
+    def load_replay(
+        self, conn: Connection, entity_keys: Sequence[str]
+    ) -> tuple[dict[str, list[tuple[int, str]]], set[str]]:
+        pg = driver(conn)
+        found: dict[str, list[tuple[int, str]]] = {key: [] for key in entity_keys}
+        with pg.pipeline():
+            letters = pg.execute(LOAD_DEAD_LETTERS, (list(entity_keys),))
+            parked = pg.execute(LOAD_PARKED, (list(entity_keys),))
+        for dead_id, entity_key, body in letters.fetchall():
+            found[entity_key].append((dead_id, body))
+        return found, {row[0] for row in parked.fetchall()}
 
     def first_outcomes(self, conn: Connection, keys: Sequence[str]) -> dict[str, Outcome]:
         if not keys:
@@ -178,6 +204,14 @@ class PostgresStore:
                 )
             for record in writes.dead_letters:
                 pg.execute(INSERT_DEAD_LETTER, dead_letter_row(record))
+            if writes.unclaim:
+                pg.execute(UNCLAIM, (writes.unclaim,))
+            for entity_key, partition, reason in writes.park:
+                pg.execute(PARK, (entity_key, partition, reason))
+            if writes.unpark:
+                pg.execute(UNPARK, (writes.unpark,))
+            if writes.replayed:
+                pg.execute(MARK_REPLAYED, (writes.replayed,))
             # Last: each partition row's lock orders this transaction against a takeover of that partition.
             for f in writes.fences:
                 if f.epoch is not None:

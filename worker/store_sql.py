@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_, update
 
 from models.base import table_of
-from models.ledger import DeadLetter, LedgerEntry
+from models.ledger import DeadLetter, LedgerEntry, ParkedKey
 from models.likes import ArticleLike, ArticleLikeCount, ArticleUnlike
 from models.outcomes import Outcome, Status
 from models.partition import Partition
@@ -25,6 +25,7 @@ COUNTS = table_of(ArticleLikeCount)
 PRODUCTS = table_of(ProductStock)
 RESERVATIONS = table_of(Reservation)
 PARTITIONS = table_of(Partition)
+PARKED = table_of(ParkedKey)
 
 
 def status_of(value: str | None) -> Status:
@@ -41,6 +42,7 @@ class SqlStore:
         pairs: Sequence[Pair],
         product_ids: Sequence[int],
         reservation_ids: Sequence[str],
+        entity_keys: Sequence[str],
     ) -> Loaded:
         new_keys: set[str] = set()
         if keys:
@@ -50,7 +52,30 @@ class SqlStore:
                 [{"key": k, "partition": p, "event_type": t, "status": CLAIMED_STATUS} for k, t, p in keys],
             )
             new_keys = {row[0] for row in rows}
-        return Loaded(new_keys, self._load_pairs(conn, pairs), self._load_stock(conn, product_ids, reservation_ids))
+        parked: set[str] = set()
+        if entity_keys:
+            parked = set(
+                conn.execute(select(PARKED.c.entity_key).where(PARKED.c.entity_key.in_(list(entity_keys)))).scalars()
+            )
+        return Loaded(
+            new_keys, self._load_pairs(conn, pairs), self._load_stock(conn, product_ids, reservation_ids), parked
+        )
+
+    def load_replay(
+        self, conn: Connection, entity_keys: Sequence[str]
+    ) -> tuple[dict[str, list[tuple[int, str]]], set[str]]:
+        found: dict[str, list[tuple[int, str]]] = {key: [] for key in entity_keys}
+        rows = conn.execute(
+            select(DEAD_LETTERS.c.id, DEAD_LETTERS.c.entity_key, DEAD_LETTERS.c.body)
+            .where(DEAD_LETTERS.c.entity_key.in_(list(entity_keys)), DEAD_LETTERS.c.replayed_at.is_(None))
+            .order_by(DEAD_LETTERS.c.id)
+        )
+        for dead_id, entity_key, body in rows:
+            found[entity_key].append((dead_id, body))
+        parked = set(
+            conn.execute(select(PARKED.c.entity_key).where(PARKED.c.entity_key.in_(list(entity_keys)))).scalars()
+        )
+        return found, parked
 
     def _load_pairs(self, conn: Connection, pairs: Sequence[Pair]) -> dict[Pair, PairState | None]:
         found: dict[Pair, PairState | None] = dict.fromkeys(pairs)
@@ -105,6 +130,19 @@ class SqlStore:
                 [{"k": key, "s": o.status, "r": o.reason} for key, o in writes.outcomes],
             )
         self.store_dead_letters(conn, writes.dead_letters)
+        if writes.unclaim:
+            conn.execute(delete(LEDGER).where(LEDGER.c.key.in_(writes.unclaim)))
+        for entity_key, partition, reason in writes.park:
+            conn.execute(
+                upsert(conn, PARKED).on_conflict_do_nothing(index_elements=[PARKED.c.entity_key]),
+                {"entity_key": entity_key, "partition": partition, "reason": reason},
+            )
+        if writes.unpark:
+            conn.execute(delete(PARKED).where(PARKED.c.entity_key.in_(writes.unpark)))
+        if writes.replayed:
+            conn.execute(
+                update(DEAD_LETTERS).where(DEAD_LETTERS.c.id.in_(writes.replayed)).values(replayed_at=func.now())
+            )
         fenced = []
         for f in writes.fences:
             if f.epoch is None:
@@ -198,6 +236,7 @@ def dead_letter_row(d: DeadLetterRecord) -> dict[str, object]:
         "partition": d.partition,
         "queue": d.queue,
         "event_key": d.event_key,
+        "entity_key": d.entity_key,
         "content_type": d.content_type,
         "body": d.body,
         "error": d.error,
