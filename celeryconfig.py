@@ -64,7 +64,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "task_queues": [Queue(queue_name(p), routing_key=queue_name(p)) for p in range(settings.partitions)],
+        "task_queues": [Queue(queue_name(p), routing_key=queue_name(p)) for p in range(settings.partitions)]
+        + [Queue("seqproc.idle", routing_key="seqproc.idle")],
         "task_default_queue": queue_name(0),
         "task_create_missing_queues": False,
         "worker_consumer": "worker.consumer:SeqprocConsumer",

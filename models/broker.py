@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from queue import Empty
 from time import monotonic, time
@@ -42,6 +42,11 @@ from kombu.utils.uuid import uuid
 logger = logging.getLogger(__name__)
 
 BELL_PREFIX = "seqproc.bell."
+
+#: Set by a worker process: may it take messages from this queue now? An auto worker answers no for a partition as
+#: soon as it cannot prove its lease is still its own (after a pause, say), so that it never holds messages another
+#: worker should apply in order. None: every queue consumed.
+fetch_filter: Callable[[str], bool] | None = None
 #: Most messages one fetch takes when the prefetch limit does not say (it normally does).
 FETCH_MAX = 256
 
@@ -188,6 +193,8 @@ class Channel(kombu_redis.Channel):
 
     def _fetch_and_deliver(self) -> int:
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
+        if fetch_filter is not None:
+            queues = [queue for queue in queues if fetch_filter(queue)]
         if not queues:
             return 0
         limit = self.qos.can_consume_max_estimate() if self.qos.prefetch_count else FETCH_MAX

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     #: Outcomes kept in the result backend for ``receipt.wait()``.
     outcome_ttl_s: Annotated[int, Field(ge=60, le=30 * 86_400)] = 86_400
 
+    #: ``--partitions auto``: how long a partition lease lasts without renewal (renewed every third of it). A worker
+    #: that stops renewing loses its partitions to the others after this long.
+    lease_s: Annotated[float, Field(ge=1, le=600)] = 10
+
     #: Send Celery task events (Flower needs them); they cost CPU per message.
     task_events: bool = True
     log_level: str = "INFO"

@@ -140,8 +140,9 @@ class Batcher:
                 self._store_dead_letters_only([d for item in orphans for d in item.decoded.dead_letters])
                 self._ack(orphans)
             owned: dict[int, list[Held]] = {}
+            leases = self.rt.leases
             for partition, items in by_partition.items():
-                if partition in self.rt.epochs:
+                if partition in self.rt.epochs and (leases is None or leases.fresh(partition)):
                     owned[partition] = items
                 else:
                     logger.warning(
@@ -317,6 +318,14 @@ class Batcher:
         except Exception:
             # The ledger holds the outcomes; only waiters miss them (they time out, with a clear error).
             logger.exception("partition %d: could not publish %d outcome(s)", partition, len(events))
+
+    def give_back_partition(self, partition: int) -> None:
+        """Return the held messages of ``partition`` (its lease was lost) to the head of its queue, in order."""
+        mine = [item for item in self.buffer if item.decoded.partition == partition]
+        if mine:
+            self.buffer = [item for item in self.buffer if item.decoded.partition != partition]
+            self.events_held = sum(len(item.decoded.events) for item in self.buffer)
+            self._give_back(mine)
 
     def _ack(self, items: list[Held]) -> None:
         """Ack every message of the batch; on Redis in one pipelined round trip instead of one per message."""

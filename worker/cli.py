@@ -70,7 +70,13 @@ def migrate() -> None:
 
 
 @cli.command()
-@click.option("--partitions", "spec", default="all", show_default=True, help="Partitions to own: 0-7, 0,3,5-6 or all.")
+@click.option(
+    "--partitions",
+    "spec",
+    default="all",
+    show_default=True,
+    help="Partitions to own: 0-7, 0,3,5-6, all, or auto (share them with the other auto workers through leases).",
+)
 @click.option("--hostname", default=None, help="Celery node name (default seqproc-p<partitions>@<host>).")
 @click.option("--loglevel", default=None, help="Log level (default: SEQPROC_LOG_LEVEL).")
 @click.option("--ready-file", default=None, help="Write this file (the pid) once consuming; removed at exit.")
@@ -82,7 +88,7 @@ def worker(spec: str, hostname: str | None, loglevel: str | None, ready_file: st
     settings = _settings()
     level = (loglevel or settings.log_level).upper()
     _setup_logging(level)
-    partitions = parse_partitions(spec, settings.partitions)
+    partitions = None if spec.strip().lower() == "auto" else parse_partitions(spec, settings.partitions)
     sys.exit(run_worker(settings, partitions, hostname=hostname, loglevel=level, ready_file=ready_file))
 
 

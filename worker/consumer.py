@@ -14,11 +14,12 @@ from typing import Any
 from celery import bootsteps
 from celery.worker.consumer import Consumer
 
-from producer.routing import partition_of_queue
+from producer.routing import partition_of_queue, queue_name
 from worker import runtime
 from worker.apply import DeadLetterRecord, store_dead_letters
 from worker.batching import BATCHER, _should_stop
 from worker.decode import body_text
+from worker.partitions import restore_unacked
 from worker.retry import StopRetrying, retry_in_place
 
 logger = logging.getLogger(__name__)
@@ -68,10 +69,63 @@ class SeqprocConsumer(Consumer):
         dead_letter_message(message, f"invalid task message: {type(exc).__name__}: {exc}")
 
 
-class FlushOnStop(bootsteps.StartStopStep):
-    """Apply and ack what the batcher holds before the consumer's connection goes away."""
+class LeaseStep(bootsteps.StartStopStep):
+    """``--partitions auto``: renew the leases every third of their time limit, in the consumer's own loop (the
+    channel is not thread-safe), starting and stopping partition queues as leases come and go."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self._timer: Any = None
+
+    def start(self, c: Any) -> None:
+        rt = runtime.current()
+        if rt.leases is None:
+            return
+        self._timer = c.timer.call_repeatedly(rt.settings.lease_s / 3, self.tick, (c,))
+
+    def tick(self, c: Any) -> None:
+        rt = runtime.current()
+        try:
+            rt.leases.tick(
+                on_acquire=lambda partition, epoch: self._acquired(c, partition, epoch),
+                on_release=lambda partition: self._releasing(c, partition),
+                on_lost=lambda partition: self._lost(c, partition),
+            )
+        except Exception:
+            # Redis or PostgreSQL unreachable: leases are not renewed, so ``fresh`` turns false and nothing is
+            # applied to a partition that may have moved; the next tick tries again.
+            logger.warning("lease renewal failed; retrying in %.1f s", rt.settings.lease_s / 3, exc_info=True)
+
+    def _acquired(self, c: Any, partition: int, epoch: int) -> None:
+        rt = runtime.current()
+        rt.epochs[partition] = epoch
+        # The previous owner can no longer commit (epoch raised): its unacked messages come back first, in order.
+        restore_unacked(c.connection.default_channel, [queue_name(partition)])
+        c.add_task_queue(queue_name(partition))
+
+    def _releasing(self, c: Any, partition: int) -> None:
+        BATCHER.flush()  # apply and ack what is held, while the lease is still ours
+        runtime.current().epochs.pop(partition, None)
+        c.cancel_task_queue(queue_name(partition))
+
+    def _lost(self, c: Any, partition: int) -> None:
+        runtime.current().epochs.pop(partition, None)
+        BATCHER.give_back_partition(partition)
+        c.cancel_task_queue(queue_name(partition))
+
+    def stop(self, c: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class FlushOnStop(bootsteps.StartStopStep):
+    """Apply and ack what the batcher holds before the consumer's connection goes away (and, for an auto worker,
+    before its leases are released)."""
+
+    requires = (LeaseStep,)
 
     def stop(self, c: Any) -> None:
         if BATCHER.buffer:

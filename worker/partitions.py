@@ -99,18 +99,19 @@ def restore_unacked(channel: Any, queues: Iterable[str]) -> int:
     if qos is None or not hasattr(qos, "restore_by_tag"):
         return 0
     wanted = set(queues)
-    client = channel.client
-    tags = []
-    for tag, raw in client.hgetall(channel.unacked_key).items():
-        try:
-            _payload, _exchange, routing_key = json.loads(raw)
-        except (ValueError, TypeError):
-            continue
-        if routing_key in wanted:
-            tags.append(tag)
-    if not tags:
-        return 0
-    scores = client.zmscore(channel.unacked_index_key, tags)
+    # The pooled client, never ``channel.client``: on a consuming channel that one has a BRPOP outstanding.
+    with channel.conn_or_acquire() as client:
+        tags = []
+        for tag, raw in client.hgetall(channel.unacked_key).items():
+            try:
+                _payload, _exchange, routing_key = json.loads(raw)
+            except (ValueError, TypeError):
+                continue
+            if routing_key in wanted:
+                tags.append(tag)
+        if not tags:
+            return 0
+        scores = client.zmscore(channel.unacked_index_key, tags)
     ordered = sorted(zip(tags, scores, strict=True), key=lambda item: item[1] or 0.0)
     # Each restore pushes onto the consuming end, so restore the newest first: the oldest ends up next in line.
     for tag, _score in reversed(ordered):

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,13 +18,20 @@ from typing import Any
 from celery.signals import worker_ready
 from sqlalchemy import inspect
 
+from models import broker
 from models.db import make_engine
 from models.errors import ConfigError
 from models.settings import Settings, mask_url
+from producer.routing import partition_of_queue
 from worker import runtime
 from worker.partitions import claim, queues_for, restore_unacked
 
 logger = logging.getLogger(__name__)
+
+
+#: An auto worker that holds no partition yet listens here (nobody publishes to it): Celery, given no queue at all,
+#: would consume every configured queue.
+IDLE_QUEUE = "seqproc.idle"
 
 
 def prepare(settings: Settings, partitions: Sequence[int], *, owner: str) -> runtime.Runtime:
@@ -40,13 +47,16 @@ def prepare(settings: Settings, partitions: Sequence[int], *, owner: str) -> run
 
 def run_worker(
     settings: Settings,
-    partitions: Sequence[int],
+    partitions: Sequence[int] | None,
     *,
     hostname: str | None,
     loglevel: str,
     ready_file: str | None = None,
 ) -> int:
-    """Run a Celery worker consuming exactly ``partitions``; returns its exit code."""
+    """Run a Celery worker consuming exactly ``partitions`` (None: share them through leases); its exit code.
+
+    The apply task and the consumer steps (worker.tasks) load with the app: it lists them in ``include``.
+    """
     if settings.embedded:
         raise ConfigError(
             "SEQPROC_BROKER_URL is memory://: that broker lives inside one process, so workers run in-process "
@@ -54,15 +64,25 @@ def run_worker(
         )
     from worker.app import configure
 
-    span = _span(partitions)
+    span = "auto" if partitions is None else _span(partitions)
     node = hostname or f"seqproc-p{span}@{socket.gethostname()}"
-    rt = prepare(settings, partitions, owner=f"{node}/{os.getpid()}")
+    owner = f"{node}/{os.getpid()}"
+    chosen: list[int] = [] if partitions is None else list(partitions)
+    rt = prepare(settings, chosen, owner=owner)
     app = configure(settings)
+    if partitions is None:
+        if not settings.broker_url.startswith(("redis://", "rediss://")):
+            raise ConfigError("--partitions auto keeps its leases in Redis: SEQPROC_BROKER_URL must be redis://")
+        from worker.leases import LeaseManager
 
-    queues = queues_for(partitions)
+        rt.leases = LeaseManager(settings, rt.engine, owner)
+        broker.fetch_filter = _lease_filter(rt)
+        rt.leases.tick(on_acquire=rt.epochs.__setitem__)  # the first share, claimed before consuming
+        chosen = rt.leases.owned
+    queues = queues_for(chosen) or [IDLE_QUEUE]
     with app.connection_for_write() as conn:
         restore_unacked(conn.default_channel, queues)
-    logger.info("worker %s: partitions %s, epochs %s", node, span, rt.epochs)
+    logger.info("worker %s: partitions %s, epochs %s", node, _span(chosen) if chosen else "none yet", rt.epochs)
     if ready_file:
         _announce_ready(ready_file)
     celery_worker = app.Worker(
@@ -81,7 +101,17 @@ def run_worker(
     finally:
         if ready_file:
             Path(ready_file).unlink(missing_ok=True)
+        if rt.leases is not None:
+            rt.leases.release_all()  # hand the partitions back at once instead of after the lease time
     return int(celery_worker.exitcode or 0)
+
+
+def _lease_filter(rt: runtime.Runtime) -> Callable[[str], bool]:
+    def may_fetch(queue: str) -> bool:
+        partition = partition_of_queue(queue)
+        return partition is not None and partition in rt.epochs and rt.leases.fresh(partition)
+
+    return may_fetch
 
 
 def _announce_ready(path: str) -> None:

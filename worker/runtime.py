@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -23,6 +24,8 @@ class Runtime:
     #: partition -> the fencing epoch this process holds for it.
     epochs: dict[int, int] = field(default_factory=dict)
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}/{os.getpid()}")
+    #: ``--partitions auto``: the leases this worker holds (None: a fixed set of partitions).
+    leases: Any = None
 
 
 _current: Runtime | None = None

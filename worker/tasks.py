@@ -12,7 +12,7 @@ from producer.routing import partition_for
 from worker import runtime
 from worker.app import app
 from worker.apply import apply_batch
-from worker.consumer import FlushOnStop
+from worker.consumer import FlushOnStop, LeaseStep
 
 
 class ApplyTask(Task[Any, Any]):
@@ -37,4 +37,5 @@ def apply_events(self: ApplyTask, partition: int, events: list[dict[str, Any]]) 
     return {"applied": result.applied, "duplicate": result.duplicates, "rejected": result.rejected}
 
 
+app.steps["consumer"].add(LeaseStep)
 app.steps["consumer"].add(FlushOnStop)

@@ -1,0 +1,98 @@
+"""`seqproc worker --partitions auto`: workers share the partitions through leases, rebalance when one joins or
+leaves, and take over from a worker paused past its lease, which then cannot commit (fencing)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+import producer
+from models.ledger import LedgerEntry
+from models.partition import Partition
+from models.settings import Settings
+from tests.conftest import wait_for
+from worker.state import check_invariants, product_state
+
+pytestmark = pytest.mark.services
+
+LEASE_S = 3.0
+
+
+def owners(engine: Engine, pids: dict[int, str]) -> Counter[str]:
+    """How many partitions each worker (by pid) holds according to the partition table."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(Partition.owner)).scalars().all()
+    return Counter(name for owner in rows for pid, name in pids.items() if owner and owner.endswith(f"/{pid}"))
+
+
+def test_auto_workers_share_rebalance_and_hand_back(clean: Settings, start_worker, engine: Engine) -> None:
+    settings = clean.model_copy(update={"lease_s": LEASE_S})
+    a = start_worker(settings, "auto")
+    pids = {a.pid: "a"}
+    wait_for(lambda: owners(engine, pids)["a"] == 16, 15, "the first worker to take all 16 partitions")
+    b = start_worker(settings, "auto")
+    pids[b.pid] = "b"
+    wait_for(lambda: owners(engine, pids) == {"a": 8, "b": 8}, 30, "an 8/8 split")
+    receipts = [producer.like(article, 1) for article in range(1, 41)]  # spread over the partitions
+    assert {o.status for o in producer.wait_all(receipts, timeout_s=30)} == {"applied"}
+    b.stop()  # graceful: hands its partitions back at once
+    wait_for(lambda: owners(engine, pids)["a"] == 16, 15, "the remaining worker to take all 16 back")
+    later = [producer.like(article, 2) for article in range(1, 41)]
+    assert {o.status for o in producer.wait_all(later, timeout_s=30)} == {"applied"}
+
+
+def test_a_worker_paused_past_its_lease_is_fenced_and_nothing_is_doubled_or_reordered(
+    clean: Settings, start_worker, engine: Engine
+) -> None:
+    settings = clean.model_copy(update={"lease_s": LEASE_S})
+    a = start_worker(settings, "auto")
+    b = start_worker(settings, "auto")
+    pids = {a.pid: "a", b.pid: "b"}
+    wait_for(lambda: owners(engine, pids) == {"a": 8, "b": 8}, 30, "an 8/8 split")
+
+    products = list(range(100, 140))  # 40 products over the 16 partitions: both workers hold some
+    for product in products:
+        assert producer.restock(product, 1).wait(30).status == "applied"
+    receipts: list[producer.Receipt] = []
+    stop = threading.Event()
+
+    def sequence(chunk: list[int]) -> None:
+        # Per product: reserve the one unit, release it, reserve again... Each reserve succeeds only if the release
+        # before it was applied first, each release only after its reserve: any reordering shows as a rejection.
+        n = 0
+        while not stop.is_set():
+            n += 1
+            for product in chunk:
+                receipts.append(producer.reserve(product, 1, reservation_id=f"{product}-{n}"))
+                receipts.append(producer.release(product, f"{product}-{n}"))
+            time.sleep(0.01)
+
+    senders = [threading.Thread(target=sequence, args=(products[i::4],)) for i in range(4)]
+    for sender in senders:
+        sender.start()
+    time.sleep(1.0)
+    b.signal(signal.SIGSTOP)  # paused with batches in hand, past its lease
+    wait_for(lambda: owners(engine, pids)["a"] == 16, 20, "the other worker to take over the paused one's partitions")
+    time.sleep(1.0)
+    b.signal(signal.SIGCONT)  # it wakes up believing it still owns 8 partitions
+    time.sleep(2.0)
+    stop.set()
+    for sender in senders:
+        sender.join()
+
+    outcomes = producer.wait_all(receipts, timeout_s=60)
+    assert len(outcomes) > 500
+    assert Counter(o.effective.status for o in outcomes) == {"applied": len(outcomes)}
+    assert not [o for o in outcomes if o.effective.reason]  # no cancelled, no insufficient_stock: order held
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() == len(outcomes) + 40
+        for product in products:
+            state = product_state(conn, product)
+            assert (state["available"], state["reserved"], state["total_received"]) == (1, 0, 1)
+        assert check_invariants(conn).ok
+    assert b.process.poll() is None  # the fenced worker is alive: it lost partitions, not its life
