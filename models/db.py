@@ -13,8 +13,16 @@ from models.settings import mask_url
 logger = logging.getLogger(__name__)
 
 
-def make_engine(url: str, *, statement_timeout_s: float | None = None, pool_size: int = 5) -> Engine:
-    """An engine for ``url``. On PostgreSQL, ``statement_timeout_s`` bounds every statement (the apply time limit)."""
+def make_engine(
+    url: str,
+    *,
+    statement_timeout_s: float | None = None,
+    idle_in_transaction_timeout_s: float | None = None,
+    pool_size: int = 5,
+) -> Engine:
+    """An engine for ``url``. On PostgreSQL, ``statement_timeout_s`` bounds every statement (the apply time limit),
+    and ``idle_in_transaction_timeout_s`` ends a session that sits in an open transaction (a worker paused or hung
+    mid-batch), releasing its locks, so that another worker can take its partitions over."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -27,8 +35,13 @@ def make_engine(url: str, *, statement_timeout_s: float | None = None, pool_size
 
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": 5, "application_name": "seqproc"}
+    options = []
     if statement_timeout_s is not None:
-        connect_args["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
+        options.append(f"-c statement_timeout={int(statement_timeout_s * 1000)}")
+    if idle_in_transaction_timeout_s is not None:
+        options.append(f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_timeout_s * 1000)}")
+    if options:
+        connect_args["options"] = " ".join(options)
     return create_engine(
         url,
         pool_pre_ping=True,

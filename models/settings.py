@@ -7,6 +7,9 @@ naming the variable, the rule and the value given (:class:`ConfigError`).
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -141,10 +144,32 @@ def describe_validation_error(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
+#: Settings that may carry a password: each can also be read from a file named by ``SEQPROC_<NAME>_FILE``
+#: (Docker and Kubernetes secrets), so that the secret never sits in the environment or on a command line.
+SECRET_FIELDS = ("database_url", "broker_url", "result_backend")
+
+
+def secrets_from_files(environ: Mapping[str, str]) -> dict[str, str]:
+    """The values of ``SEQPROC_<NAME>_FILE`` files: their content, stripped. A missing or unreadable file is an
+    error naming the variable (never the content)."""
+    found = {}
+    for field in SECRET_FIELDS:
+        variable = f"{ENV_PREFIX}{field.upper()}_FILE"
+        path = environ.get(variable)
+        if not path:
+            continue
+        try:
+            found[field] = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ConfigError(f"{variable}: cannot read {path!r}: {error.strerror}") from None
+    return found
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings from the environment; raise :class:`ConfigError` with one clear line if one is bad."""
+    """Read the settings from the environment (and ``*_FILE`` secrets); raise :class:`ConfigError` with one clear
+    line if one is bad."""
     try:
-        return Settings(**overrides)
+        return Settings(**(secrets_from_files(os.environ) | overrides))
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error)) from None
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError
 
 from models.errors import (
     ConfigError,
@@ -471,4 +473,9 @@ def main(argv: list[str] | None = None) -> None:
         code = next((c for kind, c in _EXIT_CODES if isinstance(error, kind)), RET_FAILED)
         click.echo(f"seqproc: {type(error).__name__}: {error}", err=True)
         sys.exit(code)
+    except (DBAPIError, RedisError, OSError) as error:
+        # A service that is down or refuses us: one line saying which, not a traceback.
+        first = str(getattr(error, "orig", None) or error).strip().splitlines()
+        click.echo(f"seqproc: ServiceUnavailable: {first[0] if first else type(error).__name__}", err=True)
+        sys.exit(RET_UNAVAILABLE)
     sys.exit(code if isinstance(code, int) else RET_OK)

@@ -111,16 +111,22 @@ class LeaseManager:
                 break
             if self.client.set(lease_key(partition), self.owner, nx=True, px=self.lease_ms):
                 self.valid_until[partition] = self._validity(started)
-                epoch = claim(self.engine, [partition], owner=self.owner, total=self.settings.partitions)[partition]
-                logger.info("partition %d: acquired, epoch %d", partition, epoch)
-                if on_acquire:
-                    try:
+                try:
+                    epoch = claim(
+                        self.engine,
+                        [partition],
+                        owner=self.owner,
+                        total=self.settings.partitions,
+                        lock_timeout_s=self.settings.lease_s / 3,
+                    )[partition]
+                    logger.info("partition %d: acquired, epoch %d", partition, epoch)
+                    if on_acquire:
                         on_acquire(partition, epoch)
-                    except Exception:
-                        # Not consuming it after all: let it go, so that it is not held and idle; the next tick
-                        # (here or elsewhere) takes it again.
-                        self.release(partition)
-                        raise
+                except Exception:
+                    # Not consuming it after all (the previous owner's transaction still holds the partition, or
+                    # the queue could not be started): let it go; the next tick, here or elsewhere, takes it again.
+                    self.release(partition)
+                    raise
 
     def _candidates(self) -> list[int]:
         """Free partitions, starting from a place that depends on this worker, so that starting workers spread."""

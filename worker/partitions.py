@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select, text, update
 
 from models.base import table_of
 from models.errors import ConfigError, PartitionCountMismatch
@@ -64,15 +64,21 @@ def check_partition_count(engine: Engine, total: int) -> None:
         )
 
 
-def claim(engine: Engine, partitions: Sequence[int], *, owner: str, total: int) -> dict[int, int]:
+def claim(
+    engine: Engine, partitions: Sequence[int], *, owner: str, total: int, lock_timeout_s: float | None = None
+) -> dict[int, int]:
     """Take ``partitions``: raise each one's epoch, so that any previous owner can no longer commit.
 
-    Returns partition -> the new epoch, which every apply transaction of this owner checks.
+    Returns partition -> the new epoch, which every apply transaction of this owner checks. ``lock_timeout_s``
+    bounds the wait for a previous owner's transaction to end (PostgreSQL): a takeover then fails and is retried,
+    instead of hanging.
     """
     check_partition_count(engine, total)
     if not partitions:
         return {}
     with engine.begin() as conn:
+        if lock_timeout_s is not None and conn.dialect.name == "postgresql":
+            conn.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_s * 1000)}"))
         conn.execute(
             upsert(conn, PARTITIONS).on_conflict_do_nothing(index_elements=[PARTITIONS.c.partition]),
             [{"partition": p, "epoch": 0} for p in partitions],

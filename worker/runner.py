@@ -36,7 +36,14 @@ IDLE_QUEUE = "seqproc.idle"
 
 def prepare(settings: Settings, partitions: Sequence[int], *, owner: str) -> runtime.Runtime:
     """Engine, schema check, claim: everything a worker needs before it consumes."""
-    engine = make_engine(settings.database_url, statement_timeout_s=settings.apply_time_limit_s, pool_size=2)
+    engine = make_engine(
+        settings.database_url,
+        statement_timeout_s=settings.apply_time_limit_s,
+        # A worker never idles inside its transactions: one that does is paused or hung, holding the locks a
+        # takeover needs. Ending its session lets the new owner claim the partition; the old one is then fenced.
+        idle_in_transaction_timeout_s=min(settings.apply_time_limit_s, settings.lease_s),
+        pool_size=2,
+    )
     if not inspect(engine).has_table("idempotency_ledger"):
         raise ConfigError(
             f"the database at {mask_url(settings.database_url)} has no seqproc tables: run `seqproc migrate` first"

@@ -16,6 +16,7 @@ from models.ledger import LedgerEntry
 from models.partition import Partition
 from models.settings import Settings
 from tests.conftest import wait_for
+from tests.faults.matrix import report
 from worker.state import check_invariants, product_state
 
 pytestmark = pytest.mark.services
@@ -75,17 +76,30 @@ def test_a_worker_paused_past_its_lease_is_fenced_and_nothing_is_doubled_or_reor
     senders = [threading.Thread(target=sequence, args=(products[i::4],)) for i in range(4)]
     for sender in senders:
         sender.start()
-    time.sleep(1.0)
-    b.signal(signal.SIGSTOP)  # paused with batches in hand, past its lease
-    wait_for(lambda: owners(engine, pids)["a"] == 16, 20, "the other worker to take over the paused one's partitions")
-    time.sleep(1.0)
-    b.signal(signal.SIGCONT)  # it wakes up believing it still owns 8 partitions
-    time.sleep(2.0)
-    stop.set()
-    for sender in senders:
-        sender.join()
+    try:
+        time.sleep(1.0)
+        b.signal(signal.SIGSTOP)  # paused with batches in hand, maybe mid-transaction, past its lease
+        wait_for(lambda: owners(engine, pids)["a"] == 16, 30, "the other worker to take over the paused one's share")
+        time.sleep(1.0)
+        b.signal(signal.SIGCONT)  # it wakes up believing it still owns 8 partitions
+        time.sleep(2.0)
+    finally:
+        b.signal(signal.SIGCONT)
+        stop.set()
+        for sender in senders:
+            sender.join()
 
     outcomes = producer.wait_all(receipts, timeout_s=60)
+    with engine.connect() as conn:
+        ledger_rows = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() - len(products)
+    report(
+        "worker SIGSTOP past its lease, then SIGCONT (auto partitions)",
+        injected=1,
+        sent=len(receipts),
+        lost=max(0, len(receipts) - ledger_rows),
+        doubled=max(0, ledger_rows - len(receipts)),
+        out_of_order=sum(1 for o in outcomes if o.effective.reason in ("cancelled", "insufficient_stock")),
+    )
     assert len(outcomes) > 500
     assert Counter(o.effective.status for o in outcomes) == {"applied": len(outcomes)}
     assert not [o for o in outcomes if o.effective.reason]  # no cancelled, no insufficient_stock: order held

@@ -14,6 +14,7 @@ import producer
 from models.ledger import LedgerEntry
 from models.likes import ArticleLike
 from models.settings import Settings
+from tests.faults.matrix import report
 from worker.state import check_invariants, product_state
 
 pytestmark = pytest.mark.services
@@ -62,6 +63,18 @@ def test_twenty_sigkills_lose_and_double_nothing(clean: Settings, start_worker, 
     start_worker(clean)
     outcomes = producer.wait_all(receipts, timeout_s=90)
 
+    with engine.connect() as conn:
+        ledger_rows = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one()
+        received_total = sum(product_state(conn, 500 + t)["total_received"] for t in range(4))
+        liked_rows = set(conn.execute(select(ArticleLike.article_id, ArticleLike.user_id)))
+    report(
+        "worker SIGKILL mid-stream",
+        injected=KILLS,
+        sent=len(receipts),
+        lost=max(0, len(receipts) - ledger_rows) + max(0, restocks[0] - received_total),
+        doubled=max(0, ledger_rows - len(receipts)) + max(0, received_total - restocks[0]),
+        out_of_order=len(liked_rows ^ {pair for pair, liked in model.items() if liked}),
+    )
     assert len(outcomes) == len(receipts) > 2000
     assert all(o.effective.status in ("applied", "rejected") for o in outcomes)
     with engine.connect() as conn:

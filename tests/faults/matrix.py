@@ -1,0 +1,11 @@
+"""One line per fault test with what was measured (``pytest tests/faults -s | grep FAULT``): the fault matrix of the
+docs and of the closing notes comes from these lines, not from memory."""
+
+from __future__ import annotations
+
+
+def report(fault: str, *, injected: int, sent: int, lost: int, doubled: int, out_of_order: int) -> None:
+    print(
+        f"FAULT | {fault} | injected {injected} | events {sent} | lost {lost} | doubled {doubled} "
+        f"| out of order {out_of_order}"
+    )
