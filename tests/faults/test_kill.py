@@ -22,7 +22,10 @@ pytestmark = pytest.mark.services
 KILLS = 20
 
 
-def test_twenty_sigkills_lose_and_double_nothing(clean: Settings, start_worker, engine: Engine) -> None:
+@pytest.mark.parametrize(
+    "kills", [pytest.param(KILLS, id="20-kills"), pytest.param(60, id="60-kills", marks=pytest.mark.slow)]
+)
+def test_sigkills_lose_and_double_nothing(clean: Settings, start_worker, engine: Engine, kills: int) -> None:
     stop = threading.Event()
     receipts: list[producer.Receipt] = []
     model: dict[tuple[int, int], bool] = {}
@@ -52,7 +55,7 @@ def test_twenty_sigkills_lose_and_double_nothing(clean: Settings, start_worker, 
         thread.start()
     rng = random.Random(0)
     try:
-        for _ in range(KILLS):
+        for _ in range(kills):
             worker = start_worker(clean)
             time.sleep(rng.uniform(0.2, 0.8))  # mid-stream: batches in flight, BRPOPs outstanding
             worker.kill()
@@ -69,7 +72,7 @@ def test_twenty_sigkills_lose_and_double_nothing(clean: Settings, start_worker, 
         liked_rows = set(conn.execute(select(ArticleLike.article_id, ArticleLike.user_id)))
     report(
         "worker SIGKILL mid-stream",
-        injected=KILLS,
+        injected=kills,
         sent=len(receipts),
         lost=max(0, len(receipts) - ledger_rows) + max(0, restocks[0] - received_total),
         doubled=max(0, ledger_rows - len(receipts)) + max(0, received_total - restocks[0]),
