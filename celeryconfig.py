@@ -14,6 +14,9 @@ from models.broker import TRANSPORT
 from models.settings import Settings, get_settings
 from producer.routing import queue_name
 
+#: The queue of the scheduled jobs (seqproc beat consumes it).
+JOBS_QUEUE = "seqproc.jobs"
+
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     redis_broker = settings.broker_url.startswith(("redis://", "rediss://"))
@@ -65,7 +68,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_queues": [Queue(queue_name(p), routing_key=queue_name(p)) for p in range(settings.partitions)]
-        + [Queue("seqproc.idle", routing_key="seqproc.idle")],
+        + [Queue("seqproc.idle", routing_key="seqproc.idle"), Queue(JOBS_QUEUE, routing_key=JOBS_QUEUE)],
+        # Scheduled jobs (seqproc beat): each a singleton; they run on the beat process's own worker, never on a
+        # partition worker, and write through the partition queues.
+        "task_routes": {"seqproc.job.*": {"queue": JOBS_QUEUE, "routing_key": JOBS_QUEUE}},
+        "beat_schedule": {
+            f"seqproc-{job}": {"task": f"seqproc.job.{job}", "schedule": interval, "options": {"queue": JOBS_QUEUE}}
+            for job, interval in (
+                ("reconcile", settings.reconcile_interval_s),
+                ("purge_ledger", settings.purge_interval_s),
+                ("expire_reservations", settings.expire_interval_s),
+                ("snapshot_lag", settings.lag_snapshot_interval_s),
+            )
+        },
         "task_default_queue": queue_name(0),
         "task_create_missing_queues": False,
         "worker_consumer": "worker.consumer:SeqprocConsumer",

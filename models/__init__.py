@@ -11,6 +11,7 @@ from models.errors import (
     SeqprocError,
 )
 from models.events import Commit, Event, Like, Release, Reserve, Restock, Unlike, parse_event
+from models.jobs import JobRun, PartitionLag
 from models.ledger import DeadLetter, LedgerEntry, ParkedKey
 from models.likes import ArticleLike, ArticleLikeCount, ArticleUnlike
 from models.outcomes import Outcome
@@ -28,6 +29,7 @@ __all__ = [
     "DeadLetter",
     "Event",
     "InvalidEvent",
+    "JobRun",
     "LedgerEntry",
     "Like",
     "Meta",
@@ -37,6 +39,7 @@ __all__ = [
     "Partition",
     "PartitionCountMismatch",
     "PartitionFenced",
+    "PartitionLag",
     "ProductStock",
     "PublishError",
     "Release",

@@ -45,3 +45,11 @@ class PartitionFenced(SeqprocError):
 
 class PartitionCountMismatch(SeqprocError):
     """The configured partition count differs from the one the database was set up with."""
+
+
+class LockNotAcquired(SeqprocError):
+    """A singleton job did not start: another run holds its lock, or its scheduled slot already ran."""
+
+
+class LockLost(SeqprocError):
+    """A singleton job's lock expired while it ran (its process stalled): it stops before its next write."""

@@ -21,6 +21,8 @@ MAX_QUANTITY = 1_000_000
 MAX_EVENT_ID_LENGTH = 64
 
 EVENT_TYPES = ("like", "unlike", "reserve", "release", "commit", "restock")
+#: Events the project sends itself (dead-letter replay, reconcile job), never application code.
+CONTROL_TYPES = ("replay", "reconcile")
 #: Events whose idempotency key is derived from the reservation id and the action.
 RESERVATION_TYPES = ("reserve", "release", "commit")
 
@@ -131,7 +133,19 @@ class Replay(_Event):
         return self.entity
 
 
-Event = Like | Unlike | Reserve | Release | Commit | Restock | Replay
+class Reconcile(_Event):
+    """Control event, sent by the reconcile job: set the article's like_count to its number of like rows, in the
+    partition's own transaction (a fix through the queue never races the worker). Not for application code."""
+
+    type: Literal["reconcile"]
+    article_id: Id
+
+    @property
+    def entity_key(self) -> str:
+        return f"article:{self.article_id}"
+
+
+Event = Like | Unlike | Reserve | Release | Commit | Restock | Replay | Reconcile
 LikeEvent = Like | Unlike
 StockEvent = Reserve | Release | Commit | Restock
 DomainEvent = Like | Unlike | Reserve | Release | Commit | Restock
@@ -155,7 +169,7 @@ def parse_event(data: Any) -> Event:
 def invalid_event_from(error: ValidationError) -> InvalidEvent:
     """Turn pydantic's report into one actionable line: field, rule, value given."""
     issue = error.errors(include_url=False)[0]
-    loc = [str(part) for part in issue["loc"] if str(part) not in (*EVENT_TYPES, "replay")]
+    loc = [str(part) for part in issue["loc"] if str(part) not in (*EVENT_TYPES, *CONTROL_TYPES)]
     field = loc[-1] if loc else "event"
     if issue["type"] in ("missing", "union_tag_not_found"):
         return InvalidEvent(field, _rule(issue))
@@ -175,7 +189,7 @@ def _rule(issue: Any) -> str:
         "string_too_short": "must not be empty",
         "string_too_long": f"must be at most {ctx.get('max_length')} characters",
         "string_pattern_mismatch": "must not contain control characters",
-        "union_tag_invalid": f"must be one of {', '.join((*EVENT_TYPES, 'replay'))}",
+        "union_tag_invalid": f"must be one of {', '.join((*EVENT_TYPES, *CONTROL_TYPES))}",
         "union_tag_not_found": f"is required (one of {', '.join(EVENT_TYPES)})",
         "model_type": "must be an object",
         "model_attributes_type": "must be an object",

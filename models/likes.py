@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint
+from sqlalchemy import CheckConstraint, Index
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, BigInt, now_column
@@ -45,10 +45,14 @@ class ArticleLikeCount(Base):
     """Invariant: ``like_count`` equals the number of ``article_like`` rows of the article after every commit."""
 
     __tablename__ = "article_like_count"
-    __table_args__ = (CheckConstraint("like_count >= 0", name="like_count_non_negative"),)
+    __table_args__ = (
+        CheckConstraint("like_count >= 0", name="like_count_non_negative"),
+        Index("ix_article_like_count_updated_at", "updated_at"),
+    )
 
     article_id: Mapped[int] = mapped_column(BigInt, primary_key=True)
     like_count: Mapped[int] = mapped_column(BigInt, default=0, server_default="0")
+    #: Indexed: the reconcile job recounts the articles touched since its last run.
     updated_at: Mapped[datetime] = now_column()
 
     def __repr__(self) -> str:

@@ -7,6 +7,7 @@ naming the variable, the rule and the value given (:class:`ConfigError`).
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.errors import ConfigError
 
@@ -73,9 +74,40 @@ class Settings(BaseSettings):
     #: that stops renewing loses its partitions to the others after this long.
     lease_s: Annotated[float, Field(ge=1, le=600)] = 10
 
+    #: Scheduled jobs (``seqproc beat``): several Redis masters, comma-separated, make each job's lock a Redlock
+    #: quorum over them (empty: one lock on the broker's Redis).
+    lock_urls: Annotated[tuple[str, ...], NoDecode] = ()
+    #: A job's lock lasts this long without renewal (renewed every third while the job runs).
+    job_lock_s: Annotated[float, Field(ge=1, le=3_600)] = 60
+    #: How often each scheduled job runs.
+    reconcile_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 300
+    purge_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 3_600
+    expire_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60
+    lag_snapshot_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 15
+    #: A reservation left active this long is released by the expiry job (through its partition queue).
+    reservation_ttl_s: Annotated[int, Field(ge=1, le=30 * 86_400)] = 900
+    #: Rows deleted per statement by the ledger purge (bounded chunks keep its locks short).
+    purge_chunk: Annotated[int, Field(ge=1, le=1_000_000)] = 5_000
+    #: Workers serve Prometheus metrics on this port (0: off). Several workers on one host need different ports.
+    metrics_port: Annotated[int, Field(ge=0, le=65_535)] = 0
+    #: ... on this address (0.0.0.0 in a container, for Prometheus to reach it).
+    metrics_address: str = "127.0.0.1"
+
     #: Send Celery task events (Flower needs them); they cost CPU per message.
     task_events: bool = True
     log_level: str = "INFO"
+    #: ``text`` (one readable line per record) or ``json`` (one object per line, per-event fields as fields).
+    log_format: str = "text"
+
+    #: ``seqproc flower``: the port of the monitoring dashboard.
+    flower_port: Annotated[int, Field(ge=1, le=65_535)] = 5555
+    #: ... the address it binds: loopback by default; any other address requires ``flower_basic_auth``.
+    flower_address: str = "127.0.0.1"
+    #: ... HTTP basic auth, ``user:password[,user2:password2]`` (a secret: masked, may come from a ``_FILE``).
+    #: Empty: no auth (Flower then also refuses its /api).
+    flower_basic_auth: str = ""
+    #: ... served under this path (``flower`` -> ``/flower/``), behind a reverse proxy; empty: at the root.
+    flower_url_prefix: str = ""
 
     @field_validator("database_url")
     @classmethod
@@ -102,6 +134,25 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or memory:// URL (it holds per-event outcomes)")
         return value
 
+    @field_validator("lock_urls", mode="before")
+    @classmethod
+    def _lock_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):  # a JSON list, as pydantic-settings writes lists
+                try:
+                    value = json.loads(text)
+                except ValueError:
+                    raise ValueError("must be a comma-separated list of redis:// URLs (or a JSON list)") from None
+                if not isinstance(value, list):
+                    raise ValueError("must be a comma-separated list of redis:// URLs (or a JSON list)")
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        for url in value or []:
+            if not str(url).startswith(("redis://", "rediss://")):
+                raise ValueError("must be a comma-separated list of redis:// URLs")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -110,17 +161,60 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        fmt = value.strip().lower()
+        if fmt not in ("text", "json"):
+            raise ValueError("must be text or json")
+        return fmt
+
+    @field_validator("metrics_address", "flower_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        # An empty address would make Flower listen on every interface.
+        if not value.strip() or any(c.isspace() for c in value):
+            raise ValueError("must be an IP address or a host name (127.0.0.1: this host only; 0.0.0.0: every one)")
+        return value
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _flower_basic_auth(cls, value: str) -> str:
+        # The message never repeats the value: it is a password.
+        if not value:
+            return value
+        for number, pair in enumerate(value.split(","), 1):
+            user, colon, password = pair.partition(":")
+            if not user or not colon or not password or any(c.isspace() or not c.isprintable() for c in pair):
+                raise ValueError(
+                    f"must be user:password[,user2:password2] with no spaces (entry {number} is not user:password)"
+                )
+        return value
+
+    @field_validator("flower_url_prefix")
+    @classmethod
+    def _flower_url_prefix(cls, value: str) -> str:
+        prefix = value.strip("/")
+        if prefix and not all(c.isalnum() or c in "-._~/" for c in prefix):
+            raise ValueError("must be a URL path such as flower or ops/flower (letters, digits, - . _ ~ /)")
+        return prefix
+
     @property
     def embedded(self) -> bool:
         """True when the broker is Celery's in-process memory transport (demo and unit tests)."""
         return self.broker_url.startswith("memory://")
 
     def masked(self) -> dict[str, Any]:
-        """The settings with every password in a URL replaced by ``***``: safe to print and log."""
-        return {
-            name: mask_url(value) if isinstance(value, str) and "://" in value else value
-            for name, value in self.model_dump().items()
-        }
+        """The settings with every password (in a URL, in ``flower_basic_auth``) replaced by ``***``: safe to print
+        and log."""
+        masked: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, str) and "://" in value:
+                value = mask_url(value)
+            elif isinstance(value, list | tuple):
+                value = [mask_url(v) if isinstance(v, str) else v for v in value]
+            masked[name] = value
+        return masked | {"flower_basic_auth": mask_basic_auth(self.flower_basic_auth)}
 
 
 def mask_url(url: str) -> str:
@@ -133,6 +227,11 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
 
+def mask_basic_auth(credentials: str) -> str:
+    """``alice:secret,bob:pw`` -> ``alice:***,bob:***``; empty stays empty."""
+    return ",".join(f"{pair.partition(':')[0]}:***" for pair in credentials.split(",")) if credentials else ""
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """One line per bad setting: ``SEQPROC_PARTITIONS: must be >= 1 (got '0')``."""
     lines = []
@@ -140,13 +239,16 @@ def describe_validation_error(error: ValidationError) -> str:
         field = str(issue["loc"][0]) if issue["loc"] else "?"
         message = str(issue["msg"]).removeprefix("Value error, ")
         got = issue.get("input")
-        lines.append(f"{ENV_PREFIX}{field.upper()}: {message} (got {mask_url(str(got))!r})")
+        shown = "***" if field in NON_URL_SECRETS else mask_url(str(got))
+        lines.append(f"{ENV_PREFIX}{field.upper()}: {message} (got {shown!r})")
     return "; ".join(lines)
 
 
 #: Settings that may carry a password: each can also be read from a file named by ``SEQPROC_<NAME>_FILE``
 #: (Docker and Kubernetes secrets), so that the secret never sits in the environment or on a command line.
-SECRET_FIELDS = ("database_url", "broker_url", "result_backend")
+SECRET_FIELDS = ("database_url", "broker_url", "result_backend", "flower_basic_auth", "lock_urls")
+#: Secrets that are not URLs: masked whole (``mask_url`` would not find their password).
+NON_URL_SECRETS = ("flower_basic_auth",)
 
 
 def secrets_from_files(environ: Mapping[str, str]) -> dict[str, str]:

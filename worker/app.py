@@ -6,7 +6,7 @@ from celery import Celery
 
 from models.settings import Settings
 
-app = Celery("seqproc", include=["worker.tasks"])
+app = Celery("seqproc", include=["worker.tasks", "worker.jobs"])
 # Lazy: read on first use, so importing this module never fails on a bad setting.
 app.config_from_object("celeryconfig")
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection
 
 from models.errors import InvalidEvent, PartitionFenced
-from models.events import Event, Like, Replay, Unlike, parse_event
+from models.events import Event, Like, Reconcile, Replay, Unlike, parse_event
 from models.outcomes import Outcome
 from producer.routing import queue_name
 from worker import likes, stock
+from worker.logs import log_event
 from worker.store import DeadLetterRecord, Fence, Store, Writes, store_for
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,9 @@ def apply_batch(
     return apply_partitions(conn, [PartitionBatch(partition, events, epoch, dead_letters)])[0]
 
 
-def apply_partitions(conn: Connection, batches: Sequence[PartitionBatch]) -> list[BatchResult]:
+def apply_partitions(
+    conn: Connection, batches: Sequence[PartitionBatch], *, reservation_ttl_s: int | None = None
+) -> list[BatchResult]:
     """Apply several partitions' batches inside the caller's ONE transaction; one outcome per event, per batch.
 
     Keys never cross partitions and neither do articles or products, so the partitions are independent; sharing the
@@ -108,7 +111,7 @@ def apply_partitions(conn: Connection, batches: Sequence[PartitionBatch]) -> lis
     for index, event in enumerate(events):
         first_index.setdefault(event.ledger_key, index)
     candidates = sorted(first_index.values())
-    domain = [e for e in events if not isinstance(e, Replay)]
+    domain = [e for e in events if not isinstance(e, Replay | Reconcile)]
     like_events = [e for e in domain if isinstance(e, Like | Unlike)]
     stock_events = [e for e in domain if not isinstance(e, Like | Unlike)]
     loaded = store.claim_and_load(
@@ -139,6 +142,9 @@ def apply_partitions(conn: Connection, batches: Sequence[PartitionBatch]) -> lis
             ]
             writes.replayed.extend(d for d in brought if d is not None)
             decided[index] = Outcome("applied", f"replayed {len(brought)}")
+        elif isinstance(event, Reconcile):
+            writes.recount.append(event.article_id)
+            decided[index] = Outcome("applied", "recounted")
         elif event.entity_key in parked:
             decided[index] = PARKED
             writes.unclaim.append(event.ledger_key)
@@ -172,6 +178,7 @@ def apply_partitions(conn: Connection, batches: Sequence[PartitionBatch]) -> lis
         for batch, result in zip(batches, results, strict=True)
     ]
     writes.likes = likes.diff(loaded.pairs, final_pairs)
+    writes.reservation_ttl_s = reservation_ttl_s
     writes.stock = stock.diff(loaded.stock, final_stock)
     writes.outcomes = [
         (events[i].ledger_key, outcome)
@@ -273,10 +280,13 @@ def store_dead_letters(conn: Connection, records: Sequence[DeadLetterRecord]) ->
 
 def _log_dead_letters(records: Sequence[DeadLetterRecord]) -> None:
     for record in records:
-        logger.warning(
-            "partition %s queue %s idempotency_key %s: dead-lettered: %s",
-            record.partition,
-            record.queue,
-            record.event_key,
-            record.error,
+        log_event(
+            logger,
+            logging.WARNING,
+            outcome="dead_letter_stored",
+            partition=record.partition,
+            queue=record.queue,
+            key=record.entity_key,
+            idempotency_key=record.event_key,
+            error=record.error,
         )

@@ -29,7 +29,7 @@ from models.errors import PartitionFenced
 from models.events import APPLY_TASK, Event
 from models.outcomes import Outcome, count_statuses
 from producer.routing import queue_name
-from worker import faults, runtime
+from worker import faults, metrics, runtime
 from worker.apply import (
     BatchResult,
     DeadLetterRecord,
@@ -40,6 +40,7 @@ from worker.apply import (
     store_dead_letters,
 )
 from worker.decode import Decoded, decode_message
+from worker.logs import log_event
 from worker.retry import StopRetrying, retry_in_place
 
 logger = logging.getLogger(__name__)
@@ -137,8 +138,10 @@ class Batcher:
         orphans = by_partition.pop(None, [])
         try:
             if orphans:  # not from a partition queue: only dead letters can come of them
-                self._store_dead_letters_only([d for item in orphans for d in item.decoded.dead_letters])
+                dead = [d for item in orphans for d in item.decoded.dead_letters]
+                self._store_dead_letters_only(dead)
                 self._ack(orphans)
+                metrics.count_dead_letters(dead)
             owned: dict[int, list[Held]] = {}
             leases = self.rt.leases
             for partition, items in by_partition.items():
@@ -158,6 +161,7 @@ class Batcher:
     def _apply(self, owned: dict[int, list[Held]]) -> None:
         rt = self.rt
         started = time.monotonic()
+        faults.apply_delay()
         while owned:
             batches = [
                 PartitionBatch(
@@ -200,6 +204,7 @@ class Batcher:
             return
         faults.after_commit()
         elapsed = time.monotonic() - started
+        metrics.observe_flush(elapsed, [len(batch.events) for batch in batches])
         for batch, result in zip(batches, results, strict=True):
             self._settle(batch, owned[batch.partition], result, elapsed)
 
@@ -211,6 +216,7 @@ class Batcher:
             [*result.outcomes, *(outcome for _, outcome in result.replayed)],
         )
         self._ack(items)
+        metrics.count_dead_letters(batch.dead_letters)
         # One task event per message, after the commit, carrying what Flower shows (name, args, result, runtime):
         # Celery's event state merges an event's fields into the task, so "task-received" would add nothing but
         # cost. The dispatcher buffers them and publishes a few "task.multi" messages per batch.
@@ -242,7 +248,7 @@ class Batcher:
 
     def _transaction(self, batches: list[PartitionBatch]) -> list[BatchResult]:
         with self.rt.engine.begin() as conn:
-            return apply_partitions(conn, batches)
+            return apply_partitions(conn, batches, reservation_ttl_s=self.rt.settings.reservation_ttl_s)
 
     def _transaction_one(
         self, partition: int, events: list[Event], epoch: int, dead: list[DeadLetterRecord]
@@ -266,13 +272,15 @@ class Batcher:
             except (PartitionFenced, StopRetrying):
                 raise
             except Exception as error:
-                logger.error(
-                    "partition %d key %s idempotency_key %s: %s failed for good (%s); parking the key",
-                    partition,
-                    event.entity_key,
-                    event.key,
-                    event.type,
-                    error,
+                log_event(
+                    logger,
+                    logging.ERROR,
+                    outcome="parking",
+                    partition=partition,
+                    key=event.entity_key,
+                    idempotency_key=event.key,
+                    type=event.type,
+                    error=f"failed for good: {error}",
                 )
                 self._retry(partial(self._park, partition, epoch, event, error), f"partition {partition}: park")
                 one = BatchResult(outcomes=[DEAD_LETTERED], rejected=1)
@@ -302,16 +310,20 @@ class Batcher:
 
     # -- after commit -----------------------------------------------------------------------------------------
     def _report(self, partition: int, events: list[Event], outcomes: list[Outcome]) -> None:
+        metrics.count_outcomes(partition, events, outcomes)
         for event, outcome in zip(events, outcomes, strict=True):
             if outcome.status != "applied":
-                logger.info(
-                    "partition %d key %s idempotency_key %s: %s %s%s",
-                    partition,
-                    event.entity_key,
-                    event.key,
-                    event.type,
-                    outcome.status,
-                    f" ({outcome.reason})" if outcome.reason else "",
+                dead = outcome.reason in metrics.DEAD_LETTER_REASONS
+                log_event(
+                    logger,
+                    logging.WARNING if dead else logging.INFO,
+                    outcome="dead_lettered" if dead else outcome.status,
+                    partition=partition,
+                    key=event.entity_key,
+                    idempotency_key=event.key,
+                    type=event.type,
+                    reason=outcome.reason,
+                    first=outcome.first.status if outcome.first is not None else None,
                 )
         try:
             self.rt.outcomes.put_many([(event.id, outcome) for event, outcome in zip(events, outcomes, strict=True)])

@@ -22,6 +22,9 @@ from models.errors import (
     SeqprocError,
 )
 from models.settings import Settings, load_settings, mask_url
+from worker.flower import flower
+from worker.logs import setup_logging
+from worker.status import status
 
 #: Exit codes (dramatiq-style names): scripts can tell a bad setting from a broker that is down.
 RET_OK = 0
@@ -47,12 +50,8 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    setup_logging(level, fmt)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,9 +88,23 @@ def worker(spec: str, hostname: str | None, loglevel: str | None, ready_file: st
 
     settings = _settings()
     level = (loglevel or settings.log_level).upper()
-    _setup_logging(level)
+    _setup_logging(level, settings.log_format)
     partitions = None if spec.strip().lower() == "auto" else parse_partitions(spec, settings.partitions)
     sys.exit(run_worker(settings, partitions, hostname=hostname, loglevel=level, ready_file=ready_file))
+
+
+@cli.command()
+@click.option("--hostname", default=None, help="Celery node name (default seqproc-beat@<host>).")
+@click.option("--loglevel", default=None, help="Log level (default: SEQPROC_LOG_LEVEL).")
+def beat(hostname: str | None, loglevel: str | None) -> None:
+    """Run the scheduled jobs (reconcile counts, purge the ledger, expire reservations, snapshot lag), each a
+    singleton: run one beat per host if you like, each job still runs once per slot."""
+    from worker.runner import run_beat
+
+    settings = _settings()
+    level = (loglevel or settings.log_level).upper()
+    _setup_logging(level, settings.log_format)
+    sys.exit(run_beat(settings, loglevel=level, hostname=hostname))
 
 
 @cli.group()
@@ -457,6 +470,10 @@ def bench(
 def show_settings() -> None:
     """Print the settings in effect (passwords masked)."""
     click.echo(json.dumps(_settings().masked(), indent=2, sort_keys=True))
+
+
+cli.add_command(flower)
+cli.add_command(status)
 
 
 def main(argv: list[str] | None = None) -> None:

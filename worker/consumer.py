@@ -15,7 +15,7 @@ from celery import bootsteps
 from celery.worker.consumer import Consumer
 
 from producer.routing import partition_of_queue, queue_name
-from worker import runtime
+from worker import metrics, runtime
 from worker.apply import DeadLetterRecord, store_dead_letters
 from worker.batching import BATCHER, _should_stop
 from worker.decode import body_text
@@ -52,6 +52,7 @@ def dead_letter_message(message: Any, error: str) -> None:
     except StopRetrying:
         return
     message.ack()
+    metrics.count_dead_letters([record])
 
 
 class SeqprocConsumer(Consumer):

@@ -21,7 +21,11 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that makes a child process use ``settings``."""
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
-        env[f"SEQPROC_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, list | tuple):
+            value = ",".join(map(str, value))  # how list settings are read back (SEQPROC_LOCK_URLS)
+        env[f"SEQPROC_{name.upper()}"] = str(value)
     env.update(extra)
     return env
 

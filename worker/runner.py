@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from typing import Any
 from celery.signals import worker_ready
 from sqlalchemy import inspect
 
+from celeryconfig import JOBS_QUEUE
 from models import broker
 from models.db import make_engine
 from models.errors import ConfigError
@@ -89,6 +91,8 @@ def run_worker(
     queues = queues_for(chosen) or [IDLE_QUEUE]
     with app.connection_for_write() as conn:
         restore_unacked(conn.default_channel, queues)
+    if settings.metrics_port:
+        start_metrics(settings, rt)
     logger.info("worker %s: partitions %s, epochs %s", node, _span(chosen) if chosen else "none yet", rt.epochs)
     if ready_file:
         _announce_ready(ready_file)
@@ -111,6 +115,60 @@ def run_worker(
         if rt.leases is not None:
             rt.leases.release_all()  # hand the partitions back at once instead of after the lease time
     return int(celery_worker.exitcode or 0)
+
+
+def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) -> int:
+    """Run celery beat with seqproc's schedule, and a worker for the scheduled jobs in the same process.
+
+    Several beats may run at once (one per host, for availability): each job is a singleton (a lock, and a database
+    row per scheduled slot), so a job runs once per slot whichever beat fires it, and never overlaps itself.
+    """
+    if settings.embedded:
+        raise ConfigError("SEQPROC_BROKER_URL is memory://: seqproc beat needs a broker shared with the workers")
+    from worker.app import configure
+
+    engine = make_engine(settings.database_url, statement_timeout_s=settings.apply_time_limit_s, pool_size=2)
+    if not inspect(engine).has_table("job_run"):
+        raise ConfigError(
+            f"the database at {mask_url(settings.database_url)} has no seqproc tables: run `seqproc migrate` first"
+        )
+    node = hostname or f"seqproc-beat@{socket.gethostname()}"
+    # The beat's own worker dead-letters like any worker: it needs the runtime (no partitions).
+    runtime.install(settings, engine, {}, owner=f"{node}/{os.getpid()}")
+    app = configure(settings)
+    with tempfile.TemporaryDirectory(prefix="seqproc-beat-") as directory:
+        celery_worker = app.Worker(
+            hostname=node,
+            queues=[JOBS_QUEUE],
+            pool_cls="solo",
+            concurrency=1,
+            loglevel=loglevel,
+            beat=True,
+            # Each beat its own schedule file: several beats never share (or lock) one.
+            schedule_filename=str(Path(directory) / "schedule"),
+            without_mingle=True,
+            without_gossip=True,
+            send_events=settings.task_events,
+            quiet=True,
+        )
+        celery_worker.start()
+    return int(celery_worker.exitcode or 0)
+
+
+def start_metrics(settings: Settings, rt: runtime.Runtime) -> None:
+    """Serve the worker's Prometheus metrics (``SEQPROC_METRICS_PORT``); the gauges follow the partitions it owns."""
+    import redis
+
+    from worker import metrics
+
+    client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        metrics.serve(settings.metrics_port, client, lambda: dict(rt.epochs), address=settings.metrics_address)
+    except OSError as error:
+        raise ConfigError(
+            f"SEQPROC_METRICS_PORT: cannot serve metrics on {settings.metrics_address}:{settings.metrics_port} "
+            f"({error.strerror or error}); give each worker on a host its own port"
+        ) from error
 
 
 def _lease_filter(rt: runtime.Runtime) -> Callable[[str], bool]:

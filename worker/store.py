@@ -75,6 +75,10 @@ class Writes:
     unpark: list[str] = field(default_factory=list)
     #: Dead letters applied by a replay.
     replayed: list[int] = field(default_factory=list)
+    #: Articles whose like_count is set to their number of like rows (reconcile), after the like writes.
+    recount: list[int] = field(default_factory=list)
+    #: Active reservations created now expire this many seconds later (None: never).
+    reservation_ttl_s: int | None = None
 
 
 class Store(Protocol):

@@ -81,9 +81,15 @@ FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]
 WHERE p.product_id = u.pid
 """
 UPSERT_RESERVATIONS = """
-INSERT INTO reservation AS r (reservation_id, product_id, quantity, status)
-SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::text[])
+INSERT INTO reservation AS r (reservation_id, product_id, quantity, status, expires_at)
+SELECT rid, pid, q, st, CASE WHEN st = 'active' THEN now() + make_interval(secs => %s::float8) END
+FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::text[]) AS u(rid, pid, q, st)
 ON CONFLICT (reservation_id) DO UPDATE SET status = excluded.status, updated_at = now()
+"""
+RECOUNT = """
+INSERT INTO article_like_count AS c (article_id, like_count)
+SELECT a, (SELECT count(*) FROM article_like l WHERE l.article_id = a) FROM unnest(%s::bigint[]) AS u(a)
+ON CONFLICT (article_id) DO UPDATE SET like_count = excluded.like_count, updated_at = now()
 """
 SET_OUTCOMES = """
 UPDATE idempotency_ledger l SET status = u.s, reason = u.r FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(k, s, r)
@@ -192,7 +198,9 @@ class PostgresStore:
             if stock.deltas:
                 pg.execute(PRODUCT_DELTAS, columns(stock.deltas, 5))
             if stock.reservations:
-                pg.execute(UPSERT_RESERVATIONS, columns(stock.reservations, 4))
+                pg.execute(UPSERT_RESERVATIONS, (writes.reservation_ttl_s, *columns(stock.reservations, 4)))
+            if writes.recount:
+                pg.execute(RECOUNT, (writes.recount,))
             if writes.outcomes:
                 pg.execute(
                     SET_OUTCOMES,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_, update
 
@@ -139,6 +140,18 @@ class SqlStore:
             )
         if writes.unpark:
             conn.execute(delete(PARKED).where(PARKED.c.entity_key.in_(writes.unpark)))
+        if writes.recount:
+            rows = func.count()
+            for article_id in writes.recount:
+                counted = conn.execute(
+                    select(rows).select_from(LIKES).where(LIKES.c.article_id == article_id)
+                ).scalar_one()
+                stmt = upsert(conn, COUNTS).values(article_id=article_id, like_count=counted)
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[COUNTS.c.article_id], set_={"like_count": counted, "updated_at": func.now()}
+                    )
+                )
         if writes.replayed:
             conn.execute(
                 update(DEAD_LETTERS).where(DEAD_LETTERS.c.id.in_(writes.replayed)).values(replayed_at=func.now())
@@ -213,6 +226,8 @@ class SqlStore:
                 [dict(zip(("pid", *(f"d_{q}" for q in QUANTITIES)), row, strict=True)) for row in changes.deltas],
             )
         if changes.reservations:
+            ttl = writes.reservation_ttl_s
+            expires = datetime.now(UTC) + timedelta(seconds=ttl) if ttl is not None else None
             stmt = upsert(conn, RESERVATIONS)
             stmt = stmt.on_conflict_do_update(
                 index_elements=[RESERVATIONS.c.reservation_id],
@@ -221,7 +236,13 @@ class SqlStore:
             conn.execute(
                 stmt,
                 [
-                    {"reservation_id": rid, "product_id": pid, "quantity": q, "status": status}
+                    {
+                        "reservation_id": rid,
+                        "product_id": pid,
+                        "quantity": q,
+                        "status": status,
+                        "expires_at": expires if status == ReservationStatus.ACTIVE.value else None,
+                    }
                     for rid, pid, q, status in changes.reservations
                 ],
             )

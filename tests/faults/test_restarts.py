@@ -6,23 +6,19 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import Engine, func, select
 
 import producer
 from models.errors import PublishError
 from models.ledger import LedgerEntry
 from models.settings import Settings
-from tests.conftest import wait_for
+from tests.conftest import PrivateRedis, wait_for
 from tests.faults.matrix import report
 from worker.state import article_state, check_invariants, product_state
 
@@ -130,69 +126,6 @@ def test_postgresql_restart_mid_stream_is_waited_out_in_place(clean: Settings, s
         for product in products:
             assert (product_state(conn, product)["available"], product_state(conn, product)["reserved"]) == (1, 0)
         assert check_invariants(conn).ok
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server of the test's own on a loopback port, with append-only persistence, that it may restart."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_for(up, 10, "the private redis-server")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # a clean shutdown: the append-only file is complete
-            self.process.wait(10)
-
-    def url(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed")
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_queued_events_survive_a_redis_restart_with_persistence(

@@ -24,7 +24,11 @@ def test_redelivery_and_safety_settings() -> None:
     # ... and the visibility timeout stays well above the apply time limit (statement timeout).
     assert options["visibility_timeout"] >= 2 * Settings().apply_time_limit_s
     assert options["priority_steps"] == [0]
-    assert [q.name for q in conf["task_queues"]] == [*(queue_name(p) for p in range(16)), "seqproc.idle"]
+    assert [q.name for q in conf["task_queues"]] == [
+        *(queue_name(p) for p in range(16)),
+        "seqproc.idle",
+        "seqproc.jobs",
+    ]
 
 
 def test_transport_follows_the_broker_url() -> None:

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from models.settings import load_settings
 from worker.cli import cli
+from worker.flower import flower_argv
 from worker.partitions import parse_partitions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,8 +24,6 @@ DOCKERFILE = ROOT / "Dockerfile"
 REQUIRED_SERVICES = {"postgres", "redis", "migrate", "worker-a", "worker-b", "beat", "flower"}
 ONE_SHOT_SERVICES = {"migrate"}
 LONG_RUNNING_RESTART = {"always", "unless-stopped", "on-failure"}
-#: Subcommands the compose file uses before their issue has landed in worker/cli.py.
-LATER_SUBCOMMANDS = {"beat", "flower"}
 
 
 def _load_compose() -> dict[str, Any]:
@@ -140,15 +139,59 @@ def test_workers_have_time_for_a_warm_shutdown_and_a_healthcheck(service: str) -
     assert _healthcheck_text(worker), f"{service} has no healthcheck"
 
 
+def _published(service: dict[str, Any]) -> list[tuple[str, int]]:
+    """(host side, container port) of each published port, with Compose's defaults substituted."""
+    out = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            out.append((f"{port.get('host_ip', '')}:{port.get('published', '')}", int(port["target"])))
+        else:
+            host, _, target = _interpolate_defaults(str(port)).rpartition(":")
+            out.append((host, int(target.split("/")[0])))
+    return out
+
+
+def _settings_of(service: dict[str, Any]) -> Any:
+    env = _environment(service)
+    return load_settings(
+        **{
+            key.removeprefix("SEQPROC_").lower(): _interpolate_defaults(value)
+            for key, value in env.items()
+            if key.startswith("SEQPROC_")
+        }
+    )
+
+
 def test_flower_publishes_port_5555_behind_basic_auth() -> None:
     flower = SERVICES["flower"]
     assert _command(flower)[:2] == ["seqproc", "flower"]
-    targets = [
-        int(port["target"]) if isinstance(port, dict) else int(str(port).rsplit(":", 1)[-1].split("/")[0])
-        for port in flower.get("ports", [])
-    ]
-    assert 5555 in targets
-    assert _environment(flower).get("FLOWER_BASIC_AUTH"), "Flower has no basic auth"
+    assert 5555 in [target for _, target in _published(flower)]
+    settings = _settings_of(flower)
+    assert settings.flower_basic_auth, "Flower has no basic auth"
+    # What `seqproc flower` will run in that container: it binds every interface, so auth must be on.
+    argv = flower_argv(settings, 5555, settings.flower_address)
+    assert "--address=0.0.0.0" in argv
+    assert any(arg.startswith("--basic-auth=") for arg in argv)
+
+
+def test_every_worker_publishes_its_metrics_on_its_own_host_port() -> None:
+    host_sides = []
+    for name, worker in _worker_services().items():
+        settings = _settings_of(worker)
+        assert settings.metrics_port, f"{name}: SEQPROC_METRICS_PORT is not set"
+        assert settings.metrics_address == "0.0.0.0", f"{name}: metrics bound inside the container only"
+        published = [host for host, target in _published(worker) if target == settings.metrics_port]
+        assert published, f"{name}: metrics port {settings.metrics_port} is not published"
+        host_sides += published
+    assert len(set(host_sides)) == len(host_sides), f"two workers publish metrics on one host port: {host_sides}"
+
+
+def test_beat_runs_after_migration_with_the_database_and_redis() -> None:
+    beat = SERVICES["beat"]
+    assert _command(beat) == ["seqproc", "beat"]
+    assert beat["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert beat["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert beat["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
 def test_backing_services_have_healthchecks() -> None:
@@ -172,13 +215,7 @@ def test_seqproc_services_get_valid_settings() -> None:
         env = _environment(svc)
         for required in ("SEQPROC_DATABASE_URL", "SEQPROC_BROKER_URL"):
             assert env.get(required), f"{name} lacks {required}"
-        settings = load_settings(
-            **{
-                key.removeprefix("SEQPROC_").lower(): _interpolate_defaults(value)
-                for key, value in env.items()
-                if key.startswith("SEQPROC_")
-            }
-        )
+        settings = _settings_of(svc)
         assert "@postgres:5432/seqproc" in settings.database_url, f"{name}: {settings.database_url}"
         assert settings.broker_url == "redis://redis:6379/0", name
         assert settings.result_backend == "redis://redis:6379/1", name
@@ -201,9 +238,7 @@ COMPOSE_COMMANDS = sorted({tuple(_command(svc)[1:]) for svc in _seqproc_services
 
 @pytest.mark.parametrize("args", COMPOSE_COMMANDS, ids=[" ".join(args) for args in COMPOSE_COMMANDS])
 def test_compose_commands_exist_in_the_cli(args: tuple[str, ...]) -> None:
-    subcommand = args[0]
-    if subcommand in LATER_SUBCOMMANDS and subcommand not in cli.commands:
-        pytest.skip(f"`seqproc {subcommand}` is not registered yet (a later issue adds it)")
+    assert args[0] in cli.commands
     # --help is eager: it exits 0 once every option name in `args` parsed, without running the command.
     result = CliRunner().invoke(cli, [*args, "--help"])
     assert result.exit_code == 0, result.output
