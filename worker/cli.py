@@ -78,7 +78,11 @@ def migrate() -> None:
     show_default=True,
     help="Partitions to own: 0-7, 0,3,5-6, all, or auto (share them with the other auto workers through leases).",
 )
-@click.option("--hostname", default=None, help="Celery node name (default seqproc-p<partitions>@<host>).")
+@click.option(
+    "--hostname",
+    default=None,
+    help="Celery node name; %h is this host's name, as in celery -n (default seqproc-p<partitions>@<host>).",
+)
 @click.option("--loglevel", default=None, help="Log level (default: SEQPROC_LOG_LEVEL).")
 @click.option("--ready-file", default=None, help="Write this file (the pid) once consuming; removed at exit.")
 def worker(spec: str, hostname: str | None, loglevel: str | None, ready_file: str | None) -> None:
@@ -94,7 +98,9 @@ def worker(spec: str, hostname: str | None, loglevel: str | None, ready_file: st
 
 
 @cli.command()
-@click.option("--hostname", default=None, help="Celery node name (default seqproc-beat@<host>).")
+@click.option(
+    "--hostname", default=None, help="Celery node name; %h is this host's name (default seqproc-beat@<host>)."
+)
 @click.option("--loglevel", default=None, help="Log level (default: SEQPROC_LOG_LEVEL).")
 def beat(hostname: str | None, loglevel: str | None) -> None:
     """Run the scheduled jobs (reconcile counts, purge the ledger, expire reservations, snapshot lag), each a

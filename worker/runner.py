@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from celery.signals import worker_ready
+from celery.utils.nodenames import host_format
 from sqlalchemy import inspect
 
 from celeryconfig import JOBS_QUEUE
@@ -74,7 +75,7 @@ def run_worker(
     from worker.app import configure
 
     span = "auto" if partitions is None else _span(partitions)
-    node = hostname or f"seqproc-p{span}@{socket.gethostname()}"
+    node = host_format(hostname) if hostname else f"seqproc-p{span}@{socket.gethostname()}"
     owner = f"{node}/{os.getpid()}"
     chosen: list[int] = [] if partitions is None else list(partitions)
     rt = prepare(settings, chosen, owner=owner)
@@ -132,7 +133,7 @@ def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) 
         raise ConfigError(
             f"the database at {mask_url(settings.database_url)} has no seqproc tables: run `seqproc migrate` first"
         )
-    node = hostname or f"seqproc-beat@{socket.gethostname()}"
+    node = host_format(hostname) if hostname else f"seqproc-beat@{socket.gethostname()}"
     # The beat's own worker dead-letters like any worker: it needs the runtime (no partitions).
     runtime.install(settings, engine, {}, owner=f"{node}/{os.getpid()}")
     app = configure(settings)
