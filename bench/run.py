@@ -32,6 +32,9 @@ from worker.migrate import migrate
 
 DIRECT = ("atomic", "for_update", "optimistic", "serializable")
 STRATEGIES = (*DIRECT, "redis_writebehind", "seqproc_single", "seqproc_batched")
+#: Run only when named: seqproc_batched with the operating extras on (metrics served, JSON logs, task events), to
+#: price them against seqproc_batched side by side.
+OPTIONAL_STRATEGIES = ("seqproc_observed",)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCH_DATABASE = "seqproc_bench"
 
@@ -56,9 +59,9 @@ def make_strategy(name: str, settings: Settings, *, workers: int) -> Strategy:
         return DirectStrategy(name, settings.database_url)
     if name == "redis_writebehind":
         return WriteBehindStrategy(settings.database_url, settings.broker_url.rsplit("/", 1)[0] + "/14")
-    if name in ("seqproc_single", "seqproc_batched"):
+    if name in ("seqproc_single", "seqproc_batched", "seqproc_observed"):
         return SeqprocStrategy(name, settings, workers=workers)
-    raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)} (got {name!r})")
+    raise ValueError(f"strategy must be one of {', '.join((*STRATEGIES, *OPTIONAL_STRATEGIES))} (got {name!r})")
 
 
 @dataclass
@@ -82,6 +85,10 @@ class Comparison:
         for base in ("atomic", "optimistic", "seqproc_single"):
             if base in r:
                 out[f"batched_vs_{base}_events_per_s"] = round(batched.events_per_s / r[base].events_per_s, 2)
+        if "seqproc_observed" in r:
+            out["observed_vs_batched_events_per_s"] = round(
+                r["seqproc_observed"].events_per_s / batched.events_per_s, 3
+            )
         if "atomic" in r and batched.p99_ms:
             out["atomic_p99_over_batched_p99"] = round(r["atomic"].p99_ms / batched.p99_ms, 2)
         return out
@@ -172,7 +179,7 @@ def chart(comparisons: Sequence[Comparison], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    strategies = [s for s in STRATEGIES if any(s in c.by_name() for c in comparisons)]
+    strategies = [s for s in (*STRATEGIES, *OPTIONAL_STRATEGIES) if any(s in c.by_name() for c in comparisons)]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
     width = 0.8 / max(1, len(comparisons))
     for n, c in enumerate(comparisons):

@@ -3,10 +3,13 @@ the clock stopped when the last event is applied (read from the partitions' coun
 
 - ``seqproc_single``: one event per message and one per transaction (batch size 1, no packing): the naive design;
 - ``seqproc_batched``: the defaults: producer group commit, several messages per transaction.
+- ``seqproc_observed`` (only when named): seqproc_batched with Prometheus metrics served, JSON logs at INFO and Celery
+  task events on: what operating it costs.
 """
 
 from __future__ import annotations
 
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -35,7 +38,14 @@ DATA_TABLES = (
 def strategy_settings(name: str, base: Settings) -> Settings:
     if name == "seqproc_single":
         return base.model_copy(update={"batch_size": 1, "max_events_per_message": 1, "linger_ms": 0})
-    return base
+    if name == "seqproc_observed":
+        with socket.socket() as sock:  # a free port for the one worker's metrics endpoint
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        return base.model_copy(
+            update={"metrics_port": port, "log_format": "json", "log_level": "INFO", "task_events": True}
+        )
+    return base.model_copy(update={"metrics_port": 0})
 
 
 class SeqprocStrategy:

@@ -390,7 +390,7 @@ def _csv(value: str) -> list[str]:
     default="all",
     show_default=True,
     help="Comma-separated: atomic, for_update, optimistic, serializable, redis_writebehind, "
-    "seqproc_single, seqproc_batched.",
+    "seqproc_single, seqproc_batched (all: these); seqproc_observed (batched with metrics, JSON logs, task events).",
 )
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="seqproc worker processes.")
 @click.option("--scale", "scale_csv", default=None, help="Also run seqproc_batched with these worker counts (1,2,4).")
@@ -423,9 +423,10 @@ def bench(
     _setup_logging("WARNING")
     settings = bench_run.bench_settings(_settings())
     strategies = list(bench_run.STRATEGIES) if strategies_csv == "all" else _csv(strategies_csv)
-    unknown = [s for s in strategies if s not in bench_run.STRATEGIES]
+    known = (*bench_run.STRATEGIES, *bench_run.OPTIONAL_STRATEGIES)
+    unknown = [s for s in strategies if s not in known]
     if unknown:
-        raise ConfigError(f"--strategies: {unknown[0]!r} is not one of {', '.join(bench_run.STRATEGIES)}")
+        raise ConfigError(f"--strategies: {unknown[0]!r} is not one of {', '.join(known)}")
     try:
         producer_counts = [int(p) for p in _csv(producers_csv)]
     except ValueError:
