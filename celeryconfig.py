@@ -62,7 +62,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": False,
         # One process per worker (solo pool); it may hold this many messages unacknowledged.
-        "worker_prefetch_multiplier": settings.prefetch_messages,
+        # At least a batch's worth of messages: the batch size never depends on the prefetch (celery-batches #17),
+        # even when each message carries one event.
+        "worker_prefetch_multiplier": max(settings.prefetch_messages, settings.batch_size),
         "worker_concurrency": 1,
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": False,

@@ -7,7 +7,8 @@ Celery's documented Task.Strategy hook.
 Flow per message (in the consumer's thread; the solo pool runs nothing else):
 - decode it (JSON only; invalid events become dead letters) and add it to the buffer;
 - flush when the buffer holds ``batch_size`` events, or as many messages as the prefetch lets us hold (no more will
-  come until we ack), or ``batch_interval_ms`` after the first message came in;
+  come until we ack; the prefetch is at least ``batch_size`` messages, so even one-event messages fill a batch), or
+  once no message came for ``batch_interval_ms``, or ``batch_max_wait_ms`` after the first one, whichever is first;
 - flush: per partition, in arrival order, one transaction (ledger, rules, dead letters, fence), retried in place on a
   transient error; then publish the outcomes, then ack the messages;
 - if the partition was taken over (fenced), the messages go back to the head of their queue, in order, unacked.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
+import redis
 from celery.worker import state as worker_state
 from kombu.transport.virtual import QoS as VirtualQoS
 
@@ -180,25 +182,25 @@ class Batcher:
             except PartitionFenced as error:
                 # Those partitions were taken over: their messages go back for the new owner; the rest try again.
                 for partition in error.partitions:
-                    items = owned.pop(partition)
-                    logger.error(
-                        "partition %d: fenced (another worker owns it); %d message(s) go back, its consumer stops",
-                        partition,
-                        len(items),
-                    )
-                    rt.epochs.pop(partition, None)
-                    self._give_back(items)
-                    self._stop_consuming(partition)
+                    self._fenced(partition, owned.pop(partition))
                 continue
             except StopRetrying:
                 raise
             except Exception as error:
                 # Not transient: a bug or a constraint that cannot hold. Find the events at fault, one at a time.
                 logger.exception("batch failed (%s); applying its events one at a time", error)
-                results = [
-                    self._isolate(b.partition, list(b.events), rt.epochs[b.partition], list(b.dead_letters))
-                    for b in batches
-                ]
+                isolated: dict[int, BatchResult] = {}
+                for b in batches:
+                    try:
+                        isolated[b.partition] = self._isolate(
+                            b.partition, list(b.events), rt.epochs[b.partition], list(b.dead_letters)
+                        )
+                    except PartitionFenced:
+                        # Taken over while isolating: what this worker committed before stays (its epoch was
+                        # current then); the new owner gets every message back and reports those as duplicates.
+                        self._fenced(b.partition, owned.pop(b.partition))
+                batches = [b for b in batches if b.partition in isolated]
+                results = [isolated[b.partition] for b in batches]
             break
         else:
             return
@@ -207,6 +209,17 @@ class Batcher:
         metrics.observe_flush(elapsed, [len(batch.events) for batch in batches])
         for batch, result in zip(batches, results, strict=True):
             self._settle(batch, owned[batch.partition], result, elapsed)
+
+    def _fenced(self, partition: int, items: list[Held]) -> None:
+        """``partition`` was taken over: its messages go back for the new owner, and its consumer stops."""
+        logger.error(
+            "partition %d: fenced (another worker owns it); %d message(s) go back, its consumer stops",
+            partition,
+            len(items),
+        )
+        self.rt.epochs.pop(partition, None)
+        self._give_back(items)
+        self._stop_consuming(partition)
 
     def _settle(self, batch: PartitionBatch, items: list[Held], result: BatchResult, elapsed: float) -> None:
         """After the commit: publish the outcomes, ack the messages, tell Flower."""
@@ -325,11 +338,40 @@ class Batcher:
                     reason=outcome.reason,
                     first=outcome.first.status if outcome.first is not None else None,
                 )
-        try:
-            self.rt.outcomes.put_many([(event.id, outcome) for event, outcome in zip(events, outcomes, strict=True)])
-        except Exception:
-            # The ledger holds the outcomes; only waiters miss them (they time out, with a clear error).
-            logger.exception("partition %d: could not publish %d outcome(s)", partition, len(events))
+        self._publish_outcomes(
+            partition, [(event.id, outcome) for event, outcome in zip(events, outcomes, strict=True)]
+        )
+
+    def _publish_outcomes(self, partition: int, pairs: list[tuple[str, Outcome]]) -> None:
+        """Publish the outcomes before acking. The result backend unreachable (a restart, a failover): retry in
+        place, so that every waiter gets its outcome; shutting down meanwhile, the messages go back unacked and
+        their redelivery reports ``duplicate`` with the first outcome (the ledger has it)."""
+        pause_s = 0.05
+        failures = 0
+        while True:
+            try:
+                self.rt.outcomes.put_many(pairs)
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                failures += 1
+                if _should_stop():
+                    raise StopRetrying(f"partition {partition}: publish outcomes") from error
+                if failures == 1 or failures % 10 == 0:
+                    logger.warning(
+                        "partition %d: could not publish %d outcome(s) (attempt %d), retrying in %.2f s: %s",
+                        partition,
+                        len(pairs),
+                        failures,
+                        pause_s,
+                        error,
+                    )
+                time.sleep(pause_s)
+                pause_s = min(pause_s * 2, self.rt.settings.retry_backoff_max_s)
+            except Exception:
+                # Not the connection: a bug. The ledger holds the outcomes; only waiters miss them (they time out
+                # with a clear error); holding the partition for it would stop every later event.
+                logger.exception("partition %d: could not publish %d outcome(s)", partition, len(pairs))
+                return
 
     def give_back_partition(self, partition: int) -> None:
         """Return the held messages of ``partition`` (its lease was lost) to the head of its queue, in order."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import tempfile
 import threading
@@ -76,7 +77,9 @@ def run_worker(
 
     span = "auto" if partitions is None else _span(partitions)
     node = host_format(hostname) if hostname else f"seqproc-p{span}@{socket.gethostname()}"
-    owner = f"{node}/{os.getpid()}"
+    # node/pid/run: the run token makes the owner unique even when a restarted container reuses the host name and
+    # pid 1, so a new process never mistakes its predecessor's leases for its own.
+    owner = f"{node}/{os.getpid()}/{secrets.token_hex(4)}"
     chosen: list[int] = [] if partitions is None else list(partitions)
     rt = prepare(settings, chosen, owner=owner)
     app = configure(settings)

@@ -12,7 +12,7 @@ One row per partition (``SEQPROC_PARTITIONS`` of them), and a totals line. Where
   nanoseconds) of the first event of the message at the consuming end of the list (index -1, where ``RPOP``
   takes). None when the queue is empty (or that message is not one of ours). Clock skew between the producer's host
   and this one shifts it by that skew.
-- ``owner``, ``epoch``: the ``partition`` table: the worker that last claimed the partition (``host/pid``) and the
+- ``owner``, ``epoch``: the ``partition`` table: the worker that last claimed the partition (``node/pid/run``) and the
   fencing epoch it claimed it with. ``lease_owner``: the holder of the Redis lease ``seqproc:lease:seqproc.pNN``
   (only ``--partitions auto`` workers take leases; None otherwise, or when the lease expired).
 - ``applied``, ``duplicates``, ``rejected``: running totals in the ``partition`` table, raised by every apply

@@ -28,11 +28,20 @@ def owners(engine: Engine, pids: dict[int, str]) -> Counter[str]:
     """How many partitions each worker (by pid) holds according to the partition table."""
     with engine.connect() as conn:
         rows = conn.execute(select(Partition.owner)).scalars().all()
-    return Counter(name for owner in rows for pid, name in pids.items() if owner and owner.endswith(f"/{pid}"))
+    return Counter(name for owner in rows for pid, name in pids.items() if owner and f"/{pid}/" in owner)
+
+
+def epochs(engine: Engine) -> dict[int, int]:
+    with engine.connect() as conn:
+        return {int(p): int(e) for p, e in conn.execute(select(Partition.partition, Partition.epoch))}
+
+
+#: Long enough that a takeover by lease expiry could not pass for a hand-back.
+HAND_BACK_LEASE_S = 12.0
 
 
 def test_auto_workers_share_rebalance_and_hand_back(clean: Settings, start_worker, engine: Engine) -> None:
-    settings = clean.model_copy(update={"lease_s": LEASE_S})
+    settings = clean.model_copy(update={"lease_s": HAND_BACK_LEASE_S})
     a = start_worker(settings, "auto")
     pids = {a.pid: "a"}
     wait_for(lambda: owners(engine, pids)["a"] == 16, 15, "the first worker to take all 16 partitions")
@@ -42,7 +51,10 @@ def test_auto_workers_share_rebalance_and_hand_back(clean: Settings, start_worke
     receipts = [producer.like(article, 1) for article in range(1, 41)]  # spread over the partitions
     assert {o.status for o in producer.wait_all(receipts, timeout_s=30)} == {"applied"}
     b.stop()  # graceful: hands its partitions back at once
-    wait_for(lambda: owners(engine, pids)["a"] == 16, 15, "the remaining worker to take all 16 back")
+    stopped_at = time.monotonic()
+    wait_for(lambda: owners(engine, pids)["a"] == 16, 30, "the remaining worker to take all 16 back")
+    # Sooner than one lease time: released, not left to expire.
+    assert time.monotonic() - stopped_at < HAND_BACK_LEASE_S
     later = [producer.like(article, 2) for article in range(1, 41)]
     assert {o.status for o in producer.wait_all(later, timeout_s=30)} == {"applied"}
 
@@ -55,6 +67,11 @@ def test_a_worker_paused_past_its_lease_is_fenced_and_nothing_is_doubled_or_reor
     b = start_worker(settings, "auto")
     pids = {a.pid: "a", b.pid: "b"}
     wait_for(lambda: owners(engine, pids) == {"a": 8, "b": 8}, 30, "an 8/8 split")
+    with engine.connect() as conn:
+        b_partitions = [
+            int(p) for p, owner in conn.execute(select(Partition.partition, Partition.owner)) if f"/{b.pid}/" in owner
+        ]
+    epochs_before = epochs(engine)
 
     products = list(range(100, 140))  # 40 products over the 16 partitions: both workers hold some
     for product in products:
@@ -110,3 +127,7 @@ def test_a_worker_paused_past_its_lease_is_fenced_and_nothing_is_doubled_or_reor
             assert (state["available"], state["reserved"], state["total_received"]) == (1, 0, 1)
         assert check_invariants(conn).ok
     assert b.process.poll() is None  # the fenced worker is alive: it lost partitions, not its life
+    # The takeover raised the epoch of each partition the paused worker held, and it noticed on waking.
+    after = epochs(engine)
+    assert all(after[p] > epochs_before[p] for p in b_partitions), (b_partitions, epochs_before, after)
+    assert "lease lost" in b.log() or "fenced" in b.log()

@@ -10,8 +10,10 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import Engine, func, select
 
 import producer
@@ -172,3 +174,35 @@ def test_a_producer_that_loses_its_broker_says_so_and_never_claims_a_send(
     assert [o.status for o in producer.wait_all(sent, timeout_s=60)] == ["applied", "applied"]
     with engine.connect() as conn:
         assert article_state(conn, 7)["like_count"] == 2  # user 2's like was reported not sent, and it was not
+
+
+def test_outcomes_wait_for_a_result_backend_that_went_away(
+    clean: Settings, tmp_path: Path, start_worker, engine: Engine
+) -> None:
+    """The worker commits, cannot publish the outcomes (their Redis is down): it retries in place before acking,
+    so every waiter gets its outcome once that Redis is back, and nothing is acked without its outcome."""
+    backend = PrivateRedis(tmp_path, persistent=False)
+    backend.start()
+    settings = clean.model_copy(update={"result_backend": backend.url(0)})
+    producer.configure(settings)
+    try:
+        start_worker(settings)
+        backend.stop()
+        receipts = [producer.like(41, user) for user in range(1, 21)]
+        broker = redis.Redis.from_url(settings.broker_url)
+        with engine.connect() as conn:
+            wait_for(
+                lambda: conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() == 20,
+                30,
+                "the events committed",
+            )
+        time.sleep(1.0)
+        assert broker.hlen("unacked") >= 1  # committed, not acked: their outcomes are not out yet
+        backend.start()
+        outcomes = producer.wait_all(receipts, timeout_s=60)
+        assert [o.status for o in outcomes] == ["applied"] * 20
+        wait_for(lambda: broker.hlen("unacked") == 0, 30, "the messages acked")
+        with engine.connect() as conn:
+            assert article_state(conn, 41)["like_count"] == 20
+    finally:
+        backend.stop()

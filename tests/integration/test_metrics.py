@@ -145,3 +145,24 @@ def test_a_taken_metrics_port_fails_the_start_with_one_clear_line(
         worker = start_worker(clean, "0-15", ready=False, SEQPROC_METRICS_PORT=str(port))
         assert worker.process.wait(30) != 0
     assert f"SEQPROC_METRICS_PORT: cannot serve metrics on 127.0.0.1:{port}" in worker.log()
+
+
+def test_the_batch_size_does_not_depend_on_the_prefetch(
+    clean: Settings, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    # One event per message, a prefetch of 4 messages, batches of up to 200 events: celery-batches #17 would apply
+    # them 4 at a time. 300 messages wait before the worker starts.
+    port = free_port()
+    sender = clean.model_copy(update={"max_events_per_message": 1, "linger_ms": 0})
+    producer.configure(sender)
+    receipts = [producer.like(article, 1) for article in range(1, 301)]
+    worker = start_worker(
+        clean, "0-15", SEQPROC_METRICS_PORT=str(port), SEQPROC_PREFETCH_MESSAGES="4", SEQPROC_BATCH_SIZE="200"
+    )
+    assert {o.status for o in producer.wait_all(receipts, timeout_s=60)} == {"applied"}
+    samples = scrape(port)
+    flushes = value(samples, "seqproc_apply_latency_seconds_count")
+    assert value(samples, "seqproc_batch_size_events_sum") == 300
+    # Each flush carries every partition's events: 300 events in a handful of flushes, not 75 flushes of 4.
+    assert flushes <= 10, f"{flushes} flushes for 300 one-event messages: the prefetch capped the batches"
+    assert worker.process.poll() is None
