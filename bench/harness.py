@@ -12,12 +12,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import psycopg
+from sqlalchemy import Engine, create_engine
 
 from bench.direct import libpq_url
 from bench.scenarios import Op, Workload
 
 #: Longest a run may take to apply its events after the producers are done.
 DRAIN_TIMEOUT_S = 600
+#: The ``application_name`` of the harness's own connections (the sampler's, a strategy's progress polling): the
+#: connection sampler leaves them out, so that "db conns" counts only what the strategy under test needs.
+HARNESS_APPLICATION_NAME = "seqproc-bench-harness"
 
 
 class Strategy(Protocol):
@@ -54,8 +58,18 @@ class RunResult:
         return data
 
 
+def harness_engine(url: str) -> Engine:
+    """An engine for a strategy's own bookkeeping (reset, progress polling, verification), named
+    ``HARNESS_APPLICATION_NAME`` so that the connection sampler does not count it. Not ``models.db.make_engine``:
+    its ``connect_args`` set ``application_name`` and would override one given in the URL."""
+    return create_engine(
+        url, pool_pre_ping=True, connect_args={"connect_timeout": 5, "application_name": HARNESS_APPLICATION_NAME}
+    )
+
+
 class ConnectionSampler:
-    """The most connections to the benchmark database seen at once (its own excluded), sampled every 20 ms."""
+    """The most connections to the benchmark database seen at once, sampled every 20 ms; the harness's own
+    (``HARNESS_APPLICATION_NAME``, this sampler's included) are left out."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -72,11 +86,12 @@ class ConnectionSampler:
         self._thread.join(5)
 
     def _run(self) -> None:
-        with psycopg.connect(libpq_url(self.url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(self.url), autocommit=True, application_name=HARNESS_APPLICATION_NAME) as conn:
             while not self._stop.is_set():
                 row = conn.execute(
                     "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    "WHERE datname = current_database() AND application_name IS DISTINCT FROM %s",
+                    (HARNESS_APPLICATION_NAME,),
                 ).fetchone()
                 self.peak = max(self.peak, int(row[0]) if row else 0)
                 self._stop.wait(0.02)

@@ -37,6 +37,8 @@ STRATEGIES = (*DIRECT, "redis_writebehind", "seqproc_single", "seqproc_batched")
 OPTIONAL_STRATEGIES = ("seqproc_observed",)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCH_DATABASE = "seqproc_bench"
+#: The soak's workload: producers send likes spread over ``SPREAD_ARTICLES`` (``--scenario`` does not apply to it).
+SOAK_SCENARIO = "spread"
 
 
 def bench_settings(base: Settings) -> Settings:
@@ -209,6 +211,12 @@ def prepare(settings: Settings) -> None:
     migrate(settings.database_url)
 
 
+def soak_command(*, duration_s: float, producers: int) -> str:
+    """The ``seqproc bench`` command line that runs this soak again."""
+    seconds = int(duration_s) if float(duration_s).is_integer() else duration_s
+    return f"seqproc bench --soak-s {seconds} --producers {producers}"
+
+
 def soak(settings: Settings, *, duration_s: float, producers: int, sample_every_s: float = 10.0) -> dict[str, Any]:
     """seqproc_batched on the spread scenario for ``duration_s``, producers sending as fast as they can, the
     worker's resident memory sampled all along: it must stay flat (within 20% of its value after warm-up)."""
@@ -219,7 +227,7 @@ def soak(settings: Settings, *, duration_s: float, producers: int, sample_every_
     from bench.seqproc_strategy import SeqprocStrategy
 
     strategy = SeqprocStrategy("seqproc_batched", settings, workers=1)
-    strategy.setup(workload("spread", 1, 1))
+    strategy.setup(workload(SOAK_SCENARIO, 1, 1))
     assert strategy.group is not None
     stop = threading.Event()
     sent = [0] * producers
@@ -250,6 +258,9 @@ def soak(settings: Settings, *, duration_s: float, producers: int, sample_every_
     warm = [rss for t, rss in samples if t >= min(60.0, duration_s / 5)] or [rss for _, rss in samples]
     baseline = warm[0]
     return {
+        "scenario": SOAK_SCENARIO,
+        "producers": producers,
+        "command": soak_command(duration_s=duration_s, producers=producers),
         "duration_s": round(total_s, 1),
         "events": sum(sent),
         "events_per_s": round(sum(sent) / total_s, 1),

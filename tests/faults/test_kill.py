@@ -50,7 +50,25 @@ def test_sigkills_lose_and_double_nothing(clean: Settings, start_worker, engine:
                     model[(article, user)] = action is producer.like  # this thread is the only one for this user
             time.sleep(0.002)
 
+    # Per product, one unit: reserve it, release it, reserve again... Each step is applied only if the one before it
+    # was: a reordering by the kills and redeliveries shows as a rejection.
+    products = list(range(700, 708))
+    stocked = [producer.restock(product, 1) for product in products]  # applied first: same queues, sent first
+    sequenced: list[producer.Receipt] = []
+
+    def sequence(chunk: list[int]) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            for product in chunk:
+                reserved = producer.reserve(product, 1, reservation_id=f"{product}-{n}")
+                released = producer.release(product, f"{product}-{n}")
+                with lock:
+                    sequenced.extend((reserved, released))
+            time.sleep(0.005)
+
     threads = [threading.Thread(target=send, args=(t,)) for t in range(4)]
+    threads += [threading.Thread(target=sequence, args=(products[i::2],)) for i in range(2)]
     for thread in threads:
         thread.start()
     rng = random.Random(0)
@@ -65,24 +83,34 @@ def test_sigkills_lose_and_double_nothing(clean: Settings, start_worker, engine:
             thread.join()
     start_worker(clean)
     outcomes = producer.wait_all(receipts, timeout_s=90)
+    assert {o.status for o in producer.wait_all(stocked, timeout_s=90)} == {"applied"}
+    sequence_outcomes = producer.wait_all(sequenced, timeout_s=90)
+    reordered = [o for o in sequence_outcomes if o.effective.status != "applied" or o.effective.reason]
 
     with engine.connect() as conn:
         ledger_rows = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one()
         received_total = sum(product_state(conn, 500 + t)["total_received"] for t in range(4))
         liked_rows = set(conn.execute(select(ArticleLike.article_id, ArticleLike.user_id)))
+    expected_rows = len(receipts) + len(sequenced) + len(products)
     report(
         "worker SIGKILL mid-stream",
         injected=kills,
-        sent=len(receipts),
-        lost=max(0, len(receipts) - ledger_rows) + max(0, restocks[0] - received_total),
-        doubled=max(0, ledger_rows - len(receipts)) + max(0, received_total - restocks[0]),
-        out_of_order=len(liked_rows ^ {pair for pair, liked in model.items() if liked}),
+        sent=len(receipts) + len(sequenced),
+        lost=max(0, expected_rows - ledger_rows) + max(0, restocks[0] - received_total),
+        doubled=max(0, ledger_rows - expected_rows) + max(0, received_total - restocks[0]),
+        out_of_order=len(liked_rows ^ {pair for pair, liked in model.items() if liked}) + len(reordered),
     )
     assert len(outcomes) == len(receipts) > 2000
     assert all(o.effective.status in ("applied", "rejected") for o in outcomes)
     with engine.connect() as conn:
         # Every event applied exactly once: one ledger row each, no more.
-        assert conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() == len(receipts)
+        assert conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() == expected_rows
+        # Every reserve/release step in its order: none rejected, each unit back on the shelf.
+        assert len(sequenced) > 200
+        assert not reordered, reordered[:5]
+        for product in products:
+            state = product_state(conn, product)
+            assert (state["available"], state["reserved"], state["total_received"]) == (1, 0, 1)
         # Restocks of 1 unit with fresh keys: a lost one would show as less, a doubled one as more.
         received = sum(product_state(conn, 500 + t)["total_received"] for t in range(4))
         assert received == restocks[0]

@@ -174,6 +174,15 @@ def test_a_producer_that_loses_its_broker_says_so_and_never_claims_a_send(
     assert [o.status for o in producer.wait_all(sent, timeout_s=60)] == ["applied", "applied"]
     with engine.connect() as conn:
         assert article_state(conn, 7)["like_count"] == 2  # user 2's like was reported not sent, and it was not
+        applied = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one()
+    report(
+        "producer loses its broker mid-send (PublishError), broker back",
+        injected=1,
+        sent=len(sent),
+        lost=max(0, len(sent) - applied),
+        doubled=max(0, applied - len(sent)),
+        out_of_order=0,
+    )
 
 
 def test_outcomes_wait_for_a_result_backend_that_went_away(
@@ -204,5 +213,15 @@ def test_outcomes_wait_for_a_result_backend_that_went_away(
         wait_for(lambda: broker.hlen("unacked") == 0, 30, "the messages acked")
         with engine.connect() as conn:
             assert article_state(conn, 41)["like_count"] == 20
+            applied = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one()
+            assert check_invariants(conn).ok
+        report(
+            "result backend (outcomes' Redis) down while the worker commits, then back",
+            injected=1,
+            sent=len(receipts),
+            lost=max(0, len(receipts) - applied),
+            doubled=max(0, applied - len(receipts)),
+            out_of_order=0,
+        )
     finally:
         backend.stop()
