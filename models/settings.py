@@ -12,9 +12,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.errors import ConfigError
@@ -56,8 +56,8 @@ class Settings(BaseSettings):
 
     #: Idempotency keys are kept this long; must exceed the broker's longest redelivery delay.
     dedup_window_days: Annotated[float, Field(gt=0, le=3650)] = 7
-    #: A message unacknowledged this long is redelivered (Redis transport). Keep it well above
-    #: ``apply_time_limit_s``; it bounds how fast a killed worker's events come back.
+    #: A message unacknowledged this long is redelivered (Redis transport). At least twice ``apply_time_limit_s``
+    #: (checked at start); it bounds how fast a killed worker's events come back.
     visibility_timeout_s: Annotated[int, Field(ge=5, le=86_400)] = 30
     #: How often workers look for messages past the visibility timeout.
     restore_interval_s: Annotated[int, Field(ge=1, le=3_600)] = 5
@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     def _broker_url(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "memory://", "amqp://", "pyamqp://")):
             raise ValueError("must be a redis://, rediss:// or memory:// URL (amqp:// works, Redis is advised)")
+        query = urlsplit(value).query
+        if any(param.partition("=")[0].strip().lower() == "password" for param in query.split("&")):
+            # Kombu reads the password from the user info only; a password= parameter crashes it.
+            raise ValueError("must carry its password as redis://:PASSWORD@host, not as ?password=")
         return value
 
     @field_validator("result_backend")
@@ -199,6 +203,18 @@ class Settings(BaseSettings):
             raise ValueError("must be a URL path such as flower or ops/flower (letters, digits, - . _ ~ /)")
         return prefix
 
+    @model_validator(mode="after")
+    def _visibility_above_apply_time(self) -> Settings:
+        # A message redelivered while its batch is still being applied would be applied again behind newer events
+        # of its keys (order broken); twice the statement timeout leaves room for the commit and the ack.
+        if self.visibility_timeout_s < 2 * self.apply_time_limit_s:
+            raise ValueError(
+                f"{ENV_PREFIX}VISIBILITY_TIMEOUT_S: must be >= 2 * {ENV_PREFIX}APPLY_TIME_LIMIT_S, or a message "
+                "could be redelivered while it is still being applied "
+                f"(got {self.visibility_timeout_s} and {self.apply_time_limit_s:g})"
+            )
+        return self
+
     @property
     def embedded(self) -> bool:
         """True when the broker is Celery's in-process memory transport (demo and unit tests)."""
@@ -217,14 +233,54 @@ class Settings(BaseSettings):
         return masked | {"flower_basic_auth": mask_basic_auth(self.flower_basic_auth)}
 
 
+#: Query parameters that carry a password (``redis://h/0?password=...``, libpq's ``sslpassword``): masked too.
+SECRET_QUERY_PARAMS = ("password", "passwd", "pass", "pwd", "sslpassword", "secret", "token")
+
+
 def mask_url(url: str) -> str:
-    """``redis://:secret@host/0`` -> ``redis://:***@host/0``; URLs without a password are unchanged."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo = f"{parts.username or ''}:***"
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+    """``redis://:secret@host/0`` -> ``redis://:***@host/0``, ``redis://host/0?password=secret`` ->
+    ``redis://host/0?password=***``; URLs without a password are unchanged. Text that does not parse as a URL but
+    may hold a password (an ``@`` or a ``?``) is masked whole."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return "***" if "@" in url or "?" in url else url
+    masked = parts
+    if password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        masked = masked._replace(netloc=f"{parts.username or ''}:***@{host}")
+    masked = masked._replace(query=_mask_query(parts.query))
+    return url if masked == parts else urlunsplit(masked)
+
+
+def _mask_query(query: str) -> str:
+    params = []
+    for param in query.split("&"):
+        name, equals, _value = param.partition("=")
+        if equals and unquote(name).strip().lower() in SECRET_QUERY_PARAMS:
+            param = f"{name}=***"
+        params.append(param)
+    return "&".join(params)
+
+
+def mask_url_list(value: object) -> str:
+    """A list setting (``lock_urls``) as given (comma-separated, a JSON list, a list), each entry masked. If an entry
+    is not a ``scheme://`` URL (a comma inside a password splits it: ``redis://:pa`` and ``ss@host``), or the value
+    cannot be split into entries, it is masked whole."""
+    entries: object = value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                entries = json.loads(text)
+            except ValueError:
+                return "***"
+        else:
+            entries = text.split(",")
+    if not isinstance(entries, list | tuple) or not all(isinstance(e, str) and "://" in e for e in entries):
+        return "***"
+    return ",".join(mask_url(entry.strip()) for entry in entries)
 
 
 def mask_basic_auth(credentials: str) -> str:
@@ -233,13 +289,23 @@ def mask_basic_auth(credentials: str) -> str:
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """One line per bad setting: ``SEQPROC_PARTITIONS: must be >= 1 (got '0')``."""
+    """One line per bad setting: ``SEQPROC_PARTITIONS: must be >= 1 (got '0')``. Passwords in the values shown are
+    masked."""
     lines = []
     for issue in error.errors():
-        field = str(issue["loc"][0]) if issue["loc"] else "?"
         message = str(issue["msg"]).removeprefix("Value error, ")
+        if not issue["loc"]:
+            # A rule across settings: its message names them and their values (never the whole input: secrets).
+            lines.append(message)
+            continue
+        field = str(issue["loc"][0])
         got = issue.get("input")
-        shown = "***" if field in NON_URL_SECRETS else mask_url(str(got))
+        if field in NON_URL_SECRETS:
+            shown = "***"
+        elif field in LIST_SECRETS:
+            shown = mask_url_list(got)
+        else:
+            shown = mask_url(str(got))
         lines.append(f"{ENV_PREFIX}{field.upper()}: {message} (got {shown!r})")
     return "; ".join(lines)
 
@@ -249,6 +315,8 @@ def describe_validation_error(error: ValidationError) -> str:
 SECRET_FIELDS = ("database_url", "broker_url", "result_backend", "flower_basic_auth", "lock_urls")
 #: Secrets that are not URLs: masked whole (``mask_url`` would not find their password).
 NON_URL_SECRETS = ("flower_basic_auth",)
+#: Secrets that are lists of URLs: masked entry by entry.
+LIST_SECRETS = ("lock_urls",)
 
 
 def secrets_from_files(environ: Mapping[str, str]) -> dict[str, str]:

@@ -50,6 +50,12 @@ def body_text(body: bytes | str | None) -> str:
     return "base64:" + base64.b64encode(raw).decode("ascii") + note
 
 
+def event_text(raw_event: object) -> str:
+    """One event of a message as storable text, cut like any stored body: a dead letter keeps only its own event,
+    and one huge field must not bloat the dead-letter table."""
+    return body_text(json.dumps(raw_event, separators=(",", ":"), default=str))
+
+
 def decode_message(message: Any, *, partitions: int) -> Decoded:
     """Read a kombu message of the apply task. Never raises for bad input: it dead-letters it."""
     delivery = message.delivery_info or {}
@@ -89,11 +95,10 @@ def decode_message(message: Any, *, partitions: int) -> Decoded:
     for raw_event in events:
         key = raw_event.get("key") if isinstance(raw_event, dict) else None
         event_key = key[:160] if isinstance(key, str) else None
-        text = json.dumps(raw_event, separators=(",", ":"), default=str)
         try:
             event = parse_event(raw_event)
         except InvalidEvent as error:
-            dead(f"invalid event: {error}", event_key=event_key, body=text)
+            dead(f"invalid event: {error}", event_key=event_key, body=event_text(raw_event))
             continue
         home = partition_for(event.entity_key, partitions)
         if home != partition:
@@ -101,7 +106,7 @@ def decode_message(message: Any, *, partitions: int) -> Decoded:
                 f"{event.entity_key} belongs to partition {home}, not {partition}: was it sent with another "
                 "partition count?",
                 event_key=event_key,
-                body=text,
+                body=event_text(raw_event),
             )
             continue
         decoded.events.append(event)

@@ -133,6 +133,48 @@ def test_two_bad_values_are_both_named_on_one_line(monkeypatch: pytest.MonkeyPat
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(("visibility_s", "apply_s"), [("19", "10"), ("5", "2.6"), ("30", "15.5")])
+def test_visibility_timeout_below_twice_the_apply_time_limit_is_refused(
+    monkeypatch: pytest.MonkeyPatch, visibility_s: str, apply_s: str
+) -> None:
+    """A message redelivered while its batch is still being applied would break order: refused at start."""
+    monkeypatch.setenv("SEQPROC_VISIBILITY_TIMEOUT_S", visibility_s)
+    monkeypatch.setenv("SEQPROC_APPLY_TIME_LIMIT_S", apply_s)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("SEQPROC_VISIBILITY_TIMEOUT_S: must be >= 2 * SEQPROC_APPLY_TIME_LIMIT_S")
+    assert f"(got {visibility_s} and {apply_s})" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("visibility_s", "apply_s"), [(20, 10), (30, 10), (5, 2.5), (86_400, 3_600)])
+def test_visibility_timeout_of_twice_the_apply_time_limit_or_more_is_accepted(
+    visibility_s: int, apply_s: float
+) -> None:
+    settings = load_settings(visibility_timeout_s=visibility_s, apply_time_limit_s=apply_s)
+    assert settings.visibility_timeout_s >= 2 * settings.apply_time_limit_s
+
+
+def test_cli_reports_the_cross_field_rule_in_one_line_and_exits_3() -> None:
+    done = _run_cli("settings", SEQPROC_VISIBILITY_TIMEOUT_S="15", SEQPROC_APPLY_TIME_LIMIT_S="10")
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "SEQPROC_VISIBILITY_TIMEOUT_S" in lines[0]
+    assert "SEQPROC_APPLY_TIME_LIMIT_S" in lines[0]
+    assert done.stdout == ""
+
+
+def test_a_broker_password_as_a_query_parameter_is_refused_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kombu takes the password from the user info only (``?password=`` crashes it): refused at start."""
+    monkeypatch.setenv("SEQPROC_BROKER_URL", "redis://127.0.0.1:6379/0?password=hunter2")
+    with pytest.raises(ConfigError, match="SEQPROC_BROKER_URL: must carry its password as") as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value)
+    assert "password=***" in str(caught.value)
+
+
 def test_overrides_are_validated_too() -> None:
     with pytest.raises(ConfigError, match="SEQPROC_PARTITIONS"):
         load_settings(partitions=0)
@@ -148,6 +190,15 @@ def test_overrides_are_validated_too() -> None:
         ("redis://:pa@ss@host/0", "redis://:***@host/0"),
         ("redis://host:6379/0", "redis://host:6379/0"),
         ("redis://user@host/0", "redis://user@host/0"),
+        ("redis://host:6379/0?password=secret", "redis://host:6379/0?password=***"),
+        ("redis://host/0?db=1&PassWord=secret&x=y", "redis://host/0?db=1&PassWord=***&x=y"),
+        (
+            "postgresql://app@db/x?sslmode=require&sslpassword=secret",
+            "postgresql://app@db/x?sslmode=require&sslpassword=***",
+        ),
+        ("redis://:secret@host/0?pass=secret", "redis://:***@host/0?pass=***"),
+        ("redis://host/0?db=1&timeout=5", "redis://host/0?db=1&timeout=5"),
+        ("redis://user:secret@[::1/0", "***"),  # does not parse (an unclosed bracket), may hold a password
         ("memory://", "memory://"),
         ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
     ],
