@@ -309,17 +309,24 @@ def deadletter_list(entity_key: str | None, include_replayed: bool, limit: int, 
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"dead letters ({len(letters)})")
-    for column in ("id", "partition", "entity", "idempotency key", "error", "created", "replayed"):
+    for column in ("id", "partition", "entity", "idempotency key"):
+        table.add_column(column)
+    # The whole error, wrapped: the constraint or the field that failed often comes after the first 80 characters.
+    # "fold" breaks a word longer than the column instead of cutting it off.
+    table.add_column("error", overflow="fold")
+    for column in ("created", "replayed"):
         table.add_column(column)
     for d in letters:
+        # Text, not str: an error's "[parameters: ...]" or a key with brackets would be taken for markup and vanish.
         table.add_row(
             str(d["id"]),
             str(d["partition"]),
-            d["entity_key"] or "-",
-            d["event_key"] or "-",
-            d["error"][:80],
+            Text(d["entity_key"] or "-"),
+            Text(d["event_key"] or "-"),
+            Text(d["error"]),
             d["created_at"] or "",
             d["replayed_at"] or "",
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -35,3 +36,9 @@ def test_demo_on_services_holds_every_invariant(clean: Settings) -> None:
         "events per second",
     ):
         assert row in run.stdout
+    # The progress bars (their last frame, as printed to a pipe) end full, on the number of events the table reports.
+    sent = re.search(r"events sent\D+([\d,]+)", run.stdout)
+    assert sent, run.stdout[-3000:]
+    count = sent[1].replace(",", "")
+    for bar in ("sent", "outcomes"):
+        assert re.search(rf"^{bar} +\S+ +{count}/{count} ", run.stdout, re.MULTILINE), f"no full {bar} bar"

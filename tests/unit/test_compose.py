@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,6 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 from models.settings import load_settings
+from tests.conftest import free_port, wait_for
 from worker.cli import cli
 from worker.flower import flower_argv
 from worker.partitions import parse_partitions
@@ -199,6 +205,110 @@ def test_backing_services_have_healthchecks() -> None:
     redis_check = _healthcheck_text(SERVICES["redis"])
     assert "redis-cli" in redis_check
     assert "ping" in redis_check
+
+
+def _long_running() -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in SERVICES.items() if name not in ONE_SHOT_SERVICES}
+
+
+def _python_check(service: dict[str, Any]) -> str:
+    """The code of a ``["CMD", "python", "-c", code]`` healthcheck."""
+    test = service["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"], f"not a python -c check: {test}"
+    assert len(test) == 4, f"not one piece of code: {test}"
+    return str(test[3])
+
+
+@pytest.mark.parametrize("name", sorted(_long_running()))
+def test_every_long_running_service_has_a_healthcheck(name: str) -> None:
+    # `docker compose ps` shows "running (healthy)" only for a service with a check; without one a stuck service
+    # looks like a working one, and `depends_on: service_healthy` on it cannot be used.
+    healthcheck = SERVICES[name].get("healthcheck") or {}
+    assert not healthcheck.get("disable"), f"{name}: healthcheck disabled"
+    test = healthcheck.get("test")
+    assert isinstance(test, list), f"{name} has no healthcheck"
+    assert len(test) >= 2, f"{name}: healthcheck test {test}"
+    assert test[0] in ("CMD", "CMD-SHELL"), f"{name}: healthcheck test {test}"
+    assert _seconds(healthcheck.get("timeout", "30s")) <= _seconds(healthcheck.get("interval", "30s"))
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n, svc in _long_running().items() if _healthcheck_text(svc).startswith("CMD python -c"))
+)
+def test_python_healthchecks_compile_and_read_their_own_environment(name: str) -> None:
+    code = _python_check(SERVICES[name])
+    compile(code, f"{name} healthcheck", "exec")
+    # Compose would substitute a $ in the check itself (with the host's environment), not the container's.
+    assert "$" not in code
+    env = _environment(SERVICES[name])
+    for variable in re.findall(r"os\.environ\[['\"](\w+)['\"]\]", code):
+        assert variable in env, f"{name}: the healthcheck reads {variable}, which the service does not set"
+
+
+def test_beat_healthcheck_asks_the_broker() -> None:
+    code = _python_check(SERVICES["beat"])
+    assert "os.environ['SEQPROC_BROKER_URL']" in code
+    assert ".ping()" in code
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+@pytest.mark.parametrize("url_prefix", ["", "ops/flower"])
+def test_flower_healthcheck_passes_on_a_real_flower_behind_basic_auth(tmp_path: Path, url_prefix: str) -> None:
+    flower = SERVICES["flower"]
+    code = _python_check(flower)
+    container_port = _option(_command(flower), "--port")
+    assert f"http://127.0.0.1:{container_port}/" in code, "the check does not ask Flower's own port"
+    # The compose service's Flower (its basic auth), on the memory transport and a free loopback port.
+    port = free_port()
+    env = {key: _interpolate_defaults(value) for key, value in _environment(flower).items()}
+    env |= {
+        "SEQPROC_BROKER_URL": "memory://localhost/",
+        "SEQPROC_RESULT_BACKEND": "memory://",
+        "SEQPROC_DATABASE_URL": f"sqlite:///{tmp_path / 'unused.db'}",
+        "SEQPROC_FLOWER_ADDRESS": "127.0.0.1",
+        "SEQPROC_FLOWER_URL_PREFIX": url_prefix,
+    }
+    env = dict(os.environ, **env)
+    assert env["SEQPROC_FLOWER_BASIC_AUTH"]
+    base = f"http://127.0.0.1:{port}/" + (f"{url_prefix}/" if url_prefix else "")
+    check = code.replace(f"127.0.0.1:{container_port}/", f"127.0.0.1:{port}/")
+    with (tmp_path / "flower.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "flower", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+
+            def listening() -> bool:
+                assert process.poll() is None, (tmp_path / "flower.log").read_text(errors="replace")[-3000:]
+                try:
+                    _http_status(base + "workers")
+                    return True
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    return False
+
+            wait_for(listening, 30, "Flower listening", interval_s=0.2)
+            # Basic auth is on: the dashboard refuses a request without credentials ...
+            assert _http_status(base + "workers") == 401
+            # ... and the compose healthcheck, run as Docker runs it, passes all the same.
+            run = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=30)
+            assert run.returncode == 0, run.stderr[-3000:]
+        finally:
+            process.terminate()
+            process.wait(15)
+    # A check that passes whatever happens would be no check: with Flower gone it fails.
+    run = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode != 0
 
 
 def test_long_running_services_restart() -> None:
