@@ -36,6 +36,51 @@ def epochs(engine: Engine) -> dict[int, int]:
         return {int(p): int(e) for p, e in conn.execute(select(Partition.partition, Partition.epoch))}
 
 
+class Sequences:
+    """Per product (one unit in stock): reserve it, release it, reserve again... from 4 threads. Each reserve
+    succeeds only if the release before it was applied first, each release only after its reserve: any reordering
+    of a product's events shows as a rejection."""
+
+    def __init__(self, products: list[int]) -> None:
+        self.products = products
+        self.receipts: list[producer.Receipt] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._send, args=(products[i::4],)) for i in range(4)]
+
+    def _send(self, chunk: list[int]) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            for product in chunk:
+                self.receipts.append(producer.reserve(product, 1, reservation_id=f"{product}-{n}"))
+                self.receipts.append(producer.release(product, f"{product}-{n}"))
+            time.sleep(0.01)
+
+    def __enter__(self) -> Sequences:
+        for product in self.products:
+            assert producer.restock(product, 1).wait(30).status == "applied"
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+    def check(self, engine: Engine) -> list[producer.Outcome]:
+        """Every step applied in order; every unit back on the shelf. Returns the outcomes."""
+        outcomes = producer.wait_all(self.receipts, timeout_s=60)
+        assert Counter(o.effective.status for o in outcomes) == {"applied": len(outcomes)}
+        assert not [o for o in outcomes if o.effective.reason]  # no cancelled, no insufficient_stock: order held
+        with engine.connect() as conn:
+            for product in self.products:
+                state = product_state(conn, product)
+                assert (state["available"], state["reserved"], state["total_received"]) == (1, 0, 1)
+            assert check_invariants(conn).ok
+        return outcomes
+
+
 #: Long enough that a takeover by lease expiry could not pass for a hand-back.
 HAND_BACK_LEASE_S = 12.0
 
@@ -45,18 +90,22 @@ def test_auto_workers_share_rebalance_and_hand_back(clean: Settings, start_worke
     a = start_worker(settings, "auto")
     pids = {a.pid: "a"}
     wait_for(lambda: owners(engine, pids)["a"] == 16, 15, "the first worker to take all 16 partitions")
-    b = start_worker(settings, "auto")
-    pids[b.pid] = "b"
-    wait_for(lambda: owners(engine, pids) == {"a": 8, "b": 8}, 30, "an 8/8 split")
-    receipts = [producer.like(article, 1) for article in range(1, 41)]  # spread over the partitions
-    assert {o.status for o in producer.wait_all(receipts, timeout_s=30)} == {"applied"}
-    b.stop()  # graceful: hands its partitions back at once
-    stopped_at = time.monotonic()
-    wait_for(lambda: owners(engine, pids)["a"] == 16, 30, "the remaining worker to take all 16 back")
-    # Sooner than one lease time: released, not left to expire.
-    assert time.monotonic() - stopped_at < HAND_BACK_LEASE_S
+    # Per-product sequences keep flowing while partitions move to the joining worker and back.
+    with Sequences(list(range(200, 240))) as traffic:
+        b = start_worker(settings, "auto")
+        pids[b.pid] = "b"
+        wait_for(lambda: owners(engine, pids) == {"a": 8, "b": 8}, 30, "an 8/8 split")
+        receipts = [producer.like(article, 1) for article in range(1, 41)]  # spread over the partitions
+        assert {o.status for o in producer.wait_all(receipts, timeout_s=30)} == {"applied"}
+        b.stop()  # graceful: hands its partitions back at once
+        stopped_at = time.monotonic()
+        wait_for(lambda: owners(engine, pids)["a"] == 16, 30, "the remaining worker to take all 16 back")
+        # Sooner than one lease time: released, not left to expire.
+        assert time.monotonic() - stopped_at < HAND_BACK_LEASE_S
+        time.sleep(0.5)
     later = [producer.like(article, 2) for article in range(1, 41)]
     assert {o.status for o in producer.wait_all(later, timeout_s=30)} == {"applied"}
+    assert len(traffic.check(engine)) > 200
 
 
 def test_a_worker_paused_past_its_lease_is_fenced_and_nothing_is_doubled_or_reordered(
@@ -73,59 +122,34 @@ def test_a_worker_paused_past_its_lease_is_fenced_and_nothing_is_doubled_or_reor
         ]
     epochs_before = epochs(engine)
 
-    products = list(range(100, 140))  # 40 products over the 16 partitions: both workers hold some
-    for product in products:
-        assert producer.restock(product, 1).wait(30).status == "applied"
-    receipts: list[producer.Receipt] = []
-    stop = threading.Event()
-
-    def sequence(chunk: list[int]) -> None:
-        # Per product: reserve the one unit, release it, reserve again... Each reserve succeeds only if the release
-        # before it was applied first, each release only after its reserve: any reordering shows as a rejection.
-        n = 0
-        while not stop.is_set():
-            n += 1
-            for product in chunk:
-                receipts.append(producer.reserve(product, 1, reservation_id=f"{product}-{n}"))
-                receipts.append(producer.release(product, f"{product}-{n}"))
-            time.sleep(0.01)
-
-    senders = [threading.Thread(target=sequence, args=(products[i::4],)) for i in range(4)]
-    for sender in senders:
-        sender.start()
-    try:
+    traffic = Sequences(list(range(100, 140)))  # 40 products over the 16 partitions: both workers hold some
+    with traffic:
         time.sleep(1.0)
-        b.signal(signal.SIGSTOP)  # paused with batches in hand, maybe mid-transaction, past its lease
-        wait_for(lambda: owners(engine, pids)["a"] == 16, 30, "the other worker to take over the paused one's share")
-        time.sleep(1.0)
-        b.signal(signal.SIGCONT)  # it wakes up believing it still owns 8 partitions
+        try:
+            b.signal(signal.SIGSTOP)  # paused with batches in hand, maybe mid-transaction, past its lease
+            wait_for(
+                lambda: owners(engine, pids)["a"] == 16, 30, "the other worker to take over the paused one's share"
+            )
+            time.sleep(1.0)
+        finally:
+            b.signal(signal.SIGCONT)  # it wakes up believing it still owns 8 partitions
         time.sleep(2.0)
-    finally:
-        b.signal(signal.SIGCONT)
-        stop.set()
-        for sender in senders:
-            sender.join()
 
-    outcomes = producer.wait_all(receipts, timeout_s=60)
+    outcomes = producer.wait_all(traffic.receipts, timeout_s=60)
     with engine.connect() as conn:
-        ledger_rows = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() - len(products)
+        ledger_rows = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() - len(traffic.products)
     report(
         "worker SIGSTOP past its lease, then SIGCONT (auto partitions)",
         injected=1,
-        sent=len(receipts),
-        lost=max(0, len(receipts) - ledger_rows),
-        doubled=max(0, ledger_rows - len(receipts)),
+        sent=len(outcomes),
+        lost=max(0, len(outcomes) - ledger_rows),
+        doubled=max(0, ledger_rows - len(outcomes)),
         out_of_order=sum(1 for o in outcomes if o.effective.reason in ("cancelled", "insufficient_stock")),
     )
     assert len(outcomes) > 500
-    assert Counter(o.effective.status for o in outcomes) == {"applied": len(outcomes)}
-    assert not [o for o in outcomes if o.effective.reason]  # no cancelled, no insufficient_stock: order held
+    traffic.check(engine)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() == len(outcomes) + 40
-        for product in products:
-            state = product_state(conn, product)
-            assert (state["available"], state["reserved"], state["total_received"]) == (1, 0, 1)
-        assert check_invariants(conn).ok
     assert b.process.poll() is None  # the fenced worker is alive: it lost partitions, not its life
     # The takeover raised the epoch of each partition the paused worker held, and it noticed on waking.
     after = epochs(engine)
