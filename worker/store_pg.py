@@ -7,7 +7,7 @@ trips: (claim the keys + load the touched rows), (write everything + check the f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -105,9 +105,26 @@ WHERE partition = %s AND epoch = %s
 """
 
 
-def columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Rows -> one list per column, as ``unnest`` takes them."""
-    return [[row[i] for row in rows] for i in range(width)] if rows else [[] for _ in range(width)]
+def array(values: Iterable[Any]) -> str:
+    """A PostgreSQL array literal (``{1,2}``, ``{"a","b\\"c",NULL}``) for a parameter the statement casts to an array
+    type. psycopg's list dumper walks every element in Python (about 1-2 us each, measured: 770 us for 500 bigints
+    against 300 us for the same statement given this literal); this is a join."""
+    parts = []
+    for value in values:
+        if value is None:
+            parts.append("NULL")
+        elif isinstance(value, str):
+            parts.append('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        elif isinstance(value, int) and not isinstance(value, bool):
+            parts.append(str(value))
+        else:
+            raise TypeError(f"array(): {type(value).__name__} elements are not supported")
+    return "{" + ",".join(parts) + "}"
+
+
+def columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[str]:
+    """Rows -> one array literal per column, as ``unnest`` takes them."""
+    return [array(row[i] for row in rows) for i in range(width)]
 
 
 def driver(conn: Connection) -> Any:
@@ -135,11 +152,11 @@ class PostgresStore:
                 a, u = columns(pairs, 2)
                 loaded_pairs = pg.execute(LOAD_PAIRS, (a, u, a, u))
             if product_ids:
-                products = pg.execute(LOAD_PRODUCTS, (list(product_ids),))
+                products = pg.execute(LOAD_PRODUCTS, (array(product_ids),))
             if reservation_ids:
-                reservations = pg.execute(LOAD_RESERVATIONS, (list(reservation_ids),))
+                reservations = pg.execute(LOAD_RESERVATIONS, (array(reservation_ids),))
             if entity_keys:
-                parked = pg.execute(LOAD_PARKED, (list(entity_keys),))
+                parked = pg.execute(LOAD_PARKED, (array(entity_keys),))
         new_keys = {row[0] for row in claimed.fetchall()} if claimed is not None else set()
         found: dict[Pair, PairState | None] = dict.fromkeys(pairs)
         for liked, article_id, user_id, stamp in loaded_pairs.fetchall() if loaded_pairs is not None else ():
@@ -161,8 +178,8 @@ class PostgresStore:
         pg = driver(conn)
         found: dict[str, list[tuple[int, str]]] = {key: [] for key in entity_keys}
         with pg.pipeline():
-            letters = pg.execute(LOAD_DEAD_LETTERS, (list(entity_keys),))
-            parked = pg.execute(LOAD_PARKED, (list(entity_keys),))
+            letters = pg.execute(LOAD_DEAD_LETTERS, (array(entity_keys),))
+            parked = pg.execute(LOAD_PARKED, (array(entity_keys),))
         for dead_id, entity_key, body in letters.fetchall():
             found[entity_key].append((dead_id, body))
         return found, {row[0] for row in parked.fetchall()}
@@ -170,7 +187,7 @@ class PostgresStore:
     def first_outcomes(self, conn: Connection, keys: Sequence[str]) -> dict[str, Outcome]:
         if not keys:
             return {}
-        rows = driver(conn).execute(FIRST_OUTCOMES, (list(keys),)).fetchall()
+        rows = driver(conn).execute(FIRST_OUTCOMES, (array(keys),)).fetchall()
         return {key: Outcome(status_of(status), reason) for key, status, reason in rows}
 
     def write(self, conn: Connection, writes: Writes) -> list[int]:
@@ -189,9 +206,9 @@ class PostgresStore:
                 if rows:
                     pg.execute(INSERT_PAIRS.format(table=_pair_table(liked)), columns(rows, 3))
             if likes.gained:
-                pg.execute(COUNT_GAINS, (list(likes.gained), list(likes.gained.values())))
+                pg.execute(COUNT_GAINS, (array(likes.gained), array(likes.gained.values())))
             if likes.lost:
-                pg.execute(COUNT_LOSSES, (list(likes.lost), list(likes.lost.values())))
+                pg.execute(COUNT_LOSSES, (array(likes.lost), array(likes.lost.values())))
             stock = writes.stock
             if stock.new_products:
                 pg.execute(NEW_PRODUCTS, columns(stock.new_products, 5))
@@ -200,26 +217,26 @@ class PostgresStore:
             if stock.reservations:
                 pg.execute(UPSERT_RESERVATIONS, (writes.reservation_ttl_s, *columns(stock.reservations, 4)))
             if writes.recount:
-                pg.execute(RECOUNT, (writes.recount,))
+                pg.execute(RECOUNT, (array(writes.recount),))
             if writes.outcomes:
                 pg.execute(
                     SET_OUTCOMES,
                     (
-                        [k for k, _ in writes.outcomes],
-                        [o.status for _, o in writes.outcomes],
-                        [o.reason for _, o in writes.outcomes],
+                        array(k for k, _ in writes.outcomes),
+                        array(o.status for _, o in writes.outcomes),
+                        array(o.reason for _, o in writes.outcomes),
                     ),
                 )
             for record in writes.dead_letters:
                 pg.execute(INSERT_DEAD_LETTER, dead_letter_row(record))
             if writes.unclaim:
-                pg.execute(UNCLAIM, (writes.unclaim,))
+                pg.execute(UNCLAIM, (array(writes.unclaim),))
             for entity_key, partition, reason in writes.park:
                 pg.execute(PARK, (entity_key, partition, reason))
             if writes.unpark:
-                pg.execute(UNPARK, (writes.unpark,))
+                pg.execute(UNPARK, (array(writes.unpark),))
             if writes.replayed:
-                pg.execute(MARK_REPLAYED, (writes.replayed,))
+                pg.execute(MARK_REPLAYED, (array(writes.replayed),))
             # Last: each partition row's lock orders this transaction against a takeover of that partition.
             for f in writes.fences:
                 if f.epoch is not None:
