@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+from kombu import Connection
 from sqlalchemy import Engine, text
 
 import producer
@@ -278,3 +279,17 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+def publish_raw(settings: Settings, queue: str, body: bytes | str, content_type: str, headers: dict[str, Any]) -> None:
+    """Put a message on ``queue`` as any client could: whatever body, content type and headers."""
+    with Connection(settings.broker_url) as conn:
+        conn.Producer().publish(
+            body,
+            routing_key=queue,
+            exchange="",
+            content_type=content_type,
+            content_encoding="binary" if isinstance(body, bytes) else "utf-8",
+            headers=headers,
+            declare=[],
+        )

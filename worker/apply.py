@@ -235,9 +235,18 @@ def _plan(conn: Connection, store: Store, batches: Sequence[PartitionBatch]) -> 
 
 
 def _parked_letter(event: Event, partition: int) -> DeadLetterRecord:
-    return DeadLetterRecord(
-        error=f"{event.entity_key} is parked (an earlier event of it failed); replay it with "
+    return _event_letter(
+        event,
+        partition,
+        f"{event.entity_key} is parked (an earlier event of it failed); replay it with "
         f"`seqproc deadletter replay {event.entity_key}` once the cause is fixed",
+    )
+
+
+def _event_letter(event: Event, partition: int, error: str) -> DeadLetterRecord:
+    """The dead letter of a valid event: its JSON, its keys, the partition it came from."""
+    return DeadLetterRecord(
+        error=error,
         body=event.model_dump_json(),
         partition=partition,
         queue=queue_name(partition),
@@ -250,15 +259,7 @@ def _parked_letter(event: Event, partition: int) -> DeadLetterRecord:
 def park(conn: Connection, partition: int, epoch: int | None, event: Event, error: BaseException) -> DeadLetterRecord:
     """Dead-letter ``event`` (it failed for a reason other than a transient error) and park its entity, so that its
     later events wait in order behind it instead of overtaking it. Other entities flow on."""
-    record = DeadLetterRecord(
-        error=f"apply failed: {type(error).__name__}: {error}"[:2000],
-        body=event.model_dump_json(),
-        partition=partition,
-        queue=queue_name(partition),
-        event_key=event.key,
-        content_type="application/json",
-        entity_key=event.entity_key,
-    )
+    record = _event_letter(event, partition, f"apply failed: {type(error).__name__}: {error}"[:2000])
     writes = Writes(
         fences=[Fence(partition, epoch, rejected=1)],
         dead_letters=[record],

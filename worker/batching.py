@@ -346,32 +346,20 @@ class Batcher:
         """Publish the outcomes before acking. The result backend unreachable (a restart, a failover): retry in
         place, so that every waiter gets its outcome; shutting down meanwhile, the messages go back unacked and
         their redelivery reports ``duplicate`` with the first outcome (the ledger has it)."""
-        pause_s = 0.05
-        failures = 0
-        while True:
-            try:
-                self.rt.outcomes.put_many(pairs)
-                return
-            except (redis.ConnectionError, redis.TimeoutError) as error:
-                failures += 1
-                if _should_stop():
-                    raise StopRetrying(f"partition {partition}: publish outcomes") from error
-                if failures == 1 or failures % 10 == 0:
-                    logger.warning(
-                        "partition %d: could not publish %d outcome(s) (attempt %d), retrying in %.2f s: %s",
-                        partition,
-                        len(pairs),
-                        failures,
-                        pause_s,
-                        error,
-                    )
-                time.sleep(pause_s)
-                pause_s = min(pause_s * 2, self.rt.settings.retry_backoff_max_s)
-            except Exception:
-                # Not the connection: a bug. The ledger holds the outcomes; only waiters miss them (they time out
-                # with a clear error); holding the partition for it would stop every later event.
-                logger.exception("partition %d: could not publish %d outcome(s)", partition, len(pairs))
-                return
+        try:
+            retry_in_place(
+                partial(self.rt.outcomes.put_many, pairs),
+                what=f"partition {partition}: publish {len(pairs)} outcome(s)",
+                backoff_max_s=self.rt.settings.retry_backoff_max_s,
+                should_stop=_should_stop,
+                transient=_redis_unreachable,
+            )
+        except StopRetrying:
+            raise
+        except Exception:
+            # Not the connection: a bug. The ledger holds the outcomes; only waiters miss them (they time out with
+            # a clear error); holding the partition for it would stop every later event.
+            logger.exception("partition %d: could not publish %d outcome(s)", partition, len(pairs))
 
     def give_back_partition(self, partition: int) -> None:
         """Return the held messages of ``partition`` (its lease was lost) to the head of its queue, in order."""
@@ -442,6 +430,10 @@ class Batcher:
                 "invalid": len(decoded.dead_letters),
             }
         )
+
+
+def _redis_unreachable(error: BaseException) -> bool:
+    return isinstance(error, redis.ConnectionError | redis.TimeoutError)
 
 
 def _should_stop() -> bool:

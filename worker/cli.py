@@ -50,10 +50,6 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def _setup_logging(level: str, fmt: str = "text") -> None:
-    setup_logging(level, fmt)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """seqproc: apply hot writes (likes, stock) in order, one writer per key, exactly once."""
@@ -65,7 +61,7 @@ def migrate() -> None:
     from worker.migrate import migrate as run_migrations
 
     settings = _settings()
-    _setup_logging("WARNING")
+    setup_logging("WARNING")
     run_migrations(settings.database_url)
     click.echo(f"migrated {mask_url(settings.database_url)}")
 
@@ -92,7 +88,7 @@ def worker(spec: str, hostname: str | None, loglevel: str | None, ready_file: st
 
     settings = _settings()
     level = (loglevel or settings.log_level).upper()
-    _setup_logging(level, settings.log_format)
+    setup_logging(level, settings.log_format)
     partitions = None if spec.strip().lower() == "auto" else parse_partitions(spec, settings.partitions)
     sys.exit(run_worker(settings, partitions, hostname=hostname, loglevel=level, ready_file=ready_file))
 
@@ -109,7 +105,7 @@ def beat(hostname: str | None, loglevel: str | None) -> None:
 
     settings = _settings()
     level = (loglevel or settings.log_level).upper()
-    _setup_logging(level, settings.log_format)
+    setup_logging(level, settings.log_format)
     sys.exit(run_beat(settings, loglevel=level, hostname=hostname))
 
 
@@ -277,7 +273,7 @@ def demo(threads: int, events_per_thread: int, workers: int, embedded: bool) -> 
     """Migrate, start workers, send a burst of likes and reservations, and check every invariant."""
     from worker.demo import run_demo
 
-    _setup_logging("WARNING")
+    setup_logging("WARNING")
     ok = run_demo(threads=threads, events_per_thread=events_per_thread, workers=workers, force_embedded=embedded)
     sys.exit(RET_OK if ok else RET_FAILED)
 
@@ -427,7 +423,7 @@ def bench(
 
     from bench import run as bench_run
 
-    _setup_logging("WARNING")
+    setup_logging("WARNING")
     settings = bench_run.bench_settings(_settings())
     strategies = list(bench_run.STRATEGIES) if strategies_csv == "all" else _csv(strategies_csv)
     known = (*bench_run.STRATEGIES, *bench_run.OPTIONAL_STRATEGIES)

@@ -79,12 +79,17 @@ BATCH_SIZE = Histogram(
     registry=REGISTRY,
 )
 
+#: Counting happens only in a worker that serves the metrics (``serve``): the others skip it on the hot path.
+enabled = False
+
 #: Outcome reasons that mean "dead-lettered" rather than "refused by a rule".
 DEAD_LETTER_REASONS = frozenset({"dead_lettered", "parked"})
 
 
 def count_outcomes(partition: int, events: Sequence[Event], outcomes: Sequence[Outcome]) -> None:
     """Count one committed batch of one partition (tallied first: one increment per label set, not per event)."""
+    if not enabled:
+        return
     tally: Tally[tuple[str, str, str]] = Tally()
     for event, outcome in zip(events, outcomes, strict=True):
         tally[(event.type, outcome.status, outcome.reason or "")] += 1
@@ -102,12 +107,16 @@ def count_outcomes(partition: int, events: Sequence[Event], outcomes: Sequence[O
 
 def count_dead_letters(records: Iterable[Any]) -> None:
     """Count stored dead letters that are not events' outcomes: messages that could not be decoded or routed."""
+    if not enabled:
+        return
     for record in records:
         partition = "none" if record.partition is None else str(record.partition)
         DEAD_LETTERED.labels(partition, "message").inc()
 
 
 def observe_flush(seconds: float, batch_sizes: Iterable[int]) -> None:
+    if not enabled:
+        return
     APPLY_LATENCY.observe(seconds)
     for size in batch_sizes:
         BATCH_SIZE.observe(size)
@@ -168,4 +177,6 @@ def serve(port: int, redis_client: Any, owned: Callable[[], dict[int, int]], *, 
     ProcessCollector(registry=REGISTRY)
     REGISTRY.register(QueueCollector(redis_client, owned))
     start_http_server(port, addr=address, registry=REGISTRY)
+    global enabled
+    enabled = True
     logger.info("metrics: serving Prometheus metrics on %s:%d/metrics", address, port)

@@ -51,8 +51,9 @@ def retry_in_place(
     should_stop: Callable[[], bool],
     first_backoff_s: float = DEFAULT_FIRST_BACKOFF_S,
     max_statement_timeouts: int = DEFAULT_MAX_STATEMENT_TIMEOUTS,
+    transient: Callable[[BaseException], bool] = is_transient,
 ) -> T:
-    """Call ``attempt`` until it returns or fails with a non-transient error (re-raised). The
+    """Call ``attempt`` until it returns or fails with an error ``transient`` says will not pass (re-raised). The
     ``max_statement_timeouts``-th statement timeout is re-raised too: for the caller it is a permanent failure.
 
     Raises :class:`StopRetrying` if ``should_stop()`` turns true between attempts.
@@ -64,7 +65,7 @@ def retry_in_place(
         try:
             return attempt()
         except Exception as error:
-            if not is_transient(error):
+            if not transient(error):
                 raise
             if is_statement_timeout(error):
                 timeouts += 1

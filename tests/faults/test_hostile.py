@@ -11,7 +11,6 @@ from types import SimpleNamespace
 
 import pytest
 import redis
-from kombu import Connection
 from sqlalchemy import Engine, func, select, text
 
 import producer
@@ -20,7 +19,7 @@ from models.outcomes import outcome_store
 from models.settings import Settings
 from models.stock import Reservation
 from producer.routing import article_key, partition_for, product_key, queue_name
-from tests.conftest import DATA_TABLES, wait_for
+from tests.conftest import DATA_TABLES, publish_raw, wait_for
 from worker.decode import MAX_STORED_BODY_BYTES, decode_message
 from worker.state import check_invariants, product_state
 
@@ -30,19 +29,6 @@ pytestmark = pytest.mark.services
 class Boom:
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (print, ("pickle payload was executed",))
-
-
-def publish_raw(settings: Settings, queue: str, body: bytes | str, content_type: str, headers: dict) -> None:
-    with Connection(settings.broker_url) as conn:
-        conn.Producer().publish(
-            body,
-            routing_key=queue,
-            exchange="",
-            content_type=content_type,
-            content_encoding="binary" if isinstance(body, bytes) else "utf-8",
-            headers=headers,
-            declare=[],
-        )
 
 
 def task(n: int, **extra: object) -> dict:

@@ -21,7 +21,7 @@ from models.errors import PublishError
 from models.ledger import LedgerEntry
 from models.settings import Settings
 from tests.conftest import PrivateRedis, wait_for
-from tests.faults.matrix import report
+from tests.faults.matrix import report, report_applied
 from worker.state import article_state, check_invariants, product_state
 
 pytestmark = pytest.mark.services
@@ -41,12 +41,11 @@ def sequences(products: list[int], stop: threading.Event, receipts: list[produce
 def report_sequences(fault: str, outcomes: list[producer.Outcome], sent: int, engine: Engine, extra: int) -> None:
     with engine.connect() as conn:
         ledger_rows = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() - extra
-    report(
+    report_applied(
         fault,
         injected=1,
         sent=sent,
-        lost=max(0, sent - ledger_rows),
-        doubled=max(0, ledger_rows - sent),
+        applied=ledger_rows,
         out_of_order=sum(1 for o in outcomes if o.effective.reason in ("cancelled", "insufficient_stock")),
     )
 
@@ -142,14 +141,7 @@ def test_queued_events_survive_a_redis_restart_with_persistence(
     outcomes = producer.wait_all(receipts, timeout_s=60)
     with engine.connect() as conn:
         count = article_state(conn, 6)["like_count"]
-    report(
-        "Redis (append-only) restarted with 200 events queued",
-        injected=1,
-        sent=200,
-        lost=200 - count,
-        doubled=max(0, count - 200),
-        out_of_order=0,
-    )
+    report_applied("Redis (append-only) restarted with 200 events queued", injected=1, sent=200, applied=count)
     assert Counter(o.status for o in outcomes) == {"applied": 200}
     with engine.connect() as conn:
         assert article_state(conn, 6)["like_count"] == 200
@@ -175,13 +167,8 @@ def test_a_producer_that_loses_its_broker_says_so_and_never_claims_a_send(
     with engine.connect() as conn:
         assert article_state(conn, 7)["like_count"] == 2  # user 2's like was reported not sent, and it was not
         applied = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one()
-    report(
-        "producer loses its broker mid-send (PublishError), broker back",
-        injected=1,
-        sent=len(sent),
-        lost=max(0, len(sent) - applied),
-        doubled=max(0, applied - len(sent)),
-        out_of_order=0,
+    report_applied(
+        "producer loses its broker mid-send (PublishError), broker back", injected=1, sent=len(sent), applied=applied
     )
 
 
@@ -215,13 +202,11 @@ def test_outcomes_wait_for_a_result_backend_that_went_away(
             assert article_state(conn, 41)["like_count"] == 20
             applied = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one()
             assert check_invariants(conn).ok
-        report(
+        report_applied(
             "result backend (outcomes' Redis) down while the worker commits, then back",
             injected=1,
             sent=len(receipts),
-            lost=max(0, len(receipts) - applied),
-            doubled=max(0, applied - len(receipts)),
-            out_of_order=0,
+            applied=applied,
         )
     finally:
         backend.stop()

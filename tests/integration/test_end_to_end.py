@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
-from kombu import Connection
 from sqlalchemy import Engine, select, text
 
 import producer
@@ -20,7 +19,7 @@ from models.ledger import DeadLetter
 from models.likes import ArticleLike
 from models.settings import Settings
 from producer.routing import article_key, partition_for, queue_name
-from tests.conftest import ROOT, settings_env, wait_for
+from tests.conftest import ROOT, publish_raw, settings_env, wait_for
 from worker.state import article_state, check_invariants, product_state
 
 pytestmark = pytest.mark.services
@@ -136,19 +135,6 @@ def test_older_stamp_is_rejected_stale(clean: Settings, start_worker, engine: En
         assert article_state(conn, 5) | {} == {"article_id": 5, "like_count": 1, "likes": 1, "consistent": True}
 
 
-def _raw_publish(settings: Settings, queue: str, body: bytes | str, content_type: str, headers: dict) -> None:
-    with Connection(settings.broker_url) as conn:
-        conn.Producer().publish(
-            body,
-            routing_key=queue,
-            exchange="",
-            content_type=content_type,
-            content_encoding="utf-8" if isinstance(body, str) else "binary",
-            headers=headers,
-            declare=[],
-        )
-
-
 def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_going(
     clean: Settings, start_worker, engine: Engine
 ) -> None:
@@ -156,14 +142,12 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_going(
     partition = partition_for(article_key(3), clean.partitions)
     queue = queue_name(partition)
     task = {"task": "seqproc.apply", "id": "bad-1", "lang": "py"}
-    _raw_publish(clean, queue, "this is not json", "application/json", task)
-    _raw_publish(clean, queue, b"\x80\x04\x95pickle", "application/x-python-serialize", dict(task, id="bad-2"))
+    publish_raw(clean, queue, "this is not json", "application/json", task)
+    publish_raw(clean, queue, b"\x80\x04\x95pickle", "application/x-python-serialize", dict(task, id="bad-2"))
     bad_event = {"type": "explode", "key": "k", "id": "i", "stamp": 1}
-    _raw_publish(
-        clean, queue, json.dumps([[], {"events": [bad_event]}, {}]), "application/json", dict(task, id="bad-3")
-    )
-    _raw_publish(clean, queue, json.dumps([[], {}, {}]), "application/json", dict(task, task="os.system", id="bad-4"))
-    _raw_publish(clean, queue, "{}", "application/json", {})
+    publish_raw(clean, queue, json.dumps([[], {"events": [bad_event]}, {}]), "application/json", dict(task, id="bad-3"))
+    publish_raw(clean, queue, json.dumps([[], {}, {}]), "application/json", dict(task, task="os.system", id="bad-4"))
+    publish_raw(clean, queue, "{}", "application/json", {})
 
     assert producer.like(3, 1).wait(timeout_s=30).status == "applied"
 
