@@ -8,6 +8,13 @@ only inside a Lua script that, in the same atomic step, records it in ``unacked`
 kombu's QoS would. At every instant a message is in its queue or in ``unacked``; kombu's ack, reject, visibility
 restore and our takeover restore all keep working on those two structures unchanged.
 
+**Fenced fetch.** An auto worker (``--partitions auto``) names its lease owner token (``fetch_owner``): the script
+then takes messages only from queues whose lease (``seqproc:lease:<queue>``) holds that token, in the same atomic
+step. A worker paused between deciding to fetch and fetching (SIGSTOP, a long GC, a frozen VM) can therefore never
+take, after waking, messages that a new owner is consuming: it would hold newer events of a key while the new owner
+applies later ones, and its give-back would put them behind. The claimer restores everything in ``unacked`` for the
+queue right after taking the lease, so whatever the old owner held before is replayed first, in order.
+
 A script cannot block, so workers wait on *bells*: with each message, the producer pushes a token onto
 ``seqproc.bell.<queue>`` (kept to one token); a visibility restore or a give-back rings it too. The worker blocks
 with ``BRPOP`` on the bells of its queues; losing a bell costs nothing, since the messages are still in their lists,
@@ -42,25 +49,32 @@ from kombu.utils.uuid import uuid
 logger = logging.getLogger(__name__)
 
 BELL_PREFIX = "seqproc.bell."
+#: A partition queue's lease: owner token, with a time limit (worker.leases).
+LEASE_PREFIX = "seqproc:lease:"
 
 #: Set by a worker process: may it take messages from this queue now? An auto worker answers no for a partition as
 #: soon as it cannot prove its lease is still its own (after a pause, say), so that it never holds messages another
 #: worker should apply in order. None: every queue consumed.
 fetch_filter: Callable[[str], bool] | None = None
+#: Set by an auto worker: its lease owner token. The fetch script then takes messages only from queues whose lease
+#: holds this token (checked inside the script, atomically with the take). None: no lease check (fixed partitions).
+fetch_owner: str | None = None
 #: Most messages one fetch takes when the prefetch limit does not say (it normally does).
 FETCH_MAX = 256
 
-#: KEYS: unacked hash, unacked index, then the queues, then their bells (same order).
-#: ARGV: now, most messages to take, number of queues.
+#: KEYS: unacked hash, unacked index, then the queues, then their bells, then their leases (same order).
+#: ARGV: now, most messages to take, number of queues, the lease owner token ('' = take from every queue).
 #: Returns queue1, item1, queue2, item2, ...
 FETCH = """
 local unacked, index = KEYS[1], KEYS[2]
-local now, limit, nqueues = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, limit, nqueues, owner = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local out = {}
 local taken = 0
 for i = 1, nqueues do
     local queue = KEYS[2 + i]
-    while taken < limit do
+    -- Fenced: a queue whose lease is not ours (any more) gives nothing, whatever the caller believed.
+    local ours = owner == '' or redis.call('GET', KEYS[2 + 2 * nqueues + i]) == owner
+    while ours and taken < limit do
         local item = redis.call('RPOP', queue)
         if not item then break end
         local ok, msg = pcall(cjson.decode, item)
@@ -82,7 +96,7 @@ for i = 1, nqueues do
         out[#out + 1] = item
         taken = taken + 1
     end
-    if taken >= limit then
+    if ours and taken >= limit then
         if redis.call('LLEN', queue) > 0 then
             -- More is waiting: ring, so that the next wait returns at once.
             local bell = KEYS[2 + nqueues + i]
@@ -98,6 +112,10 @@ return out
 
 def bell_key(queue: str) -> str:
     return BELL_PREFIX + queue
+
+
+def lease_key(queue: str) -> str:
+    return LEASE_PREFIX + queue
 
 
 class QoS(kombu_redis.QoS):
@@ -185,8 +203,14 @@ class Channel(kombu_redis.Channel):
             if self._fetch_script is None:
                 self._fetch_script = client.register_script(FETCH)
             flat = self._fetch_script(
-                keys=[self.unacked_key, self.unacked_index_key, *queues, *(bell_key(q) for q in queues)],
-                args=[f"{time():.6f}", limit, len(queues)],
+                keys=[
+                    self.unacked_key,
+                    self.unacked_index_key,
+                    *queues,
+                    *(bell_key(q) for q in queues),
+                    *(lease_key(q) for q in queues),
+                ],
+                args=[f"{time():.6f}", limit, len(queues), fetch_owner or ""],
                 client=client,
             )
         return [(bytes_to_str(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]

@@ -19,10 +19,12 @@ def make_engine(
     statement_timeout_s: float | None = None,
     idle_in_transaction_timeout_s: float | None = None,
     pool_size: int = 5,
+    application_name: str = "seqproc",
 ) -> Engine:
     """An engine for ``url``. On PostgreSQL, ``statement_timeout_s`` bounds every statement (the apply time limit),
     and ``idle_in_transaction_timeout_s`` ends a session that sits in an open transaction (a worker paused or hung
-    mid-batch), releasing its locks, so that another worker can take its partitions over."""
+    mid-batch), releasing its locks, so that another worker can take its partitions over. ``application_name``
+    names the sessions in ``pg_stat_activity`` (a worker's name lets a new owner find a stale one's sessions)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -34,7 +36,7 @@ def make_engine(
             cursor.close()
 
         return engine
-    connect_args: dict[str, Any] = {"connect_timeout": 5, "application_name": "seqproc"}
+    connect_args: dict[str, Any] = {"connect_timeout": 5, "application_name": application_name}
     options = []
     if statement_timeout_s is not None:
         options.append(f"-c statement_timeout={int(statement_timeout_s * 1000)}")

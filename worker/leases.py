@@ -22,13 +22,13 @@ from typing import Any
 import redis
 from sqlalchemy import Engine
 
+from models import broker
 from models.settings import Settings
 from producer.routing import queue_name
-from worker.partitions import claim
+from worker.partitions import claim, is_lock_timeout
 
 logger = logging.getLogger(__name__)
 
-LEASE_PREFIX = "seqproc:lease:"
 WORKERS_KEY = "seqproc:workers"
 
 #: Renew the lease only while we still hold it: KEYS[1] lease, ARGV[1] token, ARGV[2] time limit (ms).
@@ -48,7 +48,7 @@ return 0
 
 
 def lease_key(partition: int) -> str:
-    return f"{LEASE_PREFIX}{queue_name(partition)}"
+    return broker.lease_key(queue_name(partition))
 
 
 class LeaseManager:
@@ -122,11 +122,13 @@ class LeaseManager:
                     logger.info("partition %d: acquired, epoch %d", partition, epoch)
                     if on_acquire:
                         on_acquire(partition, epoch)
-                except Exception:
+                except Exception as error:
                     # Not consuming it after all (the previous owner's transaction still holds the partition, or
                     # the queue could not be started): let it go; the next tick, here or elsewhere, takes it again.
                     self.release(partition)
-                    raise
+                    if not is_lock_timeout(error):
+                        raise  # the database or the broker is away: the other candidates would fail alike
+                    logger.warning("partition %d: its row is still locked by the previous owner; next tick", partition)
 
     def _candidates(self) -> list[int]:
         """Free partitions, starting from a place that depends on this worker, so that starting workers spread."""

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from models.base import table_of
 from models.errors import ConfigError, PartitionCountMismatch
@@ -64,18 +65,100 @@ def check_partition_count(engine: Engine, total: int) -> None:
         )
 
 
+#: SQLSTATE lock_not_available: a statement gave up waiting after ``lock_timeout``.
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def session_name(owner: str) -> str:
+    """The PostgreSQL ``application_name`` of a worker's sessions: ``seqproc <pid>/<run token>``, the tail of its
+    owner token (unique per run, and short enough for the 63 characters PostgreSQL keeps), so that the next owner
+    of a partition can find the sessions of the previous one."""
+    return "seqproc " + "/".join(owner.split("/")[-2:])
+
+
+def is_lock_timeout(error: BaseException) -> bool:
+    return getattr(getattr(error, "orig", None), "sqlstate", None) == LOCK_NOT_AVAILABLE
+
+
 def claim(
     engine: Engine, partitions: Sequence[int], *, owner: str, total: int, lock_timeout_s: float | None = None
 ) -> dict[int, int]:
     """Take ``partitions``: raise each one's epoch, so that any previous owner can no longer commit.
 
     Returns partition -> the new epoch, which every apply transaction of this owner checks. ``lock_timeout_s``
-    bounds the wait for a previous owner's transaction to end (PostgreSQL): a takeover then fails and is retried,
+    bounds the wait for a previous owner's transaction to end (PostgreSQL). A takeover that times out ends that
+    owner's stale sessions (:func:`end_stale_sessions`) and tries once more; failing again it raises, to be retried,
     instead of hanging.
     """
     check_partition_count(engine, total)
     if not partitions:
         return {}
+    try:
+        return _raise_epochs(engine, partitions, owner=owner, lock_timeout_s=lock_timeout_s)
+    except OperationalError as error:
+        if lock_timeout_s is None or not is_lock_timeout(error) or not end_stale_sessions(engine, partitions, owner):
+            raise
+    return _raise_epochs(engine, partitions, owner=owner, lock_timeout_s=lock_timeout_s)
+
+
+def end_stale_sessions(engine: Engine, partitions: Sequence[int], owner: str) -> int:
+    """End the sessions of the previous owners of ``partitions`` that are still inside a transaction. Returns how
+    many it ended.
+
+    Called by a worker that holds the leases of ``partitions`` and timed out waiting for a lock on their rows: the
+    previous owner's lease passed on, so a transaction of its that is still open belongs to a process that is paused
+    or cut off. PostgreSQL does not end it by itself when it stopped mid-pipeline (statements sent, no Sync yet):
+    the session stays ``active`` in ``ClientRead``, where neither ``idle_in_transaction_session_timeout`` nor
+    ``statement_timeout`` applies. Ended, its transaction rolls back; its messages are still in ``unacked``, and the
+    new owner's restore replays them first, so nothing is lost or reordered. Needs the same database role for every
+    worker, or ``pg_signal_backend``.
+    """
+    with engine.connect() as conn:
+        previous = {
+            row
+            for row in conn.execute(
+                select(PARTITIONS.c.owner).where(PARTITIONS.c.partition.in_(list(partitions)))
+            ).scalars()
+            if row and row != owner
+        }
+        if not previous:
+            return 0
+        try:
+            ended = conn.execute(
+                # MATERIALIZED: the filter is certainly applied before pg_terminate_backend sees a pid.
+                text(
+                    "WITH stale AS MATERIALIZED (SELECT pid, application_name FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND application_name = ANY(:names) AND xact_start IS NOT NULL) "
+                    "SELECT pid, application_name FROM stale WHERE pg_terminate_backend(pid)"
+                ),
+                {"names": sorted(session_name(o) for o in previous)},
+            ).all()
+            conn.commit()
+        except DBAPIError as error:
+            logger.error(
+                "partitions %s: cannot end the stale sessions of %s (%s); give every worker the same database "
+                "role, or grant it pg_signal_backend",
+                ",".join(map(str, partitions)),
+                ", ".join(sorted(previous)),
+                error.orig,
+            )
+            return 0
+    for pid, name in ended:
+        logger.warning(
+            "partitions %s: ended session %s (%s) of the previous owner, still inside a transaction after its "
+            "lease passed to %s",
+            ",".join(map(str, partitions)),
+            pid,
+            name,
+            owner,
+        )
+    return len(ended)
+
+
+def _raise_epochs(
+    engine: Engine, partitions: Sequence[int], *, owner: str, lock_timeout_s: float | None
+) -> dict[int, int]:
     with engine.begin() as conn:
         if lock_timeout_s is not None and conn.dialect.name == "postgresql":
             conn.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_s * 1000)}"))

@@ -28,7 +28,7 @@ from models.errors import ConfigError
 from models.settings import Settings, mask_url
 from producer.routing import partition_of_queue
 from worker import runtime
-from worker.partitions import claim, queues_for, restore_unacked
+from worker.partitions import claim, queues_for, restore_unacked, session_name
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def prepare(settings: Settings, partitions: Sequence[int], *, owner: str) -> run
         # takeover needs. Ending its session lets the new owner claim the partition; the old one is then fenced.
         idle_in_transaction_timeout_s=min(settings.apply_time_limit_s, settings.lease_s),
         pool_size=2,
+        application_name=session_name(owner),
     )
     if not inspect(engine).has_table("idempotency_ledger"):
         raise ConfigError(
@@ -89,7 +90,8 @@ def run_worker(
         from worker.leases import LeaseManager
 
         rt.leases = LeaseManager(settings, rt.engine, owner)
-        broker.fetch_filter = _lease_filter(rt)
+        broker.fetch_filter = _lease_filter(rt)  # skip queues we cannot prove ours before asking Redis at all
+        broker.fetch_owner = owner  # and the fetch script checks the lease itself, atomically with the take
         rt.leases.tick(on_acquire=rt.epochs.__setitem__)  # the first share, claimed before consuming
         chosen = rt.leases.owned
     queues = queues_for(chosen) or [IDLE_QUEUE]

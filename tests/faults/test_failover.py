@@ -8,8 +8,9 @@ import threading
 import time
 from collections import Counter
 
+import psycopg
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, make_url, select, text
 
 import producer
 from models.ledger import LedgerEntry
@@ -17,6 +18,7 @@ from models.partition import Partition
 from models.settings import Settings
 from tests.conftest import wait_for
 from tests.faults.matrix import report_applied
+from worker.partitions import claim, session_name
 from worker.state import check_invariants, product_state
 
 pytestmark = pytest.mark.services
@@ -154,3 +156,47 @@ def test_a_worker_paused_past_its_lease_is_fenced_and_nothing_is_doubled_or_reor
     after = epochs(engine)
     assert all(after[p] > epochs_before[p] for p in b_partitions), (b_partitions, epochs_before, after)
     assert "lease lost" in b.log() or "fenced" in b.log()
+
+
+def test_a_takeover_ends_the_session_of_an_owner_stopped_mid_pipeline(clean: Settings, engine: Engine) -> None:
+    """SIGSTOP can leave a worker's session with statements sent but no Sync: PostgreSQL keeps it ``active`` in
+    ``ClientRead`` with its row locks, and neither idle_in_transaction_session_timeout nor statement_timeout ends
+    it. The next owner, after a lock timeout, ends that session (and only that one) and completes its claim."""
+    old, new = "seqproc-p@old-host/101/aaaa1111", "seqproc-p@new-host/202/bbbb2222"
+    partition = 5
+    before = claim(engine, [partition], owner=old, total=clean.partitions)[partition]
+    dsn = make_url(clean.database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    stopped = psycopg.connect(
+        dsn, application_name=session_name(old), options="-c idle_in_transaction_session_timeout=300"
+    )
+    bystander = psycopg.connect(dsn, application_name="someone else")
+    try:
+        bystander.execute("SELECT 1")  # inside a transaction too, but not the previous owner's: left alone
+        stopped.execute("SELECT 1")  # BEGIN
+        pg = stopped.pgconn
+        pg.enter_pipeline_mode()
+        pg.send_query_params(b"UPDATE partition SET applied = applied WHERE partition = %d" % partition, None)
+        pg.flush()  # the fence statement sent; the process stops before its Sync
+
+        def state() -> tuple[str, str] | None:
+            with engine.connect() as conn:
+                return conn.execute(
+                    text("SELECT state, wait_event FROM pg_stat_activity WHERE application_name = :n"),
+                    {"n": session_name(old)},
+                ).one_or_none()  # type: ignore[return-value]
+
+        wait_for(lambda: state() == ("active", "ClientRead"), 10, "the old session to hold the row mid-pipeline")
+        time.sleep(0.6)  # twice its idle-in-transaction timeout: PostgreSQL did not end it
+        assert state() == ("active", "ClientRead")
+
+        started = time.monotonic()
+        after = claim(engine, [partition], owner=new, total=clean.partitions, lock_timeout_s=0.5)[partition]
+        assert after == before + 1
+        assert time.monotonic() - started < 5
+        assert state() is None  # ended
+        assert bystander.execute("SELECT 2").fetchone() == (2,)  # the bystander's transaction goes on
+        with engine.connect() as conn:
+            assert conn.execute(select(Partition.owner).where(Partition.partition == partition)).scalar_one() == new
+    finally:
+        bystander.close()
+        stopped.close()

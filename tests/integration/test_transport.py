@@ -11,7 +11,8 @@ from sqlalchemy import Engine, select
 
 import producer
 from celeryconfig import celery_config
-from models.broker import bell_key
+from models import broker
+from models.broker import bell_key, lease_key
 from models.ledger import DeadLetter
 from models.settings import Settings
 from producer.routing import article_key, partition_for, queue_name
@@ -58,6 +59,38 @@ def test_a_fetch_records_each_message_in_unacked_in_the_same_step(clean: Setting
     # RPOP order (the consuming end first) is the producer's order again.
     order = [json.loads(json.loads(raw)["body"])[1]["events"][0]["user_id"] for raw in client.lrange(queue, 0, -1)]
     assert list(reversed(order)) == list(range(1, 11))
+
+
+def test_a_fetch_takes_nothing_from_a_queue_whose_lease_moved(clean: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fetch checks the lease inside the script: a worker paused after deciding to fetch (its own view says the
+    partition is still its) takes nothing once another worker holds the lease, so it never holds newer events of
+    a key while the new owner applies later ones."""
+    receipts = [producer.like(11, user) for user in range(1, 6)]
+    other = [producer.like(article, 1) for article in range(12, 40)]
+    queue = receipts[0].queue
+    elsewhere = next(r.queue for r in other if r.queue != queue)
+    client = redis.Redis.from_url(clean.broker_url)
+    depth = {q: client.llen(q) for q in (queue, elsewhere)}
+    monkeypatch.setattr(broker, "fetch_owner", "worker-b/1/old")
+    client.set(lease_key(queue), "worker-a/2/new")  # taken over while b was paused
+    client.set(lease_key(elsewhere), "worker-b/1/old")  # still b's
+
+    with connection(clean) as conn:
+        taken = conn.default_channel._fetch([queue, elsewhere], 100)
+    assert {q for q, _ in taken} == {elsewhere}  # only the queue whose lease is still b's
+    assert len(taken) == depth[elsewhere]
+    assert client.llen(queue) == depth[queue]  # untouched, in order, for the new owner
+    assert client.hlen("unacked") == depth[elsewhere]
+
+    client.delete(lease_key(elsewhere))  # expired, not yet taken by anyone: not b's either
+    client.set(lease_key(queue), "worker-b/1/old")  # and b gets this one back
+    with connection(clean) as conn:
+        taken = conn.default_channel._fetch([queue, elsewhere], 100)
+    assert [q for q, _ in taken] == [queue] * depth[queue]
+    monkeypatch.setattr(broker, "fetch_owner", None)  # fixed partitions: no lease check at all
+    with connection(clean) as conn:
+        assert restore_unacked(conn.default_channel, [queue]) == depth[queue]
+        assert len(conn.default_channel._fetch([queue], 100)) == depth[queue]
 
 
 def test_messages_are_consumed_even_when_their_bell_was_lost(clean: Settings, start_worker, engine: Engine) -> None:
