@@ -18,6 +18,7 @@ Nothing is lost to buffering: a call returns only after the broker accepted its 
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 
@@ -102,8 +103,8 @@ class Coalescer:
         # Wake the callers as a chain, each woken caller waking the next: released all at once, 31 threads would
         # wake together and fight over the GIL (measured: 17k -> 25k calls/s at 32 threads, CPU per call -30%).
         waiters = [ticket for ticket in batch if ticket is not leader]
-        for ticket, following in zip(waiters, waiters[1:], strict=False):
-            ticket.next = following
+        for ticket, woken_next in itertools.pairwise(waiters):
+            ticket.next = woken_next
         if waiters:
             waiters[0].wake.release()
         with self._lock:

@@ -1,7 +1,9 @@
 """Publishing events: one Celery message per partition carries a list of that partition's events.
 
 The producer holds its own Celery client app (it imports nothing from ``worker``) and sends the apply task by
-name. A call returns once the broker has accepted the message; if the broker cannot be reached within
+name. On seqproc's Redis transport it writes the message itself (:mod:`producer.envelope`: the text Celery and
+kombu would write, pushed with its bell in one pipelined round trip, at half the CPU); on any other broker it goes
+through kombu. A call returns once the broker has accepted the message; if the broker cannot be reached within
 ``publish_timeout_s`` it raises :class:`PublishError`, and the event was not sent.
 """
 
@@ -12,13 +14,16 @@ import threading
 import time
 from collections.abc import Sequence
 
+import redis
 from celery import Celery
 
+from models.broker import TRANSPORT, bell_key
 from models.errors import PublishError
 from models.events import APPLY_TASK, Event
 from models.outcomes import OutcomeStore, outcome_store
 from models.settings import Settings, mask_url
 from producer.coalesce import Coalescer
+from producer.envelope import task_envelope
 from producer.receipt import Receipt
 from producer.routing import partition_for, queue_name
 from producer.stamps import unique_id
@@ -42,8 +47,21 @@ class Publisher:
         self.settings = settings
         self.app = client_app(settings)
         self.outcomes: OutcomeStore = outcome_store(settings.result_backend, ttl_s=settings.outcome_ttl_s)
+        #: seqproc's own Redis transport: push the messages directly (see producer.envelope).
+        self._redis: redis.Redis | None = None
+        if self.app.conf.broker_transport == TRANSPORT:
+            options = self.app.conf.broker_transport_options
+            self._redis = redis.Redis.from_url(
+                settings.broker_url,
+                socket_connect_timeout=options["socket_connect_timeout"],
+                socket_timeout=options["socket_timeout"],
+                socket_keepalive=options["socket_keepalive"],
+                health_check_interval=options["health_check_interval"],
+            )
         self._connection_errors: tuple[type[BaseException], ...] = (
             *self.app.connection_for_write().connection_errors,
+            redis.ConnectionError,
+            redis.TimeoutError,
             ConnectionError,
             OSError,
         )
@@ -110,6 +128,30 @@ class Publisher:
     def _send_messages(self, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
         # A retry after a failed flush may send a message twice; the ledger makes the copy a duplicate. It never
         # reports as sent a message the broker did not accept.
+        if self._redis is not None:
+            self._push(self._redis, messages)
+        else:
+            self._publish(messages)
+        events = sum(len(group) for _, group in messages)
+        self.sent_messages += len(messages)  # only a coalescer's leader sends: no concurrent update
+        self.sent_events += events
+        logger.debug("sent %d message(s), %d event(s)", len(messages), events)
+
+    @staticmethod
+    def _push(client: redis.Redis, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
+        """What kombu's Redis transport does for a publish to the default exchange (an LPUSH onto the queue's
+        list) plus seqproc's bell, for every message in one round trip."""
+        pipe = client.pipeline(transaction=False)
+        for partition, group in messages:
+            queue = queue_name(partition)
+            pipe.lpush(queue, task_envelope(queue, partition, group, task_id=unique_id()))
+            bell = bell_key(queue)
+            pipe.lpush(bell, "1")
+            pipe.ltrim(bell, 0, 0)
+        pipe.execute()
+
+    def _publish(self, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
+        """Through kombu, for any other broker (the embedded demo's memory transport)."""
         with self.app.producer_or_acquire() as amqp_producer, amqp_producer.batch():
             for partition, group in messages:
                 # Celery's own protocol-2 message (what send_task builds), published to the default ("") exchange
@@ -135,10 +177,6 @@ class Publisher:
                     retry=False,
                     **message.properties,
                 )
-        events = sum(len(group) for _, group in messages)
-        self.sent_messages += len(messages)  # only a coalescer's leader sends: no concurrent update
-        self.sent_events += events
-        logger.debug("sent %d message(s), %d event(s)", len(messages), events)
 
 
 _PUBLISHERS: dict[Settings, Publisher] = {}

@@ -1,0 +1,83 @@
+"""The producer's direct Redis push writes the very message Celery and kombu would: compared key by key on the real
+Redis, and consumed by a real worker."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis
+
+import producer
+from models.events import Event
+from models.settings import Settings
+from producer.api import build_event
+from producer.envelope import events_json
+from producer.publish import publisher_for
+from producer.routing import queue_name
+
+pytestmark = pytest.mark.services
+
+#: One of each event type, with what a JSON encoder must escape.
+EVENTS: list[tuple[str, dict[str, Any]]] = [
+    ("like", {"article_id": 2**63 - 1, "user_id": 1, "idempotency_key": 'q"uo\\te é'}),
+    ("unlike", {"article_id": 5, "user_id": 7}),
+    ("restock", {"product_id": 9, "quantity": 1_000_000}),
+    ("reserve", {"product_id": 9, "quantity": 3, "reservation_id": "r-ü-\u2603"}),
+    ("release", {"product_id": 9, "reservation_id": "r-ü-\u2603"}),
+    ("reserve", {"product_id": 9, "quantity": 2, "reservation_id": "r-2"}),
+    ("commit", {"product_id": 9, "reservation_id": "r-2"}),
+]
+
+
+def built() -> list[Event]:
+    return [build_event(kind, fields) for kind, fields in EVENTS]
+
+
+def test_events_serialise_as_model_dump_does() -> None:
+    events = built()
+    assert json.loads(events_json(events)) == [event.model_dump() for event in events]
+
+
+#: Fields that differ between any two messages: ids and delivery tags are fresh per message.
+PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag"}
+
+
+def strip(message: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "body": json.loads(message["body"]),
+        "content-encoding": message["content-encoding"],
+        "content-type": message["content-type"],
+        "headers": {k: v for k, v in message["headers"].items() if k not in PER_MESSAGE},
+        "properties": {k: v for k, v in message["properties"].items() if k not in PER_MESSAGE},
+        "keys": sorted(message),
+        "header_keys": sorted(message["headers"]),
+        "property_keys": sorted(message["properties"]),
+    }
+
+
+def test_the_direct_push_writes_what_celery_and_kombu_write(clean: Settings) -> None:
+    publisher = publisher_for(clean)
+    assert publisher._redis is not None  # the redis:// broker takes the direct path
+    events = [e for e in built() if e.type in ("reserve", "release", "commit", "restock")]  # all of product 9
+    partition = publisher.partition_of(events[0])
+    queue = queue_name(partition)
+    client = redis.Redis.from_url(clean.broker_url)
+
+    publisher._publish([(partition, events)])  # Celery's as_task_v2 + kombu's producer
+    publisher._push(publisher._redis, [(partition, events)])  # ours
+    pushed, by_kombu = (json.loads(raw) for raw in client.lrange(queue, 0, -1))  # LPUSH: newest first
+    assert strip(pushed) == strip(by_kombu)
+    for message in (pushed, by_kombu):
+        assert message["headers"]["root_id"] == message["headers"]["id"] == message["properties"]["correlation_id"]
+    assert pushed["headers"]["id"] != by_kombu["headers"]["id"]
+    assert pushed["properties"]["delivery_tag"] != by_kombu["properties"]["delivery_tag"]
+    assert client.lrange(f"seqproc.bell.{queue}", 0, -1) == [b"1"]  # rung, and kept to one token
+
+
+def test_a_worker_applies_what_the_direct_push_sent(clean: Settings, start_worker) -> None:
+    start_worker(clean)
+    receipts = producer.send_many([{"type": kind, **fields} for kind, fields in EVENTS])
+    outcomes = producer.wait_all(receipts, timeout_s=30)
+    assert [o.status for o in outcomes] == ["applied"] * len(EVENTS)
