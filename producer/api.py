@@ -13,7 +13,15 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from models.errors import InvalidEvent
-from models.events import EVENT_TYPES, CallerKey, Event, invalid_event_from, parse_event, reservation_key
+from models.events import (
+    EVENT_TYPES,
+    RESERVATION_TYPES,
+    CallerKey,
+    Event,
+    invalid_event_from,
+    parse_event,
+    reservation_key,
+)
 from models.settings import Settings, get_settings
 from producer.publish import Publisher, publisher_for
 from producer.receipt import Receipt
@@ -55,22 +63,29 @@ def build_event(event_type: str, fields: Mapping[str, Any]) -> Event:
     unknown = sorted(set(fields) - set(allowed))
     if unknown:
         raise InvalidEvent(unknown[0], f"is not a field of a {event_type} event (allowed: {', '.join(allowed)})")
-    for name in ("idempotency_key", "reservation_id"):
-        if fields.get(name) is not None:
-            check_caller_key(name, fields.get(name))
-    data: dict[str, Any] = {"type": event_type, "id": unique_id(), "stamp": next_stamp()}
-    for name in allowed:
-        if name != "idempotency_key" and name in fields:
-            data[name] = fields[name]
-    if event_type in ("reserve", "release", "commit"):
-        rid = fields.get("reservation_id")
+    data = {name: fields[name] for name in allowed if name != "idempotency_key" and name in fields}
+    return _event(event_type, data, idempotency_key=fields.get("idempotency_key"))
+
+
+def _event(event_type: str, data: dict[str, Any], *, idempotency_key: Any = None) -> Event:
+    """The event of ``event_type`` with the domain fields ``data`` (the calls below pass their arguments as they
+    are, :func:`build_event` the checked fields of a mapping): keyed, stamped, validated."""
+    event_id = unique_id()
+    if event_type in RESERVATION_TYPES:
+        rid = data.get("reservation_id")
+        if rid is not None:
+            check_caller_key("reservation_id", rid)
         # A non-string id fails on its own field below; the placeholder key keeps that the only error.
-        data["key"] = reservation_key(event_type, rid if isinstance(rid, str) else "")
+        key = reservation_key(event_type, rid if isinstance(rid, str) else "")
+    elif idempotency_key is None:
+        # No key: each call is a new event (like, unlike, like again all count), and the call's own id, unique
+        # already, serves as its key. A caller that may retry a request passes its own key (a request id) so
+        # that the retry is recognised.
+        key = event_id
     else:
-        key = fields.get("idempotency_key")
-        # No key: each call is a new event (like, unlike, like again all count). A caller that may retry a
-        # request passes its own key (a request id) so that the retry is recognised.
-        data["key"] = unique_id() if key is None else key
+        check_caller_key("idempotency_key", idempotency_key)
+        key = idempotency_key
+    data.update(type=event_type, id=event_id, stamp=next_stamp(), key=key)
     return parse_event(data)
 
 
@@ -89,40 +104,32 @@ def _send(event: Event) -> Receipt:
 
 def like(article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Receipt:
     """``user_id`` likes ``article_id`` (a repeated like changes nothing)."""
-    return _send(
-        build_event("like", {"article_id": article_id, "user_id": user_id, "idempotency_key": idempotency_key})
-    )
+    return _send(_event("like", {"article_id": article_id, "user_id": user_id}, idempotency_key=idempotency_key))
 
 
 def unlike(article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Receipt:
     """``user_id`` takes back their like of ``article_id`` (an unlike without a like changes nothing)."""
-    return _send(
-        build_event("unlike", {"article_id": article_id, "user_id": user_id, "idempotency_key": idempotency_key})
-    )
+    return _send(_event("unlike", {"article_id": article_id, "user_id": user_id}, idempotency_key=idempotency_key))
 
 
 def reserve(product_id: int, quantity: int, *, reservation_id: str) -> Receipt:
     """Hold ``quantity`` units of ``product_id``; rejected with ``insufficient_stock`` if fewer are available."""
-    return _send(
-        build_event("reserve", {"product_id": product_id, "quantity": quantity, "reservation_id": reservation_id})
-    )
+    return _send(_event("reserve", {"product_id": product_id, "quantity": quantity, "reservation_id": reservation_id}))
 
 
 def release(product_id: int, reservation_id: str) -> Receipt:
     """Give a reservation's units back (once). A release that arrives before its reservation cancels it."""
-    return _send(build_event("release", {"product_id": product_id, "reservation_id": reservation_id}))
+    return _send(_event("release", {"product_id": product_id, "reservation_id": reservation_id}))
 
 
 def commit(product_id: int, reservation_id: str) -> Receipt:
     """Turn an applied reservation into a sale. Rejected for an unknown or released reservation."""
-    return _send(build_event("commit", {"product_id": product_id, "reservation_id": reservation_id}))
+    return _send(_event("commit", {"product_id": product_id, "reservation_id": reservation_id}))
 
 
 def restock(product_id: int, quantity: int, *, idempotency_key: str | None = None) -> Receipt:
     """Add ``quantity`` units of ``product_id`` (creating the product on its first restock)."""
-    return _send(
-        build_event("restock", {"product_id": product_id, "quantity": quantity, "idempotency_key": idempotency_key})
-    )
+    return _send(_event("restock", {"product_id": product_id, "quantity": quantity}, idempotency_key=idempotency_key))
 
 
 def send_many(events: Iterable[Mapping[str, Any]]) -> list[Receipt]:
