@@ -108,9 +108,21 @@ WHERE partition = %s AND epoch = %s
 def array(values: Iterable[Any]) -> str:
     """A PostgreSQL array literal (``{1,2}``, ``{"a","b\\"c",NULL}``) for a parameter the statement casts to an array
     type. psycopg's list dumper walks every element in Python (about 1-2 us each, measured: 770 us for 500 bigints
-    against 300 us for the same statement given this literal); this is a join."""
+    against 300 us for the same statement given this literal); this is a join. Columns of only ints, or of only
+    strings without a quote or a backslash (keys, ids: the usual case), take one C-level join; the rest goes element
+    by element."""
+    items = values if isinstance(values, list | tuple) else list(values)
+    if not items:
+        return "{}"
+    kinds = set(map(type, items))  # C-level; ``type(True) is bool``, so booleans never pass for ints
+    if kinds == {int}:
+        return "{" + ",".join(map(str, items)) + "}"
+    if kinds == {str}:
+        plain = "".join(items)
+        if '"' not in plain and "\\" not in plain:
+            return '{"' + '","'.join(items) + '"}'
     parts = []
-    for value in values:
+    for value in items:
         if value is None:
             parts.append("NULL")
         elif isinstance(value, str):
