@@ -72,10 +72,18 @@ class RedisOutcomeStore:
     def put_many(self, outcomes: Sequence[tuple[str, Outcome]]) -> None:
         if not outcomes:
             return
-        # One command for the whole batch; the loop runs inside Redis.
-        keys = [OUTCOME_KEY_PREFIX + event_id for event_id, _ in outcomes]
-        values = [_encode(outcome) for _, outcome in outcomes]
-        self._put_script(keys=keys, args=[self._ttl_s, *values])
+        # One command for the whole batch; the loop runs inside Redis. The outcomes with a value of their own come
+        # first, each with its value; the plain "applied" ones (nearly all) share one: half the arguments to pack.
+        keys: list[str] = []
+        values: list[str] = []
+        plain: list[str] = []
+        for event_id, outcome in outcomes:
+            if outcome.status == "applied" and outcome.reason is None:
+                plain.append(OUTCOME_KEY_PREFIX + event_id)
+            else:
+                keys.append(OUTCOME_KEY_PREFIX + event_id)
+                values.append(json.dumps(outcome.to_wire(), separators=(",", ":")))
+        self._put_script(keys=[*keys, *plain], args=[self._ttl_s, len(values), _APPLIED, *values])
 
     def wait(self, event_id: str, timeout_s: float) -> Outcome | None:
         key = OUTCOME_KEY_PREFIX + event_id
@@ -102,24 +110,23 @@ class RedisOutcomeStore:
 
 
 #: For each key: replace the list by one element (a redelivered event's later report, "duplicate", replaces the
-#: earlier one instead of queueing behind it) and set its expiry.
+#: earlier one instead of queueing behind it) and set its expiry. ARGV: the time to live, how many of the first keys
+#: have a value of their own, the value of the other keys, then those own values in key order.
 _PUT_MANY = """
-local ttl = ARGV[1]
+local ttl, own, shared = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 for i, key in ipairs(KEYS) do
     redis.call('DEL', key)
-    redis.call('RPUSH', key, ARGV[i + 1])
+    if i <= own then
+        redis.call('RPUSH', key, ARGV[i + 3])
+    else
+        redis.call('RPUSH', key, shared)
+    end
     redis.call('EXPIRE', key, ttl)
 end
 return #KEYS
 """
 
 _APPLIED = json.dumps({"status": "applied"}, separators=(",", ":"))
-
-
-def _encode(outcome: Outcome) -> str:
-    if outcome.status == "applied" and outcome.reason is None:
-        return _APPLIED
-    return json.dumps(outcome.to_wire(), separators=(",", ":"))
 
 
 class MemoryOutcomeStore:

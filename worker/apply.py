@@ -107,24 +107,23 @@ def apply_partitions(
     store = store_for(conn)
     plan = _plan(conn, store, batches)
     events = [item.event for item in plan]
+    keys = [event.ledger_key for event in events]  # a property that formats a string: once per event
     first_index: dict[str, int] = {}
-    for index, event in enumerate(events):
-        first_index.setdefault(event.ledger_key, index)
+    for index, key in enumerate(keys):
+        first_index.setdefault(key, index)
     candidates = sorted(first_index.values())
     domain = [e for e in events if not isinstance(e, Replay | Reconcile)]
     like_events = [e for e in domain if isinstance(e, Like | Unlike)]
     stock_events = [e for e in domain if not isinstance(e, Like | Unlike)]
     loaded = store.claim_and_load(
         conn,
-        [(events[i].ledger_key, events[i].type, batches[plan[i].batch].partition) for i in candidates],
+        [(keys[i], events[i].type, batches[plan[i].batch].partition) for i in candidates],
         list(dict.fromkeys((e.article_id, e.user_id) for e in like_events)),
         sorted({e.product_id for e in stock_events}),
         sorted({e.reservation_id for e in stock_events if e.type != "restock"}),
         sorted({e.entity_key for e in events}),
     )
-    seen_before = store.first_outcomes(
-        conn, [events[i].ledger_key for i in candidates if events[i].ledger_key not in loaded.new_keys]
-    )
+    seen_before = store.first_outcomes(conn, [keys[i] for i in candidates if keys[i] not in loaded.new_keys])
 
     writes = Writes()
     parked = set(loaded.parked)
@@ -132,7 +131,7 @@ def apply_partitions(
     to_apply: list[int] = []
     for index in candidates:
         event, item = events[index], plan[index]
-        if event.ledger_key not in loaded.new_keys:
+        if keys[index] not in loaded.new_keys:
             continue
         if isinstance(event, Replay):
             parked.discard(event.entity)
@@ -147,7 +146,7 @@ def apply_partitions(
             decided[index] = Outcome("applied", "recounted")
         elif event.entity_key in parked:
             decided[index] = PARKED
-            writes.unclaim.append(event.ledger_key)
+            writes.unclaim.append(keys[index])
             writes.dead_letters = [*writes.dead_letters, _parked_letter(event, batches[item.batch].partition)]
         else:
             to_apply.append(index)
@@ -161,7 +160,7 @@ def apply_partitions(
 
     results = [BatchResult() for _ in batches]
     for index, item in enumerate(plan):
-        key = events[index].ledger_key
+        key = keys[index]
         if index in decided:
             outcome = decided[index]
         else:
@@ -181,9 +180,9 @@ def apply_partitions(
     writes.reservation_ttl_s = reservation_ttl_s
     writes.stock = stock.diff(loaded.stock, final_stock)
     writes.outcomes = [
-        (events[i].ledger_key, outcome)
+        (keys[i], outcome)
         for i, outcome in decided.items()
-        if (outcome.status != "applied" or outcome.reason is not None) and events[i].ledger_key not in writes.unclaim
+        if (outcome.status != "applied" or outcome.reason is not None) and keys[i] not in writes.unclaim
     ]
     incoming = [record for batch in batches for record in batch.dead_letters]
     writes.dead_letters = [*incoming, *writes.dead_letters]

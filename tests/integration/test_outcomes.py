@@ -1,0 +1,35 @@
+"""The outcome store on the real Redis: every outcome of a batch reaches its own event id, a later report replaces an
+earlier one, and every key expires."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from models.outcomes import OUTCOME_KEY_PREFIX, Outcome, RedisOutcomeStore
+from models.settings import Settings
+
+pytestmark = pytest.mark.services
+
+
+def test_a_batch_of_mixed_outcomes_reaches_each_event_id(clean: Settings) -> None:
+    store = RedisOutcomeStore(clean.result_backend, ttl_s=60)
+    mixed = [
+        ("e1", Outcome("applied")),
+        ("e2", Outcome("rejected", "insufficient_stock")),
+        ("e3", Outcome("applied")),
+        ("e4", Outcome("applied", "already_liked")),
+        ("e5", Outcome("duplicate", first=Outcome("rejected", "stale"))),
+        ("e6", Outcome("applied")),
+    ]
+    store.put_many(mixed)
+    assert store.get_many([event_id for event_id, _ in mixed]) == [outcome for _, outcome in mixed]
+    assert store.wait("e4", timeout_s=1) == Outcome("applied", "already_liked")
+
+    # A redelivered event reported again: the later report replaces the earlier one, never queues behind it.
+    store.put_many([("e1", Outcome("duplicate", first=Outcome("applied"))), ("e7", Outcome("applied"))])
+    assert store.get_many(["e1", "e7"]) == [Outcome("duplicate", first=Outcome("applied")), Outcome("applied")]
+    client = redis.Redis.from_url(clean.result_backend)
+    assert client.llen(OUTCOME_KEY_PREFIX + "e1") == 1
+    assert all(0 < client.ttl(OUTCOME_KEY_PREFIX + f"e{n}") <= 60 for n in range(1, 8))
+    assert store.get_many(["never-sent"]) == [None]
