@@ -59,8 +59,9 @@ fetch_filter: Callable[[str], bool] | None = None
 #: Set by an auto worker: its lease owner token. The fetch script then takes messages only from queues whose lease
 #: holds this token (checked inside the script, atomically with the take). None: no lease check (fixed partitions).
 fetch_owner: str | None = None
-#: Most messages one fetch takes when the prefetch limit does not say (it normally does).
-FETCH_MAX = 256
+#: Most messages one fetch takes. The script holds Redis ~45 us per message here (it records each in ``unacked``),
+#: and producers push onto the same server: 64 bounds that stall at ~3 ms, and 64 messages are thousands of events.
+FETCH_MAX = 64
 
 #: KEYS: unacked hash, unacked index, then the queues, then their bells, then their leases (same order).
 #: ARGV: now, most messages to take, number of queues, the lease owner token ('' = take from every queue).

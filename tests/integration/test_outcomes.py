@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from models.outcomes import OUTCOME_KEY_PREFIX, Outcome, RedisOutcomeStore
+from models.outcomes import OUTCOME_KEY_PREFIX, PUT_CHUNK, Outcome, RedisOutcomeStore
 from models.settings import Settings
 
 pytestmark = pytest.mark.services
@@ -33,3 +33,13 @@ def test_a_batch_of_mixed_outcomes_reaches_each_event_id(clean: Settings) -> Non
     assert client.llen(OUTCOME_KEY_PREFIX + "e1") == 1
     assert all(0 < client.ttl(OUTCOME_KEY_PREFIX + f"e{n}") <= 60 for n in range(1, 8))
     assert store.get_many(["never-sent"]) == [None]
+
+
+def test_a_flush_larger_than_one_script_call_is_written_whole(clean: Settings) -> None:
+    """Outcomes go out in chunks of PUT_CHUNK (so that Redis is never held for a whole flush): none is lost or
+    shifted at a chunk boundary."""
+    store = RedisOutcomeStore(clean.result_backend, ttl_s=60)
+    count = 2 * PUT_CHUNK + 7
+    outcomes = [(f"b{n}", Outcome("rejected", f"r{n}") if n % 5 == 0 else Outcome("applied")) for n in range(count)]
+    store.put_many(outcomes)
+    assert store.get_many([event_id for event_id, _ in outcomes]) == [outcome for _, outcome in outcomes]
