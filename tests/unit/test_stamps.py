@@ -99,3 +99,48 @@ def test_forked_children_do_not_share_the_parent_node() -> None:
     # the node is inherited.
     child_nodes = [_stamp_in_child() & NODE_MASK for _ in range(3)]
     assert any(node != parent_node for node in child_nodes)
+
+
+def test_unique_ids_never_repeat_across_threads_and_are_valid_event_ids() -> None:
+    from pydantic import TypeAdapter
+
+    from models.events import EventId
+
+    per_thread = 5_000
+    results: list[list[str]] = [[] for _ in range(8)]
+    start = threading.Barrier(len(results))
+
+    def draw(out: list[str]) -> None:
+        start.wait()
+        out.extend(stamps.unique_id() for _ in range(per_thread))
+
+    threads = [threading.Thread(target=draw, args=(out,)) for out in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = [i for out in results for i in out]
+    assert len(set(ids)) == len(ids)
+    valid = TypeAdapter(EventId)
+    for i in ids[:: per_thread // 10]:
+        assert valid.validate_python(i) == i
+        assert 17 <= len(i) <= 32
+        assert set(i) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_draws_ids_of_its_own() -> None:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(read_end)
+            os.write(write_end, stamps.unique_id().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = pipe.read().decode()
+    os.waitpid(pid, 0)
+    parent = stamps.unique_id()
+    assert child[:16] != parent[:16]  # a new random prefix, not the parent's (whose counter the child would repeat)
