@@ -71,13 +71,39 @@ class Coalescer:
             elif self._lingering and len(self._pending) >= self._expected:
                 self._arrived.notify()  # once, when enough have come: not one wake-up of a leader per call
         if not ticket.leads:
-            ticket.wake.acquire()  # sent by some leader, or given the lead
-            if ticket.next is not None:
-                ticket.next.wake.release()  # the next caller of the same send
+            self._wait(ticket)
         if not ticket.done:
             self._lead(ticket)
         if ticket.error is not None:
             raise ticket.error
+
+    def _wait(self, ticket: _Ticket) -> None:
+        """Until some leader sent the ticket's events or handed it the lead; then wake the next caller of the same
+        send. Interrupted (KeyboardInterrupt in the main thread, a greenlet killed), a call that no send took yet
+        just leaves (its events were not sent); one that a send carries, or that was handed the lead, first does
+        its part for the others (wake the next one, pass the lead on), so that no other caller waits forever."""
+        try:
+            ticket.wake.acquire()
+        except BaseException:
+            with self._lock:
+                if not ticket.leads and ticket in self._pending:
+                    self._pending.remove(ticket)
+                    raise
+            _acquire_uninterrupted(ticket.wake)  # the send in flight ends within the publish timeout
+            if ticket.done:
+                if ticket.next is not None:
+                    ticket.next.wake.release()
+            else:
+                self._abdicate(ticket)
+            raise
+        if ticket.next is not None:
+            ticket.next.wake.release()  # the next caller of the same send
+
+    def _abdicate(self, ticket: _Ticket) -> None:
+        """``ticket`` was handed the lead but its caller is going away: its events stay unsent, the lead passes on."""
+        with self._lock:
+            self._pending.remove(ticket)
+            self._hand_on()
 
     def _lead(self, leader: _Ticket) -> None:
         with self._lock:
@@ -91,12 +117,19 @@ class Coalescer:
             self._pending = [t for t in self._pending if t.leads and t is not leader]
             self._last_batch = len(batch)
         error: PublishError | None = None
+        interrupted: BaseException | None = None
         try:
             self._send([event for ticket in batch for event in ticket.events])
         except PublishError as failure:
             error = failure
         except Exception as failure:  # every waiter must hear of any failure
             error = PublishError(f"publishing failed: {type(failure).__name__}: {failure}; the events were NOT sent")
+        except BaseException as failure:  # the leader's caller was interrupted: the others must still be woken
+            interrupted = failure
+            error = PublishError(
+                f"publishing was interrupted ({type(failure).__name__}); the events may or may not have been sent: "
+                "send them again with the same idempotency keys"
+            )
         for ticket in batch:
             ticket.error = error
             ticket.done = True
@@ -108,10 +141,25 @@ class Coalescer:
         if waiters:
             waiters[0].wake.release()
         with self._lock:
-            following = next((t for t in self._pending if not t.leads), None)
-            if following is not None:
-                # Hand the lead to the oldest waiter: it publishes what queued up meanwhile.
-                following.leads = True
-                following.wake.release()
-            else:
-                self._leaders -= 1
+            self._hand_on()
+        if interrupted is not None:
+            raise interrupted
+
+    def _hand_on(self) -> None:
+        """A send slot came free (call with the lock held): hand the lead to the oldest waiter, which publishes what
+        queued up meanwhile, or give the slot back."""
+        following = next((t for t in self._pending if not t.leads), None)
+        if following is not None:
+            following.leads = True
+            following.wake.release()
+        else:
+            self._leaders -= 1
+
+
+def _acquire_uninterrupted(lock: threading.Lock) -> None:
+    while True:
+        try:
+            lock.acquire()
+            return
+        except BaseException:  # noqa: S112 - a second interruption must not leave the other callers stranded
+            continue

@@ -212,18 +212,22 @@ def test_sigkill_mid_stream_redelivers_within_60_seconds(clean: Settings, start_
 def test_database_connections_killed_mid_stream_are_retried_in_place(
     clean: Settings, start_worker, engine: Engine
 ) -> None:
-    start_worker(clean)
+    worker = start_worker(clean)
     receipts = []
+    killed = 0
     for n in range(400):
         receipts.append(producer.like(30, n + 1))
         if n % 100 == 50:
             with engine.begin() as conn:
-                conn.execute(
+                # The worker's sessions, by the name it gives them (``seqproc <pid>/<run token>``).
+                killed += conn.execute(
                     text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'seqproc' "
-                        "AND pid <> pg_backend_pid() AND datname = current_database()"
-                    )
-                )
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE application_name LIKE :name AND datname = current_database()"
+                    ),
+                    {"name": f"seqproc {worker.pid}/%"},
+                ).scalar_one()
+    assert killed >= 1  # the faults were injected: the worker's pooled connection died under it
     outcomes = producer.wait_all(receipts, timeout_s=60)
     assert Counter(o.effective.status for o in outcomes) == {"applied": 400}
     with engine.connect() as conn:

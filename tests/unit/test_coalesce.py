@@ -3,6 +3,7 @@ the callers whose events were in the failed send."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from typing import Any
@@ -136,3 +137,95 @@ def test_two_sends_in_flight_keep_every_callers_order_and_lose_nothing() -> None
     for n in range(12):
         mine = [i for (m, i) in sent if m == n]
         assert mine == sorted(mine)
+
+
+class Slow:
+    """A send that takes ``delay_s`` and records what it sent; raises ``raise_for`` when an event is in it."""
+
+    def __init__(self, delay_s: float, raise_for: tuple[Any, BaseException] | None = None) -> None:
+        self.delay_s = delay_s
+        self.raise_for = raise_for
+        self.sends: list[list[Any]] = []
+
+    def __call__(self, events: list[Any]) -> None:
+        self.sends.append(list(events))
+        time.sleep(self.delay_s)
+        if self.raise_for is not None and self.raise_for[0] in events:
+            raise self.raise_for[1]
+
+
+def interrupt_main_after(delay_s: float) -> None:
+    """A real SIGINT to the main thread (which is blocked in a lock) ``delay_s`` from now."""
+    main = threading.main_thread().ident
+    assert main is not None
+    threading.Timer(delay_s, signal.pthread_kill, args=(main, signal.SIGINT)).start()
+
+
+def started(target: Any, *args: Any) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def all_return(threads: list[threading.Thread]) -> bool:
+    for thread in threads:
+        thread.join(5)
+    return not any(thread.is_alive() for thread in threads)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
+def test_an_interrupted_caller_carried_by_a_send_still_wakes_the_callers_after_it() -> None:
+    send = Slow(0.3)
+    coalescer = Coalescer(send, linger_s=0)
+    first = started(coalescer.submit, ["first"])  # leads a slow send: the next calls queue behind it
+    time.sleep(0.05)
+    leader = started(coalescer.submit, ["leader"])  # the oldest waiter: it will lead the next send
+    time.sleep(0.05)
+    later = [threading.Timer(0.05, coalescer.submit, args=([n],)) for n in ("a", "b")]  # queue behind the main thread
+    for timer in later:
+        timer.start()
+    interrupt_main_after(0.35)  # during the second send, which carries the main thread's call
+    with pytest.raises(KeyboardInterrupt):
+        coalescer.submit(["main"])
+    assert all_return([first, leader, *later])  # woken through the chain, past the interrupted caller
+    assert sorted(send.sends[1]) == ["a", "b", "leader", "main"]  # the main thread's event was sent
+    coalescer.submit(["after"])  # and the coalescer goes on
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
+def test_an_interrupted_caller_that_no_send_took_yet_leaves_unsent() -> None:
+    send = Slow(0.3)
+    coalescer = Coalescer(send, linger_s=0)
+    first = started(coalescer.submit, ["first"])
+    time.sleep(0.05)
+    interrupt_main_after(0.1)  # while the main thread's call waits for the send in flight
+    with pytest.raises(KeyboardInterrupt):
+        coalescer.submit(["main"])
+    assert all_return([first])
+    coalescer.submit(["after"])  # the lead was not left to a caller that went away
+    assert [event for sent in send.sends for event in sent] == ["first", "after"]
+
+
+def test_a_leader_interrupted_mid_send_still_tells_the_callers_it_carried() -> None:
+    send = Slow(0.2, raise_for=("boom", KeyboardInterrupt()))
+    coalescer = Coalescer(send, linger_s=0)
+    outcomes: dict[str, str] = {}
+
+    def call(name: str) -> None:
+        try:
+            coalescer.submit([name])
+            outcomes[name] = "sent"
+        except PublishError as error:
+            outcomes[name] = str(error)
+        except KeyboardInterrupt:
+            outcomes[name] = "interrupted"
+
+    threads = [started(call, "first")]
+    time.sleep(0.05)
+    threads += [started(call, name) for name in ("boom", "a", "b")]  # "boom" leads the next send, carrying a, b
+    assert all_return(threads)
+    assert outcomes["first"] == "sent"
+    assert outcomes["boom"] == "interrupted"
+    assert "interrupted" in outcomes["a"]
+    assert "may or may not have been sent" in outcomes["b"]
+    coalescer.submit(["after"])

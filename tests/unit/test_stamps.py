@@ -6,30 +6,41 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import TypeVar
 
 import pytest
+from pydantic import TypeAdapter
 
+from models.events import EventId
 from producer import stamps
 from producer.stamps import NODE_BITS, StampClock, next_stamp
 
 NODE_MASK = (1 << NODE_BITS) - 1
+T = TypeVar("T")
+
+
+def drawn_in_threads(draw_one: Callable[[], T], per_thread: int, threads: int = 8) -> list[list[T]]:
+    """What each of ``threads`` threads, started together, drew by calling ``draw_one`` ``per_thread`` times."""
+    results: list[list[T]] = [[] for _ in range(threads)]
+    start = threading.Barrier(threads)
+
+    def draw(out: list[T]) -> None:
+        start.wait()
+        out.extend(draw_one() for _ in range(per_thread))
+
+    workers = [threading.Thread(target=draw, args=(out,)) for out in results]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    return results
 
 
 def test_stamps_strictly_increase_across_threads() -> None:
     per_thread = 2_000
-    results: list[list[int]] = [[] for _ in range(8)]
-    start = threading.Barrier(len(results))
-
-    def draw(out: list[int]) -> None:
-        start.wait()
-        out.extend(next_stamp() for _ in range(per_thread))
-
-    threads = [threading.Thread(target=draw, args=(out,)) for out in results]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    results = drawn_in_threads(next_stamp, per_thread)
     everything = [s for out in results for s in out]
     assert len(everything) == len(results) * per_thread
     # No two stamps of the process are equal, and each thread sees them rise.
@@ -62,14 +73,14 @@ def test_stamps_follow_the_wall_clock() -> None:
     assert (before >> NODE_BITS) - 1 <= stamp >> NODE_BITS <= (after >> NODE_BITS) + 1
 
 
-def _stamp_in_child() -> int:
-    """Fork; the child draws one stamp and writes it to a pipe, then leaves without running any cleanup."""
+def in_child(draw: Callable[[], object]) -> str:
+    """Fork; the child calls ``draw`` once and writes what it got to a pipe, then leaves without any cleanup."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:
             os.close(read_end)
-            os.write(write_end, str(next_stamp()).encode())
+            os.write(write_end, str(draw()).encode())
         finally:
             os._exit(0)
     os.close(write_end)
@@ -77,7 +88,11 @@ def _stamp_in_child() -> int:
         data = pipe.read()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    return int(data)
+    return data.decode()
+
+
+def _stamp_in_child() -> int:
+    return int(in_child(next_stamp))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -102,24 +117,8 @@ def test_forked_children_do_not_share_the_parent_node() -> None:
 
 
 def test_unique_ids_never_repeat_across_threads_and_are_valid_event_ids() -> None:
-    from pydantic import TypeAdapter
-
-    from models.events import EventId
-
     per_thread = 5_000
-    results: list[list[str]] = [[] for _ in range(8)]
-    start = threading.Barrier(len(results))
-
-    def draw(out: list[str]) -> None:
-        start.wait()
-        out.extend(stamps.unique_id() for _ in range(per_thread))
-
-    threads = [threading.Thread(target=draw, args=(out,)) for out in results]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    ids = [i for out in results for i in out]
+    ids = [i for out in drawn_in_threads(stamps.unique_id, per_thread) for i in out]
     assert len(set(ids)) == len(ids)
     valid = TypeAdapter(EventId)
     for i in ids[:: per_thread // 10]:
@@ -130,17 +129,6 @@ def test_unique_ids_never_repeat_across_threads_and_are_valid_event_ids() -> Non
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_draws_ids_of_its_own() -> None:
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        try:
-            os.close(read_end)
-            os.write(write_end, stamps.unique_id().encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        child = pipe.read().decode()
-    os.waitpid(pid, 0)
+    child = in_child(stamps.unique_id)
     parent = stamps.unique_id()
     assert child[:16] != parent[:16]  # a new random prefix, not the parent's (whose counter the child would repeat)
