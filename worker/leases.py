@@ -101,13 +101,17 @@ class LeaseManager:
                 if on_lost:
                     on_lost(partition)
         target = math.ceil(self.settings.partitions / max(1, int(live)))
+        # The tick runs in the consumer's loop and renewed our leases only at its start: claims that wait on locked
+        # rows must not make it outlast their validity. At most a quarter lease of claims per tick, each waiting a
+        # sixth of one at most (twice, when it ends a stale session), so the next renewal comes within 0.6 lease.
+        budget_until = started + self.settings.lease_s / 4
         for partition in reversed(self.owned[target:]):
             logger.info("partition %d: handing back (%d live workers, %d each)", partition, live, target)
             if on_release:
                 on_release(partition)
             self.release(partition)
         for partition in self._candidates():
-            if len(self.valid_until) >= target:
+            if len(self.valid_until) >= target or time.monotonic() > budget_until:
                 break
             if self.client.set(lease_key(partition), self.owner, nx=True, px=self.lease_ms):
                 self.valid_until[partition] = self._validity(started)
@@ -117,7 +121,7 @@ class LeaseManager:
                         [partition],
                         owner=self.owner,
                         total=self.settings.partitions,
-                        lock_timeout_s=self.settings.lease_s / 3,
+                        lock_timeout_s=self.settings.lease_s / 6,
                     )[partition]
                     logger.info("partition %d: acquired, epoch %d", partition, epoch)
                     if on_acquire:

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -65,10 +66,6 @@ def check_partition_count(engine: Engine, total: int) -> None:
         )
 
 
-#: SQLSTATE lock_not_available: a statement gave up waiting after ``lock_timeout``.
-LOCK_NOT_AVAILABLE = "55P03"
-
-
 def session_name(owner: str) -> str:
     """The PostgreSQL ``application_name`` of a worker's sessions: ``seqproc <pid>/<run token>``, the tail of its
     owner token (unique per run, and short enough for the 63 characters PostgreSQL keeps), so that the next owner
@@ -77,7 +74,8 @@ def session_name(owner: str) -> str:
 
 
 def is_lock_timeout(error: BaseException) -> bool:
-    return getattr(getattr(error, "orig", None), "sqlstate", None) == LOCK_NOT_AVAILABLE
+    """A statement gave up waiting for a lock after ``lock_timeout``."""
+    return isinstance(getattr(error, "orig", None), psycopg.errors.LockNotAvailable)
 
 
 def claim(
@@ -101,9 +99,24 @@ def claim(
     return _raise_epochs(engine, partitions, owner=owner, lock_timeout_s=lock_timeout_s)
 
 
+#: The sessions holding the partition rows (the open transaction whose id is a row's ``xmax``) that belong to a
+#: previous owner: ended. MATERIALIZED: the filters certainly apply before pg_terminate_backend sees a pid.
+END_STALE_SESSIONS = """
+WITH lockers AS MATERIALIZED (
+    SELECT DISTINCT l.pid FROM partition p
+    JOIN pg_locks l ON l.locktype = 'transactionid' AND l.transactionid = p.xmax AND l.granted
+    WHERE p.partition = ANY(:partitions)
+), stale AS MATERIALIZED (
+    SELECT a.pid, a.application_name FROM pg_stat_activity a JOIN lockers USING (pid)
+    WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.application_name = ANY(:names)
+)
+SELECT pid, application_name FROM stale WHERE pg_terminate_backend(pid)
+"""
+
+
 def end_stale_sessions(engine: Engine, partitions: Sequence[int], owner: str) -> int:
-    """End the sessions of the previous owners of ``partitions`` that are still inside a transaction. Returns how
-    many it ended.
+    """End the sessions of the previous owners of ``partitions`` that hold a lock on those partitions' rows (the
+    transaction that last wrote a row, still open, found through the row's ``xmax``). Returns how many it ended.
 
     Called by a worker that holds the leases of ``partitions`` and timed out waiting for a lock on their rows: the
     previous owner's lease passed on, so a transaction of its that is still open belongs to a process that is paused
@@ -125,14 +138,8 @@ def end_stale_sessions(engine: Engine, partitions: Sequence[int], owner: str) ->
             return 0
         try:
             ended = conn.execute(
-                # MATERIALIZED: the filter is certainly applied before pg_terminate_backend sees a pid.
-                text(
-                    "WITH stale AS MATERIALIZED (SELECT pid, application_name FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                    "AND application_name = ANY(:names) AND xact_start IS NOT NULL) "
-                    "SELECT pid, application_name FROM stale WHERE pg_terminate_backend(pid)"
-                ),
-                {"names": sorted(session_name(o) for o in previous)},
+                text(END_STALE_SESSIONS),
+                {"partitions": list(partitions), "names": sorted(session_name(o) for o in previous)},
             ).all()
             conn.commit()
         except DBAPIError as error:

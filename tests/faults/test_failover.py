@@ -170,8 +170,11 @@ def test_a_takeover_ends_the_session_of_an_owner_stopped_mid_pipeline(clean: Set
         dsn, application_name=session_name(old), options="-c idle_in_transaction_session_timeout=300"
     )
     bystander = psycopg.connect(dsn, application_name="someone else")
+    # The previous owner's other session, in a transaction of its own that holds no partition row: left alone too.
+    sibling = psycopg.connect(dsn, application_name=session_name(old))
     try:
         bystander.execute("SELECT 1")  # inside a transaction too, but not the previous owner's: left alone
+        sibling.execute("SELECT 1")
         stopped.execute("SELECT 1")  # BEGIN
         pg = stopped.pgconn
         pg.enter_pipeline_mode()
@@ -181,8 +184,8 @@ def test_a_takeover_ends_the_session_of_an_owner_stopped_mid_pipeline(clean: Set
         def state() -> tuple[str, str] | None:
             with engine.connect() as conn:
                 return conn.execute(
-                    text("SELECT state, wait_event FROM pg_stat_activity WHERE application_name = :n"),
-                    {"n": session_name(old)},
+                    text("SELECT state, wait_event FROM pg_stat_activity WHERE pid = :pid"),
+                    {"pid": pg.backend_pid},
                 ).one_or_none()  # type: ignore[return-value]
 
         wait_for(lambda: state() == ("active", "ClientRead"), 10, "the old session to hold the row mid-pipeline")
@@ -195,8 +198,10 @@ def test_a_takeover_ends_the_session_of_an_owner_stopped_mid_pipeline(clean: Set
         assert time.monotonic() - started < 5
         assert state() is None  # ended
         assert bystander.execute("SELECT 2").fetchone() == (2,)  # the bystander's transaction goes on
+        assert sibling.execute("SELECT 3").fetchone() == (3,)  # and so does the sibling's: only the row's holder ended
         with engine.connect() as conn:
             assert conn.execute(select(Partition.owner).where(Partition.partition == partition)).scalar_one() == new
     finally:
         bystander.close()
+        sibling.close()
         stopped.close()
