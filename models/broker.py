@@ -19,7 +19,8 @@ A script cannot block, so workers wait on *bells*: with each message, the produc
 ``seqproc.bell.<queue>`` (kept to one token); a visibility restore or a give-back rings it too. The worker blocks
 with ``BRPOP`` on the bells of its queues; losing a bell costs nothing, since the messages are still in their lists,
 and the wait times out every ``brpop_timeout`` (1 s) and fetches anyway. One fetch takes up to the prefetch limit's
-worth of messages, from several queues, in one round trip.
+worth of messages (at most ``FETCH_MAX``), from several queues, in one round trip; when it stops at that limit with
+messages left in any of its queues, it rings a bell so that the next wait returns at once.
 
 **One client per channel.** kombu 5.7 builds a new ``redis.Redis`` client object on every ``conn_or_acquire()``:
 for each delivery, ack and event publish, ~100 microseconds apiece (PERFORMANCE-NOTES; redis-py issue 3624). A client
@@ -98,11 +99,15 @@ for i = 1, nqueues do
         taken = taken + 1
     end
     if ours and taken >= limit then
-        if redis.call('LLEN', queue) > 0 then
-            -- More is waiting: ring, so that the next wait returns at once.
-            local bell = KEYS[2 + nqueues + i]
-            redis.call('LPUSH', bell, '1')
-            redis.call('LTRIM', bell, 0, 0)
+        -- More may be waiting, here or in a later queue whose bell the wait that led here consumed: ring once, so
+        -- that the next wait returns at once.
+        for j = i, nqueues do
+            if redis.call('LLEN', KEYS[2 + j]) > 0 then
+                local bell = KEYS[2 + nqueues + j]
+                redis.call('LPUSH', bell, '1')
+                redis.call('LTRIM', bell, 0, 0)
+                break
+            end
         end
         break
     end
@@ -113,6 +118,14 @@ return out
 
 def bell_key(queue: str) -> str:
     return BELL_PREFIX + queue
+
+
+def ring(command: Callable[..., Any], queue: str) -> None:
+    """Ring ``queue``'s bell, kept to one token, through ``command``: a pipeline's ``execute_command`` or a kombu
+    publish batch's ``add`` (which calls the pipeline method of that name)."""
+    bell = bell_key(queue)
+    command("lpush", bell, "1")
+    command("ltrim", bell, 0, 0)
 
 
 def lease_key(queue: str) -> str:
@@ -149,21 +162,20 @@ class Channel(kombu_redis.Channel):
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         batch = kwargs.get("_publish_batch")
         super()._put(queue, message, **kwargs)
-        bell = bell_key(queue)
         if batch is not None:
-            batch.add("lpush", bell, "1")
-            batch.add("ltrim", bell, 0, 0)
+            ring(batch.add, queue)
             return
         with self.conn_or_acquire() as client:
-            client.pipeline(transaction=False).lpush(bell, "1").ltrim(bell, 0, 0).execute()
+            pipe = client.pipeline(transaction=False)
+            ring(pipe.execute_command, queue)
+            pipe.execute()
 
     def _do_restore_message(
         self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
     ) -> None:
         super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)  # type: ignore[misc]  # not in stubs
         for queue in self._lookup(exchange, routing_key):
-            pipe.lpush(bell_key(queue), "1")
-            pipe.ltrim(bell_key(queue), 0, 0)
+            ring(pipe.execute_command, queue)
 
     # -- consuming: wait on bells, fetch with the script -------------------------------------------------------
     def _brpop_start(self, timeout: float | None = None) -> None:

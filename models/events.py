@@ -17,7 +17,8 @@ from models.stock import MAX_KEY_LENGTH
 MAX_ID = 2**63 - 1
 #: Largest quantity one reserve or restock may move: a sane bound that catches unit mix-ups (cents vs units).
 MAX_QUANTITY = 1_000_000
-#: Event ids are made by the producer (uuid4 hex); 64 leaves room for callers that bring their own scheme.
+#: Event ids are made by the producer (``producer.stamps.unique_id``, about 20 characters); 64 leaves room for
+#: callers that bring their own scheme.
 MAX_EVENT_ID_LENGTH = 64
 
 EVENT_TYPES = ("like", "unlike", "reserve", "release", "commit", "restock")

@@ -83,7 +83,8 @@ class RedisOutcomeStore:
         keys: list[str] = []
         values: list[str] = []
         plain: list[str] = []
-        for event_id, outcome in outcomes:
+        # One report per id, the last (a message sent twice may land in one flush: applied, then duplicate).
+        for event_id, outcome in dict(outcomes).items():
             if outcome.status == "applied" and outcome.reason is None:
                 plain.append(OUTCOME_KEY_PREFIX + event_id)
             else:

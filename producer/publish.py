@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import redis
 from celery import Celery
 
-from models.broker import TRANSPORT, bell_key
+from models.broker import TRANSPORT, ring
 from models.errors import PublishError
 from models.events import APPLY_TASK, Event
 from models.outcomes import OutcomeStore, outcome_store
@@ -145,9 +145,7 @@ class Publisher:
         for partition, group in messages:
             queue = queue_name(partition)
             pipe.lpush(queue, task_envelope(queue, partition, group, task_id=unique_id()))
-            bell = bell_key(queue)
-            pipe.lpush(bell, "1")
-            pipe.ltrim(bell, 0, 0)
+            ring(pipe.execute_command, queue)
         pipe.execute()
 
     def _publish(self, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:

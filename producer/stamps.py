@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import sys
 import threading
 import time
 
@@ -50,17 +51,23 @@ def next_stamp() -> int:
     return _CLOCK.next()
 
 
+#: CPython built without the GIL (3.13t and later): C calls are no longer atomic between threads by default.
+_FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
+
+
 class _IdSource:
     """Unique ids without a system call per id: 96 random bits per process (16 URL-safe base64 characters), then a
     counter in hex: 17-32 characters, about 20 in practice.
 
     A fresh ``uuid4()`` per event read ``os.urandom`` twice per call; this does it once per process (and again in
-    a forked child, which must not repeat its parent's ids). ``next()`` of an ``itertools.count`` is one C call, so
-    threads never draw the same number, without a lock. Short ids keep messages, the ``unacked`` copies in Redis and
-    the ledger's key index small: an event carries its id twice (as its key too, when the caller gives none).
+    a forked child, which must not repeat its parent's ids). ``next()`` of an ``itertools.count`` is one C call under
+    the GIL, so threads never draw the same number without a lock; a free-threaded build (no GIL) takes one.
+    Short ids keep messages, the ``unacked`` copies in Redis and the ledger's key index small: an event carries its
+    id twice (as its key too, when the caller gives none).
     """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._reset()
 
     def _reset(self) -> None:
@@ -68,6 +75,9 @@ class _IdSource:
         self._counter = itertools.count(1)
 
     def next(self) -> str:
+        if _FREE_THREADED:
+            with self._lock:
+                return f"{self._prefix}{next(self._counter):x}"
         return f"{self._prefix}{next(self._counter):x}"
 
 

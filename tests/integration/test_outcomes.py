@@ -43,3 +43,10 @@ def test_a_flush_larger_than_one_script_call_is_written_whole(clean: Settings) -
     outcomes = [(f"b{n}", Outcome("rejected", f"r{n}") if n % 5 == 0 else Outcome("applied")) for n in range(count)]
     store.put_many(outcomes)
     assert store.get_many([event_id for event_id, _ in outcomes]) == [outcome for _, outcome in outcomes]
+
+
+def test_the_last_report_of_an_event_in_one_batch_wins(clean: Settings) -> None:
+    """A message sent twice can land in one flush: its events are reported applied, then duplicate."""
+    store = RedisOutcomeStore(clean.result_backend, ttl_s=60)
+    store.put_many([("d1", Outcome("applied")), ("d1", Outcome("duplicate", first=Outcome("applied")))])
+    assert store.get_many(["d1"]) == [Outcome("duplicate", first=Outcome("applied"))]

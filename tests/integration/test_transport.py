@@ -93,6 +93,23 @@ def test_a_fetch_takes_nothing_from_a_queue_whose_lease_moved(clean: Settings, m
         assert len(conn.default_channel._fetch([queue], 100)) == depth[queue]
 
 
+def test_a_fetch_that_stops_at_its_limit_rings_for_what_is_left(clean: Settings) -> None:
+    """The wait that led to a fetch consumed the bells; a fetch that stops at its limit, with the current queue
+    just emptied but a later one still holding messages, rings a bell, so that the next wait does not sleep."""
+    receipts = [producer.like(article, 1) for article in range(50, 90)]
+    by_queue: dict[str, int] = {}
+    for receipt in receipts:
+        by_queue[receipt.queue] = by_queue.get(receipt.queue, 0) + 1
+    first, second = sorted(by_queue)[:2]
+    client = redis.Redis.from_url(clean.broker_url)
+    client.delete(*(bell_key(q) for q in by_queue))  # consumed by the worker's BRPOP
+    with connection(clean) as conn:
+        taken = conn.default_channel._fetch([first, second], by_queue[first])  # exactly the first queue's messages
+    assert {q for q, _ in taken} == {first}
+    assert client.llen(second) == by_queue[second]
+    assert client.llen(bell_key(first)) + client.llen(bell_key(second)) == 1  # rung once, for what is left
+
+
 def test_messages_are_consumed_even_when_their_bell_was_lost(clean: Settings, start_worker, engine: Engine) -> None:
     receipts = [producer.like(8, user) for user in range(1, 6)]
     client = redis.Redis.from_url(clean.broker_url)
