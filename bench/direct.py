@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-from bench.scenarios import Op, Workload
+from .scenarios import Op, Workload
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bench_like (

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 import psycopg
 from sqlalchemy import Engine, create_engine
 
-from bench.direct import libpq_url
-from bench.scenarios import Op, Workload
+from .direct import libpq_url
+from .scenarios import Op, Workload
 
 #: Longest a run may take to apply its events after the producers are done.
 DRAIN_TIMEOUT_S = 600

@@ -22,20 +22,22 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import make_url
 
-from bench.direct import DirectStrategy
-from bench.harness import RunResult, Strategy, run
-from bench.scenarios import workload
-from bench.seqproc_strategy import SeqprocStrategy
-from bench.writebehind import WriteBehindStrategy
-from models.settings import Settings
-from worker.migrate import migrate
+from seqproc.migrations import migrate
+from seqproc.models.settings import Settings
+
+from .direct import DirectStrategy
+from .harness import RunResult, Strategy, run
+from .scenarios import workload
+from .seqproc_strategy import SeqprocStrategy
+from .writebehind import WriteBehindStrategy
 
 DIRECT = ("atomic", "for_update", "optimistic", "serializable")
 STRATEGIES = (*DIRECT, "redis_writebehind", "seqproc_single", "seqproc_batched")
 #: Run only when named: seqproc_batched with the operating extras on (metrics served, JSON logs, task events), to
 #: price them against seqproc_batched side by side.
 OPTIONAL_STRATEGIES = ("seqproc_observed",)
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: Where results go by default: under the folder the benchmark is run from (never inside an installed package).
+RESULTS_DIR = Path("bench") / "results"
 BENCH_DATABASE = "seqproc_bench"
 #: The soak's workload: producers send likes spread over ``SPREAD_ARTICLES`` (``--scenario`` does not apply to it).
 SOAK_SCENARIO = "spread"
@@ -222,9 +224,10 @@ def soak(settings: Settings, *, duration_s: float, producers: int, sample_every_
     worker's resident memory sampled all along: it must stay flat (within 20% of its value after warm-up)."""
     import threading
 
-    import producer as producer_api
-    from bench.scenarios import SPREAD_ARTICLES
-    from bench.seqproc_strategy import SeqprocStrategy
+    from seqproc import producer as producer_api
+
+    from .scenarios import SPREAD_ARTICLES
+    from .seqproc_strategy import SeqprocStrategy
 
     strategy = SeqprocStrategy("seqproc_batched", settings, workers=1)
     strategy.setup(workload(SOAK_SCENARIO, 1, 1))

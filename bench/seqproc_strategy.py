@@ -20,15 +20,16 @@ from typing import Any
 import redis
 from sqlalchemy import func, select, text
 
-import producer
-from bench.harness import harness_engine
-from bench.scenarios import Op, Workload
-from models.partition import Partition
-from models.settings import Settings
-from producer.publish import publisher_for
-from producer.receipt import Receipt
-from worker.processes import WorkerGroup, split_partitions
-from worker.state import article_state, check_invariants, product_state
+from seqproc import producer
+from seqproc.models.settings import Settings
+from seqproc.models.tables.partition import Partition
+from seqproc.producer.publish import publisher_for
+from seqproc.producer.receipt import Receipt
+from seqproc.worker.ops.inspect import article_state, check_invariants, product_state
+from seqproc.worker.processes import WorkerGroup, split_partitions
+
+from .harness import harness_engine
+from .scenarios import Op, Workload
 
 DATA_TABLES = (
     "article_like, article_unlike, article_like_count, product_stock, reservation, idempotency_ledger, dead_letter"

@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 import redis
 
-from bench.direct import libpq_url, reset_tables, verify_tables
-from bench.scenarios import Op, Workload
+from .direct import libpq_url, reset_tables, verify_tables
+from .scenarios import Op, Workload
 
 FLUSH_INTERVAL_S = 0.1
 FLUSH_CHUNK = 5_000

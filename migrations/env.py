@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from models import Base
-from models.db import make_engine
-from models.settings import get_settings
+from seqproc.models.db import make_engine
+from seqproc.models.settings import get_settings
+from seqproc.models.tables import Base
 
 target_metadata = Base.metadata
 

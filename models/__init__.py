@@ -1,56 +1,10 @@
-"""Tables, event schemas, settings and engines shared by ``producer`` and ``worker``."""
+"""The contract shared by the producer and the worker; no process state.
 
-from models.base import Base
-from models.errors import (
-    ConfigError,
-    InvalidEvent,
-    OutcomeTimeout,
-    PartitionCountMismatch,
-    PartitionFenced,
-    PublishError,
-    SeqprocError,
-)
-from models.events import Commit, Event, Like, Release, Reserve, Restock, Unlike, parse_event
-from models.jobs import JobRun, PartitionLag
-from models.ledger import DeadLetter, LedgerEntry, ParkedKey
-from models.likes import ArticleLike, ArticleLikeCount, ArticleUnlike
-from models.outcomes import Outcome
-from models.partition import Meta, Partition
-from models.settings import Settings, get_settings, load_settings
-from models.stock import ProductStock, Reservation, ReservationStatus
+- :mod:`.errors`: the :class:`SeqprocError` tree; :mod:`.settings`: the typed ``SEQPROC_*`` settings;
+- :mod:`.events`: the event schemas; :mod:`.outcomes`: outcomes and where they are kept;
+- :mod:`.wire`: routing, queue names, the task name, every Redis key and prefix;
+- :mod:`.celery`: the Celery settings; :mod:`.transport`: seqproc's Redis transport for kombu;
+- :mod:`.tables`: the tables (SQLAlchemy 2); :mod:`.db`: engines; :mod:`.clients`: Redis clients.
 
-__all__ = [
-    "ArticleLike",
-    "ArticleLikeCount",
-    "ArticleUnlike",
-    "Base",
-    "Commit",
-    "ConfigError",
-    "DeadLetter",
-    "Event",
-    "InvalidEvent",
-    "JobRun",
-    "LedgerEntry",
-    "Like",
-    "Meta",
-    "Outcome",
-    "OutcomeTimeout",
-    "ParkedKey",
-    "Partition",
-    "PartitionCountMismatch",
-    "PartitionFenced",
-    "PartitionLag",
-    "ProductStock",
-    "PublishError",
-    "Release",
-    "Reservation",
-    "ReservationStatus",
-    "Reserve",
-    "Restock",
-    "SeqprocError",
-    "Settings",
-    "Unlike",
-    "get_settings",
-    "load_settings",
-    "parse_event",
-]
+Nothing here is imported eagerly: a producer that needs the events does not load the tables.
+"""

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
-from models.settings import mask_url
+from seqproc.models.settings import mask_url
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +97,10 @@ def can_connect(url: str, *, timeout_s: float = 2.0) -> bool:
             return False
     finally:
         engine.dispose()
+
+
+def upsert(conn: Connection, table: Table) -> Any:
+    """An INSERT that supports ``on_conflict_do_nothing``/``on_conflict_do_update`` on this connection's dialect."""
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    return postgresql.insert(table)

@@ -53,3 +53,10 @@ class LockNotAcquired(SeqprocError):
 
 class LockLost(SeqprocError):
     """A singleton job's lock expired while it ran (its process stalled): it stops before its next write."""
+
+
+def first_line(error: BaseException, *, limit: int = 200) -> str:
+    """The first line of what went wrong, for a log line or a one-line CLI error: the driver's own message where
+    SQLAlchemy wraps one (``error.orig``), else the error's, else its type's name."""
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__

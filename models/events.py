@@ -10,9 +10,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from models.errors import InvalidEvent
-from models.stock import MAX_KEY_LENGTH
+from seqproc.models.errors import InvalidEvent
 
+#: Longest reservation id or idempotency key a caller may give.
+MAX_KEY_LENGTH = 128
 #: Ids are PostgreSQL BIGINTs.
 MAX_ID = 2**63 - 1
 #: Largest quantity one reserve or restock may move: a sane bound that catches unit mix-ups (cents vs units).
@@ -56,6 +57,8 @@ class _Event(BaseModel):
 
 
 class Like(_Event):
+    """``user_id`` likes ``article_id`` (a repeated like changes nothing)."""
+
     type: Literal["like"]
     article_id: Id
     user_id: Id
@@ -66,6 +69,8 @@ class Like(_Event):
 
 
 class Unlike(_Event):
+    """``user_id`` takes back their like of ``article_id`` (an unlike without a like changes nothing)."""
+
     type: Literal["unlike"]
     article_id: Id
     user_id: Id
@@ -97,19 +102,27 @@ class _ReservationEvent(_Event):
 
 
 class Reserve(_ReservationEvent):
+    """Hold ``quantity`` units of ``product_id`` under ``reservation_id``, if that many are available."""
+
     type: Literal["reserve"]
     quantity: Quantity
 
 
 class Release(_ReservationEvent):
+    """Give a reservation's units back (once); arriving before its reservation, cancel it."""
+
     type: Literal["release"]
 
 
 class Commit(_ReservationEvent):
+    """Turn an applied reservation into a sale."""
+
     type: Literal["commit"]
 
 
 class Restock(_Event):
+    """Add ``quantity`` units of ``product_id`` (creating the product on its first restock)."""
+
     type: Literal["restock"]
     product_id: Id
     quantity: Quantity
@@ -152,6 +165,17 @@ StockEvent = Reserve | Release | Commit | Restock
 DomainEvent = Like | Unlike | Reserve | Release | Commit | Restock
 
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
+
+
+_MODELS: dict[str, type[_Event]] = {
+    model.model_fields["type"].annotation.__args__[0]: model  # type: ignore[union-attr]  # Literal["like"]
+    for model in (Like, Unlike, Reserve, Release, Commit, Restock, Replay, Reconcile)
+}
+
+
+def event_model(event_type: str) -> type[_Event]:
+    """The schema of events of ``event_type`` (``KeyError`` for an unknown type)."""
+    return _MODELS[event_type]
 
 
 def reservation_key(event_type: str, reservation_id: str) -> str:
@@ -203,7 +227,3 @@ def _rule(issue: Any) -> str:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-#: The Celery task name of a message of events; producer and worker agree on it, not on code.
-APPLY_TASK = "seqproc.apply"

@@ -16,9 +16,11 @@ from typing import Any, Literal, Protocol
 
 import redis
 
+from seqproc.models.clients import redis_client
+from seqproc.models.wire import outcome_key
+
 Status = Literal["applied", "duplicate", "rejected"]
 
-OUTCOME_KEY_PREFIX = "seqproc:outcome:"
 #: Longest single blocking read while waiting for an outcome.
 WAIT_SLICE_S = 2.0
 #: Most outcomes one script call writes (see ``RedisOutcomeStore.put_many``).
@@ -67,7 +69,7 @@ class RedisOutcomeStore:
 
     def __init__(self, url: str, *, ttl_s: int) -> None:
         # Blocking reads come in slices of WAIT_SLICE_S; the socket timeout must outlast a slice.
-        self._client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=WAIT_SLICE_S + 10)
+        self._client = redis_client(url, timeout_s=WAIT_SLICE_S + 10)
         self._ttl_s = ttl_s
         self._put_script = self._client.register_script(_PUT_MANY)
 
@@ -86,14 +88,14 @@ class RedisOutcomeStore:
         # One report per id, the last (a message sent twice may land in one flush: applied, then duplicate).
         for event_id, outcome in dict(outcomes).items():
             if outcome.status == "applied" and outcome.reason is None:
-                plain.append(OUTCOME_KEY_PREFIX + event_id)
+                plain.append(outcome_key(event_id))
             else:
-                keys.append(OUTCOME_KEY_PREFIX + event_id)
+                keys.append(outcome_key(event_id))
                 values.append(json.dumps(outcome.to_wire(), separators=(",", ":")))
         self._put_script(keys=[*keys, *plain], args=[self._ttl_s, len(values), _APPLIED, *values])
 
     def wait(self, event_id: str, timeout_s: float) -> Outcome | None:
-        key = OUTCOME_KEY_PREFIX + event_id
+        key = outcome_key(event_id)
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
@@ -112,7 +114,7 @@ class RedisOutcomeStore:
     def get_many(self, event_ids: Sequence[str]) -> list[Outcome | None]:
         pipe = self._client.pipeline(transaction=False)
         for event_id in event_ids:
-            pipe.lindex(OUTCOME_KEY_PREFIX + event_id, 0)
+            pipe.lindex(outcome_key(event_id), 0)
         return [Outcome.from_wire(json.loads(raw)) if raw else None for raw in pipe.execute()]
 
 

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.errors import ConfigError
+from seqproc.models.errors import ConfigError
 
 #: Local services on a developer machine; docker-compose overrides these.
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/seqproc"

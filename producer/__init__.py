@@ -1,17 +1,17 @@
 """seqproc's producer: what application code imports.
 
-    import producer
+    from seqproc import producer
     receipt = producer.like(article_id, user_id)
     outcome = receipt.wait(timeout_s=5)   # optional: applied / duplicate / rejected
 
 Imports nothing from ``worker``.
 """
 
-from models.errors import InvalidEvent, OutcomeTimeout, PublishError, SeqprocError
-from models.outcomes import Outcome
-from producer.api import commit, configure, like, release, reserve, restock, send_many, unlike
-from producer.receipt import Receipt, wait_all
-from producer.routing import partition_for, queue_name
+from seqproc.models.errors import InvalidEvent, OutcomeTimeout, PublishError, SeqprocError
+from seqproc.models.outcomes import Outcome
+from seqproc.models.wire import partition_for, queue_name
+from seqproc.producer.api import commit, configure, like, release, reserve, restock, send_many, unlike
+from seqproc.producer.receipt import Receipt, wait_all
 
 __all__ = [
     "InvalidEvent",

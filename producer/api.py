@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from models.errors import InvalidEvent
-from models.events import (
+from seqproc.models.errors import InvalidEvent
+from seqproc.models.events import (
     EVENT_TYPES,
     RESERVATION_TYPES,
     CallerKey,
@@ -22,10 +22,10 @@ from models.events import (
     parse_event,
     reservation_key,
 )
-from models.settings import Settings, get_settings
-from producer.publish import Publisher, publisher_for
-from producer.receipt import Receipt
-from producer.stamps import next_stamp, unique_id
+from seqproc.models.settings import Settings, get_settings
+from seqproc.producer.publish import Publisher, publisher_for
+from seqproc.producer.receipt import Receipt
+from seqproc.producer.stamps import next_stamp, unique_id
 
 _settings_override: Settings | None = None
 _CALLER_KEY: TypeAdapter[str] = TypeAdapter(CallerKey)

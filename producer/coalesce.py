@@ -22,8 +22,8 @@ import itertools
 import threading
 from collections.abc import Callable, Sequence
 
-from models.errors import PublishError
-from models.events import Event
+from seqproc.models.errors import PublishError
+from seqproc.models.events import Event
 
 
 class _Ticket:

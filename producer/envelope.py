@@ -22,7 +22,8 @@ from typing import Any
 from celery.utils.nodenames import anon_nodename
 from pydantic import TypeAdapter
 
-from models.events import APPLY_TASK, Event
+from seqproc.models.events import Event
+from seqproc.models.wire import APPLY_TASK
 
 #: Events in wire form, serialised in pydantic's Rust core (what ``model_dump`` + ``json.dumps`` give, 2x faster).
 _EVENTS: TypeAdapter[list[Event]] = TypeAdapter(list[Event])

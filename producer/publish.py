@@ -17,26 +17,26 @@ from collections.abc import Sequence
 import redis
 from celery import Celery
 
-from models.broker import TRANSPORT, ring
-from models.errors import PublishError
-from models.events import APPLY_TASK, Event
-from models.outcomes import OutcomeStore, outcome_store
-from models.settings import Settings, mask_url
-from producer.coalesce import Coalescer
-from producer.envelope import task_envelope
-from producer.receipt import Receipt
-from producer.routing import partition_for, queue_name
-from producer.stamps import unique_id
+from seqproc.models.celery import celery_config
+from seqproc.models.clients import redis_client
+from seqproc.models.errors import PublishError
+from seqproc.models.events import Event
+from seqproc.models.outcomes import OutcomeStore, outcome_store
+from seqproc.models.settings import Settings, mask_url
+from seqproc.models.transport import TRANSPORT, ring
+from seqproc.models.wire import APPLY_TASK, partition_for, queue_name
+from seqproc.producer.coalesce import Coalescer
+from seqproc.producer.envelope import task_envelope
+from seqproc.producer.receipt import Receipt
+from seqproc.producer.stamps import unique_id
 
 logger = logging.getLogger(__name__)
 
 
 def client_app(settings: Settings) -> Celery:
-    """A Celery app that only sends: same configuration as the workers (``celeryconfig``)."""
-    import celeryconfig
-
+    """A Celery app that only sends: same configuration as the workers (``seqproc.models.celery``)."""
     app = Celery("seqproc-producer", set_as_current=False)
-    app.conf.update(celeryconfig.celery_config(settings))
+    app.conf.update(celery_config(settings))
     return app
 
 
@@ -51,10 +51,10 @@ class Publisher:
         self._redis: redis.Redis | None = None
         if self.app.conf.broker_transport == TRANSPORT:
             options = self.app.conf.broker_transport_options
-            self._redis = redis.Redis.from_url(
+            self._redis = redis_client(
                 settings.broker_url,
-                socket_connect_timeout=options["socket_connect_timeout"],
-                socket_timeout=options["socket_timeout"],
+                connect_timeout_s=options["socket_connect_timeout"],
+                timeout_s=options["socket_timeout"],
                 socket_keepalive=options["socket_keepalive"],
                 health_check_interval=options["health_check_interval"],
             )

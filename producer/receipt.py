@@ -6,8 +6,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from models.errors import OutcomeTimeout
-from models.outcomes import Outcome, OutcomeStore
+from seqproc.models.errors import OutcomeTimeout
+from seqproc.models.outcomes import Outcome, OutcomeStore
 
 #: ``wait()`` without a timeout waits this long.
 DEFAULT_WAIT_TIMEOUT_S = 30.0

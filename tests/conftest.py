@@ -23,10 +23,10 @@ import redis
 from kombu import Connection
 from sqlalchemy import Engine, text
 
-import producer
-from models.db import can_connect, ensure_database, make_engine
-from models.settings import Settings
-from worker.processes import settings_env
+from seqproc import producer
+from seqproc.models.db import can_connect, ensure_database, make_engine
+from seqproc.models.settings import Settings
+from seqproc.worker.processes import settings_env
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE_URL = os.environ.get(
@@ -78,7 +78,7 @@ def pg_url() -> str:
     from alembic import command
     from alembic.util.exc import CommandError
 
-    from worker.migrate import alembic_config, migrate
+    from seqproc.migrations import alembic_config, migrate
 
     # Down and up again: the tests run the migrations (both ways), never create_all.
     try:
@@ -150,7 +150,7 @@ class WorkerProcess:
         self.log_path = log_dir / f"worker-{partitions.replace(',', '_')}-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker", "--partitions", partitions, "--loglevel", "INFO"],
+            [sys.executable, "-m", "seqproc", "worker", "--partitions", partitions, "--loglevel", "INFO"],
             cwd=ROOT,
             env=settings_env(settings, **env),
             stdout=self._log,

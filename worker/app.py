@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from celery import Celery
 
-from models.settings import Settings
+from seqproc.models.celery import celery_config
+from seqproc.models.settings import Settings, get_settings
 
-app = Celery("seqproc", include=["worker.tasks", "worker.jobs"])
-# Lazy: read on first use, so importing this module never fails on a bad setting.
-app.config_from_object("celeryconfig")
+app = Celery("seqproc", include=["seqproc.worker.tasks", "seqproc.worker.beat.jobs"])
+# A promise, read on first use: importing this module never fails on a bad setting, and `celery -A
+# seqproc.worker.app` tools get the environment's settings. seqproc's own processes pass theirs (configure).
+app.add_defaults(lambda: celery_config(get_settings()))
 
 
 def configure(settings: Settings) -> Celery:
     """Apply ``settings`` (instead of the environment's) to the app; for the CLI, the embedded mode and tests."""
-    import celeryconfig
-
-    app.conf.update(celeryconfig.celery_config(settings))
+    app.conf.update(celery_config(settings))
     return app

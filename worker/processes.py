@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from models.settings import Settings
+from seqproc.models.settings import Settings
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -53,7 +53,7 @@ class WorkerGroup:
                     [
                         sys.executable,
                         "-m",
-                        "worker",
+                        "seqproc",
                         "worker",
                         "--partitions",
                         spec,

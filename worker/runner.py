@@ -21,21 +21,15 @@ from celery.signals import worker_ready
 from celery.utils.nodenames import host_format
 from sqlalchemy import inspect
 
-from celeryconfig import JOBS_QUEUE
-from models import broker
-from models.db import make_engine
-from models.errors import ConfigError
-from models.settings import Settings, mask_url
-from producer.routing import partition_of_queue
-from worker import runtime
-from worker.partitions import claim, queues_for, restore_unacked, session_name
+from seqproc.models.clients import redis_client
+from seqproc.models.db import make_engine
+from seqproc.models.errors import ConfigError
+from seqproc.models.settings import Settings, mask_url
+from seqproc.models.wire import IDLE_QUEUE, JOBS_QUEUE, is_redis_url, partition_of_queue
+from seqproc.worker import runtime
+from seqproc.worker.ownership.partitions import claim, queues_for, restore_unacked, session_name
 
 logger = logging.getLogger(__name__)
-
-
-#: An auto worker that holds no partition yet listens here (nobody publishes to it): Celery, given no queue at all,
-#: would consume every configured queue.
-IDLE_QUEUE = "seqproc.idle"
 
 
 def prepare(settings: Settings, partitions: Sequence[int], *, owner: str) -> runtime.Runtime:
@@ -54,7 +48,7 @@ def prepare(settings: Settings, partitions: Sequence[int], *, owner: str) -> run
             f"the database at {mask_url(settings.database_url)} has no seqproc tables: run `seqproc migrate` first"
         )
     epochs = claim(engine, partitions, owner=owner, total=settings.partitions)
-    return runtime.install(settings, engine, epochs, owner=owner)
+    return runtime.build(settings, engine, epochs, owner=owner)
 
 
 def run_worker(
@@ -74,7 +68,7 @@ def run_worker(
             "SEQPROC_BROKER_URL is memory://: that broker lives inside one process, so workers run in-process "
             "only (`seqproc demo`); point it at Redis to run `seqproc worker`"
         )
-    from worker.app import configure
+    from seqproc.worker.app import configure
 
     span = "auto" if partitions is None else _span(partitions)
     node = host_format(hostname) if hostname else f"seqproc-p{span}@{socket.gethostname()}"
@@ -82,16 +76,24 @@ def run_worker(
     # pid 1, so a new process never mistakes its predecessor's leases for its own.
     owner = f"{node}/{os.getpid()}/{secrets.token_hex(4)}"
     chosen: list[int] = [] if partitions is None else list(partitions)
+    if partitions is None and not is_redis_url(settings.broker_url):
+        raise ConfigError(
+            "--partitions auto keeps its leases in Redis: SEQPROC_BROKER_URL must be redis:// or rediss://"
+        )
     rt = prepare(settings, chosen, owner=owner)
     app = configure(settings)
+    runtime.attach(app, rt)
     if partitions is None:
-        if not settings.broker_url.startswith(("redis://", "rediss://")):
-            raise ConfigError("--partitions auto keeps its leases in Redis: SEQPROC_BROKER_URL must be redis://")
-        from worker.leases import LeaseManager
+        from seqproc.worker.ownership.leases import LeaseManager
 
         rt.leases = LeaseManager(settings, rt.engine, owner)
-        broker.fetch_filter = _lease_filter(rt)  # skip queues we cannot prove ours before asking Redis at all
-        broker.fetch_owner = owner  # and the fetch script checks the lease itself, atomically with the take
+        app.conf.broker_transport_options = {
+            **app.conf.broker_transport_options,
+            # Skip queues we cannot prove ours before asking Redis at all...
+            "fetch_filter": _lease_filter(rt),
+            # ...and the fetch script checks the lease itself, atomically with the take.
+            "fetch_owner": owner,
+        }
         rt.leases.tick(on_acquire=rt.epochs.__setitem__)  # the first share, claimed before consuming
         chosen = rt.leases.owned
     queues = queues_for(chosen) or [IDLE_QUEUE]
@@ -131,7 +133,7 @@ def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) 
     """
     if settings.embedded:
         raise ConfigError("SEQPROC_BROKER_URL is memory://: seqproc beat needs a broker shared with the workers")
-    from worker.app import configure
+    from seqproc.worker.app import configure
 
     engine = make_engine(settings.database_url, statement_timeout_s=settings.apply_time_limit_s, pool_size=2)
     if not inspect(engine).has_table("job_run"):
@@ -139,9 +141,9 @@ def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) 
             f"the database at {mask_url(settings.database_url)} has no seqproc tables: run `seqproc migrate` first"
         )
     node = host_format(hostname) if hostname else f"seqproc-beat@{socket.gethostname()}"
-    # The beat's own worker dead-letters like any worker: it needs the runtime (no partitions).
-    runtime.install(settings, engine, {}, owner=f"{node}/{os.getpid()}")
     app = configure(settings)
+    # The beat's own worker dead-letters like any worker: it needs the runtime (no partitions).
+    runtime.attach(app, runtime.build(settings, engine, {}, owner=f"{node}/{os.getpid()}"))
     with tempfile.TemporaryDirectory(prefix="seqproc-beat-") as directory:
         celery_worker = app.Worker(
             hostname=node,
@@ -163,11 +165,9 @@ def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) 
 
 def start_metrics(settings: Settings, rt: runtime.Runtime) -> None:
     """Serve the worker's Prometheus metrics (``SEQPROC_METRICS_PORT``); the gauges follow the partitions it owns."""
-    import redis
+    from seqproc.worker.ops import metrics
 
-    from worker import metrics
-
-    client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2)
+    client = redis_client(settings.broker_url, timeout_s=2, connect_timeout_s=2)
     try:
         metrics.serve(settings.metrics_port, client, lambda: dict(rt.epochs), address=settings.metrics_address)
     except OSError as error:
@@ -199,12 +199,12 @@ def embedded_worker(settings: Settings, partitions: Sequence[int] | None = None)
     """A worker in a thread of this process (memory transport, usually SQLite): yields the Celery app."""
     from celery.contrib.testing.worker import start_worker
 
-    from worker.app import configure
+    from seqproc.worker.app import configure
 
     chosen = list(range(settings.partitions)) if partitions is None else list(partitions)
-    prepare(settings, chosen, owner=f"embedded/{os.getpid()}/{threading.get_ident()}")
+    rt = prepare(settings, chosen, owner=f"embedded/{os.getpid()}/{threading.get_ident()}")
     app = configure(settings)
-    import worker.tasks  # noqa: F401
+    runtime.attach(app, rt)
 
     with start_worker(
         app,

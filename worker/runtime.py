@@ -1,6 +1,8 @@
 """What a running worker process holds: its settings, database engine, outcome store and partition epochs.
 
-Installed once by ``seqproc worker`` (or the embedded mode) before Celery starts consuming; read by the batcher.
+Built once by ``seqproc worker`` (or the embedded mode, or ``seqproc beat``) before Celery starts consuming, and
+handed to its owner, the apply task (:func:`attach`), which builds its batcher around it. The consumer steps and the
+scheduled jobs reach it through their app's apply task (:func:`of`); nothing finds it through a module global.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery import Celery
 from sqlalchemy import Engine
 
-from models.outcomes import OutcomeStore, outcome_store
-from models.settings import Settings
+from seqproc.models.outcomes import OutcomeStore, outcome_store
+from seqproc.models.settings import Settings
+from seqproc.models.wire import APPLY_TASK
 
 
 @dataclass
@@ -28,19 +32,23 @@ class Runtime:
     leases: Any = None
 
 
-_current: Runtime | None = None
-
-
-def install(settings: Settings, engine: Engine, epochs: dict[int, int], *, owner: str | None = None) -> Runtime:
-    global _current
+def build(settings: Settings, engine: Engine, epochs: dict[int, int], *, owner: str | None = None) -> Runtime:
     runtime = Runtime(settings, engine, outcome_store(settings.result_backend, ttl_s=settings.outcome_ttl_s), epochs)
     if owner:
         runtime.owner = owner
-    _current = runtime
     return runtime
 
 
-def current() -> Runtime:
-    if _current is None:
-        raise RuntimeError("no seqproc runtime installed: start workers with `seqproc worker`")
-    return _current
+def attach(app: Celery, runtime: Runtime) -> None:
+    """Give ``runtime`` to ``app``'s apply task (which builds its batcher around it)."""
+    import seqproc.worker.tasks  # noqa: F401  # registers the apply task on the app (it imports this module)
+
+    app.tasks[APPLY_TASK].attach(runtime)  # type: ignore[attr-defined]  # ApplyTask.attach
+
+
+def of(app: Celery) -> Runtime:
+    """The runtime attached to ``app``'s apply task."""
+    runtime: Runtime | None = getattr(app.tasks[APPLY_TASK], "runtime", None)
+    if runtime is None:
+        raise RuntimeError("no seqproc runtime attached: start workers with `seqproc worker`")
+    return runtime

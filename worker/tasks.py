@@ -1,5 +1,6 @@
-"""The apply task. Thin: the worker runs it through the batching strategy (``worker.batching``); the body below
-runs only when called directly (``.apply()``), applying one message's events in one transaction."""
+"""The apply task. Thin: the worker runs it through its batching strategy (``worker.consume.batching``), which the
+task owns; the body below runs only when called directly (``.apply()``), applying one message's events in one
+transaction."""
 
 from __future__ import annotations
 
@@ -7,25 +8,36 @@ from typing import Any
 
 from celery import Task
 
-from models.events import APPLY_TASK, parse_event
-from producer.routing import partition_for
-from worker import runtime
-from worker.app import app
-from worker.apply import apply_batch
-from worker.consumer import FlushOnStop, LeaseStep
+from seqproc.models.events import parse_event
+from seqproc.models.wire import APPLY_TASK, partition_for
+from seqproc.worker.app import app
+from seqproc.worker.consume.batching import Batcher
+from seqproc.worker.consume.steps import FlushOnStop, LeaseStep
+from seqproc.worker.engine.apply import apply_batch
+from seqproc.worker.runtime import Runtime
 
 
 class ApplyTask(Task[Any, Any]):
-    Strategy = "worker.batching:strategy"
+    Strategy = "seqproc.worker.consume.batching:strategy"
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
     typing = False
+    #: The worker process's runtime and the batcher built around it (celery-batches keeps its buffer on the task
+    #: too); set by :meth:`attach` before the consumer starts.
+    runtime: Runtime | None = None
+    batcher: Batcher | None = None
+
+    def attach(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.batcher = Batcher(runtime)
 
 
 @app.task(name=APPLY_TASK, base=ApplyTask, bind=True)
 def apply_events(self: ApplyTask, partition: int, events: list[dict[str, Any]]) -> dict[str, int]:
-    rt = runtime.current()
+    rt = self.runtime
+    if rt is None:
+        raise RuntimeError("no seqproc runtime attached: start workers with `seqproc worker`")
     parsed = [parse_event(raw) for raw in events]
     for event in parsed:
         home = partition_for(event.entity_key, rt.settings.partitions)

@@ -21,18 +21,19 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, insert, select, update
 
-import producer
-from models.base import table_of
-from models.errors import LockLost, LockNotAcquired
-from models.jobs import JobRun, PartitionLag
-from models.ledger import LedgerEntry
-from models.likes import ArticleLikeCount
-from models.settings import Settings
-from models.stock import Reservation
+from seqproc import producer
+from seqproc.models.errors import LockLost, LockNotAcquired
+from seqproc.models.settings import Settings
+from seqproc.models.tables.base import table_of
+from seqproc.models.tables.jobs import JobRun, PartitionLag
+from seqproc.models.tables.ledger import LedgerEntry
+from seqproc.models.tables.likes import ArticleLikeCount
+from seqproc.models.tables.stock import Reservation
+from seqproc.models.wire import job_lock_key
+from seqproc.worker.beat.jobs import purge_ledger
+from seqproc.worker.beat.singleton import RedisJobLock, RedlockJobLock, SlotAlreadyRun, make_lock, singleton
+from seqproc.worker.ops.inspect import article_state, product_state
 from tests.conftest import ROOT, PrivateRedis, WorkerProcess, settings_env, wait_for
-from worker.jobs import purge_ledger
-from worker.singleton import LOCK_PREFIX, RedisJobLock, RedlockJobLock, SlotAlreadyRun, make_lock, singleton
-from worker.state import article_state, product_state
 
 pytestmark = pytest.mark.services
 
@@ -48,7 +49,7 @@ class BeatProcess:
         self.log_path = log_dir / f"beat-{name}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "beat", "--loglevel", "INFO", "--hostname", f"beat-{name}@test"],
+            [sys.executable, "-m", "seqproc", "beat", "--loglevel", "INFO", "--hostname", f"beat-{name}@test"],
             cwd=ROOT,
             env=settings_env(settings, **env),
             stdout=self._log,
@@ -164,7 +165,7 @@ def test_two_beats_run_each_job_once_per_slot_and_each_job_does_its_work(
         fixes = conn.execute(select(func.count()).select_from(ledger).where(ledger.c.event_type == "reconcile"))
         assert fixes.scalar_one() == 1
         fixed = f"article {article}: like_count 7 -> 3 rows"
-        assert len([line for line in logs.splitlines() if "worker.jobs" in line and fixed in line]) == 1
+        assert len([line for line in logs.splitlines() if "seqproc.worker.beat.jobs" in line and fixed in line]) == 1
         # expire_reservations: the expired one released once (its 2 back), the current one untouched.
         statuses = dict(conn.execute(select(Reservation.reservation_id, Reservation.status)).all())
         assert statuses == {"beat-expired": "released", "beat-current": "active"}
@@ -192,7 +193,7 @@ def test_a_job_killed_mid_run_loses_its_lock_and_the_next_slot_runs(
     beat = start_beat(clean, "doomed", **env, SEQPROC_FAULT_JOB_DELAY_S="60")
     wait_for(lambda: [r for r in runs(engine, "reconcile") if r.status == "running"], 30, "a reconcile run in progress")
     client = redis.Redis.from_url(clean.broker_url)
-    lock_key = f"{LOCK_PREFIX}reconcile"
+    lock_key = job_lock_key("reconcile")
     assert client.exists(lock_key)
     beat.kill()  # SIGKILL mid-run: nobody releases the lock
     killed_at = time.monotonic()
@@ -239,7 +240,7 @@ def test_a_job_that_lost_its_lock_stops_before_it_writes(clean: Settings, engine
 
     def purge_after_losing_the_lock() -> None:
         with singleton(engine, clean, "purge_ledger", interval_s=3600) as run:
-            client.delete(f"{LOCK_PREFIX}purge_ledger")  # as if it expired while this process was stalled
+            client.delete(job_lock_key("purge_ledger"))  # as if it expired while this process was stalled
             purge_ledger(engine, clean, run)
 
     with pytest.raises(LockLost, match="lost its lock"):
@@ -263,7 +264,7 @@ def test_a_second_start_is_skipped_and_a_slot_runs_once(clean: Settings, engine:
 
 
 def _hold_in_child(settings: Settings, seconds: float) -> None:
-    from models.db import make_engine
+    from seqproc.models.db import make_engine
 
     engine = make_engine(settings.database_url)
     with singleton(engine, settings, "snapshot_lag", interval_s=3600):
@@ -273,7 +274,7 @@ def _hold_in_child(settings: Settings, seconds: float) -> None:
 def test_the_lock_is_renewed_by_a_forked_process_that_runs_the_job(clean: Settings, engine: Engine) -> None:
     settings = clean.model_copy(update={"job_lock_s": 1.0})
     client = redis.Redis.from_url(clean.broker_url)
-    lock_key = f"{LOCK_PREFIX}snapshot_lag"
+    lock_key = job_lock_key("snapshot_lag")
     engine.dispose()  # no pooled connection crosses the fork
     child = multiprocessing.get_context("fork").Process(target=_hold_in_child, args=(settings, 3.0))
     child.start()
@@ -306,7 +307,7 @@ def test_several_lock_urls_make_a_redlock_quorum(clean: Settings, three_redis: l
     assert isinstance(first, RedlockJobLock)
     assert isinstance(make_lock(clean, "reconcile", 10), RedisJobLock)  # one URL (the broker): a plain lock
     assert first.acquire()
-    holders = [redis.Redis(port=s.port).exists(f"redlock:{LOCK_PREFIX}reconcile") for s in three_redis]
+    holders = [redis.Redis(port=s.port).exists(f"redlock:{job_lock_key('reconcile')}") for s in three_redis]
     assert sum(holders) >= 2  # a majority of the masters holds it
     assert not make_lock(settings, "reconcile", 10).acquire()
     assert first.extend()
@@ -324,7 +325,7 @@ def test_several_lock_urls_make_a_redlock_quorum(clean: Settings, three_redis: l
 def test_beat_refuses_a_memory_broker_and_a_bad_lock_url(clean: Settings) -> None:
     def beat(**env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "worker", "beat"],
+            [sys.executable, "-m", "seqproc", "beat"],
             cwd=ROOT,
             env=settings_env(clean, **env),
             capture_output=True,

@@ -12,14 +12,14 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, func, make_url, select, text
 
-import producer
-from models.ledger import LedgerEntry
-from models.partition import Partition
-from models.settings import Settings
+from seqproc import producer
+from seqproc.models.settings import Settings
+from seqproc.models.tables.ledger import LedgerEntry
+from seqproc.models.tables.partition import Partition
+from seqproc.worker.ops.inspect import check_invariants, product_state
+from seqproc.worker.ownership.partitions import claim, session_name
 from tests.conftest import wait_for
 from tests.faults.matrix import report_applied
-from worker.partitions import claim, session_name
-from worker.state import check_invariants, product_state
 
 pytestmark = pytest.mark.services
 

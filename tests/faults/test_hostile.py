@@ -13,15 +13,15 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select, text
 
-import producer
-from models.ledger import DeadLetter, LedgerEntry
-from models.outcomes import outcome_store
-from models.settings import Settings
-from models.stock import Reservation
-from producer.routing import article_key, partition_for, product_key, queue_name
+from seqproc import producer
+from seqproc.models.outcomes import outcome_store
+from seqproc.models.settings import Settings
+from seqproc.models.tables.ledger import DeadLetter, LedgerEntry
+from seqproc.models.tables.stock import Reservation
+from seqproc.models.wire import article_key, partition_for, product_key, queue_name
+from seqproc.worker.consume.decode import MAX_STORED_BODY_BYTES, decode_message
+from seqproc.worker.ops.inspect import check_invariants, product_state
 from tests.conftest import DATA_TABLES, publish_raw, wait_for
-from worker.decode import MAX_STORED_BODY_BYTES, decode_message
-from worker.state import check_invariants, product_state
 
 pytestmark = pytest.mark.services
 

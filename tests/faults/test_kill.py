@@ -10,12 +10,12 @@ import time
 import pytest
 from sqlalchemy import Engine, func, select
 
-import producer
-from models.ledger import LedgerEntry
-from models.likes import ArticleLike
-from models.settings import Settings
+from seqproc import producer
+from seqproc.models.settings import Settings
+from seqproc.models.tables.ledger import LedgerEntry
+from seqproc.models.tables.likes import ArticleLike
+from seqproc.worker.ops.inspect import check_invariants, product_state
 from tests.faults.matrix import report
-from worker.state import check_invariants, product_state
 
 pytestmark = pytest.mark.services
 

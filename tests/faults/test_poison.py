@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, text
 
-import producer
-from models.settings import Settings
+from seqproc import producer
+from seqproc.models.settings import Settings
+from seqproc.worker.ops.inspect import check_invariants, product_state
 from tests.conftest import ROOT, settings_env
-from worker.state import check_invariants, product_state
 
 pytestmark = pytest.mark.services
 
@@ -38,7 +38,7 @@ def poison(engine: Engine) -> Iterator[None]:
 
 def seqproc(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
+        [sys.executable, "-m", "seqproc", *args],
         cwd=ROOT,
         env=settings_env(settings),
         capture_output=True,

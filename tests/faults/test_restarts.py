@@ -16,13 +16,13 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select
 
-import producer
-from models.errors import PublishError
-from models.ledger import LedgerEntry
-from models.settings import Settings
+from seqproc import producer
+from seqproc.models.errors import PublishError
+from seqproc.models.settings import Settings
+from seqproc.models.tables.ledger import LedgerEntry
+from seqproc.worker.ops.inspect import article_state, check_invariants, product_state
 from tests.conftest import PrivateRedis, wait_for
 from tests.faults.matrix import report, report_applied
-from worker.state import article_state, check_invariants, product_state
 
 pytestmark = pytest.mark.services
 

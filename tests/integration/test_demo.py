@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from models.settings import Settings
+from seqproc.models.settings import Settings
 from tests.conftest import ROOT, settings_env
 
 pytestmark = pytest.mark.services
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.services
 
 def test_demo_on_services_holds_every_invariant(clean: Settings) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "worker", "demo", "--threads", "4", "--events", "150", "--workers", "2"],
+        [sys.executable, "-m", "seqproc", "demo", "--threads", "4", "--events", "150", "--workers", "2"],
         cwd=ROOT,
         env=settings_env(clean, COLUMNS="200"),
         capture_output=True,

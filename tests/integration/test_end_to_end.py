@@ -14,13 +14,13 @@ import pytest
 import redis
 from sqlalchemy import Engine, select, text
 
-import producer
-from models.ledger import DeadLetter
-from models.likes import ArticleLike
-from models.settings import Settings
-from producer.routing import article_key, partition_for, queue_name
+from seqproc import producer
+from seqproc.models.settings import Settings
+from seqproc.models.tables.ledger import DeadLetter
+from seqproc.models.tables.likes import ArticleLike
+from seqproc.models.wire import article_key, partition_for, queue_name
+from seqproc.worker.ops.inspect import article_state, check_invariants, product_state
 from tests.conftest import ROOT, publish_raw, settings_env, wait_for
-from worker.state import article_state, check_invariants, product_state
 
 pytestmark = pytest.mark.services
 
@@ -118,8 +118,8 @@ def test_stock_rules_end_to_end(clean: Settings, start_worker, engine: Engine) -
 
 def test_older_stamp_is_rejected_stale(clean: Settings, start_worker, engine: Engine) -> None:
     """An unlike issued before a like, delivered after it, changes nothing: the last action by stamp wins."""
-    from producer.api import build_event
-    from producer.publish import publisher_for
+    from seqproc.producer.api import build_event
+    from seqproc.producer.publish import publisher_for
 
     start_worker(clean)
     unlike = build_event("unlike", {"article_id": 5, "user_id": 9})
@@ -240,7 +240,7 @@ def test_cli_enqueue_and_show(clean: Settings, start_worker) -> None:
 
     def seqproc(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "worker", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "seqproc", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
         )
 
     sent = seqproc("enqueue", "restock", "8", "10", "--wait", "30", "--json")
@@ -267,7 +267,7 @@ def test_cli_enqueue_and_show(clean: Settings, start_worker) -> None:
 def test_partition_count_is_fixed_and_changes_only_when_drained(clean: Settings, engine: Engine) -> None:
     def seqproc(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "worker", *args],
+            [sys.executable, "-m", "seqproc", *args],
             cwd=ROOT,
             env=settings_env(clean, **env),
             capture_output=True,

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import redis
 
-import producer
-from models.events import Event
-from models.settings import Settings
-from producer.api import build_event
-from producer.envelope import events_json
-from producer.publish import publisher_for
-from producer.routing import queue_name
+from seqproc import producer
+from seqproc.models.events import Event
+from seqproc.models.settings import Settings
+from seqproc.models.wire import queue_name
+from seqproc.producer.api import build_event
+from seqproc.producer.envelope import events_json
+from seqproc.producer.publish import publisher_for
 
 pytestmark = pytest.mark.services
 

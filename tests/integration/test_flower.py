@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-import producer
-from models.settings import Settings
+from seqproc import producer
+from seqproc.models.settings import Settings
 from tests.conftest import ROOT, WorkerProcess, free_port, settings_env, wait_for
 
 pytestmark = pytest.mark.services
@@ -43,14 +43,14 @@ def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]
 
 
 class FlowerProcess:
-    """``python -m worker flower`` in a process of its own, its output in a log file."""
+    """``python -m seqproc flower`` in a process of its own, its output in a log file."""
 
     def __init__(self, settings: Settings, log_dir: Path, *args: str, **env: str) -> None:
         self.port = free_port()
         self.log_path = log_dir / f"flower-{self.port}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "flower", "--port", str(self.port), *args],
+            [sys.executable, "-m", "seqproc", "flower", "--port", str(self.port), *args],
             cwd=ROOT,
             env=settings_env(settings, **env),
             stdout=self._log,
@@ -165,7 +165,7 @@ def test_without_auth_flower_binds_loopback_only(clean: Settings, start_flower: 
 @pytest.mark.parametrize("address", ["0.0.0.0", "::", "192.0.2.10", "flower.example.com"])
 def test_a_non_loopback_address_without_basic_auth_is_refused(clean: Settings, address: str) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "worker", "flower", "--port", str(free_port()), "--address", address],
+        [sys.executable, "-m", "seqproc", "flower", "--port", str(free_port()), "--address", address],
         cwd=ROOT,
         env=settings_env(clean),
         capture_output=True,
@@ -181,7 +181,7 @@ def test_a_non_loopback_address_without_basic_auth_is_refused(clean: Settings, a
 
 def test_the_address_setting_is_checked_too(clean: Settings) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "worker", "flower"],
+        [sys.executable, "-m", "seqproc", "flower"],
         cwd=ROOT,
         env=settings_env(clean, SEQPROC_FLOWER_ADDRESS="0.0.0.0", SEQPROC_FLOWER_PORT=str(free_port())),
         capture_output=True,

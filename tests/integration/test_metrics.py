@@ -13,10 +13,9 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-import producer
-from models.broker import bell_key
-from models.settings import Settings
-from producer.routing import article_key, partition_for, product_key, queue_name
+from seqproc import producer
+from seqproc.models.settings import Settings
+from seqproc.models.wire import article_key, bell_key, partition_for, product_key, queue_name
 from tests.conftest import WorkerProcess, free_port, wait_for
 
 pytestmark = pytest.mark.services

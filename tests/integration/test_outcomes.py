@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from models.outcomes import OUTCOME_KEY_PREFIX, PUT_CHUNK, Outcome, RedisOutcomeStore
-from models.settings import Settings
+from seqproc.models.outcomes import OUTCOME_KEY_PREFIX, PUT_CHUNK, Outcome, RedisOutcomeStore
+from seqproc.models.settings import Settings
 
 pytestmark = pytest.mark.services
 

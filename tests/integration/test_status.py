@@ -15,13 +15,13 @@ import pytest
 import redis
 from sqlalchemy import Engine, delete, insert, text
 
-import producer
-from models.base import table_of
-from models.ledger import DeadLetter, ParkedKey
-from models.settings import Settings
-from producer.routing import article_key, partition_for, product_key, queue_name
+from seqproc import producer
+from seqproc.models.settings import Settings
+from seqproc.models.tables.base import table_of
+from seqproc.models.tables.ledger import DeadLetter, ParkedKey
+from seqproc.models.wire import article_key, partition_for, product_key, queue_name
+from seqproc.worker.ops.lag import collect
 from tests.conftest import ROOT, settings_env, wait_for
-from worker.status import collect
 
 pytestmark = pytest.mark.services
 
@@ -30,7 +30,7 @@ PARTITIONS = 16
 
 def run_status(settings: Settings, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker", "status", *args],
+        [sys.executable, "-m", "seqproc", "status", *args],
         cwd=ROOT,
         env=settings_env(settings),
         capture_output=True,
@@ -228,7 +228,7 @@ def test_status_prints_a_table(clean: Settings) -> None:
 
 def test_watch_refreshes_until_ctrl_c(clean: Settings) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "worker", "status", "--watch", "--json", "--interval", "0.2"],
+        [sys.executable, "-m", "seqproc", "status", "--watch", "--json", "--interval", "0.2"],
         cwd=ROOT,
         env=settings_env(clean),
         stdout=subprocess.PIPE,

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from worker.store_pg import array, columns
+from seqproc.worker.engine.store.postgres import array, columns
 
 pytestmark = pytest.mark.services
 

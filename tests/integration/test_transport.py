@@ -1,4 +1,4 @@
-"""The reliable fetch of models.broker, against the real Redis: a message is always in its queue or in unacked."""
+"""The reliable fetch of seqproc's Redis transport, on the real Redis: a message is always in its queue or unacked."""
 
 from __future__ import annotations
 
@@ -9,24 +9,25 @@ import redis
 from kombu import Connection
 from sqlalchemy import Engine, select
 
-import producer
-from celeryconfig import celery_config
-from models import broker
-from models.broker import bell_key, lease_key
-from models.ledger import DeadLetter
-from models.settings import Settings
-from producer.routing import article_key, partition_for, queue_name
+from seqproc import producer
+from seqproc.models.celery import celery_config
+from seqproc.models.settings import Settings
+from seqproc.models.tables.ledger import DeadLetter
+from seqproc.models.wire import article_key, bell_key, lease_key, partition_for, queue_name
+from seqproc.worker.ops.inspect import article_state
+from seqproc.worker.ownership.partitions import restore_unacked
 from tests.conftest import wait_for
-from worker.partitions import restore_unacked
-from worker.state import article_state
 
 pytestmark = pytest.mark.services
 
 
-def connection(settings: Settings) -> Connection:
+def connection(settings: Settings, **options: object) -> Connection:
+    """A connection on seqproc's transport; ``options`` are transport options (as the runner sets them)."""
     conf = celery_config(settings)
     return Connection(
-        settings.broker_url, transport=conf["broker_transport"], transport_options=conf["broker_transport_options"]
+        settings.broker_url,
+        transport=conf["broker_transport"],
+        transport_options={**conf["broker_transport_options"], **options},
     )
 
 
@@ -61,7 +62,7 @@ def test_a_fetch_records_each_message_in_unacked_in_the_same_step(clean: Setting
     assert list(reversed(order)) == list(range(1, 11))
 
 
-def test_a_fetch_takes_nothing_from_a_queue_whose_lease_moved(clean: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_fetch_takes_nothing_from_a_queue_whose_lease_moved(clean: Settings) -> None:
     """The fetch checks the lease inside the script: a worker paused after deciding to fetch (its own view says the
     partition is still its) takes nothing once another worker holds the lease, so it never holds newer events of
     a key while the new owner applies later ones."""
@@ -71,11 +72,10 @@ def test_a_fetch_takes_nothing_from_a_queue_whose_lease_moved(clean: Settings, m
     elsewhere = next(r.queue for r in other if r.queue != queue)
     client = redis.Redis.from_url(clean.broker_url)
     depth = {q: client.llen(q) for q in (queue, elsewhere)}
-    monkeypatch.setattr(broker, "fetch_owner", "worker-b/1/old")
     client.set(lease_key(queue), "worker-a/2/new")  # taken over while b was paused
     client.set(lease_key(elsewhere), "worker-b/1/old")  # still b's
 
-    with connection(clean) as conn:
+    with connection(clean, fetch_owner="worker-b/1/old") as conn:
         taken = conn.default_channel._fetch([queue, elsewhere], 100)
     assert {q for q, _ in taken} == {elsewhere}  # only the queue whose lease is still b's
     assert len(taken) == depth[elsewhere]
@@ -84,11 +84,10 @@ def test_a_fetch_takes_nothing_from_a_queue_whose_lease_moved(clean: Settings, m
 
     client.delete(lease_key(elsewhere))  # expired, not yet taken by anyone: not b's either
     client.set(lease_key(queue), "worker-b/1/old")  # and b gets this one back
-    with connection(clean) as conn:
+    with connection(clean, fetch_owner="worker-b/1/old") as conn:
         taken = conn.default_channel._fetch([queue, elsewhere], 100)
     assert [q for q, _ in taken] == [queue] * depth[queue]
-    monkeypatch.setattr(broker, "fetch_owner", None)  # fixed partitions: no lease check at all
-    with connection(clean) as conn:
+    with connection(clean) as conn:  # fixed partitions: no lease check at all
         assert restore_unacked(conn.default_channel, [queue]) == depth[queue]
         assert len(conn.default_channel._fetch([queue], 100)) == depth[queue]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from models.db import make_engine
-from worker.migrate import migrate
+from seqproc.migrations import migrate
+from seqproc.models.db import make_engine
 
 #: Every table the migrations create, except Alembic's own: emptied between hypothesis examples.
 SQLITE_TABLES = (

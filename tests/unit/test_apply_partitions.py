@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine, insert
 
-from models.base import table_of
-from models.errors import PartitionFenced
-from models.events import parse_event
-from models.partition import Partition
-from producer.routing import article_key, partition_for
-from worker.apply import PartitionBatch, apply_partitions
-from worker.state import article_state
+from seqproc.models.errors import PartitionFenced
+from seqproc.models.events import parse_event
+from seqproc.models.tables.base import table_of
+from seqproc.models.tables.partition import Partition
+from seqproc.models.wire import article_key, partition_for
+from seqproc.worker.engine.apply import PartitionBatch, apply_partitions
+from seqproc.worker.ops.inspect import article_state
 
 
 def like(article: int, user: int, n: int):  # type: ignore[no-untyped-def]

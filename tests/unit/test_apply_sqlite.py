@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, insert, select, text
 
-from models.base import table_of
-from models.errors import PartitionFenced
-from models.events import Event, parse_event, reservation_key
-from models.outcomes import Outcome
-from models.partition import Partition
-from worker.apply import BatchResult, apply_batch
-from worker.state import article_state, check_invariants, product_state
+from seqproc.models.errors import PartitionFenced
+from seqproc.models.events import Event, parse_event, reservation_key
+from seqproc.models.outcomes import Outcome
+from seqproc.models.tables.base import table_of
+from seqproc.models.tables.partition import Partition
+from seqproc.worker.engine.apply import BatchResult, apply_batch
+from seqproc.worker.ops.inspect import article_state, check_invariants, product_state
 
 PARTITION = 0
 _ids = itertools.count(1)

@@ -10,11 +10,17 @@ from typing import Any
 
 import pytest
 
-from bench import writebehind
-from bench.harness import RunResult
-from bench.run import SOAK_SCENARIO, Comparison, soak_command
-from bench.scenarios import FLASH_PRODUCT, HOT_ARTICLE, SPREAD_ARTICLES, Op, workload
-from worker.cli import cli
+from seqproc.worker.cli import cli
+from seqproc.worker.cli.bench import load_bench
+
+# The checkout's bench/ as `seqproc bench` loads it (under one name, seqproc_bench), so that these tests check the
+# modules the command runs.
+BENCH_CLI = load_bench()
+
+from seqproc_bench import writebehind  # noqa: E402
+from seqproc_bench.harness import RunResult  # noqa: E402
+from seqproc_bench.run import SOAK_SCENARIO, Comparison, soak_command  # noqa: E402
+from seqproc_bench.scenarios import FLASH_PRODUCT, HOT_ARTICLE, SPREAD_ARTICLES, Op, workload  # noqa: E402
 
 RUN_RESULT_KEYS = {
     "strategy",
@@ -158,7 +164,8 @@ def test_the_soak_command_is_one_the_cli_accepts_with_the_same_figures(duration_
     command = soak_command(duration_s=duration_s, producers=producers)
     program, name, *args = command.split()
     assert (program, name) == ("seqproc", "bench")
-    params = cli.commands["bench"].make_context(name, args).params
+    assert name in cli.commands  # the seqproc CLI hands `seqproc bench ...` to the checkout's command
+    params = BENCH_CLI.bench.make_context(name, args).params
     assert params["soak_s"] == duration_s
     assert params["producers_csv"] == str(producers)
     assert SOAK_SCENARIO == "spread"

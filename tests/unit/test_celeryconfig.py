@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from celeryconfig import celery_config
-from models.broker import TRANSPORT
-from models.settings import Settings
-from producer.routing import queue_name
+import ssl
+
+from seqproc.models.celery import celery_config
+from seqproc.models.settings import Settings
+from seqproc.models.transport import TRANSPORT
+from seqproc.models.wire import queue_name
 
 
 def test_redelivery_and_safety_settings() -> None:
@@ -35,11 +37,18 @@ def test_transport_follows_the_broker_url() -> None:
     assert celery_config(Settings(broker_url="redis://127.0.0.1:6379/0"))["broker_transport"] == TRANSPORT
     # Always present, so that reconfiguring an app from Redis to memory:// clears it.
     assert celery_config(Settings(broker_url="memory://localhost/"))["broker_transport"] is None
-    assert celery_config(Settings(broker_url="rediss://h:6380/0"))["broker_transport"] is None
+    # TLS gets the same transport (reliable, fenced fetch), verifying the server's certificate unless told otherwise.
+    tls = celery_config(Settings(broker_url="rediss://h:6380/0"))
+    assert tls["broker_transport"] == TRANSPORT
+    assert tls["broker_use_ssl"] == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    named = celery_config(Settings(broker_url="rediss://h:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem"))
+    assert named["broker_transport"] == TRANSPORT
+    assert named["broker_use_ssl"] is None  # kombu reads the URL's own options
+    assert celery_config(Settings(broker_url="redis://h:6379/0"))["broker_use_ssl"] is None
 
 
 def test_reconfiguring_the_worker_app_switches_transport() -> None:
-    from worker.app import app, configure
+    from seqproc.worker.app import app, configure
 
     configure(Settings(broker_url="redis://127.0.0.1:6379/0"))
     assert app.conf.broker_transport == TRANSPORT

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from models.errors import PublishError
-from producer.coalesce import Coalescer
+from seqproc.models.errors import PublishError
+from seqproc.producer.coalesce import Coalescer
 
 
 class Recorder:

@@ -17,11 +17,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from models.settings import load_settings
+from seqproc.models.settings import load_settings
+from seqproc.worker.cli import cli
+from seqproc.worker.ops.flower import flower_argv
+from seqproc.worker.ownership.partitions import parse_partitions
 from tests.conftest import free_port, wait_for
-from worker.cli import cli
-from worker.flower import flower_argv
-from worker.partitions import parse_partitions
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -281,7 +281,7 @@ def test_flower_healthcheck_passes_on_a_real_flower_behind_basic_auth(tmp_path: 
     check = code.replace(f"127.0.0.1:{container_port}/", f"127.0.0.1:{port}/")
     with (tmp_path / "flower.log").open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "flower", "--port", str(port)],
+            [sys.executable, "-m", "seqproc", "flower", "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=log,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from click.testing import CliRunner
 from sqlalchemy import Engine, insert
 
-from models.ledger import DeadLetter
-from worker.cli import cli
+from seqproc.models.tables.ledger import DeadLetter
+from seqproc.worker.cli import cli
 
 #: What a failed apply stores: the constraint that failed is past the 80th character, the SQLAlchemy parameters line
 #: looks like rich markup, and the token at the end is wider than the error column.

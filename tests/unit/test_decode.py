@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producer.routing import article_key, partition_for, queue_name
-from worker import decode
-from worker.decode import decode_message
+from seqproc.models.wire import article_key, partition_for, queue_name
+from seqproc.worker.consume import decode
+from seqproc.worker.consume.decode import decode_message
 
 PARTITIONS = 16
 HOME = partition_for(article_key(1), PARTITIONS)

@@ -18,7 +18,7 @@ def test_demo_falls_back_to_embedded_when_services_are_unreachable() -> None:
     env["SEQPROC_BROKER_URL"] = "redis://127.0.0.1:1/0"
     env["SEQPROC_RESULT_BACKEND"] = "redis://127.0.0.1:1/1"
     run = subprocess.run(
-        [sys.executable, "-m", "worker", "demo", "--threads", "2", "--events", "60"],
+        [sys.executable, "-m", "seqproc", "demo", "--threads", "2", "--events", "60"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -36,8 +36,8 @@ def test_demo_falls_back_to_embedded_when_services_are_unreachable() -> None:
 WATCH_SENDING = """
 import io, os, re, sys, threading, time
 from rich.console import Console
-import producer
-from worker.demo import run_demo
+from seqproc import producer
+from seqproc.worker.cli.demo import run_demo
 
 out = io.StringIO()
 console = Console(file=out, force_terminal=True, color_system=None, width=120)

@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from worker.logs import JsonFormatter, log_event, logfmt
+from seqproc.worker.ops.logs import JsonFormatter, log_event, logfmt
 
 
 def test_logfmt_quotes_what_would_break_the_pairs() -> None:

@@ -8,11 +8,11 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from models.base import table_of
-from models.events import parse_event
-from models.ledger import DeadLetter, LedgerEntry, ParkedKey
-from worker.apply import apply_batch, park
-from worker.state import product_state
+from seqproc.models.events import parse_event
+from seqproc.models.tables.base import table_of
+from seqproc.models.tables.ledger import DeadLetter, LedgerEntry, ParkedKey
+from seqproc.worker.engine.apply import apply_batch, park
+from seqproc.worker.ops.inspect import product_state
 
 _n = count(1)
 

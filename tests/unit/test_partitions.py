@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from models.errors import ConfigError, SeqprocError
-from worker.partitions import parse_partitions
+from seqproc.models.errors import ConfigError, SeqprocError
+from seqproc.worker.ownership.partitions import parse_partitions
 
 
 @pytest.mark.parametrize(

@@ -12,18 +12,24 @@ from psycopg import errors as pg_errors
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from models.base import table_of
-from models.events import Event, parse_event
-from models.ledger import DeadLetter, ParkedKey
-from models.outcomes import outcome_store
-from models.partition import Partition
-from models.settings import Settings
-from producer.routing import article_key, partition_for, queue_name
-from worker import batching, runtime
-from worker.batching import Batcher, Held
-from worker.decode import Decoded
-from worker.retry import DEFAULT_MAX_STATEMENT_TIMEOUTS, is_statement_timeout, is_transient, retry_in_place
-from worker.state import article_state
+from seqproc.models.events import Event, parse_event
+from seqproc.models.outcomes import outcome_store
+from seqproc.models.settings import Settings
+from seqproc.models.tables.base import table_of
+from seqproc.models.tables.ledger import DeadLetter, ParkedKey
+from seqproc.models.tables.partition import Partition
+from seqproc.models.wire import article_key, partition_for, queue_name
+from seqproc.worker import runtime
+from seqproc.worker.consume import batching
+from seqproc.worker.consume.batching import Batcher, Held
+from seqproc.worker.consume.decode import Decoded
+from seqproc.worker.consume.retry import (
+    DEFAULT_MAX_STATEMENT_TIMEOUTS,
+    is_statement_timeout,
+    is_transient,
+    retry_in_place,
+)
+from seqproc.worker.ops.inspect import article_state
 
 
 def statement_timeout() -> OperationalError:
@@ -121,7 +127,6 @@ def test_the_batcher_parks_the_entity_of_an_event_that_always_times_out(
         database_url=sqlite_url, broker_url="memory://", result_backend="memory://", retry_backoff_max_s=0.01
     )
     rt = runtime.Runtime(settings, sqlite_engine, outcome_store("memory://", ttl_s=60), {partition: 5})
-    monkeypatch.setattr(runtime, "_current", rt)
 
     tried: dict[str, int] = {"batch": 0, "slow alone": 0}
 
@@ -150,7 +155,7 @@ def test_the_batcher_parks_the_entity_of_an_event_that_always_times_out(
         Held(message, Decoded(partition, queue_name(partition), f"task-{n}", [event]), 0.0)
         for n, (message, event) in enumerate(zip(messages, events, strict=True))
     ]
-    Batcher()._apply({partition: held})
+    Batcher(rt)._apply({partition: held})
 
     assert tried == {"batch": 3, "slow alone": 3}
     assert all(message.acked for message in messages)

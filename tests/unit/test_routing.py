@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from producer.routing import article_key, partition_for, partition_of_queue, product_key, queue_name
+from seqproc.models.wire import article_key, partition_for, partition_of_queue, product_key, queue_name
 
 #: Computed once with crc32 and written down: any change to the routing function breaks this table.
 PINNED = [
@@ -58,7 +58,7 @@ def test_partition_of_queue_rejects_other_names(name: str) -> None:
 
 
 _CHILD = (
-    "import json, sys; from producer.routing import partition_for; "
+    "import json, sys; from seqproc.models.wire import partition_for; "
     "keys = json.loads(sys.argv[1]); print(json.dumps([partition_for(k, 16) for k in keys]))"
 )
 

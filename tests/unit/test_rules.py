@@ -9,10 +9,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.events import Commit, Like, Release, Reserve, Restock, Unlike, parse_event, reservation_key
-from models.stock import ReservationStatus
-from worker import likes, stock
-from worker.stock import ProductState, ReservationState, StockState
+from seqproc.models.events import Commit, Like, Release, Reserve, Restock, Unlike, parse_event, reservation_key
+from seqproc.models.tables.stock import ReservationStatus
+from seqproc.worker.engine import likes, stock
+from seqproc.worker.engine.stock import ProductState, ReservationState, StockState
 
 _ids = itertools.count(1)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from models.errors import ConfigError
-from models.settings import load_settings, mask_url, mask_url_list
+from seqproc.models.errors import ConfigError
+from seqproc.models.settings import load_settings, mask_url, mask_url_list
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-p4ss"
@@ -100,7 +100,7 @@ def test_no_command_output_shows_a_password(where: str) -> None:
     env["SEQPROC_PUBLISH_TIMEOUT_S"] = "1"
     for args in (["settings"], *COMMANDS):
         run = subprocess.run(
-            [sys.executable, "-m", "worker", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "seqproc", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
         )
         assert SECRET not in run.stdout + run.stderr, args
         assert "Traceback" not in run.stderr, args
@@ -110,7 +110,7 @@ def test_no_command_output_shows_a_password(where: str) -> None:
             assert run.returncode == 0, run.stderr
             assert "***" in run.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "worker", "settings"],
+        [sys.executable, "-m", "seqproc", "settings"],
         cwd=ROOT,
         env=dict(env, SEQPROC_DATABASE_URL=f"mysql://app:{SECRET}@h/x"),
         capture_output=True,

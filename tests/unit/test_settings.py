@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from models.errors import ConfigError, SeqprocError
-from models.settings import Settings, get_settings, load_settings, mask_url
+from seqproc.models.errors import ConfigError, SeqprocError
+from seqproc.models.settings import Settings, get_settings, load_settings, mask_url
 
 ROOT = Path(__file__).resolve().parents[2]
 SEQPROC = Path(sys.executable).with_name("seqproc")

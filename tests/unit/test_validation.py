@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from kombu.transport import memory
 
-import producer
-from models.errors import SeqprocError
-from models.events import Event
-from models.settings import Settings
-from producer.publish import Publisher
+from seqproc import producer
+from seqproc.models.errors import SeqprocError
+from seqproc.models.events import Event
+from seqproc.models.settings import Settings
+from seqproc.producer.publish import Publisher
 
 MAX_ID = 2**63 - 1
 

@@ -1,0 +1,121 @@
+"""``seqproc bench``: the benchmark's command line (the ``seqproc`` CLI hands ``seqproc bench ...`` to it).
+
+The benchmark lives in the repository, not in the wheel: ``seqproc bench`` runs from a source checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from seqproc.models.errors import ConfigError, SeqprocError
+from seqproc.models.settings import load_settings
+from seqproc.worker.ops.logs import setup_logging
+
+from . import run as bench_run
+
+
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@click.command()
+@click.option("--scenario", type=click.Choice(["hot", "spread", "flash"]), default="hot", show_default=True)
+@click.option(
+    "--producers", "producers_csv", default="32", show_default=True, help="Producer threads; a list runs each."
+)
+@click.option(
+    "--events", "events", type=click.IntRange(1, 1_000_000), default=200, show_default=True, help="Events per producer."
+)
+@click.option(
+    "--strategies",
+    "strategies_csv",
+    default="all",
+    show_default=True,
+    help="Comma-separated: atomic, for_update, optimistic, serializable, redis_writebehind, "
+    "seqproc_single, seqproc_batched (all: these); seqproc_observed (batched with metrics, JSON logs, task events).",
+)
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="seqproc worker processes.")
+@click.option("--scale", "scale_csv", default=None, help="Also run seqproc_batched with these worker counts (1,2,4).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per run instead of tables.")
+@click.option("--chart/--no-chart", default=True, show_default=True, help="Save a PNG chart in the results folder.")
+@click.option(
+    "--results-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Default: bench/results/ under the current folder.",
+)
+@click.option(
+    "--soak-s",
+    type=float,
+    default=None,
+    help="Instead: run seqproc_batched on 'spread' this long and check the worker's memory stays flat.",
+)
+def bench(
+    scenario: str,
+    producers_csv: str,
+    events: int,
+    strategies_csv: str,
+    workers: int,
+    scale_csv: str | None,
+    as_json: bool,
+    chart: bool,
+    results_dir: Path | None,
+    soak_s: float | None,
+) -> None:
+    """Compare seqproc with row locks, atomic updates, optimistic and serializable retries, and Redis write-behind."""
+    setup_logging("WARNING")
+    settings = bench_run.bench_settings(load_settings())
+    strategies = list(bench_run.STRATEGIES) if strategies_csv == "all" else _csv(strategies_csv)
+    known = (*bench_run.STRATEGIES, *bench_run.OPTIONAL_STRATEGIES)
+    unknown = [s for s in strategies if s not in known]
+    if unknown:
+        raise ConfigError(f"--strategies: {unknown[0]!r} is not one of {', '.join(known)}")
+    try:
+        producer_counts = [int(p) for p in _csv(producers_csv)]
+    except ValueError:
+        raise ConfigError(f"--producers: {producers_csv!r} is not a number or a comma-separated list") from None
+    console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 160)
+    bench_run.prepare(settings)
+    directory = results_dir or bench_run.RESULTS_DIR
+    if soak_s is not None:
+        report = bench_run.soak(settings, duration_s=soak_s, producers=int(_csv(producers_csv)[-1]))
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(json.dumps({k: v for k, v in report.items() if k != "samples"}, sort_keys=True))
+        if not report["flat_within_20_percent"]:
+            raise SeqprocError(f"worker memory grew from {report['rss_mb_after_warmup']} to {report['rss_mb_max']} MB")
+        return
+    comparisons = []
+    for count in producer_counts:
+        comparison = bench_run.compare(settings, scenario, count, events, strategies, workers=workers, console=console)
+        comparisons.append(comparison)
+        if as_json:
+            click.echo(json.dumps(comparison.to_json(), sort_keys=True))
+        else:
+            console.print(bench_run.table(comparison))
+            for name, ratio in comparison.ratios().items():
+                console.print(f"  {name}: {ratio}")
+    saved = bench_run.save(comparisons, directory)
+    if chart:
+        saved.append(bench_run.chart(comparisons, directory / f"{scenario}.png"))
+    if scale_csv:
+        scale = []
+        for count in [int(w) for w in _csv(scale_csv)]:
+            c = bench_run.compare(
+                settings, scenario, producer_counts[-1], events, ["seqproc_batched"], workers=count, console=console
+            )
+            scale.append({"workers": count, **c.results[0].to_json()})
+            if as_json:
+                click.echo(json.dumps({"scenario": scenario, "scale": scale[-1]}, sort_keys=True))
+        path = directory / f"{scenario}-scale.json"
+        path.write_text(json.dumps(scale, indent=2) + "\n")
+        saved.append(path)
+        if not as_json:
+            for row in scale:
+                console.print(f"  workers={row['workers']}: {row['events_per_s']:,.0f} events/s")
+    console.print(f"[dim]saved {', '.join(str(p) for p in saved)}[/dim]")

@@ -1,0 +1,117 @@
+"""Every Celery setting of seqproc, derived from the typed settings (``seqproc.models.settings``); nothing else.
+
+``celery_config(settings)`` builds them. Producers and workers call it with the settings they were given; nothing
+looks this module up by name. The repository's ``celeryconfig.py`` re-exports it for ``celery -A`` tools.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+from urllib.parse import urlsplit
+
+from kombu import Queue
+
+from seqproc.models.settings import Settings
+from seqproc.models.transport import TRANSPORT
+from seqproc.models.wire import IDLE_QUEUE, JOB_TASK_PREFIX, JOBS_QUEUE, is_redis_url, queue_name
+
+#: The scheduled jobs and how often each runs (the setting that names its interval).
+JOBS = ("reconcile", "purge_ledger", "expire_reservations", "snapshot_lag")
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    redis_broker = is_redis_url(settings.broker_url)
+    transport_options: dict[str, Any] = {}
+    if redis_broker:
+        transport_options = {
+            # A killed worker's unacknowledged events come back after this (Celery's default is one hour).
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Look for such events every few seconds; kombu's defaults scan only every 100 s.
+            "unacked_restore_interval": settings.restore_interval_s,
+            "unacked_restore_throttle": 1,
+            # No priorities on partition queues: one Redis list per queue keeps BRPOP short and FIFO exact.
+            "priority_steps": [0],
+            "socket_connect_timeout": 5,
+            # Bounds a publish or ack on a broker that vanished without closing the connection.
+            "socket_timeout": 30,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+            # Bodies as they are (JSON text), not base64: a third smaller, and no encode/decode per message.
+            # A consumer decodes each message by its own body_encoding property, so mixed queues are fine.
+            "body_encoding": None,
+        }
+    return {
+        # seqproc's Redis transport (reliable, fenced fetch; one client per channel: seqproc.models.transport), on
+        # plain and TLS Redis alike. Always set, also to None (kombu picks the transport from the URL): an app
+        # reconfigured from Redis to memory:// must not keep it.
+        "broker_transport": TRANSPORT if redis_broker else None,
+        "broker_url": settings.broker_url,
+        "broker_use_ssl": broker_ssl(settings.broker_url),
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 5,
+        # No Celery result backend: outcomes are kept per event, not per message (models.outcomes writes them to
+        # SEQPROC_RESULT_BACKEND). A Redis backend here would also subscribe to a channel on every send.
+        "result_backend": None,
+        "task_ignore_result": True,
+        # JSON only, never pickle: a message of another content type is dead-lettered, not run.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "task_protocol": 2,
+        # acks_late: a crash before commit must redeliver. The worker acks each message itself after the commit.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": False,
+        # One process per worker (solo pool); it may hold this many messages unacknowledged.
+        # At least a batch's worth of messages: the batch size never depends on the prefetch (celery-batches #17),
+        # even when each message carries one event.
+        "worker_prefetch_multiplier": max(settings.prefetch_messages, settings.batch_size),
+        "worker_concurrency": 1,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_queues": [Queue(queue_name(p), routing_key=queue_name(p)) for p in range(settings.partitions)]
+        + [Queue(IDLE_QUEUE, routing_key=IDLE_QUEUE), Queue(JOBS_QUEUE, routing_key=JOBS_QUEUE)],
+        # Scheduled jobs (seqproc beat): each a singleton; they run on the beat process's own worker, never on a
+        # partition worker, and write through the partition queues.
+        "task_routes": {f"{JOB_TASK_PREFIX}*": {"queue": JOBS_QUEUE, "routing_key": JOBS_QUEUE}},
+        "beat_schedule": {
+            f"seqproc-{job}": {
+                "task": f"{JOB_TASK_PREFIX}{job}",
+                "schedule": job_interval_s(settings, job),
+                "options": {"queue": JOBS_QUEUE},
+            }
+            for job in JOBS
+        },
+        "task_default_queue": queue_name(0),
+        "task_create_missing_queues": False,
+        "worker_consumer": "seqproc.worker.consume.steps:SeqprocConsumer",
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "broker_pool_limit": 32,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+def job_interval_s(settings: Settings, job: str) -> float:
+    """How often ``job`` runs: its ``SEQPROC_<JOB>_INTERVAL_S`` setting."""
+    intervals = {
+        "reconcile": settings.reconcile_interval_s,
+        "purge_ledger": settings.purge_interval_s,
+        "expire_reservations": settings.expire_interval_s,
+        "snapshot_lag": settings.lag_snapshot_interval_s,
+    }
+    return float(intervals[job])
+
+
+def broker_ssl(url: str) -> dict[str, Any] | None:
+    """TLS options of a ``rediss://`` broker whose URL names none: verify the server's certificate against the
+    system's CAs (kombu alone would default to not verifying it). A URL that names its own
+    (``?ssl_cert_reqs=required&ssl_ca_certs=...``, as redis-py reads them) is read by kombu as it stands."""
+    if not url.startswith("rediss://") or "ssl_" in urlsplit(url).query:
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}

@@ -1,0 +1,25 @@
+"""seqproc's tables (SQLAlchemy 2.0 declarative). Alembic (``seqproc.migrations``) creates and changes them."""
+
+from seqproc.models.tables.base import Base
+from seqproc.models.tables.jobs import JobRun, PartitionLag
+from seqproc.models.tables.ledger import DeadLetter, LedgerEntry, ParkedKey
+from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount, ArticleUnlike
+from seqproc.models.tables.partition import Meta, Partition
+from seqproc.models.tables.stock import ProductStock, Reservation, ReservationStatus
+
+__all__ = [
+    "ArticleLike",
+    "ArticleLikeCount",
+    "ArticleUnlike",
+    "Base",
+    "DeadLetter",
+    "JobRun",
+    "LedgerEntry",
+    "Meta",
+    "ParkedKey",
+    "Partition",
+    "PartitionLag",
+    "ProductStock",
+    "Reservation",
+    "ReservationStatus",
+]

@@ -1,0 +1,270 @@
+"""The Redis transport seqproc uses: kombu's, with a fetch that cannot lose a message, and one client per channel.
+
+**Reliable fetch.** kombu's Redis transport takes a message with ``BRPOP`` and records it in its ``unacked`` hash
+afterwards, from the client (``QoS.append``). A worker killed in between (and kombu keeps a ``BRPOP`` outstanding
+while a batch is being applied, so the message can sit popped in the socket buffer for a while) loses that message
+for good: it is in no list and in no hash (celery/kombu#305, celery/celery#4354). Here a message leaves its queue
+only inside a Lua script that, in the same atomic step, records it in ``unacked`` and ``unacked_index``, exactly as
+kombu's QoS would. At every instant a message is in its queue or in ``unacked``; kombu's ack, reject, visibility
+restore and our takeover restore all keep working on those two structures unchanged.
+
+**Fenced fetch.** An auto worker (``--partitions auto``) names its lease owner token (transport option ``fetch_owner``):
+the script then takes messages only from queues whose lease (``seqproc:lease:<queue>``) holds that token, in the same
+atomic step. A worker paused between deciding to fetch and fetching (SIGSTOP, a long GC, a frozen VM) can therefore
+never take, after waking, messages that a new owner is consuming: it would hold newer events of a key while the new
+owner applies later ones, and its give-back would put them behind. The claimer restores everything in ``unacked`` for
+the queue right after taking the lease, so whatever the old owner held before is replayed first, in order.
+
+A script cannot block, so workers wait on *bells*: with each message, the producer pushes a token onto
+``seqproc.bell.<queue>`` (kept to one token); a visibility restore or a give-back rings it too. The worker blocks
+with ``BRPOP`` on the bells of its queues; losing a bell costs nothing, since the messages are still in their lists,
+and the wait times out every ``brpop_timeout`` (1 s) and fetches anyway. One fetch takes up to the prefetch limit's
+worth of messages (at most ``FETCH_MAX``), from several queues, in one round trip; when it stops at that limit with
+messages left in any of its queues, it rings a bell so that the next wait returns at once.
+
+**One client per channel.** kombu 5.7 builds a new ``redis.Redis`` client object on every ``conn_or_acquire()``:
+for each delivery, ack and event publish, ~100 microseconds apiece (PERFORMANCE-NOTES; redis-py issue 3624). A client
+object holds no connection of its own (it borrows them from the channel's pool and checks the pid after a fork), so
+one per channel is enough.
+
+Selected by ``broker_transport`` (``seqproc.models.celery``) for ``redis://`` and ``rediss://`` URLs (producers and
+workers alike).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from queue import Empty
+from time import monotonic, time
+from typing import Any
+
+from kombu.exceptions import ChannelError
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import QoS as VirtualQoS
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+from kombu.utils.uuid import uuid
+
+from seqproc.models.wire import bell_key, lease_key
+
+logger = logging.getLogger(__name__)
+
+#: Most messages one fetch takes. The script holds Redis ~45 us per message here (it records each in ``unacked``),
+#: and producers push onto the same server: 64 bounds that stall at ~3 ms, and 64 messages are thousands of events.
+FETCH_MAX = 64
+
+#: KEYS: unacked hash, unacked index, then the queues, then their bells, then their leases (same order).
+#: ARGV: now, most messages to take, number of queues, the lease owner token ('' = take from every queue).
+#: Returns queue1, item1, queue2, item2, ...
+FETCH = """
+local unacked, index = KEYS[1], KEYS[2]
+local now, limit, nqueues, owner = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local out = {}
+local taken = 0
+for i = 1, nqueues do
+    local queue = KEYS[2 + i]
+    -- Fenced: a queue whose lease is not ours (any more) gives nothing, whatever the caller believed.
+    local ours = owner == '' or redis.call('GET', KEYS[2 + 2 * nqueues + i]) == owner
+    while ours and taken < limit do
+        local item = redis.call('RPOP', queue)
+        if not item then break end
+        local ok, msg = pcall(cjson.decode, item)
+        if ok and type(msg) == 'table' and type(msg.properties) == 'table'
+                and type(msg.properties.delivery_tag) == 'string' then
+            local info = msg.properties.delivery_info
+            local exchange, routing_key = '', queue
+            if type(info) == 'table' then
+                if type(info.exchange) == 'string' then exchange = info.exchange end
+                if type(info.routing_key) == 'string' then routing_key = info.routing_key end
+            end
+            -- What kombu's QoS.append stores: [message, exchange, routing_key], the message as it was sent.
+            redis.call('HSET', unacked, msg.properties.delivery_tag,
+                       '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
+            -- One microsecond apart: a restore sorts by this score, so it must keep the fetch order.
+            redis.call('ZADD', index, string.format('%.6f', now + taken / 1000000), msg.properties.delivery_tag)
+        end
+        out[#out + 1] = queue
+        out[#out + 1] = item
+        taken = taken + 1
+    end
+    if ours and taken >= limit then
+        -- More may be waiting, here or in a later queue whose bell the wait that led here consumed: ring once, so
+        -- that the next wait returns at once.
+        for j = i, nqueues do
+            if redis.call('LLEN', KEYS[2 + j]) > 0 then
+                local bell = KEYS[2 + nqueues + j]
+                redis.call('LPUSH', bell, '1')
+                redis.call('LTRIM', bell, 0, 0)
+                break
+            end
+        end
+        break
+    end
+end
+return out
+"""
+
+
+def ring(command: Callable[..., Any], queue: str) -> None:
+    """Ring ``queue``'s bell, kept to one token, through ``command``: a pipeline's ``execute_command`` or a kombu
+    publish batch's ``add`` (which calls the pipeline method of that name)."""
+    bell = bell_key(queue)
+    command("lpush", bell, "1")
+    command("ltrim", bell, 0, 0)
+
+
+class QoS(kombu_redis.QoS):
+    def append(self, message: Any, delivery_tag: str) -> None:
+        # The fetch script already recorded the message in unacked, atomically with taking it: only the in-memory
+        # bookkeeping is left (kombu would serialise the whole message again for a second HSET).
+        VirtualQoS.append(self, message, delivery_tag)
+
+
+class Channel(kombu_redis.Channel):
+    QoS = QoS
+    #: Transport options set by whoever starts the worker (``worker.runner``), read by kombu into attributes:
+    #: ``fetch_owner``: an auto worker's lease owner token; the fetch script then takes messages only from queues
+    #: whose lease holds it (checked inside the script, atomically with the take). None: no lease check.
+    #: ``fetch_filter``: may this process take messages from this queue now? An auto worker answers no for a
+    #: partition as soon as it cannot prove its lease is still its own (after a pause, say), before asking Redis.
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "fetch_owner", "fetch_filter")
+    fetch_owner: str | None = None
+    fetch_filter: Callable[[str], bool] | None = None
+    _shared_client: Any = None
+    _fetch_script: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.global_keyprefix:
+            raise ChannelError("seqproc's Redis transport does not support the global_keyprefix option")
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        if client:
+            yield client
+            return
+        if self._shared_client is None:
+            self._shared_client = self._create_client()  # type: ignore[attr-defined]  # kombu has it; stubs lack it
+        yield self._shared_client
+
+    # -- publishing: ring the bell -----------------------------------------------------------------------------
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        batch = kwargs.get("_publish_batch")
+        super()._put(queue, message, **kwargs)
+        if batch is not None:
+            ring(batch.add, queue)
+            return
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            ring(pipe.execute_command, queue)
+            pipe.execute()
+
+    def _do_restore_message(
+        self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
+    ) -> None:
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)  # type: ignore[misc]  # not in stubs
+        for queue in self._lookup(exchange, routing_key):
+            ring(pipe.execute_command, queue)
+
+    # -- consuming: wait on bells, fetch with the script -------------------------------------------------------
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
+        if not queues:
+            return
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        self.client.connection.send_command("BRPOP", *[bell_key(q) for q in queues], timeout or 0)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            try:
+                self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:  # type: ignore[attr-defined]  # not in stubs
+                # Disconnect, so that the next iteration reconnects (as kombu does).
+                self.client.connection.disconnect()
+                raise
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()  # type: ignore[attr-defined]  # not in stubs
+        # A bell, or the wait timed out: fetch either way (a bell may have been lost with a killed worker).
+        if self._fetch_and_deliver():
+            return True
+        raise Empty()
+
+    def _get(self, queue: str) -> Any:  # type: ignore[override]  # the stubs give the abstract base a timeout
+        """The synchronous path (``basic_get``, drain without an event loop): one message, fetched the safe way."""
+        items = self._fetch([queue], 1)
+        if not items:
+            raise Empty()
+        return loads(bytes_to_str(items[0][1]))
+
+    def _fetch(self, queues: list[str], limit: int) -> list[tuple[str, bytes]]:
+        with self.conn_or_acquire() as client:
+            if self._fetch_script is None:
+                self._fetch_script = client.register_script(FETCH)
+            flat = self._fetch_script(
+                keys=[
+                    self.unacked_key,
+                    self.unacked_index_key,
+                    *queues,
+                    *(bell_key(q) for q in queues),
+                    *(lease_key(q) for q in queues),
+                ],
+                args=[f"{time():.6f}", limit, len(queues), self.fetch_owner or ""],
+                client=client,
+            )
+        return [(bytes_to_str(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    def _fetch_and_deliver(self) -> int:
+        queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
+        if self.fetch_filter is not None:
+            queues = [queue for queue in queues if self.fetch_filter(queue)]
+        if not queues:
+            return 0
+        limit = self.qos.can_consume_max_estimate() if self.qos.prefetch_count else FETCH_MAX
+        if not limit:
+            return 0
+        delivered = 0
+        for queue, item in self._fetch(list(queues), min(int(limit), FETCH_MAX)):
+            self._queue_cycle.rotate(queue)  # type: ignore[attr-defined]
+            self.connection._deliver(envelope(item, queue), queue)
+            delivered += 1
+        return delivered
+
+
+def envelope(item: bytes, queue: str) -> Any:
+    """The kombu message in ``item``; for bytes that are not one (pushed onto the list by something else), a minimal
+    envelope without a task header around them, so that the consumer dead-letters them instead of crashing."""
+    try:
+        payload = loads(bytes_to_str(item))
+        if isinstance(payload, dict) and isinstance(payload.get("properties"), dict):
+            return payload
+    except (ValueError, UnicodeDecodeError):
+        pass
+    logger.error(
+        "queue %s: an item that is not a kombu message (%d bytes); handing it on to be dead-lettered", queue, len(item)
+    )
+    return {
+        "body": base64.b64encode(item).decode("ascii"),
+        "content-type": "application/octet-stream",
+        "content-encoding": "binary",
+        "headers": {},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_tag": uuid(),
+            "delivery_info": {"exchange": "", "routing_key": queue},
+        },
+    }
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+
+#: What ``broker_transport`` names.
+TRANSPORT = "seqproc.models.transport:Transport"

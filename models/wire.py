@@ -1,0 +1,96 @@
+"""Everything seqproc puts on the wire, in one place: routing, queue names, the task name, every Redis key and prefix.
+
+This page answers "what does seqproc write to the broker and the result backend" (as arq's ``constants.py`` does).
+The routing must never change by accident (a test pins it): a key that moved partition would have two writers.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+# -- routing and queues ----------------------------------------------------------------------------------------------
+
+#: Partition queues: ``seqproc.p00``, ``seqproc.p01``, ... (a Redis list each; the routing key is the same string).
+QUEUE_PREFIX = "seqproc.p"
+#: The queue of the scheduled jobs (``seqproc beat`` consumes it).
+JOBS_QUEUE = "seqproc.jobs"
+#: An auto worker that holds no partition yet listens here (nobody publishes to it): Celery, given no queue at all,
+#: would consume every configured queue.
+IDLE_QUEUE = "seqproc.idle"
+
+#: The one task name partition queues carry: a list of one partition's events.
+APPLY_TASK = "seqproc.apply"
+#: Scheduled jobs are ``seqproc.job.<name>``.
+JOB_TASK_PREFIX = "seqproc.job."
+
+
+def partition_for(entity_key: str, partitions: int) -> int:
+    """``crc32(entity_key) % partitions``: stable across processes, hosts and Python versions (unlike ``hash``)."""
+    return zlib.crc32(entity_key.encode("utf-8")) % partitions
+
+
+def queue_name(partition: int) -> str:
+    """``seqproc.p00``, ``seqproc.p01``, ...; the routing key is the same string."""
+    return f"{QUEUE_PREFIX}{partition:02d}"
+
+
+def partition_of_queue(name: str) -> int | None:
+    """The partition a queue name stands for, or None if it is not a partition queue."""
+    if not name.startswith(QUEUE_PREFIX):
+        return None
+    digits = name[len(QUEUE_PREFIX) :]
+    return int(digits) if digits.isdigit() else None
+
+
+def article_key(article_id: int) -> str:
+    return f"article:{article_id}"
+
+
+def product_key(product_id: int) -> str:
+    return f"product:{product_id}"
+
+
+# -- the broker's Redis ----------------------------------------------------------------------------------------------
+
+#: kombu's hash of delivered, unacknowledged messages: delivery tag -> JSON ``[message, exchange, routing_key]``.
+UNACKED_KEY = "unacked"
+#: kombu's sorted set of the same delivery tags, scored by delivery time (the visibility timeout reads it).
+UNACKED_INDEX_KEY = "unacked_index"
+#: A queue's bell: the producer pushes a token with each message (kept to one); workers block on the bells.
+BELL_PREFIX = "seqproc.bell."
+#: A partition queue's lease (``--partitions auto``): owner token, with a time limit.
+LEASE_PREFIX = "seqproc:lease:"
+#: Live auto workers' heartbeats (a sorted set: owner -> last beat).
+WORKERS_KEY = "seqproc:workers"
+#: A scheduled job's singleton lock (redis-py Lock, or a Redlock over ``SEQPROC_LOCK_URLS``).
+JOB_LOCK_PREFIX = "seqproc:job-lock:"
+
+# -- the result backend's Redis --------------------------------------------------------------------------------------
+
+#: One event's outcome (for ``receipt.wait()``), kept ``SEQPROC_OUTCOME_TTL_S``.
+OUTCOME_KEY_PREFIX = "seqproc:outcome:"
+
+
+def bell_key(queue: str) -> str:
+    return BELL_PREFIX + queue
+
+
+def lease_key(queue: str) -> str:
+    return LEASE_PREFIX + queue
+
+
+def job_lock_key(job: str) -> str:
+    return JOB_LOCK_PREFIX + job
+
+
+def outcome_key(event_id: str) -> str:
+    return OUTCOME_KEY_PREFIX + event_id
+
+
+#: URL schemes served by seqproc's own Redis transport (plain and TLS).
+REDIS_SCHEMES = ("redis://", "rediss://")
+
+
+def is_redis_url(url: str) -> bool:
+    """True for ``redis://`` and ``rediss://`` (TLS) URLs: the broker (or backend) is a Redis server."""
+    return url.startswith(REDIS_SCHEMES)

@@ -1,0 +1,39 @@
+"""seqproc: apply hot writes in order, one writer per key, exactly once.
+
+    import seqproc
+
+    receipt = seqproc.like(article_id, user_id)     # returns once the broker holds the event
+    outcome = receipt.wait(timeout_s=5)             # optional: applied / duplicate / rejected
+
+The rooms of the package:
+
+- :mod:`seqproc.producer`: what application code calls (the calls below are its own);
+- :mod:`seqproc.models`: the contract shared by producer and worker (events, settings, tables, wire names);
+- :mod:`seqproc.worker`: the worker, the scheduled jobs and the ``seqproc`` command line;
+- :mod:`seqproc.migrations`: the schema, as Alembic migrations (``seqproc migrate``).
+"""
+
+from seqproc import producer
+from seqproc.models.errors import InvalidEvent, OutcomeTimeout, PublishError, SeqprocError
+from seqproc.models.outcomes import Outcome
+from seqproc.producer.api import commit, configure, like, release, reserve, restock, send_many, unlike
+from seqproc.producer.receipt import Receipt, wait_all
+
+__all__ = [
+    "InvalidEvent",
+    "Outcome",
+    "OutcomeTimeout",
+    "PublishError",
+    "Receipt",
+    "SeqprocError",
+    "commit",
+    "configure",
+    "like",
+    "producer",
+    "release",
+    "reserve",
+    "restock",
+    "send_many",
+    "unlike",
+    "wait_all",
+]

@@ -1,0 +1,171 @@
+"""The scheduled jobs that ``seqproc beat`` runs, each a singleton (``worker.singleton``): one run at a time across
+every host, once per slot. Jobs never write what a partition's worker writes: fixes and releases go through the
+partition queues, so they are applied in order by the single writer of each key.
+
+- ``reconcile``: recount the like rows of the articles touched since the last run; for each whose like_count drifted,
+  send a ``reconcile`` event through its partition queue (the worker recounts in its own transaction); log the fixes.
+- ``purge_ledger``: delete idempotency keys older than the dedup window, in bounded chunks.
+- ``expire_reservations``: send a release for each reservation left active past its time limit.
+- ``snapshot_lag``: record each partition's queue depth, oldest waiting event and applied count.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select
+
+from seqproc.models.clients import redis_client
+from seqproc.models.db import make_engine, upsert
+from seqproc.models.errors import LockNotAcquired
+from seqproc.models.events import Reconcile
+from seqproc.models.settings import Settings, get_settings
+from seqproc.models.tables.base import table_of
+from seqproc.models.tables.jobs import PartitionLag
+from seqproc.models.tables.ledger import LedgerEntry
+from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount
+from seqproc.models.tables.stock import Reservation, ReservationStatus
+from seqproc.producer.publish import publisher_for
+from seqproc.producer.stamps import next_stamp, unique_id
+from seqproc.worker import faults
+from seqproc.worker.app import app
+from seqproc.worker.beat.singleton import Singleton, last_run_started, singleton
+from seqproc.worker.ops.lag import collect
+
+logger = logging.getLogger(__name__)
+
+#: Expired reservations released per run at most (the next run takes the rest).
+EXPIRE_BATCH = 10_000
+
+
+@functools.cache
+def _engine(url: str) -> Engine:
+    return make_engine(url)
+
+
+def run_job(name: str, interval_s: float, body: Callable[[Engine, Settings, Singleton], str]) -> str:
+    """Run ``body`` as the singleton job ``name``; log and return what it did, or why it was skipped."""
+    settings = get_settings()
+    engine = _engine(settings.database_url)
+    try:
+        with singleton(engine, settings, name, interval_s=interval_s) as run:
+            faults.job_delay()
+            run.check()
+            detail = run.detail = body(engine, settings, run)
+    except LockNotAcquired as skipped:
+        logger.info("%s", skipped)
+        return f"skipped: {skipped}"
+    logger.info("job %s (slot %s): %s", name, run.slot.isoformat(), detail)
+    return detail
+
+
+def reconcile(engine: Engine, settings: Settings, run: Singleton) -> str:
+    since = last_run_started(engine, "reconcile") or datetime.fromtimestamp(0, tz=UTC)
+    since -= timedelta(seconds=settings.reconcile_interval_s)  # overlap: a write racing the last run is seen again
+    rows = func.count(ArticleLike.user_id)
+    with engine.connect() as conn:
+        drifted = conn.execute(
+            select(ArticleLikeCount.article_id, ArticleLikeCount.like_count, rows)
+            .outerjoin(ArticleLike, ArticleLike.article_id == ArticleLikeCount.article_id)
+            .where(ArticleLikeCount.updated_at >= since)
+            .group_by(ArticleLikeCount.article_id, ArticleLikeCount.like_count)
+            .having(ArticleLikeCount.like_count != rows)
+        ).all()
+    if not drifted:
+        return "no drift"
+    run.check()
+    events = [
+        Reconcile(type="reconcile", key=unique_id(), id=unique_id(), stamp=next_stamp(), article_id=article_id)
+        for article_id, _, _ in drifted
+    ]
+    publisher_for(settings).publish(events)
+    fixes = ", ".join(f"article {a}: like_count {c} -> {n} rows" for a, c, n in drifted[:20])
+    return f"sent {len(drifted)} fix(es) through the partition queues: {fixes}"
+
+
+def purge_ledger(engine: Engine, settings: Settings, run: Singleton) -> str:
+    ledger = table_of(LedgerEntry)
+    cutoff = datetime.now(UTC) - timedelta(days=settings.dedup_window_days)
+    purged = 0
+    while True:
+        run.check()  # before every chunk: a job that lost its lock stops here
+        with engine.begin() as conn:
+            chunk = select(ledger.c.key).where(ledger.c.applied_at < cutoff).limit(settings.purge_chunk)
+            deleted = conn.execute(delete(ledger).where(ledger.c.key.in_(chunk.scalar_subquery()))).rowcount
+        purged += deleted
+        if deleted < settings.purge_chunk:
+            return f"purged {purged} key(s) older than {cutoff.isoformat()}"
+
+
+def expire_reservations(engine: Engine, settings: Settings, run: Singleton) -> str:
+    with engine.connect() as conn:
+        expired = conn.execute(
+            select(Reservation.product_id, Reservation.reservation_id)
+            .where(Reservation.status == ReservationStatus.ACTIVE.value, Reservation.expires_at < func.now())
+            .order_by(Reservation.expires_at)
+            .limit(EXPIRE_BATCH)
+        ).all()
+    if not expired:
+        return "nothing expired"
+    run.check()
+    from seqproc.producer.api import build_event
+
+    # A release keyed like the caller's own ("release:<id>"): if the caller releases too, one of them is a duplicate.
+    events = [build_event("release", {"product_id": p, "reservation_id": r}) for p, r in expired]
+    publisher_for(settings).publish(events)
+    return f"sent {len(events)} release(s) through the partition queues"
+
+
+def snapshot_lag(engine: Engine, settings: Settings, run: Singleton) -> str:
+    client = redis_client(settings.broker_url)
+    snapshot = collect(engine, client, settings.partitions)
+    rows: list[dict[str, Any]] = [
+        {"partition": p["partition"], "depth": p["depth"], "oldest_age_s": p["oldest_age_s"], "applied": p["applied"]}
+        for p in snapshot["partitions"]
+    ]
+    run.check()
+    lag = table_of(PartitionLag)
+    with engine.begin() as conn:
+        stmt = upsert(conn, lag)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[lag.c.partition],
+                set_={
+                    "depth": stmt.excluded.depth,
+                    "oldest_age_s": stmt.excluded.oldest_age_s,
+                    "applied": stmt.excluded.applied,
+                    "at": func.now(),
+                },
+            ),
+            rows,
+        )
+    waiting = sum(r["depth"] for r in rows)
+    oldest = max((r["oldest_age_s"] or 0.0 for r in rows), default=0.0)
+    return f"{waiting} message(s) waiting, oldest event {oldest:.1f} s old"
+
+
+@app.task(name="seqproc.job.reconcile", ignore_result=True)
+def reconcile_task() -> str:
+    return run_job("reconcile", get_settings().reconcile_interval_s, reconcile)
+
+
+@app.task(name="seqproc.job.purge_ledger", ignore_result=True)
+def purge_ledger_task() -> str:
+    return run_job("purge_ledger", get_settings().purge_interval_s, purge_ledger)
+
+
+@app.task(name="seqproc.job.expire_reservations", ignore_result=True)
+def expire_reservations_task() -> str:
+    return run_job("expire_reservations", get_settings().expire_interval_s, expire_reservations)
+
+
+@app.task(name="seqproc.job.snapshot_lag", ignore_result=True)
+def snapshot_lag_task() -> str:
+    return run_job("snapshot_lag", get_settings().lag_snapshot_interval_s, snapshot_lag)
+
+
+__all__ = ["run_job"]

@@ -1,0 +1,70 @@
+"""``seqproc enqueue <type> ...``: send one event from the shell, as application code would.
+
+One command per event type, generated from the fields the producer takes for it (``producer.api.FIELDS``) and their
+types in the event schema: each field is an argument, in that order, except the idempotency key (``--key``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from seqproc.models.events import event_model
+from seqproc.producer.api import FIELDS
+
+__all__ = ["enqueue"]
+
+
+@click.group()
+def enqueue() -> None:
+    """Send one event from the shell (as application code would)."""
+
+
+def _send(event_type: str, fields: dict[str, Any], wait_s: float | None, as_json: bool) -> None:
+    from seqproc.producer.api import build_event, current_settings
+    from seqproc.producer.publish import publisher_for
+
+    event = build_event(event_type, {k: v for k, v in fields.items() if v is not None})
+    receipt = publisher_for(current_settings()).publish([event])[0]
+    result: dict[str, Any] = {
+        "type": event_type,
+        "idempotency_key": receipt.idempotency_key,
+        "event_id": receipt.event_id,
+        "partition": receipt.partition,
+        "queue": receipt.queue,
+    }
+    if wait_s is not None:
+        result["outcome"] = receipt.wait(timeout_s=wait_s).to_wire()
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True))
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in result.items()))
+
+
+def _command(event_type: str, fields: tuple[str, ...]) -> click.Command:
+    model = event_model(event_type)
+    params: list[click.Parameter] = []
+    for name in fields:
+        if name == "idempotency_key":
+            params.append(
+                click.Option(["--key", "idempotency_key"], default=None, help="Idempotency key (default: a fresh one).")
+            )
+        else:
+            kind = int if model.model_fields[name].annotation is int else str
+            params.append(click.Argument([name], type=kind))
+    params.append(
+        click.Option(["--wait", "wait_s"], type=float, default=None, help="Wait this many seconds for the outcome.")
+    )
+    params.append(click.Option(["--json", "as_json"], is_flag=True, help="One JSON object."))
+
+    def callback(wait_s: float | None, as_json: bool, **values: Any) -> None:
+        _send(event_type, values, wait_s, as_json)
+
+    doc = (model.__doc__ or "").strip() or f"Send a {event_type} event."
+    return click.Command(event_type, params=params, callback=callback, help=doc)
+
+
+for _type, _fields in FIELDS.items():
+    enqueue.add_command(_command(_type, _fields))

@@ -1,0 +1,84 @@
+"""The long-running processes (``seqproc worker``, ``beat``, ``flower``) and ``seqproc migrate``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from seqproc.models.settings import load_settings, mask_url
+from seqproc.worker.ops.logs import setup_logging
+
+
+@click.command()
+def migrate() -> None:
+    """Create the database if needed and bring its schema up to date (Alembic)."""
+    from seqproc.migrations import migrate as run_migrations
+
+    settings = load_settings()
+    setup_logging("WARNING")
+    run_migrations(settings.database_url)
+    click.echo(f"migrated {mask_url(settings.database_url)}")
+
+
+@click.command()
+@click.option(
+    "--partitions",
+    "spec",
+    default="all",
+    show_default=True,
+    help="Partitions to own: 0-7, 0,3,5-6, all, or auto (share them with the other auto workers through leases).",
+)
+@click.option(
+    "--hostname",
+    default=None,
+    help="Celery node name; %h is this host's name, as in celery -n (default seqproc-p<partitions>@<host>).",
+)
+@click.option("--loglevel", default=None, help="Log level (default: SEQPROC_LOG_LEVEL).")
+@click.option("--ready-file", default=None, help="Write this file (the pid) once consuming; removed at exit.")
+def worker(spec: str, hostname: str | None, loglevel: str | None, ready_file: str | None) -> None:
+    """Run a worker that consumes exactly the given partition queues, one batch at a time."""
+    from seqproc.worker.ownership.partitions import parse_partitions
+    from seqproc.worker.runner import run_worker
+
+    settings = load_settings()
+    level = (loglevel or settings.log_level).upper()
+    setup_logging(level, settings.log_format)
+    partitions = None if spec.strip().lower() == "auto" else parse_partitions(spec, settings.partitions)
+    sys.exit(run_worker(settings, partitions, hostname=hostname, loglevel=level, ready_file=ready_file))
+
+
+@click.command()
+@click.option(
+    "--hostname", default=None, help="Celery node name; %h is this host's name (default seqproc-beat@<host>)."
+)
+@click.option("--loglevel", default=None, help="Log level (default: SEQPROC_LOG_LEVEL).")
+def beat(hostname: str | None, loglevel: str | None) -> None:
+    """Run the scheduled jobs (reconcile counts, purge the ledger, expire reservations, snapshot lag), each a
+    singleton: run one beat per host if you like, each job still runs once per slot."""
+    from seqproc.worker.runner import run_beat
+
+    settings = load_settings()
+    level = (loglevel or settings.log_level).upper()
+    setup_logging(level, settings.log_format)
+    sys.exit(run_beat(settings, loglevel=level, hostname=hostname))
+
+
+@click.command()
+@click.option("--port", type=click.IntRange(1, 65_535), default=None, help="Port (default: SEQPROC_FLOWER_PORT).")
+@click.option("--address", default=None, help="Address to bind (default: SEQPROC_FLOWER_ADDRESS, 127.0.0.1).")
+def flower(port: int | None, address: str | None) -> None:
+    """Run Flower, the monitoring dashboard: workers, tasks (one per message), their outcomes and the queues."""
+    from seqproc.worker.ops.flower import flower_app, flower_argv
+
+    # --address goes through the setting's validation (an empty address would mean every interface).
+    settings = load_settings() if address is None else load_settings(flower_address=address)
+    argv = flower_argv(settings, port or settings.flower_port, settings.flower_address)
+    app = flower_app(settings)
+    auth = "basic auth" if settings.flower_basic_auth else "no auth"
+    click.echo(
+        f"flower: http://{settings.flower_address}:{port or settings.flower_port}/{settings.flower_url_prefix}"
+        f" ({auth}), broker {mask_url(settings.broker_url)}",
+        err=True,
+    )
+    sys.exit(app.start(argv=argv) or 0)

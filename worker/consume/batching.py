@@ -1,0 +1,476 @@
+"""The consumer side of the apply task: gather messages, apply each partition's events in ONE transaction, then ack.
+
+Why not celery-batches: it declares ``celery<5.7``, hands batches to the pool (we need the single consumer thread
+for per-partition order), and acks nothing we could give back in order on a fence. This strategy is ~150 lines on
+Celery's documented Task.Strategy hook.
+
+Flow per message (in the consumer's thread; the solo pool runs nothing else):
+- decode it (JSON only; invalid events become dead letters) and add it to the buffer;
+- flush when the buffer holds ``batch_size`` events, or as many messages as the prefetch lets us hold (no more will
+  come until we ack; the prefetch is at least ``batch_size`` messages, so even one-event messages fill a batch), or
+  once no message came for ``batch_interval_ms``, or ``batch_max_wait_ms`` after the first one, whichever is first;
+- flush: per partition, in arrival order, one transaction (ledger, rules, dead letters, fence), retried in place on a
+  transient error; then publish the outcomes, then ack the messages;
+- if the partition was taken over (fenced), the messages go back to the head of their queue, in order, unacked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import redis
+from celery.worker import state as worker_state
+from kombu.transport.virtual import QoS as VirtualQoS
+
+from seqproc.models.errors import PartitionFenced
+from seqproc.models.events import Event
+from seqproc.models.outcomes import Outcome, count_statuses
+from seqproc.models.wire import APPLY_TASK, queue_name
+from seqproc.worker import faults
+from seqproc.worker.consume.decode import Decoded, decode_message
+from seqproc.worker.consume.retry import StopRetrying, retry_in_place
+from seqproc.worker.engine.apply import (
+    BatchResult,
+    DeadLetterRecord,
+    PartitionBatch,
+    apply_batch,
+    apply_partitions,
+    park,
+    store_dead_letters,
+)
+from seqproc.worker.ops import metrics
+from seqproc.worker.ops.logs import log_event
+from seqproc.worker.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Held:
+    """A message held unacknowledged until its partition's transaction commits."""
+
+    message: Any
+    decoded: Decoded
+    received_s: float
+    #: Committed and acked (or given back): a shutdown in the middle must not give it back again.
+    settled: bool = False
+
+
+class Batcher:
+    """One per worker process, owned by the apply task (built around the process's runtime). Rebound to the
+    consumer each time Celery (re)starts it, so that a broker reconnect neither loses the buffer nor stops
+    batching."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.consumer: Any = None
+        self.buffer: list[Held] = []
+        self.events_held = 0
+        self._timer: Any = None
+        self._first_arrival_s = 0.0
+        self._last_arrival_s = 0.0
+
+    # -- wiring -----------------------------------------------------------------------------------------------
+    def bind(self, consumer: Any) -> Callable[..., None]:
+        if self.buffer:
+            # Messages of the previous connection: apply them now; their acks may fail, and a redelivered copy
+            # is then reported as a duplicate. Holding them would let newer events overtake them.
+            self.flush()
+        self.consumer = consumer
+        self._timer = None
+        return self.on_message
+
+    # -- receiving --------------------------------------------------------------------------------------------
+    def on_message(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> None:
+        settings = self.rt.settings
+        decoded = decode_message(message, partitions=settings.partitions)
+        self.buffer.append(Held(message, decoded, time.monotonic()))
+        self.events_held += len(decoded.events)
+        prefetch = self.consumer.qos.value if self.consumer is not None and self.consumer.qos else 0
+        timer = getattr(self.consumer, "timer", None) if self.consumer is not None else None
+        now = time.monotonic()
+        self._last_arrival_s = now
+        if len(self.buffer) == 1:
+            self._first_arrival_s = now
+        if (
+            self.events_held >= settings.batch_size
+            or (prefetch and len(self.buffer) >= prefetch)  # no more will come until we ack
+            or settings.batch_interval_ms == 0
+            or self.consumer is None
+            or self.consumer.hub is None  # no event loop (memory transport): no timer thread races the buffer
+            or timer is None
+        ):
+            self.flush()
+        elif self._timer is None:
+            self._timer = timer.call_after(settings.batch_interval_ms / 1000.0, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """Flush once messages stop coming for ``batch_interval_ms`` (a backlog drains into one big batch), or
+        ``batch_max_wait_ms`` after the first one came, whichever is first."""
+        self._timer = None
+        if not self.buffer:
+            return
+        settings = self.rt.settings
+        now = time.monotonic()
+        idle_at = self._last_arrival_s + settings.batch_interval_ms / 1000.0
+        cap_at = self._first_arrival_s + settings.batch_max_wait_ms / 1000.0
+        due = min(idle_at, cap_at)
+        if now >= due or self.consumer is None:
+            self.flush()
+        else:
+            self._timer = self.consumer.timer.call_after(due - now, self._on_timer)
+
+    # -- applying ---------------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Apply what is held: every owned partition's events in ONE transaction, then report and ack."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held, self.buffer, self.events_held = self.buffer, [], 0
+        by_partition: dict[int | None, list[Held]] = {}
+        for item in held:
+            by_partition.setdefault(item.decoded.partition, []).append(item)
+        orphans = by_partition.pop(None, [])
+        try:
+            if orphans:  # not from a partition queue: only dead letters can come of them
+                dead = [d for item in orphans for d in item.decoded.dead_letters]
+                self._store_dead_letters_only(dead)
+                self._ack(orphans)
+                metrics.count_dead_letters(dead)
+            owned: dict[int, list[Held]] = {}
+            leases = self.rt.leases
+            for partition, items in by_partition.items():
+                if partition in self.rt.epochs and (leases is None or leases.fresh(partition)):
+                    owned[partition] = items
+                else:
+                    logger.warning(
+                        "partition %d: not owned by this worker; %d message(s) go back", partition, len(items)
+                    )
+                    self._give_back(items)
+            self._apply(owned)
+        except StopRetrying:
+            left = [item for items in by_partition.values() for item in items if not item.settled]
+            logger.warning("shutting down during a retry: %d message(s) go back to their queue", len(left))
+            self._give_back(left)
+
+    def _apply(self, owned: dict[int, list[Held]]) -> None:
+        rt = self.rt
+        started = time.monotonic()
+        faults.apply_delay()
+        while owned:
+            batches = [
+                PartitionBatch(
+                    partition,
+                    [event for item in items for event in item.decoded.events],
+                    rt.epochs[partition],
+                    [d for item in items for d in item.decoded.dead_letters],
+                )
+                for partition, items in owned.items()
+            ]
+            try:
+                results = self._retry(
+                    partial(self._transaction, batches),
+                    f"partitions {','.join(map(str, owned))}: apply {sum(len(b.events) for b in batches)} event(s)",
+                )
+            except PartitionFenced as error:
+                # Those partitions were taken over: their messages go back for the new owner; the rest try again.
+                for partition in error.partitions:
+                    self._fenced(partition, owned.pop(partition))
+                continue
+            except StopRetrying:
+                raise
+            except Exception as error:
+                # Not transient: a bug or a constraint that cannot hold. Find the events at fault, one at a time.
+                logger.exception("batch failed (%s); applying its events one at a time", error)
+                isolated: dict[int, BatchResult] = {}
+                for b in batches:
+                    try:
+                        isolated[b.partition] = self._isolate(
+                            b.partition, list(b.events), rt.epochs[b.partition], list(b.dead_letters)
+                        )
+                    except PartitionFenced:
+                        # Taken over while isolating: what this worker committed before stays (its epoch was
+                        # current then); the new owner gets every message back and reports those as duplicates.
+                        self._fenced(b.partition, owned.pop(b.partition))
+                batches = [b for b in batches if b.partition in isolated]
+                results = [isolated[b.partition] for b in batches]
+            break
+        else:
+            return
+        faults.after_commit()
+        elapsed = time.monotonic() - started
+        metrics.observe_flush(elapsed, [len(batch.events) for batch in batches])
+        for batch, result in zip(batches, results, strict=True):
+            self._settle(batch, owned[batch.partition], result, elapsed)
+
+    def _fenced(self, partition: int, items: list[Held]) -> None:
+        """``partition`` was taken over: its messages go back for the new owner, and its consumer stops."""
+        logger.error(
+            "partition %d: fenced (another worker owns it); %d message(s) go back, its consumer stops",
+            partition,
+            len(items),
+        )
+        self.rt.epochs.pop(partition, None)
+        self._give_back(items)
+        self._stop_consuming(partition)
+
+    def _settle(self, batch: PartitionBatch, items: list[Held], result: BatchResult, elapsed: float) -> None:
+        """After the commit: publish the outcomes, ack the messages, tell Flower."""
+        self._report(
+            batch.partition,
+            [*batch.events, *(event for event, _ in result.replayed)],
+            [*result.outcomes, *(outcome for _, outcome in result.replayed)],
+        )
+        self._ack(items)
+        metrics.count_dead_letters(batch.dead_letters)
+        # One task event per message, after the commit, carrying what Flower shows (name, args, result, runtime):
+        # Celery's event state merges an event's fields into the task, so "task-received" would add nothing but
+        # cost. The dispatcher buffers them and publishes a few "task.multi" messages per batch.
+        position = 0
+        for item in items:
+            item.settled = True
+            count = len(item.decoded.events)
+            mine = result.outcomes[position : position + count]
+            position += count
+            self._send_event(
+                "task-succeeded",
+                item.decoded,
+                name=APPLY_TASK,
+                args="()",
+                kwargs=self._summary(item.decoded),
+                result=repr(count_statuses(mine) | {"dead_lettered": len(item.decoded.dead_letters)}),
+                runtime=elapsed,
+            )
+        logger.debug(
+            "partition %d: %d event(s) from %d message(s) in %.1f ms (applied %d, duplicate %d, rejected %d)",
+            batch.partition,
+            len(batch.events),
+            len(items),
+            elapsed * 1000,
+            result.applied,
+            result.duplicates,
+            result.rejected,
+        )
+
+    def _transaction(self, batches: list[PartitionBatch]) -> list[BatchResult]:
+        with self.rt.engine.begin() as conn:
+            return apply_partitions(conn, batches, reservation_ttl_s=self.rt.settings.reservation_ttl_s)
+
+    def _transaction_one(
+        self, partition: int, events: list[Event], epoch: int, dead: list[DeadLetterRecord]
+    ) -> BatchResult:
+        with self.rt.engine.begin() as conn:
+            return apply_batch(conn, partition, events, epoch=epoch, dead_letters=dead)
+
+    def _isolate(self, partition: int, events: list[Event], epoch: int, dead: list[DeadLetterRecord]) -> BatchResult:
+        """Apply events one per transaction. One that still fails (a bug, a constraint that cannot hold) is
+        dead-lettered and its entity parked: its later events follow it into the dead-letter store, in order,
+        until ``seqproc deadletter replay``; the other entities flow on."""
+        total = BatchResult()
+        if dead:
+            what = f"partition {partition}: dead letters"
+            self._retry(partial(self._transaction_one, partition, [], epoch, dead), what)
+        for event in events:
+            try:
+                one = self._retry(
+                    partial(self._transaction_one, partition, [event], epoch, []), f"partition {partition}: {event.key}"
+                )
+            except (PartitionFenced, StopRetrying):
+                raise
+            except Exception as error:
+                log_event(
+                    logger,
+                    logging.ERROR,
+                    outcome="parking",
+                    partition=partition,
+                    key=event.entity_key,
+                    idempotency_key=event.key,
+                    type=event.type,
+                    error=f"failed for good: {error}",
+                )
+                self._retry(partial(self._park, partition, epoch, event, error), f"partition {partition}: park")
+                one = BatchResult(outcomes=[DEAD_LETTERED], rejected=1)
+            total.outcomes.extend(one.outcomes)
+            total.replayed.extend(one.replayed)
+            total.applied += one.applied
+            total.duplicates += one.duplicates
+            total.rejected += one.rejected
+        return total
+
+    def _park(self, partition: int, epoch: int, event: Event, error: BaseException) -> None:
+        with self.rt.engine.begin() as conn:
+            park(conn, partition, epoch, event, error)
+
+    def _retry(self, attempt: Callable[[], T], what: str) -> T:
+        return retry_in_place(
+            attempt, what=what, backoff_max_s=self.rt.settings.retry_backoff_max_s, should_stop=should_stop
+        )
+
+    def _store_dead_letters_only(self, dead: list[DeadLetterRecord]) -> None:
+        if dead:
+            self._retry(partial(self._write_dead_letters, dead), "store dead letters")
+
+    def _write_dead_letters(self, dead: list[DeadLetterRecord]) -> None:
+        with self.rt.engine.begin() as conn:
+            store_dead_letters(conn, dead)
+
+    # -- after commit -----------------------------------------------------------------------------------------
+    def _report(self, partition: int, events: list[Event], outcomes: list[Outcome]) -> None:
+        metrics.count_outcomes(partition, events, outcomes)
+        for event, outcome in zip(events, outcomes, strict=True):
+            if outcome.status != "applied":
+                dead = outcome.reason in metrics.DEAD_LETTER_REASONS
+                log_event(
+                    logger,
+                    logging.WARNING if dead else logging.INFO,
+                    outcome="dead_lettered" if dead else outcome.status,
+                    partition=partition,
+                    key=event.entity_key,
+                    idempotency_key=event.key,
+                    type=event.type,
+                    reason=outcome.reason,
+                    first=outcome.first.status if outcome.first is not None else None,
+                )
+        self._publish_outcomes(
+            partition, [(event.id, outcome) for event, outcome in zip(events, outcomes, strict=True)]
+        )
+
+    def _publish_outcomes(self, partition: int, pairs: list[tuple[str, Outcome]]) -> None:
+        """Publish the outcomes before acking. The result backend unreachable (a restart, a failover): retry in
+        place, so that every waiter gets its outcome; shutting down meanwhile, the messages go back unacked and
+        their redelivery reports ``duplicate`` with the first outcome (the ledger has it)."""
+        try:
+            retry_in_place(
+                partial(self.rt.outcomes.put_many, pairs),
+                what=f"partition {partition}: publish {len(pairs)} outcome(s)",
+                backoff_max_s=self.rt.settings.retry_backoff_max_s,
+                should_stop=should_stop,
+                transient=_redis_unreachable,
+            )
+        except StopRetrying:
+            raise
+        except Exception:
+            # Not the connection: a bug. The ledger holds the outcomes; only waiters miss them (they time out with
+            # a clear error); holding the partition for it would stop every later event.
+            logger.exception("partition %d: could not publish %d outcome(s)", partition, len(pairs))
+
+    def give_back_partition(self, partition: int) -> None:
+        """Return the held messages of ``partition`` (its lease was lost) to the head of its queue, in order."""
+        mine = [item for item in self.buffer if item.decoded.partition == partition]
+        if mine:
+            self.buffer = [item for item in self.buffer if item.decoded.partition != partition]
+            self.events_held = sum(len(item.decoded.events) for item in self.buffer)
+            self._give_back(mine)
+
+    def _ack(self, items: list[Held]) -> None:
+        """Ack every message of the batch; on Redis in one pipelined round trip instead of one per message."""
+        try:
+            acked = ack_many([item.message for item in items])
+        except Exception:
+            logger.warning("batched ack failed; acking one by one", exc_info=True)
+            acked = 0
+        for item in items[acked:]:
+            try:
+                item.message.ack()
+            except Exception:
+                # Committed already: a redelivered copy is reported as a duplicate, not applied again.
+                logger.warning(
+                    "could not ack message %s (committed; a redelivery will be a duplicate)",
+                    item.decoded.task_id,
+                    exc_info=True,
+                )
+
+    def _give_back(self, items: list[Held]) -> None:
+        """Return unapplied messages to the head of their queue, oldest next in line, then release them here."""
+        for item in reversed(items):
+            message = item.message
+            qos = getattr(getattr(message, "channel", None), "qos", None)
+            try:
+                if qos is not None and hasattr(qos, "restore_by_tag"):
+                    qos.restore_by_tag(message.delivery_tag, leftmost=False)
+                    message.ack()  # only frees the prefetch slot: the restore already removed it from unacked
+                else:
+                    message.reject(requeue=True)
+            except Exception:
+                logger.warning(
+                    "could not give back message %s; the visibility timeout will",
+                    item.decoded.task_id,
+                    exc_info=True,
+                )
+
+    def _stop_consuming(self, partition: int) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.cancel_task_queue(queue_name(partition))
+            except Exception:
+                logger.warning("could not stop consuming %s", queue_name(partition), exc_info=True)
+
+    def _send_event(self, kind: str, decoded: Decoded, **fields: Any) -> None:
+        dispatcher = getattr(self.consumer, "event_dispatcher", None)
+        if dispatcher is None or not dispatcher.enabled or decoded.task_id is None:
+            return
+        try:
+            dispatcher.send(kind, uuid=decoded.task_id, **fields)
+        except Exception:
+            logger.debug("could not send %s event", kind, exc_info=True)
+
+    @staticmethod
+    def _summary(decoded: Decoded) -> str:
+        return repr(
+            {
+                "partition": decoded.partition,
+                "events": len(decoded.events),
+                "invalid": len(decoded.dead_letters),
+            }
+        )
+
+
+def _redis_unreachable(error: BaseException) -> bool:
+    return isinstance(error, redis.ConnectionError | redis.TimeoutError)
+
+
+def should_stop() -> bool:
+    """True once the worker is shutting down: a retry loop stops and gives its messages back."""
+    return bool(worker_state.should_stop or worker_state.should_terminate)
+
+
+def ack_many(messages: list[Any]) -> int:
+    """Ack ``messages`` of one Redis channel in one pipeline (kombu's QoS.ack sends one per message).
+
+    Returns how many were acked this way: 0 when the transport is not Redis (then ack each the usual way).
+    """
+    if not messages:
+        return 0
+    channel = messages[0].channel
+    qos = getattr(channel, "qos", None)
+    if qos is None or not hasattr(qos, "_remove_from_indices") or any(m.channel is not channel for m in messages):
+        return 0
+    with qos.pipe_or_acquire() as pipe:
+        for message in messages:
+            qos._remove_from_indices(message.delivery_tag, pipe)
+        pipe.execute()
+    for message in messages:
+        # The rest of what Message.ack does: the base QoS bookkeeping (frees the prefetch slot), the state.
+        VirtualQoS.ack(qos, message.delivery_tag)
+        message._state = "ACK"
+    return len(messages)
+
+
+#: The outcome of an event dead-lettered because it failed for good (its entity is parked behind it).
+DEAD_LETTERED = Outcome("rejected", "dead_lettered")
+
+
+def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
+    """Celery's Task.Strategy hook: called at each consumer (re)start, returns the per-message handler of the
+    task's batcher."""
+    if task.batcher is None:
+        raise RuntimeError("no seqproc runtime attached to the apply task: start workers with `seqproc worker`")
+    batcher: Batcher = task.batcher
+    return batcher.bind(consumer)

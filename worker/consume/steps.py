@@ -1,0 +1,150 @@
+"""Celery's consumer, with every path that would drop a message turned into a dead letter.
+
+Stock Celery logs and acks (drops) a message it cannot decode, one without task headers, one naming an unknown
+task, or one of a refused content type (pickle). Here each is stored in ``dead_letter`` with its raw body and the
+reason, then acked. A consumer step also applies whatever the batcher holds when the consumer stops (SIGTERM,
+broker reconnect), so that a warm shutdown finishes the batch in hand, commits, acks and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import bootsteps
+from celery.worker.consumer import Consumer
+
+from seqproc.models.wire import APPLY_TASK, partition_of_queue, queue_name
+from seqproc.worker import runtime
+from seqproc.worker.consume.batching import Batcher, should_stop
+from seqproc.worker.consume.decode import body_text
+from seqproc.worker.consume.retry import StopRetrying, retry_in_place
+from seqproc.worker.engine.apply import DeadLetterRecord, store_dead_letters
+from seqproc.worker.ops import metrics
+from seqproc.worker.ownership.partitions import restore_unacked
+
+logger = logging.getLogger(__name__)
+
+
+def batcher_of(c: Any) -> Batcher:
+    """The batcher of consumer ``c``'s apply task."""
+    batcher: Batcher | None = c.app.tasks[APPLY_TASK].batcher
+    if batcher is None:
+        raise RuntimeError("no seqproc runtime attached to the apply task: start workers with `seqproc worker`")
+    return batcher
+
+
+def dead_letter_message(rt: runtime.Runtime, message: Any, error: str) -> None:
+    """Store ``message`` as a dead letter, then ack it. Unacked (left for redelivery) if the store stays down."""
+    delivery = message.delivery_info or {}
+    queue = delivery.get("routing_key")
+    record = DeadLetterRecord(
+        error=error[:4000],
+        body=body_text(message.body),
+        partition=partition_of_queue(queue) if isinstance(queue, str) else None,
+        queue=queue if isinstance(queue, str) else None,
+        content_type=message.content_type,
+    )
+
+    def write() -> None:
+        with rt.engine.begin() as conn:
+            store_dead_letters(conn, [record])
+
+    try:
+        retry_in_place(
+            write,
+            what="store a dead letter",
+            backoff_max_s=rt.settings.retry_backoff_max_s,
+            should_stop=should_stop,
+        )
+    except StopRetrying:
+        return
+    message.ack()
+    metrics.count_dead_letters([record])
+
+
+class SeqprocConsumer(Consumer):
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        dead_letter_message(runtime.of(self.app), message, f"cannot decode message: {type(exc).__name__}: {exc}")
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        dead_letter_message(runtime.of(self.app), message, "not a Celery task message (no task header)")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        name = (message.headers or {}).get("task")
+        dead_letter_message(
+            runtime.of(self.app), message, f"unknown task {name!r}: partition queues carry only seqproc.apply"
+        )
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        dead_letter_message(runtime.of(self.app), message, f"invalid task message: {type(exc).__name__}: {exc}")
+
+
+class LeaseStep(bootsteps.StartStopStep):
+    """``--partitions auto``: renew the leases every third of their time limit, in the consumer's own loop (the
+    channel is not thread-safe), starting and stopping partition queues as leases come and go."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self._timer: Any = None
+
+    def start(self, c: Any) -> None:
+        rt = runtime.of(c.app)
+        if rt.leases is None:
+            return
+        self._timer = c.timer.call_repeatedly(rt.settings.lease_s / 3, self.tick, (c,))
+
+    def tick(self, c: Any) -> None:
+        rt = runtime.of(c.app)
+        try:
+            rt.leases.tick(
+                on_acquire=lambda partition, epoch: self._acquired(c, partition, epoch),
+                on_release=lambda partition: self._releasing(c, partition),
+                on_lost=lambda partition: self._lost(c, partition),
+            )
+        except Exception:
+            # Redis or PostgreSQL unreachable: leases are not renewed, so ``fresh`` turns false and nothing is
+            # applied to a partition that may have moved; the next tick tries again.
+            logger.warning("lease renewal failed; retrying in %.1f s", rt.settings.lease_s / 3, exc_info=True)
+
+    def _acquired(self, c: Any, partition: int, epoch: int) -> None:
+        rt = runtime.of(c.app)
+        rt.epochs[partition] = epoch
+        # The previous owner can no longer commit (epoch raised): its unacked messages come back first, in order.
+        restore_unacked(c.connection.default_channel, [queue_name(partition)])
+        c.add_task_queue(queue_name(partition))
+
+    def _releasing(self, c: Any, partition: int) -> None:
+        batcher = batcher_of(c)
+        batcher.flush()  # apply and ack what is held, while the lease is still ours
+        batcher.rt.epochs.pop(partition, None)
+        c.cancel_task_queue(queue_name(partition))
+
+    def _lost(self, c: Any, partition: int) -> None:
+        batcher = batcher_of(c)
+        batcher.rt.epochs.pop(partition, None)
+        batcher.give_back_partition(partition)
+        c.cancel_task_queue(queue_name(partition))
+
+    def stop(self, c: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class FlushOnStop(bootsteps.StartStopStep):
+    """Apply and ack what the batcher holds before the consumer's connection goes away (and, for an auto worker,
+    before its leases are released)."""
+
+    requires = (LeaseStep,)
+
+    def stop(self, c: Any) -> None:
+        batcher: Batcher | None = c.app.tasks[APPLY_TASK].batcher
+        if batcher is not None and batcher.buffer:
+            logger.info("consumer stopping: applying the %d message(s) in hand", len(batcher.buffer))
+            batcher.flush()
+
+    def shutdown(self, c: Any) -> None:
+        self.stop(c)

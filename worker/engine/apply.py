@@ -1,0 +1,292 @@
+"""Apply a batch of one partition's events in ONE transaction, exactly once per idempotency key.
+
+1. claim the batch's keys in the ledger (``INSERT ... ON CONFLICT DO NOTHING RETURNING``) and load the touched rows;
+   keys already in the ledger (or earlier in the batch) are duplicates: they change nothing and report the first
+   outcome of their key;
+2. apply the new events in order with the domain rules (pure functions, ``worker.likes``/``worker.stock``), in memory;
+3. write the rows that changed, the outcomes, the dead letters, the partition's counters, and check its fencing
+   epoch, last (a worker that lost the partition cannot commit).
+The caller commits, then acks. This module knows nothing of Celery: it takes a connection and events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection
+
+from seqproc.models.errors import InvalidEvent, PartitionFenced
+from seqproc.models.events import Event, Like, Reconcile, Replay, Unlike, parse_event
+from seqproc.models.outcomes import Outcome
+from seqproc.models.wire import queue_name
+from seqproc.worker.engine import likes, stock
+from seqproc.worker.engine.store import DeadLetterRecord, Fence, Store, Writes, store_for
+from seqproc.worker.ops.logs import log_event
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PARKED",
+    "BatchResult",
+    "DeadLetterRecord",
+    "PartitionBatch",
+    "apply_batch",
+    "apply_partitions",
+    "park",
+    "store_dead_letters",
+]
+
+
+@dataclass
+class BatchResult:
+    #: One outcome per event of the batch, in order.
+    outcomes: list[Outcome] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    #: Dead-lettered events applied by a replay in this batch (not part of any message): their outcomes too.
+    replayed: list[tuple[Event, Outcome]] = field(default_factory=list)
+
+    def count(self, outcome: Outcome) -> None:
+        if outcome.status == "applied":
+            self.applied += 1
+        elif outcome.status == "duplicate":
+            self.duplicates += 1
+        else:
+            self.rejected += 1
+
+
+@dataclass(frozen=True)
+class PartitionBatch:
+    """The events of one partition, in the order received, with the epoch this worker holds for it (None: no fence
+    check, for tools and tests applying directly) and what could not be decoded, to be stored alongside."""
+
+    partition: int
+    events: Sequence[Event]
+    epoch: int | None
+    dead_letters: Sequence[DeadLetterRecord] = ()
+
+
+@dataclass(frozen=True)
+class _Planned:
+    event: Event
+    #: Which batch, and which of its events (None: a dead letter brought back by a replay).
+    batch: int
+    position: int | None
+    dead_letter_id: int | None = None
+
+
+def apply_batch(
+    conn: Connection,
+    partition: int,
+    events: Sequence[Event],
+    *,
+    epoch: int | None,
+    dead_letters: Sequence[DeadLetterRecord] = (),
+) -> BatchResult:
+    """Apply the events of one partition inside the caller's transaction; see :func:`apply_partitions`."""
+    return apply_partitions(conn, [PartitionBatch(partition, events, epoch, dead_letters)])[0]
+
+
+def apply_partitions(
+    conn: Connection, batches: Sequence[PartitionBatch], *, reservation_ttl_s: int | None = None
+) -> list[BatchResult]:
+    """Apply several partitions' batches inside the caller's ONE transaction; one outcome per event, per batch.
+
+    Keys never cross partitions and neither do articles or products, so the partitions are independent; sharing the
+    transaction (and its round trips and its commit) is what makes many small batches cheap. Raises
+    :class:`PartitionFenced` naming every partition whose epoch is no longer current: roll back then.
+
+    Parked entities (an earlier event of theirs failed for good): their new events are dead-lettered, in order, and
+    their ledger claims given back. A ``replay`` event brings an entity's dead letters back at its place in the
+    stream, oldest first, then unparks it.
+    """
+    store = store_for(conn)
+    plan = _plan(conn, store, batches)
+    events = [item.event for item in plan]
+    keys = [event.ledger_key for event in events]  # a property that formats a string: once per event
+    first_index: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        first_index.setdefault(key, index)
+    candidates = sorted(first_index.values())
+    domain = [e for e in events if not isinstance(e, Replay | Reconcile)]
+    like_events = [e for e in domain if isinstance(e, Like | Unlike)]
+    stock_events = [e for e in domain if not isinstance(e, Like | Unlike)]
+    loaded = store.claim_and_load(
+        conn,
+        [(keys[i], events[i].type, batches[plan[i].batch].partition) for i in candidates],
+        list(dict.fromkeys((e.article_id, e.user_id) for e in like_events)),
+        sorted({e.product_id for e in stock_events}),
+        sorted({e.reservation_id for e in stock_events if e.type != "restock"}),
+        sorted({e.entity_key for e in events}),
+    )
+    seen_before = store.first_outcomes(conn, [keys[i] for i in candidates if keys[i] not in loaded.new_keys])
+
+    writes = Writes()
+    parked = set(loaded.parked)
+    decided: dict[int, Outcome] = {}
+    to_apply: list[int] = []
+    for index in candidates:
+        event, item = events[index], plan[index]
+        if keys[index] not in loaded.new_keys:
+            continue
+        if isinstance(event, Replay):
+            parked.discard(event.entity)
+            writes.unpark.append(event.entity)
+            brought = [
+                p.dead_letter_id for p in plan if p.dead_letter_id is not None and p.event.entity_key == event.entity
+            ]
+            writes.replayed.extend(d for d in brought if d is not None)
+            decided[index] = Outcome("applied", f"replayed {len(brought)}")
+        elif isinstance(event, Reconcile):
+            writes.recount.append(event.article_id)
+            decided[index] = Outcome("applied", "recounted")
+        elif event.entity_key in parked:
+            decided[index] = PARKED
+            writes.unclaim.append(keys[index])
+            writes.dead_letters = [*writes.dead_letters, _parked_letter(event, batches[item.batch].partition)]
+        else:
+            to_apply.append(index)
+
+    apply_likes = [i for i in to_apply if isinstance(events[i], Like | Unlike)]
+    apply_stock = [i for i in to_apply if not isinstance(events[i], Like | Unlike)]
+    final_pairs, like_outcomes = likes.evaluate(loaded.pairs, [events[i] for i in apply_likes])  # type: ignore[misc]
+    final_stock, stock_outcomes = stock.evaluate(loaded.stock, [events[i] for i in apply_stock])  # type: ignore[misc]
+    decided.update(zip(apply_likes, like_outcomes, strict=True))
+    decided.update(zip(apply_stock, stock_outcomes, strict=True))
+
+    results = [BatchResult() for _ in batches]
+    for index, item in enumerate(plan):
+        key = keys[index]
+        if index in decided:
+            outcome = decided[index]
+        else:
+            outcome = Outcome("duplicate", first=decided.get(first_index[key]) or seen_before.get(key))
+        result = results[item.batch]
+        result.count(outcome)
+        if item.position is None:
+            result.replayed.append((item.event, outcome))
+        else:
+            result.outcomes.append(outcome)
+
+    writes.fences = [
+        Fence(batch.partition, batch.epoch, result.applied, result.duplicates, result.rejected)
+        for batch, result in zip(batches, results, strict=True)
+    ]
+    writes.likes = likes.diff(loaded.pairs, final_pairs)
+    writes.reservation_ttl_s = reservation_ttl_s
+    writes.stock = stock.diff(loaded.stock, final_stock)
+    writes.outcomes = [
+        (keys[i], outcome)
+        for i, outcome in decided.items()
+        if (outcome.status != "applied" or outcome.reason is not None) and keys[i] not in writes.unclaim
+    ]
+    incoming = [record for batch in batches for record in batch.dead_letters]
+    writes.dead_letters = [*incoming, *writes.dead_letters]
+    fenced = store.write(conn, writes)
+    if fenced:
+        epochs = {batch.partition: batch.epoch for batch in batches}
+        raise PartitionFenced(
+            "; ".join(f"partition {p}: epoch {epochs[p]} is no longer current, another worker owns it" for p in fenced),
+            partitions=fenced,
+        )
+    _log_dead_letters(writes.dead_letters)
+    return results
+
+
+#: The outcome of an event of a parked entity: kept in the dead-letter store until a replay applies it.
+PARKED = Outcome("rejected", "parked")
+
+
+def _plan(conn: Connection, store: Store, batches: Sequence[PartitionBatch]) -> list[_Planned]:
+    """The events in the order to apply them: as received, except that a replay of entity K is followed by K's dead
+    letters (oldest first) and then by K's events that came earlier in this batch (they would have been parked)."""
+    replays = sorted({e.entity for b in batches for e in b.events if isinstance(e, Replay)})
+    dead, parked = store.load_replay(conn, replays) if replays else ({}, set())
+    plan: list[_Planned] = []
+    for n, batch in enumerate(batches):
+        out: list[_Planned] = []
+        for position, event in enumerate(batch.events):
+            item = _Planned(event, n, position)
+            if not isinstance(event, Replay):
+                out.append(item)
+                continue
+            entity = event.entity
+            earlier = [p for p in out if p.event.entity_key == entity and not isinstance(p.event, Replay)]
+            if entity in parked:
+                out = [p for p in out if p not in earlier]
+            else:
+                earlier = []
+            out.append(item)
+            for dead_id, body in dead.get(entity, []):
+                try:
+                    brought = parse_event(json.loads(body))
+                except (ValueError, InvalidEvent):
+                    continue  # not a valid event (a malformed message): it stays a dead letter
+                if brought.entity_key == entity and not isinstance(brought, Replay):
+                    out.append(_Planned(brought, n, None, dead_id))
+            out.extend(earlier)
+        plan.extend(out)
+    return plan
+
+
+def _parked_letter(event: Event, partition: int) -> DeadLetterRecord:
+    return _event_letter(
+        event,
+        partition,
+        f"{event.entity_key} is parked (an earlier event of it failed); replay it with "
+        f"`seqproc deadletter replay {event.entity_key}` once the cause is fixed",
+    )
+
+
+def _event_letter(event: Event, partition: int, error: str) -> DeadLetterRecord:
+    """The dead letter of a valid event: its JSON, its keys, the partition it came from."""
+    return DeadLetterRecord(
+        error=error,
+        body=event.model_dump_json(),
+        partition=partition,
+        queue=queue_name(partition),
+        event_key=event.key,
+        content_type="application/json",
+        entity_key=event.entity_key,
+    )
+
+
+def park(conn: Connection, partition: int, epoch: int | None, event: Event, error: BaseException) -> DeadLetterRecord:
+    """Dead-letter ``event`` (it failed for a reason other than a transient error) and park its entity, so that its
+    later events wait in order behind it instead of overtaking it. Other entities flow on."""
+    record = _event_letter(event, partition, f"apply failed: {type(error).__name__}: {error}"[:2000])
+    writes = Writes(
+        fences=[Fence(partition, epoch, rejected=1)],
+        dead_letters=[record],
+        park=[(event.entity_key, partition, record.error)],
+    )
+    fenced = store_for(conn).write(conn, writes)
+    if fenced:
+        raise PartitionFenced(f"partition {partition}: epoch {epoch} is no longer current", partitions=fenced)
+    _log_dead_letters([record])
+    return record
+
+
+def store_dead_letters(conn: Connection, records: Sequence[DeadLetterRecord]) -> None:
+    """Keep what could not be applied, with its raw body and error, until someone replays or discards it."""
+    if records:
+        store_for(conn).store_dead_letters(conn, records)
+        _log_dead_letters(records)
+
+
+def _log_dead_letters(records: Sequence[DeadLetterRecord]) -> None:
+    for record in records:
+        log_event(
+            logger,
+            logging.WARNING,
+            outcome="dead_letter_stored",
+            partition=record.partition,
+            queue=record.queue,
+            key=record.entity_key,
+            idempotency_key=record.event_key,
+            error=record.error,
+        )

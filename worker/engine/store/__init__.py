@@ -1,0 +1,124 @@
+"""What the apply transaction needs from the database, in two implementations:
+
+- ``worker.store_pg``: PostgreSQL, set-based statements over arrays (``unnest``), constant SQL text (prepared by
+  psycopg after a few uses), sent in pipelines: one round trip to claim the keys and load the touched rows, one to
+  write everything and check the fence;
+- ``worker.store_sql``: SQLAlchemy Core, portable (SQLite: the embedded mode and the unit tests).
+
+Both obey the same contract, and the same property tests run against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy import Connection
+
+from seqproc.models.outcomes import Outcome
+from seqproc.worker.engine.likes import LikeChanges, Pair, PairState
+from seqproc.worker.engine.stock import StockChanges, StockState
+
+#: The status a claimed key starts with: most events are applied plainly, so only the others need a second write.
+CLAIMED_STATUS = "applied"
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    """Something that could not be applied, to be stored with the batch (same transaction as its ack)."""
+
+    error: str
+    body: str
+    partition: int | None = None
+    queue: str | None = None
+    event_key: str | None = None
+    content_type: str | None = None
+    #: The entity of a valid event that could not be applied (what replay goes by).
+    entity_key: str | None = None
+
+
+@dataclass
+class Loaded:
+    #: The keys this transaction claimed: their events are new; the other keys are duplicates.
+    new_keys: set[str]
+    pairs: dict[Pair, PairState | None]
+    stock: StockState
+    #: The entities among those asked about that are parked.
+    parked: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Fence:
+    """One partition of the transaction: its counters, and the epoch to check (None: no check, for tools and tests
+    applying directly)."""
+
+    partition: int
+    epoch: int | None
+    applied: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+@dataclass
+class Writes:
+    fences: list[Fence] = field(default_factory=list)
+    likes: LikeChanges = field(default_factory=LikeChanges)
+    stock: StockChanges = field(default_factory=StockChanges)
+    #: Outcomes of claimed keys that are not a plain "applied" (claimed keys start as that).
+    outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
+    dead_letters: Sequence[DeadLetterRecord] = ()
+    #: Claimed keys to give back: their events were dead-lettered (parked entity), a replay must find them new.
+    unclaim: list[str] = field(default_factory=list)
+    #: Entities to park (entity, partition, reason) and to unpark.
+    park: list[tuple[str, int, str]] = field(default_factory=list)
+    unpark: list[str] = field(default_factory=list)
+    #: Dead letters applied by a replay.
+    replayed: list[int] = field(default_factory=list)
+    #: Articles whose like_count is set to their number of like rows (reconcile), after the like writes.
+    recount: list[int] = field(default_factory=list)
+    #: Active reservations created now expire this many seconds later (None: never).
+    reservation_ttl_s: int | None = None
+
+
+class Store(Protocol):
+    def claim_and_load(
+        self,
+        conn: Connection,
+        keys: Sequence[tuple[str, str, int]],
+        pairs: Sequence[Pair],
+        product_ids: Sequence[int],
+        reservation_ids: Sequence[str],
+        entity_keys: Sequence[str],
+    ) -> Loaded:
+        """Insert the ``(key, event_type, partition)`` rows into the ledger (``ON CONFLICT DO NOTHING RETURNING``) and
+        read the state of the touched pairs, products, reservations, and which of ``entity_keys`` are parked."""
+        ...
+
+    def load_replay(
+        self, conn: Connection, entity_keys: Sequence[str]
+    ) -> tuple[dict[str, list[tuple[int, str]]], set[str]]:
+        """The dead letters not yet replayed of each entity, oldest first, as (id, body); and which are parked."""
+        ...
+
+    def first_outcomes(self, conn: Connection, keys: Sequence[str]) -> dict[str, Outcome]:
+        """The recorded outcome of each of ``keys`` that the ledger holds."""
+        ...
+
+    def write(self, conn: Connection, writes: Writes) -> list[int]:
+        """Write the changes, outcomes, dead letters and counters; check each partition's fencing epoch last (under
+        the partition row's lock). Returns the partitions whose epoch is no longer current: if any, the caller
+        must roll back."""
+        ...
+
+    def store_dead_letters(self, conn: Connection, records: Sequence[DeadLetterRecord]) -> None: ...
+
+
+def store_for(conn: Connection) -> Store:
+    if conn.dialect.name == "postgresql":
+        from seqproc.worker.engine.store.postgres import PostgresStore
+
+        return PostgresStore()
+    from seqproc.worker.engine.store.portable import SqlStore
+
+    return SqlStore()

@@ -1,0 +1,255 @@
+"""Partition ownership: parse ``--partitions``, claim partitions (raising their fencing epochs), and hand a dead
+owner's unacknowledged messages back to the queue at once instead of after the visibility timeout."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psycopg
+from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from seqproc.models.db import upsert
+from seqproc.models.errors import ConfigError, PartitionCountMismatch
+from seqproc.models.tables.base import table_of
+from seqproc.models.tables.partition import Meta, Partition
+from seqproc.models.wire import queue_name
+
+logger = logging.getLogger(__name__)
+
+PARTITIONS = table_of(Partition)
+META = table_of(Meta)
+PARTITION_COUNT = "partition_count"
+
+
+def parse_partitions(spec: str | None, total: int) -> list[int]:
+    """``"0-7"``, ``"0,2,5-6"`` or ``"all"``/None -> sorted partition numbers, each below ``total``."""
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return list(range(total))
+    chosen: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                low_text, high_text = part.split("-", 1)
+                low, high = int(low_text), int(high_text)
+                if low > high:
+                    raise ValueError
+                chosen.update(range(low, high + 1))
+            else:
+                chosen.add(int(part))
+        except ValueError:
+            raise ConfigError(
+                f"--partitions: {part!r} is not a partition number or range like 0-7 (spec {spec!r})"
+            ) from None
+    bad = sorted(p for p in chosen if not 0 <= p < total)
+    if bad:
+        raise ConfigError(f"--partitions: {bad[0]} is out of range; partitions are 0-{total - 1} (SEQPROC_PARTITIONS)")
+    return sorted(chosen)
+
+
+def check_partition_count(engine: Engine, total: int) -> None:
+    """Record the partition count on first use; refuse a different one later (it would re-route keys)."""
+    with engine.begin() as conn:
+        conn.execute(
+            upsert(conn, META).on_conflict_do_nothing(index_elements=[META.c.name]),
+            {"name": PARTITION_COUNT, "value": str(total)},
+        )
+        stored = conn.execute(select(META.c.value).where(META.c.name == PARTITION_COUNT)).scalar_one()
+    if int(stored) != total:
+        raise PartitionCountMismatch(
+            f"SEQPROC_PARTITIONS is {total} but this database was set up with {stored} partitions; changing it "
+            f"re-routes keys: stop the producers, drain the queues, then run `seqproc partitions set {total}`"
+        )
+
+
+def session_name(owner: str) -> str:
+    """The PostgreSQL ``application_name`` of a worker's sessions: ``seqproc <pid>/<run token>``, the tail of its
+    owner token (unique per run, and short enough for the 63 characters PostgreSQL keeps), so that the next owner
+    of a partition can find the sessions of the previous one."""
+    return "seqproc " + "/".join(owner.split("/")[-2:])
+
+
+def is_lock_timeout(error: BaseException) -> bool:
+    """A statement gave up waiting for a lock after ``lock_timeout``."""
+    return isinstance(getattr(error, "orig", None), psycopg.errors.LockNotAvailable)
+
+
+def claim(
+    engine: Engine, partitions: Sequence[int], *, owner: str, total: int, lock_timeout_s: float | None = None
+) -> dict[int, int]:
+    """Take ``partitions``: raise each one's epoch, so that any previous owner can no longer commit.
+
+    Returns partition -> the new epoch, which every apply transaction of this owner checks. ``lock_timeout_s``
+    bounds the wait for a previous owner's transaction to end (PostgreSQL). A takeover that times out ends that
+    owner's stale sessions (:func:`end_stale_sessions`) and tries once more; failing again it raises, to be retried,
+    instead of hanging.
+    """
+    check_partition_count(engine, total)
+    if not partitions:
+        return {}
+    try:
+        return _raise_epochs(engine, partitions, owner=owner, lock_timeout_s=lock_timeout_s)
+    except OperationalError as error:
+        if lock_timeout_s is None or not is_lock_timeout(error) or not end_stale_sessions(engine, partitions, owner):
+            raise
+    return _raise_epochs(engine, partitions, owner=owner, lock_timeout_s=lock_timeout_s)
+
+
+#: The sessions holding the partition rows (the open transaction whose id is a row's ``xmax``) that belong to a
+#: previous owner: ended. MATERIALIZED: the filters certainly apply before pg_terminate_backend sees a pid.
+END_STALE_SESSIONS = """
+WITH lockers AS MATERIALIZED (
+    SELECT DISTINCT l.pid FROM partition p
+    JOIN pg_locks l ON l.locktype = 'transactionid' AND l.transactionid = p.xmax AND l.granted
+    WHERE p.partition = ANY(:partitions)
+), stale AS MATERIALIZED (
+    SELECT a.pid, a.application_name FROM pg_stat_activity a JOIN lockers USING (pid)
+    WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.application_name = ANY(:names)
+)
+SELECT pid, application_name FROM stale WHERE pg_terminate_backend(pid)
+"""
+
+
+def end_stale_sessions(engine: Engine, partitions: Sequence[int], owner: str) -> int:
+    """End the sessions of the previous owners of ``partitions`` that hold a lock on those partitions' rows (the
+    transaction that last wrote a row, still open, found through the row's ``xmax``). Returns how many it ended.
+
+    Called by a worker that holds the leases of ``partitions`` and timed out waiting for a lock on their rows: the
+    previous owner's lease passed on, so a transaction of its that is still open belongs to a process that is paused
+    or cut off. PostgreSQL does not end it by itself when it stopped mid-pipeline (statements sent, no Sync yet):
+    the session stays ``active`` in ``ClientRead``, where neither ``idle_in_transaction_session_timeout`` nor
+    ``statement_timeout`` applies. Ended, its transaction rolls back; its messages are still in ``unacked``, and the
+    new owner's restore replays them first, so nothing is lost or reordered. Needs the same database role for every
+    worker, or ``pg_signal_backend``.
+    """
+    with engine.connect() as conn:
+        previous = {
+            row
+            for row in conn.execute(
+                select(PARTITIONS.c.owner).where(PARTITIONS.c.partition.in_(list(partitions)))
+            ).scalars()
+            if row and row != owner
+        }
+        if not previous:
+            return 0
+        try:
+            ended = conn.execute(
+                text(END_STALE_SESSIONS),
+                {"partitions": list(partitions), "names": sorted(session_name(o) for o in previous)},
+            ).all()
+            conn.commit()
+        except DBAPIError as error:
+            logger.error(
+                "partitions %s: cannot end the stale sessions of %s (%s); give every worker the same database "
+                "role, or grant it pg_signal_backend",
+                ",".join(map(str, partitions)),
+                ", ".join(sorted(previous)),
+                error.orig,
+            )
+            return 0
+    for pid, name in ended:
+        logger.warning(
+            "partitions %s: ended session %s (%s) of the previous owner, still inside a transaction after its "
+            "lease passed to %s",
+            ",".join(map(str, partitions)),
+            pid,
+            name,
+            owner,
+        )
+    return len(ended)
+
+
+def _raise_epochs(
+    engine: Engine, partitions: Sequence[int], *, owner: str, lock_timeout_s: float | None
+) -> dict[int, int]:
+    with engine.begin() as conn:
+        if lock_timeout_s is not None and conn.dialect.name == "postgresql":
+            conn.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_s * 1000)}"))
+        conn.execute(
+            upsert(conn, PARTITIONS).on_conflict_do_nothing(index_elements=[PARTITIONS.c.partition]),
+            [{"partition": p, "epoch": 0} for p in partitions],
+        )
+        rows = conn.execute(
+            update(PARTITIONS)
+            .where(PARTITIONS.c.partition.in_(list(partitions)))
+            .values(epoch=PARTITIONS.c.epoch + 1, owner=owner, claimed_at=func.now())
+            .returning(PARTITIONS.c.partition, PARTITIONS.c.epoch)
+        )
+        epochs = {int(p): int(e) for p, e in rows}
+    logger.info("claimed partitions %s as %s", ",".join(map(str, partitions)), owner)
+    return epochs
+
+
+def restore_unacked(channel: Any, queues: Iterable[str]) -> int:
+    """Put back, at the head of their queues and in their original order, the unacknowledged messages of
+    ``queues`` (Redis transport). Called by a new owner right after its claim: the old owner can no longer commit
+    (fenced), so its held messages need not wait for the visibility timeout.
+
+    Any still-live holder of such a message is fenced, and the ledger reports the copy as a duplicate.
+    """
+    qos = getattr(channel, "qos", None)
+    if qos is None or not hasattr(qos, "restore_by_tag"):
+        return 0
+    wanted = set(queues)
+    # The pooled client, never ``channel.client``: on a consuming channel that one has a BRPOP outstanding.
+    with channel.conn_or_acquire() as client:
+        tags = []
+        for tag, raw in client.hgetall(channel.unacked_key).items():
+            try:
+                _payload, _exchange, routing_key = json.loads(raw)
+            except (ValueError, TypeError):
+                continue
+            if routing_key in wanted:
+                tags.append(tag)
+        if not tags:
+            return 0
+        scores = client.zmscore(channel.unacked_index_key, tags)
+    ordered = sorted(zip(tags, scores, strict=True), key=lambda item: item[1] or 0.0)
+    # Each restore pushes onto the consuming end, so restore the newest first: the oldest ends up next in line.
+    for tag, _score in reversed(ordered):
+        qos.restore_by_tag(tag, leftmost=False)
+    logger.info("restored %d unacknowledged message(s) of %s to the head of their queues", len(tags), sorted(wanted))
+    return len(tags)
+
+
+def queues_for(partitions: Iterable[int]) -> list[str]:
+    return [queue_name(p) for p in partitions]
+
+
+def pending_messages(client: Any, count: int) -> dict[str, int]:
+    """Messages waiting in each of the first ``count`` partition queues, plus those delivered but unacknowledged
+    (key ``unacked``), read straight from Redis."""
+    pipe = client.pipeline(transaction=False)
+    names = queues_for(range(count))
+    for name in names:
+        pipe.llen(name)
+    pipe.hlen("unacked")
+    *depths, unacked = pipe.execute()
+    pending = {name: int(depth) for name, depth in zip(names, depths, strict=True) if depth}
+    if unacked:
+        pending["unacked"] = int(unacked)
+    return pending
+
+
+def set_partition_count(engine: Engine, client: Any, new_count: int) -> int:
+    """Change the deployment's partition count; refuse while any queue holds events. Returns the old count."""
+    with engine.begin() as conn:
+        stored = conn.execute(select(META.c.value).where(META.c.name == PARTITION_COUNT)).scalar_one_or_none()
+        old_count = int(stored) if stored is not None else new_count
+        pending = pending_messages(client, max(old_count, new_count))
+        if pending:
+            described = ", ".join(f"{name}: {n}" for name, n in sorted(pending.items()))
+            raise ConfigError(
+                f"cannot change the partition count from {old_count} to {new_count} while events are queued "
+                f"({described}): stop the producers, let the workers drain the queues, then try again"
+            )
+        conn.execute(
+            upsert(conn, META).on_conflict_do_update(index_elements=[META.c.name], set_={"value": str(new_count)}),
+            {"name": PARTITION_COUNT, "value": str(new_count)},
+        )
+    logger.info("partition count changed from %d to %d", old_count, new_count)
+    return old_count
