@@ -15,8 +15,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -223,21 +225,49 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class PrivateRedis:
-    """A redis-server of the test's own on a loopback port, with append-only persistence, that it may restart."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server's certificate and key, and the CA that signed it (PEM files)."""
 
-    def __init__(self, directory: Path, *, persistent: bool = True) -> None:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a loopback port, with append-only persistence, that it may restart.
+
+    With ``tls``, that port speaks TLS only (no plain port) and ``url`` gives ``rediss://`` URLs that verify the
+    server against ``tls.ca``."""
+
+    def __init__(self, directory: Path, *, persistent: bool = True, tls: TlsFiles | None = None) -> None:
         self.port = free_port()
         self.directory = directory
         self.persistent = persistent
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        listen = ["--port", str(self.port)]
+        if self.tls is not None:
+            listen = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(self.tls.cert),
+                "--tls-key-file",
+                str(self.tls.key),
+                "--tls-ca-cert-file",
+                str(self.tls.ca),
+                "--tls-auth-clients",
+                "no",
+            ]
         self.process = subprocess.Popen(
             [
                 "redis-server",
-                "--port",
-                str(self.port),
+                *listen,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -252,12 +282,12 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
+        client = redis.Redis.from_url(self.url(0), socket_connect_timeout=2, socket_timeout=2)
 
         def up() -> bool:
             try:
                 return bool(client.ping())
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.TimeoutError):
                 return False
 
         wait_for(up, 10, "the private redis-server")
@@ -268,7 +298,9 @@ class PrivateRedis:
             self.process.wait(10)
 
     def url(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        if self.tls is None:
+            return f"redis://127.0.0.1:{self.port}/{db}"
+        return f"rediss://127.0.0.1:{self.port}/{db}?ssl_cert_reqs=required&ssl_ca_certs={quote(str(self.tls.ca))}"
 
 
 @pytest.fixture

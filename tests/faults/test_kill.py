@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -15,6 +16,7 @@ from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.models.tables.likes import ArticleLike
 from seqproc.worker.ops.inspect import check_invariants, product_state
+from tests.conftest import WorkerProcess
 from tests.faults.matrix import report
 
 pytestmark = pytest.mark.services
@@ -26,6 +28,23 @@ KILLS = 20
     "kills", [pytest.param(KILLS, id="20-kills"), pytest.param(60, id="60-kills", marks=pytest.mark.slow)]
 )
 def test_sigkills_lose_and_double_nothing(clean: Settings, start_worker, engine: Engine, kills: int) -> None:
+    sigkills_mid_stream(clean, start_worker, engine, kills=kills)
+
+
+def sigkills_mid_stream(
+    settings: Settings,
+    start_worker: Callable[..., WorkerProcess],
+    engine: Engine,
+    *,
+    kills: int,
+    fault: str = "worker SIGKILL mid-stream",
+    min_events: int = 2000,
+    min_sequenced: int = 200,
+) -> None:
+    """Producers send on ``settings`` (their broker and result backend) while workers are started and SIGKILLed
+    ``kills`` times; then one worker finishes. Reports a ``FAULT`` line named ``fault`` and asserts that every event
+    was applied once, in order. Also run on a TLS broker (``test_tls``)."""
+    producer.configure(settings)
     stop = threading.Event()
     receipts: list[producer.Receipt] = []
     model: dict[tuple[int, int], bool] = {}
@@ -74,14 +93,14 @@ def test_sigkills_lose_and_double_nothing(clean: Settings, start_worker, engine:
     rng = random.Random(0)
     try:
         for _ in range(kills):
-            worker = start_worker(clean)
+            worker = start_worker(settings)
             time.sleep(rng.uniform(0.2, 0.8))  # mid-stream: batches in flight, BRPOPs outstanding
             worker.kill()
     finally:
         stop.set()
         for thread in threads:
             thread.join()
-    start_worker(clean)
+    start_worker(settings)
     outcomes = producer.wait_all(receipts, timeout_s=90)
     assert {o.status for o in producer.wait_all(stocked, timeout_s=90)} == {"applied"}
     sequence_outcomes = producer.wait_all(sequenced, timeout_s=90)
@@ -93,20 +112,20 @@ def test_sigkills_lose_and_double_nothing(clean: Settings, start_worker, engine:
         liked_rows = set(conn.execute(select(ArticleLike.article_id, ArticleLike.user_id)))
     expected_rows = len(receipts) + len(sequenced) + len(products)
     report(
-        "worker SIGKILL mid-stream",
+        fault,
         injected=kills,
         sent=len(receipts) + len(sequenced),
         lost=max(0, expected_rows - ledger_rows) + max(0, restocks[0] - received_total),
         doubled=max(0, ledger_rows - expected_rows) + max(0, received_total - restocks[0]),
         out_of_order=len(liked_rows ^ {pair for pair, liked in model.items() if liked}) + len(reordered),
     )
-    assert len(outcomes) == len(receipts) > 2000
+    assert len(outcomes) == len(receipts) > min_events
     assert all(o.effective.status in ("applied", "rejected") for o in outcomes)
     with engine.connect() as conn:
         # Every event applied exactly once: one ledger row each, no more.
         assert conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() == expected_rows
         # Every reserve/release step in its order: none rejected, each unit back on the shelf.
-        assert len(sequenced) > 200
+        assert len(sequenced) > min_sequenced
         assert not reordered, reordered[:5]
         for product in products:
             state = product_state(conn, product)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import redis
 
-from seqproc.models.outcomes import OUTCOME_KEY_PREFIX, PUT_CHUNK, Outcome, RedisOutcomeStore
+from seqproc.models.outcomes import PUT_CHUNK, Outcome, RedisOutcomeStore
 from seqproc.models.settings import Settings
+from seqproc.models.wire import outcome_key
 
 pytestmark = pytest.mark.services
 
@@ -30,8 +31,8 @@ def test_a_batch_of_mixed_outcomes_reaches_each_event_id(clean: Settings) -> Non
     store.put_many([("e1", Outcome("duplicate", first=Outcome("applied"))), ("e7", Outcome("applied"))])
     assert store.get_many(["e1", "e7"]) == [Outcome("duplicate", first=Outcome("applied")), Outcome("applied")]
     client = redis.Redis.from_url(clean.result_backend)
-    assert client.llen(OUTCOME_KEY_PREFIX + "e1") == 1
-    assert all(0 < client.ttl(OUTCOME_KEY_PREFIX + f"e{n}") <= 60 for n in range(1, 8))
+    assert client.llen(outcome_key("e1")) == 1
+    assert all(0 < client.ttl(outcome_key(f"e{n}")) <= 60 for n in range(1, 8))
     assert store.get_many(["never-sent"]) == [None]
 
 

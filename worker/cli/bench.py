@@ -37,7 +37,8 @@ def find_bench() -> Path:
     candidates.append(Path(seqproc.__file__).resolve().parent.parent / "bench")
     candidates.append(Path.cwd() / "bench")
     for folder in candidates:
-        if (folder / "__init__.py").is_file() and (folder / "cli.py").is_file():
+        # seqproc's own bench/, not any folder or installed package that happens to be called bench.
+        if all((folder / name).is_file() for name in ("__init__.py", "cli.py", "seqproc_strategy.py")):
             return folder
     raise ConfigError(
         "seqproc bench runs the benchmark of a source checkout (git clone, then `make install`), which is not part of "
