@@ -161,54 +161,62 @@ class Batcher:
             self._give_back(left)
 
     def _apply(self, owned: dict[int, list[Held]]) -> None:
-        rt = self.rt
+        """Commit what the owned partitions hold, then settle each committed partition (outcomes, acks, events)."""
         started = time.monotonic()
         faults.apply_delay()
+        committed = self._commit(owned)
+        if not committed:
+            return
+        faults.after_commit()
+        elapsed = time.monotonic() - started
+        metrics.observe_flush(elapsed, [len(batch.events) for batch, _ in committed])
+        for batch, result in committed:
+            self._settle(batch, owned[batch.partition], result, elapsed)
+
+    def _commit(self, owned: dict[int, list[Held]]) -> list[tuple[PartitionBatch, BatchResult]]:
+        """Apply every owned partition's events in ONE transaction, retried in place on transient errors.
+
+        A partition found fenced gives its messages back (:meth:`_fenced`, which drops it from ``owned``) and the
+        others try again without it. A transaction that fails for another reason (a bug, a constraint that cannot
+        hold) is redone event by event to find the events at fault (:meth:`_isolate_each`).
+        """
         while owned:
-            batches = [
-                PartitionBatch(
-                    partition,
-                    [event for item in items for event in item.decoded.events],
-                    rt.epochs[partition],
-                    [d for item in items for d in item.decoded.dead_letters],
-                )
-                for partition, items in owned.items()
-            ]
+            batches = [self._batch(partition, items) for partition, items in owned.items()]
+            what = f"partitions {','.join(map(str, owned))}: apply {sum(len(b.events) for b in batches)} event(s)"
             try:
-                results = self._retry(
-                    partial(self._transaction, batches),
-                    f"partitions {','.join(map(str, owned))}: apply {sum(len(b.events) for b in batches)} event(s)",
-                )
+                results = self._retry(partial(self._transaction, batches), what)
             except PartitionFenced as error:
-                # Those partitions were taken over: their messages go back for the new owner; the rest try again.
                 for partition in error.partitions:
                     self._fenced(partition, owned.pop(partition))
                 continue
             except StopRetrying:
                 raise
             except Exception as error:
-                # Not transient: a bug or a constraint that cannot hold. Find the events at fault, one at a time.
                 logger.exception("batch failed (%s); applying its events one at a time", error)
-                isolated: dict[int, BatchResult] = {}
-                for b in batches:
-                    try:
-                        isolated[b.partition] = self._isolate(
-                            b.partition, list(b.events), rt.epochs[b.partition], list(b.dead_letters)
-                        )
-                    except PartitionFenced:
-                        # Taken over while isolating: what this worker committed before stays (its epoch was
-                        # current then); the new owner gets every message back and reports those as duplicates.
-                        self._fenced(b.partition, owned.pop(b.partition))
-                batches = [b for b in batches if b.partition in isolated]
-                results = [isolated[b.partition] for b in batches]
-            break
-        else:
-            return
-        faults.after_commit()
-        elapsed = time.monotonic() - started
-        metrics.observe_flush(elapsed, [len(batch.events) for batch in batches])
-        for batch, result in zip(batches, results, strict=True):
-            self._settle(batch, owned[batch.partition], result, elapsed)
+                return self._isolate_each(owned, batches)
+            return list(zip(batches, results, strict=True))
+        return []
+
+    def _batch(self, partition: int, items: list[Held]) -> PartitionBatch:
+        return PartitionBatch(
+            partition,
+            [event for item in items for event in item.decoded.events],
+            self.rt.epochs[partition],
+            [d for item in items for d in item.decoded.dead_letters],
+        )
+
+    def _isolate_each(
+        self, owned: dict[int, list[Held]], batches: list[PartitionBatch]
+    ) -> list[tuple[PartitionBatch, BatchResult]]:
+        committed = []
+        for batch in batches:
+            try:
+                committed.append((batch, self._isolate(batch)))
+            except PartitionFenced:
+                # Taken over while isolating: what this worker committed before stays (its epoch was current
+                # then); the new owner gets every message back and reports those as duplicates.
+                self._fenced(batch.partition, owned.pop(batch.partition))
+        return committed
 
     def _fenced(self, partition: int, items: list[Held]) -> None:
         """``partition`` was taken over: its messages go back for the new owner, and its consumer stops."""
@@ -264,20 +272,21 @@ class Batcher:
             return apply_partitions(conn, batches, reservation_ttl_s=self.rt.settings.reservation_ttl_s)
 
     def _transaction_one(
-        self, partition: int, events: list[Event], epoch: int, dead: list[DeadLetterRecord]
+        self, partition: int, events: list[Event], epoch: int | None, dead: list[DeadLetterRecord]
     ) -> BatchResult:
         with self.rt.engine.begin() as conn:
             return apply_batch(conn, partition, events, epoch=epoch, dead_letters=dead)
 
-    def _isolate(self, partition: int, events: list[Event], epoch: int, dead: list[DeadLetterRecord]) -> BatchResult:
+    def _isolate(self, batch: PartitionBatch) -> BatchResult:
         """Apply events one per transaction. One that still fails (a bug, a constraint that cannot hold) is
         dead-lettered and its entity parked: its later events follow it into the dead-letter store, in order,
         until ``seqproc deadletter replay``; the other entities flow on."""
+        partition, epoch = batch.partition, batch.epoch
         total = BatchResult()
-        if dead:
+        if batch.dead_letters:
             what = f"partition {partition}: dead letters"
-            self._retry(partial(self._transaction_one, partition, [], epoch, dead), what)
-        for event in events:
+            self._retry(partial(self._transaction_one, partition, [], epoch, list(batch.dead_letters)), what)
+        for event in batch.events:
             try:
                 one = self._retry(
                     partial(self._transaction_one, partition, [event], epoch, []), f"partition {partition}: {event.key}"
@@ -297,14 +306,10 @@ class Batcher:
                 )
                 self._retry(partial(self._park, partition, epoch, event, error), f"partition {partition}: park")
                 one = BatchResult(outcomes=[DEAD_LETTERED], rejected=1)
-            total.outcomes.extend(one.outcomes)
-            total.replayed.extend(one.replayed)
-            total.applied += one.applied
-            total.duplicates += one.duplicates
-            total.rejected += one.rejected
+            total.add(one)
         return total
 
-    def _park(self, partition: int, epoch: int, event: Event, error: BaseException) -> None:
+    def _park(self, partition: int, epoch: int | None, event: Event, error: BaseException) -> None:
         with self.rt.engine.begin() as conn:
             park(conn, partition, epoch, event, error)
 

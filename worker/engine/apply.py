@@ -19,11 +19,23 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection
 
 from seqproc.models.errors import InvalidEvent, PartitionFenced
-from seqproc.models.events import Event, Like, Reconcile, Replay, Unlike, parse_event
+from seqproc.models.events import (
+    Commit,
+    Event,
+    Like,
+    Reconcile,
+    Release,
+    Replay,
+    Reserve,
+    Restock,
+    StockEvent,
+    Unlike,
+    parse_event,
+)
 from seqproc.models.outcomes import Outcome
 from seqproc.models.wire import queue_name
 from seqproc.worker.engine import likes, stock
-from seqproc.worker.engine.store import DeadLetterRecord, Fence, Store, Writes, store_for
+from seqproc.worker.engine.store import DeadLetterRecord, Fence, Loaded, Store, Writes, store_for
 from seqproc.worker.ops.logs import log_event
 
 logger = logging.getLogger(__name__)
@@ -49,6 +61,14 @@ class BatchResult:
     rejected: int = 0
     #: Dead-lettered events applied by a replay in this batch (not part of any message): their outcomes too.
     replayed: list[tuple[Event, Outcome]] = field(default_factory=list)
+
+    def add(self, other: BatchResult) -> None:
+        """Append ``other``'s outcomes and counts (a batch applied in pieces)."""
+        self.outcomes.extend(other.outcomes)
+        self.replayed.extend(other.replayed)
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
 
     def count(self, outcome: Outcome) -> None:
         if outcome.status == "applied":
@@ -103,35 +123,79 @@ def apply_partitions(
     Parked entities (an earlier event of theirs failed for good): their new events are dead-lettered, in order, and
     their ledger claims given back. A ``replay`` event brings an entity's dead letters back at its place in the
     stream, oldest first, then unparks it.
+
+    The steps, each a function below: plan the order (:func:`_plan`), claim the keys and load the touched rows
+    (:func:`_claim`), decide the control events and the parked entities' events (:func:`_triage`), run the domain
+    rules over the rest (:func:`_run_rules`), report an outcome per event (:func:`_report`), then write everything
+    and check the fences (:func:`_write`).
     """
     store = store_for(conn)
     plan = _plan(conn, store, batches)
+    claim = _claim(conn, store, batches, plan)
+    writes = Writes(reservation_ttl_s=reservation_ttl_s)
+    decided, to_apply = _triage(claim, batches, plan, writes)
+    decided.update(_run_rules(claim, to_apply, writes))
+    results = _report(plan, claim, decided, len(batches))
+    writes.outcomes = [
+        (claim.keys[i], outcome)
+        for i, outcome in decided.items()
+        if (outcome.status != "applied" or outcome.reason is not None) and claim.keys[i] not in writes.unclaim
+    ]
+    _write(conn, store, batches, results, writes)
+    return results
+
+
+@dataclass
+class _Claim:
+    """The planned events with their ledger keys, and what the ledger and the tables said of them."""
+
+    events: list[Event]
+    #: Each planned event's ledger key (a property that formats a string: computed once per event).
+    keys: list[str]
+    #: Where each key first appears: later events with the same key are duplicates of that one.
+    first_index: dict[str, int]
+    #: The first event of each key, in order: the ones that may be new.
+    candidates: list[int]
+    loaded: Loaded
+    #: Outcomes recorded by earlier transactions for the keys that were already in the ledger.
+    seen_before: dict[str, Outcome]
+
+
+def _claim(conn: Connection, store: Store, batches: Sequence[PartitionBatch], plan: Sequence[_Planned]) -> _Claim:
+    """Claim every key once in the ledger and load the state the batch touches, in one round trip; then read the
+    first outcomes of the keys that were there already (duplicates report them)."""
     events = [item.event for item in plan]
-    keys = [event.ledger_key for event in events]  # a property that formats a string: once per event
+    keys = [event.ledger_key for event in events]
     first_index: dict[str, int] = {}
     for index, key in enumerate(keys):
         first_index.setdefault(key, index)
     candidates = sorted(first_index.values())
-    domain = [e for e in events if not isinstance(e, Replay | Reconcile)]
-    like_events = [e for e in domain if isinstance(e, Like | Unlike)]
-    stock_events = [e for e in domain if not isinstance(e, Like | Unlike)]
+    like_events = [e for e in events if isinstance(e, Like | Unlike)]
+    stock_events = [e for e in events if isinstance(e, Reserve | Release | Commit | Restock)]
     loaded = store.claim_and_load(
         conn,
         [(keys[i], events[i].type, batches[plan[i].batch].partition) for i in candidates],
         list(dict.fromkeys((e.article_id, e.user_id) for e in like_events)),
         sorted({e.product_id for e in stock_events}),
-        sorted({e.reservation_id for e in stock_events if e.type != "restock"}),
+        sorted({e.reservation_id for e in stock_events if not isinstance(e, Restock)}),
         sorted({e.entity_key for e in events}),
     )
     seen_before = store.first_outcomes(conn, [keys[i] for i in candidates if keys[i] not in loaded.new_keys])
+    return _Claim(events, keys, first_index, candidates, loaded, seen_before)
 
-    writes = Writes()
-    parked = set(loaded.parked)
+
+def _triage(
+    claim: _Claim, batches: Sequence[PartitionBatch], plan: Sequence[_Planned], writes: Writes
+) -> tuple[dict[int, Outcome], list[int]]:
+    """Decide what needs no rule: control events (replay, reconcile) and the events of parked entities (they are
+    dead-lettered behind the event that parked them). Returns those outcomes by position, and the positions of the
+    new domain events left to apply, in order."""
+    parked = set(claim.loaded.parked)
     decided: dict[int, Outcome] = {}
     to_apply: list[int] = []
-    for index in candidates:
-        event, item = events[index], plan[index]
-        if keys[index] not in loaded.new_keys:
+    for index in claim.candidates:
+        event, key = claim.events[index], claim.keys[index]
+        if key not in claim.loaded.new_keys:
             continue
         if isinstance(event, Replay):
             parked.discard(event.entity)
@@ -146,46 +210,67 @@ def apply_partitions(
             decided[index] = Outcome("applied", "recounted")
         elif event.entity_key in parked:
             decided[index] = PARKED
-            writes.unclaim.append(keys[index])
-            writes.dead_letters = [*writes.dead_letters, _parked_letter(event, batches[item.batch].partition)]
+            writes.unclaim.append(key)
+            writes.dead_letters = [*writes.dead_letters, _parked_letter(event, batches[plan[index].batch].partition)]
         else:
             to_apply.append(index)
+    return decided, to_apply
 
-    apply_likes = [i for i in to_apply if isinstance(events[i], Like | Unlike)]
-    apply_stock = [i for i in to_apply if not isinstance(events[i], Like | Unlike)]
-    final_pairs, like_outcomes = likes.evaluate(loaded.pairs, [events[i] for i in apply_likes])  # type: ignore[misc]
-    final_stock, stock_outcomes = stock.evaluate(loaded.stock, [events[i] for i in apply_stock])  # type: ignore[misc]
-    decided.update(zip(apply_likes, like_outcomes, strict=True))
-    decided.update(zip(apply_stock, stock_outcomes, strict=True))
 
-    results = [BatchResult() for _ in batches]
+def _run_rules(claim: _Claim, to_apply: Sequence[int], writes: Writes) -> dict[int, Outcome]:
+    """Run the domain rules over the new events, in order, in memory; put the rows that changed into ``writes``."""
+    like_at: list[int] = []
+    like_events: list[Like | Unlike] = []
+    stock_at: list[int] = []
+    stock_events: list[StockEvent] = []
+    for index in to_apply:
+        event = claim.events[index]
+        if isinstance(event, Like | Unlike):
+            like_at.append(index)
+            like_events.append(event)
+        elif isinstance(event, Reserve | Release | Commit | Restock):
+            stock_at.append(index)
+            stock_events.append(event)
+    final_pairs, like_outcomes = likes.evaluate(claim.loaded.pairs, like_events)
+    final_stock, stock_outcomes = stock.evaluate(claim.loaded.stock, stock_events)
+    writes.likes = likes.diff(claim.loaded.pairs, final_pairs)
+    writes.stock = stock.diff(claim.loaded.stock, final_stock)
+    return {**dict(zip(like_at, like_outcomes, strict=True)), **dict(zip(stock_at, stock_outcomes, strict=True))}
+
+
+def _report(
+    plan: Sequence[_Planned], claim: _Claim, decided: dict[int, Outcome], batch_count: int
+) -> list[BatchResult]:
+    """One outcome per planned event, per batch: decided above, or a duplicate of its key's first outcome."""
+    results = [BatchResult() for _ in range(batch_count)]
     for index, item in enumerate(plan):
-        key = keys[index]
+        key = claim.keys[index]
         if index in decided:
             outcome = decided[index]
         else:
-            outcome = Outcome("duplicate", first=decided.get(first_index[key]) or seen_before.get(key))
+            outcome = Outcome("duplicate", first=decided.get(claim.first_index[key]) or claim.seen_before.get(key))
         result = results[item.batch]
         result.count(outcome)
         if item.position is None:
             result.replayed.append((item.event, outcome))
         else:
             result.outcomes.append(outcome)
+    return results
 
+
+def _write(
+    conn: Connection,
+    store: Store,
+    batches: Sequence[PartitionBatch],
+    results: Sequence[BatchResult],
+    writes: Writes,
+) -> None:
+    """Write the changes, outcomes, dead letters and counters; check every partition's fence last."""
     writes.fences = [
         Fence(batch.partition, batch.epoch, result.applied, result.duplicates, result.rejected)
         for batch, result in zip(batches, results, strict=True)
     ]
-    writes.likes = likes.diff(loaded.pairs, final_pairs)
-    writes.reservation_ttl_s = reservation_ttl_s
-    writes.stock = stock.diff(loaded.stock, final_stock)
-    writes.outcomes = [
-        (keys[i], outcome)
-        for i, outcome in decided.items()
-        if (outcome.status != "applied" or outcome.reason is not None) and keys[i] not in writes.unclaim
-    ]
-    incoming = [record for batch in batches for record in batch.dead_letters]
-    writes.dead_letters = [*incoming, *writes.dead_letters]
+    writes.dead_letters = [*(record for batch in batches for record in batch.dead_letters), *writes.dead_letters]
     fenced = store.write(conn, writes)
     if fenced:
         epochs = {batch.partition: batch.epoch for batch in batches}
@@ -194,7 +279,6 @@ def apply_partitions(
             partitions=fenced,
         )
     _log_dead_letters(writes.dead_letters)
-    return results
 
 
 #: The outcome of an event of a parked entity: kept in the dead-letter store until a replay applies it.
