@@ -8,8 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The installed package carries everything at run time (celeryconfig, producer, worker, models, migrations);
-# the source is only needed to build it. .dockerignore keeps the venv, caches, tests and secrets out.
+# The installed package, one import name `seqproc` (its producer, worker, models and migrations), carries everything
+# at run time; the source is only needed to build it. .dockerignore keeps the venv, caches, tests and secrets out.
 WORKDIR /tmp/seqproc-src
 COPY . .
 RUN pip install . \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import base64
 import json
 import signal
@@ -127,6 +128,14 @@ def test_flower_lists_the_workers_and_their_tasks(
     assert {t["worker"] for t in tasks} == {node}
     assert all(ast.literal_eval(t["kwargs"])["partition"] == receipts[0].partition for t in tasks)
 
+    # Its "processed" column counts messages (task-received events), as "succeeded" does.
+    workers_view = wait_for(
+        lambda: (w := api(flower, "/workers?json=1", prefix)["data"]) and w[0].get("task-received") == len(tasks) and w,
+        30,
+        "Flower's processed column counting the messages",
+    )
+    assert workers_view[0]["task-succeeded"] == len(tasks)
+
     # The remote-control view (inspect) lists the worker, with its 16 partition queues.
     workers = wait_for(lambda: api(flower, "/api/workers?refresh=1", prefix).get(node), 30, "the worker in inspect")
     queues = {queue["name"] for queue in workers["active_queues"]}
@@ -136,6 +145,24 @@ def test_flower_lists_the_workers_and_their_tasks(
     assert flower.stop() == 0
     assert PASSWORD not in flower.log()
     assert "basic auth" in flower.log()
+
+
+def test_flower_sees_the_partition_queues_on_the_broker(
+    clean: Settings, start_flower: Callable[..., FlowerProcess]
+) -> None:
+    """Flower's Broker tab and /api/queues/length read the partition queues of seqproc's Redis broker."""
+    receipts = [producer.like(9, user) for user in range(1, 6)]  # no worker: they wait in one partition queue
+    waiting = receipts[0].queue
+    flower = start_flower(clean, SEQPROC_FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}")
+    flower.wait_answering("/healthcheck")
+    lengths = {q["name"]: q["messages"] for q in api(flower, "/api/queues/length")["active_queues"]}
+    assert {f"seqproc.p{p:02d}" for p in range(16)} <= set(lengths)
+    assert lengths[waiting] == len(receipts)
+    assert sum(lengths.values()) == len(receipts)
+    status, page = http_get(f"http://127.0.0.1:{flower.port}/broker", (USER, PASSWORD))
+    assert status == 200
+    assert waiting.encode() in page
+    assert re.search(rb"broker-url[^>]*>\s*redis://", page), page[page.find(b"broker-url") :][:200]
 
 
 def test_basic_auth_guards_the_api_and_the_dashboard(

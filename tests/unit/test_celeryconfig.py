@@ -58,3 +58,15 @@ def test_reconfiguring_the_worker_app_switches_transport() -> None:
         app.connection_for_write().transport_cls in ("memory", None)
         or "memory" in str(type(app.connection_for_write().transport)).lower()
     )
+
+
+def test_every_scheduled_job_has_a_body_and_a_task() -> None:
+    from seqproc.models.celery import JOBS
+    from seqproc.models.wire import JOB_TASK_PREFIX
+    from seqproc.worker.app import app
+    from seqproc.worker.beat.jobs import BODIES
+
+    assert set(BODIES) == set(JOBS)
+    schedule = celery_config(Settings())["beat_schedule"]
+    assert {entry["task"] for entry in schedule.values()} == {f"{JOB_TASK_PREFIX}{job}" for job in JOBS}
+    assert {f"{JOB_TASK_PREFIX}{job}" for job in JOBS} <= set(app.tasks)

@@ -11,30 +11,33 @@ partition queues, so they are applied in order by the single writer of each key.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from celery import Task
 from sqlalchemy import Engine, delete, func, select
 
+from seqproc.models.celery import JOBS, job_interval_s
 from seqproc.models.clients import redis_client
-from seqproc.models.db import make_engine, upsert
+from seqproc.models.db import upsert
 from seqproc.models.errors import LockNotAcquired
 from seqproc.models.events import Reconcile
-from seqproc.models.settings import Settings, get_settings
+from seqproc.models.settings import Settings
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.jobs import PartitionLag
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount
 from seqproc.models.tables.stock import Reservation, ReservationStatus
+from seqproc.models.wire import JOB_TASK_PREFIX
 from seqproc.producer.publish import publisher_for
 from seqproc.producer.stamps import next_stamp, unique_id
-from seqproc.worker import faults
+from seqproc.worker import faults, runtime
 from seqproc.worker.app import app
 from seqproc.worker.beat.singleton import Singleton, last_run_started, singleton
 from seqproc.worker.ops.lag import collect
+from seqproc.worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +45,11 @@ logger = logging.getLogger(__name__)
 EXPIRE_BATCH = 10_000
 
 
-@functools.cache
-def _engine(url: str) -> Engine:
-    return make_engine(url)
-
-
-def run_job(name: str, interval_s: float, body: Callable[[Engine, Settings, Singleton], str]) -> str:
-    """Run ``body`` as the singleton job ``name``; log and return what it did, or why it was skipped."""
-    settings = get_settings()
-    engine = _engine(settings.database_url)
+def run_job(rt: Runtime, name: str, body: Callable[[Engine, Settings, Singleton], str]) -> str:
+    """Run ``body`` as the singleton job ``name`` with the beat process's settings and engine; log and return what
+    it did, or why it was skipped."""
+    settings, engine = rt.settings, rt.engine
+    interval_s = job_interval_s(settings, name)
     try:
         with singleton(engine, settings, name, interval_s=interval_s) as run:
             faults.job_delay()
@@ -148,24 +147,22 @@ def snapshot_lag(engine: Engine, settings: Settings, run: Singleton) -> str:
     return f"{waiting} message(s) waiting, oldest event {oldest:.1f} s old"
 
 
-@app.task(name="seqproc.job.reconcile", ignore_result=True)
-def reconcile_task() -> str:
-    return run_job("reconcile", get_settings().reconcile_interval_s, reconcile)
+#: Each job's body, by name (the task is ``seqproc.job.<name>``, scheduled every ``job_interval_s``).
+BODIES: dict[str, Callable[[Engine, Settings, Singleton], str]] = {
+    "reconcile": reconcile,
+    "purge_ledger": purge_ledger,
+    "expire_reservations": expire_reservations,
+    "snapshot_lag": snapshot_lag,
+}
 
 
-@app.task(name="seqproc.job.purge_ledger", ignore_result=True)
-def purge_ledger_task() -> str:
-    return run_job("purge_ledger", get_settings().purge_interval_s, purge_ledger)
+def _register(name: str) -> None:
+    @app.task(name=f"{JOB_TASK_PREFIX}{name}", ignore_result=True, bind=True)
+    def job(self: Task[Any, Any]) -> str:
+        return run_job(runtime.of(self.app), name, BODIES[name])
 
 
-@app.task(name="seqproc.job.expire_reservations", ignore_result=True)
-def expire_reservations_task() -> str:
-    return run_job("expire_reservations", get_settings().expire_interval_s, expire_reservations)
+for _name in JOBS:
+    _register(_name)
 
-
-@app.task(name="seqproc.job.snapshot_lag", ignore_result=True)
-def snapshot_lag_task() -> str:
-    return run_job("snapshot_lag", get_settings().lag_snapshot_interval_s, snapshot_lag)
-
-
-__all__ = ["run_job"]
+__all__ = ["BODIES", "run_job"]

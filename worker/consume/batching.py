@@ -238,9 +238,13 @@ class Batcher:
         )
         self._ack(items)
         metrics.count_dead_letters(batch.dead_letters)
-        # One task event per message, after the commit, carrying what Flower shows (name, args, result, runtime):
-        # Celery's event state merges an event's fields into the task, so "task-received" would add nothing but
-        # cost. The dispatcher buffers them and publishes a few "task.multi" messages per batch.
+        # Celery's own tally of tasks processed (`celery inspect stats`, the heartbeats' "processed"): one per
+        # message, as if each had gone through Celery's per-message path.
+        worker_state.total_count[APPLY_TASK] += len(items)
+        worker_state.all_total_count[0] += len(items)
+        # Two task events per message, after the commit: "task-received" (Flower counts it as "processed"), with
+        # the name and arguments, and "task-succeeded", with the result and runtime. Flower merges both into the
+        # task. The dispatcher buffers them and publishes a few "task.multi" messages per batch.
         position = 0
         for item in items:
             item.settled = True
@@ -248,11 +252,11 @@ class Batcher:
             mine = result.outcomes[position : position + count]
             position += count
             self._send_event(
+                "task-received", item.decoded, name=APPLY_TASK, args="()", kwargs=self._summary(item.decoded)
+            )
+            self._send_event(
                 "task-succeeded",
                 item.decoded,
-                name=APPLY_TASK,
-                args="()",
-                kwargs=self._summary(item.decoded),
                 result=repr(count_statuses(mine) | {"dead_lettered": len(item.decoded.dead_letters)}),
                 runtime=elapsed,
             )
