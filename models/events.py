@@ -160,9 +160,7 @@ class Reconcile(_Event):
 
 
 Event = Like | Unlike | Reserve | Release | Commit | Restock | Replay | Reconcile
-LikeEvent = Like | Unlike
 StockEvent = Reserve | Release | Commit | Restock
-DomainEvent = Like | Unlike | Reserve | Release | Commit | Restock
 
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
 

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from seqproc.models.errors import ConfigError
+from seqproc.models.wire import is_redis_url
 
 #: Local services on a developer machine; docker-compose overrides these.
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/seqproc"
@@ -123,7 +124,7 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _broker_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "memory://", "amqp://", "pyamqp://")):
+        if not (is_redis_url(value) or value.startswith(("memory://", "amqp://", "pyamqp://"))):
             raise ValueError("must be a redis://, rediss:// or memory:// URL (amqp:// works, Redis is advised)")
         query = urlsplit(value).query
         if any(param.partition("=")[0].strip().lower() == "password" for param in query.split("&")):
@@ -134,7 +135,7 @@ class Settings(BaseSettings):
     @field_validator("result_backend")
     @classmethod
     def _result_backend(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "memory://")):
+        if not (is_redis_url(value) or value.startswith("memory://")):
             raise ValueError("must be a redis://, rediss:// or memory:// URL (it holds per-event outcomes)")
         return value
 
@@ -153,7 +154,7 @@ class Settings(BaseSettings):
             else:
                 value = [part.strip() for part in text.split(",") if part.strip()]
         for url in value or []:
-            if not str(url).startswith(("redis://", "rediss://")):
+            if not is_redis_url(str(url)):
                 raise ValueError("must be a comma-separated list of redis:// URLs")
         return value
 

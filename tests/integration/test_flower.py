@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ast
-import re
 import base64
 import json
+import re
 import signal
 import socket
 import subprocess

@@ -152,7 +152,7 @@ def test_the_batcher_parks_the_entity_of_an_event_that_always_times_out(
 
     messages = [FakeMessage() for _ in events]
     held = [
-        Held(message, Decoded(partition, queue_name(partition), f"task-{n}", [event]), 0.0)
+        Held(message, Decoded(partition, queue_name(partition), f"task-{n}", [event]))
         for n, (message, event) in enumerate(zip(messages, events, strict=True))
     ]
     Batcher(rt)._apply({partition: held})

@@ -58,7 +58,6 @@ class Held:
 
     message: Any
     decoded: Decoded
-    received_s: float
     #: Committed and acked (or given back): a shutdown in the middle must not give it back again.
     settled: bool = False
 
@@ -91,7 +90,7 @@ class Batcher:
     def on_message(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> None:
         settings = self.rt.settings
         decoded = decode_message(message, partitions=settings.partitions)
-        self.buffer.append(Held(message, decoded, time.monotonic()))
+        self.buffer.append(Held(message, decoded))
         self.events_held += len(decoded.events)
         prefetch = self.consumer.qos.value if self.consumer is not None and self.consumer.qos else 0
         timer = getattr(self.consumer, "timer", None) if self.consumer is not None else None

@@ -8,7 +8,6 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from seqproc.models.tables.base import table_of
-from seqproc.models.tables.ledger import DeadLetter, LedgerEntry
 from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount
 from seqproc.models.tables.stock import ProductStock, Reservation, ReservationStatus
 
@@ -117,11 +116,3 @@ def check_invariants(conn: Connection, *, limit: int = 20) -> InvariantReport:
             )
     report.violations = report.violations[:limit]
     return report
-
-
-def ledger_size(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one())
-
-
-def dead_letter_count(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(DeadLetter)).scalar_one())

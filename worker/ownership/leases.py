@@ -17,7 +17,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 
 import redis
 from sqlalchemy import Engine
@@ -155,11 +154,3 @@ class LeaseManager:
             self.release(partition)
         with contextlib.suppress(redis.RedisError):
             self.client.zrem(WORKERS_KEY, self.owner)
-
-
-def describe(client: Any, partitions: int) -> dict[int, str | None]:
-    """Who holds each partition's lease now (for status views)."""
-    pipe = client.pipeline(transaction=False)
-    for partition in range(partitions):
-        pipe.get(lease_key(partition))
-    return {p: (v.decode() if isinstance(v, bytes) else v) for p, v in enumerate(pipe.execute())}
