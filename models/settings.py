@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from seqproc.models.errors import ConfigError
@@ -94,6 +94,17 @@ class Settings(BaseSettings):
     #: ... on this address (0.0.0.0 in a container, for Prometheus to reach it).
     metrics_address: str = "127.0.0.1"
 
+    #: The transactional outbox (``seqproc.outbox``): the database of the application whose transactions enqueue
+    #: events, where ``seqproc migrate`` creates the outbox table and ``seqproc relay`` reads it. Empty: seqproc's
+    #: own database (``database_url``).
+    outbox_database_url: str = ""
+    #: ``seqproc relay``: most outbox rows one relay pass sends (one message per partition, split at
+    #: ``max_events_per_message``).
+    relay_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2_000
+    #: ... how long it waits before looking again when it found nothing to send (it looks again at once when it
+    #: did); the most a committed event waits for the relay on an idle system.
+    relay_interval_ms: Annotated[int, Field(ge=1, le=60_000)] = 20
+
     #: Send Celery task events (Flower needs them); they cost CPU per message.
     task_events: bool = True
     log_level: str = "INFO"
@@ -110,9 +121,11 @@ class Settings(BaseSettings):
     #: ... served under this path (``flower`` -> ``/flower/``), behind a reverse proxy; empty: at the root.
     flower_url_prefix: str = ""
 
-    @field_validator("database_url")
+    @field_validator("database_url", "outbox_database_url")
     @classmethod
-    def _database_url(cls, value: str) -> str:
+    def _database_url(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name == "outbox_database_url":
+            return value
         scheme = value.split("://", 1)[0]
         if "://" not in value or not scheme.startswith(("postgres", "sqlite")):
             raise ValueError("must be a postgresql:// or sqlite:/// URL")
@@ -217,6 +230,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def outbox_url(self) -> str:
+        """The database holding the outbox table: ``outbox_database_url``, or seqproc's own."""
+        return self.outbox_database_url or self.database_url
+
+    @property
     def embedded(self) -> bool:
         """True when the broker is Celery's in-process memory transport (demo and unit tests)."""
         return self.broker_url.startswith("memory://")
@@ -313,7 +331,14 @@ def describe_validation_error(error: ValidationError) -> str:
 
 #: Settings that may carry a password: each can also be read from a file named by ``SEQPROC_<NAME>_FILE``
 #: (Docker and Kubernetes secrets), so that the secret never sits in the environment or on a command line.
-SECRET_FIELDS = ("database_url", "broker_url", "result_backend", "flower_basic_auth", "lock_urls")
+SECRET_FIELDS = (
+    "database_url",
+    "outbox_database_url",
+    "broker_url",
+    "result_backend",
+    "flower_basic_auth",
+    "lock_urls",
+)
 #: Secrets that are not URLs: masked whole (``mask_url`` would not find their password).
 NON_URL_SECRETS = ("flower_basic_auth",)
 #: Secrets that are lists of URLs: masked entry by entry.

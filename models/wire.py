@@ -62,6 +62,9 @@ BELL_PREFIX = "seqproc.bell."
 LEASE_PREFIX = "seqproc:lease:"
 #: Live auto workers' heartbeats (a sorted set: owner -> last beat).
 WORKERS_KEY = "seqproc:workers"
+#: How many messages the outbox relays pushed onto a partition queue (``seqproc relay``: a lower count means the
+#: broker lost messages, to be sent again).
+RELAY_PUSHED_PREFIX = "seqproc:relay:pushed:"
 #: A scheduled job's singleton lock (redis-py Lock, or a Redlock over ``SEQPROC_LOCK_URLS``).
 JOB_LOCK_PREFIX = "seqproc:job-lock:"
 
@@ -77,6 +80,10 @@ def bell_key(queue: str) -> str:
 
 def lease_key(queue: str) -> str:
     return LEASE_PREFIX + queue
+
+
+def relay_pushed_key(queue: str) -> str:
+    return RELAY_PUSHED_PREFIX + queue
 
 
 def job_lock_key(job: str) -> str:

@@ -1,4 +1,4 @@
-"""What application code calls: ``producer.like(...)``, ``producer.reserve(...)``, ``producer.send_many([...])``.
+"""What application code calls: ``seqproc.like(...)``, ``seqproc.reserve(...)``, ``seqproc.send_many([...])``.
 
 Every call validates first and raises :class:`InvalidEvent` naming the field (nothing is sent then), stamps the
 event with this process's ordering clock, publishes it to its partition queue and returns a :class:`Receipt` once
@@ -10,35 +10,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
-
-from seqproc.models.errors import InvalidEvent
-from seqproc.models.events import (
-    EVENT_TYPES,
-    RESERVATION_TYPES,
-    CallerKey,
-    Event,
-    invalid_event_from,
-    parse_event,
-    reservation_key,
-)
+from seqproc.models.events import Event
 from seqproc.models.settings import Settings, get_settings
+from seqproc.producer.build import (
+    FIELDS,
+    build_event,
+    build_events,
+    commit_event,
+    like_event,
+    release_event,
+    reserve_event,
+    restock_event,
+    unlike_event,
+)
 from seqproc.producer.publish import Publisher, publisher_for
 from seqproc.producer.receipt import Receipt
-from seqproc.producer.stamps import next_stamp, unique_id
 
 _settings_override: Settings | None = None
-_CALLER_KEY: TypeAdapter[str] = TypeAdapter(CallerKey)
-
-#: The fields each event type takes in ``send_many`` and the CLI (besides ``type``).
-FIELDS: dict[str, tuple[str, ...]] = {
-    "like": ("article_id", "user_id", "idempotency_key"),
-    "unlike": ("article_id", "user_id", "idempotency_key"),
-    "reserve": ("product_id", "quantity", "reservation_id"),
-    "release": ("product_id", "reservation_id"),
-    "commit": ("product_id", "reservation_id"),
-    "restock": ("product_id", "quantity", "idempotency_key"),
-}
 
 
 def configure(settings: Settings | None) -> None:
@@ -55,81 +43,38 @@ def _publisher() -> Publisher:
     return publisher_for(current_settings())
 
 
-def build_event(event_type: str, fields: Mapping[str, Any]) -> Event:
-    """Validate caller input and make the wire event; raise :class:`InvalidEvent` naming the caller's field."""
-    if event_type not in EVENT_TYPES:
-        raise InvalidEvent("type", f"must be one of {', '.join(EVENT_TYPES)} (got {event_type!r})")
-    allowed = FIELDS[event_type]
-    unknown = sorted(set(fields) - set(allowed))
-    if unknown:
-        raise InvalidEvent(unknown[0], f"is not a field of a {event_type} event (allowed: {', '.join(allowed)})")
-    data = {name: fields[name] for name in allowed if name != "idempotency_key" and name in fields}
-    return _event(event_type, data, idempotency_key=fields.get("idempotency_key"))
-
-
-def _event(event_type: str, data: dict[str, Any], *, idempotency_key: Any = None) -> Event:
-    """The event of ``event_type`` with the domain fields ``data`` (the calls below pass their arguments as they
-    are, :func:`build_event` the checked fields of a mapping): keyed, stamped, validated."""
-    event_id = unique_id()
-    if event_type in RESERVATION_TYPES:
-        rid = data.get("reservation_id")
-        if rid is not None:
-            check_caller_key("reservation_id", rid)
-        # A non-string id fails on its own field below; the placeholder key keeps that the only error.
-        key = reservation_key(event_type, rid if isinstance(rid, str) else "")
-    elif idempotency_key is None:
-        # No key: each call is a new event (like, unlike, like again all count), and the call's own id, unique
-        # already, serves as its key. A caller that may retry a request passes its own key (a request id) so
-        # that the retry is recognised.
-        key = event_id
-    else:
-        check_caller_key("idempotency_key", idempotency_key)
-        key = idempotency_key
-    data.update(type=event_type, id=event_id, stamp=next_stamp(), key=key)
-    return parse_event(data)
-
-
-def check_caller_key(field: str, value: Any) -> None:
-    """An idempotency key or reservation id as the caller gives it: non-empty, at most 128 characters, no
-    control characters. Checked here, under the caller's name for it, before any derived key is made."""
-    try:
-        _CALLER_KEY.validate_python(value)
-    except ValidationError as error:
-        raise InvalidEvent(field, str(invalid_event_from(error)).split(": ", 1)[1]) from None
-
-
 def _send(event: Event) -> Receipt:
     return _publisher().publish([event])[0]
 
 
 def like(article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Receipt:
     """``user_id`` likes ``article_id`` (a repeated like changes nothing)."""
-    return _send(_event("like", {"article_id": article_id, "user_id": user_id}, idempotency_key=idempotency_key))
+    return _send(like_event(article_id, user_id, idempotency_key=idempotency_key))
 
 
 def unlike(article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Receipt:
     """``user_id`` takes back their like of ``article_id`` (an unlike without a like changes nothing)."""
-    return _send(_event("unlike", {"article_id": article_id, "user_id": user_id}, idempotency_key=idempotency_key))
+    return _send(unlike_event(article_id, user_id, idempotency_key=idempotency_key))
 
 
 def reserve(product_id: int, quantity: int, *, reservation_id: str) -> Receipt:
     """Hold ``quantity`` units of ``product_id``; rejected with ``insufficient_stock`` if fewer are available."""
-    return _send(_event("reserve", {"product_id": product_id, "quantity": quantity, "reservation_id": reservation_id}))
+    return _send(reserve_event(product_id, quantity, reservation_id=reservation_id))
 
 
 def release(product_id: int, reservation_id: str) -> Receipt:
     """Give a reservation's units back (once). A release that arrives before its reservation cancels it."""
-    return _send(_event("release", {"product_id": product_id, "reservation_id": reservation_id}))
+    return _send(release_event(product_id, reservation_id))
 
 
 def commit(product_id: int, reservation_id: str) -> Receipt:
     """Turn an applied reservation into a sale. Rejected for an unknown or released reservation."""
-    return _send(_event("commit", {"product_id": product_id, "reservation_id": reservation_id}))
+    return _send(commit_event(product_id, reservation_id))
 
 
 def restock(product_id: int, quantity: int, *, idempotency_key: str | None = None) -> Receipt:
     """Add ``quantity`` units of ``product_id`` (creating the product on its first restock)."""
-    return _send(_event("restock", {"product_id": product_id, "quantity": quantity}, idempotency_key=idempotency_key))
+    return _send(restock_event(product_id, quantity, idempotency_key=idempotency_key))
 
 
 def send_many(events: Iterable[Mapping[str, Any]]) -> list[Receipt]:
@@ -140,16 +85,7 @@ def send_many(events: Iterable[Mapping[str, Any]]) -> list[Receipt]:
     raises :class:`InvalidEvent` naming its index and field (``events[3].quantity: ...``).
     Order is kept per partition, hence per article and per product.
     """
-    built = []
-    for index, spec in enumerate(events):
-        if not isinstance(spec, Mapping):
-            raise InvalidEvent(f"events[{index}]", f"must be a mapping with a 'type' (got {type(spec).__name__})")
-        fields = dict(spec)
-        event_type = fields.pop("type", None)
-        try:
-            built.append(build_event(str(event_type) if event_type is not None else "", fields))
-        except InvalidEvent as error:
-            raise InvalidEvent(f"events[{index}].{error.field}", str(error).split(": ", 1)[1]) from None
+    built = build_events(events)
     if not built:
         return []
     return _publisher().publish(built)
@@ -158,6 +94,7 @@ def send_many(events: Iterable[Mapping[str, Any]]) -> list[Receipt]:
 __all__ = [
     "FIELDS",
     "build_event",
+    "build_events",
     "commit",
     "configure",
     "like",

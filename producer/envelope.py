@@ -48,7 +48,13 @@ def events_json(events: Sequence[Event]) -> str:
 
 def task_envelope(queue: str, partition: int, events: Sequence[Event], *, task_id: str) -> str:
     """The JSON text to push onto ``queue`` for one apply-task message carrying ``events`` of ``partition``."""
-    body = f'[[], {{"partition": {int(partition)}, "events": {events_json(events)}}}, {_EMBED}]'
+    return envelope_of_json(queue, partition, events_json(events), len(events), task_id=task_id)
+
+
+def envelope_of_json(queue: str, partition: int, events_array: str, count: int, *, task_id: str) -> str:
+    """The same, for ``count`` events already in wire form: ``events_array`` is their JSON array's text (the relay
+    joins the outbox rows' bodies, which were validated when they were written)."""
+    body = f'[[], {{"partition": {int(partition)}, "events": {events_array}}}, {_EMBED}]'
     headers: dict[str, Any] = {
         "lang": "py",
         "task": APPLY_TASK,
@@ -64,7 +70,7 @@ def task_envelope(queue: str, partition: int, events: Sequence[Event], *, task_i
         "parent_id": None,
         # Short reprs for Flower instead of a saferepr() of every event.
         "argsrepr": "()",
-        "kwargsrepr": f"{{'partition': {int(partition)}, 'events': <{len(events)}>}}",
+        "kwargsrepr": f"{{'partition': {int(partition)}, 'events': <{count}>}}",
         "origin": origin(),
         "ignore_result": True,
         "replaced_task_nesting": 0,

@@ -8,12 +8,13 @@
 The rooms of the package:
 
 - :mod:`seqproc.producer`: what application code calls (the calls below are its own);
+- :mod:`seqproc.outbox`: the same calls inside the application's own database transaction;
 - :mod:`seqproc.models`: the contract shared by producer and worker (events, settings, tables, wire names);
 - :mod:`seqproc.worker`: the worker, the scheduled jobs and the ``seqproc`` command line;
 - :mod:`seqproc.migrations`: the schema, as Alembic migrations (``seqproc migrate``).
 """
 
-from seqproc import producer
+from seqproc import outbox, producer
 from seqproc.models.errors import InvalidEvent, OutcomeTimeout, PublishError, SeqprocError
 from seqproc.models.outcomes import Outcome
 from seqproc.producer.api import commit, configure, like, release, reserve, restock, send_many, unlike
@@ -29,6 +30,7 @@ __all__ = [
     "commit",
     "configure",
     "like",
+    "outbox",
     "producer",
     "release",
     "reserve",

@@ -48,6 +48,8 @@ DATA_TABLES = (
     "dead_letter",
     "job_run",
     "partition_lag",
+    "seqproc_outbox",
+    "seqproc_outbox_relay",
 )
 
 
@@ -80,10 +82,16 @@ def pg_url() -> str:
     from alembic import command
     from alembic.util.exc import CommandError
 
-    from seqproc.migrations import alembic_config, migrate
+    from seqproc.migrations import alembic_config, migrate, migrate_outbox, outbox_alembic_config
 
     # Down and up again: the tests run the migrations (both ways), never create_all.
     try:
+        engine = make_engine(TEST_DATABASE_URL)
+        with engine.begin() as conn:
+            config = outbox_alembic_config(TEST_DATABASE_URL)
+            config.attributes["connection"] = conn
+            command.downgrade(config, "base")
+        engine.dispose()
         command.downgrade(alembic_config(TEST_DATABASE_URL), "base")
     except CommandError:
         # The test database was migrated by a checkout with a revision this one does not have (another branch):
@@ -94,6 +102,7 @@ def pg_url() -> str:
             conn.execute(text("CREATE SCHEMA public"))
         engine.dispose()
     migrate(TEST_DATABASE_URL)
+    migrate_outbox(TEST_DATABASE_URL)
     return TEST_DATABASE_URL
 
 
@@ -191,6 +200,45 @@ class WorkerProcess:
         self.process.wait(10)
 
 
+class RelayProcess(WorkerProcess):
+    """A real ``seqproc relay`` process (its ready file written once it runs), its output in a log file."""
+
+    def __init__(self, settings: Settings, log_dir: Path, **env: str) -> None:
+        self.partitions = "relay"
+        self.ready_file = log_dir / f"relay-{time.monotonic_ns()}.ready"
+        self.log_path = log_dir / f"relay-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "seqproc", "relay", "--loglevel", "INFO", "--ready-file", str(self.ready_file)],
+            cwd=ROOT,
+            env=settings_env(settings, **env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout_s: float = 30) -> RelayProcess:
+        wait_for(lambda: self.ready_file.exists() or self.process.poll() is not None, timeout_s, "relay ready")
+        if self.process.poll() is not None:
+            raise AssertionError(f"relay exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        return self
+
+
+@pytest.fixture
+def start_relay(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
+    """Start real relay processes; every one is stopped at the end of the test."""
+    started: list[RelayProcess] = []
+
+    def start(settings: Settings, *, ready: bool = True, **env: str) -> RelayProcess:
+        relay = RelayProcess(settings, tmp_path, **env)
+        started.append(relay)
+        return relay.wait_ready() if ready else relay
+
+    yield start
+    for relay in started:
+        if relay.process.poll() is None:
+            relay.stop()
+
+
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, *, interval_s: float = 0.05) -> Any:
     """Poll ``condition`` until it returns a truthy value; fail naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -240,11 +288,15 @@ class PrivateRedis:
     With ``tls``, that port speaks TLS only (no plain port) and ``url`` gives ``rediss://`` URLs that verify the
     server against ``tls.ca``."""
 
-    def __init__(self, directory: Path, *, persistent: bool = True, tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, persistent: bool = True, tls: TlsFiles | None = None, fsync: str = "always"
+    ) -> None:
         self.port = free_port()
         self.directory = directory
         self.persistent = persistent
         self.tls = tls
+        #: ``appendfsync``: ``always`` keeps every write; ``everysec`` (production's) may lose the last second's.
+        self.fsync = fsync
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -275,7 +327,7 @@ class PrivateRedis:
                 "--appendonly",
                 "yes" if self.persistent else "no",
                 "--appendfsync",
-                "always",
+                self.fsync,
                 "--dir",
                 str(self.directory),
             ],

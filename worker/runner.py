@@ -163,17 +163,75 @@ def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) 
     return int(celery_worker.exitcode or 0)
 
 
+def run_relay(settings: Settings, *, once: bool = False, ready_file: str | None = None) -> int:
+    """Run the outbox relay until SIGTERM or SIGINT (a pass in progress finishes first); its exit code."""
+    import signal
+
+    from seqproc.worker.relay import Relay
+
+    if not is_redis_url(settings.broker_url):
+        raise ConfigError("seqproc relay pushes onto Redis lists: SEQPROC_BROKER_URL must be redis:// or rediss://")
+    outbox = make_engine(settings.outbox_url, statement_timeout_s=settings.apply_time_limit_s, pool_size=2)
+    ledger = outbox if settings.outbox_url == settings.database_url else make_engine(settings.database_url, pool_size=1)
+    if not inspect(outbox).has_table("seqproc_outbox"):
+        raise ConfigError(f"{mask_url(settings.outbox_url)} has no outbox table: run `seqproc migrate` first")
+    relay = Relay(settings, outbox, ledger, redis_client(settings.broker_url))
+    if once:
+        result = relay.tick()
+        logger.info(
+            "relay: sent %d event(s) in %d message(s), forgot %d", result.sent, result.messages, result.forgotten
+        )
+        return 0
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.info("relay: %s received, stopping after this pass", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if settings.metrics_port:
+        from seqproc.worker.ops import metrics
+
+        _serve_metrics(
+            settings, lambda: metrics.serve_relay(settings.metrics_port, outbox, address=settings.metrics_address)
+        )
+    logger.info(
+        "relay: outbox %s -> broker %s, %d partitions",
+        mask_url(settings.outbox_url),
+        mask_url(settings.broker_url),
+        settings.partitions,
+    )
+    if ready_file:
+        Path(ready_file).write_text(f"{os.getpid()}\n")
+    try:
+        relay.run(stop)
+    finally:
+        if ready_file:
+            Path(ready_file).unlink(missing_ok=True)
+        outbox.dispose()
+        ledger.dispose()
+    return 0
+
+
 def start_metrics(settings: Settings, rt: runtime.Runtime) -> None:
     """Serve the worker's Prometheus metrics (``SEQPROC_METRICS_PORT``); the gauges follow the partitions it owns."""
     from seqproc.worker.ops import metrics
 
     client = redis_client(settings.broker_url, timeout_s=2, connect_timeout_s=2)
+    _serve_metrics(
+        settings,
+        lambda: metrics.serve(settings.metrics_port, client, lambda: dict(rt.epochs), address=settings.metrics_address),
+    )
+
+
+def _serve_metrics(settings: Settings, serve: Callable[[], None]) -> None:
     try:
-        metrics.serve(settings.metrics_port, client, lambda: dict(rt.epochs), address=settings.metrics_address)
+        serve()
     except OSError as error:
         raise ConfigError(
             f"SEQPROC_METRICS_PORT: cannot serve metrics on {settings.metrics_address}:{settings.metrics_port} "
-            f"({error.strerror or error}); give each worker on a host its own port"
+            f"({error.strerror or error}); give each process on a host its own port"
         ) from error
 
 

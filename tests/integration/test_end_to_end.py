@@ -118,7 +118,7 @@ def test_stock_rules_end_to_end(clean: Settings, start_worker, engine: Engine) -
 
 def test_older_stamp_is_rejected_stale(clean: Settings, start_worker, engine: Engine) -> None:
     """An unlike issued before a like, delivered after it, changes nothing: the last action by stamp wins."""
-    from seqproc.producer.api import build_event
+    from seqproc.producer.build import build_event
     from seqproc.producer.publish import publisher_for
 
     start_worker(clean)

@@ -13,7 +13,7 @@ from seqproc import producer
 from seqproc.models.events import Event
 from seqproc.models.settings import Settings
 from seqproc.models.wire import queue_name
-from seqproc.producer.api import build_event
+from seqproc.producer.build import build_event
 from seqproc.producer.envelope import events_json
 from seqproc.producer.publish import publisher_for
 

@@ -32,7 +32,7 @@ HYPOTHESIS = settings(
 
 
 def make(event_type: str, *, stamp: int | None = None, key: str | None = None, **fields: Any) -> Any:
-    """A wire-valid event, filled in as ``producer.api.build_event`` does."""
+    """A wire-valid event, filled in as ``producer.build.build_event`` does."""
     n = next(_ids)
     if event_type in ("reserve", "release", "commit"):
         key = reservation_key(event_type, fields["reservation_id"])

@@ -111,7 +111,7 @@ def expire_reservations(engine: Engine, settings: Settings, run: Singleton) -> s
     if not expired:
         return "nothing expired"
     run.check()
-    from seqproc.producer.api import build_event
+    from seqproc.producer.build import build_event
 
     # A release keyed like the caller's own ("release:<id>"): if the caller releases too, one of them is a duplicate.
     events = [build_event("release", {"product_id": p, "reservation_id": r}) for p, r in expired]

@@ -1,6 +1,6 @@
 """``seqproc``: the command line, split by audience.
 
-- :mod:`.serve`: the long-running processes (``worker``, ``beat``, ``flower``) and ``migrate``;
+- :mod:`.serve`: the long-running processes (``worker``, ``relay``, ``beat``, ``flower``) and ``migrate``;
 - :mod:`.admin`: what an operator asks (``status``, ``show``, ``deadletter``, ``partitions``, ``settings``);
 - :mod:`.enqueue`: ``enqueue <type>``, one command per event type, generated from the event schemas;
 - :mod:`.demo` and :mod:`.bench`: the demo, and the benchmark of a source checkout.
@@ -57,6 +57,7 @@ for command in (
     serve.worker,
     serve.beat,
     serve.flower,
+    serve.relay,
     admin.status,
     admin.show,
     admin.deadletter,

@@ -1,6 +1,6 @@
 """``seqproc enqueue <type> ...``: send one event from the shell, as application code would.
 
-One command per event type, generated from the fields the producer takes for it (``producer.api.FIELDS``) and their
+One command per event type, generated from the fields the producer takes for it (``producer.build.FIELDS``) and their
 types in the event schema: each field is an argument, in that order, except the idempotency key (``--key``).
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from seqproc.models.events import event_model
-from seqproc.producer.api import FIELDS
+from seqproc.producer.build import FIELDS
 
 __all__ = ["enqueue"]
 
@@ -23,7 +23,8 @@ def enqueue() -> None:
 
 
 def _send(event_type: str, fields: dict[str, Any], wait_s: float | None, as_json: bool) -> None:
-    from seqproc.producer.api import build_event, current_settings
+    from seqproc.producer.api import current_settings
+    from seqproc.producer.build import build_event
     from seqproc.producer.publish import publisher_for
 
     event = build_event(event_type, {k: v for k, v in fields.items() if v is not None})

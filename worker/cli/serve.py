@@ -12,13 +12,18 @@ from seqproc.worker.ops.logs import setup_logging
 
 @click.command()
 def migrate() -> None:
-    """Create the database if needed and bring its schema up to date (Alembic)."""
+    """Create the database if needed and bring its schema up to date (Alembic); the outbox tables too, in
+    SEQPROC_OUTBOX_DATABASE_URL's database when it names another one."""
     from seqproc.migrations import migrate as run_migrations
+    from seqproc.migrations import migrate_outbox
 
     settings = load_settings()
     setup_logging("WARNING")
     run_migrations(settings.database_url)
+    migrate_outbox(settings.outbox_url)
     click.echo(f"migrated {mask_url(settings.database_url)}")
+    if settings.outbox_url != settings.database_url:
+        click.echo(f"migrated the outbox in {mask_url(settings.outbox_url)}")
 
 
 @click.command()
@@ -82,3 +87,19 @@ def flower(port: int | None, address: str | None) -> None:
         err=True,
     )
     sys.exit(app.start(argv=argv) or 0)
+
+
+@click.command()
+@click.option("--loglevel", default=None, help="Log level (default: SEQPROC_LOG_LEVEL).")
+@click.option("--once", is_flag=True, help="One pass (send what is committed, forget what is applied), then exit.")
+@click.option("--ready-file", default=None, help="Write this file (the pid) once running; removed at exit.")
+def relay(loglevel: str | None, once: bool, ready_file: str | None) -> None:
+    """Send the events committed to the outbox (SEQPROC_OUTBOX_DATABASE_URL) to their partition queues, many per
+    message, in commit order per key; keep each until a worker has applied it, and send again what the broker
+    lost. Run as many as you like: they share the partitions."""
+    from seqproc.worker.runner import run_relay
+
+    settings = load_settings()
+    level = (loglevel or settings.log_level).upper()
+    setup_logging(level, settings.log_format)
+    sys.exit(run_relay(settings, once=once, ready_file=ready_file))

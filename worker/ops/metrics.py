@@ -19,6 +19,12 @@ Read from Redis at each scrape, for the partitions this worker owns now:
   the queue is empty)
 - ``seqproc_partition_epoch{partition}``: the fencing epoch this worker holds
 
+Served by ``seqproc relay`` (``SEQPROC_METRICS_PORT``), read from the outbox at each scrape:
+
+- ``seqproc_outbox_depth``: events committed to the outbox and not applied yet
+- ``seqproc_outbox_unsent``: ... of which not sent to the broker yet
+- ``seqproc_outbox_oldest_event_age_seconds``: age of the oldest (0 when empty)
+
 Alert on ``seqproc_oldest_event_age_seconds`` (lag: how late a write is applied) and on
 ``increase(seqproc_events_dead_lettered_total[10m]) > 0`` (an event needs a human: ``seqproc deadletter``).
 """
@@ -159,6 +165,43 @@ class QueueCollector(Collector):
         yield depth
         yield age
         yield epoch
+
+
+class OutboxCollector(Collector):
+    """The outbox's depth, events not sent yet, and oldest event's age, read at scrape time (one query)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        from seqproc.worker.relay import outbox_depth
+
+        depth = GaugeMetricFamily("seqproc_outbox_depth", "Events in the outbox: committed, not applied yet")
+        unsent = GaugeMetricFamily("seqproc_outbox_unsent", "Events in the outbox not sent to the broker yet")
+        age = GaugeMetricFamily(
+            "seqproc_outbox_oldest_event_age_seconds", "Age of the oldest event in the outbox (0: empty)"
+        )
+        try:
+            outbox = outbox_depth(self.engine)
+        except Exception:
+            logger.warning("metrics: could not read the outbox", exc_info=True)
+        else:
+            depth.add_metric([], outbox["depth"])
+            unsent.add_metric([], outbox["unsent"])
+            age.add_metric([], outbox["oldest_age_s"] or 0.0)
+        yield depth
+        yield unsent
+        yield age
+
+
+def serve_relay(port: int, outbox_engine: Any, *, address: str = "127.0.0.1") -> None:
+    """The relay's endpoint: the outbox gauges and the process collector."""
+    from prometheus_client import ProcessCollector
+
+    ProcessCollector(registry=REGISTRY)
+    REGISTRY.register(OutboxCollector(outbox_engine))
+    start_http_server(port, addr=address, registry=REGISTRY)
+    logger.info("metrics: serving the relay's Prometheus metrics on %s:%d/metrics", address, port)
 
 
 def serve(port: int, redis_client: Any, owned: Callable[[], dict[int, int]], *, address: str = "127.0.0.1") -> None:

@@ -1,0 +1,179 @@
+"""The transactional outbox: enqueue inside the caller's own database transaction.
+
+    with engine.begin() as conn:                      # or a Session, or a psycopg Connection
+        conn.execute(insert(orders).values(...))      # the application's own writes
+        receipt = seqproc.outbox.like(conn, article_id, user_id)
+    outcome = receipt.wait(timeout_s=5)               # once the transaction has committed
+
+Each call validates exactly as the direct calls do (:class:`InvalidEvent` naming the field; nothing is written
+then), and inserts the event into the outbox table (``seqproc_outbox``) through the caller's connection, so the
+event is committed if and only if the caller's transaction commits. ``seqproc relay`` sends committed events to
+their partition queues, many per message, and keeps each row until the worker has applied its event. No broker is
+contacted here: a call needs only the database.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from seqproc.models.errors import SeqprocError
+from seqproc.models.events import Event
+from seqproc.models.outcomes import OutcomeStore, outcome_store
+from seqproc.models.settings import Settings
+from seqproc.models.wire import partition_for, queue_name
+from seqproc.producer.api import current_settings
+from seqproc.producer.build import (
+    build_events,
+    commit_event,
+    like_event,
+    release_event,
+    reserve_event,
+    restock_event,
+    unlike_event,
+)
+from seqproc.producer.receipt import Receipt
+
+__all__ = [
+    "INSERT_NAMED",
+    "INSERT_PYFORMAT",
+    "OutboxConnectionError",
+    "commit",
+    "like",
+    "outbox_rows",
+    "receipts_for",
+    "release",
+    "reserve",
+    "restock",
+    "send_many",
+    "unlike",
+    "write",
+]
+
+#: The insert, with psycopg's (and Django's) placeholders. Constant text: psycopg prepares it after a few uses.
+INSERT_PYFORMAT = (
+    "INSERT INTO seqproc_outbox (partition, ledger_key, event_id, body) "
+    "VALUES (%(partition)s, %(ledger_key)s, %(event_id)s, %(body)s)"
+)
+#: The same, with SQLAlchemy's named placeholders (``text()``).
+INSERT_NAMED = (
+    "INSERT INTO seqproc_outbox (partition, ledger_key, event_id, body) "
+    "VALUES (:partition, :ledger_key, :event_id, :body)"
+)
+
+
+class OutboxConnectionError(SeqprocError, TypeError):
+    """The connection given to an outbox call is not one it can write through."""
+
+
+def like(conn: Any, article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Receipt:
+    """``user_id`` likes ``article_id``, if and only if ``conn``'s transaction commits."""
+    return write(conn, [like_event(article_id, user_id, idempotency_key=idempotency_key)])[0]
+
+
+def unlike(conn: Any, article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Receipt:
+    """``user_id`` takes back their like of ``article_id``, if and only if ``conn``'s transaction commits."""
+    return write(conn, [unlike_event(article_id, user_id, idempotency_key=idempotency_key)])[0]
+
+
+def reserve(conn: Any, product_id: int, quantity: int, *, reservation_id: str) -> Receipt:
+    """Hold ``quantity`` units of ``product_id``, if and only if ``conn``'s transaction commits."""
+    return write(conn, [reserve_event(product_id, quantity, reservation_id=reservation_id)])[0]
+
+
+def release(conn: Any, product_id: int, reservation_id: str) -> Receipt:
+    """Give a reservation's units back, if and only if ``conn``'s transaction commits."""
+    return write(conn, [release_event(product_id, reservation_id)])[0]
+
+
+def commit(conn: Any, product_id: int, reservation_id: str) -> Receipt:
+    """Turn an applied reservation into a sale, if and only if ``conn``'s transaction commits."""
+    return write(conn, [commit_event(product_id, reservation_id)])[0]
+
+
+def restock(conn: Any, product_id: int, quantity: int, *, idempotency_key: str | None = None) -> Receipt:
+    """Add ``quantity`` units of ``product_id``, if and only if ``conn``'s transaction commits."""
+    return write(conn, [restock_event(product_id, quantity, idempotency_key=idempotency_key)])[0]
+
+
+def send_many(conn: Any, events: Iterable[Mapping[str, Any]]) -> list[Receipt]:
+    """Many events in one insert, each a mapping as :func:`seqproc.send_many` takes them; all are validated
+    before any is written (the first bad one raises :class:`InvalidEvent` naming its index and field)."""
+    built = build_events(events)
+    return write(conn, built) if built else []
+
+
+def write(conn: Any, events: Sequence[Event], *, settings: Settings | None = None) -> list[Receipt]:
+    """Insert ``events`` into the outbox through ``conn``, inside its transaction; one receipt per event.
+
+    ``conn``: a SQLAlchemy ``Connection`` or ``Session``, or a psycopg 3 ``Connection`` (the async ones go through
+    ``seqproc.aio.outbox``; Django's through ``seqproc.contrib.django.outbox``).
+    """
+    settings = settings or current_settings()
+    rows = outbox_rows(events, settings.partitions)
+    _insert(conn, rows)
+    return receipts_for(events, rows, settings)
+
+
+def outbox_rows(events: Sequence[Event], partitions: int) -> list[dict[str, Any]]:
+    """The outbox rows of ``events``: partition, ledger key, event id and the event in wire form."""
+    return [
+        {
+            "partition": partition_for(event.entity_key, partitions),
+            "ledger_key": event.ledger_key,
+            "event_id": event.id,
+            "body": event.model_dump_json(),
+        }
+        for event in events
+    ]
+
+
+def receipts_for(events: Sequence[Event], rows: Sequence[Mapping[str, Any]], settings: Settings) -> list[Receipt]:
+    store = _outcomes(settings.result_backend, settings.outcome_ttl_s)
+    return [
+        Receipt(
+            idempotency_key=event.key,
+            event_id=event.id,
+            event_type=event.type,
+            partition=row["partition"],
+            queue=queue_name(row["partition"]),
+            stamp=event.stamp,
+            _store=store,
+        )
+        for event, row in zip(events, rows, strict=True)
+    ]
+
+
+@functools.cache
+def _outcomes(url: str, ttl_s: int) -> OutcomeStore:
+    return outcome_store(url, ttl_s=ttl_s)
+
+
+def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
+    """One statement through the caller's connection (several rows: one executemany)."""
+    from sqlalchemy import Connection, Engine, text
+    from sqlalchemy.orm import Session
+
+    if isinstance(conn, Connection | Session):
+        conn.execute(text(INSERT_NAMED), rows if len(rows) > 1 else rows[0])
+        return
+    import psycopg
+
+    if isinstance(conn, psycopg.Connection):
+        with conn.cursor() as cursor:
+            if len(rows) == 1:
+                cursor.execute(INSERT_PYFORMAT, rows[0])
+            else:
+                cursor.executemany(INSERT_PYFORMAT, rows)
+        return
+    if isinstance(conn, Engine):
+        raise OutboxConnectionError(
+            "conn: must be the Connection of your transaction (engine.begin() as conn), not an Engine: an event "
+            "written outside your transaction would be sent whether it commits or not"
+        )
+    raise OutboxConnectionError(
+        "conn: must be a SQLAlchemy Connection or Session, or a psycopg 3 Connection "
+        f"(got {type(conn).__module__}.{type(conn).__qualname__}); async ones go through seqproc.aio.outbox, "
+        "Django's through seqproc.contrib.django.outbox"
+    )

@@ -1,0 +1,195 @@
+"""The transactional outbox and its relay, on the real PostgreSQL and Redis with real worker and relay processes."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Callable
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session
+
+import seqproc
+from seqproc.models.errors import InvalidEvent
+from seqproc.models.settings import Settings
+from seqproc.models.tables.ledger import LedgerEntry
+from seqproc.models.wire import partition_for, queue_name, relay_pushed_key
+from seqproc.producer.outbox import OutboxConnectionError
+from seqproc.worker.relay import Relay, outbox_depth
+from tests.conftest import RelayProcess, WorkerProcess, wait_for
+
+pytestmark = pytest.mark.services
+
+
+def outbox_rows(engine: Engine) -> list[tuple[int, str, int | None]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text("SELECT id, ledger_key, push_seq FROM seqproc_outbox ORDER BY id"))]
+
+
+def relay_for(settings: Settings, engine: Engine) -> Relay:
+    return Relay(settings, engine, engine, redis.Redis.from_url(settings.broker_url))
+
+
+def test_a_rolled_back_transaction_writes_nothing_and_a_committed_one_is_sent_once(
+    clean: Settings, engine: Engine, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        seqproc.outbox.like(conn, 5, 1)
+        raise RuntimeError("the view failed after enqueueing")
+    assert outbox_rows(engine) == []
+
+    with engine.begin() as conn:
+        receipt = seqproc.outbox.like(conn, 5, 2)
+        assert receipt.partition == partition_for("article:5", clean.partitions)
+    [(_, key, push_seq)] = outbox_rows(engine)
+    assert key == receipt.idempotency_key.join(["like:", ""]) and push_seq is None
+
+    relay = relay_for(clean, engine)
+    result = relay.tick()
+    assert (result.sent, result.messages) == (1, 1)
+    assert outbox_rows(engine)[0][2] == 1  # sent, in the partition's first message; kept until applied
+    assert relay.tick().sent == 0  # never sent twice
+    start_worker(clean)
+    assert receipt.wait(30).status == "applied"
+    wait_for(lambda: relay.tick().forgotten or not outbox_rows(engine), 10, "the applied row forgotten")
+    assert outbox_rows(engine) == []
+    with engine.connect() as conn:
+        assert conn.execute(select(LedgerEntry.key)).scalars().all() == [f"like:{receipt.idempotency_key}"]
+
+
+def test_every_connection_kind_writes_in_the_callers_transaction(clean: Settings, engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        seqproc.outbox.restock(session, 3, 10)
+    with psycopg.connect(clean.database_url.replace("+psycopg", "")) as conn:
+        seqproc.outbox.reserve(conn, 3, 2, reservation_id="r-1")
+        conn.rollback()  # nothing
+        receipts = seqproc.outbox.send_many(
+            conn,
+            [
+                {"type": "reserve", "product_id": 3, "quantity": 1, "reservation_id": "r-2"},
+                {"type": "like", "article_id": 1, "user_id": 1},
+            ],
+        )
+    assert [r.event_type for r in receipts] == ["reserve", "like"]
+    keys = [key for _, key, _ in outbox_rows(engine)]
+    assert keys == [keys[0], "reserve:r-2", f"like:{receipts[1].idempotency_key}"]
+    assert keys[0].startswith("restock:")
+    with pytest.raises(OutboxConnectionError, match="not an Engine"):
+        seqproc.outbox.like(engine, 1, 1)
+    with pytest.raises(OutboxConnectionError, match="conn: must be a SQLAlchemy Connection or Session"):
+        seqproc.outbox.like(object(), 1, 1)
+
+
+def test_bad_input_names_the_field_and_writes_nothing(clean: Settings, engine: Engine) -> None:
+    with engine.begin() as conn:
+        with pytest.raises(InvalidEvent, match="^quantity: must be >= 1"):
+            seqproc.outbox.reserve(conn, 3, 0, reservation_id="r")
+        with pytest.raises(InvalidEvent, match=r"^events\[1\].user_id: is required"):
+            seqproc.outbox.send_many(
+                conn, [{"type": "like", "article_id": 1, "user_id": 1}, {"type": "like", "article_id": 1}]
+            )
+    assert outbox_rows(engine) == []
+
+
+def test_a_broker_that_lost_messages_gets_them_again_in_order(clean: Settings, engine: Engine) -> None:
+    """The relay counts what it pushed per queue in the broker itself: a count that went back means messages were
+    lost, and their events go again, before anything newer."""
+    with engine.begin() as conn:
+        first = [seqproc.outbox.like(conn, 8, user) for user in range(1, 4)]
+    relay = relay_for(clean, engine)
+    assert relay.tick().messages == 1
+    queue = queue_name(first[0].partition)
+    client = redis.Redis.from_url(clean.broker_url)
+    client.flushdb()  # the broker came back empty: its queue and count are gone
+    with engine.begin() as conn:
+        later = seqproc.outbox.like(conn, 8, 4)
+    lost = relay.tick()
+    assert lost.resent == 3 and lost.sent == 0  # nothing newer goes before the lost ones
+    again = relay.tick()
+    assert again.sent == 4 and again.messages == 1
+    [message] = client.lrange(queue, 0, -1)
+    events = json.loads(json.loads(message)["body"])[1]["events"]
+    assert [e["id"] for e in events] == [r.event_id for r in [*first, later]]
+    assert int(client.get(relay_pushed_key(queue))) == 1
+
+
+def test_a_relay_that_pushed_and_died_before_its_commit_sends_again(clean: Settings, engine: Engine) -> None:
+    with engine.begin() as conn:
+        receipt = seqproc.outbox.like(conn, 9, 1)
+    queue = queue_name(receipt.partition)
+    client = redis.Redis.from_url(clean.broker_url)
+    client.set(relay_pushed_key(queue), 5)  # as if a relay pushed 5 messages, then died before recording them
+    relay = relay_for(clean, engine)
+    assert relay.tick().sent == 0  # it adopts the broker's count...
+    assert relay.tick().sent == 1  # ...and sends the unrecorded rows again
+    assert int(client.get(relay_pushed_key(queue))) == 6
+
+
+def test_two_relays_share_the_outbox_each_row_sent_once_in_order_per_key(clean: Settings, engine: Engine) -> None:
+    relays = [relay_for(clean, engine) for _ in range(2)]
+    written = 0
+    stop = threading.Event()
+    sent = [0, 0]
+
+    def run(index: int) -> None:
+        while not stop.is_set():
+            sent[index] += relays[index].tick().sent
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for batch in range(20):
+            with engine.begin() as conn:
+                seqproc.outbox.send_many(
+                    conn,
+                    [{"type": "like", "article_id": a, "user_id": batch + 1} for a in random.sample(range(1, 200), 25)],
+                )
+            written += 25
+        wait_for(lambda: sum(sent) >= written, 30, "both relays done")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert sum(sent) == written  # each row sent exactly once, whoever sent it
+    rows = outbox_rows(engine)
+    assert all(push_seq is not None for _, _, push_seq in rows)
+    # In every queue, in push order, each article's events come in the order they were written.
+    with engine.connect() as conn:
+        row_of = {
+            event_id: row_id for event_id, row_id in conn.execute(text("SELECT event_id, id FROM seqproc_outbox"))
+        }
+    client = redis.Redis.from_url(clean.broker_url)
+    for partition in range(clean.partitions):
+        pushed = reversed(client.lrange(queue_name(partition), 0, -1))  # LPUSH: the oldest is last
+        events = [e for m in pushed for e in json.loads(json.loads(m)["body"])[1]["events"]]
+        by_article: dict[int, list[int]] = {}
+        for event in events:
+            by_article.setdefault(event["article_id"], []).append(row_of[event["id"]])
+        assert all(ids == sorted(ids) for ids in by_article.values()), partition
+
+
+def test_outbox_depth_and_relay_process(
+    clean: Settings,
+    engine: Engine,
+    start_worker: Callable[..., WorkerProcess],
+    start_relay: Callable[..., RelayProcess],
+) -> None:
+    with engine.begin() as conn:
+        receipts = seqproc.outbox.send_many(
+            conn, [{"type": "like", "article_id": 4, "user_id": u} for u in range(1, 21)]
+        )
+    depth = outbox_depth(engine)
+    assert (depth["depth"], depth["unsent"]) == (20, 20)
+    assert depth["oldest_age_s"] is not None and depth["oldest_age_s"] >= 0
+    assert depth["by_partition"] == {receipts[0].partition: 20}
+    start_worker(clean)
+    relay = start_relay(clean)
+    assert {o.status for o in seqproc.wait_all(receipts, timeout_s=30)} == {"applied"}
+    wait_for(lambda: outbox_depth(engine)["depth"] == 0, 15, "the outbox emptied once applied")
+    assert relay.stop() == 0
+    assert "stopping after this pass" in relay.log()

@@ -1,0 +1,294 @@
+"""``seqproc relay``: send committed outbox events to their partition queues, and keep them until applied.
+
+One pass (:meth:`Relay.tick`):
+
+1. **Send.** In one transaction on the outbox's database, take the partitions whose advisory lock this relay gets
+   (``pg_try_advisory_xact_lock``: two relays never send for the same partition at once, so neither can overtake
+   the other's events of a key), read their unsent rows in id order, and push them as messages of many events
+   (one per partition, split at ``max_events_per_message``) with a script that also counts the messages pushed onto
+   the queue (``seqproc:relay:pushed:<queue>``), but only if that count is the one this relay recorded. Then mark
+   the rows sent (with the number of their message) and commit.
+2. **Forget what is applied.** Sent rows whose key the idempotency ledger holds are deleted; the others stay.
+
+Order: a relay reads only committed rows and sends them in id order. Ids come from a sequence when the row is
+written, so an event written after another transaction committed always has the larger id: per key, events are
+applied in the order their transactions committed whenever one committed before the other wrote its event. Two
+transactions in flight at the same time have no order between them (PostgreSQL tells none without logical
+decoding); theirs is whichever the relay saw first, by id. The relay never reads "id > last seen" (a transaction
+that commits late with a small id would be skipped); it reads what is unsent.
+
+Loss: the push count lives in the broker's Redis beside the queue, written in the same atomic step as the push,
+so a Redis that comes back without its last writes (a crash with ``appendfsync everysec``, a failover to a replica
+that lagged, a flush) comes back with a lower count. The next pass finds the count lower than recorded: the rows
+of the lost messages (their number is above the count) become unsent again and are sent again, in order, before
+anything newer; the worker's ledger turns a copy of an event it applied into a duplicate. A count higher than
+recorded means a relay pushed and died before its commit: those rows are still unsent here and go again
+(duplicates, harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from sqlalchemy import Connection, Engine, text
+
+from seqproc.models.errors import ConfigError, first_line
+from seqproc.models.settings import Settings, mask_url
+from seqproc.models.wire import bell_key, queue_name, relay_pushed_key
+from seqproc.producer.envelope import envelope_of_json
+from seqproc.producer.stamps import unique_id
+
+logger = logging.getLogger(__name__)
+
+#: The advisory-lock namespace of the relays (the first key of ``pg_try_advisory_xact_lock(ns, partition)``).
+LOCK_NAMESPACE = 0x5E9C
+#: Sent rows checked against the ledger per pass.
+FORGET_CHUNK = 5_000
+
+#: KEYS: the queue's push count, the queue, its bell. ARGV: the count the relay recorded, then the messages, oldest
+#: first. Pushes them and raises the count only if the count is the recorded one. Returns {1, new count} or
+#: {0, count found}.
+PUSH = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count ~= tonumber(ARGV[1]) then
+    return {0, count}
+end
+for i = 2, #ARGV do
+    redis.call('LPUSH', KEYS[2], ARGV[i])
+end
+count = count + #ARGV - 1
+redis.call('SET', KEYS[1], count)
+redis.call('LPUSH', KEYS[3], '1')
+redis.call('LTRIM', KEYS[3], 0, 0)
+return {1, count}
+"""
+
+_PENDING = text(
+    """
+    SELECT x.id, p.partition, x.body
+    FROM unnest(CAST(:partitions AS integer[])) AS p(partition)
+    CROSS JOIN LATERAL (
+        SELECT o.id, o.body FROM seqproc_outbox o
+        WHERE o.partition = p.partition AND o.push_seq IS NULL
+        ORDER BY o.id LIMIT :per_partition
+    ) AS x
+    ORDER BY p.partition, x.id
+    """
+)
+_LOCK = text("SELECT p FROM unnest(CAST(:partitions AS integer[])) AS p WHERE pg_try_advisory_xact_lock(:namespace, p)")
+_RECORDED = text(
+    "SELECT partition, pushed FROM seqproc_outbox_relay WHERE partition = ANY(CAST(:partitions AS integer[]))"
+)
+_RECORD = text(
+    """
+    INSERT INTO seqproc_outbox_relay (partition, pushed)
+    SELECT * FROM unnest(CAST(:partitions AS integer[]), CAST(:pushed AS bigint[]))
+    ON CONFLICT (partition) DO UPDATE SET pushed = excluded.pushed
+    """
+)
+_MARK_SENT = text(
+    """
+    UPDATE seqproc_outbox o SET push_seq = v.seq, sent_at = now()
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS bigint[])) AS v(id, seq)
+    WHERE o.id = v.id
+    """
+)
+_RESEND = text(
+    "UPDATE seqproc_outbox SET push_seq = NULL, sent_at = NULL WHERE partition = :partition AND push_seq > :count"
+)
+_SENT = text("SELECT id, ledger_key FROM seqproc_outbox WHERE push_seq IS NOT NULL ORDER BY id LIMIT :limit")
+_APPLIED = text("SELECT key FROM idempotency_ledger WHERE key = ANY(CAST(:keys AS text[]))")
+_FORGET = text("DELETE FROM seqproc_outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
+_DEPTH = text(
+    """
+    SELECT count(*), count(*) FILTER (WHERE push_seq IS NULL),
+           EXTRACT(EPOCH FROM now() - min(created_at))
+    FROM seqproc_outbox
+    """
+)
+_DEPTH_BY_PARTITION = text("SELECT partition, count(*) FROM seqproc_outbox GROUP BY partition")
+
+
+@dataclass
+class PassResult:
+    """What one pass did."""
+
+    #: Events pushed (counting copies sent again after a loss).
+    sent: int = 0
+    messages: int = 0
+    #: Events made unsent again because the broker lost their messages.
+    resent: int = 0
+    #: Rows deleted because their event was applied.
+    forgotten: int = 0
+
+
+class Relay:
+    """Sends the outbox of ``settings.outbox_url``; see the module docstring. Not thread-safe: one per thread."""
+
+    def __init__(self, settings: Settings, outbox: Engine, ledger: Engine, client: redis.Redis) -> None:
+        if outbox.dialect.name != "postgresql":
+            raise ConfigError(
+                f"SEQPROC_OUTBOX_DATABASE_URL: the relay needs PostgreSQL (got {mask_url(settings.outbox_url)})"
+            )
+        self.settings = settings
+        self.outbox = outbox
+        self.ledger = ledger
+        self.client = client
+        self._push = client.register_script(PUSH)
+        self.partitions = list(range(settings.partitions))
+
+    # -- one pass ----------------------------------------------------------------------------------------------
+    def tick(self) -> PassResult:
+        result = PassResult()
+        self._send(result)
+        self._forget(result)
+        return result
+
+    def _send(self, result: PassResult) -> None:
+        per_partition = max(1, self.settings.relay_batch_size // max(1, len(self.partitions)))
+        with self.outbox.begin() as conn:
+            owned = [
+                row[0] for row in conn.execute(_LOCK, {"partitions": self.partitions, "namespace": LOCK_NAMESPACE})
+            ]
+            if not owned:
+                return
+            pending = conn.execute(_PENDING, {"partitions": owned, "per_partition": per_partition}).all()
+            if not pending:
+                return
+            by_partition: dict[int, list[tuple[int, str]]] = defaultdict(list)
+            for row_id, partition, body in pending:
+                by_partition[int(partition)].append((int(row_id), body))
+            recorded: dict[int, int] = {
+                int(p): int(n) for p, n in conn.execute(_RECORDED, {"partitions": list(by_partition)})
+            }
+            replies = self._push_all(by_partition, recorded)
+            ids: list[int] = []
+            seqs: list[int] = []
+            pushed: dict[int, int] = {}
+            for partition, (messages, (ok, count)) in replies.items():
+                expected = int(recorded.get(partition, 0))
+                if ok:
+                    for number, rows in enumerate(messages, start=expected + 1):
+                        ids.extend(row_id for row_id, _ in rows)
+                        seqs.extend([number] * len(rows))
+                        result.sent += len(rows)
+                    result.messages += len(messages)
+                elif count > expected:
+                    # A relay pushed these (or others) and died before it committed: they are unsent here and go
+                    # again next pass, as duplicates the ledger will recognise.
+                    logger.warning(
+                        "partition %d: the broker counts %d message(s) pushed, %d recorded: a relay died after "
+                        "pushing; its events go again",
+                        partition,
+                        count,
+                        expected,
+                    )
+                else:
+                    resent = conn.execute(_RESEND, {"partition": partition, "count": count}).rowcount
+                    result.resent += resent
+                    logger.warning(
+                        "partition %d: the broker lost %d message(s) (it counts %d pushed, %d recorded); %d event(s) "
+                        "not applied yet go again, in order",
+                        partition,
+                        expected - count,
+                        count,
+                        expected,
+                        resent,
+                    )
+                pushed[partition] = count
+            if ids:
+                conn.execute(_MARK_SENT, {"ids": ids, "seqs": seqs})
+            conn.execute(_RECORD, {"partitions": list(pushed), "pushed": list(pushed.values())})
+
+    def _push_all(
+        self, by_partition: dict[int, list[tuple[int, str]]], recorded: dict[int, int]
+    ) -> dict[int, tuple[list[list[tuple[int, str]]], tuple[bool, int]]]:
+        """Push each partition's rows as messages, every partition in one pipelined round trip."""
+        limit = self.settings.max_events_per_message
+        plan: dict[int, list[list[tuple[int, str]]]] = {}
+        pipe = self.client.pipeline(transaction=False)
+        for partition, rows in by_partition.items():
+            messages = [rows[start : start + limit] for start in range(0, len(rows), limit)]
+            plan[partition] = messages
+            queue = queue_name(partition)
+            bodies = [
+                envelope_of_json(
+                    queue, partition, "[" + ",".join(body for _, body in rows) + "]", len(rows), task_id=unique_id()
+                )
+                for rows in messages
+            ]
+            self._push(
+                keys=[relay_pushed_key(queue), queue, bell_key(queue)],
+                args=[int(recorded.get(partition, 0)), *bodies],
+                client=pipe,
+            )
+        replies = pipe.execute()
+        return {
+            partition: (plan[partition], (bool(int(reply[0])), int(reply[1])))
+            for partition, reply in zip(plan, replies, strict=True)
+        }
+
+    def _forget(self, result: PassResult) -> None:
+        with self.outbox.connect() as conn:
+            sent = conn.execute(_SENT, {"limit": FORGET_CHUNK}).all()
+        if not sent:
+            return
+        keys = list({key for _, key in sent})
+        with self.ledger.connect() as conn:
+            applied = {row[0] for row in conn.execute(_APPLIED, {"keys": keys})}
+        done = [int(row_id) for row_id, key in sent if key in applied]
+        if done:
+            with self.outbox.begin() as conn:
+                result.forgotten += conn.execute(_FORGET, {"ids": done}).rowcount
+
+    # -- the process -------------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Pass after pass until ``stop`` is set: again at once after a pass that sent something, else after
+        ``relay_interval_ms``; a database or broker error is logged and tried again with capped backoff."""
+        idle_s = self.settings.relay_interval_ms / 1000.0
+        pause_s = idle_s
+        while not stop.is_set():
+            try:
+                result = self.tick()
+            except Exception as error:
+                logger.warning("relay pass failed (%s); trying again in %.2f s", first_line(error), pause_s)
+                stop.wait(pause_s)
+                pause_s = min(max(pause_s * 2, 0.05), self.settings.retry_backoff_max_s)
+                continue
+            pause_s = idle_s
+            if result.sent or result.resent:
+                logger.debug(
+                    "relay: sent %d event(s) in %d message(s); %d to send again; forgot %d",
+                    result.sent,
+                    result.messages,
+                    result.resent,
+                    result.forgotten,
+                )
+                continue
+            stop.wait(idle_s)
+
+
+def outbox_depth(engine: Engine) -> dict[str, Any]:
+    """Events in the outbox: all (``depth``), not sent yet (``unsent``), the oldest one's age in seconds (None when
+    empty), and per partition. The outbox table missing (never migrated there): zeros."""
+    with engine.connect() as conn:
+        if not _has_outbox(conn):
+            return {"depth": 0, "unsent": 0, "oldest_age_s": None, "by_partition": {}, "migrated": False}
+        depth, unsent, oldest = conn.execute(_DEPTH).one()
+        by_partition = {int(p): int(n) for p, n in conn.execute(_DEPTH_BY_PARTITION)}
+    return {
+        "depth": int(depth),
+        "unsent": int(unsent),
+        "oldest_age_s": float(oldest) if oldest is not None else None,
+        "by_partition": by_partition,
+        "migrated": True,
+    }
+
+
+def _has_outbox(conn: Connection) -> bool:
+    return bool(conn.execute(text("SELECT to_regclass('seqproc_outbox') IS NOT NULL")).scalar())
