@@ -37,16 +37,21 @@ def relay_for(settings: Settings, engine: Engine) -> Relay:
 def test_a_rolled_back_transaction_writes_nothing_and_a_committed_one_is_sent_once(
     clean: Settings, engine: Engine, start_worker: Callable[..., WorkerProcess]
 ) -> None:
-    with pytest.raises(RuntimeError), engine.begin() as conn:
-        seqproc.outbox.like(conn, 5, 1)
-        raise RuntimeError("the view failed after enqueueing")
+    def view_that_fails() -> None:
+        with engine.begin() as conn:
+            seqproc.outbox.like(conn, 5, 1)
+            raise RuntimeError("the view failed after enqueueing")
+
+    with pytest.raises(RuntimeError):
+        view_that_fails()
     assert outbox_rows(engine) == []
 
     with engine.begin() as conn:
         receipt = seqproc.outbox.like(conn, 5, 2)
         assert receipt.partition == partition_for("article:5", clean.partitions)
     [(_, key, push_seq)] = outbox_rows(engine)
-    assert key == receipt.idempotency_key.join(["like:", ""]) and push_seq is None
+    assert key == f"like:{receipt.idempotency_key}"
+    assert push_seq is None
 
     relay = relay_for(clean, engine)
     result = relay.tick()
@@ -80,13 +85,13 @@ def test_every_connection_kind_writes_in_the_callers_transaction(clean: Settings
     assert keys[0].startswith("restock:")
     with pytest.raises(OutboxConnectionError, match="not an Engine"):
         seqproc.outbox.like(engine, 1, 1)
-    with pytest.raises(OutboxConnectionError, match="conn: must be a SQLAlchemy Connection or Session"):
+    with pytest.raises(OutboxConnectionError, match=r"conn: must be a SQLAlchemy Connection or Session"):
         seqproc.outbox.like(object(), 1, 1)
 
 
 def test_bad_input_names_the_field_and_writes_nothing(clean: Settings, engine: Engine) -> None:
     with engine.begin() as conn:
-        with pytest.raises(InvalidEvent, match="^quantity: must be >= 1"):
+        with pytest.raises(InvalidEvent, match=r"^quantity: must be >= 1"):
             seqproc.outbox.reserve(conn, 3, 0, reservation_id="r")
         with pytest.raises(InvalidEvent, match=r"^events\[1\].user_id: is required"):
             seqproc.outbox.send_many(
@@ -108,9 +113,10 @@ def test_a_broker_that_lost_messages_gets_them_again_in_order(clean: Settings, e
     with engine.begin() as conn:
         later = seqproc.outbox.like(conn, 8, 4)
     lost = relay.tick()
-    assert lost.resent == 3 and lost.sent == 0  # nothing newer goes before the lost ones
+    assert lost.resent == 3
+    assert lost.sent == 0  # nothing newer goes before the lost ones
     again = relay.tick()
-    assert again.sent == 4 and again.messages == 1
+    assert (again.sent, again.messages) == (4, 1)
     [message] = client.lrange(queue, 0, -1)
     events = json.loads(json.loads(message)["body"])[1]["events"]
     assert [e["id"] for e in events] == [r.event_id for r in [*first, later]]
@@ -160,9 +166,7 @@ def test_two_relays_share_the_outbox_each_row_sent_once_in_order_per_key(clean: 
     assert all(push_seq is not None for _, _, push_seq in rows)
     # In every queue, in push order, each article's events come in the order they were written.
     with engine.connect() as conn:
-        row_of = {
-            event_id: row_id for event_id, row_id in conn.execute(text("SELECT event_id, id FROM seqproc_outbox"))
-        }
+        row_of = dict(conn.execute(text("SELECT event_id, id FROM seqproc_outbox")).all())
     client = redis.Redis.from_url(clean.broker_url)
     for partition in range(clean.partitions):
         pushed = reversed(client.lrange(queue_name(partition), 0, -1))  # LPUSH: the oldest is last
@@ -185,7 +189,8 @@ def test_outbox_depth_and_relay_process(
         )
     depth = outbox_depth(engine)
     assert (depth["depth"], depth["unsent"]) == (20, 20)
-    assert depth["oldest_age_s"] is not None and depth["oldest_age_s"] >= 0
+    assert depth["oldest_age_s"] is not None
+    assert depth["oldest_age_s"] >= 0
     assert depth["by_partition"] == {receipts[0].partition: 20}
     start_worker(clean)
     relay = start_relay(clean)
