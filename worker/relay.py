@@ -32,10 +32,9 @@ import logging
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
 
 import redis
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine, text
 
 from seqproc.models.errors import ConfigError, first_line
 from seqproc.models.settings import Settings, mask_url
@@ -104,14 +103,6 @@ _RESEND = text(
 _SENT = text("SELECT id, ledger_key FROM seqproc_outbox WHERE push_seq IS NOT NULL ORDER BY id LIMIT :limit")
 _APPLIED = text("SELECT key FROM idempotency_ledger WHERE key = ANY(CAST(:keys AS text[]))")
 _FORGET = text("DELETE FROM seqproc_outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
-_DEPTH = text(
-    """
-    SELECT count(*), count(*) FILTER (WHERE push_seq IS NULL),
-           EXTRACT(EPOCH FROM now() - min(created_at))
-    FROM seqproc_outbox
-    """
-)
-_DEPTH_BY_PARTITION = text("SELECT partition, count(*) FROM seqproc_outbox GROUP BY partition")
 
 
 @dataclass
@@ -271,24 +262,3 @@ class Relay:
                 )
                 continue
             stop.wait(idle_s)
-
-
-def outbox_depth(engine: Engine) -> dict[str, Any]:
-    """Events in the outbox: all (``depth``), not sent yet (``unsent``), the oldest one's age in seconds (None when
-    empty), and per partition. The outbox table missing (never migrated there): zeros."""
-    with engine.connect() as conn:
-        if not _has_outbox(conn):
-            return {"depth": 0, "unsent": 0, "oldest_age_s": None, "by_partition": {}, "migrated": False}
-        depth, unsent, oldest = conn.execute(_DEPTH).one()
-        by_partition = {int(p): int(n) for p, n in conn.execute(_DEPTH_BY_PARTITION)}
-    return {
-        "depth": int(depth),
-        "unsent": int(unsent),
-        "oldest_age_s": float(oldest) if oldest is not None else None,
-        "by_partition": by_partition,
-        "migrated": True,
-    }
-
-
-def _has_outbox(conn: Connection) -> bool:
-    return bool(conn.execute(text("SELECT to_regclass('seqproc_outbox') IS NOT NULL")).scalar())

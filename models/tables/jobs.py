@@ -35,6 +35,9 @@ class PartitionLag(Base):
     depth: Mapped[int] = mapped_column(BigInt)
     oldest_age_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     applied: Mapped[int] = mapped_column(BigInt)
+    #: Events of the partition committed to the transactional outbox, not applied yet, and the oldest one's age.
+    outbox_depth: Mapped[int] = mapped_column(BigInt, server_default="0")
+    outbox_oldest_age_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     at: Mapped[datetime] = now_column()
 
     def __repr__(self) -> str:

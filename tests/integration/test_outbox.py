@@ -19,7 +19,8 @@ from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.models.wire import partition_for, queue_name, relay_pushed_key
 from seqproc.producer.outbox import OutboxConnectionError
-from seqproc.worker.relay import Relay, outbox_depth
+from seqproc.worker.ops.lag import outbox_depth
+from seqproc.worker.relay import Relay
 from tests.conftest import RelayProcess, WorkerProcess, wait_for
 
 pytestmark = pytest.mark.services

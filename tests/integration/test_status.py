@@ -253,3 +253,37 @@ def test_watch_refreshes_until_ctrl_c(clean: Settings) -> None:
     assert all(e["applied_per_s"] is None for e in first["partitions"])  # nothing to compare the first one with
     assert all(e["applied_per_s"] == 0.0 for e in third["partitions"])  # each later one uses the one before
     assert by_partition(third)[9]["depth"] == 1
+
+
+def test_status_and_the_lag_job_report_the_outbox(clean: Settings, engine: Engine) -> None:
+    """Events committed to the outbox and not applied yet: per partition and in the totals, split by whether the
+    relay sent them; the snapshot_lag job records them too."""
+    import seqproc
+    from seqproc.worker.beat.jobs import snapshot_lag
+    from seqproc.worker.relay import Relay
+
+    article = first_id_on(5, article_key)
+    with engine.begin() as conn:
+        seqproc.outbox.send_many(conn, [{"type": "like", "article_id": article, "user_id": u} for u in range(1, 8)])
+    snapshot = status_json(clean)
+    assert by_partition(snapshot)[5]["outbox"] == 7
+    assert sum(e["outbox"] for e in snapshot["partitions"]) == 7
+    totals = snapshot["totals"]
+    assert (totals["outbox_depth"], totals["outbox_unsent"]) == (7, 7)
+    assert totals["outbox_oldest_age_s"] >= 0
+
+    Relay(clean, engine, engine, redis.Redis.from_url(clean.broker_url)).tick()  # sent, not applied: no worker
+    totals = status_json(clean)["totals"]
+    assert (totals["outbox_depth"], totals["outbox_unsent"]) == (7, 0)
+
+    class Run:  # what the job body needs of its singleton run
+        def check(self) -> None:
+            pass
+
+    assert "outbox 7 event(s) not applied (0 unsent)" in snapshot_lag(engine, clean, Run())  # type: ignore[arg-type]
+    with engine.connect() as conn:
+        lag = dict(conn.execute(text("SELECT partition, outbox_depth FROM partition_lag")).all())
+        oldest = conn.execute(text("SELECT outbox_oldest_age_s FROM partition_lag WHERE partition = 5")).scalar()
+    assert lag[5] == 7
+    assert sum(lag.values()) == 7
+    assert oldest is not None

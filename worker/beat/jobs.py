@@ -21,7 +21,7 @@ from sqlalchemy import Engine, delete, func, select
 
 from seqproc.models.celery import JOBS, job_interval_s
 from seqproc.models.clients import redis_client
-from seqproc.models.db import upsert
+from seqproc.models.db import make_engine, upsert
 from seqproc.models.errors import LockNotAcquired
 from seqproc.models.events import Reconcile
 from seqproc.models.settings import Settings
@@ -121,9 +121,22 @@ def expire_reservations(engine: Engine, settings: Settings, run: Singleton) -> s
 
 def snapshot_lag(engine: Engine, settings: Settings, run: Singleton) -> str:
     client = redis_client(settings.broker_url)
-    snapshot = collect(engine, client, settings.partitions)
+    outbox = engine if settings.outbox_url == settings.database_url else make_engine(settings.outbox_url, pool_size=1)
+    try:
+        snapshot = collect(engine, client, settings.partitions, outbox_engine=outbox)
+    finally:
+        client.close()
+        if outbox is not engine:
+            outbox.dispose()
     rows: list[dict[str, Any]] = [
-        {"partition": p["partition"], "depth": p["depth"], "oldest_age_s": p["oldest_age_s"], "applied": p["applied"]}
+        {
+            "partition": p["partition"],
+            "depth": p["depth"],
+            "oldest_age_s": p["oldest_age_s"],
+            "applied": p["applied"],
+            "outbox_depth": p["outbox"],
+            "outbox_oldest_age_s": p["outbox_oldest_age_s"],
+        }
         for p in snapshot["partitions"]
     ]
     run.check()
@@ -137,6 +150,8 @@ def snapshot_lag(engine: Engine, settings: Settings, run: Singleton) -> str:
                     "depth": stmt.excluded.depth,
                     "oldest_age_s": stmt.excluded.oldest_age_s,
                     "applied": stmt.excluded.applied,
+                    "outbox_depth": stmt.excluded.outbox_depth,
+                    "outbox_oldest_age_s": stmt.excluded.outbox_oldest_age_s,
                     "at": func.now(),
                 },
             ),
@@ -144,7 +159,11 @@ def snapshot_lag(engine: Engine, settings: Settings, run: Singleton) -> str:
         )
     waiting = sum(r["depth"] for r in rows)
     oldest = max((r["oldest_age_s"] or 0.0 for r in rows), default=0.0)
-    return f"{waiting} message(s) waiting, oldest event {oldest:.1f} s old"
+    outbox = snapshot["totals"]
+    return (
+        f"{waiting} message(s) waiting, oldest event {oldest:.1f} s old; "
+        f"outbox {outbox['outbox_depth']} event(s) not applied ({outbox['outbox_unsent']} unsent)"
+    )
 
 
 #: Each job's body, by name (the task is ``seqproc.job.<name>``, scheduled every ``job_interval_s``).

@@ -12,7 +12,6 @@ import click
 from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import Engine
 
 from seqproc.models.clients import redis_client
 from seqproc.models.errors import ConfigError, first_line
@@ -57,7 +56,7 @@ def render(snapshot: dict[str, Any], *, title: str = "seqproc status") -> Table:
     table = Table(title=title, caption=f"at {snapshot['at']}", show_footer=False)
     for column in ("partition", "depth", "oldest", "owner", "epoch"):
         table.add_column(column, justify="left" if column == "owner" else "right")
-    for column in ("applied/s", "applied", "dup", "rejected", "parked", "dead"):
+    for column in ("applied/s", "applied", "dup", "rejected", "parked", "dead", "outbox"):
         table.add_column(column, justify="right")
     for e in snapshot["partitions"]:
         table.add_row(
@@ -72,6 +71,7 @@ def render(snapshot: dict[str, Any], *, title: str = "seqproc status") -> Table:
             f"{e['rejected']:,}",
             str(e["parked_keys"]),
             str(e["dead_letters"]),
+            f"{e['outbox']:,}",
         )
     t = snapshot["totals"]
     dead = str(t["dead_letters"]) + (f" (+{t['dead_letters_other']} other)" if t["dead_letters_other"] else "")
@@ -88,6 +88,7 @@ def render(snapshot: dict[str, Any], *, title: str = "seqproc status") -> Table:
         f"{t['rejected']:,}",
         str(t["parked_keys"]),
         dead,
+        f"{t['outbox_depth']:,}" + (f" ({t['outbox_unsent']:,} unsent)" if t["outbox_unsent"] else ""),
         style="bold",
     )
     return table
@@ -115,30 +116,38 @@ def status(as_json: bool, watch: bool, interval: float) -> None:
     settings = load_settings()
     _require_redis_broker(settings, "seqproc status")
     engine = make_engine(settings.database_url, statement_timeout_s=10, pool_size=1)
+    outbox = (
+        engine
+        if settings.outbox_url == settings.database_url
+        else make_engine(settings.outbox_url, statement_timeout_s=10, pool_size=1)
+    )
     client = redis_client(settings.broker_url)
     sources = _sources(settings)
     title = f"seqproc status: {sources['broker']}"
+
+    def snapshot(previous: dict[str, Any] | None = None) -> dict[str, Any]:
+        return collect(engine, client, settings.partitions, previous, outbox_engine=outbox)
+
     try:
         if watch:
-            _watch(engine, client, settings.partitions, interval, as_json, sources, title)
+            _watch(snapshot, interval, as_json, sources, title)
             return
-        snapshot = collect(engine, client, settings.partitions)
+        taken = snapshot()
         if interval > 0:
             time.sleep(interval)
-            snapshot = collect(engine, client, settings.partitions, previous=snapshot)
+            taken = snapshot(taken)
         if as_json:
-            click.echo(json.dumps(snapshot | sources, sort_keys=True))
+            click.echo(json.dumps(taken | sources, sort_keys=True))
         else:
-            Console(width=None if sys.stdout.isatty() else 160).print(render(snapshot, title=title))
+            Console(width=None if sys.stdout.isatty() else 160).print(render(taken, title=title))
     finally:
         client.close()
         engine.dispose()
+        outbox.dispose()
 
 
 def _watch(
-    engine: Engine,
-    client: Any,
-    partitions: int,
+    snapshot: Callable[[dict[str, Any] | None], dict[str, Any]],
     interval: float,
     as_json: bool,
     sources: dict[str, str],
@@ -155,14 +164,14 @@ def _watch(
     try:
         if as_json:
             while True:
-                previous = collect(engine, client, partitions, previous)
+                previous = snapshot(previous)
                 click.echo(json.dumps(previous | sources, sort_keys=True))
                 time.sleep(pause)
         with Live(Text("reading..."), auto_refresh=False, console=Console()) as live:
             while True:
                 view: RenderableType
                 try:
-                    previous = collect(engine, client, partitions, previous)
+                    previous = snapshot(previous)
                     view = render(previous, title=title)
                 except (RedisError, DBAPIError) as error:
                     previous = None

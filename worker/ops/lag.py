@@ -22,13 +22,17 @@ One row per partition (``SEQPROC_PARTITIONS`` of them), and a totals line. Where
 - ``applied_per_s``: the rise of ``applied`` between two snapshots divided by the time between them; None without
   a previous snapshot. The command takes one, waits ``--interval``, takes another; ``--watch`` compares each
   refresh with the one before.
+- ``outbox``, ``outbox_oldest_age_s``: events committed to the transactional outbox (``seqproc.outbox``) for the
+  partition and not applied yet, and the age of the oldest; in the totals also ``outbox_unsent`` (not sent to the
+  broker yet: the relay is behind, or not running).
 - ``parked_keys``: rows of ``parked_key`` (entities whose events wait in the dead-letter store until
   ``seqproc deadletter replay``). ``dead_letters``: rows of ``dead_letter`` not replayed yet; those with no
   partition (a message on a queue that is not a partition queue) are counted in the totals as
   ``dead_letters_other``.
 
 Round trips: one Redis pipeline (``LLEN``, ``LINDEX -1`` and the lease ``GET`` per partition, one script counting
-``unacked``) and three SQL queries (the partition rows, parked keys and dead letters grouped by partition).
+``unacked``) and five SQL queries (the partition rows, parked keys and dead letters grouped by partition, the
+outbox's totals and per partition).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, text
 
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.ledger import DeadLetter, ParkedKey
@@ -69,10 +73,16 @@ _SUMMED = ("depth", "unacked", "applied", "duplicates", "rejected", "parked_keys
 
 
 def collect(
-    engine: Engine, redis_client: Any, partitions: int, previous: dict[str, Any] | None = None
+    engine: Engine,
+    redis_client: Any,
+    partitions: int,
+    previous: dict[str, Any] | None = None,
+    *,
+    outbox_engine: Engine | None = None,
 ) -> dict[str, Any]:
     """A snapshot of every partition (see the module docstring for each figure). With ``previous`` (an earlier
-    snapshot, as returned here or read back from its JSON), ``applied_per_s`` is the rate between the two."""
+    snapshot, as returned here or read back from its JSON), ``applied_per_s`` is the rate between the two. The
+    outbox is read from ``outbox_engine`` (default: ``engine``)."""
     parts = table_of(Partition)
     parked = table_of(ParkedKey)
     dead = table_of(DeadLetter)
@@ -101,6 +111,7 @@ def collect(
             )
         }
 
+    outbox = outbox_depth(outbox_engine or engine)
     probes = probe_queues(redis_client, range(partitions), with_leases=True, with_unacked=True)
     now = time.time()
     rates = _rates(previous, now)
@@ -124,6 +135,8 @@ def collect(
                 "applied_per_s": rates(p, applied),
                 "parked_keys": parked_counts.get(p, 0),
                 "dead_letters": dead_counts.get(p, 0),
+                "outbox": outbox["by_partition"].get(p, 0),
+                "outbox_oldest_age_s": outbox["oldest_by_partition"].get(p),
             }
         )
 
@@ -134,6 +147,9 @@ def collect(
     totals["applied_per_s"] = None if any(r is None for r in per_s) else sum(per_s)
     totals["dead_letters_other"] = sum(n for p, n in dead_counts.items() if p is None or not 0 <= p < partitions)
     totals["owners"] = len({e["owner"] for e in entries if e["owner"]})
+    totals["outbox_depth"] = outbox["depth"]
+    totals["outbox_unsent"] = outbox["unsent"]
+    totals["outbox_oldest_age_s"] = outbox["oldest_age_s"]
     return {
         "partitions": entries,
         "totals": totals,
@@ -233,3 +249,45 @@ def first_stamp(raw: Any) -> int | None:
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         return None
     return stamp if isinstance(stamp, int) and not isinstance(stamp, bool) and stamp > 0 else None
+
+
+_DEPTH = text(
+    """
+    SELECT count(*), count(*) FILTER (WHERE push_seq IS NULL),
+           EXTRACT(EPOCH FROM now() - min(created_at))
+    FROM seqproc_outbox
+    """
+)
+_DEPTH_BY_PARTITION = text(
+    "SELECT partition, count(*), EXTRACT(EPOCH FROM now() - min(created_at)) FROM seqproc_outbox GROUP BY partition"
+)
+
+
+def outbox_depth(engine: Engine) -> dict[str, Any]:
+    """Events in the outbox (committed, not applied yet): all (``depth``), not sent yet (``unsent``), the oldest
+    one's age in seconds (None when empty), and per partition (``by_partition``: count; ``oldest_by_partition``:
+    age). The outbox table missing (never migrated there): zeros, ``migrated`` False."""
+    with engine.connect() as conn:
+        if not _has_outbox(conn):
+            return {
+                "depth": 0,
+                "unsent": 0,
+                "oldest_age_s": None,
+                "by_partition": {},
+                "oldest_by_partition": {},
+                "migrated": False,
+            }
+        depth, unsent, oldest = conn.execute(_DEPTH).one()
+        rows = conn.execute(_DEPTH_BY_PARTITION).all()
+    return {
+        "depth": int(depth),
+        "unsent": int(unsent),
+        "oldest_age_s": float(oldest) if oldest is not None else None,
+        "by_partition": {int(p): int(n) for p, n, _ in rows},
+        "oldest_by_partition": {int(p): float(age) for p, _, age in rows},
+        "migrated": True,
+    }
+
+
+def _has_outbox(conn: Connection) -> bool:
+    return bool(conn.execute(text("SELECT to_regclass('seqproc_outbox') IS NOT NULL")).scalar())

@@ -174,7 +174,7 @@ class OutboxCollector(Collector):
         self.engine = engine
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        from seqproc.worker.relay import outbox_depth
+        from seqproc.worker.ops.lag import outbox_depth
 
         depth = GaugeMetricFamily("seqproc_outbox_depth", "Events in the outbox: committed, not applied yet")
         unsent = GaugeMetricFamily("seqproc_outbox_unsent", "Events in the outbox not sent to the broker yet")
