@@ -18,6 +18,6 @@ def report_applied(fault: str, *, injected: int, sent: int, applied: int, out_of
 
 def report(fault: str, *, injected: int, sent: int, lost: int, doubled: int, out_of_order: int) -> None:
     print(
-        f"FAULT | {fault} | injected {injected} | events {sent} | lost {lost} | doubled {doubled} "
-        f"| out of order {out_of_order}"
+        f"FAULT | {fault} | injected {injected} | events {sent} | lost={lost} doubled={doubled} "
+        f"out_of_order={out_of_order}"
     )

@@ -1,0 +1,293 @@
+"""The transactional outbox under faults: transactions rolled back in the middle of a concurrent stream, the relay
+killed with SIGKILL again and again, the broker's Redis killed and brought back without its last second of writes.
+Among the committed events nothing is lost, doubled or reordered per key; nothing rolled back is ever applied.
+Bounded: a few kills, a few seconds each."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select, text
+
+import seqproc
+from seqproc.models.db import make_engine
+from seqproc.models.settings import Settings
+from seqproc.models.tables.ledger import LedgerEntry
+from seqproc.models.tables.likes import ArticleLike
+from seqproc.worker.ops.inspect import check_invariants, product_state
+from seqproc.worker.ops.lag import outbox_depth
+from tests.conftest import PrivateRedis, RelayProcess, WorkerProcess
+from tests.faults.matrix import report
+
+pytestmark = pytest.mark.services
+
+#: The application's own table, written in the same transactions as the outbox events.
+APP_TABLE = "outbox_fault_order"
+
+
+class Rollback(Exception):
+    """Raised inside a writer's transaction after its events were written: the transaction must leave no trace."""
+
+
+@dataclass
+class Stream:
+    """What the writers committed and rolled back: the model the database must match."""
+
+    committed_keys: set[str] = field(default_factory=set)
+    rolled_back_keys: set[str] = field(default_factory=set)
+    committed_orders: set[int] = field(default_factory=set)
+    rolled_back_orders: set[int] = field(default_factory=set)
+    likes: dict[tuple[int, int], bool] = field(default_factory=dict)
+    restocks: int = 0
+    sequenced: list[seqproc.Receipt] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@pytest.fixture
+def app_engine(clean: Settings) -> Iterator[Engine]:
+    engine = make_engine(clean.database_url, pool_size=8)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE IF NOT EXISTS {APP_TABLE} (id bigint PRIMARY KEY, writer int NOT NULL)"))
+        conn.execute(text(f"TRUNCATE {APP_TABLE}"))
+    yield engine
+    engine.dispose()
+
+
+def outbox_stream(
+    settings: Settings,
+    app: Engine,
+    engine: Engine,
+    *,
+    disrupt: Callable[[], int],
+    finish: Callable[[], None],
+    fault: str,
+    min_events: int = 1000,
+) -> Stream:
+    """Writers commit (and roll back, one transaction in five) their own row plus outbox events while ``disrupt``
+    injects faults (returning how many); then ``finish`` makes sure a relay and a worker run, and everything
+    committed must be applied exactly once, in order per key, and nothing rolled back at all."""
+    seqproc.configure(settings)
+    stream = Stream()
+    stop = threading.Event()
+    order_ids = iter(range(1, 10**9))
+    ids_lock = threading.Lock()
+
+    def write(thread: int) -> None:
+        rng = random.Random(thread)
+        users = [thread * 1000 + u for u in range(1, 30)]
+        while not stop.is_set():
+            with ids_lock:
+                order = next(order_ids)
+            rollback = rng.random() < 0.2
+            pairs: dict[tuple[int, int], bool] = {}
+            restocked = 0
+            keys: list[str] = []
+            try:
+                with app.begin() as conn:
+                    conn.execute(
+                        text(f"INSERT INTO {APP_TABLE} (id, writer) VALUES (:id, :w)"), {"id": order, "w": thread}
+                    )
+                    for _ in range(rng.randint(1, 3)):
+                        if rng.random() < 0.2:
+                            receipt = seqproc.outbox.restock(conn, 500 + thread, 1)
+                            restocked += 1
+                        else:
+                            pair = (rng.randint(1, 10), rng.choice(users))
+                            liked = rng.random() < 0.6
+                            receipt = (seqproc.outbox.like if liked else seqproc.outbox.unlike)(conn, *pair)
+                            pairs[pair] = liked
+                        keys.append(f"{receipt.event_type}:{receipt.idempotency_key}")
+                    if rollback:
+                        raise Rollback
+            except Rollback:
+                with stream.lock:
+                    stream.rolled_back_keys.update(keys)
+                    stream.rolled_back_orders.add(order)
+                continue
+            with stream.lock:  # this thread is the only one for its users: its commit order is their order
+                stream.committed_keys.update(keys)
+                stream.committed_orders.add(order)
+                stream.likes.update(pairs)
+                stream.restocks += restocked
+            time.sleep(0.001)
+
+    # Per product, one unit: reserve it, release it, reserve again, each in a transaction of its own committed
+    # before the next: a step applied out of order shows as a rejection.
+    products = list(range(700, 706))
+    with app.begin() as conn:
+        stocked = [seqproc.outbox.restock(conn, product, 1) for product in products]
+    stream.committed_keys.update(f"restock:{r.idempotency_key}" for r in stocked)
+
+    def sequence(chunk: list[int]) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            for product in chunk:
+                for step in (seqproc.outbox.reserve, seqproc.outbox.release):
+                    with app.begin() as conn:
+                        if step is seqproc.outbox.reserve:
+                            receipt = step(conn, product, 1, reservation_id=f"{product}-{n}")
+                        else:
+                            receipt = step(conn, product, f"{product}-{n}")
+                    with stream.lock:
+                        stream.sequenced.append(receipt)
+                        stream.committed_keys.add(receipt.idempotency_key)
+            time.sleep(0.003)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
+    threads += [threading.Thread(target=sequence, args=(products[i::2],)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        injected = disrupt()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    finish()
+    deadline = time.monotonic() + 60
+    while outbox_depth(app)["depth"] and time.monotonic() < deadline:  # every committed event applied: empty
+        time.sleep(0.5)
+
+    with engine.connect() as conn:
+        outcomes = {
+            key: (status, reason)
+            for key, status, reason in conn.execute(select(LedgerEntry.key, LedgerEntry.status, LedgerEntry.reason))
+        }
+    # A step applied out of order is rejected (a release before its reserve cancels it; the reserve is then
+    # refused); the ledger records every step that is not a plain "applied".
+    reordered = [
+        r.idempotency_key
+        for r in stream.sequenced
+        if outcomes.get(r.idempotency_key, ("applied", None)) != ("applied", None)
+    ]
+    with engine.connect() as conn:
+        ledger = set(conn.execute(select(LedgerEntry.key)).scalars())
+        received = sum(product_state(conn, 500 + t)["total_received"] for t in range(4))
+        liked_rows = set(conn.execute(select(ArticleLike.article_id, ArticleLike.user_id)))
+        orders = set(conn.execute(text(f"SELECT id FROM {APP_TABLE}")).scalars())
+    expected_likes = {pair for pair, liked in stream.likes.items() if liked}
+    report(
+        fault,
+        injected=injected,
+        sent=len(stream.committed_keys),
+        lost=len(stream.committed_keys - ledger) + max(0, stream.restocks - received),
+        doubled=len(stream.rolled_back_keys & ledger) + max(0, received - stream.restocks),
+        out_of_order=len(liked_rows ^ expected_likes) + len(reordered),
+    )
+    assert len(stream.committed_keys) > min_events
+    assert stream.rolled_back_keys, "some transactions were rolled back"
+    # Committed: applied (the ledger holds every key); rolled back: never, not even its own row.
+    assert stream.committed_keys <= ledger
+    assert not stream.rolled_back_keys & ledger
+    assert orders == stream.committed_orders
+    assert len(ledger) == len(stream.committed_keys)
+    # Exactly once: restocks of one unit with fresh keys, counted.
+    assert received == stream.restocks
+    # In order per key: every reserve/release step applied, each unit back on the shelf; the last like wins.
+    assert not reordered, reordered[:5]
+    assert liked_rows == expected_likes
+    with engine.connect() as conn:
+        for product in (700, 701, 702, 703, 704, 705):
+            state = product_state(conn, product)
+            assert (state["available"], state["reserved"], state["total_received"]) == (1, 0, 1)
+        assert check_invariants(conn).ok
+    return stream
+
+
+def test_rolled_back_transactions_send_nothing_and_relays_killed_lose_nothing(
+    clean: Settings,
+    app_engine: Engine,
+    engine: Engine,
+    start_worker: Callable[..., WorkerProcess],
+    start_relay: Callable[..., RelayProcess],
+) -> None:
+    """Two relays run at once; one at a time is killed with SIGKILL (mid-pass: pushed, not recorded) and replaced."""
+    start_worker(clean)
+    steady = start_relay(clean)
+    rng = random.Random(1)
+
+    def kill_relays() -> int:
+        kills = 6
+        for _ in range(kills):
+            relay = start_relay(clean)
+            time.sleep(rng.uniform(0.3, 0.9))
+            relay.kill()
+        steady.kill()
+        time.sleep(0.5)
+        return kills + 1
+
+    outbox_stream(
+        clean,
+        app_engine,
+        engine,
+        disrupt=kill_relays,
+        finish=lambda: start_relay(clean),
+        fault="outbox relay SIGKILL mid-stream, forced rollbacks (1 in 5 transactions)",
+    )
+
+
+def aof_incr_files(directory: Path) -> list[Path]:
+    return sorted((directory / "appendonlydir").glob("*.incr.aof"))
+
+
+def test_a_broker_that_lost_its_last_second_of_writes_loses_no_committed_event(
+    clean: Settings,
+    app_engine: Engine,
+    engine: Engine,
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+    start_relay: Callable[..., RelayProcess],
+) -> None:
+    """The broker's Redis (append-only, fsync every second) is killed with SIGKILL and comes back without the
+    writes of its last second (its append-only file cut back to where it stood a second before the kill), twice."""
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    broker = PrivateRedis(tmp_path / "broker", fsync="everysec")
+    broker.directory.mkdir()
+    broker.start()
+    settings = clean.model_copy(update={"broker_url": broker.url(0)})
+    start_worker(settings)
+    relay = start_relay(settings)
+    lost_bytes: list[int] = []
+
+    def kill_redis() -> int:
+        crashes = 2
+        for _ in range(crashes):
+            sizes: list[tuple[float, int]] = []
+            until = time.monotonic() + 3.0
+            while time.monotonic() < until:  # the stream flows; note how far the append-only file went, and when
+                files = aof_incr_files(broker.directory)
+                sizes.append((time.monotonic(), files[-1].stat().st_size if files else 0))
+                time.sleep(0.05)
+            assert broker.process is not None
+            broker.process.send_signal(signal.SIGKILL)
+            broker.process.wait(10)
+            killed_at = time.monotonic()
+            second_before = max(size for at, size in sizes if at <= killed_at - 1.0)
+            incr = aof_incr_files(broker.directory)[-1]
+            lost_bytes.append(incr.stat().st_size - second_before)
+            with incr.open("r+b") as aof:
+                aof.truncate(second_before)  # the last second of writes never reached the disk
+            broker.start()  # aof-load-truncated: it loads what is left
+        return crashes
+
+    outbox_stream(
+        settings,
+        app_engine,
+        engine,
+        disrupt=kill_redis,
+        finish=lambda: None,
+        fault="broker Redis SIGKILL, last second of writes lost (outbox + relay)",
+    )
+    broker.stop()
+    assert all(n > 0 for n in lost_bytes), lost_bytes  # the crashes really lost writes...
+    assert "the broker lost" in relay.log()  # ...the relay saw its count go back, and sent those events again
