@@ -25,9 +25,7 @@ def _csv(value: str) -> list[str]:
 
 @click.command()
 @click.option("--scenario", type=click.Choice(["hot", "spread", "flash"]), default="hot", show_default=True)
-@click.option(
-    "--producers", "producers_csv", default="32", show_default=True, help="Producer threads; a list runs each."
-)
+@click.option("--producers", "producers_csv", default="32", show_default=True, help="Producers; a list runs each.")
 @click.option(
     "--events", "events", type=click.IntRange(1, 1_000_000), default=200, show_default=True, help="Events per producer."
 )
@@ -37,7 +35,16 @@ def _csv(value: str) -> list[str]:
     default="all",
     show_default=True,
     help="Comma-separated: atomic, for_update, optimistic, serializable, redis_writebehind, "
-    "seqproc_single, seqproc_batched (all: these); seqproc_observed (batched with metrics, JSON logs, task events).",
+    "seqproc_single, seqproc_batched, seqproc_outbox (all: these); seqproc_observed (batched with metrics, JSON logs, "
+    "task events).",
+)
+@click.option(
+    "--producer-mode",
+    type=click.Choice(["threads", "processes"]),
+    default="threads",
+    show_default=True,
+    help="Producers as threads of one process, or as processes (forked with the app imported, connected before the "
+    "clock): the prefork web server's shape, one event per call.",
 )
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="seqproc worker processes.")
 @click.option("--scale", "scale_csv", default=None, help="Also run seqproc_batched with these worker counts (1,2,4).")
@@ -60,6 +67,7 @@ def bench(
     producers_csv: str,
     events: int,
     strategies_csv: str,
+    producer_mode: str,
     workers: int,
     scale_csv: str | None,
     as_json: bool,
@@ -92,7 +100,9 @@ def bench(
         return
     comparisons = []
     for count in producer_counts:
-        comparison = bench_run.compare(settings, scenario, count, events, strategies, workers=workers, console=console)
+        comparison = bench_run.compare(
+            settings, scenario, count, events, strategies, workers=workers, mode=producer_mode, console=console
+        )
         comparisons.append(comparison)
         if as_json:
             click.echo(json.dumps(comparison.to_json(), sort_keys=True))
@@ -102,7 +112,7 @@ def bench(
                 console.print(f"  {name}: {ratio}")
     saved = bench_run.save(comparisons, directory)
     if chart:
-        saved.append(bench_run.chart(comparisons, directory / f"{scenario}.png"))
+        saved.append(bench_run.chart(comparisons, bench_run.chart_path(comparisons, directory)))
     if scale_csv:
         scale = []
         for count in [int(w) for w in _csv(scale_csv)]:

@@ -77,12 +77,15 @@ class DirectStrategy:
     def __init__(self, name: str, url: str) -> None:
         self.name = name
         self.url = url
+        #: Reservations the producers committed: per producer (each counts its own), then their sum.
+        self._reserved: list[int] = []
         self.reserved = 0
-        self._lock = threading.Lock()
+        self._local = threading.local()
         self._connections: list[psycopg.Connection[Any]] = []
 
     def setup(self, workload: Workload) -> None:
         reset_tables(self.url, workload)
+        self._reserved = [0] * workload.producers
         self.reserved = 0
 
     def producer(self, index: int) -> Callable[[Op], int]:
@@ -95,9 +98,11 @@ class DirectStrategy:
         def call(op: Op) -> int:
             """Apply one event; return the number of retries it took."""
             for attempt in range(MAX_ATTEMPTS):
+                self._local.reserved = False
                 try:
                     if step(conn, op):
                         conn.commit()
+                        self._reserved[index] += self._local.reserved
                         return attempt
                     conn.rollback()
                 except (errors.SerializationFailure, errors.DeadlockDetected):
@@ -107,9 +112,8 @@ class DirectStrategy:
         return call
 
     def _count_reserved(self, reserved: bool) -> bool:
-        if reserved:
-            with self._lock:
-                self.reserved += 1
+        """Note whether this producer's event reserved a unit (counted once the transaction commits)."""
+        self._local.reserved = reserved
         return True
 
     # Each step returns True to commit, False to roll back and try again.
@@ -196,6 +200,12 @@ class DirectStrategy:
 
     def drain(self, timeout_s: float) -> None:
         """Synchronous: every call had committed when it returned."""
+
+    def report(self, index: int) -> dict[str, Any]:
+        return {"reserved": self._reserved[index]}
+
+    def absorb(self, reports: list[dict[str, Any]], *, processes: bool) -> None:
+        self.reserved = sum(r["reserved"] for r in reports)
 
     def verify(self, workload: Workload) -> tuple[bool, str, dict[str, Any]]:
         ok, detail = verify_tables(self.url, workload, self.reserved)

@@ -1,9 +1,14 @@
-"""One harness for every strategy: P producer threads, each sending its E events one call at a time, started
-together by a barrier; the clock runs from the first send to the last event applied. Alongside: per-call latency,
-retries, the most database connections open at once, and a correctness check against the workload's model."""
+"""One harness for every strategy: P producers, each sending its E events one call at a time, started together by a
+barrier; the clock runs from the first send to the last event applied. Alongside: per-call latency, retries, the
+most database connections open at once, and a correctness check against the workload's model.
+
+Producers are threads of this process (``threads``), or processes (``processes``: the usual gunicorn/uWSGI shape,
+each handling one request at a time). Processes are forked with the application already imported, and each opens
+its connections and makes its first connection before the clock starts, as a preloaded prefork server does."""
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import threading
 import time
@@ -24,6 +29,9 @@ DRAIN_TIMEOUT_S = 600
 HARNESS_APPLICATION_NAME = "seqproc-bench-harness"
 
 
+PRODUCER_MODES = ("threads", "processes")
+
+
 class Strategy(Protocol):
     name: str
 
@@ -32,6 +40,14 @@ class Strategy(Protocol):
     def producer(self, index: int) -> Callable[[Op], int]: ...
 
     def drain(self, timeout_s: float) -> None: ...
+
+    def report(self, index: int) -> dict[str, Any]:
+        """After the drain, in the producer's own thread or process: what only it knows (picklable)."""
+        ...
+
+    def absorb(self, reports: list[dict[str, Any]], *, processes: bool) -> None:
+        """The producers' reports, before ``verify``; ``processes``: each came from a process of its own."""
+        ...
 
     def verify(self, workload: Workload) -> tuple[bool, str, dict[str, Any]]: ...
 
@@ -103,43 +119,18 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def run(strategy: Strategy, workload: Workload, *, database_url: str) -> RunResult:
+def run(strategy: Strategy, workload: Workload, *, database_url: str, mode: str = "threads") -> RunResult:
+    if mode not in PRODUCER_MODES:
+        raise ValueError(f"producer mode must be one of {', '.join(PRODUCER_MODES)} (got {mode!r})")
     try:
         strategy.setup(workload)  # inside the try: a failed setup still stops what it started (worker processes)
-        calls = [strategy.producer(i) for i in range(workload.producers)]  # connections open before the clock
-        latencies: list[list[float]] = [[] for _ in calls]
-        retries = [0] * len(calls)
-        errors: list[BaseException] = []
-        barrier = threading.Barrier(len(calls) + 1)
-
-        def produce(index: int) -> None:
-            call, mine = calls[index], latencies[index]
-            barrier.wait()
-            try:
-                for op in workload.ops[index]:
-                    started = time.perf_counter()
-                    retries[index] += call(op)
-                    mine.append(time.perf_counter() - started)
-            except BaseException as error:  # reported after the run, which then fails loudly
-                errors.append(error)
-
-        threads = [threading.Thread(target=produce, args=(i,), name=f"producer-{i}") for i in range(len(calls))]
         with ConnectionSampler(database_url) as sampler:
-            for thread in threads:
-                thread.start()
-            barrier.wait()
-            started = time.perf_counter()
-            for thread in threads:
-                thread.join()
-            sent = time.perf_counter() - started
-            if errors:
-                raise RuntimeError(f"{strategy.name}: a producer failed: {errors[0]!r}") from errors[0]
-            strategy.drain(DRAIN_TIMEOUT_S)
-            elapsed = time.perf_counter() - started
+            produced = (_run_threads if mode == "threads" else _run_processes)(strategy, workload)
+        latencies, retries, sent, elapsed = produced
         correct, detail, extra = strategy.verify(workload)
     finally:
         strategy.teardown()
-    flat = sorted(x for xs in latencies for x in xs)
+    flat = sorted(latencies)
     return RunResult(
         strategy=strategy.name,
         events=workload.total,
@@ -147,7 +138,7 @@ def run(strategy: Strategy, workload: Workload, *, database_url: str) -> RunResu
         events_per_s=round(workload.total / elapsed, 1),
         p50_ms=round(percentile(flat, 0.50) * 1000, 3),
         p99_ms=round(percentile(flat, 0.99) * 1000, 3),
-        retries=sum(retries),
+        retries=retries,
         connections=sampler.peak,
         correct=correct,
         detail=detail,
@@ -156,5 +147,104 @@ def run(strategy: Strategy, workload: Workload, *, database_url: str) -> RunResu
             "mean_ms": round(statistics.fmean(flat) * 1000, 3) if flat else 0.0,
             # When the last producer call returned: the rest of elapsed_s is the apply lag.
             "sent_s": round(sent, 3),
+            "producer_mode": mode,
         },
     )
+
+
+def _send_all(call: Callable[[Op], int], ops: tuple[Op, ...], latencies: list[float]) -> int:
+    retries = 0
+    for op in ops:
+        started = time.perf_counter()
+        retries += call(op)
+        latencies.append(time.perf_counter() - started)
+    return retries
+
+
+def _run_threads(strategy: Strategy, workload: Workload) -> tuple[list[float], int, float, float]:
+    calls = [strategy.producer(i) for i in range(workload.producers)]  # connections open before the clock
+    latencies: list[list[float]] = [[] for _ in calls]
+    retries = [0] * len(calls)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(calls) + 1)
+
+    def produce(index: int) -> None:
+        barrier.wait()
+        try:
+            retries[index] = _send_all(calls[index], workload.ops[index], latencies[index])
+        except BaseException as error:  # reported after the run, which then fails loudly
+            errors.append(error)
+
+    threads = [threading.Thread(target=produce, args=(i,), name=f"producer-{i}") for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    sent = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{strategy.name}: a producer failed: {errors[0]!r}") from errors[0]
+    strategy.drain(DRAIN_TIMEOUT_S)
+    elapsed = time.perf_counter() - started
+    strategy.absorb([strategy.report(i) for i in range(len(calls))], processes=False)
+    return [x for xs in latencies for x in xs], sum(retries), sent, elapsed
+
+
+def _run_processes(strategy: Strategy, workload: Workload) -> tuple[list[float], int, float, float]:
+    """Fork one process per producer (the application imported, the strategy set up); each connects, waits at the
+    barrier, sends its events one after another, reports its latencies, then after the drain its report."""
+    context = multiprocessing.get_context("fork")
+    count = workload.producers
+    ready = context.Barrier(count + 1)
+    after_drain = context.Event()
+    results = context.Queue()
+
+    def produce(index: int) -> None:
+        try:
+            call = strategy.producer(index)  # its own connections, made before the clock
+            call_warm = getattr(strategy, "warm", None)
+            if call_warm is not None:
+                call_warm(index)
+            ready.wait()
+            latencies: list[float] = []
+            retries = _send_all(call, workload.ops[index], latencies)
+            results.put(("sent", index, latencies, retries, None))
+            after_drain.wait()
+            results.put(("report", index, None, 0, strategy.report(index)))
+        except BaseException as error:
+            results.put(("error", index, None, 0, repr(error)))
+            raise
+
+    processes = [context.Process(target=produce, args=(i,), name=f"producer-{i}", daemon=True) for i in range(count)]
+    for process in processes:
+        process.start()
+    try:
+        ready.wait(timeout=120)
+        started = time.perf_counter()
+        latencies: list[float] = []
+        retries = 0
+        for _ in range(count):
+            kind, index, mine, tries, detail = results.get(timeout=DRAIN_TIMEOUT_S)
+            if kind == "error":
+                raise RuntimeError(f"{strategy.name}: producer {index} failed: {detail}")
+            latencies.extend(mine)
+            retries += tries
+        sent = time.perf_counter() - started
+        strategy.drain(DRAIN_TIMEOUT_S)
+        elapsed = time.perf_counter() - started
+        after_drain.set()
+        reports: list[dict[str, Any]] = [{} for _ in range(count)]
+        for _ in range(count):
+            kind, index, _mine, _tries, detail = results.get(timeout=120)
+            if kind == "error":
+                raise RuntimeError(f"{strategy.name}: producer {index} failed: {detail}")
+            reports[index] = detail
+        strategy.absorb(reports, processes=True)
+    finally:
+        after_drain.set()
+        for process in processes:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+    return latencies, retries, sent, elapsed

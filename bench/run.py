@@ -22,17 +22,17 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import make_url
 
-from seqproc.migrations import migrate
+from seqproc.migrations import migrate, migrate_outbox
 from seqproc.models.settings import Settings
 
 from .direct import DirectStrategy
 from .harness import RunResult, Strategy, run
 from .scenarios import workload
-from .seqproc_strategy import SeqprocStrategy
+from .seqproc_strategy import OutboxStrategy, SeqprocStrategy
 from .writebehind import WriteBehindStrategy
 
 DIRECT = ("atomic", "for_update", "optimistic", "serializable")
-STRATEGIES = (*DIRECT, "redis_writebehind", "seqproc_single", "seqproc_batched")
+STRATEGIES = (*DIRECT, "redis_writebehind", "seqproc_single", "seqproc_batched", "seqproc_outbox")
 #: Run only when named: seqproc_batched with the operating extras on (metrics served, JSON logs, task events), to
 #: price them against seqproc_batched side by side.
 OPTIONAL_STRATEGIES = ("seqproc_observed",)
@@ -65,6 +65,8 @@ def make_strategy(name: str, settings: Settings, *, workers: int) -> Strategy:
         return WriteBehindStrategy(settings.database_url, settings.broker_url.rsplit("/", 1)[0] + "/14")
     if name in ("seqproc_single", "seqproc_batched", "seqproc_observed"):
         return SeqprocStrategy(name, settings, workers=workers)
+    if name == "seqproc_outbox":
+        return OutboxStrategy(settings, workers=workers)
     raise ValueError(f"strategy must be one of {', '.join((*STRATEGIES, *OPTIONAL_STRATEGIES))} (got {name!r})")
 
 
@@ -75,6 +77,8 @@ class Comparison:
     events_per_producer: int
     workers: int
     results: list[RunResult]
+    #: ``threads`` (one process) or ``processes`` (one per producer, the prefork shape).
+    mode: str = "threads"
 
     def by_name(self) -> dict[str, RunResult]:
         return {r.strategy: r for r in self.results}
@@ -85,6 +89,9 @@ class Comparison:
         out: dict[str, float] = {}
         batched = r.get("seqproc_batched")
         if batched is None:
+            outbox = r.get("seqproc_outbox")
+            if outbox is not None and "atomic" in r:
+                out["outbox_vs_atomic_events_per_s"] = round(outbox.events_per_s / r["atomic"].events_per_s, 2)
             return out
         for base in ("atomic", "optimistic", "seqproc_single"):
             if base in r:
@@ -95,13 +102,20 @@ class Comparison:
             )
         if "atomic" in r and batched.p99_ms:
             out["atomic_p99_over_batched_p99"] = round(r["atomic"].p99_ms / batched.p99_ms, 2)
+        outbox = r.get("seqproc_outbox")
+        if outbox is not None:
+            out["outbox_vs_batched_events_per_s"] = round(outbox.events_per_s / batched.events_per_s, 2)
+            if "atomic" in r:
+                out["outbox_vs_atomic_events_per_s"] = round(outbox.events_per_s / r["atomic"].events_per_s, 2)
+                if outbox.p99_ms:
+                    out["atomic_p99_over_outbox_p99"] = round(r["atomic"].p99_ms / outbox.p99_ms, 2)
         return out
 
     def to_json(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
             "producers": self.producers,
-            "producer_kind": "threads",
+            "producer_kind": self.mode,
             "events_per_producer": self.events_per_producer,
             "total_events": self.producers * self.events_per_producer,
             "workers": self.workers,
@@ -120,19 +134,22 @@ def compare(
     strategies: Sequence[str],
     *,
     workers: int,
+    mode: str = "threads",
     console: Console | None = None,
 ) -> Comparison:
     load = workload(scenario, producers, events)
     results = []
     for name in strategies:
         if console:
-            console.print(f"[dim]{scenario} P={producers}: {name} ...[/dim]")
-        result = run(make_strategy(name, settings, workers=workers), load, database_url=settings.database_url)
+            console.print(f"[dim]{scenario} P={producers} ({mode}): {name} ...[/dim]")
+        result = run(
+            make_strategy(name, settings, workers=workers), load, database_url=settings.database_url, mode=mode
+        )
         results.append(result)
         if not result.correct:
             raise AssertionError(f"{name} on {scenario} P={producers} is WRONG: {result.detail}")
         time.sleep(0.5)  # let the previous strategy's processes and connections go
-    return Comparison(scenario, producers, events, workers, results)
+    return Comparison(scenario, producers, events, workers, results, mode)
 
 
 def table(comparison: Comparison) -> Table:
@@ -141,7 +158,7 @@ def table(comparison: Comparison) -> Table:
     c = comparison
     plural = "es" if c.workers > 1 else ""
     out = Table(
-        title=f"{c.scenario}: {c.producers} producer threads x {c.events_per_producer} events"
+        title=f"{c.scenario}: {c.producers} producer {c.mode} x {c.events_per_producer} events"
         f" ({c.workers} seqproc worker process{plural})"
     )
     for column in ("strategy", "events/s", "x atomic", "p50 ms", "p99 ms", "retries", "db conns", "correct", "notes"):
@@ -170,10 +187,19 @@ def save(comparisons: Sequence[Comparison], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for c in comparisons:
-        path = directory / f"{c.scenario}-p{c.producers}.json"
+        path = directory / f"{c.scenario}{_mode_suffix(c.mode)}-p{c.producers}.json"
         path.write_text(json.dumps(c.to_json(), indent=2) + "\n")
         paths.append(path)
     return paths
+
+
+def _mode_suffix(mode: str) -> str:
+    """Results of process producers are kept apart from the threads' (``hot-processes-p16.json``)."""
+    return "" if mode == "threads" else f"-{mode}"
+
+
+def chart_path(comparisons: Sequence[Comparison], directory: Path) -> Path:
+    return directory / f"{comparisons[0].scenario}{_mode_suffix(comparisons[0].mode)}.png"
 
 
 def chart(comparisons: Sequence[Comparison], path: Path) -> Path:
@@ -198,7 +224,8 @@ def chart(comparisons: Sequence[Comparison], path: Path) -> Path:
     bottom.set_xticks([i + width * (len(comparisons) - 1) / 2 for i in range(len(strategies))])
     bottom.set_xticklabels(strategies, rotation=20)
     scenario = comparisons[0].scenario
-    top.set_title(f"seqproc bench, scenario '{scenario}' ({os.cpu_count()} cores, producers are threads)")
+    mode = comparisons[0].mode
+    top.set_title(f"seqproc bench, scenario '{scenario}' ({os.cpu_count()} cores, producers are {mode})")
     top.legend()
     top.grid(axis="y", alpha=0.3)
     bottom.grid(axis="y", alpha=0.3)
@@ -211,6 +238,7 @@ def chart(comparisons: Sequence[Comparison], path: Path) -> Path:
 
 def prepare(settings: Settings) -> None:
     migrate(settings.database_url)
+    migrate_outbox(settings.outbox_url)
 
 
 def soak_command(*, duration_s: float, producers: int) -> str:

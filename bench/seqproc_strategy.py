@@ -5,11 +5,17 @@ the clock stopped when the last event is applied (read from the partitions' coun
 - ``seqproc_batched``: the defaults: producer group commit, several messages per transaction.
 - ``seqproc_observed`` (only when named): seqproc_batched with Prometheus metrics served, JSON logs at INFO and Celery
   task events on: what operating it costs.
+- ``seqproc_outbox``: each call is its own PostgreSQL transaction that writes the event to the transactional outbox
+  (``seqproc.outbox``, the producer's own connection, as a web request would in its transaction); one ``seqproc
+  relay`` sends them to the partition queues, many per message; the same workers apply them.
 """
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -17,16 +23,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import redis
 from sqlalchemy import func, select, text
 
+import seqproc
 from seqproc import producer
 from seqproc.models.settings import Settings
 from seqproc.models.tables.partition import Partition
+from seqproc.models.wire import RELAY_PUSHED_PREFIX
 from seqproc.producer.publish import publisher_for
 from seqproc.producer.receipt import Receipt
 from seqproc.worker.ops.inspect import article_state, check_invariants, product_state
-from seqproc.worker.processes import WorkerGroup, split_partitions
+from seqproc.worker.processes import WorkerGroup, settings_env, split_partitions
 
 from .harness import harness_engine
 from .scenarios import Op, Workload
@@ -60,6 +69,9 @@ class SeqprocStrategy:
         self._directory = tempfile.TemporaryDirectory(prefix="seqproc-bench-")
         self._baseline = 0
         self.rss_samples: list[list[float]] = []
+        self.statuses: Counter[str] = Counter()
+        self.sent_messages = 0
+        self.sent_events = 0
 
     def setup(self, workload: Workload) -> None:
         with self.engine.begin() as conn:
@@ -99,6 +111,28 @@ class SeqprocStrategy:
 
         return call
 
+    def warm(self, index: int) -> None:
+        """In a forked producer process, before the clock: connected to the broker, counters at zero."""
+        publisher = publisher_for(self.settings)
+        publisher.sent_messages = publisher.sent_events = 0
+        if publisher._redis is not None:
+            publisher._redis.ping()
+
+    def report(self, index: int) -> dict[str, Any]:
+        publisher = publisher_for(self.settings)
+        return {
+            "statuses": Counter(o.status for o in producer.wait_all(self.receipts[index], timeout_s=60)),
+            "sent_messages": publisher.sent_messages,
+            "sent_events": publisher.sent_events,
+        }
+
+    def absorb(self, reports: list[dict[str, Any]], *, processes: bool) -> None:
+        self.statuses = sum((Counter(r["statuses"]) for r in reports), Counter())
+        # Threads share the process's one publisher (each report repeats its totals); processes have their own.
+        pick = sum if processes else max
+        self.sent_messages = pick(r["sent_messages"] for r in reports)
+        self.sent_events = pick(r["sent_events"] for r in reports)
+
     def drain(self, timeout_s: float) -> None:
         expected = self._baseline + sum(len(r) for r in self.receipts)
         deadline = time.monotonic() + timeout_s
@@ -110,11 +144,9 @@ class SeqprocStrategy:
         self.rss_samples.append(self.group.rss_mb())
 
     def verify(self, workload: Workload) -> tuple[bool, str, dict[str, Any]]:
-        flat = [r for rs in self.receipts for r in rs]
-        statuses = Counter(o.status for o in producer.wait_all(flat, timeout_s=60))
-        publisher = publisher_for(self.settings)
+        statuses = self.statuses
         extra: dict[str, Any] = {
-            "events_per_message": round(publisher.sent_events / max(1, publisher.sent_messages), 1),
+            "events_per_message": round(self.sent_events / max(1, self.sent_messages), 1),
             "workers": self.workers,
             "worker_rss_mb": [round(x, 1) for x in self.rss_samples[-1]],
         }
@@ -142,3 +174,74 @@ class SeqprocStrategy:
         producer.configure(None)
         self.engine.dispose()
         self._directory.cleanup()
+
+
+class OutboxStrategy(SeqprocStrategy):
+    """``seqproc_outbox``: every call a transaction of the producer's own that writes its event to the outbox; a
+    ``seqproc relay`` process sends them, the workers apply them. The clock stops when the last one is applied."""
+
+    def __init__(self, settings: Settings, *, workers: int) -> None:
+        super().__init__("seqproc_outbox", settings, workers=workers)
+        self.relay: subprocess.Popen[bytes] | None = None
+        self._connections: list[psycopg.Connection[Any]] = []
+
+    def setup(self, workload: Workload) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("TRUNCATE seqproc_outbox, seqproc_outbox_relay"))
+        super().setup(workload)
+        directory = Path(self._directory.name)
+        ready = directory / "relay.ready"
+        log = (directory / "relay.log").open("ab")
+        self.relay = subprocess.Popen(
+            [sys.executable, "-m", "seqproc", "relay", "--loglevel", "WARNING", "--ready-file", str(ready)],
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if self.relay.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the relay did not start; see {directory / 'relay.log'}")
+            time.sleep(0.05)
+
+    def producer(self, index: int) -> Callable[[Op], int]:
+        conn = psycopg.connect(self.settings.database_url.replace("postgresql+psycopg://", "postgresql://", 1))
+        self._connections.append(conn)
+        mine = self.receipts[index]
+
+        def call(op: Op) -> int:
+            with conn.transaction():  # the request's own transaction: its event is sent iff it commits
+                if op.kind == "reserve":
+                    mine.append(seqproc.outbox.reserve(conn, op.entity, 1, reservation_id=f"r{op.n}"))
+                else:
+                    mine.append(seqproc.outbox.like(conn, op.entity, op.n))
+            return 0
+
+        return call
+
+    def warm(self, index: int) -> None:
+        """The connection is open (``producer``); nothing else to reach before the clock."""
+
+    def report(self, index: int) -> dict[str, Any]:
+        statuses = Counter(o.status for o in producer.wait_all(self.receipts[index], timeout_s=60))
+        return {"statuses": statuses, "sent_messages": 0, "sent_events": 0}
+
+    def absorb(self, reports: list[dict[str, Any]], *, processes: bool) -> None:
+        super().absorb(reports, processes=processes)
+        # What the relay pushed: its per-queue counts in the broker (events: every one sent once).
+        client = redis.Redis.from_url(self.settings.broker_url)
+        self.sent_messages = sum(int(client.get(key) or 0) for key in client.scan_iter(f"{RELAY_PUSHED_PREFIX}*"))
+        self.sent_events = sum(sum(r["statuses"].values()) for r in reports)
+
+    def teardown(self) -> None:
+        for conn in self._connections:
+            conn.close()
+        self._connections.clear()
+        if self.relay is not None:
+            self.relay.send_signal(signal.SIGTERM)
+            try:
+                self.relay.wait(30)
+            except subprocess.TimeoutExpired:
+                self.relay.kill()
+            self.relay = None
+        super().teardown()

@@ -37,7 +37,8 @@ class WriteBehindStrategy:
         self.reserved = 0
         #: Per producer index, the longest pending list its pushes returned (one slot each: no lock on the hot path).
         self._at_risk_peaks: dict[int, int] = {}
-        self._lock = threading.Lock()
+        #: Per producer index, the units it reserved.
+        self._reserved: dict[int, int] = {}
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -48,6 +49,7 @@ class WriteBehindStrategy:
             self.redis.set("wb:stock:1", workload.stock)
         self.at_risk_sampled_max = 0
         self._at_risk_peaks.clear()
+        self._reserved.clear()
         self.reserved = 0
         self._stop.clear()
         self._flusher = threading.Thread(target=self._flush_loop, name="write-behind-flusher", daemon=True)
@@ -57,6 +59,8 @@ class WriteBehindStrategy:
         client = redis.Redis(connection_pool=self.redis.connection_pool)
         peaks = self._at_risk_peaks
         peaks[index] = 0
+        reserved = self._reserved
+        reserved[index] = 0
 
         def call(op: Op) -> int:
             if op.kind == "reserve":
@@ -64,8 +68,7 @@ class WriteBehindStrategy:
                     client.incr(f"wb:stock:{op.entity}")  # sold out: give the unit back
                     return 0
                 pending = int(client.rpush(PENDING, f"r:{op.entity}:{op.n}"))
-                with self._lock:
-                    self.reserved += 1
+                reserved[index] += 1
             else:
                 pipe = client.pipeline(transaction=False)
                 pipe.incr(f"wb:count:{op.entity}")  # what the application reads
@@ -125,6 +128,13 @@ class WriteBehindStrategy:
         self._flusher.join(max(0.0, deadline - time.monotonic()))
         if self._flusher.is_alive():
             raise TimeoutError("write-behind flusher did not drain in time")
+
+    def report(self, index: int) -> dict[str, Any]:
+        return {"reserved": self._reserved.get(index, 0), "at_risk_peak": self._at_risk_peaks.get(index, 0)}
+
+    def absorb(self, reports: list[dict[str, Any]], *, processes: bool) -> None:
+        self.reserved = sum(r["reserved"] for r in reports)
+        self._at_risk_peaks = {i: r["at_risk_peak"] for i, r in enumerate(reports)}
 
     def verify(self, workload: Workload) -> tuple[bool, str, dict[str, Any]]:
         ok, detail = verify_tables(self.url, workload, self.reserved)

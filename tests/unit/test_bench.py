@@ -242,3 +242,69 @@ def test_writebehind_at_risk_is_the_peak_each_push_saw_not_the_flushers_sample(
     assert strategy.at_risk_max == 4
     _, _, extra = strategy.verify(workload("hot", 1, 1))
     assert extra == {"at_risk_max": 4, "at_risk_sampled_max": 0}  # no flush sampled the list here
+
+
+class CountingStrategy:
+    """A strategy that applies nothing: each producer counts its calls and notes its process, so that the harness's
+    two modes can be checked without services."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.pids: set[int] = set()
+        self.processes_flag: bool | None = None
+
+    def setup(self, workload: Any) -> None:
+        self.counts = {}
+
+    def producer(self, index: int) -> Any:
+        self.counts[index] = 0
+
+        def call(op: Op) -> int:
+            self.counts[index] += 1
+            return 1 if op.n % 10 == 0 else 0  # a "retry" now and then, summed by the harness
+
+        return call
+
+    def drain(self, timeout_s: float) -> None:
+        pass
+
+    def report(self, index: int) -> dict[str, Any]:
+        import os
+
+        return {"count": self.counts[index], "pid": os.getpid()}
+
+    def absorb(self, reports: list[dict[str, Any]], *, processes: bool) -> None:
+        self.counts = {i: r["count"] for i, r in enumerate(reports)}
+        self.pids = {r["pid"] for r in reports}
+        self.processes_flag = processes
+
+    def verify(self, workload: Any) -> tuple[bool, str, dict[str, Any]]:
+        return sum(self.counts.values()) == workload.total, "", {}
+
+    def teardown(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_the_harness_runs_producers_as_threads_or_forked_processes(mode: str) -> None:
+    import os
+
+    from seqproc_bench.harness import _run_processes, _run_threads
+
+    strategy = CountingStrategy()
+    load = workload("spread", 4, 25)
+    strategy.setup(load)
+    latencies, retries, sent, elapsed = (_run_threads if mode == "threads" else _run_processes)(strategy, load)
+    assert len(latencies) == load.total  # one latency per call, from every producer
+    assert retries == sum(1 for ops in load.ops for op in ops if op.n % 10 == 0)
+    assert 0 <= sent <= elapsed
+    assert strategy.verify(load)[0]
+    assert strategy.counts == {i: 25 for i in range(4)}
+    assert strategy.processes_flag is (mode == "processes")
+    if mode == "processes":
+        assert len(strategy.pids) == 4  # each producer its own process...
+        assert os.getpid() not in strategy.pids  # ...none of them this one
+    else:
+        assert strategy.pids == {os.getpid()}
