@@ -301,7 +301,7 @@ def test_the_harness_runs_producers_as_threads_or_forked_processes(mode: str) ->
     assert retries == sum(1 for ops in load.ops for op in ops if op.n % 10 == 0)
     assert 0 <= sent <= elapsed
     assert strategy.verify(load)[0]
-    assert strategy.counts == {i: 25 for i in range(4)}
+    assert strategy.counts == dict.fromkeys(range(4), 25)
     assert strategy.processes_flag is (mode == "processes")
     if mode == "processes":
         assert len(strategy.pids) == 4  # each producer its own process...
