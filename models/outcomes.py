@@ -68,6 +68,8 @@ class RedisOutcomeStore:
     """Outcomes in Redis, one list of one element per event id, expiring after ``ttl_s``."""
 
     def __init__(self, url: str, *, ttl_s: int) -> None:
+        #: The result backend's URL (``seqproc.aio`` reads the same outcomes through its own asyncio client).
+        self.url = url
         # Blocking reads come in slices of WAIT_SLICE_S; the socket timeout must outlast a slice.
         self._client = redis_client(url, timeout_s=WAIT_SLICE_S + 10)
         self._ttl_s = ttl_s

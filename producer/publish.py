@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 from celery import Celery
@@ -97,15 +98,7 @@ class Publisher:
     def send(self, events: Sequence[Event]) -> None:
         """Publish ``events`` now: one message per partition (split at ``max_events_per_message``), every message
         in one pipelined round trip. Order is kept within each partition. Raises :class:`PublishError`."""
-        by_partition: dict[int, list[Event]] = {}
-        for event in events:
-            by_partition.setdefault(self.partition_of(event), []).append(event)
-        limit = self.settings.max_events_per_message
-        messages = [
-            (partition, group[start : start + limit])
-            for partition, group in by_partition.items()
-            for start in range(0, len(group), limit)
-        ]
+        messages = self.messages_for(events)
         deadline = time.monotonic() + self.settings.publish_timeout_s
         pause_s = 0.05
         while True:
@@ -113,17 +106,37 @@ class Publisher:
                 self._send_messages(messages)
                 return
             except Exception as error:
-                if not isinstance(error, self._connection_errors) or time.monotonic() >= deadline:
-                    first = messages[0][1][0]
-                    raise PublishError(
-                        f"could not send {len(events)} event(s) to {mask_url(self.settings.broker_url)}: "
-                        f"{type(error).__name__}: {error}; they were NOT sent (first key {first.key!r})"
-                    ) from error
+                if not self.is_transient(error) or time.monotonic() >= deadline:
+                    raise self.not_sent(events, error) from error
                 logger.warning(
                     "broker unavailable (%s); retrying for up to %.0f s", error, self.settings.publish_timeout_s
                 )
                 time.sleep(pause_s)
                 pause_s = min(pause_s * 2, 1.0)
+
+    def messages_for(self, events: Sequence[Event]) -> list[tuple[int, Sequence[Event]]]:
+        """``(partition, events)`` per message: one per partition, split at ``max_events_per_message``, each
+        partition's events in their order (``seqproc.aio`` sends the same messages)."""
+        by_partition: dict[int, list[Event]] = {}
+        for event in events:
+            by_partition.setdefault(self.partition_of(event), []).append(event)
+        limit = self.settings.max_events_per_message
+        return [
+            (partition, group[start : start + limit])
+            for partition, group in by_partition.items()
+            for start in range(0, len(group), limit)
+        ]
+
+    def is_transient(self, error: BaseException) -> bool:
+        """The broker could not be reached: worth retrying until ``publish_timeout_s``."""
+        return isinstance(error, self._connection_errors)
+
+    def not_sent(self, events: Sequence[Event], error: BaseException) -> PublishError:
+        """The error a call raises when its events could not be sent."""
+        return PublishError(
+            f"could not send {len(events)} event(s) to {mask_url(self.settings.broker_url)}: "
+            f"{type(error).__name__}: {error}; they were NOT sent (first key {events[0].key!r})"
+        )
 
     def _send_messages(self, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
         # A retry after a failed flush may send a message twice; the ledger makes the copy a duplicate. It never
@@ -142,10 +155,7 @@ class Publisher:
         """What kombu's Redis transport does for a publish to the default exchange (an LPUSH onto the queue's
         list) plus seqproc's bell, for every message in one round trip."""
         pipe = client.pipeline(transaction=False)
-        for partition, group in messages:
-            queue = queue_name(partition)
-            pipe.lpush(queue, task_envelope(queue, partition, group, task_id=unique_id()))
-            ring(pipe.execute_command, queue)
+        stage_messages(pipe, messages)
         pipe.execute()
 
     def _publish(self, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
@@ -175,6 +185,15 @@ class Publisher:
                     retry=False,
                     **message.properties,
                 )
+
+
+def stage_messages(pipe: Any, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
+    """Queue each message's push and its bell on ``pipe``: a redis-py pipeline, plain or asyncio (both buffer the
+    commands until ``execute``)."""
+    for partition, group in messages:
+        queue = queue_name(partition)
+        pipe.lpush(queue, task_envelope(queue, partition, group, task_id=unique_id()))
+        ring(pipe.execute_command, queue)
 
 
 _PUBLISHERS: dict[Settings, Publisher] = {}

@@ -32,12 +32,15 @@ class Receipt:
         """Block until the worker reports this event's outcome; raise :class:`OutcomeTimeout` after ``timeout_s``."""
         outcome = self._store.wait(self.event_id, timeout_s)
         if outcome is None:
-            raise OutcomeTimeout(
-                f"no outcome for {self.event_type} event {self.idempotency_key!r} (partition {self.partition}) "
-                f"within {timeout_s:g} s: it is queued or being applied, not lost; is a worker consuming "
-                f"{self.queue}?"
-            )
+            raise self.timed_out(timeout_s)
         return outcome
+
+    def timed_out(self, timeout_s: float) -> OutcomeTimeout:
+        """The error of a wait that got no outcome within ``timeout_s`` (here and in ``seqproc.aio``)."""
+        return OutcomeTimeout(
+            f"no outcome for {self.event_type} event {self.idempotency_key!r} (partition {self.partition}) "
+            f"within {timeout_s:g} s: it is queued or being applied, not lost; is a worker consuming {self.queue}?"
+        )
 
 
 def wait_all(receipts: Sequence[Receipt], timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> list[Outcome]:
@@ -64,11 +67,16 @@ def wait_all(receipts: Sequence[Receipt], timeout_s: float = DEFAULT_WAIT_TIMEOU
         if not pending:
             return [outcome for outcome in outcomes if outcome is not None]
         if time.monotonic() >= deadline:
-            first = receipts[pending[0]]
-            raise OutcomeTimeout(
-                f"{len(pending)} of {len(receipts)} events have no outcome after {timeout_s:g} s "
-                f"(first: {first.event_type} {first.idempotency_key!r} on partition {first.partition}); "
-                "they are queued or being applied, not lost"
-            )
+            raise outcomes_timed_out(receipts, pending, timeout_s)
         time.sleep(pause_s)
         pause_s = min(pause_s * 2, 0.1)
+
+
+def outcomes_timed_out(receipts: Sequence[Receipt], pending: Sequence[int], timeout_s: float) -> OutcomeTimeout:
+    """The error of a ``wait_all`` whose receipts at the indexes ``pending`` got no outcome within ``timeout_s``."""
+    first = receipts[pending[0]]
+    return OutcomeTimeout(
+        f"{len(pending)} of {len(receipts)} events have no outcome after {timeout_s:g} s "
+        f"(first: {first.event_type} {first.idempotency_key!r} on partition {first.partition}); "
+        "they are queued or being applied, not lost"
+    )

@@ -9,12 +9,13 @@ The rooms of the package:
 
 - :mod:`seqproc.producer`: what application code calls (the calls below are its own);
 - :mod:`seqproc.outbox`: the same calls inside the application's own database transaction;
+- :mod:`seqproc.aio`: the same calls (and ``seqproc.aio.outbox``'s) as coroutines, for asyncio applications;
 - :mod:`seqproc.models`: the contract shared by producer and worker (events, settings, tables, wire names);
 - :mod:`seqproc.worker`: the worker, the scheduled jobs and the ``seqproc`` command line;
 - :mod:`seqproc.migrations`: the schema, as Alembic migrations (``seqproc migrate``).
 """
 
-from seqproc import outbox, producer
+from seqproc import aio, outbox, producer
 from seqproc.models.errors import InvalidEvent, OutcomeTimeout, PublishError, SeqprocError
 from seqproc.models.outcomes import Outcome
 from seqproc.producer.api import commit, configure, like, release, reserve, restock, send_many, unlike
@@ -27,6 +28,7 @@ __all__ = [
     "PublishError",
     "Receipt",
     "SeqprocError",
+    "aio",
     "commit",
     "configure",
     "like",

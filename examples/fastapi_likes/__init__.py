@@ -1,0 +1,1 @@
+"""seqproc from a FastAPI application (see README.md beside this file)."""

@@ -1,0 +1,150 @@
+"""seqproc from a FastAPI application: likes enqueued with ``seqproc.aio``, and a comment stored together with a like
+in one transaction through ``seqproc.aio.outbox``.
+
+    uvicorn examples.fastapi_likes.app:app --workers 2      # from the repository root; see README.md beside this
+
+Endpoints:
+
+- ``POST /articles/{id}/like?user_id=7`` and ``DELETE /articles/{id}/like?user_id=7``: 202 with the receipt (where
+  the event went) once the broker holds the event. An ``Idempotency-Key`` header makes a client's retry a
+  duplicate; ``?wait_s=5`` also waits for the outcome.
+- ``GET /articles/{id}``: the like count, read from seqproc's table (read-only: only seqproc's worker writes it).
+- ``POST /articles/{id}/comments`` with ``{"user_id": 7, "body": "..."}``: the application's own row in
+  ``fastapi_comment`` and a like, in one transaction: both or neither. A body the database refuses (its CHECK: 1 to
+  500 characters) rolls the like back too: nothing is enqueued.
+
+A bad id answers 422 naming the field (seqproc's ``InvalidEvent``); a broker that cannot be reached, 503.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+import seqproc
+import seqproc.aio
+from seqproc.models.settings import get_settings
+from seqproc.models.tables.likes import ArticleLikeCount
+
+#: The application's own table, in the database that holds seqproc's outbox table (one transaction writes both).
+CREATE_COMMENT_TABLE = """
+CREATE TABLE IF NOT EXISTS fastapi_comment (
+    id bigserial PRIMARY KEY,
+    article_id bigint NOT NULL,
+    user_id bigint NOT NULL,
+    body text NOT NULL CHECK (char_length(body) BETWEEN 1 AND 500),
+    created_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+INSERT_COMMENT = (
+    "INSERT INTO fastapi_comment (article_id, user_id, body) VALUES (:article_id, :user_id, :body) RETURNING id"
+)
+
+WaitSeconds = Annotated[float, Query(ge=0, le=30, description="also wait this long for the outcome")]
+IdempotencyKey = Annotated[str | None, Header(description="a request id: a retry with it is a duplicate")]
+
+
+class Comment(BaseModel):
+    user_id: int
+    body: str
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()  # SEQPROC_* from the environment, as every seqproc process reads them
+    # seqproc's tables (read here, never written), and the application's database, where seqproc's outbox table
+    # lives (SEQPROC_OUTBOX_DATABASE_URL, or seqproc's own database when unset).
+    seqproc_db = create_async_engine(settings.database_url, pool_pre_ping=True)
+    app_db = seqproc_db if settings.outbox_url == settings.database_url else create_async_engine(settings.outbox_url)
+    async with app_db.begin() as conn:
+        # Workers start together, and concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's
+        # catalog: they take turns.
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('fastapi_comment'))"))
+        await conn.execute(text(CREATE_COMMENT_TABLE))
+    app.state.seqproc_db = seqproc_db
+    app.state.sessions = async_sessionmaker(app_db, expire_on_commit=False)
+    yield
+    await seqproc.aio.aclose()  # optional: the server's loop shutdown would close them as well
+    for engine in {seqproc_db, app_db}:
+        await engine.dispose()
+
+
+app = FastAPI(title="seqproc likes (FastAPI example)", lifespan=lifespan)
+
+
+@app.exception_handler(seqproc.InvalidEvent)
+async def invalid_event(request: Request, error: seqproc.InvalidEvent) -> JSONResponse:
+    # Raised before anything was sent or written: ``error.field`` names the culprit.
+    return JSONResponse({"detail": str(error), "field": error.field}, status_code=422)
+
+
+@app.exception_handler(seqproc.PublishError)
+async def broker_unreachable(request: Request, error: seqproc.PublishError) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=503)
+
+
+async def accepted(receipt: seqproc.Receipt, wait_s: float) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "idempotency_key": receipt.idempotency_key,
+        "event_id": receipt.event_id,
+        "partition": receipt.partition,
+        "queue": receipt.queue,
+    }
+    if wait_s:
+        try:
+            body["outcome"] = (await seqproc.aio.wait(receipt, timeout_s=wait_s)).to_wire()
+        except seqproc.OutcomeTimeout:
+            body["outcome"] = None  # queued or being applied, not lost: the 202 stands
+    return body
+
+
+@app.post("/articles/{article_id}/like", status_code=202)
+async def like(
+    article_id: int, user_id: int, idempotency_key: IdempotencyKey = None, wait_s: WaitSeconds = 0
+) -> dict[str, Any]:
+    receipt = await seqproc.aio.like(article_id, user_id, idempotency_key=idempotency_key)
+    return await accepted(receipt, wait_s)
+
+
+@app.delete("/articles/{article_id}/like", status_code=202)
+async def unlike(
+    article_id: int, user_id: int, idempotency_key: IdempotencyKey = None, wait_s: WaitSeconds = 0
+) -> dict[str, Any]:
+    receipt = await seqproc.aio.unlike(article_id, user_id, idempotency_key=idempotency_key)
+    return await accepted(receipt, wait_s)
+
+
+@app.get("/articles/{article_id}")
+async def article(article_id: int, request: Request) -> dict[str, Any]:
+    engine: AsyncEngine = request.app.state.seqproc_db
+    async with engine.connect() as conn:
+        query = select(ArticleLikeCount.like_count).where(ArticleLikeCount.article_id == article_id)
+        count = (await conn.execute(query)).scalar_one_or_none()
+    return {"article_id": article_id, "like_count": count or 0}
+
+
+@app.post("/articles/{article_id}/comments", status_code=201, response_model=None)
+async def comment(
+    article_id: int, comment: Comment, request: Request, wait_s: WaitSeconds = 0
+) -> dict[str, Any] | JSONResponse:
+    try:
+        async with request.app.state.sessions() as session, session.begin():
+            # Validated first (a bad user_id raises InvalidEvent: 422, rolled back), then written in the session's
+            # transaction; seqproc relay sends it once, and only if, the transaction commits.
+            receipt = await seqproc.aio.outbox.like(session, article_id, comment.user_id)
+            values = {"article_id": article_id, "user_id": comment.user_id, "body": comment.body}
+            comment_id = (await session.execute(text(INSERT_COMMENT), values)).scalar_one()
+    except IntegrityError:
+        # The comment broke its CHECK after the like was written: the transaction rolled back, the like with it.
+        return JSONResponse(
+            {"detail": "body: must be 1 to 500 characters; nothing was stored and nothing enqueued"}, status_code=422
+        )
+    return {"comment_id": comment_id, "like": await accepted(receipt, wait_s)}

@@ -1,0 +1,41 @@
+"""seqproc's producer for asyncio: the calls of :mod:`seqproc.producer` as coroutines, on ``redis.asyncio``.
+
+    import seqproc.aio
+    receipt = await seqproc.aio.like(article_id, user_id)         # returns once the broker holds the event
+    outcome = await seqproc.aio.wait(receipt, timeout_s=5)        # optional: applied / duplicate / rejected
+    async with engine.begin() as conn:                            # inside your own transaction
+        receipt = await seqproc.aio.outbox.like(conn, article_id, user_id)
+
+Concurrent calls of one event loop share messages (group commit, :mod:`seqproc.producer.aio.coalesce`); every loop
+has its own connections (:mod:`seqproc.producer.aio.loops`). Imports nothing from ``worker``.
+"""
+
+from seqproc.producer.aio import outbox
+from seqproc.producer.aio.api import (
+    aclose,
+    commit,
+    like,
+    publisher,
+    release,
+    reserve,
+    restock,
+    send_many,
+    unlike,
+    wait,
+    wait_all,
+)
+
+__all__ = [
+    "aclose",
+    "commit",
+    "like",
+    "outbox",
+    "publisher",
+    "release",
+    "reserve",
+    "restock",
+    "send_many",
+    "unlike",
+    "wait",
+    "wait_all",
+]

@@ -1,0 +1,91 @@
+"""Publishing from an event loop: the same messages as :mod:`seqproc.producer.publish`, pushed with ``redis.asyncio``.
+
+One :class:`AsyncPublisher` per event loop per settings (a ``redis.asyncio`` client and its connections belong to the
+loop that opened them; :mod:`seqproc.producer.aio.loops` keeps them). It leans on the process's threaded
+:class:`~seqproc.producer.publish.Publisher` of the same settings for everything that is not I/O, so both send the
+very same messages: routing, the split into messages, the envelope and its bell, the receipts, which errors are
+worth retrying and the error a failed send raises.
+
+On a broker other than seqproc's Redis transport (``memory://`` in the embedded mode and the unit tests), a send
+runs the threaded publisher in a worker thread (``asyncio.to_thread``): the loop keeps running meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+import redis.asyncio
+
+from seqproc.models.events import Event
+from seqproc.models.transport import TRANSPORT
+from seqproc.producer.aio.coalesce import AsyncCoalescer
+from seqproc.producer.publish import Publisher, stage_messages
+from seqproc.producer.receipt import Receipt
+
+logger = logging.getLogger(__name__)
+
+
+class AsyncPublisher:
+    """Sends events from one event loop; its calls are coalesced (see :mod:`seqproc.producer.aio.coalesce`)."""
+
+    def __init__(self, threaded: Publisher) -> None:
+        self.threaded = threaded
+        self.settings = settings = threaded.settings
+        self._redis: redis.asyncio.Redis | None = None
+        if threaded.app.conf.broker_transport == TRANSPORT:
+            options = threaded.app.conf.broker_transport_options
+            self._redis = redis.asyncio.Redis.from_url(
+                settings.broker_url,
+                socket_connect_timeout=options["socket_connect_timeout"],
+                socket_timeout=options["socket_timeout"],
+                socket_keepalive=options["socket_keepalive"],
+                health_check_interval=options["health_check_interval"],
+            )
+        self._coalescer = AsyncCoalescer(self.send, linger_s=settings.linger_ms / 1000.0)
+        #: Messages and events this loop sent so far (through the threaded publisher: counted there too).
+        self.sent_messages = 0
+        self.sent_events = 0
+
+    async def publish(self, events: Sequence[Event]) -> list[Receipt]:
+        """Send ``events`` and return one receipt per event, in order, once the broker holds them all; concurrent
+        calls of the loop share messages. Raises :class:`PublishError` if they could not be sent."""
+        await self._coalescer.submit(events)
+        return [self.threaded.receipt(event) for event in events]
+
+    async def send(self, events: Sequence[Event]) -> None:
+        """Publish ``events`` now: one message per partition, all in one pipelined round trip; retried while the
+        broker is unreachable, for up to ``publish_timeout_s``. Raises :class:`PublishError`."""
+        if self._redis is None:
+            await asyncio.to_thread(self.threaded.publish, events)
+            self.sent_events += len(events)
+            self.sent_messages += len(self.threaded.messages_for(events))
+            return
+        messages = self.threaded.messages_for(events)
+        deadline = time.monotonic() + self.settings.publish_timeout_s
+        pause_s = 0.05
+        while True:
+            # A retry after a failed round trip may push a message twice; the ledger makes the copy a duplicate.
+            pipe = self._redis.pipeline(transaction=False)
+            stage_messages(pipe, messages)
+            try:
+                await pipe.execute()
+                break
+            except Exception as error:
+                if not self.threaded.is_transient(error) or time.monotonic() >= deadline:
+                    raise self.threaded.not_sent(events, error) from error
+                logger.warning(
+                    "broker unavailable (%s); retrying for up to %.0f s", error, self.settings.publish_timeout_s
+                )
+                await asyncio.sleep(pause_s)
+                pause_s = min(pause_s * 2, 1.0)
+        self.sent_messages += len(messages)
+        self.sent_events += len(events)
+        logger.debug("sent %d message(s), %d event(s)", len(messages), len(events))
+
+    async def aclose(self) -> None:
+        """Close the loop's connections to the broker."""
+        if self._redis is not None:
+            await self._redis.aclose()
