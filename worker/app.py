@@ -7,7 +7,9 @@ from celery import Celery
 from seqproc.models.celery import celery_config
 from seqproc.models.settings import Settings, get_settings
 
-app = Celery("seqproc", include=["seqproc.worker.tasks", "seqproc.worker.beat.jobs"])
+# fixups=[]: Celery's Django fixup, on whenever DJANGO_SETTINGS_MODULE is set (as in a Django project's
+# containers), would set up the user's Django project in every worker; seqproc's worker uses none of it.
+app = Celery("seqproc", include=["seqproc.worker.tasks", "seqproc.worker.beat.jobs"], fixups=[])
 # A promise, read on first use: importing this module never fails on a bad setting, and `celery -A
 # seqproc.worker.app` tools get the environment's settings. seqproc's own processes pass theirs (configure).
 app.add_defaults(lambda: celery_config(get_settings()))
