@@ -57,6 +57,13 @@ def _csv(value: str) -> list[str]:
     help="Default: bench/results/ under the current folder.",
 )
 @click.option(
+    "--cpu",
+    "cpu_calls",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Instead: CPU per single-event producer call and per one-event message in the worker, over this many.",
+)
+@click.option(
     "--soak-s",
     type=float,
     default=None,
@@ -73,6 +80,7 @@ def bench(
     as_json: bool,
     chart: bool,
     results_dir: Path | None,
+    cpu_calls: int | None,
     soak_s: float | None,
 ) -> None:
     """Compare seqproc with row locks, atomic updates, optimistic and serializable retries, and Redis write-behind."""
@@ -90,6 +98,14 @@ def bench(
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 160)
     bench_run.prepare(settings)
     directory = results_dir or bench_run.RESULTS_DIR
+    if cpu_calls is not None:
+        from . import cpu
+
+        report = cpu.measure(settings, cpu_calls)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "cpu.json").write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(json.dumps(report, sort_keys=True))
+        return
     if soak_s is not None:
         report = bench_run.soak(settings, duration_s=soak_s, producers=int(_csv(producers_csv)[-1]))
         directory.mkdir(parents=True, exist_ok=True)

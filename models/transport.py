@@ -37,9 +37,11 @@ import base64
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from json import loads as json_loads
 from queue import Empty
 from time import monotonic, time
-from typing import Any
+from typing import Any, Protocol
 
 from kombu.exceptions import ChannelError
 from kombu.transport import redis as kombu_redis
@@ -116,6 +118,54 @@ def ring(command: Callable[..., Any], queue: str) -> None:
     command("ltrim", bell, 0, 0)
 
 
+@dataclass(slots=True)
+class Fetched:
+    """A message taken from a queue (and recorded in ``unacked`` in the same step), handed to a chunk consumer as
+    it is: no kombu ``Message``, no Celery request. It answers to the attributes the worker's decoder reads."""
+
+    queue: str
+    #: The message as it was pushed (kept to give it back unchanged).
+    raw: bytes
+    delivery_tag: str
+    headers: dict[str, Any]
+    content_type: str | None
+    body: Any
+    channel: Any = None
+
+    @property
+    def delivery_info(self) -> dict[str, Any]:
+        return {"routing_key": self.queue, "exchange": ""}
+
+
+def fetched(queue: str, item: bytes) -> Fetched:
+    """Read a fetched item: a kombu message (``body_encoding`` None or base64), or, for bytes that are not one,
+    the minimal envelope :func:`envelope` gives them (the consumer dead-letters it)."""
+    payload = envelope(item, queue)
+    properties = payload.get("properties") or {}
+    body = payload.get("body")
+    if properties.get("body_encoding") == "base64" and isinstance(body, str):
+        body = base64.b64decode(body)
+    headers = payload.get("headers")
+    return Fetched(
+        queue=queue,
+        raw=item,
+        delivery_tag=str(properties.get("delivery_tag")),
+        headers=headers if isinstance(headers, dict) else {},
+        content_type=payload.get("content-type"),
+        body=body,
+    )
+
+
+class ChunkConsumer(Protocol):
+    """Takes a whole fetch at once (the worker's batcher), instead of one kombu message at a time."""
+
+    def room(self) -> int:
+        """How many more messages it may hold now (its prefetch less what it holds)."""
+        ...
+
+    def deliver(self, chunk: list[Fetched]) -> None: ...
+
+
 class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
         # The fetch script already recorded the message in unacked, atomically with taking it: only the in-memory
@@ -133,6 +183,9 @@ class Channel(kombu_redis.Channel):
     from_transport_options = (*kombu_redis.Channel.from_transport_options, "fetch_owner", "fetch_filter")
     fetch_owner: str | None = None
     fetch_filter: Callable[[str], bool] | None = None
+    #: Set by the worker on its task consumer's channel: every fetch goes to it whole (see :class:`Fetched`); the
+    #: messages stay in ``unacked`` until it acks them (:meth:`ack_fetched`) or gives them back.
+    chunk_consumer: ChunkConsumer | None = None
     _shared_client: Any = None
     _fetch_script: Any = None
 
@@ -226,22 +279,60 @@ class Channel(kombu_redis.Channel):
             queues = [queue for queue in queues if self.fetch_filter(queue)]
         if not queues:
             return 0
-        limit = self.qos.can_consume_max_estimate() if self.qos.prefetch_count else FETCH_MAX
+        chunk_consumer = self.chunk_consumer
+        if chunk_consumer is not None:
+            limit = chunk_consumer.room()
+        else:
+            limit = self.qos.can_consume_max_estimate() if self.qos.prefetch_count else FETCH_MAX
         if not limit:
             return 0
-        delivered = 0
-        for queue, item in self._fetch(list(queues), min(int(limit), FETCH_MAX)):
+        items = self._fetch(list(queues), min(int(limit), FETCH_MAX))
+        for queue in dict.fromkeys(queue for queue, _ in items):  # the queues served go to the back of the cycle
             self._queue_cycle.rotate(queue)  # type: ignore[attr-defined]
+        if chunk_consumer is not None:
+            if items:
+                chunk = [fetched(queue, item) for queue, item in items]
+                for message in chunk:
+                    message.channel = self
+                chunk_consumer.deliver(chunk)
+            return len(items)
+        for queue, item in items:
             self.connection._deliver(envelope(item, queue), queue)
-            delivered += 1
-        return delivered
+        return len(items)
+
+    # -- a chunk consumer's acks and give-backs -------------------------------------------------------------------
+    def ack_fetched(self, tags: list[str]) -> None:
+        """Forget ``tags`` (applied and committed) in one round trip: what ``QoS.ack`` does per message."""
+        if not tags:
+            return
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            pipe.hdel(self.unacked_key, *tags)
+            pipe.zrem(self.unacked_index_key, *tags)
+            pipe.execute()
+
+    def give_back_fetched(self, messages: list[Fetched]) -> None:
+        """Put ``messages`` (oldest first) back at the head of their queues, in order, and forget them, atomically;
+        ring the queues' bells."""
+        if not messages:
+            return
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=True)
+            for message in reversed(messages):  # the consuming end is the right: the oldest goes last
+                pipe.rpush(message.queue, message.raw)
+            tags = [message.delivery_tag for message in messages]
+            pipe.hdel(self.unacked_key, *tags)
+            pipe.zrem(self.unacked_index_key, *tags)
+            for queue in dict.fromkeys(message.queue for message in messages):
+                ring(pipe.execute_command, queue)
+            pipe.execute()
 
 
 def envelope(item: bytes, queue: str) -> Any:
     """The kombu message in ``item``; for bytes that are not one (pushed onto the list by something else), a minimal
     envelope without a task header around them, so that the consumer dead-letters them instead of crashing."""
     try:
-        payload = loads(bytes_to_str(item))
+        payload = json_loads(item)  # C json: kombu's loads adds object hooks our messages never need
         if isinstance(payload, dict) and isinstance(payload.get("properties"), dict):
             return payload
     except (ValueError, UnicodeDecodeError):

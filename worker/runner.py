@@ -143,7 +143,9 @@ def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) 
     node = host_format(hostname) if hostname else f"seqproc-beat@{socket.gethostname()}"
     app = configure(settings)
     # The beat's own worker dead-letters like any worker: it needs the runtime (no partitions).
-    runtime.attach(app, runtime.build(settings, engine, {}, owner=f"{node}/{os.getpid()}"))
+    beat_runtime = runtime.build(settings, engine, {}, owner=f"{node}/{os.getpid()}")
+    beat_runtime.role = "beat"
+    runtime.attach(app, beat_runtime)
     with tempfile.TemporaryDirectory(prefix="seqproc-beat-") as directory:
         celery_worker = app.Worker(
             hostname=node,

@@ -30,6 +30,8 @@ class Runtime:
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}/{os.getpid()}")
     #: ``--partitions auto``: the leases this worker holds (None: a fixed set of partitions).
     leases: Any = None
+    #: ``worker`` (consumes partition queues) or ``beat`` (the scheduled jobs' own worker).
+    role: str = "worker"
 
 
 def build(settings: Settings, engine: Engine, epochs: dict[int, int], *, owner: str | None = None) -> Runtime:

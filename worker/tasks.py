@@ -12,7 +12,7 @@ from seqproc.models.events import parse_event
 from seqproc.models.wire import APPLY_TASK, partition_for
 from seqproc.worker.app import app
 from seqproc.worker.consume.batching import Batcher
-from seqproc.worker.consume.steps import FlushOnStop, LeaseStep
+from seqproc.worker.consume.steps import ChunkStep, FlushOnStop, LeaseStep
 from seqproc.worker.engine.apply import apply_batch
 from seqproc.worker.runtime import Runtime
 
@@ -51,3 +51,4 @@ def apply_events(self: ApplyTask, partition: int, events: list[dict[str, Any]]) 
 
 app.steps["consumer"].add(LeaseStep)
 app.steps["consumer"].add(FlushOnStop)
+app.steps["consumer"].add(ChunkStep)

@@ -215,8 +215,9 @@ def test_status_prints_a_table(clean: Settings) -> None:
         "rejected",
         "parked",
         "dead",
+        "outbox",
     ]
-    rows = {cells[0]: cells for cells in map(_cells, done.stdout.splitlines()) if len(cells) == 11}
+    rows = {cells[0]: cells for cells in map(_cells, done.stdout.splitlines()) if len(cells) == 12}
     assert set(rows) == {str(p) for p in range(PARTITIONS)} | {"total"}
     assert rows["6"][1] == "1"
     assert rows["6"][2].endswith("s")

@@ -30,9 +30,10 @@ from kombu.transport.virtual import QoS as VirtualQoS
 from seqproc.models.errors import PartitionFenced
 from seqproc.models.events import Event
 from seqproc.models.outcomes import Outcome, count_statuses
+from seqproc.models.transport import FETCH_MAX, Fetched
 from seqproc.models.wire import APPLY_TASK, queue_name
 from seqproc.worker import faults
-from seqproc.worker.consume.decode import Decoded, decode_message
+from seqproc.worker.consume.decode import Decoded, decode_chunk, decode_message
 from seqproc.worker.consume.retry import StopRetrying, retry_in_place
 from seqproc.worker.engine.apply import (
     BatchResult,
@@ -88,10 +89,27 @@ class Batcher:
 
     # -- receiving --------------------------------------------------------------------------------------------
     def on_message(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> None:
-        settings = self.rt.settings
-        decoded = decode_message(message, partitions=settings.partitions)
+        """One message through Celery's per-message path (other transports, and the beat's worker)."""
+        decoded = decode_message(message, partitions=self.rt.settings.partitions)
         self.buffer.append(Held(message, decoded))
         self.events_held += len(decoded.events)
+        self._received()
+
+    def room(self) -> int:
+        """How many more messages the transport may hand over now (:class:`ChunkConsumer`)."""
+        prefetch = self.consumer.qos.value if self.consumer is not None and self.consumer.qos else 0
+        return max(0, (prefetch or FETCH_MAX) - len(self.buffer))
+
+    def deliver(self, chunk: list[Fetched]) -> None:
+        """A whole fetch from seqproc's Redis transport at once (:class:`ChunkConsumer`): decoded together, held
+        unacknowledged like single messages, without a kombu message or a Celery request per message."""
+        for message, decoded in zip(chunk, decode_chunk(chunk, partitions=self.rt.settings.partitions), strict=True):
+            self.buffer.append(Held(message, decoded))
+            self.events_held += len(decoded.events)
+        self._received()
+
+    def _received(self) -> None:
+        settings = self.rt.settings
         prefetch = self.consumer.qos.value if self.consumer is not None and self.consumer.qos else 0
         timer = getattr(self.consumer, "timer", None) if self.consumer is not None else None
         now = time.monotonic()
@@ -243,7 +261,7 @@ class Batcher:
         worker_state.all_total_count[0] += len(items)
         # Two task events per message, after the commit: "task-received" (Flower counts it as "processed"), with
         # the name and arguments, and "task-succeeded", with the result and runtime. Flower merges both into the
-        # task. The dispatcher buffers them and publishes a few "task.multi" messages per batch.
+        # task. They are buffered and published together, in one "task.multi" message per flush.
         position = 0
         for item in items:
             item.settled = True
@@ -259,6 +277,7 @@ class Batcher:
                 result=repr(count_statuses(mine) | {"dead_lettered": len(item.decoded.dead_letters)}),
                 runtime=elapsed,
             )
+        self._flush_events()
         logger.debug(
             "partition %d: %d event(s) from %d message(s) in %.1f ms (applied %d, duplicate %d, rejected %d)",
             batch.partition,
@@ -379,6 +398,16 @@ class Batcher:
 
     def _ack(self, items: list[Held]) -> None:
         """Ack every message of the batch; on Redis in one pipelined round trip instead of one per message."""
+        fetched = [item for item in items if isinstance(item.message, Fetched)]
+        if fetched:
+            try:
+                fetched[0].message.channel.ack_fetched([item.message.delivery_tag for item in fetched])
+            except Exception:
+                # Committed already: a redelivered copy is reported as a duplicate, not applied again.
+                logger.warning("could not ack %d message(s) (committed; a redelivery is a duplicate)", len(fetched))
+            items = [item for item in items if not isinstance(item.message, Fetched)]
+            if not items:
+                return
         try:
             acked = ack_many([item.message for item in items])
         except Exception:
@@ -397,6 +426,13 @@ class Batcher:
 
     def _give_back(self, items: list[Held]) -> None:
         """Return unapplied messages to the head of their queue, oldest next in line, then release them here."""
+        fetched = [item.message for item in items if isinstance(item.message, Fetched)]
+        if fetched:
+            try:
+                fetched[0].channel.give_back_fetched(fetched)
+            except Exception:
+                logger.warning("could not give back %d message(s); the visibility timeout will", len(fetched))
+            items = [item for item in items if not isinstance(item.message, Fetched)]
         for item in reversed(items):
             message = item.message
             qos = getattr(getattr(message, "channel", None), "qos", None)
@@ -419,6 +455,14 @@ class Batcher:
                 self.consumer.cancel_task_queue(queue_name(partition))
             except Exception:
                 logger.warning("could not stop consuming %s", queue_name(partition), exc_info=True)
+
+    def _flush_events(self) -> None:
+        dispatcher = getattr(self.consumer, "event_dispatcher", None)
+        if dispatcher is not None and dispatcher.enabled:
+            try:
+                dispatcher.flush()
+            except Exception:
+                logger.debug("could not publish task events", exc_info=True)
 
     def _send_event(self, kind: str, decoded: Decoded, **fields: Any) -> None:
         dispatcher = getattr(self.consumer, "event_dispatcher", None)

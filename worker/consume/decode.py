@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from seqproc.models.errors import InvalidEvent
 from seqproc.models.events import Event, parse_event
-from seqproc.models.wire import partition_for, partition_of_queue
+from seqproc.models.wire import APPLY_TASK, partition_for, partition_of_queue
 from seqproc.worker.engine.apply import DeadLetterRecord
 
 #: Largest message body accepted: 500 events take ~100 KiB; far more than that is not ours.
@@ -141,3 +142,69 @@ def decode_message(message: Any, *, partitions: int) -> Decoded:
             continue
         decoded.events.append(event)
     return decoded
+
+
+#: Many apply-task bodies as one JSON array, validated in one call (see :func:`decode_chunk`).
+_BODIES: TypeAdapter[list[tuple[list[Any], _Kwargs, dict[str, Any]]]] = TypeAdapter(
+    list[tuple[list[Any], _Kwargs, dict[str, Any]]]
+)
+
+
+def decode_chunk(chunk: Sequence[Any], *, partitions: int) -> list[Decoded]:
+    """Read a whole fetch (:class:`seqproc.models.transport.Fetched` messages): when every message is a valid
+    apply-task message of its partition (the usual case), their bodies are validated together in one pydantic call
+    over one JSON array; otherwise each message is read on its own (:func:`decode_fetched`), which dead-letters
+    exactly what is at fault. Never raises for bad input."""
+    texts: list[str] = []
+    partitions_of: list[int] = []
+    for message in chunk:
+        partition = partition_of_queue(message.queue)
+        body = message.body
+        if (
+            partition is None
+            or message.content_type != "application/json"
+            or message.headers.get("task") != APPLY_TASK
+            or not isinstance(body, str)
+            or len(body) > MAX_BODY_BYTES
+        ):
+            break
+        texts.append(body)
+        partitions_of.append(partition)
+    else:
+        try:
+            bodies = _BODIES.validate_json("[" + ",".join(texts) + "]")
+        except ValidationError:
+            bodies = []
+        if len(bodies) == len(chunk):
+            decoded = []
+            for message, partition, (_args, kwargs, _embed) in zip(chunk, partitions_of, bodies, strict=True):
+                events = kwargs.events
+                if any(partition_for(event.entity_key, partitions) != partition for event in events):
+                    break
+                decoded.append(Decoded(partition, message.queue, message.headers.get("id"), events))
+            else:
+                return decoded
+    return [decode_fetched(message, partitions=partitions) for message in chunk]
+
+
+def decode_fetched(message: Any, *, partitions: int) -> Decoded:
+    """One fetched message, read as Celery's consumer would have, then as :func:`decode_message` reads it: a
+    message without a task header, or of another task, is dead-lettered like one Celery would refuse."""
+    name = message.headers.get("task")
+    if name != APPLY_TASK:
+        queue = message.queue
+        partition = partition_of_queue(queue)
+        error = (
+            "not a Celery task message (no task header)"
+            if name is None
+            else f"unknown task {name!r}: partition queues carry only {APPLY_TASK}"
+        )
+        record = DeadLetterRecord(
+            error=error,
+            body=body_text(message.body if isinstance(message.body, bytes | str) else message.raw),
+            partition=partition,
+            queue=queue,
+            content_type=message.content_type,
+        )
+        return Decoded(partition, queue, message.headers.get("id"), dead_letters=[record])
+    return decode_message(message, partitions=partitions)

@@ -14,6 +14,7 @@ from typing import Any
 from celery import bootsteps
 from celery.worker.consumer import Consumer
 
+from seqproc.models.transport import Channel
 from seqproc.models.wire import APPLY_TASK, partition_of_queue, queue_name
 from seqproc.worker import runtime
 from seqproc.worker.consume.batching import Batcher, should_stop
@@ -132,6 +133,37 @@ class LeaseStep(bootsteps.StartStopStep):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+#: Task events buffered before the dispatcher publishes them on its own (the batcher flushes it after each batch).
+EVENT_BUFFER_LIMIT = 100_000
+
+
+class ChunkStep(bootsteps.StartStopStep):
+    """On seqproc's Redis transport, a partition worker takes each fetch whole: the channel hands the batcher every
+    message it fetched in one call (``ChunkConsumer``), instead of building a kombu message and a Celery request
+    per message. The beat's worker (the jobs queue) keeps Celery's per-message path."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c: Any) -> None:
+        channel = getattr(getattr(c, "task_consumer", None), "channel", None)
+        if isinstance(channel, Channel) and runtime.of(c.app).role == "worker":
+            channel.chunk_consumer = batcher_of(c)
+            dispatcher = getattr(c, "event_dispatcher", None)
+            if dispatcher is not None:
+                # The batcher publishes its task events once per flush (two per message): no flush every 24
+                # events, no flush scheduled on the event loop per event.
+                dispatcher.buffer_limit = EVENT_BUFFER_LIMIT
+                dispatcher.on_send_buffered = None
+
+    def stop(self, c: Any) -> None:
+        channel = getattr(getattr(c, "task_consumer", None), "channel", None)
+        if isinstance(channel, Channel):
+            channel.chunk_consumer = None
+
+    def shutdown(self, c: Any) -> None:
+        self.stop(c)
 
 
 class FlushOnStop(bootsteps.StartStopStep):

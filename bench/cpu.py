@@ -1,0 +1,96 @@
+"""CPU per single-event call and per one-event message: ``seqproc bench --cpu N``.
+
+- **Producer**: one thread calls ``seqproc.like`` N times one after another (each call one event, one message: the
+  prefork web server's case); CPU is ``time.process_time()`` of this process over those calls, divided by N.
+- **Worker**: one worker process starts and is paused (SIGSTOP) once ready; the N one-event messages are queued;
+  its CPU (user + system, from ``/proc/<pid>/stat``) is read, it is resumed (SIGCONT), and read again once it has
+  applied all of them: the difference divided by N. Start-up is left out; the commits, outcomes and acks are in.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import text
+
+from seqproc import producer
+from seqproc.models.settings import Settings
+from seqproc.producer.publish import publisher_for
+from seqproc.worker.processes import WorkerGroup, split_partitions
+
+from .harness import harness_engine
+from .seqproc_strategy import DATA_TABLES
+
+#: One hot article: every event on one partition, as in the prefork benchmark.
+ARTICLE = 1
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_s(client: redis.Redis) -> float:
+    """The Redis server's CPU seconds so far (user + system)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def measure(settings: Settings, calls: int) -> dict[str, Any]:
+    engine = harness_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {DATA_TABLES}"))
+    for url in (settings.broker_url, settings.result_backend):
+        redis.Redis.from_url(url).flushdb()
+    producer.configure(settings)
+    publisher = publisher_for(settings)
+    try:
+        with tempfile.TemporaryDirectory(prefix="seqproc-cpu-") as directory:
+            group = WorkerGroup(settings, split_partitions(settings.partitions, 1), Path(directory))
+            try:
+                group.wait_ready()
+                pid = group.pids[0]
+                producer.like(ARTICLE, 10**9).wait(timeout_s=30)  # both ends connected and warm
+                os.kill(pid, signal.SIGSTOP)  # the messages wait in the queue: the worker drains a backlog
+                publisher.sent_messages = publisher.sent_events = 0
+                broker = redis.Redis.from_url(settings.broker_url)
+                redis_before = redis_cpu_s(broker)
+                started_cpu, started_wall = time.process_time(), time.perf_counter()
+                receipts = [producer.like(ARTICLE, user) for user in range(1, calls + 1)]
+                producer_cpu_s = time.process_time() - started_cpu
+                producer_wall_s = time.perf_counter() - started_wall
+                messages = publisher.sent_messages
+                redis_sent = redis_cpu_s(broker)
+                before = process_cpu_s(pid)
+                drain_started = time.perf_counter()
+                os.kill(pid, signal.SIGCONT)
+                producer.wait_all(receipts, timeout_s=600)
+                worker_cpu_s = process_cpu_s(pid) - before
+                drain_s = time.perf_counter() - drain_started
+                redis_drained = redis_cpu_s(broker)
+            finally:
+                os.kill(group.pids[0], signal.SIGCONT)
+                group.stop()
+    finally:
+        producer.configure(None)
+        engine.dispose()
+    return {
+        "calls": calls,
+        "messages": messages,
+        "producer_cpu_us_per_call": round(producer_cpu_s / calls * 1e6, 1),
+        "producer_calls_per_s": round(calls / producer_wall_s, 1),
+        "worker_cpu_us_per_message": round(worker_cpu_s / max(1, messages) * 1e6, 1),
+        "worker_messages_per_s": round(messages / drain_s, 1),
+        # The Redis server's own CPU (INFO cpu; broker and results on one server here) per message: pushed, then
+        # fetched, acked and its outcome stored.
+        "redis_cpu_us_per_message_sent": round((redis_sent - redis_before) / max(1, messages) * 1e6, 1),
+        "redis_cpu_us_per_message_drained": round((redis_drained - redis_sent) / max(1, messages) * 1e6, 1),
+        "command": f"seqproc bench --cpu {calls}",
+    }
