@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-REQUIRED_SERVICES = {"postgres", "redis", "migrate", "worker-a", "worker-b", "beat", "flower"}
+REQUIRED_SERVICES = {"postgres", "redis", "migrate", "worker-a", "worker-b", "relay", "beat", "flower"}
 ONE_SHOT_SERVICES = {"migrate"}
 LONG_RUNNING_RESTART = {"always", "unless-stopped", "on-failure"}
 
