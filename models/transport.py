@@ -34,6 +34,7 @@ workers alike).
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -116,6 +117,19 @@ def ring(command: Callable[..., Any], queue: str) -> None:
     bell = bell_key(queue)
     command("lpush", bell, "1")
     command("ltrim", bell, 0, 0)
+
+
+#: The producer's push of a send: KEYS queue1, bell1, queue2, bell2, ...; ARGV message1, message2, ... Each message is
+#: pushed (LPUSH, as kombu does) and its queue's bell rung, kept to one token; one command, one reply, for the lot.
+PUSH = """
+for i = 1, #ARGV do
+    redis.call('LPUSH', KEYS[2 * i - 1], ARGV[i])
+    redis.call('LPUSH', KEYS[2 * i], '1')
+    redis.call('LTRIM', KEYS[2 * i], 0, 0)
+end
+return #ARGV
+"""
+PUSH_SHA = hashlib.sha1(PUSH.encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ through kombu. A call returns once the broker has accepted the message; if the b
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -24,8 +25,8 @@ from seqproc.models.errors import PublishError
 from seqproc.models.events import Event
 from seqproc.models.outcomes import OutcomeStore, outcome_store
 from seqproc.models.settings import Settings, mask_url
-from seqproc.models.transport import TRANSPORT, ring
-from seqproc.models.wire import APPLY_TASK, partition_for, queue_name
+from seqproc.models.transport import PUSH, PUSH_SHA, TRANSPORT, ring
+from seqproc.models.wire import APPLY_TASK, bell_key, partition_for, queue_name
 from seqproc.producer.coalesce import Coalescer
 from seqproc.producer.envelope import task_envelope
 from seqproc.producer.receipt import Receipt
@@ -67,6 +68,9 @@ class Publisher:
             OSError,
         )
         self._coalescer = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
+        #: The connection pushes go out on, with the pid that opened it (see ``_connection``).
+        self._held: tuple[int, Any] | None = None
+        self._push_lock = threading.Lock()
         #: Messages and events sent so far (the benchmark reports events per message).
         self.sent_messages = 0
         self.sent_events = 0
@@ -150,13 +154,37 @@ class Publisher:
         self.sent_events += events
         logger.debug("sent %d message(s), %d event(s)", len(messages), events)
 
-    @staticmethod
-    def _push(client: redis.Redis, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
+    def _push(self, client: redis.Redis, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
         """What kombu's Redis transport does for a publish to the default exchange (an LPUSH onto the queue's
-        list) plus seqproc's bell, for every message in one round trip."""
-        pipe = client.pipeline(transaction=False)
-        stage_messages(pipe, messages)
-        pipe.execute()
+        list) plus seqproc's bell, for every message: one script call, on a connection held for the sends (the
+        client's pool, retry and pipeline layers cost more CPU than the command itself)."""
+        keys: list[str] = []
+        bodies: list[str] = []
+        for partition, group in messages:
+            queue = queue_name(partition)
+            keys += (queue, bell_key(queue))
+            bodies.append(task_envelope(queue, partition, group, task_id=unique_id()))
+        with self._push_lock:
+            connection = self._connection(client)
+            try:
+                try:
+                    connection.send_command("EVALSHA", PUSH_SHA, len(keys), *keys, *bodies)
+                    connection.read_response()
+                except redis.exceptions.NoScriptError:
+                    connection.send_command("SCRIPT", "LOAD", PUSH)
+                    connection.read_response()
+                    connection.send_command("EVALSHA", PUSH_SHA, len(keys), *keys, *bodies)
+                    connection.read_response()
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                connection.disconnect()  # the next send connects again (a reply half read must not be reused)
+                raise
+
+    def _connection(self, client: redis.Redis) -> Any:
+        """The connection this process sends on (a new one in a forked child: the parent's socket is not ours)."""
+        pid = os.getpid()
+        if self._held is None or self._held[0] != pid:
+            self._held = (pid, client.connection_pool.get_connection())
+        return self._held[1]
 
     def _publish(self, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
         """Through kombu, for any other broker (the embedded demo's memory transport)."""
