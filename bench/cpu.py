@@ -37,6 +37,16 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def calibration_ms() -> float:
+    """CPU milliseconds of a fixed pure-Python loop, measured in the same run: this shared machine's speed moves by
+    2x from hour to hour, so the figures above mean most beside this one."""
+    started = time.process_time()
+    total = 0
+    for n in range(3_000_000):
+        total += n * n
+    return round((time.process_time() - started) * 1000, 1)
+
+
 def redis_cpu_s(client: redis.Redis) -> float:
     """The Redis server's CPU seconds so far (user + system)."""
     info = client.info("cpu")
@@ -93,4 +103,5 @@ def measure(settings: Settings, calls: int) -> dict[str, Any]:
         "redis_cpu_us_per_message_sent": round((redis_sent - redis_before) / max(1, messages) * 1e6, 1),
         "redis_cpu_us_per_message_drained": round((redis_drained - redis_sent) / max(1, messages) * 1e6, 1),
         "command": f"seqproc bench --cpu {calls}",
+        "calibration_ms": calibration_ms(),
     }

@@ -74,20 +74,22 @@ for i = 1, nqueues do
     while ours and taken < limit do
         local item = redis.call('RPOP', queue)
         if not item then break end
-        local ok, msg = pcall(cjson.decode, item)
-        if ok and type(msg) == 'table' and type(msg.properties) == 'table'
-                and type(msg.properties.delivery_tag) == 'string' then
-            local info = msg.properties.delivery_info
-            local exchange, routing_key = '', queue
-            if type(info) == 'table' then
-                if type(info.exchange) == 'string' then exchange = info.exchange end
-                if type(info.routing_key) == 'string' then routing_key = info.routing_key end
+        -- The delivery tag, found without decoding the whole message (seqproc's and kombu's JSON write it as
+        -- "delivery_tag": "..."; a quote inside a JSON string is escaped, so no string value can fake it); a
+        -- message written otherwise is decoded. Recorded as kombu's QoS.append would: [message, exchange,
+        -- routing_key], the message as it was sent, to go back to this queue (default exchange).
+        local tag = string.match(item, '"delivery_tag": "([^"\\\\]+)"')
+        if not tag then
+            local ok, msg = pcall(cjson.decode, item)
+            if ok and type(msg) == 'table' and type(msg.properties) == 'table'
+                    and type(msg.properties.delivery_tag) == 'string' then
+                tag = msg.properties.delivery_tag
             end
-            -- What kombu's QoS.append stores: [message, exchange, routing_key], the message as it was sent.
-            redis.call('HSET', unacked, msg.properties.delivery_tag,
-                       '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
+        end
+        if tag then
+            redis.call('HSET', unacked, tag, '[' .. item .. ',"",' .. cjson.encode(queue) .. ']')
             -- One microsecond apart: a restore sorts by this score, so it must keep the fetch order.
-            redis.call('ZADD', index, string.format('%.6f', now + taken / 1000000), msg.properties.delivery_tag)
+            redis.call('ZADD', index, string.format('%.6f', now + taken / 1000000), tag)
         end
         out[#out + 1] = queue
         out[#out + 1] = item
