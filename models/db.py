@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url, text
@@ -104,3 +105,42 @@ def upsert(conn: Connection, table: Table) -> Any:
     if conn.dialect.name == "sqlite":
         return sqlite.insert(table)
     return postgresql.insert(table)
+
+
+def array(values: Iterable[Any]) -> str:
+    """A PostgreSQL array literal (``{1,2}``, ``{"a","b\\"c",NULL}``) for a parameter the statement casts to an array
+    type. psycopg's list dumper walks every element in Python (about 1-2 us each, measured: 770 us for 500 bigints
+    against 300 us for the same statement given this literal); this is a join. Columns of only ints, or of only
+    strings without a quote or a backslash (keys, ids: the usual case), take one C-level join; the rest goes element
+    by element."""
+    items = values if isinstance(values, list | tuple) else list(values)
+    if not items:
+        return "{}"
+    kinds = set(map(type, items))  # C-level; ``type(True) is bool``, so booleans never pass for ints
+    if kinds == {int}:
+        return "{" + ",".join(map(str, items)) + "}"
+    if kinds == {str}:
+        plain = "".join(items)
+        if '"' not in plain and "\\" not in plain:
+            return '{"' + '","'.join(items) + '"}'
+    parts = []
+    for value in items:
+        if value is None:
+            parts.append("NULL")
+        elif isinstance(value, str):
+            parts.append('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        elif isinstance(value, int) and not isinstance(value, bool):
+            parts.append(str(value))
+        else:
+            raise TypeError(f"array(): {type(value).__name__} elements are not supported")
+    return "{" + ",".join(parts) + "}"
+
+
+def columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[str]:
+    """Rows -> one array literal per column, as ``unnest`` takes them."""
+    return [array(row[i] for row in rows) for i in range(width)]
+
+
+def driver(conn: Connection) -> Any:
+    """The psycopg connection under SQLAlchemy's, in the same transaction."""
+    return conn.connection.driver_connection

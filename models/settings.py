@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     #: did); the most a committed event waits for the relay on an idle system.
     relay_interval_ms: Annotated[int, Field(ge=1, le=60_000)] = 20
 
+    #: Modules that declare domains (``seqproc.Domain``), comma-separated (``myapp.wallet,myapp.seats``): producers and
+    #: workers import them, so that both know every event type. The built-in domains are always there.
+    domains: Annotated[tuple[str, ...], NoDecode] = ()
+
     #: Send Celery task events (Flower needs them); they cost CPU per message.
     task_events: bool = True
     log_level: str = "INFO"
@@ -170,6 +174,16 @@ class Settings(BaseSettings):
             if not is_redis_url(str(url)):
                 raise ValueError("must be a comma-separated list of redis:// URLs")
         return value
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _domains(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for name in value or []:
+            if not all(part.isidentifier() for part in str(name).split(".")):
+                raise ValueError(f"must be comma-separated module paths such as myapp.wallet (got {name!r})")
+        return tuple(value or ())
 
     @field_validator("log_level")
     @classmethod

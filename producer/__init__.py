@@ -10,7 +10,7 @@ Imports nothing from ``worker``.
 from seqproc.models.errors import InvalidEvent, OutcomeTimeout, PublishError, SeqprocError
 from seqproc.models.outcomes import Outcome
 from seqproc.models.wire import partition_for, queue_name
-from seqproc.producer.api import commit, configure, like, release, reserve, restock, send_many, unlike
+from seqproc.producer.api import commit, configure, like, release, reserve, restock, send, send_many, unlike
 from seqproc.producer.receipt import Receipt, wait_all
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "release",
     "reserve",
     "restock",
+    "send",
     "send_many",
     "unlike",
     "wait_all",

@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from seqproc.models.domain import EventModel, load_domains
 from seqproc.models.events import Event
 from seqproc.models.settings import Settings, get_settings
 from seqproc.producer.build import (
-    FIELDS,
     build_event,
     build_events,
     commit_event,
     like_event,
+    prepare,
     release_event,
     reserve_event,
     restock_event,
@@ -36,7 +37,11 @@ def configure(settings: Settings | None) -> None:
 
 
 def current_settings() -> Settings:
-    return _settings_override if _settings_override is not None else get_settings()
+    """The producer's settings; the domains they name (``SEQPROC_DOMAINS``) are loaded with them."""
+    settings = _settings_override if _settings_override is not None else get_settings()
+    if settings.domains:
+        load_domains(settings.domains)
+    return settings
 
 
 def _publisher() -> Publisher:
@@ -77,13 +82,22 @@ def restock(product_id: int, quantity: int, *, idempotency_key: str | None = Non
     return _send(restock_event(product_id, quantity, idempotency_key=idempotency_key))
 
 
-def send_many(events: Iterable[Mapping[str, Any]]) -> list[Receipt]:
+def send(event: EventModel, *, idempotency_key: str | None = None) -> Receipt:
+    """Send an event of any domain (``seqproc.send(Deposit(account_id=7, amount=100), idempotency_key="req-1")``).
+
+    Without ``idempotency_key`` every call is a new event; a caller that may retry passes its own (a request id),
+    and the retry is then a ``duplicate``. Events whose key follows from their fields (a reservation, a transfer)
+    take no key."""
+    return _send(prepare([event], idempotency_keys=[idempotency_key])[0])
+
+
+def send_many(events: Iterable[Mapping[str, Any] | EventModel]) -> list[Receipt]:
     """Send many events with few messages: one per partition (and per ``max_events_per_message``).
 
-    Each item is a mapping with ``type`` and that type's fields, as the single calls take them, e.g.
-    ``{"type": "like", "article_id": 1, "user_id": 2}``. All are validated before any is sent; the first bad one
-    raises :class:`InvalidEvent` naming its index and field (``events[3].quantity: ...``).
-    Order is kept per partition, hence per article and per product.
+    Each item is an event (``Deposit(...)``) or a mapping with ``type`` and that type's fields, as the single calls
+    take them, e.g. ``{"type": "like", "article_id": 1, "user_id": 2}``. All are validated before any is sent; the
+    first bad one raises :class:`InvalidEvent` naming its index and field (``events[3].quantity: ...``).
+    Order is kept per partition, hence per entity.
     """
     built = build_events(events)
     if not built:
@@ -92,7 +106,6 @@ def send_many(events: Iterable[Mapping[str, Any]]) -> list[Receipt]:
 
 
 __all__ = [
-    "FIELDS",
     "build_event",
     "build_events",
     "commit",
@@ -101,6 +114,7 @@ __all__ = [
     "release",
     "reserve",
     "restock",
+    "send",
     "send_many",
     "unlike",
 ]

@@ -1,5 +1,5 @@
 """Building events from what callers give: validated, keyed and stamped, the same way for every way of sending
-(direct, outbox, asyncio, Django). A bad value raises :class:`InvalidEvent` naming the caller's field."""
+(direct, outbox, asyncio, Django) and every domain. A bad value raises :class:`InvalidEvent` naming the field."""
 
 from __future__ import annotations
 
@@ -8,36 +8,40 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from seqproc.models.domain import RESERVED_FIELDS, EventModel, event_types, model_of
 from seqproc.models.errors import InvalidEvent
-from seqproc.models.events import (
-    EVENT_TYPES,
-    RESERVATION_TYPES,
-    CallerKey,
-    Event,
-    invalid_event_from,
-    parse_event,
-    reservation_key,
-)
+from seqproc.models.events import Event, invalid_event_from
+from seqproc.models.fields import CallerKey
 from seqproc.producer.stamps import next_stamp, unique_id
 
 _CALLER_KEY: TypeAdapter[str] = TypeAdapter(CallerKey)
 
-#: The fields each event type takes in ``send_many`` and the CLI (besides ``type``).
-FIELDS: dict[str, tuple[str, ...]] = {
-    "like": ("article_id", "user_id", "idempotency_key"),
-    "unlike": ("article_id", "user_id", "idempotency_key"),
-    "reserve": ("product_id", "quantity", "reservation_id"),
-    "release": ("product_id", "reservation_id"),
-    "commit": ("product_id", "reservation_id"),
-    "restock": ("product_id", "quantity", "idempotency_key"),
-}
+
+def derives_key(model: type[EventModel]) -> bool:
+    """True for events whose idempotency key follows from their fields (a reservation's ``reserve:<id>``)."""
+    return model.derived_key is not EventModel.derived_key
+
+
+def fields_of(event_type: str) -> tuple[str, ...]:
+    """The fields an event of ``event_type`` takes from a caller, in the schema's order, then ``idempotency_key``
+    (unless its key follows from its fields)."""
+    model = model_of(event_type)
+    own = tuple(name for name in model.model_fields if name not in RESERVED_FIELDS)
+    return own if derives_key(model) else (*own, "idempotency_key")
+
+
+def public_types() -> list[str]:
+    """The event types application code may send (the control events are the framework's and the jobs')."""
+    return [name for name, model in event_types().items() if model.public]
 
 
 def build_event(event_type: str, fields: Mapping[str, Any]) -> Event:
-    """Validate caller input and make the wire event; raise :class:`InvalidEvent` naming the caller's field."""
-    if event_type not in EVENT_TYPES:
-        raise InvalidEvent("type", f"must be one of {', '.join(EVENT_TYPES)} (got {event_type!r})")
-    allowed = FIELDS[event_type]
+    """Validate caller input (``send_many`` items, the CLI) and make the wire event; raise :class:`InvalidEvent`
+    naming the caller's field."""
+    model = model_of(event_type)
+    if not model.public:
+        raise InvalidEvent("type", f"{event_type!r} is sent by seqproc itself, not by application code")
+    allowed = fields_of(event_type)
     unknown = sorted(set(fields) - set(allowed))
     if unknown:
         raise InvalidEvent(unknown[0], f"is not a field of a {event_type} event (allowed: {', '.join(allowed)})")
@@ -46,49 +50,79 @@ def build_event(event_type: str, fields: Mapping[str, Any]) -> Event:
 
 
 def make_event(event_type: str, data: dict[str, Any], *, idempotency_key: Any = None) -> Event:
-    """The event of ``event_type`` with the domain fields ``data`` (the calls below pass their arguments as they
-    are, :func:`build_event` the checked fields of a mapping): keyed, stamped, validated."""
-    event_id = unique_id()
-    if event_type in RESERVATION_TYPES:
-        rid = data.get("reservation_id")
-        if rid is not None:
-            check_caller_key("reservation_id", rid)
-        # A non-string id fails on its own field below; the placeholder key keeps that the only error.
-        key = reservation_key(event_type, rid if isinstance(rid, str) else "")
-    elif idempotency_key is None:
+    """The event of ``event_type`` with the domain fields ``data``: validated, keyed, stamped."""
+    return stamp_event(model_of(event_type)(**data), idempotency_key=idempotency_key)
+
+
+def stamp_event(event: EventModel, *, idempotency_key: Any = None) -> Event:
+    """``event`` (validated when it was made) with what the wire needs: its idempotency key (the caller's, the one
+    its fields imply, or else its own id: every call a new event), a unique id, this process's ordering stamp."""
+    model = type(event)
+    registered = event_types().get(event.type)
+    if registered is not model:
+        raise InvalidEvent(
+            "type",
+            f"{model.__name__} is not a registered event: declare it with @<domain>.event(...) in a module that "
+            "SEQPROC_DOMAINS names",
+        )
+    event_id = event.id or unique_id()
+    derived = event.derived_key()
+    if derived is not None:
+        if idempotency_key is not None and idempotency_key != derived:
+            raise InvalidEvent("idempotency_key", f"must not be given: a {event.type} event is keyed {derived!r}")
+        key = derived
+    elif idempotency_key is not None:
+        check_caller_key("idempotency_key", idempotency_key)
+        key = idempotency_key
+    else:
         # No key: each call is a new event (like, unlike, like again all count), and the call's own id, unique
         # already, serves as its key. A caller that may retry a request passes its own key (a request id) so
         # that the retry is recognised.
-        key = event_id
-    else:
-        check_caller_key("idempotency_key", idempotency_key)
-        key = idempotency_key
-    data.update(type=event_type, id=event_id, stamp=next_stamp(), key=key)
-    return parse_event(data)
+        key = event.key or event_id
+    return event.model_copy(update={"key": key, "id": event_id, "stamp": event.stamp or next_stamp()})
 
 
 def check_caller_key(field: str, value: Any) -> None:
-    """An idempotency key or reservation id as the caller gives it: non-empty, at most 128 characters, no
-    control characters. Checked here, under the caller's name for it, before any derived key is made."""
+    """An idempotency key as the caller gives it: non-empty, at most 128 characters, no control characters."""
     try:
         _CALLER_KEY.validate_python(value)
     except ValidationError as error:
         raise InvalidEvent(field, str(invalid_event_from(error)).split(": ", 1)[1]) from None
 
 
-def build_events(events: Iterable[Mapping[str, Any]]) -> list[Event]:
-    """Validate every item of a ``send_many`` call (before any is sent or written); the first bad one raises
-    :class:`InvalidEvent` naming its index and field (``events[3].quantity: ...``)."""
+def build_events(events: Iterable[Mapping[str, Any] | EventModel]) -> list[Event]:
+    """Validate every item of a ``send_many`` call (before any is sent or written): an event, or a mapping with its
+    ``type`` and fields; the first bad one raises :class:`InvalidEvent` naming its index and field
+    (``events[3].quantity: ...``)."""
     built = []
     for index, spec in enumerate(events):
+        if isinstance(spec, EventModel):
+            try:
+                built.append(stamp_event(spec))
+            except InvalidEvent as error:
+                raise InvalidEvent(f"events[{index}].{error.field}", str(error).split(": ", 1)[1]) from None
+            continue
         if not isinstance(spec, Mapping):
             raise InvalidEvent(f"events[{index}]", f"must be a mapping with a 'type' (got {type(spec).__name__})")
         fields = dict(spec)
         event_type = fields.pop("type", None)
         try:
-            built.append(build_event(str(event_type) if event_type is not None else "", fields))
+            if event_type is None:
+                raise InvalidEvent("type", f"is required (one of {', '.join(public_types())})")
+            built.append(build_event(str(event_type), fields))
         except InvalidEvent as error:
             raise InvalidEvent(f"events[{index}].{error.field}", str(error).split(": ", 1)[1]) from None
+    return built
+
+
+def prepare(events: Iterable[EventModel], *, idempotency_keys: Iterable[Any] | None = None) -> list[Event]:
+    """Events built by the caller (``Deposit(account_id=7, amount=100)``), ready to send."""
+    keys = list(idempotency_keys) if idempotency_keys is not None else None
+    built = []
+    for index, event in enumerate(events):
+        if not isinstance(event, EventModel):
+            raise InvalidEvent(f"events[{index}]", f"must be an event (got {type(event).__name__})")
+        built.append(stamp_event(event, idempotency_key=keys[index] if keys is not None else None))
     return built
 
 

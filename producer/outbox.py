@@ -133,12 +133,12 @@ def receipts_for(events: Sequence[Event], rows: Sequence[Mapping[str, Any]], set
     store = _outcomes(settings.result_backend, settings.outcome_ttl_s)
     return [
         Receipt(
-            idempotency_key=event.key,
-            event_id=event.id,
+            idempotency_key=str(event.key),
+            event_id=str(event.id),
             event_type=event.type,
             partition=row["partition"],
             queue=queue_name(row["partition"]),
-            stamp=event.stamp,
+            stamp=int(event.stamp or 0),
             _store=store,
         )
         for event, row in zip(events, rows, strict=True)

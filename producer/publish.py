@@ -90,12 +90,12 @@ class Publisher:
     def receipt(self, event: Event) -> Receipt:
         partition = self.partition_of(event)
         return Receipt(
-            idempotency_key=event.key,
-            event_id=event.id,
+            idempotency_key=str(event.key),
+            event_id=str(event.id),
             event_type=event.type,
             partition=partition,
             queue=queue_name(partition),
-            stamp=event.stamp,
+            stamp=int(event.stamp or 0),
             _store=self.outcomes,
         )
 

@@ -11,22 +11,29 @@ The rooms of the package:
 - :mod:`seqproc.outbox`: the same calls inside the application's own database transaction;
 - :mod:`seqproc.aio`: the same calls (and ``seqproc.aio.outbox``'s) as coroutines, for asyncio applications;
 - :mod:`seqproc.models`: the contract shared by producer and worker (events, settings, tables, wire names);
+- :class:`seqproc.Domain`: your own events and rules, with the machinery of the built-in domains
+  (:mod:`seqproc.domains`: likes, stock, balance);
 - :mod:`seqproc.worker`: the worker, the scheduled jobs and the ``seqproc`` command line;
 - :mod:`seqproc.migrations`: the schema, as Alembic migrations (``seqproc migrate``).
 """
 
 from seqproc import aio, outbox, producer
+from seqproc.models.domain import Applied, Domain, EventModel, Rejected
 from seqproc.models.errors import InvalidEvent, OutcomeTimeout, PublishError, SeqprocError
 from seqproc.models.outcomes import Outcome
-from seqproc.producer.api import commit, configure, like, release, reserve, restock, send_many, unlike
+from seqproc.producer.api import commit, configure, like, release, reserve, restock, send, send_many, unlike
 from seqproc.producer.receipt import Receipt, wait_all
 
 __all__ = [
+    "Applied",
+    "Domain",
+    "EventModel",
     "InvalidEvent",
     "Outcome",
     "OutcomeTimeout",
     "PublishError",
     "Receipt",
+    "Rejected",
     "SeqprocError",
     "aio",
     "commit",
@@ -37,6 +44,7 @@ __all__ = [
     "release",
     "reserve",
     "restock",
+    "send",
     "send_many",
     "unlike",
     "wait_all",

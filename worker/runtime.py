@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import Engine
 
+from seqproc.models.domain import load_domains
 from seqproc.models.outcomes import OutcomeStore, outcome_store
 from seqproc.models.settings import Settings
 from seqproc.models.wire import APPLY_TASK
@@ -35,6 +36,7 @@ class Runtime:
 
 
 def build(settings: Settings, engine: Engine, epochs: dict[int, int], *, owner: str | None = None) -> Runtime:
+    load_domains(settings.domains)  # every event type the producers may send, before the first message
     runtime = Runtime(settings, engine, outcome_store(settings.result_backend, ttl_s=settings.outcome_ttl_s), epochs)
     if owner:
         runtime.owner = owner

@@ -45,7 +45,7 @@ def apply_events(self: ApplyTask, partition: int, events: list[dict[str, Any]]) 
             raise ValueError(f"{event.entity_key} belongs to partition {home}, not {partition}")
     with rt.engine.begin() as conn:
         result = apply_batch(conn, partition, parsed, epoch=rt.epochs.get(partition))
-    rt.outcomes.put_many([(e.id, o) for e, o in zip(parsed, result.outcomes, strict=True)])
+    rt.outcomes.put_many([(str(e.id), o) for e, o in zip(parsed, result.outcomes, strict=True)])
     return {"applied": result.applied, "duplicate": result.duplicates, "rejected": result.rejected}
 
 

@@ -1,5 +1,6 @@
 """seqproc's tables (SQLAlchemy 2.0 declarative). Alembic (``seqproc.migrations``) creates and changes them."""
 
+from seqproc.models.tables.balance import AccountBalance
 from seqproc.models.tables.base import Base
 from seqproc.models.tables.jobs import JobRun, PartitionLag
 from seqproc.models.tables.ledger import DeadLetter, LedgerEntry, ParkedKey
@@ -8,6 +9,7 @@ from seqproc.models.tables.partition import Meta, Partition
 from seqproc.models.tables.stock import ProductStock, Reservation, ReservationStatus
 
 __all__ = [
+    "AccountBalance",
     "ArticleLike",
     "ArticleLikeCount",
     "ArticleUnlike",

@@ -23,7 +23,7 @@ class LedgerEntry(Base):
 
     key: Mapped[str] = mapped_column(String(LEDGER_KEY_LENGTH), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer)
-    event_type: Mapped[str] = mapped_column(String(16))
+    event_type: Mapped[str] = mapped_column(String(64))
     status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, DateTime, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from seqproc.models.events import MAX_KEY_LENGTH
+from seqproc.models.fields import MAX_KEY_LENGTH
 from seqproc.models.tables.base import Base, BigInt, now_column
 
 

@@ -9,10 +9,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqproc.models.events import Commit, Like, Release, Reserve, Restock, Unlike, parse_event, reservation_key
+from seqproc.domains import likes, stock
+from seqproc.domains.likes import Like, Unlike
+from seqproc.domains.stock import Commit, ProductState, Release, ReservationState, Reserve, Restock, StockState
+from seqproc.models.events import parse_event, reservation_key
 from seqproc.models.tables.stock import ReservationStatus
-from seqproc.worker.engine import likes, stock
-from seqproc.worker.engine.stock import ProductState, ReservationState, StockState
 
 _ids = itertools.count(1)
 

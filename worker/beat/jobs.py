@@ -19,11 +19,11 @@ from typing import Any
 from celery import Task
 from sqlalchemy import Engine, delete, func, select
 
+from seqproc.domains.likes import Reconcile
 from seqproc.models.celery import JOBS, job_interval_s
 from seqproc.models.clients import redis_client
 from seqproc.models.db import make_engine, upsert
 from seqproc.models.errors import LockNotAcquired
-from seqproc.models.events import Reconcile
 from seqproc.models.settings import Settings
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.jobs import PartitionLag
@@ -78,7 +78,7 @@ def reconcile(engine: Engine, settings: Settings, run: Singleton) -> str:
         return "no drift"
     run.check()
     events = [
-        Reconcile(type="reconcile", key=unique_id(), id=unique_id(), stamp=next_stamp(), article_id=article_id)
+        Reconcile(key=unique_id(), id=unique_id(), stamp=next_stamp(), article_id=article_id)
         for article_id, _, _ in drifted
     ]
     publisher_for(settings).publish(events)

@@ -1,7 +1,8 @@
 """``seqproc enqueue <type> ...``: send one event from the shell, as application code would.
 
-One command per event type, generated from the fields the producer takes for it (``producer.build.FIELDS``) and their
-types in the event schema: each field is an argument, in that order, except the idempotency key (``--key``).
+One command per public event type of every domain (the built-ins, and those of ``SEQPROC_DOMAINS``), generated from
+its schema: each field is an argument, in the schema's order, typed as declared, except the idempotency key
+(``--key``), which events keyed by their fields (a reservation) do not take.
 """
 
 from __future__ import annotations
@@ -11,13 +12,32 @@ from typing import Any
 
 import click
 
-from seqproc.models.events import event_model
-from seqproc.producer.build import FIELDS
-
 __all__ = ["enqueue"]
 
 
-@click.group()
+class _EventCommands(click.Group):
+    """The commands are the registered event types, known once the domains are loaded (at first use)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from seqproc.producer.build import public_types
+
+        _load()
+        return sorted(public_types())
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        from seqproc.producer.build import public_types
+
+        _load()
+        return _command(cmd_name) if cmd_name in public_types() else None
+
+
+def _load() -> None:
+    from seqproc.producer.api import current_settings
+
+    current_settings()  # loads the domains the settings name
+
+
+@click.group(cls=_EventCommands)
 def enqueue() -> None:
     """Send one event from the shell (as application code would)."""
 
@@ -44,10 +64,13 @@ def _send(event_type: str, fields: dict[str, Any], wait_s: float | None, as_json
         click.echo(" ".join(f"{k}={v}" for k, v in result.items()))
 
 
-def _command(event_type: str, fields: tuple[str, ...]) -> click.Command:
-    model = event_model(event_type)
+def _command(event_type: str) -> click.Command:
+    from seqproc.models.domain import model_of
+    from seqproc.producer.build import fields_of
+
+    model = model_of(event_type)
     params: list[click.Parameter] = []
-    for name in fields:
+    for name in fields_of(event_type):
         if name == "idempotency_key":
             params.append(
                 click.Option(["--key", "idempotency_key"], default=None, help="Idempotency key (default: a fresh one).")
@@ -65,7 +88,3 @@ def _command(event_type: str, fields: tuple[str, ...]) -> click.Command:
 
     doc = (model.__doc__ or "").strip() or f"Send a {event_type} event."
     return click.Command(event_type, params=params, callback=callback, help=doc)
-
-
-for _type, _fields in FIELDS.items():
-    enqueue.add_command(_command(_type, _fields))

@@ -366,7 +366,7 @@ class Batcher:
                     first=outcome.first.status if outcome.first is not None else None,
                 )
         self._publish_outcomes(
-            partition, [(event.id, outcome) for event, outcome in zip(events, outcomes, strict=True)]
+            partition, [(str(event.id), outcome) for event, outcome in zip(events, outcomes, strict=True)]
         )
 
     def _publish_outcomes(self, partition: int, pairs: list[tuple[str, Outcome]]) -> None:

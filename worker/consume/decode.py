@@ -9,10 +9,11 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, create_model
 
+from seqproc.models.domain import event_types, registry_version
 from seqproc.models.errors import InvalidEvent
 from seqproc.models.events import Event, parse_event
 from seqproc.models.wire import APPLY_TASK, partition_for, partition_of_queue
@@ -59,23 +60,52 @@ def event_text(raw_event: object) -> str:
     return body_text(json.dumps(raw_event, separators=(",", ":"), default=str))
 
 
-class _Kwargs(BaseModel):
-    events: list[Annotated[Event, Field(discriminator="type")]]
-
-
 #: A whole apply-task body (``[args, kwargs, embed]``), validated by pydantic's core straight from the JSON text: one
 #: call for the message instead of ``json.loads`` and a validation per event (the worker's decode CPU halves).
-_BODY: TypeAdapter[tuple[list[Any], _Kwargs, dict[str, Any]]] = TypeAdapter(tuple[list[Any], _Kwargs, dict[str, Any]])
+@dataclass(frozen=True)
+class _Validators:
+    """Validators of apply-task bodies (``[args, {"events": [...]}, embed]``) over every registered event type,
+    discriminated by ``type``: one pydantic call per body, or per fetch (:func:`decode_chunk`)."""
+
+    version: int
+    body: TypeAdapter[Any]
+    bodies: TypeAdapter[Any]
+
+
+_VALIDATORS: list[_Validators] = []
+
+
+def _validators() -> _Validators:
+    version = registry_version()
+    if not _VALIDATORS or _VALIDATORS[0].version != version:
+        kwargs = create_model("_Kwargs", events=(_events_type(), ...))
+        body: Any = tuple[list[Any], kwargs, dict[str, Any]]  # type: ignore[valid-type]
+        _VALIDATORS[:] = [_Validators(version, TypeAdapter(body), TypeAdapter(list[body]))]
+    return _VALIDATORS[0]
+
+
+def _events_type() -> Any:
+    models = tuple(event_types().values())
+    if len(models) == 1:
+        return list[models[0]]  # type: ignore[valid-type]
+    return list[Annotated[Union[models], Field(discriminator="type")]]  # type: ignore[valid-type]  # noqa: UP007
+
+
+def _complete(events: list[Event]) -> bool:
+    """Every event carries its key, id and stamp (the wire requires them; the schemas let callers leave them out)."""
+    return all(event.key is not None and event.id is not None and event.stamp is not None for event in events)
 
 
 def _all_valid(raw: Any, partition: int, partitions: int) -> list[Event] | None:
     """The events of a body that is valid through and through (the usual case), else None. The same schema as
     :func:`models.events.parse_event`, so it accepts exactly what the event-by-event path accepts."""
     try:
-        _args, kwargs, _embed = _BODY.validate_json(raw)
+        _args, kwargs, _embed = _validators().body.validate_json(raw)
     except ValidationError:
         return None
-    events = kwargs.events
+    events: list[Event] = kwargs.events
+    if not _complete(events):
+        return None
     if any(partition_for(event.entity_key, partitions) != partition for event in events):
         return None
     return events
@@ -145,11 +175,6 @@ def decode_message(message: Any, *, partitions: int) -> Decoded:
 
 
 #: Many apply-task bodies as one JSON array, validated in one call (see :func:`decode_chunk`).
-_BODIES: TypeAdapter[list[tuple[list[Any], _Kwargs, dict[str, Any]]]] = TypeAdapter(
-    list[tuple[list[Any], _Kwargs, dict[str, Any]]]
-)
-
-
 def decode_chunk(chunk: Sequence[Any], *, partitions: int) -> list[Decoded]:
     """Read a whole fetch (:class:`seqproc.models.transport.Fetched` messages): when every message is a valid
     apply-task message of its partition (the usual case), their bodies are validated together in one pydantic call
@@ -172,14 +197,16 @@ def decode_chunk(chunk: Sequence[Any], *, partitions: int) -> list[Decoded]:
         partitions_of.append(partition)
     else:
         try:
-            bodies = _BODIES.validate_json("[" + ",".join(texts) + "]")
+            bodies = _validators().bodies.validate_json("[" + ",".join(texts) + "]")
         except ValidationError:
             bodies = []
         if len(bodies) == len(chunk):
             decoded = []
             for message, partition, (_args, kwargs, _embed) in zip(chunk, partitions_of, bodies, strict=True):
                 events = kwargs.events
-                if any(partition_for(event.entity_key, partitions) != partition for event in events):
+                if not _complete(events) or any(
+                    partition_for(event.entity_key, partitions) != partition for event in events
+                ):
                     break
                 decoded.append(Decoded(partition, message.queue, message.headers.get("id"), events))
             else:

@@ -1,11 +1,11 @@
 """Apply a batch of one partition's events in ONE transaction, exactly once per idempotency key.
 
-1. claim the batch's keys in the ledger (``INSERT ... ON CONFLICT DO NOTHING RETURNING``) and load the touched rows;
-   keys already in the ledger (or earlier in the batch) are duplicates: they change nothing and report the first
-   outcome of their key;
-2. apply the new events in order with the domain rules (pure functions, ``worker.likes``/``worker.stock``), in memory;
-3. write the rows that changed, the outcomes, the dead letters, the partition's counters, and check its fencing
-   epoch, last (a worker that lost the partition cannot commit).
+1. claim the batch's keys in the ledger (``INSERT ... ON CONFLICT DO NOTHING RETURNING``): keys already in the
+   ledger (or earlier in the batch) are duplicates: they change nothing and report the first outcome of their key;
+2. per domain (``seqproc.Domain``): ``load`` the touched keys' states once, ``apply`` each new event in order in
+   memory, ``save`` the states an applied event changed once;
+3. write the outcomes, the dead letters, the partition's counters, and check its fencing epoch, last (a worker that
+   lost the partition cannot commit).
 The caller commits, then acks. This module knows nothing of Celery: it takes a connection and events.
 """
 
@@ -18,23 +18,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
+from seqproc.models.domain import Applied, BatchContext, Domain, reset_batch_context, set_batch_context
 from seqproc.models.errors import InvalidEvent, PartitionFenced
-from seqproc.models.events import (
-    Commit,
-    Event,
-    Like,
-    Reconcile,
-    Release,
-    Replay,
-    Reserve,
-    Restock,
-    StockEvent,
-    Unlike,
-    parse_event,
-)
+from seqproc.models.events import Event, Replay, parse_event
 from seqproc.models.outcomes import Outcome
 from seqproc.models.wire import queue_name
-from seqproc.worker.engine import likes, stock
 from seqproc.worker.engine.store import DeadLetterRecord, Fence, Loaded, Store, Writes, store_for
 from seqproc.worker.ops.logs import log_event
 
@@ -124,17 +112,21 @@ def apply_partitions(
     their ledger claims given back. A ``replay`` event brings an entity's dead letters back at its place in the
     stream, oldest first, then unparks it.
 
-    The steps, each a function below: plan the order (:func:`_plan`), claim the keys and load the touched rows
-    (:func:`_claim`), decide the control events and the parked entities' events (:func:`_triage`), run the domain
-    rules over the rest (:func:`_run_rules`), report an outcome per event (:func:`_report`), then write everything
-    and check the fences (:func:`_write`).
+    The steps, each a function below: plan the order (:func:`_plan`), claim the keys (:func:`_claim`), decide the
+    control events and the parked entities' events (:func:`_triage`), run the domains over the rest
+    (:func:`_run_domains`: load, apply, save), report an outcome per event (:func:`_report`), then write the
+    outcomes and check the fences (:func:`_write`).
     """
     store = store_for(conn)
-    plan = _plan(conn, store, batches)
-    claim = _claim(conn, store, batches, plan)
-    writes = Writes(reservation_ttl_s=reservation_ttl_s)
-    decided, to_apply = _triage(claim, batches, plan, writes)
-    decided.update(_run_rules(claim, to_apply, writes))
+    token = set_batch_context(BatchContext(reservation_ttl_s=reservation_ttl_s))
+    try:
+        plan = _plan(conn, store, batches)
+        claim = _claim(conn, store, batches, plan)
+        writes = Writes()
+        decided, to_apply = _triage(claim, batches, plan, writes)
+        decided.update(_run_domains(conn, claim, to_apply))
+    finally:
+        reset_batch_context(token)
     results = _report(plan, claim, decided, len(batches))
     writes.outcomes = [
         (claim.keys[i], outcome)
@@ -162,7 +154,7 @@ class _Claim:
 
 
 def _claim(conn: Connection, store: Store, batches: Sequence[PartitionBatch], plan: Sequence[_Planned]) -> _Claim:
-    """Claim every key once in the ledger and load the state the batch touches, in one round trip; then read the
+    """Claim every key once in the ledger (and see which entities are parked), in one round trip; then read the
     first outcomes of the keys that were there already (duplicates report them)."""
     events = [item.event for item in plan]
     keys = [event.ledger_key for event in events]
@@ -170,14 +162,9 @@ def _claim(conn: Connection, store: Store, batches: Sequence[PartitionBatch], pl
     for index, key in enumerate(keys):
         first_index.setdefault(key, index)
     candidates = sorted(first_index.values())
-    like_events = [e for e in events if isinstance(e, Like | Unlike)]
-    stock_events = [e for e in events if isinstance(e, Reserve | Release | Commit | Restock)]
-    loaded = store.claim_and_load(
+    loaded = store.claim(
         conn,
         [(keys[i], events[i].type, batches[plan[i].batch].partition) for i in candidates],
-        list(dict.fromkeys((e.article_id, e.user_id) for e in like_events)),
-        sorted({e.product_id for e in stock_events}),
-        sorted({e.reservation_id for e in stock_events if not isinstance(e, Restock)}),
         sorted({e.entity_key for e in events}),
     )
     seen_before = store.first_outcomes(conn, [keys[i] for i in candidates if keys[i] not in loaded.new_keys])
@@ -205,9 +192,6 @@ def _triage(
             ]
             writes.replayed.extend(d for d in brought if d is not None)
             decided[index] = Outcome("applied", f"replayed {len(brought)}")
-        elif isinstance(event, Reconcile):
-            writes.recount.append(event.article_id)
-            decided[index] = Outcome("applied", "recounted")
         elif event.entity_key in parked:
             decided[index] = PARKED
             writes.unclaim.append(key)
@@ -217,25 +201,32 @@ def _triage(
     return decided, to_apply
 
 
-def _run_rules(claim: _Claim, to_apply: Sequence[int], writes: Writes) -> dict[int, Outcome]:
-    """Run the domain rules over the new events, in order, in memory; put the rows that changed into ``writes``."""
-    like_at: list[int] = []
-    like_events: list[Like | Unlike] = []
-    stock_at: list[int] = []
-    stock_events: list[StockEvent] = []
+def _run_domains(conn: Connection, claim: _Claim, to_apply: Sequence[int]) -> dict[int, Outcome]:
+    """Per domain: load the states of the keys its new events touch, apply the events in order, save the states
+    an applied event changed. Domains never share a key, so each runs on its own; an exception (a broken rule, a
+    constraint a save breaks) fails the transaction, and the caller finds the event at fault."""
+    by_domain: dict[int, tuple[Domain, list[int]]] = {}
     for index in to_apply:
-        event = claim.events[index]
-        if isinstance(event, Like | Unlike):
-            like_at.append(index)
-            like_events.append(event)
-        elif isinstance(event, Reserve | Release | Commit | Restock):
-            stock_at.append(index)
-            stock_events.append(event)
-    final_pairs, like_outcomes = likes.evaluate(claim.loaded.pairs, like_events)
-    final_stock, stock_outcomes = stock.evaluate(claim.loaded.stock, stock_events)
-    writes.likes = likes.diff(claim.loaded.pairs, final_pairs)
-    writes.stock = stock.diff(claim.loaded.stock, final_stock)
-    return {**dict(zip(like_at, like_outcomes, strict=True)), **dict(zip(stock_at, stock_outcomes, strict=True))}
+        domain = type(claim.events[index]).domain
+        by_domain.setdefault(id(domain), (domain, []))[1].append(index)
+    decided: dict[int, Outcome] = {}
+    for domain, indexes in by_domain.values():
+        events = [claim.events[i] for i in indexes]
+        keys = list(dict.fromkeys(getattr(event, domain.key) for event in events))
+        states = domain.load_states(conn, keys, events)
+        changed: dict[object, object] = {}
+        for index, event in zip(indexes, events, strict=True):
+            key = getattr(event, domain.key)
+            decision = domain.apply_event(states[key], event)
+            if isinstance(decision, Applied):
+                decided[index] = Outcome("applied", decision.reason)
+                changed[key] = states[key]
+            else:
+                decided[index] = Outcome("rejected", decision.reason)
+                if decision.changed:
+                    changed[key] = states[key]
+        domain.save_states(conn, changed)
+    return decided
 
 
 def _report(

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from sqlalchemy import Connection, select
 
+from seqproc.models.domain import domains
 from seqproc.models.errors import InvalidEvent
 from seqproc.models.events import Event, Replay
 from seqproc.models.tables.ledger import DeadLetter, ParkedKey
 from seqproc.producer.stamps import next_stamp, unique_id
-
-ENTITY_KEY = re.compile(r"^(article|product):[1-9][0-9]{0,18}$")
 
 
 def list_dead_letters(
@@ -54,6 +52,9 @@ def parked_keys(conn: Connection) -> list[dict[str, Any]]:
 
 def replay_event(entity_key: str) -> Event:
     """The control event that makes the partition's worker apply ``entity_key``'s dead letters, then unpark it."""
-    if not ENTITY_KEY.match(entity_key):
-        raise InvalidEvent("KEY", f"must be article:<id> or product:<id> (got {entity_key!r})")
+    prefixes = sorted({domain.entity for domain in domains() if domain.entity != "seqproc"})
+    prefix, _, value = entity_key.partition(":")
+    if prefix not in prefixes or not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        choices = ", ".join(f"{p}:<key>" for p in prefixes)
+        raise InvalidEvent("KEY", f"must be an entity key, one of {choices} (got {entity_key!r})")
     return Replay(type="replay", key=unique_id(), id=unique_id(), stamp=next_stamp(), entity=entity_key)

@@ -20,7 +20,7 @@ import django
 from django.db import models
 
 from seqproc.models.errors import SeqprocError
-from seqproc.models.events import MAX_KEY_LENGTH
+from seqproc.models.fields import MAX_KEY_LENGTH
 from seqproc.models.tables.ledger import LEDGER_KEY_LENGTH
 from seqproc.models.tables.stock import ReservationStatus
 

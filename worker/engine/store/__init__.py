@@ -1,9 +1,10 @@
-"""What the apply transaction needs from the database, in two implementations:
+"""What the apply transaction needs from the database for every domain (the ledger, parked keys, dead letters,
+outcomes, the partitions' counters and fences; each domain reads and writes its own tables), in two implementations:
 
-- ``worker.store_pg``: PostgreSQL, set-based statements over arrays (``unnest``), constant SQL text (prepared by
-  psycopg after a few uses), sent in pipelines: one round trip to claim the keys and load the touched rows, one to
-  write everything and check the fence;
-- ``worker.store_sql``: SQLAlchemy Core, portable (SQLite: the embedded mode and the unit tests).
+- ``postgres``: PostgreSQL, set-based statements over arrays (``unnest``), constant SQL text (prepared by psycopg
+  after a few uses), sent in pipelines: one round trip to claim the keys, one to write everything and check the
+  fence;
+- ``portable``: SQLAlchemy Core (SQLite: the embedded mode and the unit tests).
 
 Both obey the same contract, and the same property tests run against both.
 """
@@ -17,8 +18,6 @@ from typing import Protocol
 from sqlalchemy import Connection
 
 from seqproc.models.outcomes import Outcome
-from seqproc.worker.engine.likes import LikeChanges, Pair, PairState
-from seqproc.worker.engine.stock import StockChanges, StockState
 
 #: The status a claimed key starts with: most events are applied plainly, so only the others need a second write.
 CLAIMED_STATUS = "applied"
@@ -42,8 +41,6 @@ class DeadLetterRecord:
 class Loaded:
     #: The keys this transaction claimed: their events are new; the other keys are duplicates.
     new_keys: set[str]
-    pairs: dict[Pair, PairState | None]
-    stock: StockState
     #: The entities among those asked about that are parked.
     parked: set[str] = field(default_factory=set)
 
@@ -63,8 +60,6 @@ class Fence:
 @dataclass
 class Writes:
     fences: list[Fence] = field(default_factory=list)
-    likes: LikeChanges = field(default_factory=LikeChanges)
-    stock: StockChanges = field(default_factory=StockChanges)
     #: Outcomes of claimed keys that are not a plain "applied" (claimed keys start as that).
     outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
     dead_letters: Sequence[DeadLetterRecord] = ()
@@ -75,24 +70,12 @@ class Writes:
     unpark: list[str] = field(default_factory=list)
     #: Dead letters applied by a replay.
     replayed: list[int] = field(default_factory=list)
-    #: Articles whose like_count is set to their number of like rows (reconcile), after the like writes.
-    recount: list[int] = field(default_factory=list)
-    #: Active reservations created now expire this many seconds later (None: never).
-    reservation_ttl_s: int | None = None
 
 
 class Store(Protocol):
-    def claim_and_load(
-        self,
-        conn: Connection,
-        keys: Sequence[tuple[str, str, int]],
-        pairs: Sequence[Pair],
-        product_ids: Sequence[int],
-        reservation_ids: Sequence[str],
-        entity_keys: Sequence[str],
-    ) -> Loaded:
+    def claim(self, conn: Connection, keys: Sequence[tuple[str, str, int]], entity_keys: Sequence[str]) -> Loaded:
         """Insert the ``(key, event_type, partition)`` rows into the ledger (``ON CONFLICT DO NOTHING RETURNING``) and
-        read the state of the touched pairs, products, reservations, and which of ``entity_keys`` are parked."""
+        read which of ``entity_keys`` are parked."""
         ...
 
     def load_replay(
@@ -106,8 +89,8 @@ class Store(Protocol):
         ...
 
     def write(self, conn: Connection, writes: Writes) -> list[int]:
-        """Write the changes, outcomes, dead letters and counters; check each partition's fencing epoch last (under
-        the partition row's lock). Returns the partitions whose epoch is no longer current: if any, the caller
+        """Write the outcomes, dead letters and counters; check each partition's fencing epoch last (under the
+        partition row's lock). Returns the partitions whose epoch is no longer current: if any, the caller
         must roll back."""
         ...
 

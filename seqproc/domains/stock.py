@@ -1,18 +1,91 @@
-"""Stock: reserve only what is available, release once, a release that comes first cancels, commit, restock.
+"""Stock, keyed by product: reserve only what is available, release once, a release that comes first cancels,
+commit, restock.
 
-Pure functions, as for likes: :func:`decide` is the rule for one event, evaluated against the running quantities of
-the batch in memory by :func:`evaluate`; :func:`diff` says what to write: each touched product once, as deltas (so
-that the database's CHECK constraints still guard the invariants), and each touched reservation once.
+A built-in domain on the public API (``seqproc.Domain``). The rule (:func:`decide`) runs per event against the
+running quantities in memory; ``save`` writes each touched product once, as deltas (so that the database's CHECK
+constraints still guard the invariants), and each touched reservation once (:func:`diff`). Tables:
+``product_stock`` (invariants ``available >= 0`` and ``available + reserved + sold == total_received``, as
+constraints) and ``reservation``, keyed by the caller's reservation id.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from seqproc.models.events import Commit, Release, Reserve, Restock
+from pydantic import model_validator
+
+from seqproc.domains import stock_store
+from seqproc.models.domain import Applied, Domain, EventModel, Rejected, batch_context
+from seqproc.models.events import reservation_key
+from seqproc.models.fields import CallerKey, Id, Quantity
 from seqproc.models.outcomes import Outcome
 from seqproc.models.tables.stock import ReservationStatus
+
+domain = Domain("stock", key="product_id", entity="product", type_prefix="")
+
+#: Events whose idempotency key is derived from the reservation id and the action: one of each per reservation.
+RESERVATION_TYPES = ("reserve", "release", "commit")
+
+
+class _ReservationEvent(EventModel):
+    """Each subclass declares ``reservation_id`` itself, after its own fields: the fields' order is the order of
+    the calls' and the CLI's arguments (``reserve PRODUCT QUANTITY RESERVATION``)."""
+
+    product_id: Id
+
+    @property
+    def reservation(self) -> str:
+        return str(getattr(self, "reservation_id"))  # noqa: B009  # declared by each subclass
+
+    def derived_key(self) -> str | None:
+        # One reserve, one release and one commit per reservation, whoever sends them how many times.
+        return reservation_key(self.type, self.reservation)
+
+    @property
+    def ledger_key(self) -> str:
+        # Already scoped: "reserve:<reservation id>".
+        return str(self.key)
+
+    @model_validator(mode="after")
+    def _key_is_derived(self) -> _ReservationEvent:
+        if self.key is not None:
+            expected = reservation_key(self.type, self.reservation)
+            if self.key != expected:
+                raise ValueError(f"key must be {expected!r} for this event (it is derived from the reservation id)")
+        return self
+
+
+@domain.event("reserve")
+class Reserve(_ReservationEvent):
+    """Hold ``quantity`` units of ``product_id`` under ``reservation_id``, if that many are available."""
+
+    quantity: Quantity
+    reservation_id: CallerKey
+
+
+@domain.event("release")
+class Release(_ReservationEvent):
+    """Give a reservation's units back (once); arriving before its reservation, cancel it."""
+
+    reservation_id: CallerKey
+
+
+@domain.event("commit")
+class Commit(_ReservationEvent):
+    """Turn an applied reservation into a sale."""
+
+    reservation_id: CallerKey
+
+
+@domain.event("restock")
+class Restock(EventModel):
+    """Add ``quantity`` units of ``product_id`` (creating the product on its first restock)."""
+
+    product_id: Id
+    quantity: Quantity
+
 
 StockEvent = Reserve | Release | Commit | Restock
 
@@ -56,7 +129,7 @@ _REJECT_BY_STATUS = {
 
 def decide(state: StockState, event: StockEvent) -> Outcome:
     """Apply ``event`` to ``state`` in place and return its outcome."""
-    if event.type == "restock":
+    if isinstance(event, Restock):
         product = state.products.get(event.product_id, ProductState())
         state.products[event.product_id] = replace(
             product,
@@ -65,10 +138,10 @@ def decide(state: StockState, event: StockEvent) -> Outcome:
         )
         return APPLIED
     current = state.reservations.get(event.reservation_id)
-    if event.type == "reserve":
+    if isinstance(event, Reserve):
         return _reserve(state, event, current)
     if current is None:
-        if event.type == "commit":
+        if isinstance(event, Commit):
             return rejected("unknown_reservation")
         # The release overtook its reservation: remember it, so that the reservation is refused when it comes.
         state.reservations[event.reservation_id] = ReservationState(event.product_id, 0, ReservationStatus.CANCELLED)
@@ -78,7 +151,7 @@ def decide(state: StockState, event: StockEvent) -> Outcome:
     if current.status != ReservationStatus.ACTIVE:
         return rejected(_REJECT_BY_STATUS[current.status])
     product = state.products[current.product_id]
-    if event.type == "release":
+    if isinstance(event, Release):
         new_status = ReservationStatus.RELEASED
         product = replace(
             product,
@@ -150,3 +223,73 @@ def diff(initial: StockState, final: StockState) -> StockChanges:
         if initial.reservations.get(rid) != r:
             changes.reservations.append((rid, r.product_id, r.quantity, r.status.value))
     return changes
+
+
+@dataclass
+class ProductBook:
+    """One product as a batch sees it: the product (absent: it does not exist yet) and the reservations its events
+    name, as loaded (``initial``) and as now (``state``)."""
+
+    initial: StockState
+    state: StockState
+
+
+@domain.load
+def load(conn: Any, keys: Sequence[int], events: Sequence[EventModel]) -> dict[int, ProductBook]:
+    reservation_ids = sorted({e.reservation for e in events if isinstance(e, _ReservationEvent)})
+    products, reservations = stock_store.load(conn, list(keys), reservation_ids)
+    named: dict[int, set[str]] = {key: set() for key in keys}
+    for event in events:
+        if isinstance(event, _ReservationEvent):
+            named[event.product_id].add(event.reservation)
+    books = {}
+    for key in keys:
+        initial = StockState(
+            {key: products[key]} if key in products else {},
+            {rid: reservations[rid] for rid in named[key] if rid in reservations},
+        )
+        books[key] = ProductBook(initial, StockState(dict(initial.products), dict(initial.reservations)))
+    return books
+
+
+@domain.apply
+def apply(book: ProductBook, event: EventModel) -> Applied | Rejected:
+    assert isinstance(event, Reserve | Release | Commit | Restock)
+    reservation = getattr(event, "reservation_id", None)
+    before = book.state.reservations.get(reservation) if reservation is not None else None
+    outcome = decide(book.state, event)
+    if outcome.status == "applied":
+        return Applied(outcome.reason)
+    # A refused reservation is remembered (a later release must find it refused): that refusal is a change.
+    changed = reservation is not None and book.state.reservations.get(reservation) != before
+    return Rejected(outcome.reason or "rejected", changed=changed)
+
+
+@domain.save
+def save(conn: Any, changed: dict[int, ProductBook]) -> None:
+    initial = StockState({}, {})
+    final = StockState({}, {})
+    for book in changed.values():
+        initial.products.update(book.initial.products)
+        initial.reservations.update(book.initial.reservations)
+        final.products.update(book.state.products)
+        final.reservations.update(book.state.reservations)
+    stock_store.write(conn, diff(initial, final), reservation_ttl_s=batch_context().reservation_ttl_s)
+
+
+__all__ = [
+    "RESERVATION_TYPES",
+    "Commit",
+    "ProductBook",
+    "ProductState",
+    "Release",
+    "ReservationState",
+    "Reserve",
+    "Restock",
+    "StockChanges",
+    "StockState",
+    "decide",
+    "diff",
+    "domain",
+    "evaluate",
+]

@@ -1,0 +1,30 @@
+"""Field types that event schemas share: ids, quantities, keys, stamps, with the limits they enforce."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+#: Longest reservation id or idempotency key a caller may give.
+MAX_KEY_LENGTH = 128
+#: Ids are PostgreSQL BIGINTs.
+MAX_ID = 2**63 - 1
+#: Largest quantity one reserve or restock may move: a sane bound that catches unit mix-ups (cents vs units).
+MAX_QUANTITY = 1_000_000
+#: Event ids are made by the producer (``producer.stamps.unique_id``, about 20 characters); 64 leaves room for
+#: callers that bring their own scheme.
+MAX_EVENT_ID_LENGTH = 64
+
+_NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]+$"
+
+Id = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
+Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
+CallerKey = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_KEY_LENGTH, pattern=_NO_CONTROL_CHARS)]
+LedgerKey = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_KEY_LENGTH + 16, pattern=_NO_CONTROL_CHARS)]
+EventId = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_EVENT_ID_LENGTH, pattern=_NO_CONTROL_CHARS)]
+Stamp = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
+#: An entity key as ``seqproc deadletter replay`` takes it: ``<entity>:<key>`` (``article:42``, ``wallet:7``).
+EntityKey = Annotated[
+    str, Field(strict=True, min_length=3, max_length=200, pattern=r"^[A-Za-z0-9_-]+:[^\x00-\x1f\x7f]+$")
+]
