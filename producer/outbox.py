@@ -18,6 +18,7 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from seqproc.models.domain import EventModel
 from seqproc.models.errors import SeqprocError
 from seqproc.models.events import Event
 from seqproc.models.outcomes import OutcomeStore, outcome_store
@@ -28,6 +29,7 @@ from seqproc.producer.build import (
     build_events,
     commit_event,
     like_event,
+    prepare,
     release_event,
     reserve_event,
     restock_event,
@@ -97,7 +99,13 @@ def restock(conn: Any, product_id: int, quantity: int, *, idempotency_key: str |
     return write(conn, [restock_event(product_id, quantity, idempotency_key=idempotency_key)])[0]
 
 
-def send_many(conn: Any, events: Iterable[Mapping[str, Any]]) -> list[Receipt]:
+def send(conn: Any, event: EventModel, *, idempotency_key: str | None = None) -> Receipt:
+    """An event of any domain (``Deposit(account_id=7, amount=100)``), if and only if ``conn``'s transaction
+    commits."""
+    return write(conn, prepare([event], idempotency_keys=[idempotency_key]))[0]
+
+
+def send_many(conn: Any, events: Iterable[Mapping[str, Any] | EventModel]) -> list[Receipt]:
     """Many events in one insert, each a mapping as :func:`seqproc.send_many` takes them; all are validated
     before any is written (the first bad one raises :class:`InvalidEvent` naming its index and field)."""
     built = build_events(events)

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from seqproc.models.domain import EventModel
 from seqproc.models.events import Event
 from seqproc.models.outcomes import Outcome, RedisOutcomeStore
 from seqproc.producer import receipt as threaded
@@ -22,6 +23,7 @@ from seqproc.producer.build import (
     build_events,
     commit_event,
     like_event,
+    prepare,
     release_event,
     reserve_event,
     restock_event,
@@ -69,7 +71,12 @@ async def restock(product_id: int, quantity: int, *, idempotency_key: str | None
     return await _send(restock_event(product_id, quantity, idempotency_key=idempotency_key))
 
 
-async def send_many(events: Iterable[Mapping[str, Any]]) -> list[Receipt]:
+async def send(event: EventModel, *, idempotency_key: str | None = None) -> Receipt:
+    """Send an event of any domain, as :func:`seqproc.send`."""
+    return await _send(prepare([event], idempotency_keys=[idempotency_key])[0])
+
+
+async def send_many(events: Iterable[Mapping[str, Any] | EventModel]) -> list[Receipt]:
     """Many events with few messages, as :func:`seqproc.send_many`: all validated before any is sent (the first
     bad one raises :class:`InvalidEvent` naming its index and field), order kept per partition."""
     built = build_events(events)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from seqproc.models.domain import EventModel
 from seqproc.models.events import Event
 from seqproc.models.settings import Settings
 from seqproc.producer.api import current_settings
@@ -23,6 +24,7 @@ from seqproc.producer.build import (
     build_events,
     commit_event,
     like_event,
+    prepare,
     release_event,
     reserve_event,
     restock_event,
@@ -80,7 +82,12 @@ async def restock(conn: Any, product_id: int, quantity: int, *, idempotency_key:
     return (await write(conn, [restock_event(product_id, quantity, idempotency_key=idempotency_key)]))[0]
 
 
-async def send_many(conn: Any, events: Iterable[Mapping[str, Any]]) -> list[Receipt]:
+async def send(conn: Any, event: EventModel, *, idempotency_key: str | None = None) -> Receipt:
+    """An event of any domain, if and only if ``conn``'s transaction commits."""
+    return (await write(conn, prepare([event], idempotency_keys=[idempotency_key])))[0]
+
+
+async def send_many(conn: Any, events: Iterable[Mapping[str, Any] | EventModel]) -> list[Receipt]:
     """Many events in one insert, each a mapping as :func:`seqproc.send_many` takes them; all are validated
     before any is written (the first bad one raises :class:`InvalidEvent` naming its index and field)."""
     built = build_events(events)

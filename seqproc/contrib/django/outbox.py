@@ -26,12 +26,14 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
+from seqproc.models.domain import EventModel
 from seqproc.models.events import Event
 from seqproc.producer.api import current_settings
 from seqproc.producer.build import (
     build_events,
     commit_event,
     like_event,
+    prepare,
     release_event,
     reserve_event,
     restock_event,
@@ -79,7 +81,12 @@ def restock(
     return write([restock_event(product_id, quantity, idempotency_key=idempotency_key)], using=using)[0]
 
 
-def send_many(events: Iterable[Mapping[str, Any]], *, using: str = DEFAULT_DB_ALIAS) -> list[Receipt]:
+def send(event: EventModel, *, idempotency_key: str | None = None, using: str = DEFAULT_DB_ALIAS) -> Receipt:
+    """An event of any domain, if and only if the current transaction of ``using`` commits."""
+    return write(prepare([event], idempotency_keys=[idempotency_key]), using=using)[0]
+
+
+def send_many(events: Iterable[Mapping[str, Any] | EventModel], *, using: str = DEFAULT_DB_ALIAS) -> list[Receipt]:
     """Many events in one statement, each a mapping as :func:`seqproc.send_many` takes them; all are validated
     before any is written (the first bad one raises :class:`~seqproc.InvalidEvent` naming its index and field)."""
     return write(build_events(events), using=using)
