@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -144,3 +145,16 @@ def columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[str]:
 def driver(conn: Connection) -> Any:
     """The psycopg connection under SQLAlchemy's, in the same transaction."""
     return conn.connection.driver_connection
+
+
+def pipeline(conn: Connection) -> AbstractContextManager[Any]:
+    """On PostgreSQL, a psycopg pipeline on ``conn``'s connection: the statements issued inside go out together and
+    are answered in one round trip (at the first result read, or at the end). Inside a pipeline already: nothing
+    more (a nested block would sync, a round trip of its own), so that callers can join their statements to an
+    enclosing one. Elsewhere (SQLite): nothing."""
+    if conn.dialect.name != "postgresql":
+        return nullcontext()
+    pg = driver(conn)
+    if pg.pgconn.pipeline_status:
+        return nullcontext()
+    return cast(AbstractContextManager[Any], pg.pipeline())

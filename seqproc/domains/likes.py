@@ -9,7 +9,7 @@ Tables: ``article_like`` (exactly the current likes), ``article_unlike`` (the st
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,14 +140,26 @@ class ArticleLikes:
 
 @domain.load
 def load(conn: Any, keys: Sequence[int], events: Sequence[EventModel]) -> dict[int, ArticleLikes]:
+    return prefetch(conn, keys, events)()
+
+
+def prefetch(conn: Any, keys: Sequence[int], events: Sequence[EventModel]) -> Callable[[], dict[int, ArticleLikes]]:
+    """The load in two steps (the worker sends its statement with the ledger's claim: see ``Domain.prefetch``)."""
     pairs = list(dict.fromkeys((e.article_id, e.user_id) for e in events if isinstance(e, Like | Unlike)))
-    found = likes_store.load_pairs(conn, pairs)
-    states = {article: ArticleLikes(article, {}, {}) for article in keys}
-    for pair, state in found.items():
-        article = states[pair[0]]
-        article.initial[pair] = state
-        article.pairs[pair] = state
+    reading = likes_store.start_loading(conn, pairs)
+
+    def states() -> dict[int, ArticleLikes]:
+        by_article = {article: ArticleLikes(article, {}, {}) for article in keys}
+        for pair, state in reading().items():
+            article = by_article[pair[0]]
+            article.initial[pair] = state
+            article.pairs[pair] = state
+        return by_article
+
     return states
+
+
+domain.prefetch = prefetch
 
 
 @domain.apply

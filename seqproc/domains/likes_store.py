@@ -6,12 +6,12 @@ in one pipeline (one round trip to load, one to write). On SQLite (the embedded 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_, update
 
-from seqproc.models.db import array, columns, driver, upsert
+from seqproc.models.db import array, columns, driver, pipeline, upsert
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount, ArticleUnlike
 
@@ -57,16 +57,35 @@ ON CONFLICT (article_id) DO UPDATE SET like_count = excluded.like_count, updated
 
 def load_pairs(conn: Connection, pairs: Sequence[Pair]) -> dict[Pair, PairState | None]:
     """The state of each pair: liked or unliked with the stamp of that action, or None (never acted on)."""
+    return start_loading(conn, pairs)()
+
+
+def start_loading(conn: Connection, pairs: Sequence[Pair]) -> Callable[[], dict[Pair, PairState | None]]:
+    """Issue the read of ``pairs`` (on PostgreSQL, inside an enclosing pipeline, only sent); the function returned
+    reads the answer."""
+    if conn.dialect.name == "postgresql" and pairs:
+        a, u = columns(pairs, 2)
+        cursor = driver(conn).execute(LOAD_PAIRS, (a, u, a, u))
+        return lambda: _found(pairs, cursor.fetchall())
+    found = _read_core(conn, pairs)
+    return lambda: found
+
+
+def _found(pairs: Sequence[Pair], rows: Iterable[tuple[bool, int, int, int]]) -> dict[Pair, PairState | None]:
     from seqproc.domains.likes import PairState
 
     found: dict[Pair, PairState | None] = dict.fromkeys(pairs)
-    if not pairs:
-        return found
-    if conn.dialect.name == "postgresql":
-        a, u = columns(pairs, 2)
-        rows = driver(conn).execute(LOAD_PAIRS, (a, u, a, u)).fetchall()
-    else:
-        rows = []
+    for liked, article_id, user_id, stamp in rows:
+        known = found[(article_id, user_id)]
+        # The two tables are kept disjoint; if both ever held a pair, the newer stamp is the truth.
+        if known is None or stamp > known.stamp:
+            found[(article_id, user_id)] = PairState(liked, stamp)
+    return found
+
+
+def _read_core(conn: Connection, pairs: Sequence[Pair]) -> dict[Pair, PairState | None]:
+    rows: list[tuple[bool, int, int, int]] = []
+    if pairs:
         for table, liked in ((LIKES, True), (UNLIKES, False)):
             for article_id, user_id, stamp in conn.execute(
                 select(table.c.article_id, table.c.user_id, table.c.stamp).where(
@@ -74,12 +93,7 @@ def load_pairs(conn: Connection, pairs: Sequence[Pair]) -> dict[Pair, PairState 
                 )
             ):
                 rows.append((liked, article_id, user_id, stamp))
-    for liked, article_id, user_id, stamp in rows:
-        known = found[(article_id, user_id)]
-        # The two tables are kept disjoint; if both ever held a pair, the newer stamp is the truth.
-        if known is None or stamp > known.stamp:
-            found[(article_id, user_id)] = PairState(liked, stamp)
-    return found
+    return _found(pairs, rows)
 
 
 def write(conn: Connection, changes: LikeChanges) -> None:
@@ -95,7 +109,7 @@ def _table(liked: bool) -> str:
 
 def _write_pg(conn: Connection, changes: LikeChanges) -> None:
     pg = driver(conn)
-    with pg.pipeline():
+    with pipeline(conn):
         for liked, rows in changes.restamped.items():
             if rows:
                 pg.execute(RESTAMP.format(table=_table(liked)), columns(rows, 3))

@@ -10,7 +10,7 @@ constraints) and ``reservation``, keyed by the caller's reservation id.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -236,8 +236,22 @@ class ProductBook:
 
 @domain.load
 def load(conn: Any, keys: Sequence[int], events: Sequence[EventModel]) -> dict[int, ProductBook]:
+    return prefetch(conn, keys, events)()
+
+
+def prefetch(conn: Any, keys: Sequence[int], events: Sequence[EventModel]) -> Callable[[], dict[int, ProductBook]]:
+    """The load in two steps (the worker sends its statements with the ledger's claim: see ``Domain.prefetch``)."""
     reservation_ids = sorted({e.reservation for e in events if isinstance(e, _ReservationEvent)})
-    products, reservations = stock_store.load(conn, list(keys), reservation_ids)
+    reading = stock_store.start_loading(conn, list(keys), reservation_ids)
+    return lambda: _books(keys, events, *reading())
+
+
+def _books(
+    keys: Sequence[int],
+    events: Sequence[EventModel],
+    products: dict[int, ProductState],
+    reservations: dict[str, ReservationState],
+) -> dict[int, ProductBook]:
     named: dict[int, set[str]] = {key: set() for key in keys}
     for event in events:
         if isinstance(event, _ReservationEvent):
@@ -250,6 +264,9 @@ def load(conn: Any, keys: Sequence[int], events: Sequence[EventModel]) -> dict[i
         )
         books[key] = ProductBook(initial, StockState(dict(initial.products), dict(initial.reservations)))
     return books
+
+
+domain.prefetch = prefetch
 
 
 @domain.apply

@@ -3,13 +3,13 @@ psycopg pipeline on PostgreSQL, SQLAlchemy Core on SQLite (see ``likes_store``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
-from seqproc.models.db import array, columns, driver, upsert
+from seqproc.models.db import array, columns, driver, pipeline, upsert
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.stock import ProductStock, Reservation, ReservationStatus
 
@@ -44,43 +44,60 @@ ON CONFLICT (reservation_id) DO UPDATE SET status = excluded.status, updated_at 
 """
 
 
-def load(
-    conn: Connection, product_ids: Sequence[int], reservation_ids: Sequence[str]
-) -> tuple[dict[int, ProductState], dict[str, ReservationState]]:
-    """The products that exist among ``product_ids``, and the reservations that exist among ``reservation_ids``."""
-    from seqproc.domains.stock import ProductState, ReservationState
+Found = tuple[dict[int, "ProductState"], dict[str, "ReservationState"]]
 
+
+def load(conn: Connection, product_ids: Sequence[int], reservation_ids: Sequence[str]) -> Found:
+    """The products that exist among ``product_ids``, and the reservations that exist among ``reservation_ids``."""
+    return start_loading(conn, product_ids, reservation_ids)()
+
+
+def start_loading(conn: Connection, product_ids: Sequence[int], reservation_ids: Sequence[str]) -> Callable[[], Found]:
+    """Issue the reads (on PostgreSQL, inside an enclosing pipeline, only sent); the function returned reads the
+    answers."""
     if conn.dialect.name == "postgresql":
         pg = driver(conn)
         product_rows = reservation_rows = None
-        with pg.pipeline():
+        with pipeline(conn):
             if product_ids:
                 product_rows = pg.execute(LOAD_PRODUCTS, (array(product_ids),))
             if reservation_ids:
                 reservation_rows = pg.execute(LOAD_RESERVATIONS, (array(reservation_ids),))
-        products_found = product_rows.fetchall() if product_rows is not None else []
-        reservations_found = reservation_rows.fetchall() if reservation_rows is not None else []
-    else:
-        products_found = []
-        if product_ids:
-            cols = [PRODUCTS.c.product_id, *(PRODUCTS.c[q] for q in QUANTITIES)]
-            products_found = list(conn.execute(select(*cols).where(PRODUCTS.c.product_id.in_(list(product_ids)))))
-        reservations_found = []
-        if reservation_ids:
-            reservations_found = list(
-                conn.execute(
-                    select(
-                        RESERVATIONS.c.reservation_id,
-                        RESERVATIONS.c.product_id,
-                        RESERVATIONS.c.quantity,
-                        RESERVATIONS.c.status,
-                    ).where(RESERVATIONS.c.reservation_id.in_(list(reservation_ids)))
-                )
-            )
+        return lambda: _found(
+            product_rows.fetchall() if product_rows is not None else [],
+            reservation_rows.fetchall() if reservation_rows is not None else [],
+        )
+    found = _read_core(conn, product_ids, reservation_ids)
+    return lambda: found
+
+
+def _found(products_found: Sequence[Any], reservations_found: Sequence[Any]) -> Found:
+    from seqproc.domains.stock import ProductState, ReservationState
+
     return (
         {row[0]: ProductState(*row[1:]) for row in products_found},
         {rid: ReservationState(pid, q, ReservationStatus(status)) for rid, pid, q, status in reservations_found},
     )
+
+
+def _read_core(conn: Connection, product_ids: Sequence[int], reservation_ids: Sequence[str]) -> Found:
+    products_found = []
+    if product_ids:
+        cols = [PRODUCTS.c.product_id, *(PRODUCTS.c[q] for q in QUANTITIES)]
+        products_found = list(conn.execute(select(*cols).where(PRODUCTS.c.product_id.in_(list(product_ids)))))
+    reservations_found = []
+    if reservation_ids:
+        reservations_found = list(
+            conn.execute(
+                select(
+                    RESERVATIONS.c.reservation_id,
+                    RESERVATIONS.c.product_id,
+                    RESERVATIONS.c.quantity,
+                    RESERVATIONS.c.status,
+                ).where(RESERVATIONS.c.reservation_id.in_(list(reservation_ids)))
+            )
+        )
+    return _found(products_found, reservations_found)
 
 
 def write(conn: Connection, changes: StockChanges, *, reservation_ttl_s: int | None) -> None:
@@ -89,7 +106,7 @@ def write(conn: Connection, changes: StockChanges, *, reservation_ttl_s: int | N
         return
     if conn.dialect.name == "postgresql":
         pg = driver(conn)
-        with pg.pipeline():
+        with pipeline(conn):
             if changes.new_products:
                 pg.execute(NEW_PRODUCTS, columns(changes.new_products, 5))
             if changes.deltas:

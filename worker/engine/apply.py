@@ -15,9 +15,11 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection
 
+from seqproc.models.db import pipeline
 from seqproc.models.domain import Applied, BatchContext, Domain, reset_batch_context, set_batch_context
 from seqproc.models.errors import InvalidEvent, PartitionFenced
 from seqproc.models.events import Event, Replay, parse_event
@@ -124,16 +126,17 @@ def apply_partitions(
         claim = _claim(conn, store, batches, plan)
         writes = Writes()
         decided, to_apply = _triage(claim, batches, plan, writes)
-        decided.update(_run_domains(conn, claim, to_apply))
+        applied, changed = _run_domains(conn, claim, to_apply)
+        decided.update(applied)
+        results = _report(plan, claim, decided, len(batches))
+        writes.outcomes = [
+            (claim.keys[i], outcome)
+            for i, outcome in decided.items()
+            if (outcome.status != "applied" or outcome.reason is not None) and claim.keys[i] not in writes.unclaim
+        ]
+        _write(conn, store, batches, results, writes, changed)
     finally:
         reset_batch_context(token)
-    results = _report(plan, claim, decided, len(batches))
-    writes.outcomes = [
-        (claim.keys[i], outcome)
-        for i, outcome in decided.items()
-        if (outcome.status != "applied" or outcome.reason is not None) and claim.keys[i] not in writes.unclaim
-    ]
-    _write(conn, store, batches, results, writes)
     return results
 
 
@@ -151,24 +154,47 @@ class _Claim:
     loaded: Loaded
     #: Outcomes recorded by earlier transactions for the keys that were already in the ledger.
     seen_before: dict[str, Outcome]
+    #: States loaded with the claim, by domain, for the domains whose loads can join its round trip.
+    preloaded: dict[int, dict[Any, Any]] = field(default_factory=dict)
 
 
 def _claim(conn: Connection, store: Store, batches: Sequence[PartitionBatch], plan: Sequence[_Planned]) -> _Claim:
-    """Claim every key once in the ledger (and see which entities are parked), in one round trip; then read the
-    first outcomes of the keys that were there already (duplicates report them)."""
+    """Claim every key once in the ledger (and see which entities are parked); the built-in domains load the state
+    of every key the batch's events touch in the same round trip (on PostgreSQL, one pipeline; keys of duplicates
+    included: a few rows read for nothing, a round trip saved). Then read the first outcomes of the keys that were
+    in the ledger already (duplicates report them)."""
     events = [item.event for item in plan]
     keys = [event.ledger_key for event in events]
     first_index: dict[str, int] = {}
     for index, key in enumerate(keys):
         first_index.setdefault(key, index)
     candidates = sorted(first_index.values())
-    loaded = store.claim(
-        conn,
-        [(keys[i], events[i].type, batches[plan[i].batch].partition) for i in candidates],
-        sorted({e.entity_key for e in events}),
-    )
-    seen_before = store.first_outcomes(conn, [keys[i] for i in candidates if keys[i] not in loaded.new_keys])
-    return _Claim(events, keys, first_index, candidates, loaded, seen_before)
+    loading = {}
+    with pipeline(conn):
+        loaded = store.claim(
+            conn,
+            [(keys[i], events[i].type, batches[plan[i].batch].partition) for i in candidates],
+            sorted({e.entity_key for e in events}),
+        )
+        for domain, indexes in _by_domain(events, candidates).items():
+            if domain.pipelined:
+                domain_events = [events[i] for i in indexes]
+                keys_of = list(dict.fromkeys(getattr(event, domain.key) for event in domain_events))
+                loading[id(domain)] = domain.start_loading(conn, keys_of, domain_events)
+    claimed = loaded()
+    preloaded = {domain_id: finish() for domain_id, finish in loading.items()}
+    seen_before = store.first_outcomes(conn, [keys[i] for i in candidates if keys[i] not in claimed.new_keys])
+    return _Claim(events, keys, first_index, candidates, claimed, seen_before, preloaded)
+
+
+def _by_domain(events: Sequence[Event], indexes: Sequence[int]) -> dict[Domain, list[int]]:
+    """``indexes`` grouped by the domain of their event, in order (control events, which no domain applies, out)."""
+    grouped: dict[Domain, list[int]] = {}
+    for index in indexes:
+        event = events[index]
+        if not isinstance(event, Replay):
+            grouped.setdefault(type(event).domain, []).append(index)
+    return grouped
 
 
 def _triage(
@@ -201,20 +227,21 @@ def _triage(
     return decided, to_apply
 
 
-def _run_domains(conn: Connection, claim: _Claim, to_apply: Sequence[int]) -> dict[int, Outcome]:
-    """Per domain: load the states of the keys its new events touch, apply the events in order, save the states
-    an applied event changed. Domains never share a key, so each runs on its own; an exception (a broken rule, a
-    constraint a save breaks) fails the transaction, and the caller finds the event at fault."""
-    by_domain: dict[int, tuple[Domain, list[int]]] = {}
-    for index in to_apply:
-        domain = type(claim.events[index]).domain
-        by_domain.setdefault(id(domain), (domain, []))[1].append(index)
+def _run_domains(
+    conn: Connection, claim: _Claim, to_apply: Sequence[int]
+) -> tuple[dict[int, Outcome], list[tuple[Domain, dict[Any, Any]]]]:
+    """Per domain: the states of the keys its new events touch (loaded with the claim, or now), each event applied
+    in order; returns the outcomes by position, and per domain the states an applied event changed, to save.
+    Domains never share a key, so each runs on its own; an exception (a broken rule) fails the transaction, and the
+    caller finds the event at fault."""
     decided: dict[int, Outcome] = {}
-    for domain, indexes in by_domain.values():
+    changed_by_domain: list[tuple[Domain, dict[Any, Any]]] = []
+    for domain, indexes in _by_domain(claim.events, to_apply).items():
         events = [claim.events[i] for i in indexes]
-        keys = list(dict.fromkeys(getattr(event, domain.key) for event in events))
-        states = domain.load_states(conn, keys, events)
-        changed: dict[object, object] = {}
+        states = claim.preloaded.get(id(domain))
+        if states is None:
+            states = domain.load_states(conn, list(dict.fromkeys(getattr(e, domain.key) for e in events)), events)
+        changed: dict[Any, Any] = {}
         for index, event in zip(indexes, events, strict=True):
             key = getattr(event, domain.key)
             decision = domain.apply_event(states[key], event)
@@ -225,8 +252,8 @@ def _run_domains(conn: Connection, claim: _Claim, to_apply: Sequence[int]) -> di
                 decided[index] = Outcome("rejected", decision.reason)
                 if decision.changed:
                     changed[key] = states[key]
-        domain.save_states(conn, changed)
-    return decided
+        changed_by_domain.append((domain, changed))
+    return decided, changed_by_domain
 
 
 def _report(
@@ -255,14 +282,25 @@ def _write(
     batches: Sequence[PartitionBatch],
     results: Sequence[BatchResult],
     writes: Writes,
+    changed: Sequence[tuple[Domain, dict[Any, Any]]] = (),
 ) -> None:
-    """Write the changes, outcomes, dead letters and counters; check every partition's fence last."""
+    """Save what the domains changed, then write the outcomes, dead letters and counters and check every
+    partition's fence, last. The built-in domains' saves join the framework's writes in one round trip (one
+    pipeline); a user domain's save runs before, on its own (its statements are its own business)."""
+    for domain, states in changed:
+        if not domain.pipelined:
+            domain.save_states(conn, states)
     writes.fences = [
         Fence(batch.partition, batch.epoch, result.applied, result.duplicates, result.rejected)
         for batch, result in zip(batches, results, strict=True)
     ]
     writes.dead_letters = [*(record for batch in batches for record in batch.dead_letters), *writes.dead_letters]
-    fenced = store.write(conn, writes)
+    with pipeline(conn):
+        for domain, states in changed:
+            if domain.pipelined:
+                domain.save_states(conn, states)
+        written = store.write(conn, writes)
+    fenced = written()
     if fenced:
         epochs = {batch.partition: batch.epoch for batch in batches}
         raise PartitionFenced(
@@ -339,7 +377,7 @@ def park(conn: Connection, partition: int, epoch: int | None, event: Event, erro
         dead_letters=[record],
         park=[(event.entity_key, partition, record.error)],
     )
-    fenced = store_for(conn).write(conn, writes)
+    fenced = store_for(conn).write(conn, writes)()
     if fenced:
         raise PartitionFenced(f"partition {partition}: epoch {epoch} is no longer current", partitions=fenced)
     _log_dead_letters([record])

@@ -11,7 +11,7 @@ Both obey the same contract, and the same property tests run against both.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -73,9 +73,12 @@ class Writes:
 
 
 class Store(Protocol):
-    def claim(self, conn: Connection, keys: Sequence[tuple[str, str, int]], entity_keys: Sequence[str]) -> Loaded:
+    def claim(
+        self, conn: Connection, keys: Sequence[tuple[str, str, int]], entity_keys: Sequence[str]
+    ) -> Callable[[], Loaded]:
         """Insert the ``(key, event_type, partition)`` rows into the ledger (``ON CONFLICT DO NOTHING RETURNING``) and
-        read which of ``entity_keys`` are parked."""
+        ask which of ``entity_keys`` are parked; the answer is read when the returned function is called (on
+        PostgreSQL, statements issued before that, in the same pipeline, share the round trip)."""
         ...
 
     def load_replay(
@@ -88,10 +91,10 @@ class Store(Protocol):
         """The recorded outcome of each of ``keys`` that the ledger holds."""
         ...
 
-    def write(self, conn: Connection, writes: Writes) -> list[int]:
+    def write(self, conn: Connection, writes: Writes) -> Callable[[], list[int]]:
         """Write the outcomes, dead letters and counters; check each partition's fencing epoch last (under the
-        partition row's lock). Returns the partitions whose epoch is no longer current: if any, the caller
-        must roll back."""
+        partition row's lock). The function returned gives the partitions whose epoch is no longer current (on
+        PostgreSQL, read once the round trip that carries the writes is done): if any, the caller must roll back."""
         ...
 
     def store_dead_letters(self, conn: Connection, records: Sequence[DeadLetterRecord]) -> None: ...

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
@@ -26,7 +26,9 @@ def status_of(value: str | None) -> Status:
 
 
 class SqlStore:
-    def claim(self, conn: Connection, keys: Sequence[tuple[str, str, int]], entity_keys: Sequence[str]) -> Loaded:
+    def claim(
+        self, conn: Connection, keys: Sequence[tuple[str, str, int]], entity_keys: Sequence[str]
+    ) -> Callable[[], Loaded]:
         new_keys: set[str] = set()
         if keys:
             stmt = upsert(conn, LEDGER).on_conflict_do_nothing(index_elements=[LEDGER.c.key]).returning(LEDGER.c.key)
@@ -40,7 +42,8 @@ class SqlStore:
             parked = set(
                 conn.execute(select(PARKED.c.entity_key).where(PARKED.c.entity_key.in_(list(entity_keys)))).scalars()
             )
-        return Loaded(new_keys, parked)
+        loaded = Loaded(new_keys, parked)
+        return lambda: loaded
 
     def load_replay(
         self, conn: Connection, entity_keys: Sequence[str]
@@ -64,7 +67,7 @@ class SqlStore:
         rows = conn.execute(select(LEDGER.c.key, LEDGER.c.status, LEDGER.c.reason).where(LEDGER.c.key.in_(list(keys))))
         return {key: Outcome(status_of(status), reason) for key, status, reason in rows}
 
-    def write(self, conn: Connection, writes: Writes) -> list[int]:
+    def write(self, conn: Connection, writes: Writes) -> Callable[[], list[int]]:
         if writes.outcomes:
             conn.execute(
                 update(LEDGER)
@@ -101,7 +104,7 @@ class SqlStore:
             )
             if updated.rowcount != 1:
                 fenced.append(f.partition)
-        return fenced
+        return lambda: fenced
 
     def store_dead_letters(self, conn: Connection, records: Sequence[DeadLetterRecord]) -> None:
         if records:

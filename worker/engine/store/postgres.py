@@ -8,11 +8,11 @@ the commit; each domain loads and saves its own rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection
 
-from seqproc.models.db import array, columns, driver
+from seqproc.models.db import array, columns, driver, pipeline
 from seqproc.models.outcomes import Outcome
 from seqproc.worker.engine.store import CLAIMED_STATUS, DeadLetterRecord, Loaded, Writes
 from seqproc.worker.engine.store.portable import dead_letter_row, status_of
@@ -51,26 +51,34 @@ WHERE partition = %s AND epoch = %s
 
 
 class PostgresStore:
-    def claim(self, conn: Connection, keys: Sequence[tuple[str, str, int]], entity_keys: Sequence[str]) -> Loaded:
+    def claim(
+        self, conn: Connection, keys: Sequence[tuple[str, str, int]], entity_keys: Sequence[str]
+    ) -> Callable[[], Loaded]:
         pg = driver(conn)
         claimed = parked = None
-        with pg.pipeline():
+        with pipeline(conn):
             if keys:
                 ks, ts, ps = columns(keys, 3)
                 claimed = pg.execute(CLAIM, (CLAIMED_STATUS, ks, ps, ts))
             if entity_keys:
                 parked = pg.execute(LOAD_PARKED, (array(entity_keys),))
-        return Loaded(
-            {row[0] for row in claimed.fetchall()} if claimed is not None else set(),
-            {row[0] for row in parked.fetchall()} if parked is not None else set(),
-        )
+
+        def loaded() -> Loaded:
+            # Read only now: in an enclosing pipeline, the statements issued meanwhile (the domains' loads) went
+            # out with these, in the same round trip.
+            return Loaded(
+                {row[0] for row in claimed.fetchall()} if claimed is not None else set(),
+                {row[0] for row in parked.fetchall()} if parked is not None else set(),
+            )
+
+        return loaded
 
     def load_replay(
         self, conn: Connection, entity_keys: Sequence[str]
     ) -> tuple[dict[str, list[tuple[int, str]]], set[str]]:
         pg = driver(conn)
         found: dict[str, list[tuple[int, str]]] = {key: [] for key in entity_keys}
-        with pg.pipeline():
+        with pipeline(conn):
             letters = pg.execute(LOAD_DEAD_LETTERS, (array(entity_keys),))
             parked = pg.execute(LOAD_PARKED, (array(entity_keys),))
         for dead_id, entity_key, body in letters.fetchall():
@@ -83,10 +91,10 @@ class PostgresStore:
         rows = driver(conn).execute(FIRST_OUTCOMES, (array(keys),)).fetchall()
         return {key: Outcome(status_of(status), reason) for key, status, reason in rows}
 
-    def write(self, conn: Connection, writes: Writes) -> list[int]:
+    def write(self, conn: Connection, writes: Writes) -> Callable[[], list[int]]:
         pg = driver(conn)
         fences = []
-        with pg.pipeline():
+        with pipeline(conn):
             if writes.outcomes:
                 pg.execute(
                     SET_OUTCOMES,
@@ -111,10 +119,11 @@ class PostgresStore:
                 if f.epoch is not None:
                     cursor = pg.execute(FENCE, (f.applied, f.duplicates, f.rejected, f.partition, f.epoch))
                     fences.append((f.partition, cursor))
-        return [partition for partition, cursor in fences if cursor.rowcount != 1]
+        # Read when called: in an enclosing pipeline, after the round trip that carries everything.
+        return lambda: [partition for partition, cursor in fences if cursor.rowcount != 1]
 
     def store_dead_letters(self, conn: Connection, records: Sequence[DeadLetterRecord]) -> None:
         pg = driver(conn)
-        with pg.pipeline():
+        with pipeline(conn):
             for record in records:
                 pg.execute(INSERT_DEAD_LETTER, dead_letter_row(record))
