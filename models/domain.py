@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from seqproc.models.errors import ConfigError, InvalidEvent, SeqprocError
-from seqproc.models.fields import EventId, LedgerKey, Stamp
+from seqproc.models.fields import MAX_REASON_LENGTH, EventId, LedgerKey, Stamp
 
 #: Fields every event carries on the wire, filled in by the producer: not for a domain's own fields.
 RESERVED_FIELDS = ("type", "key", "id", "stamp")
@@ -174,6 +174,10 @@ class Domain:
             )
             registered.__qualname__ = model.__qualname__
             registered.__doc__ = model.__doc__
+            # Validation (the worker's, the producer's fast path) builds instances in pydantic's core without
+            # EventModel.__init__ (three times faster); a caller's constructor call still goes through it.
+            registered.__pydantic_custom_init__ = False
+            registered.model_rebuild(force=True)
             registered.domain = self
             registered.event_name = name
             registered.public = public
@@ -240,6 +244,13 @@ class Domain:
             raise DomainError(
                 f"{self.name}.apply returned {decision!r} for a {event.type} event: return seqproc.Applied() or "
                 "seqproc.Rejected(reason)"
+            )
+        reason = decision.reason
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_LENGTH):
+            # Checked here, where the rule is named: the ledger would refuse it at the end of the transaction.
+            raise DomainError(
+                f"{self.name}.apply: a reason is a short identifier, a string of at most {MAX_REASON_LENGTH} "
+                f"characters (got {reason!r:.100})"
             )
         return decision
 
@@ -318,8 +329,13 @@ def load_domains(modules: Iterable[str] = ()) -> None:
 
 def event_types() -> dict[str, type[EventModel]]:
     """Every registered event schema, by wire type name (the built-in domains loaded first)."""
-    load_domains()
+    if not _BUILT_IN:
+        load_domains()
+        _BUILT_IN.append(True)
     return _REGISTRY.models
+
+
+_BUILT_IN: list[bool] = []
 
 
 def registry_version() -> int:
@@ -328,9 +344,10 @@ def registry_version() -> int:
 
 def model_of(event_type: str) -> type[EventModel]:
     """The schema of ``event_type``; :class:`InvalidEvent` on the ``type`` field for an unknown one."""
-    models = event_types()
+    models = _REGISTRY.models if _BUILT_IN else event_types()
     model = models.get(event_type)
     if model is None:
+        models = event_types()
         known = ", ".join(name for name, m in models.items() if m.public)
         raise InvalidEvent("type", f"must be one of {known} (got {event_type!r})")
     return model

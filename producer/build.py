@@ -10,11 +10,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from seqproc.models.domain import RESERVED_FIELDS, EventModel, event_types, model_of
 from seqproc.models.errors import InvalidEvent
-from seqproc.models.events import Event, invalid_event_from
-from seqproc.models.fields import CallerKey
+from seqproc.models.events import Event, invalid_event_from, oversized_key
+from seqproc.models.fields import CallerKey, LedgerKey
 from seqproc.producer.stamps import next_stamp, unique_id
 
 _CALLER_KEY: TypeAdapter[str] = TypeAdapter(CallerKey)
+_LEDGER_KEY: TypeAdapter[str] = TypeAdapter(LedgerKey)
 
 
 def derives_key(model: type[EventModel]) -> bool:
@@ -50,8 +51,24 @@ def build_event(event_type: str, fields: Mapping[str, Any]) -> Event:
 
 
 def make_event(event_type: str, data: dict[str, Any], *, idempotency_key: Any = None) -> Event:
-    """The event of ``event_type`` with the domain fields ``data``: validated, keyed, stamped."""
-    return stamp_event(model_of(event_type)(**data), idempotency_key=idempotency_key)
+    """The event of ``event_type`` with the domain fields ``data``: validated, keyed, stamped (in one validation,
+    unless its key follows from its fields)."""
+    model = model_of(event_type)
+    if derives_key(model):
+        return stamp_event(model(**data), idempotency_key=idempotency_key)
+    event_id = unique_id()
+    if idempotency_key is None:
+        key = event_id  # every call a new event (see stamp_event)
+    else:
+        check_caller_key("idempotency_key", idempotency_key)
+        key = idempotency_key
+    data.update(key=key, id=event_id, stamp=next_stamp())
+    try:
+        # The model's own validator, straight: the schema's checks without the constructor's Python layers.
+        event: Event = model.__pydantic_validator__.validate_python(data)
+    except ValidationError as error:
+        raise invalid_event_from(error) from None
+    return event
 
 
 def stamp_event(event: EventModel, *, idempotency_key: Any = None) -> Event:
@@ -68,6 +85,11 @@ def stamp_event(event: EventModel, *, idempotency_key: Any = None) -> Event:
     event_id = event.id or unique_id()
     derived = event.derived_key()
     if derived is not None:
+        try:  # the rules the worker checks a key by: else it would be sent, then dead-lettered there
+            _LEDGER_KEY.validate_python(derived)
+        except ValidationError as error:
+            detail = str(invalid_event_from(error)).split(": ", 1)[1]
+            raise InvalidEvent("key", f"{model.__name__}.derived_key() returned a bad key: {detail}") from None
         if idempotency_key is not None and idempotency_key != derived:
             raise InvalidEvent("idempotency_key", f"must not be given: a {event.type} event is keyed {derived!r}")
         key = derived
@@ -79,7 +101,11 @@ def stamp_event(event: EventModel, *, idempotency_key: Any = None) -> Event:
         # already, serves as its key. A caller that may retry a request passes its own key (a request id) so
         # that the retry is recognised.
         key = event.key or event_id
-    return event.model_copy(update={"key": key, "id": event_id, "stamp": event.stamp or next_stamp()})
+    stamped = event.model_copy(update={"key": key, "id": event_id, "stamp": event.stamp or next_stamp()})
+    oversized = oversized_key(stamped, key_field="idempotency_key" if derived is None else "key")
+    if oversized is not None:
+        raise oversized
+    return stamped
 
 
 def check_caller_key(field: str, value: Any) -> None:
