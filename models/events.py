@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from seqproc.models.domain import Domain, EventModel
 from seqproc.models.errors import InvalidEvent
 from seqproc.models.fields import (
+    MAX_ENTITY_KEY_LENGTH,
     MAX_EVENT_ID_LENGTH,
     MAX_ID,
     MAX_KEY_LENGTH,
@@ -27,6 +28,7 @@ from seqproc.models.fields import (
     Quantity,
     Stamp,
 )
+from seqproc.models.tables.ledger import LEDGER_KEY_LENGTH
 
 #: Every event, whatever its domain: a registered :class:`seqproc.models.domain.EventModel`.
 Event = EventModel
@@ -47,6 +49,7 @@ __all__ = [
     "Stamp",
     "complete",
     "invalid_event_from",
+    "oversized_key",
     "parse_event",
     "reservation_key",
 ]
@@ -78,11 +81,34 @@ def parse_event(data: Any) -> EventModel:
 
 
 def complete(event: EventModel) -> EventModel:
-    """``event`` if it carries what the wire requires (its key, id and stamp), else :class:`InvalidEvent`."""
+    """``event`` if it carries what the wire requires (its key, id and stamp) and its keys fit where seqproc stores
+    them (:func:`oversized_key`), else :class:`InvalidEvent`."""
     for name in ("key", "id", "stamp"):
         if getattr(event, name) is None:
             raise InvalidEvent(name, "is required")
+    error = oversized_key(event)
+    if error is not None:
+        raise error
     return event
+
+
+def oversized_key(event: EventModel, *, key_field: str = "key") -> InvalidEvent | None:
+    """The error of an event whose entity key or ledger key is longer than the columns that hold them (the
+    dead-letter store and the parked keys; the ledger), else None. Checked by the producer and again by the worker:
+    an event whose keys cannot be stored could be neither claimed, nor dead-lettered, nor parked."""
+    entity_key = event.entity_key
+    if len(entity_key) > MAX_ENTITY_KEY_LENGTH:
+        return InvalidEvent(
+            type(event).domain.key,
+            f"makes an entity key of {len(entity_key)} characters, over {MAX_ENTITY_KEY_LENGTH} "
+            f"(got {_show(entity_key)})",
+        )
+    if event.key is not None and len(event.type) + 1 + len(event.key) > LEDGER_KEY_LENGTH:  # ledger_key's length
+        room = LEDGER_KEY_LENGTH - len(event.type) - 1
+        return InvalidEvent(
+            key_field, f"must be at most {room} characters for a {event.type} event (got {len(event.key)})"
+        )
+    return None
 
 
 def invalid_event_from(error: ValidationError) -> InvalidEvent:

@@ -50,6 +50,7 @@ DATA_TABLES = (
     "partition_lag",
     "seqproc_outbox",
     "seqproc_outbox_relay",
+    "account_balance",
 )
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from sqlalchemy import func, select
 
 from seqproc.models.db import upsert
@@ -57,6 +57,14 @@ class _Transfer(EventModel):
     def derived_key(self) -> str | None:
         # One transfer_out and one transfer_in per transfer, whoever sends them how many times.
         return self.transfer_id
+
+    @model_validator(mode="after")
+    def _key_is_derived(self) -> _Transfer:
+        # On the wire too: a message from another client must not give a transfer a key of its own, or the same
+        # transfer sent with two keys would move the money twice.
+        if self.key is not None and self.key != self.transfer_id:
+            raise ValueError(f"key must be {self.transfer_id!r} for this event (it is derived from the transfer id)")
+        return self
 
 
 @domain.event("transfer_out")

@@ -20,6 +20,7 @@ SQLITE_TABLES = (
     "reservation",
     "idempotency_ledger",
     "dead_letter",
+    "account_balance",
     "partition",
     "seqproc_meta",
 )

@@ -15,7 +15,7 @@ from pydantic import Field, TypeAdapter, ValidationError, create_model
 
 from seqproc.models.domain import event_types, registry_version
 from seqproc.models.errors import InvalidEvent
-from seqproc.models.events import Event, parse_event
+from seqproc.models.events import Event, oversized_key, parse_event
 from seqproc.models.wire import APPLY_TASK, partition_for, partition_of_queue
 from seqproc.worker.engine.apply import DeadLetterRecord
 
@@ -92,8 +92,12 @@ def _events_type() -> Any:
 
 
 def _complete(events: list[Event]) -> bool:
-    """Every event carries its key, id and stamp (the wire requires them; the schemas let callers leave them out)."""
-    return all(event.key is not None and event.id is not None and event.stamp is not None for event in events)
+    """Every event carries its key, id and stamp (the wire requires them; the schemas let callers leave them out),
+    and its keys fit where seqproc stores them; otherwise the message is read event by event (:func:`complete`)."""
+    return all(
+        event.key is not None and event.id is not None and event.stamp is not None and oversized_key(event) is None
+        for event in events
+    )
 
 
 def _all_valid(raw: Any, partition: int, partitions: int) -> list[Event] | None:
