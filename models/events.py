@@ -96,6 +96,12 @@ def oversized_key(event: EventModel, *, key_field: str = "key") -> InvalidEvent 
     """The error of an event whose entity key or ledger key is longer than the columns that hold them (the
     dead-letter store and the parked keys; the ledger), else None. Checked by the producer and again by the worker:
     an event whose keys cannot be stored could be neither claimed, nor dead-lettered, nor parked."""
+    model = type(event)
+    fits = _ALWAYS_FITS.get(model)
+    if fits is None:
+        fits = _ALWAYS_FITS[model] = _always_fits(model)
+    if fits:  # the usual case (integer keys, short type names): no string built per event
+        return None
     entity_key = event.entity_key
     if len(entity_key) > MAX_ENTITY_KEY_LENGTH:
         return InvalidEvent(
@@ -109,6 +115,29 @@ def oversized_key(event: EventModel, *, key_field: str = "key") -> InvalidEvent 
             key_field, f"must be at most {room} characters for a {event.type} event (got {len(event.key)})"
         )
     return None
+
+
+#: Per event class: True when no event of it can have an oversized key (see :func:`_always_fits`).
+_ALWAYS_FITS: dict[type[EventModel], bool] = {}
+#: Longest text of an integer key: ``-9223372036854775808``.
+_INT_KEY_LENGTH = 20
+
+
+def _always_fits(model: type[EventModel]) -> bool:
+    """True when the class's key field is an integer (a short entity key) and its type name leaves room in the
+    ledger for the longest key any event may carry."""
+    domain = getattr(model, "domain", None)
+    if domain is None:
+        return False
+    field = model.model_fields.get(domain.key)
+    wire_type = model.model_fields["type"].default
+    return (
+        field is not None
+        and field.annotation is int
+        and isinstance(wire_type, str)
+        and len(domain.entity) + 1 + _INT_KEY_LENGTH <= MAX_ENTITY_KEY_LENGTH
+        and len(wire_type) + 1 + MAX_KEY_LENGTH + 16 <= LEDGER_KEY_LENGTH  # LedgerKey's longest
+    )
 
 
 def invalid_event_from(error: ValidationError) -> InvalidEvent:

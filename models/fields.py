@@ -12,6 +12,10 @@ MAX_KEY_LENGTH = 128
 MAX_ID = 2**63 - 1
 #: Largest quantity one reserve or restock may move: a sane bound that catches unit mix-ups (cents vs units).
 MAX_QUANTITY = 1_000_000
+#: Longest entity key (``<entity>:<key value>``, ``wallet:7``): the dead-letter store and the parked keys hold it.
+MAX_ENTITY_KEY_LENGTH = 64
+#: Longest reason of an outcome (``insufficient_funds``): the ledger holds it, metrics label with it.
+MAX_REASON_LENGTH = 64
 #: Event ids are made by the producer (``producer.stamps.unique_id``, about 20 characters); 64 leaves room for
 #: callers that bring their own scheme.
 MAX_EVENT_ID_LENGTH = 64

@@ -68,6 +68,9 @@ def make_event(event_type: str, data: dict[str, Any], *, idempotency_key: Any = 
         event: Event = model.__pydantic_validator__.validate_python(data)
     except ValidationError as error:
         raise invalid_event_from(error) from None
+    oversized = oversized_key(event, key_field="idempotency_key")
+    if oversized is not None:
+        raise oversized
     return event
 
 

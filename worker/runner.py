@@ -23,6 +23,7 @@ from sqlalchemy import inspect
 
 from seqproc.models.clients import redis_client
 from seqproc.models.db import make_engine
+from seqproc.models.domain import load_domains
 from seqproc.models.errors import ConfigError
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.wire import IDLE_QUEUE, JOBS_QUEUE, is_redis_url, partition_of_queue
@@ -47,6 +48,9 @@ def prepare(settings: Settings, partitions: Sequence[int], *, owner: str) -> run
         raise ConfigError(
             f"the database at {mask_url(settings.database_url)} has no seqproc tables: run `seqproc migrate` first"
         )
+    # Before the claim: a worker that cannot import its domains (a ConfigError naming the module) must not take
+    # partitions over from one that can, and then exit, leaving them without a consumer.
+    load_domains(settings.domains)
     epochs = claim(engine, partitions, owner=owner, total=settings.partitions)
     return runtime.build(settings, engine, epochs, owner=owner)
 

@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import DateTime, Integer, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
+from seqproc.models.fields import MAX_ENTITY_KEY_LENGTH, MAX_REASON_LENGTH
 from seqproc.models.tables.base import Base, BigInt, now_column
 
 #: Room for a 128-character caller key plus the ``reserve:``-style prefix of reservation keys.
@@ -25,7 +26,7 @@ class LedgerEntry(Base):
     partition: Mapped[int] = mapped_column(Integer)
     event_type: Mapped[str] = mapped_column(String(64))
     status: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(MAX_REASON_LENGTH), nullable=True)
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
 
     def __repr__(self) -> str:
@@ -43,7 +44,7 @@ class DeadLetter(Base):
     #: The event's idempotency key, when the event could be read far enough to have one.
     event_key: Mapped[str | None] = mapped_column(String(LEDGER_KEY_LENGTH), nullable=True, index=True)
     #: The entity (``article:42``, ``product:7``) of a valid event that could not be applied: what replay goes by.
-    entity_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    entity_key: Mapped[str | None] = mapped_column(String(MAX_ENTITY_KEY_LENGTH), nullable=True, index=True)
     content_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
     #: The body as received: text as is, anything else base64 with ``base64:`` in front.
     body: Mapped[str] = mapped_column(Text)
@@ -61,7 +62,7 @@ class ParkedKey(Base):
 
     __tablename__ = "parked_key"
 
-    entity_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    entity_key: Mapped[str] = mapped_column(String(MAX_ENTITY_KEY_LENGTH), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
     parked_at: Mapped[datetime] = now_column()

@@ -293,8 +293,9 @@ def deadletter_replay(key: str, wait_s: float) -> None:
     from seqproc.producer.publish import publisher_for
     from seqproc.worker.ops.deadletters import replay_event
 
+    settings = current_settings()  # first: it loads SEQPROC_DOMAINS, whose entities replay_event must know
     event = replay_event(key)
-    receipt = publisher_for(current_settings()).publish([event])[0]
+    receipt = publisher_for(settings).publish([event])[0]
     outcome = receipt.wait(timeout_s=wait_s)
     click.echo(f"{key}: {outcome.status} ({outcome.reason}) on partition {receipt.partition}")
 
