@@ -240,7 +240,8 @@ class Domain:
         if self._apply is None:
             raise DomainError(f"domain {self.name!r} has no @{self.name}.apply")
         decision = self._apply(state, event)
-        if not isinstance(decision, Applied | Rejected):
+        kind = type(decision)
+        if kind is not Applied and kind is not Rejected and not isinstance(decision, Applied | Rejected):
             raise DomainError(
                 f"{self.name}.apply returned {decision!r} for a {event.type} event: return seqproc.Applied() or "
                 "seqproc.Rejected(reason)"

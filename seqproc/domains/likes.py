@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from seqproc.domains import likes_store
 from seqproc.models.domain import Applied, Domain, EventModel, Rejected
@@ -145,7 +145,7 @@ def load(conn: Any, keys: Sequence[int], events: Sequence[EventModel]) -> dict[i
 
 def prefetch(conn: Any, keys: Sequence[int], events: Sequence[EventModel]) -> Callable[[], dict[int, ArticleLikes]]:
     """The load in two steps (the worker sends its statement with the ledger's claim: see ``Domain.prefetch``)."""
-    pairs = list(dict.fromkeys((e.article_id, e.user_id) for e in events if isinstance(e, Like | Unlike)))
+    pairs = list(dict.fromkeys((e.article_id, e.user_id) for e in events if isinstance(e, _PAIR_EVENTS)))
     reading = likes_store.start_loading(conn, pairs)
 
     def states() -> dict[int, ArticleLikes]:
@@ -161,13 +161,17 @@ def prefetch(conn: Any, keys: Sequence[int], events: Sequence[EventModel]) -> Ca
 
 domain.prefetch = prefetch
 
+#: The events about one (article, user) pair (a tuple: ``isinstance`` with ``Like | Unlike`` builds the union
+#: each time).
+_PAIR_EVENTS = (Like, Unlike)
+
 
 @domain.apply
 def apply(state: ArticleLikes, event: EventModel) -> Applied | Rejected:
     if isinstance(event, Reconcile):
         state.recount = True
         return Applied("recounted")
-    assert isinstance(event, Like | Unlike)
+    event = cast("Like | Unlike", event)  # the engine hands a domain only its own events
     pair = (event.article_id, event.user_id)
     state.pairs[pair], outcome = decide(state.pairs.get(pair), event)
     return Applied(outcome.reason) if outcome.status == "applied" else Rejected(outcome.reason or "rejected")

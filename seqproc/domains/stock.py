@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from pydantic import model_validator
 
@@ -269,14 +269,18 @@ def _books(
 domain.prefetch = prefetch
 
 
+#: What most applied events return (one object, not one per event).
+_APPLIED = Applied()
+
+
 @domain.apply
 def apply(book: ProductBook, event: EventModel) -> Applied | Rejected:
-    assert isinstance(event, Reserve | Release | Commit | Restock)
+    # Only this domain's events reach its apply (the engine groups events by their class's domain).
     reservation = getattr(event, "reservation_id", None)
     before = book.state.reservations.get(reservation) if reservation is not None else None
-    outcome = decide(book.state, event)
+    outcome = decide(book.state, cast(StockEvent, event))
     if outcome.status == "applied":
-        return Applied(outcome.reason)
+        return _APPLIED if outcome.reason is None else Applied(outcome.reason)
     # A refused reservation is remembered (a later release must find it refused): that refusal is a change.
     changed = reservation is not None and book.state.reservations.get(reservation) != before
     return Rejected(outcome.reason or "rejected", changed=changed)

@@ -23,7 +23,7 @@ from seqproc.models.db import pipeline
 from seqproc.models.domain import Applied, BatchContext, Domain, reset_batch_context, set_batch_context
 from seqproc.models.errors import InvalidEvent, PartitionFenced
 from seqproc.models.events import Event, Replay, parse_event
-from seqproc.models.outcomes import Outcome
+from seqproc.models.outcomes import Outcome, Status
 from seqproc.models.wire import queue_name
 from seqproc.worker.engine.store import DeadLetterRecord, Fence, Loaded, Store, Writes, store_for
 from seqproc.worker.ops.logs import log_event
@@ -218,7 +218,7 @@ def _triage(
             ]
             writes.replayed.extend(d for d in brought if d is not None)
             decided[index] = Outcome("applied", f"replayed {len(brought)}")
-        elif event.entity_key in parked:
+        elif parked and event.entity_key in parked:
             decided[index] = PARKED
             writes.unclaim.append(key)
             writes.dead_letters = [*writes.dead_letters, _parked_letter(event, batches[plan[index].batch].partition)]
@@ -246,14 +246,28 @@ def _run_domains(
             key = getattr(event, domain.key)
             decision = domain.apply_event(states[key], event)
             if isinstance(decision, Applied):
-                decided[index] = Outcome("applied", decision.reason)
+                decided[index] = _outcome("applied", decision.reason)
                 changed[key] = states[key]
             else:
-                decided[index] = Outcome("rejected", decision.reason)
+                decided[index] = _outcome("rejected", decision.reason)
                 if decision.changed:
                     changed[key] = states[key]
         changed_by_domain.append((domain, changed))
     return decided, changed_by_domain
+
+
+#: Outcomes are immutable: one object per (status, reason) serves every event that ends so (bounded: reasons are
+#: the domains' own words, a handful each).
+_OUTCOMES: dict[tuple[Status, str | None], Outcome] = {}
+
+
+def _outcome(status: Status, reason: str | None) -> Outcome:
+    outcome = _OUTCOMES.get((status, reason))
+    if outcome is None:
+        outcome = Outcome(status, reason)
+        if len(_OUTCOMES) < 1024:
+            _OUTCOMES[status, reason] = outcome
+    return outcome
 
 
 def _report(
