@@ -61,7 +61,8 @@ def _csv(value: str) -> list[str]:
     "cpu_calls",
     type=click.IntRange(1, 1_000_000),
     default=None,
-    help="Instead: CPU per single-event producer call and per one-event message in the worker, over this many.",
+    help="Instead: CPU per single-event producer call and per one-event message in the worker, over this many; "
+    "then the events/s one worker drains in messages of 100 (the batched ceiling).",
 )
 @click.option(
     "--soak-s",

@@ -5,6 +5,9 @@
 - **Worker**: one worker process starts and is paused (SIGSTOP) once ready; the N one-event messages are queued;
   its CPU (user + system, from ``/proc/<pid>/stat``) is read, it is resumed (SIGCONT), and read again once it has
   applied all of them: the difference divided by N. Start-up is left out; the commits, outcomes and acks are in.
+- **The batched ceiling**: the same N likes queued again while the worker is paused, this time in messages of
+  ``BATCHED_EVENTS_PER_MESSAGE`` (as the threaded producer or the relay send them): the events/s and the CPU per event
+  of one worker draining them, i.e. what one hot row can take through one worker on this machine.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from .seqproc_strategy import DATA_TABLES
 
 #: One hot article: every event on one partition, as in the prefork benchmark.
 ARTICLE = 1
+#: Events per message in the batched phase: about what 32 producer threads' calls share, or the relay sends.
+BATCHED_EVENTS_PER_MESSAGE = 100
 
 
 def process_cpu_s(pid: int) -> float:
@@ -85,6 +90,7 @@ def measure(settings: Settings, calls: int) -> dict[str, Any]:
                 worker_cpu_s = process_cpu_s(pid) - before
                 drain_s = time.perf_counter() - drain_started
                 redis_drained = redis_cpu_s(broker)
+                batched_cpu_s, batched_s = _drain_batched(pid, calls)
             finally:
                 os.kill(group.pids[0], signal.SIGCONT)
                 group.stop()
@@ -102,6 +108,29 @@ def measure(settings: Settings, calls: int) -> dict[str, Any]:
         # fetched, acked and its outcome stored.
         "redis_cpu_us_per_message_sent": round((redis_sent - redis_before) / max(1, messages) * 1e6, 1),
         "redis_cpu_us_per_message_drained": round((redis_drained - redis_sent) / max(1, messages) * 1e6, 1),
+        "worker_cpu_us_per_event_batched": round(batched_cpu_s / calls * 1e6, 1),
+        "worker_events_per_s_batched": round(calls / batched_s, 1),
+        "events_per_message_batched": BATCHED_EVENTS_PER_MESSAGE,
         "command": f"seqproc bench --cpu {calls}",
         "calibration_ms": calibration_ms(),
     }
+
+
+def _drain_batched(pid: int, calls: int) -> tuple[float, float]:
+    """Pause the worker, queue ``calls`` more likes (new users, so each is applied) in messages of
+    ``BATCHED_EVENTS_PER_MESSAGE``, resume it: its CPU seconds and the seconds it took to apply them all."""
+    os.kill(pid, signal.SIGSTOP)
+    receipts = []
+    first_user = calls + 1
+    for start in range(first_user, first_user + calls, BATCHED_EVENTS_PER_MESSAGE):
+        users = range(start, min(start + BATCHED_EVENTS_PER_MESSAGE, first_user + calls))
+        receipts += producer.send_many([{"type": "like", "article_id": ARTICLE, "user_id": u} for u in users])
+    before = process_cpu_s(pid)
+    started = time.perf_counter()
+    os.kill(pid, signal.SIGCONT)
+    outcomes = producer.wait_all(receipts, timeout_s=600)
+    cpu_s, wall_s = process_cpu_s(pid) - before, time.perf_counter() - started
+    applied = sum(1 for outcome in outcomes if outcome.status == "applied")
+    if applied != calls:
+        raise RuntimeError(f"batched phase: {applied} of {calls} likes applied")
+    return cpu_s, wall_s
