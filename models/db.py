@@ -23,11 +23,14 @@ def make_engine(
     idle_in_transaction_timeout_s: float | None = None,
     pool_size: int = 5,
     application_name: str = "seqproc",
+    pre_ping: bool = True,
 ) -> Engine:
     """An engine for ``url``. On PostgreSQL, ``statement_timeout_s`` bounds every statement (the apply time limit),
     and ``idle_in_transaction_timeout_s`` ends a session that sits in an open transaction (a worker paused or hung
     mid-batch), releasing its locks, so that another worker can take its partitions over. ``application_name``
-    names the sessions in ``pg_stat_activity`` (a worker's name lets a new owner find a stale one's sessions)."""
+    names the sessions in ``pg_stat_activity`` (a worker's name lets a new owner find a stale one's sessions).
+    ``pre_ping``: test each connection with a round trip as it leaves the pool; a caller that retries a transaction
+    whose connection turns out dead (the worker) does without that round trip."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -53,7 +56,7 @@ def make_engine(
     connect_args["options"] = " ".join(options)
     return create_engine(
         url,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_size=pool_size,
         max_overflow=pool_size,
         connect_args=connect_args,

@@ -43,6 +43,9 @@ def prepare(settings: Settings, partitions: Sequence[int], *, owner: str) -> run
         idle_in_transaction_timeout_s=min(settings.apply_time_limit_s, settings.lease_s),
         pool_size=2,
         application_name=session_name(owner),
+        # No test round trip per transaction: a connection found dead mid-transaction (a server restart, a session
+        # ended) is a transient error, and the transaction is retried in place on a new one (consume/retry.py).
+        pre_ping=False,
     )
     if not inspect(engine).has_table("idempotency_ledger"):
         raise ConfigError(
