@@ -235,6 +235,9 @@ def test_watch_refreshes_until_ctrl_c(clean: Settings) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job starts with SIGINT ignored, and Python then never raises KeyboardInterrupt: give
+        # the command the Ctrl-C a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stdout is not None

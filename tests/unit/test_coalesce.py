@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -152,6 +153,15 @@ class Slow:
         time.sleep(self.delay_s)
         if self.raise_for is not None and self.raise_for[0] in events:
             raise self.raise_for[1]
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt here even when the suite runs where SIGINT is ignored (a shell's background
+    job): the tests below send one."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def interrupt_main_after(delay_s: float) -> None:
