@@ -19,11 +19,12 @@ that commits late with a small id would be skipped); it reads what is unsent.
 
 Loss: the push count lives in the broker's Redis beside the queue, written in the same atomic step as the push,
 so a Redis that comes back without its last writes (a crash with ``appendfsync everysec``, a failover to a replica
-that lagged, a flush) comes back with a lower count. The next pass finds the count lower than recorded: the rows
-of the lost messages (their number is above the count) become unsent again and are sent again, in order, before
-anything newer; the worker's ledger turns a copy of an event it applied into a duplicate. A count higher than
-recorded means a relay pushed and died before its commit: those rows are still unsent here and go again
-(duplicates, harmless).
+that lagged, a flush) comes back with a lower count. Every pass reads the counts of all the partitions it locked
+(one MGET), not only of those with new rows: where one is lower than recorded, the rows of the lost messages (their
+number is above the count) become unsent again and are sent again, in order, before anything newer, even on a
+partition that got nothing new since; the worker's ledger turns a copy of an event it applied into a duplicate. A
+count higher than recorded means a relay pushed and died before its commit: those rows are still unsent here and
+go again (duplicates, harmless).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from seqproc.models.errors import ConfigError, first_line
 from seqproc.models.settings import Settings, mask_url
@@ -79,9 +80,14 @@ _PENDING = text(
     ORDER BY p.partition, x.id
     """
 )
-_LOCK = text("SELECT p FROM unnest(CAST(:partitions AS integer[])) AS p WHERE pg_try_advisory_xact_lock(:namespace, p)")
-_RECORDED = text(
-    "SELECT partition, pushed FROM seqproc_outbox_relay WHERE partition = ANY(CAST(:partitions AS integer[]))"
+#: The partitions whose advisory lock this relay gets, each with the count of messages recorded for its queue (the
+#: select list runs only for the rows the lock let through).
+_LOCK = text(
+    """
+    SELECT p, (SELECT r.pushed FROM seqproc_outbox_relay r WHERE r.partition = p)
+    FROM unnest(CAST(:partitions AS integer[])) AS p
+    WHERE pg_try_advisory_xact_lock(:namespace, p)
+    """
 )
 _RECORD = text(
     """
@@ -143,26 +149,25 @@ class Relay:
     def _send(self, result: PassResult) -> None:
         per_partition = max(1, self.settings.relay_batch_size // max(1, len(self.partitions)))
         with self.outbox.begin() as conn:
-            owned = [
-                row[0] for row in conn.execute(_LOCK, {"partitions": self.partitions, "namespace": LOCK_NAMESPACE})
-            ]
-            if not owned:
+            recorded: dict[int, int] = {
+                int(p): int(n or 0)
+                for p, n in conn.execute(_LOCK, {"partitions": self.partitions, "namespace": LOCK_NAMESPACE})
+            }
+            if not recorded:
                 return
-            pending = conn.execute(_PENDING, {"partitions": owned, "per_partition": per_partition}).all()
+            self._check_counts(conn, recorded, result)
+            pending = conn.execute(_PENDING, {"partitions": list(recorded), "per_partition": per_partition}).all()
             if not pending:
                 return
             by_partition: dict[int, list[tuple[int, str]]] = defaultdict(list)
             for row_id, partition, body in pending:
                 by_partition[int(partition)].append((int(row_id), body))
-            recorded: dict[int, int] = {
-                int(p): int(n) for p, n in conn.execute(_RECORDED, {"partitions": list(by_partition)})
-            }
             replies = self._push_all(by_partition, recorded)
             ids: list[int] = []
             seqs: list[int] = []
             pushed: dict[int, int] = {}
             for partition, (messages, (ok, count)) in replies.items():
-                expected = int(recorded.get(partition, 0))
+                expected = recorded[partition]
                 if ok:
                     for number, rows in enumerate(messages, start=expected + 1):
                         ids.extend(row_id for row_id, _ in rows)
@@ -180,21 +185,41 @@ class Relay:
                         expected,
                     )
                 else:
-                    resent = conn.execute(_RESEND, {"partition": partition, "count": count}).rowcount
-                    result.resent += resent
-                    logger.warning(
-                        "partition %d: the broker lost %d message(s) (it counts %d pushed, %d recorded); %d event(s) "
-                        "not applied yet go again, in order",
-                        partition,
-                        expected - count,
-                        count,
-                        expected,
-                        resent,
-                    )
+                    self._resend(conn, partition, count, expected, result)
                 pushed[partition] = count
             if ids:
                 conn.execute(_MARK_SENT, {"ids": ids, "seqs": seqs})
             conn.execute(_RECORD, {"partitions": list(pushed), "pushed": list(pushed.values())})
+
+    def _check_counts(self, conn: Connection, recorded: dict[int, int], result: PassResult) -> None:
+        """Compare the broker's push count of every partition locked with the recorded one (one MGET), whether or
+        not the partition has anything new to send: a broker that lost the last messages of a partition that then
+        went quiet must get them again all the same. Lowers ``recorded`` where the broker's count went back."""
+        partitions = [p for p, n in recorded.items() if n]
+        if not partitions:
+            return
+        counts = self.client.mget([relay_pushed_key(queue_name(p)) for p in partitions])
+        lost = {p: int(c or 0) for p, c in zip(partitions, counts, strict=True) if int(c or 0) < recorded[p]}
+        for partition, count in lost.items():
+            self._resend(conn, partition, count, recorded[partition], result)
+            recorded[partition] = count
+        if lost:
+            conn.execute(_RECORD, {"partitions": list(lost), "pushed": list(lost.values())})
+
+    def _resend(self, conn: Connection, partition: int, count: int, expected: int, result: PassResult) -> None:
+        """The broker counts ``count`` messages pushed onto the partition's queue, ``expected`` were recorded: the
+        events of the messages above ``count`` become unsent, to go again before anything newer."""
+        resent = conn.execute(_RESEND, {"partition": partition, "count": count}).rowcount
+        result.resent += resent
+        logger.warning(
+            "partition %d: the broker lost %d message(s) (it counts %d pushed, %d recorded); %d event(s) "
+            "not applied yet go again, in order",
+            partition,
+            expected - count,
+            count,
+            expected,
+            resent,
+        )
 
     def _push_all(
         self, by_partition: dict[int, list[tuple[int, str]]], recorded: dict[int, int]
