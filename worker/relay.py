@@ -9,6 +9,9 @@ One pass (:meth:`Relay.tick`):
    the queue (``seqproc:relay:pushed:<queue>``), but only if that count is the one this relay recorded. Then mark
    the rows sent (with the number of their message) and commit.
 2. **Forget what is applied.** Sent rows whose key the idempotency ledger holds are deleted; the others stay.
+   Each pass checks the next ``FORGET_CHUNK`` sent rows after where the last one stopped (wrapping to the oldest
+   when a scan comes back short), so rows whose key never reaches the ledger do not hold back the ones behind
+   them; after a pass that forgot nothing, the next scan waits ``FORGET_IDLE_S``.
 
 Order: a relay reads only committed rows and sends them in id order. Ids come from a sequence when the row is
 written, so an event written after another transaction committed always has the larger id: per key, events are
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -49,6 +53,9 @@ logger = logging.getLogger(__name__)
 LOCK_NAMESPACE = 0x5E9C
 #: Sent rows checked against the ledger per pass.
 FORGET_CHUNK = 5_000
+#: After a pass that forgot nothing, the next look waits this long: rows whose key is not in the ledger yet (in
+#: flight, or never to come: dead-lettered, parked) are not checked again on every pass.
+FORGET_IDLE_S = 1.0
 
 #: KEYS: the queue's push count, the queue, its bell. ARGV: the count the relay recorded, then the messages, oldest
 #: first. Pushes them and raises the count only if the count is the recorded one. Returns {1, new count} or
@@ -106,7 +113,9 @@ _MARK_SENT = text(
 _RESEND = text(
     "UPDATE seqproc_outbox SET push_seq = NULL, sent_at = NULL WHERE partition = :partition AND push_seq > :count"
 )
-_SENT = text("SELECT id, ledger_key FROM seqproc_outbox WHERE push_seq IS NOT NULL ORDER BY id LIMIT :limit")
+_SENT = text(
+    "SELECT id, ledger_key FROM seqproc_outbox WHERE push_seq IS NOT NULL AND id > :after ORDER BY id LIMIT :limit"
+)
 _APPLIED = text("SELECT key FROM idempotency_ledger WHERE key = ANY(CAST(:keys AS text[]))")
 _FORGET = text("DELETE FROM seqproc_outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
 
@@ -138,6 +147,11 @@ class Relay:
         self.client = client
         self._push = client.register_script(PUSH)
         self.partitions = list(range(settings.partitions))
+        #: Where the next forget scan starts (an id; 0: from the oldest). It moves on by a chunk each pass and wraps
+        #: when a scan comes back short, so that rows never forgotten cannot hold back the ones behind them.
+        self._forget_after = 0
+        #: No forget scan before this (``time.monotonic()``): set after a pass that forgot nothing.
+        self._forget_not_before = 0.0
 
     # -- one pass ----------------------------------------------------------------------------------------------
     def tick(self) -> PassResult:
@@ -250,17 +264,22 @@ class Relay:
         }
 
     def _forget(self, result: PassResult) -> None:
-        with self.outbox.connect() as conn:
-            sent = conn.execute(_SENT, {"limit": FORGET_CHUNK}).all()
-        if not sent:
+        if time.monotonic() < self._forget_not_before:
             return
-        keys = list({key for _, key in sent})
-        with self.ledger.connect() as conn:
-            applied = {row[0] for row in conn.execute(_APPLIED, {"keys": keys})}
-        done = [int(row_id) for row_id, key in sent if key in applied]
-        if done:
-            with self.outbox.begin() as conn:
-                result.forgotten += conn.execute(_FORGET, {"ids": done}).rowcount
+        with self.outbox.connect() as conn:
+            sent = conn.execute(_SENT, {"after": self._forget_after, "limit": FORGET_CHUNK}).all()
+        self._forget_after = int(sent[-1][0]) if len(sent) == FORGET_CHUNK else 0
+        done: list[int] = []
+        if sent:
+            keys = list({key for _, key in sent})
+            with self.ledger.connect() as conn:
+                applied = {row[0] for row in conn.execute(_APPLIED, {"keys": keys})}
+            done = [int(row_id) for row_id, key in sent if key in applied]
+        if not done:
+            self._forget_not_before = time.monotonic() + FORGET_IDLE_S
+            return
+        with self.outbox.begin() as conn:
+            result.forgotten += conn.execute(_FORGET, {"ids": done}).rowcount
 
     # -- the process -------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

@@ -5,20 +5,24 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections.abc import Callable
 
 import psycopg
 import pytest
 import redis
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, insert, select, text
+from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 import seqproc
+from seqproc.models.db import make_engine
 from seqproc.models.errors import InvalidEvent
 from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.models.wire import partition_for, queue_name, relay_pushed_key
 from seqproc.producer.outbox import OutboxConnectionError
+from seqproc.worker import relay as relay_module
 from seqproc.worker.ops.lag import outbox_depth
 from seqproc.worker.relay import Relay
 from tests.conftest import RelayProcess, WorkerProcess, wait_for
@@ -125,6 +129,45 @@ def test_a_broker_that_lost_messages_gets_them_again_in_order(clean: Settings, e
     assert [e["id"] for e in events] == [r.event_id for r in [*first, *later]]
     assert int(client.get(relay_pushed_key(queue))) == 1
     assert relay.tick().resent == 0  # the counts agree again
+
+
+def test_rows_never_applied_do_not_hold_back_forgetting_and_are_not_checked_every_pass(
+    clean: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forget scan moves on by a chunk per pass and wraps: rows whose key never reaches the ledger (parked,
+    dead-lettered, never taken) do not keep the applied rows behind them in the outbox. A pass that forgot nothing
+    makes the next scan wait about a second, instead of reading the same rows again on every pass."""
+    monkeypatch.setattr(relay_module, "FORGET_CHUNK", 4)
+    with engine.begin() as conn:
+        stuck = seqproc.outbox.send_many(conn, [{"type": "like", "article_id": 6, "user_id": u} for u in range(1, 7)])
+        done = seqproc.outbox.send_many(conn, [{"type": "like", "article_id": 7, "user_id": u} for u in range(1, 7)])
+    scans = []
+    relay_engine = make_engine(clean.outbox_url, pool_size=2)
+    sa_event.listen(
+        relay_engine,
+        "before_cursor_execute",
+        lambda _c, _cur, statement, *_: scans.append(1) if "WHERE push_seq IS NOT NULL" in statement else None,
+    )
+    try:
+        relay = relay_for(clean, relay_engine)
+        assert relay.tick().sent == 12
+        with engine.begin() as conn:  # a worker applied the later ones: the ledger holds their keys
+            conn.execute(
+                insert(LedgerEntry),
+                [{"key": f"like:{r.idempotency_key}", "partition": r.partition, "event_type": "like"} for r in done],
+            )
+        wait_for(lambda: relay.tick() and len(outbox_rows(engine)) == 6, 10, "the applied rows forgotten")
+        assert {key for _, key, _ in outbox_rows(engine)} == {f"like:{r.idempotency_key}" for r in stuck}
+        scans.clear()
+        until = time.monotonic() + 1.5
+        passes = 0
+        while time.monotonic() < until:
+            relay.tick()
+            passes += 1
+        assert passes > 20
+        assert 1 <= len(scans) <= 3, (len(scans), passes)  # about one a second, not one a pass
+    finally:
+        relay_engine.dispose()
 
 
 def test_a_relay_that_pushed_and_died_before_its_commit_sends_again(clean: Settings, engine: Engine) -> None:
