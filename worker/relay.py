@@ -8,7 +8,9 @@ One pass (:meth:`Relay.tick`):
    (one per partition, split at ``max_events_per_message``) with a script that also counts the messages pushed onto
    the queue (``seqproc:relay:pushed:<queue>``), but only if that count is the one this relay recorded. Then mark
    the rows sent (with the number of their message) and commit.
-2. **Forget what is applied.** Sent rows whose key the idempotency ledger holds are deleted; the others stay.
+2. **Forget what is applied.** Sent rows whose key the idempotency ledger holds are deleted, and so are those
+   a worker dead-lettered (parked): the dead-letter store keeps them, and replay takes them from there; the others
+   stay.
    Each pass checks the next ``FORGET_CHUNK`` sent rows after where the last one stopped (wrapping to the oldest
    when a scan comes back short), so rows whose key never reaches the ledger do not hold back the ones behind
    them; after a pass that forgot nothing, the next scan waits ``FORGET_IDLE_S``.
@@ -32,6 +34,7 @@ go again (duplicates, harmless).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -110,6 +113,7 @@ _MARK_SENT = text(
     WHERE o.id = v.id
     """
 )
+_LOST = text("SELECT id, ledger_key FROM seqproc_outbox WHERE partition = :partition AND push_seq > :count")
 _RESEND = text(
     "UPDATE seqproc_outbox SET push_seq = NULL, sent_at = NULL WHERE partition = :partition AND push_seq > :count"
 )
@@ -117,6 +121,7 @@ _SENT = text(
     "SELECT id, ledger_key FROM seqproc_outbox WHERE push_seq IS NOT NULL AND id > :after ORDER BY id LIMIT :limit"
 )
 _APPLIED = text("SELECT key FROM idempotency_ledger WHERE key = ANY(CAST(:keys AS text[]))")
+_DEAD_LETTERED = text("SELECT event_key, body FROM dead_letter WHERE event_key = ANY(CAST(:keys AS text[]))")
 _FORGET = text("DELETE FROM seqproc_outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
 
 
@@ -222,17 +227,24 @@ class Relay:
 
     def _resend(self, conn: Connection, partition: int, count: int, expected: int, result: PassResult) -> None:
         """The broker counts ``count`` messages pushed onto the partition's queue, ``expected`` were recorded: the
-        events of the messages above ``count`` become unsent, to go again before anything newer."""
+        events of the messages above ``count`` become unsent, to go again before anything newer; those a worker is
+        done with (:meth:`_done`) are forgotten instead: a parked event sent again would be dead-lettered twice."""
+        lost = conn.execute(_LOST, {"partition": partition, "count": count}).all()
+        done_keys = self._done([key for _, key in lost])
+        done = [int(row_id) for row_id, key in lost if key in done_keys]
+        if done:
+            result.forgotten += conn.execute(_FORGET, {"ids": done}).rowcount
         resent = conn.execute(_RESEND, {"partition": partition, "count": count}).rowcount
         result.resent += resent
         logger.warning(
             "partition %d: the broker lost %d message(s) (it counts %d pushed, %d recorded); %d event(s) "
-            "not applied yet go again, in order",
+            "not applied yet go again, in order; %d applied or dead-lettered forgotten",
             partition,
             expected - count,
             count,
             expected,
             resent,
+            len(done),
         )
 
     def _push_all(
@@ -269,17 +281,34 @@ class Relay:
         with self.outbox.connect() as conn:
             sent = conn.execute(_SENT, {"after": self._forget_after, "limit": FORGET_CHUNK}).all()
         self._forget_after = int(sent[-1][0]) if len(sent) == FORGET_CHUNK else 0
-        done: list[int] = []
-        if sent:
-            keys = list({key for _, key in sent})
-            with self.ledger.connect() as conn:
-                applied = {row[0] for row in conn.execute(_APPLIED, {"keys": keys})}
-            done = [int(row_id) for row_id, key in sent if key in applied]
+        done_keys = self._done([key for _, key in sent])
+        done = [int(row_id) for row_id, key in sent if key in done_keys]
         if not done:
             self._forget_not_before = time.monotonic() + FORGET_IDLE_S
             return
         with self.outbox.begin() as conn:
             result.forgotten += conn.execute(_FORGET, {"ids": done}).rowcount
+
+    def _done(self, keys: list[str]) -> set[str]:
+        """Of these ledger keys, those a worker is done with: applied (the ledger holds the key), or kept in the
+        dead-letter store (its entity was parked, or it failed to apply; a replay brings it back from there, not
+        from the outbox). Sent again, such an event would only be a duplicate, or be dead-lettered a second time."""
+        wanted = list(dict.fromkeys(keys))
+        done: set[str] = set()
+        if not wanted:
+            return done
+        with self.ledger.connect() as conn:
+            for start in range(0, len(wanted), FORGET_CHUNK):
+                chunk = wanted[start : start + FORGET_CHUNK]
+                done.update(row[0] for row in conn.execute(_APPLIED, {"keys": chunk}))
+                rest = {key for key in chunk if key not in done}
+                if not rest:
+                    continue
+                # A dead letter keeps the event's own key; the ledger's is "<type>:<key>" (the type from its body).
+                event_keys = list({key.partition(":")[2] for key in rest})
+                letters = conn.execute(_DEAD_LETTERED, {"keys": event_keys})
+                done.update(rest.intersection(_ledger_key(key, body) for key, body in letters))
+        return done
 
     # -- the process -------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -306,3 +335,12 @@ class Relay:
                 )
                 continue
             stop.wait(idle_s)
+
+
+def _ledger_key(event_key: str, body: str) -> str | None:
+    """The ledger key of a dead-lettered event (None if its body is not an event's JSON)."""
+    try:
+        event_type = json.loads(body).get("type")
+    except (ValueError, AttributeError):
+        return None
+    return f"{event_type}:{event_key}" if isinstance(event_type, str) else None

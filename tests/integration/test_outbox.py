@@ -11,7 +11,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 import redis
-from sqlalchemy import Engine, insert, select, text
+from sqlalchemy import Engine, delete, func, insert, select, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ import seqproc
 from seqproc.models.db import make_engine
 from seqproc.models.errors import InvalidEvent
 from seqproc.models.settings import Settings
-from seqproc.models.tables.ledger import LedgerEntry
+from seqproc.models.tables.ledger import DeadLetter, LedgerEntry, ParkedKey
 from seqproc.models.wire import partition_for, queue_name, relay_pushed_key
 from seqproc.producer.outbox import OutboxConnectionError
 from seqproc.worker import relay as relay_module
@@ -168,6 +168,52 @@ def test_rows_never_applied_do_not_hold_back_forgetting_and_are_not_checked_ever
         assert 1 <= len(scans) <= 3, (len(scans), passes)  # about one a second, not one a pass
     finally:
         relay_engine.dispose()
+
+
+def test_parked_events_are_forgotten_once_dead_lettered_and_never_dead_lettered_twice(
+    clean: Settings, engine: Engine, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Events of a parked entity are dead-lettered by the worker and never reach the ledger: the relay forgets them
+    once the dead-letter store holds them (replay takes them from there), and a broker that lost their messages
+    does not get them again (they would be dead-lettered a second time)."""
+    entity = "article:9031"
+    partition = partition_for(entity, clean.partitions)
+    queue = queue_name(partition)
+    with engine.begin() as conn:
+        conn.execute(insert(ParkedKey).values(entity_key=entity, partition=partition, reason="a test parked it"))
+    try:
+        with engine.begin() as conn:
+            parked = [seqproc.outbox.like(conn, 9031, user) for user in (1, 2)]
+        relay = relay_for(clean, engine)
+        assert relay.tick().sent == 2
+        start_worker(clean)
+        wait_for(lambda: dead_letters(engine, entity) == 2, 30, "both events dead-lettered behind the parked entity")
+        client = redis.Redis.from_url(clean.broker_url)
+        client.flushdb()  # the broker lost the message (and its count) after the worker took it
+        lost = relay.tick()
+        assert (lost.resent, lost.sent, lost.forgotten) == (0, 0, 2)
+        assert client.llen(queue) == 0
+        assert outbox_rows(engine) == []
+
+        with engine.begin() as conn:  # and without a loss, the forget pass lets go of them
+            later = seqproc.outbox.like(conn, 9031, 3)
+        assert relay.tick().sent == 1
+        wait_for(lambda: dead_letters(engine, entity) == 3, 30, "the later event dead-lettered")
+        wait_for(lambda: relay.tick().forgotten, 5, "the dead-lettered row forgotten")
+        assert outbox_rows(engine) == []
+        assert later.wait(5).reason == "parked"
+        assert {o.reason for o in seqproc.wait_all(parked, timeout_s=5)} == {"parked"}
+        assert dead_letters(engine, entity) == 3
+    finally:
+        with engine.begin() as conn:
+            conn.execute(delete(ParkedKey).where(ParkedKey.entity_key == entity))
+
+
+def dead_letters(engine: Engine, entity: str) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(select(func.count()).select_from(DeadLetter).where(DeadLetter.entity_key == entity)).scalar()
+        )
 
 
 def test_a_relay_that_pushed_and_died_before_its_commit_sends_again(clean: Settings, engine: Engine) -> None:
