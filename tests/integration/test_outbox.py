@@ -7,6 +7,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -16,13 +17,15 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 import seqproc
-from seqproc.models.db import make_engine
+from seqproc.models.db import ensure_database, make_engine
 from seqproc.models.errors import InvalidEvent
 from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import DeadLetter, LedgerEntry, ParkedKey
 from seqproc.models.wire import partition_for, queue_name, relay_pushed_key
 from seqproc.producer.outbox import OutboxConnectionError
 from seqproc.worker import relay as relay_module
+from seqproc.worker.beat.jobs import purge_ledger
+from seqproc.worker.beat.singleton import singleton
 from seqproc.worker.ops.lag import outbox_depth
 from seqproc.worker.relay import Relay
 from tests.conftest import RelayProcess, WorkerProcess, wait_for
@@ -214,6 +217,46 @@ def dead_letters(engine: Engine, entity: str) -> int:
         return int(
             conn.execute(select(func.count()).select_from(DeadLetter).where(DeadLetter.entity_key == entity)).scalar()
         )
+
+
+def purge(engine: Engine, settings: Settings, run_name: str) -> str:
+    with singleton(engine, settings, run_name, interval_s=3600) as run:
+        return purge_ledger(engine, settings, run)
+
+
+def test_the_ledger_purge_keeps_the_keys_of_events_still_in_the_outbox(clean: Settings, engine: Engine) -> None:
+    """A row the relay still holds may be sent again (after a broker loss, or before its forget pass): its key must
+    stay in the ledger however old, or the copy would be applied a second time."""
+    with engine.begin() as conn:
+        receipts = seqproc.outbox.send_many(conn, [{"type": "like", "article_id": 12, "user_id": u} for u in (1, 2)])
+    keys = [f"like:{r.idempotency_key}" for r in receipts]
+    old = datetime.now(UTC) - timedelta(days=clean.dedup_window_days + 1)
+    with engine.begin() as conn:  # applied long ago; the relay has not forgotten them yet
+        conn.execute(
+            insert(LedgerEntry),
+            [{"key": k, "partition": 0, "event_type": "like", "applied_at": old} for k in [*keys, "old-1", "old-2"]],
+        )
+    settings = clean.model_copy(update={"purge_chunk": 3})
+    detail = purge(engine, settings, "purge_ledger")
+    assert detail.startswith("purged 2 key(s)")
+    assert detail.endswith("kept 2 of events still in the outbox")
+    with engine.connect() as conn:
+        assert set(conn.execute(select(LedgerEntry.key)).scalars()) == set(keys)
+    relay = relay_for(clean, engine)
+    assert relay.tick().forgotten == 2  # sent and found applied: forgotten
+    assert purge(engine, settings, "purge_ledger-again").startswith("purged 2 key(s)")
+    with engine.connect() as conn:
+        assert conn.execute(select(LedgerEntry.key)).scalars().all() == []
+
+
+def test_the_ledger_purge_without_an_outbox_table_purges_as_before(clean: Settings, engine: Engine) -> None:
+    empty = clean.database_url.rsplit("/", 1)[0] + "/seqproc_test_no_outbox"
+    ensure_database(empty)
+    old = datetime.now(UTC) - timedelta(days=clean.dedup_window_days + 1)
+    with engine.begin() as conn:
+        conn.execute(insert(LedgerEntry), [{"key": "old-1", "partition": 0, "event_type": "like", "applied_at": old}])
+    detail = purge(engine, clean.model_copy(update={"outbox_database_url": empty}), "purge_ledger")
+    assert detail.startswith("purged 1 key(s)")
 
 
 def test_a_relay_that_pushed_and_died_before_its_commit_sends_again(clean: Settings, engine: Engine) -> None:

@@ -4,7 +4,8 @@ partition queues, so they are applied in order by the single writer of each key.
 
 - ``reconcile``: recount the like rows of the articles touched since the last run; for each whose like_count drifted,
   send a ``reconcile`` event through its partition queue (the worker recounts in its own transaction); log the fixes.
-- ``purge_ledger``: delete idempotency keys older than the dedup window, in bounded chunks.
+- ``purge_ledger``: delete idempotency keys older than the dedup window, in bounded chunks, except those of events
+  still in the outbox (the relay could send them again).
 - ``expire_reservations``: send a release for each reservation left active past its time limit.
 - ``snapshot_lag``: record each partition's queue depth, oldest waiting event and applied count.
 """
@@ -12,12 +13,13 @@ partition queues, so they are applied in order by the single writer of each key.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Task
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, inspect, select
 
 from seqproc.domains.likes import Reconcile
 from seqproc.models.celery import JOBS, job_interval_s
@@ -29,6 +31,7 @@ from seqproc.models.tables.base import table_of
 from seqproc.models.tables.jobs import PartitionLag
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount
+from seqproc.models.tables.outbox import OUTBOX_TABLE, OutboxEvent
 from seqproc.models.tables.stock import Reservation, ReservationStatus
 from seqproc.models.wire import JOB_TASK_PREFIX
 from seqproc.producer.publish import publisher_for
@@ -87,17 +90,73 @@ def reconcile(engine: Engine, settings: Settings, run: Singleton) -> str:
 
 
 def purge_ledger(engine: Engine, settings: Settings, run: Singleton) -> str:
+    """Delete ledger keys older than the dedup window, except those of events still in the outbox: the relay sends
+    a row again (after a broker loss, or until it sees the key) for as long as the row exists, and without its key
+    the ledger would apply that copy a second time."""
     ledger = table_of(LedgerEntry)
     cutoff = datetime.now(UTC) - timedelta(days=settings.dedup_window_days)
-    purged = 0
-    while True:
-        run.check()  # before every chunk: a job that lost its lock stops here
-        with engine.begin() as conn:
-            chunk = select(ledger.c.key).where(ledger.c.applied_at < cutoff).limit(settings.purge_chunk)
-            deleted = conn.execute(delete(ledger).where(ledger.c.key.in_(chunk.scalar_subquery()))).rowcount
-        purged += deleted
-        if deleted < settings.purge_chunk:
-            return f"purged {purged} key(s) older than {cutoff.isoformat()}"
+    purged = kept = 0
+    after = ""  # keys in order, so that kept keys are read once per run, not again by every chunk
+    with _outbox_engine(engine, settings) as outbox:
+        while True:
+            run.check()  # before every chunk: a job that lost its lock stops here
+            with engine.connect() as conn:
+                old = (
+                    conn.execute(
+                        select(ledger.c.key)
+                        .where(ledger.c.applied_at < cutoff, ledger.c.key > after)
+                        .order_by(ledger.c.key)
+                        .limit(settings.purge_chunk)
+                    )
+                    .scalars()
+                    .all()
+                )
+            if not old:
+                break
+            pending = _in_outbox(outbox, old)
+            kept += len(pending)
+            run.check()
+            with engine.begin() as conn:
+                for part in _slices([key for key in old if key not in pending]):
+                    purged += conn.execute(
+                        delete(ledger).where(ledger.c.key.in_(part), ledger.c.applied_at < cutoff)
+                    ).rowcount
+            after = old[-1]
+            if len(old) < settings.purge_chunk:
+                break
+    detail = f"purged {purged} key(s) older than {cutoff.isoformat()}"
+    return f"{detail}; kept {kept} of events still in the outbox" if kept else detail
+
+
+#: Keys per ``IN`` list (the purge chunk may be far larger than a statement should carry).
+_IN_LIST = 1_000
+
+
+def _slices(keys: list[str]) -> list[list[str]]:
+    return [keys[start : start + _IN_LIST] for start in range(0, len(keys), _IN_LIST)]
+
+
+@contextmanager
+def _outbox_engine(engine: Engine, settings: Settings) -> Iterator[Engine | None]:
+    """The engine of the outbox's database (``engine`` itself when it is seqproc's), or None when that database
+    has no outbox table (never migrated there: the outbox is not used)."""
+    outbox = engine if settings.outbox_url == settings.database_url else make_engine(settings.outbox_url, pool_size=1)
+    try:
+        yield outbox if inspect(outbox).has_table(OUTBOX_TABLE) else None
+    finally:
+        if outbox is not engine:
+            outbox.dispose()
+
+
+def _in_outbox(outbox: Engine | None, keys: Sequence[str]) -> set[str]:
+    """Of ``keys``, the ledger keys of rows still in the outbox."""
+    if outbox is None:
+        return set()
+    found: set[str] = set()
+    with outbox.connect() as conn:
+        for part in _slices(list(keys)):
+            found.update(conn.execute(select(OutboxEvent.ledger_key).where(OutboxEvent.ledger_key.in_(part))).scalars())
+    return found
 
 
 def expire_reservations(engine: Engine, settings: Settings, run: Singleton) -> str:
