@@ -28,7 +28,13 @@ from seqproc.models.errors import ConfigError
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.wire import IDLE_QUEUE, JOBS_QUEUE, is_redis_url, partition_of_queue
 from seqproc.worker import runtime
-from seqproc.worker.ownership.partitions import claim, queues_for, restore_unacked, session_name
+from seqproc.worker.ownership.partitions import (
+    check_partition_count,
+    claim,
+    queues_for,
+    restore_unacked,
+    session_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +190,9 @@ def run_relay(settings: Settings, *, once: bool = False, ready_file: str | None 
     ledger = outbox if settings.outbox_url == settings.database_url else make_engine(settings.database_url, pool_size=1)
     if not inspect(outbox).has_table("seqproc_outbox"):
         raise ConfigError(f"{mask_url(settings.outbox_url)} has no outbox table: run `seqproc migrate` first")
+    # As a worker does: a relay with another SEQPROC_PARTITIONS would send to other partitions than the workers
+    # read (or never send rows of partitions it does not know).
+    check_partition_count(ledger, settings.partitions)
     relay = Relay(settings, outbox, ledger, redis_client(settings.broker_url))
     if once:
         result = relay.tick()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +28,10 @@ from seqproc.producer.outbox import OutboxConnectionError
 from seqproc.worker import relay as relay_module
 from seqproc.worker.beat.jobs import purge_ledger
 from seqproc.worker.beat.singleton import singleton
+from seqproc.worker.cli.codes import RET_CONFIG
 from seqproc.worker.ops.lag import outbox_depth
+from seqproc.worker.ownership.partitions import check_partition_count, set_partition_count
+from seqproc.worker.processes import settings_env
 from seqproc.worker.relay import Relay
 from tests.conftest import RelayProcess, WorkerProcess, wait_for
 
@@ -257,6 +262,38 @@ def test_the_ledger_purge_without_an_outbox_table_purges_as_before(clean: Settin
         conn.execute(insert(LedgerEntry), [{"key": "old-1", "partition": 0, "event_type": "like", "applied_at": old}])
     detail = purge(engine, clean.model_copy(update={"outbox_database_url": empty}), "purge_ledger")
     assert detail.startswith("purged 1 key(s)")
+
+
+def test_a_relay_with_another_partition_count_refuses_to_start(
+    clean: Settings, engine: Engine, start_relay: Callable[..., RelayProcess]
+) -> None:
+    check_partition_count(engine, clean.partitions)  # the database's count: 16
+    relay = start_relay(clean.model_copy(update={"partitions": 8}), ready=False)
+    assert relay.process.wait(20) == RET_CONFIG
+    assert "SEQPROC_PARTITIONS is 8 but this database was set up with 16 partitions" in relay.log()
+    assert "Traceback" not in relay.log()
+
+
+def test_the_partition_count_is_not_changed_while_the_outbox_holds_unsent_events(
+    clean: Settings, engine: Engine
+) -> None:
+    check_partition_count(engine, clean.partitions)
+    with engine.begin() as conn:
+        seqproc.outbox.send_many(conn, [{"type": "like", "article_id": 13, "user_id": u} for u in (1, 2)])
+    command = [sys.executable, "-m", "seqproc", "partitions", "set", "8"]
+    try:
+        refused = subprocess.run(command, env=settings_env(clean), capture_output=True, text=True, timeout=60)
+        assert refused.returncode == RET_CONFIG
+        assert "the outbox holds 2 event(s) not sent yet" in refused.stderr
+        assert "let `seqproc relay` send them" in refused.stderr
+        check_partition_count(engine, clean.partitions)  # unchanged
+        assert relay_for(clean, engine).tick().sent == 2  # sent: then it may change (here: to the same count)
+        client = redis.Redis.from_url(clean.broker_url)
+        client.flushdb()  # as if the workers drained the queues
+        assert set_partition_count(engine, client, clean.partitions, outbox=engine) == clean.partitions
+    finally:
+        with engine.begin() as conn:  # whatever happened, the count the other tests run with
+            conn.execute(text("UPDATE seqproc_meta SET value = :n WHERE name = 'partition_count'"), {"n": "16"})
 
 
 def test_a_relay_that_pushed_and_died_before_its_commit_sends_again(clean: Settings, engine: Engine) -> None:

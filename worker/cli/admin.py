@@ -308,7 +308,8 @@ def partitions() -> None:
 @partitions.command("set")
 @click.argument("count", type=click.IntRange(1, 1024))
 def partitions_set(count: int) -> None:
-    """Record a new partition count; refused while any partition queue holds events."""
+    """Record a new partition count; refused while any partition queue holds events, or the outbox events not
+    sent yet."""
 
     from seqproc.models.db import make_engine
     from seqproc.worker.ownership.partitions import set_partition_count
@@ -316,10 +317,12 @@ def partitions_set(count: int) -> None:
     settings = load_settings()
     _require_redis_broker(settings, "seqproc partitions set")
     engine = make_engine(settings.database_url)
+    outbox = engine if settings.outbox_url == settings.database_url else make_engine(settings.outbox_url, pool_size=1)
     try:
-        old = set_partition_count(engine, redis_client(settings.broker_url), count)
+        old = set_partition_count(engine, redis_client(settings.broker_url), count, outbox=outbox)
     finally:
         engine.dispose()
+        outbox.dispose()
     click.echo(f"partition count {old} -> {count}; start producers and workers with SEQPROC_PARTITIONS={count}")
 
 

@@ -17,6 +17,7 @@ from seqproc.models.errors import ConfigError, PartitionCountMismatch
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.partition import Meta, Partition
 from seqproc.models.wire import queue_name
+from seqproc.worker.ops.lag import outbox_depth
 
 logger = logging.getLogger(__name__)
 
@@ -235,8 +236,11 @@ def pending_messages(client: Any, count: int) -> dict[str, int]:
     return pending
 
 
-def set_partition_count(engine: Engine, client: Any, new_count: int) -> int:
-    """Change the deployment's partition count; refuse while any queue holds events. Returns the old count."""
+def set_partition_count(engine: Engine, client: Any, new_count: int, *, outbox: Engine | None = None) -> int:
+    """Change the deployment's partition count; refuse while any queue holds events, or while the outbox (on
+    ``outbox``, the engine of its database; ``engine`` when None) holds events not sent yet: each row was routed for
+    the old count, and a relay started with the new one would send it to the wrong partition or never. Returns the
+    old count."""
     with engine.begin() as conn:
         stored = conn.execute(select(META.c.value).where(META.c.name == PARTITION_COUNT)).scalar_one_or_none()
         old_count = int(stored) if stored is not None else new_count
@@ -246,6 +250,13 @@ def set_partition_count(engine: Engine, client: Any, new_count: int) -> int:
             raise ConfigError(
                 f"cannot change the partition count from {old_count} to {new_count} while events are queued "
                 f"({described}): stop the producers, let the workers drain the queues, then try again"
+            )
+        unsent = outbox_depth(outbox or engine)["unsent"]
+        if unsent:
+            raise ConfigError(
+                f"cannot change the partition count from {old_count} to {new_count} while the outbox holds {unsent} "
+                f"event(s) not sent yet (routed for {old_count} partitions): stop the producers, let `seqproc relay` "
+                "send them and the workers apply them, then try again"
             )
         conn.execute(
             upsert(conn, META).on_conflict_do_update(index_elements=[META.c.name], set_={"value": str(new_count)}),
