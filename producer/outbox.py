@@ -69,6 +69,36 @@ class OutboxConnectionError(SeqprocError, TypeError):
     """The connection given to an outbox call is not one it can write through."""
 
 
+#: psycopg's ``pq.TransactionStatus.IDLE``: no transaction open (a number here: psycopg is imported only when used).
+_PSYCOPG_IDLE = 0
+#: Why an autocommit connection is refused.
+AUTOCOMMIT_REFUSED = (
+    "conn: must be inside a transaction, not in autocommit mode: each statement would commit on its own, so the "
+    "event would be sent whether the rest of your transaction commits or not (use the Connection of "
+    "engine.begin() or a Session's transaction; with psycopg, autocommit off or inside `with conn.transaction():`)"
+)
+
+
+def refuse_autocommit(driver_connection: Any, isolation_level: object = None) -> None:
+    """Raise :class:`OutboxConnectionError` when the connection commits each statement on its own: a SQLAlchemy
+    ``isolation_level`` of ``AUTOCOMMIT``, or a driver connection in autocommit mode outside a transaction block
+    of its own (psycopg's ``conn.transaction()`` opens one: that is a transaction)."""
+    if isolation_level == "AUTOCOMMIT":
+        raise OutboxConnectionError(AUTOCOMMIT_REFUSED)
+    if getattr(driver_connection, "autocommit", False) is not True:
+        return
+    status = getattr(getattr(driver_connection, "info", None), "transaction_status", None)
+    if status is None or status == _PSYCOPG_IDLE:
+        raise OutboxConnectionError(AUTOCOMMIT_REFUSED)
+
+
+def refuse_sqlalchemy_autocommit(connection: Any) -> None:
+    """:func:`refuse_autocommit` for a SQLAlchemy ``Connection`` (an ``AsyncConnection``'s ``sync_connection``)."""
+    refuse_autocommit(
+        connection.connection.driver_connection, connection.get_execution_options().get("isolation_level")
+    )
+
+
 def like(conn: Any, article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Receipt:
     """``user_id`` likes ``article_id``, if and only if ``conn``'s transaction commits."""
     return write(conn, [like_event(article_id, user_id, idempotency_key=idempotency_key)])[0]
@@ -118,6 +148,8 @@ def write(conn: Any, events: Sequence[Event], *, settings: Settings | None = Non
     ``conn``: a SQLAlchemy ``Connection`` or ``Session``, or a psycopg 3 ``Connection`` (the async ones go through
     ``seqproc.aio.outbox``; Django's through ``seqproc.contrib.django.outbox``).
     """
+    if not events:
+        return []
     settings = settings or current_settings()
     rows = outbox_rows(events, settings.partitions)
     _insert(conn, rows)
@@ -164,11 +196,13 @@ def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
     from sqlalchemy.orm import Session
 
     if isinstance(conn, Connection | Session):
+        refuse_sqlalchemy_autocommit(conn.connection() if isinstance(conn, Session) else conn)
         conn.execute(text(INSERT_NAMED), rows if len(rows) > 1 else rows[0])
         return
     import psycopg
 
     if isinstance(conn, psycopg.Connection):
+        refuse_autocommit(conn)
         with conn.cursor() as cursor:
             if len(rows) == 1:
                 cursor.execute(INSERT_PYFORMAT, rows[0])

@@ -36,6 +36,8 @@ from seqproc.producer.outbox import (
     OutboxConnectionError,
     outbox_rows,
     receipts_for,
+    refuse_autocommit,
+    refuse_sqlalchemy_autocommit,
 )
 from seqproc.producer.receipt import Receipt
 
@@ -100,6 +102,8 @@ async def write(conn: Any, events: Sequence[Event], *, settings: Settings | None
     ``conn``: a SQLAlchemy ``AsyncConnection`` or ``AsyncSession``, or a psycopg 3 ``AsyncConnection`` (the
     blocking ones go through ``seqproc.outbox``).
     """
+    if not events:
+        return []
     settings = settings or current_settings()
     rows = outbox_rows(events, settings.partitions)
     await _insert(conn, rows)
@@ -111,6 +115,7 @@ async def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
     import psycopg
 
     if isinstance(conn, psycopg.AsyncConnection):
+        refuse_autocommit(conn)
         async with conn.cursor() as cursor:
             if len(rows) == 1:
                 await cursor.execute(INSERT_PYFORMAT, rows[0])
@@ -121,6 +126,9 @@ async def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
     if isinstance(conn, AsyncConnection | AsyncSession):
+        bound = await conn.connection() if isinstance(conn, AsyncSession) else conn
+        if bound.sync_connection is not None:  # None: not started, and the insert below says so
+            refuse_sqlalchemy_autocommit(bound.sync_connection)
         await conn.execute(text(INSERT_NAMED), rows if len(rows) > 1 else rows[0])
         return
     if isinstance(conn, AsyncEngine):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, delete, func, insert, select, text
 from sqlalchemy import event as sa_event
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 import seqproc
@@ -100,6 +102,50 @@ def test_every_connection_kind_writes_in_the_callers_transaction(clean: Settings
         seqproc.outbox.like(engine, 1, 1)
     with pytest.raises(OutboxConnectionError, match=r"conn: must be a SQLAlchemy Connection or Session"):
         seqproc.outbox.like(object(), 1, 1)
+
+
+def test_autocommit_connections_are_refused_and_an_empty_batch_writes_nothing(clean: Settings, engine: Engine) -> None:
+    """An event written on a connection that commits each statement by itself would be sent whether the caller's
+    transaction commits or not: refused, naming the parameter and the rule. A transaction block opened on an
+    autocommit psycopg connection is a transaction: accepted."""
+    refused = r"^conn: must be inside a transaction, not in autocommit mode"
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    with autocommit.begin() as conn, pytest.raises(OutboxConnectionError, match=refused):
+        seqproc.outbox.like(conn, 1, 1)
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        with pytest.raises(OutboxConnectionError, match=refused):
+            seqproc.outbox.like(conn, 1, 2)
+    with Session(autocommit) as session, pytest.raises(OutboxConnectionError, match=refused):
+        seqproc.outbox.like(session, 1, 3)
+    with psycopg.connect(clean.database_url.replace("+psycopg", ""), autocommit=True) as conn:
+        with pytest.raises(OutboxConnectionError, match=refused):
+            seqproc.outbox.like(conn, 1, 4)
+        with conn.transaction():
+            accepted = seqproc.outbox.like(conn, 1, 5)
+        assert seqproc.outbox.write(conn, []) == []
+
+    async def async_calls() -> None:
+        async_engine = create_async_engine(clean.outbox_url, isolation_level="AUTOCOMMIT")
+        try:
+            async with async_engine.begin() as conn:
+                with pytest.raises(OutboxConnectionError, match=refused):
+                    await seqproc.aio.outbox.like(conn, 1, 6)
+            async with AsyncSession(async_engine) as session:
+                with pytest.raises(OutboxConnectionError, match=refused):
+                    await seqproc.aio.outbox.like(session, 1, 7)
+        finally:
+            await async_engine.dispose()
+        url = clean.outbox_url.replace("+psycopg", "")
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            with pytest.raises(OutboxConnectionError, match=refused):
+                await seqproc.aio.outbox.like(conn, 1, 8)
+            assert await seqproc.aio.outbox.write(conn, []) == []
+
+    asyncio.run(async_calls())
+    with engine.begin() as conn:
+        assert seqproc.outbox.write(conn, []) == []
+    assert [key for _, key, _ in outbox_rows(engine)] == [f"like:{accepted.idempotency_key}"]
 
 
 def test_bad_input_names_the_field_and_writes_nothing(clean: Settings, engine: Engine) -> None:
