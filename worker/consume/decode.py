@@ -94,10 +94,18 @@ def _events_type() -> Any:
 def _complete(events: list[Event]) -> bool:
     """Every event carries its key, id and stamp (the wire requires them; the schemas let callers leave them out),
     and its keys fit where seqproc stores them; otherwise the message is read event by event (:func:`complete`)."""
-    return all(
-        event.key is not None and event.id is not None and event.stamp is not None and oversized_key(event) is None
-        for event in events
-    )
+    for event in events:  # a loop, not all() over a generator: most messages carry one event
+        if event.key is None or event.id is None or event.stamp is None or oversized_key(event) is not None:
+            return False
+    return True
+
+
+def _at_home(events: list[Event], partition: int, partitions: int) -> bool:
+    """Every event's entity belongs to ``partition``."""
+    for event in events:  # noqa: SIM110  # a loop, as above: all() over a generator costs more than one check
+        if partition_for(event.entity_key, partitions) != partition:
+            return False
+    return True
 
 
 def _all_valid(raw: Any, partition: int, partitions: int) -> list[Event] | None:
@@ -110,7 +118,7 @@ def _all_valid(raw: Any, partition: int, partitions: int) -> list[Event] | None:
     events: list[Event] = kwargs.events
     if not _complete(events):
         return None
-    if any(partition_for(event.entity_key, partitions) != partition for event in events):
+    if not _at_home(events, partition, partitions):
         return None
     return events
 
@@ -208,9 +216,7 @@ def decode_chunk(chunk: Sequence[Any], *, partitions: int) -> list[Decoded]:
             decoded = []
             for message, partition, (_args, kwargs, _embed) in zip(chunk, partitions_of, bodies, strict=True):
                 events = kwargs.events
-                if not _complete(events) or any(
-                    partition_for(event.entity_key, partitions) != partition for event in events
-                ):
+                if not _complete(events) or not _at_home(events, partition, partitions):
                     break
                 decoded.append(Decoded(partition, message.queue, message.headers.get("id"), events))
             else:
