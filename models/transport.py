@@ -39,6 +39,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from json import JSONDecoder
 from json import loads as json_loads
 from queue import Empty
 from time import monotonic, time
@@ -61,7 +62,8 @@ FETCH_MAX = 64
 
 #: KEYS: unacked hash, unacked index, then the queues, then their bells, then their leases (same order).
 #: ARGV: now, most messages to take, number of queues, the lease owner token ('' = take from every queue).
-#: Returns queue1, item1, queue2, item2, ...
+#: Returns queue1, item1, queue2, item2, ..., then one more element ('+') if it stopped at the limit with messages
+#: left in its queues.
 FETCH = """
 local unacked, index = KEYS[1], KEYS[2]
 local now, limit, nqueues, owner = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
@@ -103,6 +105,7 @@ for i = 1, nqueues do
                 local bell = KEYS[2 + nqueues + j]
                 redis.call('LPUSH', bell, '1')
                 redis.call('LTRIM', bell, 0, 0)
+                out[#out + 1] = '+'
                 break
             end
         end
@@ -156,8 +159,16 @@ class Fetched:
 def fetched(queue: str, item: bytes) -> Fetched:
     """Read a fetched item: a kombu message (``body_encoding`` None or base64), or, for bytes that are not one,
     the minimal envelope :func:`envelope` gives them (the consumer dead-letters it)."""
-    payload = envelope(item, queue)
-    properties = payload.get("properties") or {}
+    payload: Any = None
+    try:
+        text = item.decode("utf-8")
+        payload, end = _scan(text, 0)  # the C scanner: json.loads' own, without its per-call layers
+        whole = end == len(text)
+    except (UnicodeDecodeError, ValueError, StopIteration):
+        whole = False
+    if not whole or not isinstance(payload, dict) or not isinstance(payload.get("properties"), dict):
+        payload = envelope(item, queue)  # whitespace around it, another encoding, or not a message at all
+    properties = payload["properties"]
     body = payload.get("body")
     if properties.get("body_encoding") == "base64" and isinstance(body, str):
         body = base64.b64decode(body)
@@ -172,6 +183,10 @@ def fetched(queue: str, item: bytes) -> Fetched:
     )
 
 
+#: The C scanner json.loads runs (``JSONDecoder.scan_once``: set on the instance, absent from the stubs).
+_scan: Callable[[str, int], tuple[Any, int]] = getattr(JSONDecoder(), "scan_once")  # noqa: B009
+
+
 class ChunkConsumer(Protocol):
     """Takes a whole fetch at once (the worker's batcher), instead of one kombu message at a time."""
 
@@ -179,7 +194,9 @@ class ChunkConsumer(Protocol):
         """How many more messages it may hold now (its prefetch less what it holds)."""
         ...
 
-    def deliver(self, chunk: list[Fetched]) -> None: ...
+    def deliver(self, chunk: list[Fetched], *, more: bool = False) -> None:
+        """Take ``chunk``; ``more``: the fetch stopped at its limit with messages left (a backlog: more at once)."""
+        ...
 
 
 class QoS(kombu_redis.QoS):
@@ -204,6 +221,8 @@ class Channel(kombu_redis.Channel):
     chunk_consumer: ChunkConsumer | None = None
     _shared_client: Any = None
     _fetch_script: Any = None
+    #: The last fetch stopped at its limit with messages left in its queues.
+    fetch_left_more = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -287,7 +306,8 @@ class Channel(kombu_redis.Channel):
                 args=[f"{time():.6f}", limit, len(queues), self.fetch_owner or ""],
                 client=client,
             )
-        return [(bytes_to_str(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+        self.fetch_left_more = len(flat) % 2 == 1
+        return [(bytes_to_str(flat[i]), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
 
     def _fetch_and_deliver(self) -> int:
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
@@ -310,7 +330,7 @@ class Channel(kombu_redis.Channel):
                 chunk = [fetched(queue, item) for queue, item in items]
                 for message in chunk:
                     message.channel = self
-                chunk_consumer.deliver(chunk)
+                chunk_consumer.deliver(chunk, more=self.fetch_left_more)
             return len(items)
         for queue, item in items:
             self.connection._deliver(envelope(item, queue), queue)

@@ -103,10 +103,17 @@ def test_a_fetch_that_stops_at_its_limit_rings_for_what_is_left(clean: Settings)
     client = redis.Redis.from_url(clean.broker_url)
     client.delete(*(bell_key(q) for q in by_queue))  # consumed by the worker's BRPOP
     with connection(clean) as conn:
-        taken = conn.default_channel._fetch([first, second], by_queue[first])  # exactly the first queue's messages
-    assert {q for q, _ in taken} == {first}
-    assert client.llen(second) == by_queue[second]
-    assert client.llen(bell_key(first)) + client.llen(bell_key(second)) == 1  # rung once, for what is left
+        channel = conn.default_channel
+        taken = channel._fetch([first, second], by_queue[first])  # exactly the first queue's messages
+        # ... and says so: the worker's batcher then waits for a full batch rather than flushing at the pause
+        # between two fetches of a backlog.
+        assert channel.fetch_left_more
+        assert {q for q, _ in taken} == {first}
+        assert client.llen(second) == by_queue[second]
+        assert client.llen(bell_key(first)) + client.llen(bell_key(second)) == 1  # rung once, for what is left
+        rest = channel._fetch([first, second], 1000)
+        assert [q for q, _ in rest] == [second] * by_queue[second]
+        assert not channel.fetch_left_more  # nothing left: arrivals stopped
 
 
 def test_messages_are_consumed_even_when_their_bell_was_lost(clean: Settings, start_worker, engine: Engine) -> None:

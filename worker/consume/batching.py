@@ -78,6 +78,8 @@ class Batcher:
         self._timer: Any = None
         self._first_arrival_s = 0.0
         self._last_arrival_s = 0.0
+        #: The last fetch left messages in the queues: flush at the batch's size, not when arrivals pause.
+        self._backlog = False
 
     # -- wiring -----------------------------------------------------------------------------------------------
     def bind(self, consumer: Any) -> Callable[..., None]:
@@ -93,30 +95,37 @@ class Batcher:
     def on_message(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> None:
         """One message through Celery's per-message path (other transports, and the beat's worker)."""
         decoded = decode_message(message, partitions=self.rt.settings.partitions)
+        first = not self.buffer
         self.buffer.append(Held(message, decoded))
         self.events_held += len(decoded.events)
-        self._received()
+        self._received(first)
 
     def room(self) -> int:
         """How many more messages the transport may hand over now (:class:`ChunkConsumer`)."""
         prefetch = self.consumer.qos.value if self.consumer is not None and self.consumer.qos else 0
         return max(0, (prefetch or FETCH_MAX) - len(self.buffer))
 
-    def deliver(self, chunk: list[Fetched]) -> None:
+    def deliver(self, chunk: list[Fetched], *, more: bool = False) -> None:
         """A whole fetch from seqproc's Redis transport at once (:class:`ChunkConsumer`): decoded together, held
-        unacknowledged like single messages, without a kombu message or a Celery request per message."""
+        unacknowledged like single messages, without a kombu message or a Celery request per message. ``more``:
+        the fetch left messages in the queues (a backlog), so the gap before the next fetch is no sign that
+        arrivals stopped."""
+        self._backlog = more
+        first = not self.buffer
         for message, decoded in zip(chunk, decode_chunk(chunk, partitions=self.rt.settings.partitions), strict=True):
             self.buffer.append(Held(message, decoded))
             self.events_held += len(decoded.events)
-        self._received()
+        self._received(first)
 
-    def _received(self) -> None:
+    def _received(self, first: bool) -> None:
+        """``first``: what just came is the first of a batch (the buffer was empty): ``batch_max_wait_ms`` counts
+        from now."""
         settings = self.rt.settings
         prefetch = self.consumer.qos.value if self.consumer is not None and self.consumer.qos else 0
         timer = getattr(self.consumer, "timer", None) if self.consumer is not None else None
         now = time.monotonic()
         self._last_arrival_s = now
-        if len(self.buffer) == 1:
+        if first:
             self._first_arrival_s = now
         if (
             self.events_held >= settings.batch_size
@@ -140,7 +149,9 @@ class Batcher:
         now = time.monotonic()
         idle_at = self._last_arrival_s + settings.batch_interval_ms / 1000.0
         cap_at = self._first_arrival_s + settings.batch_max_wait_ms / 1000.0
-        due = min(idle_at, cap_at)
+        # Draining a backlog, a fetch of FETCH_MAX messages can take longer than batch_interval_ms: waiting for the
+        # batch to fill (batch_size, the prefetch, or batch_max_wait_ms) commits it in one transaction, not several.
+        due = cap_at if self._backlog else min(idle_at, cap_at)
         if now >= due or self.consumer is None:
             self.flush()
         else:
