@@ -1,0 +1,131 @@
+"""When the batcher flushes: once arrivals pause for ``batch_interval_ms``, or ``batch_max_wait_ms`` after the first
+message of the batch, or when it holds ``batch_size`` events; while the transport says a backlog is waiting, a pause
+between two fetches is not a pause in arrivals."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from seqproc.models.outcomes import outcome_store
+from seqproc.models.settings import Settings
+from seqproc.models.transport import Fetched, fetched
+from seqproc.models.wire import article_key, partition_for, queue_name
+from seqproc.producer.build import like_event
+from seqproc.producer.envelope import task_envelope
+from seqproc.worker import runtime
+from seqproc.worker.consume import batching
+from seqproc.worker.consume.batching import Batcher
+
+PARTITIONS = 16
+ARTICLE = 3
+PARTITION = partition_for(article_key(ARTICLE), PARTITIONS)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance_ms(self, ms: float) -> None:
+        self.now += ms / 1000.0
+
+
+class Timer:
+    """The consumer's timer: remembers what was scheduled; the test fires it."""
+
+    def __init__(self) -> None:
+        self.pending: list[Any] = []
+
+    def call_after(self, _seconds: float, callback: Any) -> Any:
+        entry = SimpleNamespace(callback=callback, cancel=lambda: self.pending.remove(entry))
+        self.pending.append(entry)
+        return entry
+
+    def fire(self) -> None:
+        due, self.pending = self.pending, []
+        for entry in due:
+            entry.callback()
+
+
+@pytest.fixture
+def setup(monkeypatch: pytest.MonkeyPatch) -> tuple[Batcher, Clock, Timer, list[int]]:
+    clock = Clock()
+    monkeypatch.setattr(batching.time, "monotonic", clock.monotonic)
+    settings = Settings(partitions=PARTITIONS, batch_size=500, batch_interval_ms=2, batch_max_wait_ms=50)
+    batcher = Batcher(runtime.Runtime(settings, None, outcome_store("memory://", ttl_s=60), {PARTITION: 1}))  # type: ignore[arg-type]
+    flushed: list[int] = []
+
+    def flush() -> None:  # what was held when it flushed; the apply itself is tested elsewhere
+        if batcher._timer is not None:
+            batcher._timer.cancel()
+            batcher._timer = None
+        flushed.append(len(batcher.buffer))
+        batcher.buffer, batcher.events_held = [], 0
+
+    monkeypatch.setattr(batcher, "flush", flush)
+    timer = Timer()
+    batcher.bind(SimpleNamespace(qos=SimpleNamespace(value=500), hub=object(), timer=timer))
+    return batcher, clock, timer, flushed
+
+
+_users = iter(range(1, 10**6))
+
+
+def chunk(size: int) -> list[Fetched]:
+    queue = queue_name(PARTITION)
+    return [
+        fetched(queue, task_envelope(queue, PARTITION, [like_event(ARTICLE, next(_users))], task_id=f"t{n}").encode())
+        for n in range(size)
+    ]
+
+
+def test_a_pause_in_arrivals_flushes(setup: tuple[Batcher, Clock, Timer, list[int]]) -> None:
+    batcher, clock, timer, flushed = setup
+    batcher.deliver(chunk(10), more=False)
+    clock.advance_ms(1)
+    timer.fire()
+    assert flushed == []  # not yet idle for batch_interval_ms
+    clock.advance_ms(2)
+    timer.fire()
+    assert flushed == [10]
+
+
+def test_while_a_backlog_drains_the_batch_fills_instead(setup: tuple[Batcher, Clock, Timer, list[int]]) -> None:
+    batcher, clock, timer, flushed = setup
+    for _ in range(7):  # 7 fetches of 64, each slower than batch_interval_ms, the queue never empty
+        batcher.deliver(chunk(64), more=True)
+        clock.advance_ms(4)
+        timer.fire()
+    assert flushed == []
+    batcher.deliver(chunk(64), more=True)  # 512 events: a full batch
+    assert flushed == [512]
+    batcher.deliver(chunk(20), more=False)  # the last of it
+    clock.advance_ms(3)
+    timer.fire()
+    assert flushed == [512, 20]
+
+
+def test_batch_max_wait_counts_from_the_batch_first_message(setup: tuple[Batcher, Clock, Timer, list[int]]) -> None:
+    """A batch that began long after the previous one waits its own ``batch_max_wait_ms``, not what was left of an
+    earlier batch's (with whole fetches delivered at once the batcher once missed the start of a batch, and every
+    later one flushed at the first tick)."""
+    batcher, clock, timer, flushed = setup
+    batcher.deliver(chunk(5), more=False)
+    clock.advance_ms(3)
+    timer.fire()
+    assert flushed == [5]
+    clock.advance_ms(10_000)  # quiet for ten seconds, then a backlog comes
+    for _ in range(5):
+        batcher.deliver(chunk(8), more=True)
+        clock.advance_ms(9)
+        timer.fire()
+    assert flushed == [5]  # 45 ms into this batch: still filling
+    batcher.deliver(chunk(8), more=True)
+    clock.advance_ms(9)
+    timer.fire()
+    assert flushed == [5, 48]  # 54 ms: batch_max_wait_ms is up
