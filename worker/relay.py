@@ -250,7 +250,8 @@ class Relay:
     def _push_all(
         self, by_partition: dict[int, list[tuple[int, str]]], recorded: dict[int, int]
     ) -> dict[int, tuple[list[list[tuple[int, str]]], tuple[bool, int]]]:
-        """Push each partition's rows as messages, every partition in one pipelined round trip."""
+        """Push each partition's rows as messages, every partition in one pipelined round trip; the replies of the
+        partitions the broker did not refuse."""
         limit = self.settings.max_events_per_message
         plan: dict[int, list[list[tuple[int, str]]]] = {}
         pipe = self.client.pipeline(transaction=False)
@@ -269,11 +270,22 @@ class Relay:
                 args=[int(recorded.get(partition, 0)), *bodies],
                 client=pipe,
             )
-        replies = pipe.execute()
-        return {
-            partition: (plan[partition], (bool(int(reply[0])), int(reply[1])))
-            for partition, reply in zip(plan, replies, strict=True)
-        }
+        # One partition's error (a queue key of the wrong type, a full Redis refusing writes) must not hold back the
+        # others: its rows stay unsent, for the next pass; the rest are pushed and recorded.
+        replies = pipe.execute(raise_on_error=False)
+        pushed: dict[int, tuple[list[list[tuple[int, str]]], tuple[bool, int]]] = {}
+        for partition, reply in zip(plan, replies, strict=True):
+            if isinstance(reply, Exception):
+                logger.warning(
+                    "partition %d: the broker refused the push of %d event(s) (%s); they stay unsent, for the next "
+                    "pass",
+                    partition,
+                    len(by_partition[partition]),
+                    first_line(reply),
+                )
+                continue
+            pushed[partition] = (plan[partition], (bool(int(reply[0])), int(reply[1])))
+        return pushed
 
     def _forget(self, result: PassResult) -> None:
         if time.monotonic() < self._forget_not_before:

@@ -342,6 +342,28 @@ def test_the_partition_count_is_not_changed_while_the_outbox_holds_unsent_events
             conn.execute(text("UPDATE seqproc_meta SET value = :n WHERE name = 'partition_count'"), {"n": "16"})
 
 
+def test_a_partition_the_broker_refuses_does_not_hold_back_the_others(clean: Settings, engine: Engine) -> None:
+    articles = (21, 22)
+    partitions = [partition_for(f"article:{a}", clean.partitions) for a in articles]
+    assert partitions[0] != partitions[1]
+    client = redis.Redis.from_url(clean.broker_url)
+    client.set(queue_name(partitions[0]), "not a list")  # every push onto it fails (WRONGTYPE)
+    with engine.begin() as conn:
+        seqproc.outbox.send_many(
+            conn, [{"type": "like", "article_id": a, "user_id": u} for a in articles for u in (1, 2)]
+        )
+    relay = relay_for(clean, engine)
+    result = relay.tick()
+    assert (result.sent, result.messages) == (2, 1)  # the other partition's events went
+    assert client.llen(queue_name(partitions[1])) == 1
+    with engine.connect() as conn:
+        unsent = conn.execute(text("SELECT partition FROM seqproc_outbox WHERE push_seq IS NULL")).scalars().all()
+    assert unsent == [partitions[0]] * 2
+    client.delete(queue_name(partitions[0]))  # fixed: they go on the next pass
+    assert relay.tick().sent == 2
+    assert client.llen(queue_name(partitions[0])) == 1
+
+
 def test_a_relay_that_pushed_and_died_before_its_commit_sends_again(clean: Settings, engine: Engine) -> None:
     with engine.begin() as conn:
         receipt = seqproc.outbox.like(conn, 9, 1)
