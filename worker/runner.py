@@ -186,7 +186,15 @@ def run_relay(settings: Settings, *, once: bool = False, ready_file: str | None 
 
     if not is_redis_url(settings.broker_url):
         raise ConfigError("seqproc relay pushes onto Redis lists: SEQPROC_BROKER_URL must be redis:// or rediss://")
-    outbox = make_engine(settings.outbox_url, statement_timeout_s=settings.apply_time_limit_s, pool_size=2)
+    outbox = make_engine(
+        settings.outbox_url,
+        statement_timeout_s=settings.apply_time_limit_s,
+        # A pass holds its partitions' advisory locks for one short transaction (its pushes included): a relay that
+        # idles inside one is paused or hung, and would keep every partition from the other relays. PostgreSQL
+        # ends its session, which frees the locks; its pushes without a commit are sent again (duplicates).
+        idle_in_transaction_timeout_s=min(settings.apply_time_limit_s, settings.lease_s),
+        pool_size=2,
+    )
     ledger = outbox if settings.outbox_url == settings.database_url else make_engine(settings.database_url, pool_size=1)
     if not inspect(outbox).has_table("seqproc_outbox"):
         raise ConfigError(f"{mask_url(settings.outbox_url)} has no outbox table: run `seqproc migrate` first")

@@ -5,6 +5,7 @@ Bounded: a few kills, a few seconds each."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import signal
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import Engine, select, text
 
 import seqproc
@@ -22,9 +24,11 @@ from seqproc.models.db import make_engine
 from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.models.tables.likes import ArticleLike
+from seqproc.models.wire import queue_name
 from seqproc.worker.ops.inspect import check_invariants, product_state
 from seqproc.worker.ops.lag import outbox_depth
-from tests.conftest import PrivateRedis, RelayProcess, WorkerProcess
+from seqproc.worker.relay import LOCK_NAMESPACE
+from tests.conftest import PrivateRedis, RelayProcess, WorkerProcess, wait_for
 from tests.faults.matrix import report
 
 pytestmark = pytest.mark.services
@@ -291,3 +295,54 @@ def test_a_broker_that_lost_its_last_second_of_writes_loses_no_committed_event(
     broker.stop()
     assert all(n > 0 for n in lost_bytes), lost_bytes  # the crashes really lost writes...
     assert "the broker lost" in relay.log()  # ...the relay saw its count go back, and sent those events again
+
+
+def advisory_locks_held(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :ns AND granted"),
+                {"ns": LOCK_NAMESPACE},
+            ).scalar_one()
+        )
+
+
+def test_a_relay_stuck_inside_its_transaction_lets_go_of_the_partitions(
+    clean: Settings, engine: Engine, tmp_path: Path, start_relay: Callable[..., RelayProcess]
+) -> None:
+    """The broker stops answering (SIGSTOP) while the relay is inside a pass: the relay waits on it, holding every
+    partition's advisory lock. PostgreSQL ends its idle transaction after min(apply time limit, lease) (1 s here),
+    which frees the locks for other relays, long before the relay's own Redis timeout (10 s); once the broker is
+    back, the relay sends on."""
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    broker = PrivateRedis(tmp_path / "broker")
+    broker.directory.mkdir()
+    broker.start()
+    settings = clean.model_copy(update={"broker_url": broker.url(0), "apply_time_limit_s": 1, "lease_s": 1})
+    seqproc.configure(settings)
+    try:
+        with engine.begin() as conn:
+            first = seqproc.outbox.like(conn, 41, 1)
+        relay = start_relay(settings)
+        wait_for(lambda: not outbox_depth(engine)["unsent"], 15, "the first event sent")
+        assert broker.process is not None
+        broker.process.send_signal(signal.SIGSTOP)
+        try:
+            with engine.begin() as conn:
+                later = seqproc.outbox.like(conn, 41, 2)
+            wait_for(lambda: advisory_locks_held(engine), 5, "the relay waiting on the broker inside its transaction")
+            stuck_at = time.monotonic()
+            wait_for(lambda: advisory_locks_held(engine) == 0, 5, "PostgreSQL to end the stuck transaction")
+            freed_after_s = time.monotonic() - stuck_at
+        finally:
+            broker.process.send_signal(signal.SIGCONT)
+        wait_for(lambda: not outbox_depth(engine)["unsent"], 30, "the later event sent once the broker is back")
+        client = redis.Redis.from_url(settings.broker_url)
+        queued = [json.loads(m) for m in client.lrange(queue_name(first.partition), 0, -1)]
+        ids = [e["id"] for m in reversed(queued) for e in json.loads(m["body"])[1]["events"]]
+        assert ids == [first.event_id, later.event_id]
+        assert "relay pass failed" in relay.log()
+        assert freed_after_s < 4
+    finally:
+        broker.stop()
