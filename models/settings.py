@@ -102,7 +102,8 @@ class Settings(BaseSettings):
     #: ``max_events_per_message``).
     relay_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2_000
     #: ... how long it waits before looking again when it found nothing to send (it looks again at once when it
-    #: did); the most a committed event waits for the relay on an idle system.
+    #: did), doubled after each pass that found nothing up to 5 times this: the most a committed event waits for
+    #: the relay on an idle system.
     relay_interval_ms: Annotated[int, Field(ge=1, le=60_000)] = 20
 
     #: Modules that declare domains (``seqproc.Domain``), comma-separated (``myapp.wallet,myapp.seats``): producers and

@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 LOCK_NAMESPACE = 0x5E9C
 #: Sent rows checked against the ledger per pass.
 FORGET_CHUNK = 5_000
+#: An idle relay's wait between passes doubles up to this many times ``relay_interval_ms``.
+IDLE_BACKOFF = 5
 #: After a pass that forgot nothing, the next look waits this long: rows whose key is not in the ledger yet (in
 #: flight, or never to come: dead-lettered, parked) are not checked again on every pass.
 FORGET_IDLE_S = 1.0
@@ -324,10 +326,12 @@ class Relay:
 
     # -- the process -------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Pass after pass until ``stop`` is set: again at once after a pass that sent something, else after
-        ``relay_interval_ms``; a database or broker error is logged and tried again with capped backoff."""
-        idle_s = self.settings.relay_interval_ms / 1000.0
-        pause_s = idle_s
+        """Pass after pass until ``stop`` is set: again at once after a pass that sent something; after a pass that
+        found nothing, wait ``relay_interval_ms``, doubled after each such pass up to ``IDLE_BACKOFF`` times it (an
+        idle relay looks a few times a second, not fifty), and back to ``relay_interval_ms`` on any activity. A
+        database or broker error is logged and tried again with capped backoff."""
+        interval_s = self.settings.relay_interval_ms / 1000.0
+        idle_s = pause_s = interval_s
         while not stop.is_set():
             try:
                 result = self.tick()
@@ -336,7 +340,9 @@ class Relay:
                 stop.wait(pause_s)
                 pause_s = min(max(pause_s * 2, 0.05), self.settings.retry_backoff_max_s)
                 continue
-            pause_s = idle_s
+            pause_s = interval_s
+            if result.sent or result.resent or result.forgotten:
+                idle_s = interval_s
             if result.sent or result.resent:
                 logger.debug(
                     "relay: sent %d event(s) in %d message(s); %d to send again; forgot %d",
@@ -347,6 +353,7 @@ class Relay:
                 )
                 continue
             stop.wait(idle_s)
+            idle_s = min(idle_s * 2, interval_s * IDLE_BACKOFF)
 
 
 def _ledger_key(event_key: str, body: str) -> str | None:

@@ -418,6 +418,37 @@ def test_two_relays_share_the_outbox_each_row_sent_once_in_order_per_key(clean: 
         assert all(ids == sorted(ids) for ids in by_article.values()), partition
 
 
+class CountingRelay(Relay):
+    """A relay that counts its passes."""
+
+    passes = 0
+
+    def tick(self) -> relay_module.PassResult:
+        self.passes += 1
+        return super().tick()
+
+
+def test_an_idle_relay_backs_off_and_still_sends_within_five_intervals(clean: Settings, engine: Engine) -> None:
+    """Finding nothing, the relay doubles its wait up to 5 x relay_interval_ms (20 ms: 100 ms), instead of a pass
+    every 20 ms; an event written meanwhile still goes within about that."""
+    relay = CountingRelay(clean, engine, engine, redis.Redis.from_url(clean.broker_url))
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,))
+    thread.start()
+    try:
+        time.sleep(1.0)  # a sample of the idle rate (by the old 20 ms rule: about 45 passes)
+        idle_passes = relay.passes
+        assert 5 <= idle_passes <= 20, idle_passes
+        with engine.begin() as conn:
+            seqproc.outbox.like(conn, 15, 1)
+        written = time.monotonic()
+        wait_for(lambda: not outbox_depth(engine)["unsent"], 5, "the event sent", interval_s=0.005)
+        assert time.monotonic() - written < 0.3
+    finally:
+        stop.set()
+        thread.join(10)
+
+
 def test_outbox_depth_and_relay_process(
     clean: Settings,
     engine: Engine,
