@@ -11,8 +11,9 @@
 Each call inserts its event into the outbox table (``seqproc_outbox``) of the database ``using`` names
 (``"default"`` unless told), through the connection Django uses for it in this thread, so the event belongs to the
 current ``atomic`` block: it is sent (by ``seqproc relay``) if and only if that block commits, and a savepoint
-rolled back takes its events with it. Outside ``atomic``, Django's autocommit commits the event at once, which is
-still "sent if and only if written", but then nothing ties it to the view's other writes: use ``atomic``.
+rolled back takes its events with it. Outside ``atomic`` (Django's autocommit, which would commit the event at once,
+whatever became of the view's other writes) a call raises :class:`~seqproc.outbox.OutboxConnectionError`;
+``ATOMIC_REQUESTS`` and ``transaction.set_autocommit(False)`` are transactions too.
 
 The outbox table must be in that database: ``SEQPROC_OUTBOX_DATABASE_URL=<it> seqproc migrate`` creates it, and
 ``seqproc relay`` reads it with the same ``SEQPROC_OUTBOX_DATABASE_URL``. Validation is that of every other call:
@@ -39,7 +40,7 @@ from seqproc.producer.build import (
     restock_event,
     unlike_event,
 )
-from seqproc.producer.outbox import INSERT_PYFORMAT, outbox_rows, receipts_for
+from seqproc.producer.outbox import INSERT_PYFORMAT, OutboxConnectionError, outbox_rows, receipts_for
 from seqproc.producer.receipt import Receipt
 
 __all__ = ["commit", "like", "release", "reserve", "restock", "send_many", "unlike", "write"]
@@ -96,10 +97,16 @@ def write(events: Sequence[Event], *, using: str = DEFAULT_DB_ALIAS) -> list[Rec
     """Insert built ``events`` into the outbox of ``using``, in its current transaction; one receipt per event."""
     if not events:
         return []
+    connection = connections[using]
+    if connection.get_autocommit() and not connection.in_atomic_block:
+        raise OutboxConnectionError(
+            f"using={using!r}: must be inside transaction.atomic(using={using!r}): in autocommit mode the event "
+            "would be committed on its own, whether the rest of the view's writes commit or not"
+        )
     settings = current_settings()
     rows = outbox_rows(events, settings.partitions)
     # Django's cursor, not a connection of our own: only its connection is inside the caller's transaction.
-    with connections[using].cursor() as cursor:
+    with connection.cursor() as cursor:
         if len(rows) == 1:
             cursor.execute(INSERT_PYFORMAT, rows[0])
         else:
