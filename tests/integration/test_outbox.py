@@ -36,6 +36,7 @@ from seqproc.worker.ownership.partitions import check_partition_count, set_parti
 from seqproc.worker.processes import settings_env
 from seqproc.worker.relay import Relay
 from tests.conftest import RelayProcess, WorkerProcess, wait_for
+from tests.integration.django_example import database_url
 
 pytestmark = pytest.mark.services
 
@@ -301,7 +302,7 @@ def test_the_ledger_purge_keeps_the_keys_of_events_still_in_the_outbox(clean: Se
 
 
 def test_the_ledger_purge_without_an_outbox_table_purges_as_before(clean: Settings, engine: Engine) -> None:
-    empty = clean.database_url.rsplit("/", 1)[0] + "/seqproc_test_no_outbox"
+    empty = database_url("_no_outbox", clean.database_url)  # a database of its own, never migrated
     ensure_database(empty)
     old = datetime.now(UTC) - timedelta(days=clean.dedup_window_days + 1)
     with engine.begin() as conn:
