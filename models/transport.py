@@ -101,10 +101,11 @@ for i = 1, nqueues do
         taken = taken + 1
     end
     if ours and taken >= limit then
-        -- More may be waiting, here or in a later queue whose bell the wait that led here consumed: ring once, so
-        -- that the next wait returns at once.
+        -- More may be waiting, here or in a later queue (of ours) whose bell the wait that led here consumed: ring
+        -- once, so that the next wait returns at once.
         for j = i, nqueues do
-            if redis.call('LLEN', KEYS[2 + j]) > 0 then
+            if (owner == '' or redis.call('GET', KEYS[2 + 2 * nqueues + j]) == owner)
+                    and redis.call('LLEN', KEYS[2 + j]) > 0 then
                 local bell = KEYS[2 + nqueues + j]
                 redis.call('LPUSH', bell, '1')
                 redis.call('LTRIM', bell, 0, 0)
@@ -167,7 +168,7 @@ def fetched(queue: str, item: bytes) -> Fetched:
         text = item.decode("utf-8")
         payload, end = _scan(text, 0)  # the C scanner: json.loads' own, without its per-call layers
         whole = end == len(text)
-    except (UnicodeDecodeError, ValueError, StopIteration):
+    except (UnicodeDecodeError, ValueError, StopIteration, RecursionError):
         whole = False
     if not whole or not isinstance(payload, dict) or not isinstance(payload.get("properties"), dict):
         payload = envelope(item, queue)  # whitespace around it, another encoding, or not a message at all
@@ -198,7 +199,12 @@ class ChunkConsumer(Protocol):
         ...
 
     def deliver(self, chunk: list[Fetched], *, more: bool = False) -> None:
-        """Take ``chunk``; ``more``: the fetch stopped at its limit with messages left (a backlog: more at once)."""
+        """Take ``chunk`` (empty: a fetch found nothing); ``more``: the fetch stopped at its limit with messages
+        left (a backlog: more at once)."""
+        ...
+
+    def filling(self) -> bool:
+        """Holding a batch that is not applied yet, and not shutting down: worth fetching again at once."""
         ...
 
 
@@ -284,10 +290,17 @@ class Channel(kombu_redis.Channel):
             self._flush_brpop_reauth()  # type: ignore[attr-defined]  # not in stubs
         # A bell, or the wait timed out: fetch either way (a bell may have been lost with a killed worker).
         delivered = self._fetch_and_deliver()
-        # Draining a backlog into a chunk consumer: fetch again at once rather than through another wait on the
-        # bells (a round trip and a turn of the event loop per fetch), a few times, so that timers still run.
+        # Draining a backlog into a chunk consumer that is filling a batch: fetch again at once rather than through
+        # another wait on the bells (a round trip and a turn of the event loop per fetch). Only until the batch is
+        # applied (the event loop then gets its turn: timers, lease renewals, a shutdown), at most DRAIN_FETCHES.
         fetches = 1
-        while delivered and self.fetch_left_more and self.chunk_consumer is not None and fetches < DRAIN_FETCHES:
+        while (
+            delivered
+            and self.fetch_left_more
+            and self.chunk_consumer is not None
+            and self.chunk_consumer.filling()
+            and fetches < DRAIN_FETCHES
+        ):
             more = self._fetch_and_deliver()
             if not more:
                 break
@@ -326,9 +339,11 @@ class Channel(kombu_redis.Channel):
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
         if self.fetch_filter is not None:
             queues = [queue for queue in queues if self.fetch_filter(queue)]
-        if not queues:
-            return 0
         chunk_consumer = self.chunk_consumer
+        if not queues:
+            if chunk_consumer is not None:
+                chunk_consumer.deliver([])  # nothing this worker may take: no backlog to wait for
+            return 0
         if chunk_consumer is not None:
             limit = chunk_consumer.room()
         else:
@@ -339,11 +354,10 @@ class Channel(kombu_redis.Channel):
         for queue in dict.fromkeys(queue for queue, _ in items):  # the queues served go to the back of the cycle
             self._queue_cycle.rotate(queue)  # type: ignore[attr-defined]
         if chunk_consumer is not None:
-            if items:
-                chunk = [fetched(queue, item) for queue, item in items]
-                for message in chunk:
-                    message.channel = self
-                chunk_consumer.deliver(chunk, more=self.fetch_left_more)
+            chunk = [fetched(queue, item) for queue, item in items]
+            for message in chunk:
+                message.channel = self
+            chunk_consumer.deliver(chunk, more=self.fetch_left_more)
             return len(items)
         for queue, item in items:
             self.connection._deliver(envelope(item, queue), queue)
@@ -384,7 +398,7 @@ def envelope(item: bytes, queue: str) -> Any:
         payload = json_loads(item)  # C json: kombu's loads adds object hooks our messages never need
         if isinstance(payload, dict) and isinstance(payload.get("properties"), dict):
             return payload
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         pass
     logger.error(
         "queue %s: an item that is not a kombu message (%d bytes); handing it on to be dead-lettered", queue, len(item)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import redis
@@ -127,15 +128,71 @@ def test_messages_are_consumed_even_when_their_bell_was_lost(clean: Settings, st
         assert article_state(conn, 8)["like_count"] == 5
 
 
-def test_bytes_that_are_not_a_message_are_dead_lettered(clean: Settings, start_worker, engine: Engine) -> None:
+@pytest.mark.parametrize(
+    ("raw", "stored_as"),
+    [
+        (b"\x00\x01 not json at all", "base64:"),
+        # JSON nested deeper than the parser recurses: it must not stop the fetch (and with it the partition).
+        (b"[" * 100_000 + b"]" * 100_000, "[[["),
+    ],
+    ids=["not-json", "nested-too-deep"],
+)
+def test_bytes_that_are_not_a_message_are_dead_lettered(
+    clean: Settings, start_worker, engine: Engine, raw: bytes, stored_as: str
+) -> None:
     worker = start_worker(clean)
     queue = queue_name(partition_for(article_key(9), clean.partitions))
     client = redis.Redis.from_url(clean.broker_url)
-    client.lpush(queue, b"\x00\x01 not json at all")
+    client.lpush(queue, raw)
     client.lpush(bell_key(queue), "1")
     assert producer.like(9, 1).wait(timeout_s=30).status == "applied"
     with engine.connect() as conn:
         letters = wait_for(lambda: conn.execute(select(DeadLetter.error, DeadLetter.body)).all(), 30, "a dead letter")
     assert len(letters) == 1
-    assert letters[0].body.startswith("base64:")
+    assert letters[0].body.startswith(stored_as)
     assert worker.process.poll() is None
+
+
+class Recorder:
+    """A chunk consumer that holds what it is given and never applies it: ``room`` messages at a time."""
+
+    def __init__(self, room: int, *, filling: bool) -> None:
+        self._room = room
+        self._filling = filling
+        self.deliveries: list[tuple[int, bool]] = []
+
+    def room(self) -> int:
+        return self._room
+
+    def deliver(self, chunk: list[Any], *, more: bool = False) -> None:
+        self.deliveries.append((len(chunk), more))
+
+    def filling(self) -> bool:
+        return self._filling
+
+
+@pytest.mark.parametrize("filling", [True, False])
+def test_a_backlog_is_fetched_in_a_row_while_the_batch_fills(clean: Settings, filling: bool) -> None:
+    """Each fetch tells the consumer whether it left messages behind; while it did and the consumer is filling a
+    batch, the next fetch follows at once, without another wait on the bells; once the consumer applied its batch
+    (or is stopping), the event loop gets its turn first."""
+    receipts = [producer.like(13, user) for user in range(1, 11)]
+    queue = receipts[0].queue
+    with connection(clean) as conn:
+        channel = conn.default_channel
+        channel._active_queues.append(queue)
+        channel._update_queue_cycle()
+        recorder = Recorder(4, filling=filling)
+        channel.chunk_consumer = recorder  # type: ignore[assignment]
+        client = channel.client
+        client.connection = client.connection_pool.get_connection()  # what kombu's poller does on registering
+        channel._brpop_start(timeout=1)
+        assert channel._brpop_read()  # the producer's bell: fetch
+        if filling:
+            assert recorder.deliveries == [(4, True), (4, True), (2, False)]
+        else:
+            assert recorder.deliveries == [(4, True)]
+            channel._brpop_start(timeout=1)
+            assert channel._brpop_read()  # the bell the fetch rang for what it left
+            assert recorder.deliveries == [(4, True), (4, True)]
+        channel.chunk_consumer = None

@@ -36,18 +36,21 @@ class Clock:
 
 
 class Timer:
-    """The consumer's timer: remembers what was scheduled; the test fires it."""
+    """The consumer's timer on the test's clock: ``fire`` runs what is due by then."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
         self.pending: list[Any] = []
 
-    def call_after(self, _seconds: float, callback: Any) -> Any:
-        entry = SimpleNamespace(callback=callback, cancel=lambda: self.pending.remove(entry))
+    def call_after(self, seconds: float, callback: Any) -> Any:
+        entry = SimpleNamespace(at=self.clock.now + seconds, callback=callback)
+        entry.cancel = lambda: self.pending.remove(entry)
         self.pending.append(entry)
         return entry
 
     def fire(self) -> None:
-        due, self.pending = self.pending, []
+        due = [entry for entry in self.pending if entry.at <= self.clock.now + 1e-9]
+        self.pending = [entry for entry in self.pending if entry not in due]
         for entry in due:
             entry.callback()
 
@@ -68,7 +71,7 @@ def setup(monkeypatch: pytest.MonkeyPatch) -> tuple[Batcher, Clock, Timer, list[
         batcher.buffer, batcher.events_held = [], 0
 
     monkeypatch.setattr(batcher, "flush", flush)
-    timer = Timer()
+    timer = Timer(clock)
     batcher.bind(SimpleNamespace(qos=SimpleNamespace(value=500), hub=object(), timer=timer))
     return batcher, clock, timer, flushed
 
@@ -129,3 +132,31 @@ def test_batch_max_wait_counts_from_the_batch_first_message(setup: tuple[Batcher
     clock.advance_ms(9)
     timer.fire()
     assert flushed == [5, 48]  # 54 ms: batch_max_wait_ms is up
+
+
+def test_the_batch_is_due_soon_after_a_backlog_ends(setup: tuple[Batcher, Clock, Timer, list[int]]) -> None:
+    """The timer moved out to batch_max_wait_ms while a backlog drained comes back in once the last fetch shows
+    the queues empty: the last messages of a backlog wait batch_interval_ms, not batch_max_wait_ms."""
+    batcher, clock, timer, flushed = setup
+    batcher.deliver(chunk(64), more=True)
+    clock.advance_ms(2)
+    timer.fire()  # idle for batch_interval_ms, but a backlog: the timer moves out to the cap
+    assert flushed == []
+    clock.advance_ms(2)
+    batcher.deliver(chunk(20), more=False)  # the last of it
+    clock.advance_ms(2)
+    timer.fire()
+    assert flushed == [84]
+
+
+def test_a_fetch_that_finds_nothing_ends_the_backlog(setup: tuple[Batcher, Clock, Timer, list[int]]) -> None:
+    """A backlog that ends without a short fetch (the queue was given away, its lease lost): an empty delivery
+    ends it too."""
+    batcher, clock, timer, flushed = setup
+    batcher.deliver(chunk(64), more=True)
+    clock.advance_ms(3)
+    timer.fire()
+    batcher.deliver([], more=False)
+    clock.advance_ms(1)
+    timer.fire()
+    assert flushed == [64]

@@ -98,3 +98,11 @@ def test_a_valid_body_is_decoded_in_one_call() -> None:
     other = (HOME + 1) % PARTITIONS
     assert decode._all_valid(body, other, PARTITIONS) is None
     assert len(decode_message(message(body, other), partitions=PARTITIONS).dead_letters) == 32
+
+
+def test_a_body_nested_deeper_than_the_parser_recurses_is_a_dead_letter() -> None:
+    """Never raises for bad input: a RecursionError would stop the partition (the fetch is in unacked)."""
+    decoded = decode_message(message('[[], {"events": ' + "[" * 100_000 + "]" * 100_000 + "}, {}]"), partitions=16)
+    assert decoded.events == []
+    assert len(decoded.dead_letters) == 1
+    assert "not a seqproc message" in decoded.dead_letters[0].error

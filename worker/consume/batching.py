@@ -80,6 +80,8 @@ class Batcher:
         self._last_arrival_s = 0.0
         #: The last fetch left messages in the queues: flush at the batch's size, not when arrivals pause.
         self._backlog = False
+        #: When the pending timer fires (monotonic seconds).
+        self._timer_at = 0.0
 
     # -- wiring -----------------------------------------------------------------------------------------------
     def bind(self, consumer: Any) -> Callable[..., None]:
@@ -109,8 +111,13 @@ class Batcher:
         """A whole fetch from seqproc's Redis transport at once (:class:`ChunkConsumer`): decoded together, held
         unacknowledged like single messages, without a kombu message or a Celery request per message. ``more``:
         the fetch left messages in the queues (a backlog), so the gap before the next fetch is no sign that
-        arrivals stopped."""
+        arrivals stopped. An empty ``chunk``: a fetch found nothing (for this worker), so arrivals have paused."""
         self._backlog = more
+        if not chunk:
+            timer = getattr(self.consumer, "timer", None)
+            if self.buffer and timer is not None:
+                self._schedule(time.monotonic(), timer)  # a batch waiting for the backlog to end is due sooner
+            return
         first = not self.buffer
         for message, decoded in zip(chunk, decode_chunk(chunk, partitions=self.rt.settings.partitions), strict=True):
             self.buffer.append(Held(message, decoded))
@@ -136,26 +143,44 @@ class Batcher:
             or timer is None
         ):
             self.flush()
-        elif self._timer is None:
-            self._timer = timer.call_after(settings.batch_interval_ms / 1000.0, self._on_timer)
+        else:
+            self._schedule(now, timer)
+
+    def filling(self) -> bool:
+        """Holding a batch not yet applied, and not shutting down: the transport may fetch again at once
+        (:class:`ChunkConsumer`)."""
+        return bool(self.buffer) and not should_stop()
+
+    def _due(self) -> float:
+        """When the batch held is due: once messages stopped coming for ``batch_interval_ms``, or
+        ``batch_max_wait_ms`` after its first one came, whichever is first. Draining a backlog, a fetch of FETCH_MAX
+        messages can take longer than batch_interval_ms: the batch then fills (``batch_size``, the prefetch, or
+        ``batch_max_wait_ms``) and commits in one transaction, not several."""
+        settings = self.rt.settings
+        cap_at = self._first_arrival_s + settings.batch_max_wait_ms / 1000.0
+        if self._backlog:
+            return cap_at
+        return min(self._last_arrival_s + settings.batch_interval_ms / 1000.0, cap_at)
+
+    def _schedule(self, now: float, timer: Any) -> None:
+        """Have the timer fire by the time the batch is due (it may fire earlier, and then look again)."""
+        due = self._due()
+        if self._timer is not None:
+            if self._timer_at <= due:
+                return
+            self._timer.cancel()  # due sooner than planned: a backlog ended
+        self._timer_at = due
+        self._timer = timer.call_after(max(0.0, due - now), self._on_timer)
 
     def _on_timer(self) -> None:
-        """Flush once messages stop coming for ``batch_interval_ms`` (a backlog drains into one big batch), or
-        ``batch_max_wait_ms`` after the first one came, whichever is first."""
         self._timer = None
         if not self.buffer:
             return
-        settings = self.rt.settings
         now = time.monotonic()
-        idle_at = self._last_arrival_s + settings.batch_interval_ms / 1000.0
-        cap_at = self._first_arrival_s + settings.batch_max_wait_ms / 1000.0
-        # Draining a backlog, a fetch of FETCH_MAX messages can take longer than batch_interval_ms: waiting for the
-        # batch to fill (batch_size, the prefetch, or batch_max_wait_ms) commits it in one transaction, not several.
-        due = cap_at if self._backlog else min(idle_at, cap_at)
-        if now >= due or self.consumer is None:
+        if self.consumer is None or now >= self._due():
             self.flush()
         else:
-            self._timer = self.consumer.timer.call_after(due - now, self._on_timer)
+            self._schedule(now, self.consumer.timer)
 
     # -- applying ---------------------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -163,6 +188,7 @@ class Batcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._backlog = False
         held, self.buffer, self.events_held = self.buffer, [], 0
         by_partition: dict[int | None, list[Held]] = {}
         for item in held:
@@ -480,6 +506,37 @@ class Batcher:
         dispatcher = getattr(self.consumer, "event_dispatcher", None)
         if dispatcher is None or not dispatcher.enabled or (dispatcher.groups and "task" not in dispatcher.groups):
             return
+        try:
+            batch = self._task_event_batch(dispatcher, items, outcomes, elapsed)
+        except Exception:  # after the commit: the acks that follow must not depend on Flower's events
+            logger.warning("could not build the task events of %d message(s)", len(items), exc_info=True)
+            return
+        if not batch or dispatcher.producer is None:
+            return
+        try:
+            with dispatcher.mutex:
+                dispatcher.producer.publish(
+                    batch,
+                    routing_key="task.multi",
+                    exchange=dispatcher.exchange.name,
+                    declare=[dispatcher.exchange],
+                    serializer=dispatcher.serializer,
+                    headers=dispatcher.headers,
+                    delivery_mode=dispatcher.delivery_mode,
+                    retry=False,
+                )
+        except Exception:
+            # What EventDispatcher does with events it could not publish: keep them for its next flush (Celery's
+            # consumer flushes a new connection's dispatcher with the old one's buffer).
+            pending = getattr(dispatcher, "_outbound_buffer", None)
+            if dispatcher.buffer_while_offline and pending is not None:
+                pending.append((batch, "task.multi"))
+            logger.debug("could not publish %d task event(s)", len(batch), exc_info=True)
+
+    @staticmethod
+    def _task_event_batch(
+        dispatcher: Any, items: list[Held], outcomes: list[Outcome], elapsed: float
+    ) -> list[dict[str, Any]]:
         common = {"hostname": dispatcher.hostname, "utcoffset": utcoffset(), "pid": dispatcher.pid}
         now, tick = time.time(), dispatcher.clock.forward
         batch: list[dict[str, Any]] = []
@@ -514,22 +571,7 @@ class Batcher:
                     "runtime": elapsed,
                 }
             )
-        if not batch or dispatcher.producer is None:
-            return
-        try:
-            with dispatcher.mutex:
-                dispatcher.producer.publish(
-                    batch,
-                    routing_key="task.multi",
-                    exchange=dispatcher.exchange.name,
-                    declare=[dispatcher.exchange],
-                    serializer=dispatcher.serializer,
-                    headers=dispatcher.headers,
-                    delivery_mode=dispatcher.delivery_mode,
-                    retry=False,
-                )
-        except Exception:
-            logger.debug("could not publish %d task event(s)", len(batch), exc_info=True)
+        return batch
 
 
 def _tally(outcomes: list[Outcome]) -> tuple[int, int, int]:

@@ -161,7 +161,7 @@ def decode_message(message: Any, *, partitions: int) -> Decoded:
         events = kwargs["events"]
         if not isinstance(events, list):
             raise TypeError("events is not a list")
-    except (ValueError, TypeError, KeyError) as error:
+    except (ValueError, TypeError, KeyError, RecursionError) as error:
         return dead(f"not a seqproc message (expected [args, {{'events': [...]}}, embed]): {error}")
     if partition is None:
         return dead(f"received on {queue!r}, which is not a partition queue")

@@ -135,10 +135,6 @@ class LeaseStep(bootsteps.StartStopStep):
             self._timer = None
 
 
-#: Task events buffered before the dispatcher publishes them on its own (the batcher flushes it after each batch).
-EVENT_BUFFER_LIMIT = 100_000
-
-
 class ChunkStep(bootsteps.StartStopStep):
     """On seqproc's Redis transport, a partition worker takes each fetch whole: the channel hands the batcher every
     message it fetched in one call (``ChunkConsumer``), instead of building a kombu message and a Celery request
@@ -150,12 +146,6 @@ class ChunkStep(bootsteps.StartStopStep):
         channel = getattr(getattr(c, "task_consumer", None), "channel", None)
         if isinstance(channel, Channel) and runtime.of(c.app).role == "worker":
             channel.chunk_consumer = batcher_of(c)
-            dispatcher = getattr(c, "event_dispatcher", None)
-            if dispatcher is not None:
-                # The batcher publishes its task events once per flush (two per message): no flush every 24
-                # events, no flush scheduled on the event loop per event.
-                dispatcher.buffer_limit = EVENT_BUFFER_LIMIT
-                dispatcher.on_send_buffered = None
 
     def stop(self, c: Any) -> None:
         channel = getattr(getattr(c, "task_consumer", None), "channel", None)
