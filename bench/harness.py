@@ -126,7 +126,7 @@ def run(strategy: Strategy, workload: Workload, *, database_url: str, mode: str 
         strategy.setup(workload)  # inside the try: a failed setup still stops what it started (worker processes)
         with ConnectionSampler(database_url) as sampler:
             produced = (_run_threads if mode == "threads" else _run_processes)(strategy, workload)
-        latencies, retries, sent, elapsed = produced
+        latencies, retries, sent, elapsed, producer_cpu_s = produced
         correct, detail, extra = strategy.verify(workload)
     finally:
         strategy.teardown()
@@ -147,6 +147,9 @@ def run(strategy: Strategy, workload: Workload, *, database_url: str, mode: str 
             "mean_ms": round(statistics.fmean(flat) * 1000, 3) if flat else 0.0,
             # When the last producer call returned: the rest of elapsed_s is the apply lag.
             "sent_s": round(sent, 3),
+            # CPU of the producers over their calls (time.process_time in each producer process, or of the
+            # producing process with threads), per call: where the time goes on the application's side.
+            "producer_cpu_us_per_call": round(producer_cpu_s / max(1, workload.total) * 1e6, 1),
             "producer_mode": mode,
         },
     )
@@ -161,7 +164,7 @@ def _send_all(call: Callable[[Op], int], ops: tuple[Op, ...], latencies: list[fl
     return retries
 
 
-def _run_threads(strategy: Strategy, workload: Workload) -> tuple[list[float], int, float, float]:
+def _run_threads(strategy: Strategy, workload: Workload) -> tuple[list[float], int, float, float, float]:
     calls = [strategy.producer(i) for i in range(workload.producers)]  # connections open before the clock
     latencies: list[list[float]] = [[] for _ in calls]
     retries = [0] * len(calls)
@@ -179,19 +182,20 @@ def _run_threads(strategy: Strategy, workload: Workload) -> tuple[list[float], i
     for thread in threads:
         thread.start()
     barrier.wait()
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     for thread in threads:
         thread.join()
     sent = time.perf_counter() - started
+    producer_cpu_s = time.process_time() - started_cpu  # this process: the producer threads (and the sampler's)
     if errors:
         raise RuntimeError(f"{strategy.name}: a producer failed: {errors[0]!r}") from errors[0]
     strategy.drain(DRAIN_TIMEOUT_S)
     elapsed = time.perf_counter() - started
     strategy.absorb([strategy.report(i) for i in range(len(calls))], processes=False)
-    return [x for xs in latencies for x in xs], sum(retries), sent, elapsed
+    return [x for xs in latencies for x in xs], sum(retries), sent, elapsed, producer_cpu_s
 
 
-def _run_processes(strategy: Strategy, workload: Workload) -> tuple[list[float], int, float, float]:
+def _run_processes(strategy: Strategy, workload: Workload) -> tuple[list[float], int, float, float, float]:
     """Fork one process per producer (the application imported, the strategy set up); each connects, waits at the
     barrier, sends its events one after another, reports its latencies, then after the drain its report."""
     context = multiprocessing.get_context("fork")
@@ -208,8 +212,9 @@ def _run_processes(strategy: Strategy, workload: Workload) -> tuple[list[float],
                 call_warm(index)
             ready.wait()
             latencies: list[float] = []
+            started_cpu = time.process_time()
             retries = _send_all(call, workload.ops[index], latencies)
-            results.put(("sent", index, latencies, retries, None))
+            results.put(("sent", index, latencies, retries, time.process_time() - started_cpu))
             after_drain.wait()
             results.put(("report", index, None, 0, strategy.report(index)))
         except BaseException as error:
@@ -224,12 +229,14 @@ def _run_processes(strategy: Strategy, workload: Workload) -> tuple[list[float],
         started = time.perf_counter()
         latencies: list[float] = []
         retries = 0
+        producer_cpu_s = 0.0
         for _ in range(count):
             kind, index, mine, tries, detail = results.get(timeout=DRAIN_TIMEOUT_S)
             if kind == "error":
                 raise RuntimeError(f"{strategy.name}: producer {index} failed: {detail}")
             latencies.extend(mine)
             retries += tries
+            producer_cpu_s += detail
         sent = time.perf_counter() - started
         strategy.drain(DRAIN_TIMEOUT_S)
         elapsed = time.perf_counter() - started
@@ -247,4 +254,4 @@ def _run_processes(strategy: Strategy, workload: Workload) -> tuple[list[float],
             process.join(30)
             if process.is_alive():
                 process.kill()
-    return latencies, retries, sent, elapsed
+    return latencies, retries, sent, elapsed, producer_cpu_s

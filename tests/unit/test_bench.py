@@ -296,8 +296,10 @@ def test_the_harness_runs_producers_as_threads_or_forked_processes(mode: str) ->
     strategy = CountingStrategy()
     load = workload("spread", 4, 25)
     strategy.setup(load)
-    latencies, retries, sent, elapsed = (_run_threads if mode == "threads" else _run_processes)(strategy, load)
+    run = _run_threads if mode == "threads" else _run_processes
+    latencies, retries, sent, elapsed, producer_cpu_s = run(strategy, load)
     assert len(latencies) == load.total  # one latency per call, from every producer
+    assert 0 < producer_cpu_s < 60  # the producers' CPU over their calls, summed over processes
     assert retries == sum(1 for ops in load.ops for op in ops if op.n % 10 == 0)
     assert 0 <= sent <= elapsed
     assert strategy.verify(load)[0]
