@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
-from seqproc.models.settings import mask_url
+from seqproc.models.settings import Settings, mask_url
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,37 @@ def make_engine(
         max_overflow=pool_size,
         connect_args=connect_args,
     )
+
+
+def outbox_engine(
+    settings: Settings, ledger: Engine, *, statement_timeout_s: float | None = None
+) -> AbstractContextManager[Engine]:
+    """The engine of the outbox's database (``settings.outbox_url``) for the length of a ``with``: ``ledger`` (an
+    engine of seqproc's own database) when the outbox lives there, else a one-connection engine made for it
+    (``statement_timeout_s`` as :func:`make_engine`'s) and disposed on exit. ``ledger`` is never disposed."""
+    return _engine_of(
+        settings.outbox_url, same=ledger, same_url=settings.database_url, statement_timeout_s=statement_timeout_s
+    )
+
+
+def ledger_engine(settings: Settings, outbox: Engine) -> AbstractContextManager[Engine]:
+    """:func:`outbox_engine` the other way round, for a process built around the outbox (the relay): the engine of
+    seqproc's own database (the ledger's), ``outbox`` itself when the outbox lives there, else a one-connection
+    engine disposed on exit."""
+    return _engine_of(settings.database_url, same=outbox, same_url=settings.outbox_url)
+
+
+@contextmanager
+def _engine_of(url: str, *, same: Engine, same_url: str, statement_timeout_s: float | None = None) -> Iterator[Engine]:
+    # The two databases are usually one: one pool then, not two to the same server.
+    if url == same_url:
+        yield same
+        return
+    engine = make_engine(url, statement_timeout_s=statement_timeout_s, pool_size=1)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def ensure_database(url: str) -> bool:

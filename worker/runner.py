@@ -19,10 +19,10 @@ from typing import Any
 
 from celery.signals import worker_ready
 from celery.utils.nodenames import host_format
-from sqlalchemy import inspect
+from sqlalchemy import Engine, inspect
 
 from seqproc.models.clients import redis_client
-from seqproc.models.db import make_engine
+from seqproc.models.db import ledger_engine, make_engine
 from seqproc.models.domain import load_domains
 from seqproc.models.errors import ConfigError
 from seqproc.models.settings import Settings, mask_url
@@ -180,10 +180,6 @@ def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) 
 
 def run_relay(settings: Settings, *, once: bool = False, ready_file: str | None = None) -> int:
     """Run the outbox relay until SIGTERM or SIGINT (a pass in progress finishes first); its exit code."""
-    import signal
-
-    from seqproc.worker.relay import Relay
-
     if not is_redis_url(settings.broker_url):
         raise ConfigError("seqproc relay pushes onto Redis lists: SEQPROC_BROKER_URL must be redis:// or rediss://")
     outbox = make_engine(
@@ -195,7 +191,19 @@ def run_relay(settings: Settings, *, once: bool = False, ready_file: str | None 
         idle_in_transaction_timeout_s=min(settings.apply_time_limit_s, settings.lease_s),
         pool_size=2,
     )
-    ledger = outbox if settings.outbox_url == settings.database_url else make_engine(settings.database_url, pool_size=1)
+    try:
+        with ledger_engine(settings, outbox) as ledger:
+            return _relay(settings, outbox, ledger, once=once, ready_file=ready_file)
+    finally:
+        outbox.dispose()
+
+
+def _relay(settings: Settings, outbox: Engine, ledger: Engine, *, once: bool, ready_file: str | None) -> int:
+    """:func:`run_relay` on its engines (``run_relay`` disposes them)."""
+    import signal
+
+    from seqproc.worker.relay import Relay
+
     if not inspect(outbox).has_table("seqproc_outbox"):
         raise ConfigError(f"{mask_url(settings.outbox_url)} has no outbox table: run `seqproc migrate` first")
     # As a worker does: a relay with another SEQPROC_PARTITIONS would send to other partitions than the workers
@@ -235,8 +243,6 @@ def run_relay(settings: Settings, *, once: bool = False, ready_file: str | None 
     finally:
         if ready_file:
             Path(ready_file).unlink(missing_ok=True)
-        outbox.dispose()
-        ledger.dispose()
     return 0
 
 

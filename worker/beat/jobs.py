@@ -24,7 +24,7 @@ from sqlalchemy import Engine, delete, func, inspect, select
 from seqproc.domains.likes import Reconcile
 from seqproc.models.celery import JOBS, job_interval_s
 from seqproc.models.clients import redis_client
-from seqproc.models.db import make_engine, upsert
+from seqproc.models.db import outbox_engine, upsert
 from seqproc.models.errors import LockNotAcquired
 from seqproc.models.settings import Settings
 from seqproc.models.tables.base import table_of
@@ -97,7 +97,7 @@ def purge_ledger(engine: Engine, settings: Settings, run: Singleton) -> str:
     cutoff = datetime.now(UTC) - timedelta(days=settings.dedup_window_days)
     purged = kept = 0
     after = ""  # keys in order, so that kept keys are read once per run, not again by every chunk
-    with _outbox_engine(engine, settings) as outbox:
+    with _migrated_outbox(engine, settings) as outbox:
         while True:
             run.check()  # before every chunk: a job that lost its lock stops here
             with engine.connect() as conn:
@@ -137,15 +137,11 @@ def _slices(keys: list[str]) -> list[list[str]]:
 
 
 @contextmanager
-def _outbox_engine(engine: Engine, settings: Settings) -> Iterator[Engine | None]:
-    """The engine of the outbox's database (``engine`` itself when it is seqproc's), or None when that database
-    has no outbox table (never migrated there: the outbox is not used)."""
-    outbox = engine if settings.outbox_url == settings.database_url else make_engine(settings.outbox_url, pool_size=1)
-    try:
+def _migrated_outbox(engine: Engine, settings: Settings) -> Iterator[Engine | None]:
+    """The engine of the outbox's database (:func:`outbox_engine`), or None when that database has no outbox table
+    (never migrated there: the outbox is not used)."""
+    with outbox_engine(settings, engine) as outbox:
         yield outbox if inspect(outbox).has_table(OUTBOX_TABLE) else None
-    finally:
-        if outbox is not engine:
-            outbox.dispose()
 
 
 def _in_outbox(outbox: Engine | None, keys: Sequence[str]) -> set[str]:
@@ -180,13 +176,11 @@ def expire_reservations(engine: Engine, settings: Settings, run: Singleton) -> s
 
 def snapshot_lag(engine: Engine, settings: Settings, run: Singleton) -> str:
     client = redis_client(settings.broker_url)
-    outbox = engine if settings.outbox_url == settings.database_url else make_engine(settings.outbox_url, pool_size=1)
     try:
-        snapshot = collect(engine, client, settings.partitions, outbox_engine=outbox)
+        with outbox_engine(settings, engine) as outbox:
+            snapshot = collect(engine, client, settings.partitions, outbox_engine=outbox)
     finally:
         client.close()
-        if outbox is not engine:
-            outbox.dispose()
     rows: list[dict[str, Any]] = [
         {
             "partition": p["partition"],

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import click
@@ -111,24 +112,22 @@ def _sources(settings: Settings) -> dict[str, str]:
 def status(as_json: bool, watch: bool, interval: float) -> None:
     """Per partition: queue depth, age of the oldest waiting event, owner and epoch, applied/s, applied,
     duplicates, rejections, parked keys and dead letters."""
-    from seqproc.models.db import make_engine
+    from seqproc.models.db import make_engine, outbox_engine
 
     settings = load_settings()
     _require_redis_broker(settings, "seqproc status")
-    engine = make_engine(settings.database_url, statement_timeout_s=10, pool_size=1)
-    outbox = (
-        engine
-        if settings.outbox_url == settings.database_url
-        else make_engine(settings.outbox_url, statement_timeout_s=10, pool_size=1)
-    )
-    client = redis_client(settings.broker_url)
     sources = _sources(settings)
     title = f"seqproc status: {sources['broker']}"
+    with ExitStack() as cleanup:
+        engine = make_engine(settings.database_url, statement_timeout_s=10, pool_size=1)
+        cleanup.callback(engine.dispose)
+        outbox = cleanup.enter_context(outbox_engine(settings, engine, statement_timeout_s=10))
+        client = redis_client(settings.broker_url)
+        cleanup.callback(client.close)
 
-    def snapshot(previous: dict[str, Any] | None = None) -> dict[str, Any]:
-        return collect(engine, client, settings.partitions, previous, outbox_engine=outbox)
+        def snapshot(previous: dict[str, Any] | None = None) -> dict[str, Any]:
+            return collect(engine, client, settings.partitions, previous, outbox_engine=outbox)
 
-    try:
         if watch:
             _watch(snapshot, interval, as_json, sources, title)
             return
@@ -140,10 +139,6 @@ def status(as_json: bool, watch: bool, interval: float) -> None:
             click.echo(json.dumps(taken | sources, sort_keys=True))
         else:
             Console(width=None if sys.stdout.isatty() else 160).print(render(taken, title=title))
-    finally:
-        client.close()
-        engine.dispose()
-        outbox.dispose()
 
 
 def _watch(
@@ -311,18 +306,17 @@ def partitions_set(count: int) -> None:
     """Record a new partition count; refused while any partition queue holds events, or the outbox events not
     sent yet."""
 
-    from seqproc.models.db import make_engine
+    from seqproc.models.db import make_engine, outbox_engine
     from seqproc.worker.ownership.partitions import set_partition_count
 
     settings = load_settings()
     _require_redis_broker(settings, "seqproc partitions set")
     engine = make_engine(settings.database_url)
-    outbox = engine if settings.outbox_url == settings.database_url else make_engine(settings.outbox_url, pool_size=1)
     try:
-        old = set_partition_count(engine, redis_client(settings.broker_url), count, outbox=outbox)
+        with outbox_engine(settings, engine) as outbox:
+            old = set_partition_count(engine, redis_client(settings.broker_url), count, outbox=outbox)
     finally:
         engine.dispose()
-        outbox.dispose()
     click.echo(f"partition count {old} -> {count}; start producers and workers with SEQPROC_PARTITIONS={count}")
 
 
