@@ -8,12 +8,10 @@ One pass (:meth:`Relay.tick`):
    (one per partition, split at ``max_events_per_message``) with a script that also counts the messages pushed onto
    the queue (``seqproc:relay:pushed:<queue>``), but only if that count is the one this relay recorded. Then mark
    the rows sent (with the number of their message) and commit.
-2. **Forget what is applied.** Sent rows whose key the idempotency ledger holds are deleted, and so are those
-   a worker dead-lettered (parked): the dead-letter store keeps them, and replay takes them from there; the others
-   stay.
-   Each pass checks the next ``FORGET_CHUNK`` sent rows after where the last one stopped (wrapping to the oldest
-   when a scan comes back short), so rows whose key never reaches the ledger do not hold back the ones behind
-   them; after a pass that forgot nothing, the next scan waits ``FORGET_IDLE_S``.
+2. **Forget what is applied** (:mod:`seqproc.worker.relay_forget`). Sent rows whose key the idempotency ledger
+   holds are deleted, and so are those a worker dead-lettered (parked): the dead-letter store keeps them, and
+   replay takes them from there; the others stay. A chunk of rows per pass, with a wrapping cursor, and about once
+   a second while it finds nothing.
 
 Order: a relay reads only committed rows and sends them in id order. Ids come from a sequence when the row is
 written, so an event written after another transaction committed always has the larger id: per key, events are
@@ -34,10 +32,8 @@ go again (duplicates, harmless).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -50,17 +46,17 @@ from seqproc.models.wire import bell_key, queue_name, relay_pushed_key
 from seqproc.producer.envelope import envelope_of_json
 from seqproc.producer.stamps import unique_id
 
+# FORGET_* are read where they live, in relay_forget (set them there); named here too, as before the move.
+from seqproc.worker.relay_forget import FORGET_CHUNK as FORGET_CHUNK
+from seqproc.worker.relay_forget import FORGET_IDLE_S as FORGET_IDLE_S
+from seqproc.worker.relay_forget import Forgetter
+
 logger = logging.getLogger(__name__)
 
 #: The advisory-lock namespace of the relays (the first key of ``pg_try_advisory_xact_lock(ns, partition)``).
 LOCK_NAMESPACE = 0x5E9C
-#: Sent rows checked against the ledger per pass.
-FORGET_CHUNK = 5_000
 #: An idle relay's wait between passes doubles up to this many times ``relay_interval_ms``.
 IDLE_BACKOFF = 5
-#: After a pass that forgot nothing, the next look waits this long: rows whose key is not in the ledger yet (in
-#: flight, or never to come: dead-lettered, parked) are not checked again on every pass.
-FORGET_IDLE_S = 1.0
 
 #: KEYS: the queue's push count, the queue, its bell. ARGV: the count the relay recorded, then the messages, oldest
 #: first. Pushes them and raises the count only if the count is the recorded one. Returns {1, new count} or
@@ -119,12 +115,6 @@ _LOST = text("SELECT id, ledger_key FROM seqproc_outbox WHERE partition = :parti
 _RESEND = text(
     "UPDATE seqproc_outbox SET push_seq = NULL, sent_at = NULL WHERE partition = :partition AND push_seq > :count"
 )
-_SENT = text(
-    "SELECT id, ledger_key FROM seqproc_outbox WHERE push_seq IS NOT NULL AND id > :after ORDER BY id LIMIT :limit"
-)
-_APPLIED = text("SELECT key FROM idempotency_ledger WHERE key = ANY(CAST(:keys AS text[]))")
-_DEAD_LETTERED = text("SELECT event_key, body FROM dead_letter WHERE event_key = ANY(CAST(:keys AS text[]))")
-_FORGET = text("DELETE FROM seqproc_outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
 
 
 @dataclass
@@ -154,17 +144,13 @@ class Relay:
         self.client = client
         self._push = client.register_script(PUSH)
         self.partitions = list(range(settings.partitions))
-        #: Where the next forget scan starts (an id; 0: from the oldest). It moves on by a chunk each pass and wraps
-        #: when a scan comes back short, so that rows never forgotten cannot hold back the ones behind them.
-        self._forget_after = 0
-        #: No forget scan before this (``time.monotonic()``): set after a pass that forgot nothing.
-        self._forget_not_before = 0.0
+        self.forgetter = Forgetter(outbox, ledger)
 
     # -- one pass ----------------------------------------------------------------------------------------------
     def tick(self) -> PassResult:
         result = PassResult()
         self._send(result)
-        self._forget(result)
+        result.forgotten += self.forgetter.scan()
         return result
 
     def _send(self, result: PassResult) -> None:
@@ -230,12 +216,13 @@ class Relay:
     def _resend(self, conn: Connection, partition: int, count: int, expected: int, result: PassResult) -> None:
         """The broker counts ``count`` messages pushed onto the partition's queue, ``expected`` were recorded: the
         events of the messages above ``count`` become unsent, to go again before anything newer; those a worker is
-        done with (:meth:`_done`) are forgotten instead: a parked event sent again would be dead-lettered twice."""
+        done with (:meth:`Forgetter.done`) are forgotten instead: a parked event sent again would be dead-lettered
+        twice."""
         lost = conn.execute(_LOST, {"partition": partition, "count": count}).all()
-        done_keys = self._done([key for _, key in lost])
+        done_keys = self.forgetter.done([key for _, key in lost])
         done = [int(row_id) for row_id, key in lost if key in done_keys]
         if done:
-            result.forgotten += conn.execute(_FORGET, {"ids": done}).rowcount
+            result.forgotten += self.forgetter.forget(conn, done)
         resent = conn.execute(_RESEND, {"partition": partition, "count": count}).rowcount
         result.resent += resent
         logger.warning(
@@ -289,41 +276,6 @@ class Relay:
             pushed[partition] = (plan[partition], (bool(int(reply[0])), int(reply[1])))
         return pushed
 
-    def _forget(self, result: PassResult) -> None:
-        if time.monotonic() < self._forget_not_before:
-            return
-        with self.outbox.connect() as conn:
-            sent = conn.execute(_SENT, {"after": self._forget_after, "limit": FORGET_CHUNK}).all()
-        self._forget_after = int(sent[-1][0]) if len(sent) == FORGET_CHUNK else 0
-        done_keys = self._done([key for _, key in sent])
-        done = [int(row_id) for row_id, key in sent if key in done_keys]
-        if not done:
-            self._forget_not_before = time.monotonic() + FORGET_IDLE_S
-            return
-        with self.outbox.begin() as conn:
-            result.forgotten += conn.execute(_FORGET, {"ids": done}).rowcount
-
-    def _done(self, keys: list[str]) -> set[str]:
-        """Of these ledger keys, those a worker is done with: applied (the ledger holds the key), or kept in the
-        dead-letter store (its entity was parked, or it failed to apply; a replay brings it back from there, not
-        from the outbox). Sent again, such an event would only be a duplicate, or be dead-lettered a second time."""
-        wanted = list(dict.fromkeys(keys))
-        done: set[str] = set()
-        if not wanted:
-            return done
-        with self.ledger.connect() as conn:
-            for start in range(0, len(wanted), FORGET_CHUNK):
-                chunk = wanted[start : start + FORGET_CHUNK]
-                done.update(row[0] for row in conn.execute(_APPLIED, {"keys": chunk}))
-                rest = {key for key in chunk if key not in done}
-                if not rest:
-                    continue
-                # A dead letter keeps the event's own key; the ledger's is "<type>:<key>" (the type from its body).
-                event_keys = list({key.partition(":")[2] for key in rest})
-                letters = conn.execute(_DEAD_LETTERED, {"keys": event_keys})
-                done.update(rest.intersection(_ledger_key(key, body) for key, body in letters))
-        return done
-
     # -- the process -------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Pass after pass until ``stop`` is set: again at once after a pass that sent something; after a pass that
@@ -354,12 +306,3 @@ class Relay:
                 continue
             stop.wait(idle_s)
             idle_s = min(idle_s * 2, interval_s * IDLE_BACKOFF)
-
-
-def _ledger_key(event_key: str, body: str) -> str | None:
-    """The ledger key of a dead-lettered event (None if its body is not an event's JSON)."""
-    try:
-        event_type = json.loads(body).get("type")
-    except (ValueError, AttributeError):
-        return None
-    return f"{event_type}:{event_key}" if isinstance(event_type, str) else None

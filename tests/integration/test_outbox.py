@@ -28,6 +28,7 @@ from seqproc.models.tables.ledger import DeadLetter, LedgerEntry, ParkedKey
 from seqproc.models.wire import partition_for, queue_name, relay_pushed_key
 from seqproc.producer.outbox import OutboxConnectionError
 from seqproc.worker import relay as relay_module
+from seqproc.worker import relay_forget
 from seqproc.worker.beat.jobs import purge_ledger
 from seqproc.worker.beat.singleton import singleton
 from seqproc.worker.cli.codes import RET_CONFIG
@@ -192,7 +193,7 @@ def test_rows_never_applied_do_not_hold_back_forgetting_and_are_not_checked_ever
     """The forget scan moves on by a chunk per pass and wraps: rows whose key never reaches the ledger (parked,
     dead-lettered, never taken) do not keep the applied rows behind them in the outbox. A pass that forgot nothing
     makes the next scan wait about a second, instead of reading the same rows again on every pass."""
-    monkeypatch.setattr(relay_module, "FORGET_CHUNK", 4)
+    monkeypatch.setattr(relay_forget, "FORGET_CHUNK", 4)
     with engine.begin() as conn:
         stuck = seqproc.outbox.send_many(conn, [{"type": "like", "article_id": 6, "user_id": u} for u in range(1, 7)])
         done = seqproc.outbox.send_many(conn, [{"type": "like", "article_id": 7, "user_id": u} for u in range(1, 7)])
