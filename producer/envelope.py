@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from pydantic import SerializeAsAny, TypeAdapter
 from seqproc.models.domain import EventModel
 from seqproc.models.events import Event
 from seqproc.models.wire import APPLY_TASK
+from seqproc.producer.stamps import unique_id
 
 #: Events in wire form, serialised in pydantic's Rust core (what ``model_dump`` + ``json.dumps`` give, 2x faster),
 #: each by its own schema (its domain's fields), not the base class's.
@@ -33,16 +33,24 @@ _EVENTS: TypeAdapter[list[Any]] = TypeAdapter(list[SerializeAsAny[EventModel]])
 #: Celery's ``embed`` part of a protocol-2 body: no callbacks, no chain, no chord.
 _EMBED = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
 
-_origin: tuple[int, str] | None = None
+_origin: str | None = None
+
+
+def _forget_origin() -> None:
+    global _origin
+    _origin = None
+
+
+os.register_at_fork(after_in_child=_forget_origin)
 
 
 def origin() -> str:
-    """Celery's ``origin`` header, ``gen<pid>@<host>``; computed once per process (again after a fork)."""
+    """Celery's ``origin`` header, ``gen<pid>@<host>``; computed once per process (again after a fork, without a
+    ``getpid`` system call per message)."""
     global _origin
-    pid = os.getpid()
-    if _origin is None or _origin[0] != pid:
-        _origin = (pid, anon_nodename())
-    return _origin[1]
+    if _origin is None:
+        _origin = anon_nodename()
+    return _origin
 
 
 def events_json(events: Sequence[Event]) -> str:
@@ -61,10 +69,11 @@ def envelope_of_json(queue: str, partition: int, events_array: str, count: int, 
     before_body, before_id, before_root, before_correlation, before_tag, end = _template(
         queue, int(partition), count, origin()
     )
-    # Task ids are URL-safe text (``unique_id``) and tags uuid4 text: nothing in them to escape.
+    # Task ids and delivery tags are URL-safe text (``unique_id``: kombu's uuid4 costs a system call each, and a
+    # tag only has to be unique): nothing in them to escape.
     return (
         f"{before_body}{json.dumps(body)}{before_id}{task_id}{before_root}{task_id}"
-        f"{before_correlation}{task_id}{before_tag}{uuid.uuid4()}{end}"
+        f"{before_correlation}{task_id}{before_tag}{unique_id()}{end}"
     )
 
 

@@ -180,10 +180,10 @@ class Publisher:
                 raise
 
     def _connection(self, client: redis.Redis) -> Any:
-        """The connection this process sends on (a new one in a forked child: the parent's socket is not ours)."""
-        pid = os.getpid()
-        if self._held is None or self._held[0] != pid:
-            self._held = (pid, client.connection_pool.get_connection())
+        """The connection this process sends on (a new one in a forked child: the parent's socket is not ours).
+        The process is told apart by a number bumped at each fork, not by a ``getpid`` system call per send."""
+        if self._held is None or self._held[0] != _forks[0]:
+            self._held = (_forks[0], client.connection_pool.get_connection())
         return self._held[1]
 
     def _publish(self, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
@@ -223,6 +223,10 @@ def stage_messages(pipe: Any, messages: Sequence[tuple[int, Sequence[Event]]]) -
         pipe.lpush(queue, task_envelope(queue, partition, group, task_id=unique_id()))
         ring(pipe.execute_command, queue)
 
+
+#: Bumped in a forked child: which process a held connection belongs to.
+_forks = [0]
+os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
 _PUBLISHERS: dict[Settings, Publisher] = {}
 _PUBLISHERS_LOCK = threading.Lock()
