@@ -27,19 +27,13 @@ from seqproc.models.settings import Settings
 from seqproc.producer.publish import publisher_for
 from seqproc.worker.processes import WorkerGroup, split_partitions
 
-from .harness import harness_engine
+from .harness import harness_engine, process_cpu_s
 from .seqproc_strategy import DATA_TABLES
 
 #: One hot article: every event on one partition, as in the prefork benchmark.
 ARTICLE = 1
 #: Events per message in the batched phase: about what 32 producer threads' calls share, or the relay sends.
 BATCHED_EVENTS_PER_MESSAGE = 100
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat`` fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def calibration_ms() -> float:

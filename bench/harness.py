@@ -9,11 +9,13 @@ its connections and makes its first connection before the clock starts, as a pre
 from __future__ import annotations
 
 import multiprocessing
+import os
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
@@ -72,6 +74,12 @@ class RunResult:
         data = asdict(self)
         data.update(data.pop("extra"))
         return data
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def harness_engine(url: str) -> Engine:

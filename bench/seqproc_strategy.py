@@ -37,7 +37,7 @@ from seqproc.producer.receipt import Receipt
 from seqproc.worker.ops.inspect import article_state, check_invariants, product_state
 from seqproc.worker.processes import WorkerGroup, settings_env, split_partitions
 
-from .harness import harness_engine
+from .harness import harness_engine, process_cpu_s
 from .scenarios import Op, Workload
 
 DATA_TABLES = (
@@ -68,6 +68,7 @@ class SeqprocStrategy:
         self.group: WorkerGroup | None = None
         self._directory = tempfile.TemporaryDirectory(prefix="seqproc-bench-")
         self._baseline = 0
+        self._cpu_at_start = self._cpu_at_end = (0.0, 0.0)
         self.rss_samples: list[list[float]] = []
         self.statuses: Counter[str] = Counter()
         self.sent_messages = 0
@@ -90,6 +91,7 @@ class SeqprocStrategy:
         self._baseline = self._applied()
         self.receipts = [[] for _ in range(workload.producers)]
         self.rss_samples = [self.group.rss_mb()]
+        self._cpu_at_start = self._service_cpu_s()
 
     def _applied(self) -> int:
         table = Partition.__table__
@@ -142,11 +144,26 @@ class SeqprocStrategy:
             time.sleep(0.01)
         assert self.group is not None
         self.rss_samples.append(self.group.rss_mb())
+        self._cpu_at_end = self._service_cpu_s()
+
+    def _service_cpu_s(self) -> tuple[float, float]:
+        """CPU seconds so far of the worker processes, and of the Redis server (all of it: broker and results)."""
+        assert self.group is not None
+        info = redis.Redis.from_url(self.settings.broker_url).info("cpu")
+        return (
+            sum(process_cpu_s(pid) for pid in self.group.pids),
+            float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
+        )
 
     def verify(self, workload: Workload) -> tuple[bool, str, dict[str, Any]]:
         statuses = self.statuses
+        (worker_before, redis_before), (worker_after, redis_after) = self._cpu_at_start, self._cpu_at_end
         extra: dict[str, Any] = {
             "events_per_message": round(self.sent_events / max(1, self.sent_messages), 1),
+            # From the workers' start-up to the drain's end (the clock's span, plus the idle moments around it):
+            # CPU per event of the worker processes, and of the Redis server.
+            "worker_cpu_us_per_event": round((worker_after - worker_before) / max(1, workload.total) * 1e6, 1),
+            "redis_cpu_us_per_event": round((redis_after - redis_before) / max(1, workload.total) * 1e6, 1),
             "workers": self.workers,
             "worker_rss_mb": [round(x, 1) for x in self.rss_samples[-1]],
         }
