@@ -62,6 +62,13 @@ class Coalescer:
 
     def submit(self, events: Sequence[Event]) -> None:
         """Publish ``events``, possibly together with other callers'; return once published."""
+        with self._lock:
+            alone = not self._leaders and not self._pending
+            if alone:
+                self._leaders = 1
+        if alone:
+            self._send_alone(events)
+            return
         ticket = _Ticket(events)
         with self._lock:
             self._pending.append(ticket)
@@ -76,6 +83,22 @@ class Coalescer:
             self._lead(ticket)
         if ticket.error is not None:
             raise ticket.error
+
+    def _send_alone(self, events: Sequence[Event]) -> None:
+        """No send under way and nobody waiting (a sequential caller, a prefork web worker): send at once, without a
+        ticket; whoever came meanwhile gets the lead after it."""
+        try:
+            self._send(list(events))
+        except PublishError:
+            raise
+        except Exception as failure:
+            raise PublishError(
+                f"publishing failed: {type(failure).__name__}: {failure}; the events were NOT sent"
+            ) from failure
+        finally:
+            with self._lock:
+                self._last_batch = 1
+                self._hand_on()
 
     def _wait(self, ticket: _Ticket) -> None:
         """Until some leader sent the ticket's events or handed it the lead; then wake the next caller of the same

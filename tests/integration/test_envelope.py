@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from seqproc import producer
+from seqproc.models.errors import PublishError
 from seqproc.models.events import Event
 from seqproc.models.settings import Settings
 from seqproc.models.wire import queue_name
@@ -81,3 +82,33 @@ def test_a_worker_applies_what_the_direct_push_sent(clean: Settings, start_worke
     receipts = producer.send_many([{"type": kind, **fields} for kind, fields in EVENTS])
     outcomes = producer.wait_all(receipts, timeout_s=30)
     assert [o.status for o in outcomes] == ["applied"] * len(EVENTS)
+
+
+def test_the_direct_push_recovers_from_a_script_cache_flush_and_a_dropped_connection(clean: Settings) -> None:
+    """The push reads its reply off the socket itself: a Redis that lost its scripts (a restart) gets the script
+    again, a connection the server dropped is made again, and both calls are sent exactly once."""
+    client = redis.Redis.from_url(clean.broker_url)
+    first = producer.like(21, 1)
+    queue = first.queue
+    client.script_flush()
+    producer.like(21, 2)  # NOSCRIPT: loaded, sent again
+    held = publisher_for(clean)._held
+    assert held is not None
+    host, port = held[1]._sock.getsockname()[:2]
+    client.client_kill(f"{host}:{port}")  # the server drops the producer's connection
+    producer.like(21, 3)  # the dead connection: reconnected, sent again
+    users = [json.loads(json.loads(raw)["body"])[1]["events"][0]["user_id"] for raw in client.lrange(queue, 0, -1)]
+    assert sorted(users) == [1, 2, 3]  # each once
+
+
+def test_an_error_reply_to_the_push_fails_the_call_and_sends_nothing(clean: Settings) -> None:
+    client = redis.Redis.from_url(clean.broker_url)
+    queue = producer.like(22, 1).queue
+    client.delete(queue)
+    client.set(queue, "not a list")  # LPUSH onto it fails inside the script: an error reply
+    with pytest.raises(PublishError, match="WRONGTYPE"):
+        producer.like(22, 2)
+    assert client.get(queue) == b"not a list"
+    client.delete(queue)
+    assert producer.like(22, 3).queue == queue  # the connection is still good for the next call
+    assert client.llen(queue) == 1
