@@ -16,7 +16,6 @@ Flow per message (in the consumer's thread; the solo pool runs nothing else):
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -25,18 +24,19 @@ from functools import partial
 from typing import Any, TypeVar
 
 import redis
-from celery.utils.time import utcoffset
 from celery.worker import state as worker_state
 from kombu.transport.virtual import QoS as VirtualQoS
 
 from seqproc.models.errors import PartitionFenced
 from seqproc.models.events import Event, Replay
-from seqproc.models.outcomes import Outcome, count_statuses
+from seqproc.models.outcomes import Outcome
 from seqproc.models.transport import FETCH_MAX, Fetched
 from seqproc.models.wire import APPLY_TASK, queue_name
 from seqproc.worker import faults
+from seqproc.worker.consume import task_events
 from seqproc.worker.consume.decode import Decoded, decode_chunk, decode_message
 from seqproc.worker.consume.retry import StopRetrying, retry_in_place
+from seqproc.worker.consume.task_events import Settled
 from seqproc.worker.engine.apply import (
     BatchResult,
     DeadLetterRecord,
@@ -300,7 +300,15 @@ class Batcher:
         worker_state.all_total_count[0] += len(items)
         for item in items:
             item.settled = True
-        self._task_events(items, result.outcomes, elapsed)
+        task_events.publish(
+            getattr(self.consumer, "event_dispatcher", None),
+            [
+                Settled(d.task_id, d.partition, len(d.events), len(d.dead_letters))
+                for d in (item.decoded for item in items)
+            ],
+            result.outcomes,
+            elapsed,
+        )
         logger.debug(
             "partition %d: %d event(s) from %d message(s) in %.1f ms (applied %d, duplicate %d, rejected %d)",
             batch.partition,
@@ -494,107 +502,6 @@ class Batcher:
                 self.consumer.cancel_task_queue(queue_name(partition))
             except Exception:
                 logger.warning("could not stop consuming %s", queue_name(partition), exc_info=True)
-
-    def _task_events(self, items: list[Held], outcomes: list[Outcome], elapsed: float) -> None:
-        """Two task events per message, after the commit: "task-received" (Flower counts it as "processed"), with
-        the name and arguments, and "task-succeeded", with the result and runtime; Flower merges both into the task.
-
-        They go out together in one "task.multi" message per flush, as the dispatcher's own buffer would send them,
-        but built here: ``EventDispatcher.send`` takes a clock tick, a UTC offset and a new dict per event through
-        several calls (~10 us of the worker's CPU per one-event message); the fields that do not change within a
-        flush are computed once. Sent only when the worker sends task events (``SEQPROC_TASK_EVENTS``, ``-E``)."""
-        dispatcher = getattr(self.consumer, "event_dispatcher", None)
-        if dispatcher is None or not dispatcher.enabled or (dispatcher.groups and "task" not in dispatcher.groups):
-            return
-        try:
-            batch = self._task_event_batch(dispatcher, items, outcomes, elapsed)
-        except Exception:  # after the commit: the acks that follow must not depend on Flower's events
-            logger.warning("could not build the task events of %d message(s)", len(items), exc_info=True)
-            return
-        if not batch or dispatcher.producer is None:
-            return
-        try:
-            with dispatcher.mutex:
-                dispatcher.producer.publish(
-                    batch,
-                    routing_key="task.multi",
-                    exchange=dispatcher.exchange.name,
-                    declare=[dispatcher.exchange],
-                    serializer=dispatcher.serializer,
-                    headers=dispatcher.headers,
-                    delivery_mode=dispatcher.delivery_mode,
-                    retry=False,
-                )
-        except Exception:
-            # What EventDispatcher does with events it could not publish: keep them for its next flush (Celery's
-            # consumer flushes a new connection's dispatcher with the old one's buffer).
-            pending = getattr(dispatcher, "_outbound_buffer", None)
-            if dispatcher.buffer_while_offline and pending is not None:
-                pending.append((batch, "task.multi"))
-            logger.debug("could not publish %d task event(s)", len(batch), exc_info=True)
-
-    @staticmethod
-    def _task_event_batch(
-        dispatcher: Any, items: list[Held], outcomes: list[Outcome], elapsed: float
-    ) -> list[dict[str, Any]]:
-        common = {"hostname": dispatcher.hostname, "utcoffset": utcoffset(), "pid": dispatcher.pid}
-        now, tick = time.time(), dispatcher.clock.forward
-        batch: list[dict[str, Any]] = []
-        position = 0
-        for item in items:
-            decoded = item.decoded
-            count = len(decoded.events)
-            mine = outcomes[position : position + count]
-            position += count
-            if decoded.task_id is None:
-                continue
-            batch.append(
-                {
-                    **common,
-                    "clock": tick(),
-                    "timestamp": now,
-                    "type": "task-received",
-                    "uuid": decoded.task_id,
-                    "name": APPLY_TASK,
-                    "args": "()",
-                    "kwargs": _summary(decoded.partition, count, len(decoded.dead_letters)),
-                }
-            )
-            batch.append(
-                {
-                    **common,
-                    "clock": tick(),
-                    "timestamp": now,
-                    "type": "task-succeeded",
-                    "uuid": decoded.task_id,
-                    "result": _result(*_tally(mine), len(decoded.dead_letters)),
-                    "runtime": elapsed,
-                }
-            )
-        return batch
-
-
-def _tally(outcomes: list[Outcome]) -> tuple[int, int, int]:
-    """(applied, duplicate, rejected) among ``outcomes``."""
-    if len(outcomes) == 1:  # a one-event message: the usual case with many producer processes
-        return _ONE[outcomes[0].status]
-    counts = count_statuses(outcomes)
-    return counts["applied"], counts["duplicate"], counts["rejected"]
-
-
-_ONE = {"applied": (1, 0, 0), "duplicate": (0, 1, 0), "rejected": (0, 0, 1)}
-
-
-@functools.lru_cache(maxsize=1024)
-def _result(applied: int, duplicate: int, rejected: int, dead_lettered: int) -> str:
-    """A message's result as Flower shows it (the repr of its statuses' counts); few distinct values, cached."""
-    return repr({"applied": applied, "duplicate": duplicate, "rejected": rejected, "dead_lettered": dead_lettered})
-
-
-@functools.lru_cache(maxsize=1024)
-def _summary(partition: int | None, events: int, invalid: int) -> str:
-    """A message's arguments as Flower shows them (its kwargs' repr), without its events."""
-    return repr({"partition": partition, "events": events, "invalid": invalid})
 
 
 def _redis_unreachable(error: BaseException) -> bool:
