@@ -114,11 +114,11 @@ class SeqprocStrategy:
         return call
 
     def warm(self, index: int) -> None:
-        """In a forked producer process, before the clock: connected to the broker, counters at zero."""
+        """In a forked producer process, before the clock: connected to the broker (``seqproc.connect()``, what a
+        prefork server's post-fork hook calls), counters at zero."""
         publisher = publisher_for(self.settings)
         publisher.sent_messages = publisher.sent_events = 0
-        if publisher._redis is not None:
-            publisher._redis.ping()
+        producer.connect()
 
     def report(self, index: int) -> dict[str, Any]:
         publisher = publisher_for(self.settings)

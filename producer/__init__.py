@@ -10,7 +10,7 @@ Imports nothing from ``worker``.
 from seqproc.models.errors import InvalidEvent, OutcomeTimeout, PublishError, SeqprocError
 from seqproc.models.outcomes import Outcome
 from seqproc.models.wire import partition_for, queue_name
-from seqproc.producer.api import commit, configure, like, release, reserve, restock, send, send_many, unlike
+from seqproc.producer.api import commit, configure, connect, like, release, reserve, restock, send, send_many, unlike
 from seqproc.producer.receipt import Receipt, wait_all
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "SeqprocError",
     "commit",
     "configure",
+    "connect",
     "like",
     "partition_for",
     "queue_name",

@@ -178,6 +178,23 @@ class Publisher:
                 connection.disconnect()  # the next send connects again (a reply half read must not be reused)
                 raise
 
+    def connect(self) -> None:
+        """Open this process's connection to the broker now (see ``seqproc.connect``)."""
+        try:
+            if self._redis is not None:
+                with self._push_lock:
+                    connection = self._connection(self._redis)
+                    if connection._sock is None:
+                        connection.connect()
+            else:
+                self.app.connection_for_write().ensure_connection(max_retries=1)
+        except Exception as error:
+            if not self.is_transient(error):
+                raise
+            raise PublishError(
+                f"could not connect to {mask_url(self.settings.broker_url)}: {type(error).__name__}: {error}"
+            ) from error
+
     def _connection(self, client: redis.Redis) -> Any:
         """The connection this process sends on (a new one in a forked child: the parent's socket is not ours).
         The process is told apart by a number bumped at each fork, not by a ``getpid`` system call per send."""

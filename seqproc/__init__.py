@@ -17,11 +17,14 @@ The rooms of the package:
 - :mod:`seqproc.migrations`: the schema, as Alembic migrations (``seqproc migrate``).
 """
 
+# The built-in domains register their event schemas when seqproc is imported: an application loaded before its
+# server forks (gunicorn --preload) builds them once, not in every worker process at its first call (~50 ms each).
+import seqproc.domains  # noqa: F401
 from seqproc import aio, outbox, producer
 from seqproc.models.domain import Applied, Domain, EventModel, Rejected
 from seqproc.models.errors import InvalidEvent, OutcomeTimeout, PublishError, SeqprocError
 from seqproc.models.outcomes import Outcome
-from seqproc.producer.api import commit, configure, like, release, reserve, restock, send, send_many, unlike
+from seqproc.producer.api import commit, configure, connect, like, release, reserve, restock, send, send_many, unlike
 from seqproc.producer.receipt import Receipt, wait_all
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "aio",
     "commit",
     "configure",
+    "connect",
     "like",
     "outbox",
     "producer",

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 
+import seqproc
 from seqproc import producer
 from seqproc.models.errors import PublishError
 from seqproc.models.events import Event
@@ -112,3 +113,25 @@ def test_an_error_reply_to_the_push_fails_the_call_and_sends_nothing(clean: Sett
     client.delete(queue)
     assert producer.like(22, 3).queue == queue  # the connection is still good for the next call
     assert client.llen(queue) == 1
+
+
+def test_connect_opens_the_connection_the_calls_send_on(clean: Settings) -> None:
+    """``seqproc.connect()`` (a prefork worker's post-fork hook): the connection is open before the first call,
+    and the first call sends on it."""
+    publisher = publisher_for(clean)
+    if publisher._held is not None:
+        publisher._held[1].disconnect()
+    seqproc.connect()
+    assert publisher._held is not None
+    sock = publisher._held[1]._sock
+    assert sock is not None
+    producer.like(23, 1)
+    assert publisher._held[1]._sock is sock
+
+
+def test_connect_to_an_unreachable_broker_is_a_publish_error(clean: Settings) -> None:
+    from tests.conftest import free_port
+
+    producer.configure(clean.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"}))
+    with pytest.raises(PublishError, match="could not connect"):
+        seqproc.connect()

@@ -111,3 +111,16 @@ def test_apply_returning_a_reason_the_ledger_cannot_hold_is_named(decision: obje
     ok = seqproc.Rejected("r" * MAX_REASON_LENGTH)
     domain.apply(lambda state, event: ok)
     assert domain.apply_event(None, Wide(n=1)) is ok
+
+
+def test_the_built_in_schemas_are_built_when_seqproc_is_imported() -> None:
+    """So that a server that loads the application before forking builds them once, not in each worker."""
+    import subprocess
+    import sys
+
+    code = (
+        "import seqproc\n"
+        "from seqproc.models.domain import _REGISTRY\n"
+        "assert {'like', 'reserve', 'balance.deposit'} <= set(_REGISTRY.models), sorted(_REGISTRY.models)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
