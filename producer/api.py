@@ -35,16 +35,17 @@ def configure(settings: Settings | None) -> None:
     The domains they name (``SEQPROC_DOMAINS``) are loaded now: in an application loaded before its server forks
     (gunicorn ``--preload``), once, rather than in every worker process at its first call."""
     global _settings_override
-    _settings_override = settings
     if settings is not None and settings.domains:
-        load_domains(settings.domains)
+        load_domains(settings.domains)  # first: a module that cannot be imported leaves the settings as they were
+    _settings_override = settings
 
 
 def connect() -> None:
     """Get this process ready to send: its settings read, their domains loaded, its connection to the broker open
     (and authenticated), so that its first call costs what the others do. For a prefork server's worker process
-    at its start (gunicorn's ``post_fork``, uWSGI's ``@postfork``, Celery's ``worker_process_init``); calls work
-    without it. Raises :class:`PublishError` if the broker cannot be reached."""
+    at its start (gunicorn's ``post_worker_init``, uWSGI's ``@postfork``, Celery's ``worker_process_init``);
+    calls work without it. It may wait up to the socket timeout for a broker that does not answer; raises
+    :class:`PublishError` if the broker cannot be reached."""
     _publisher().connect()
 
 

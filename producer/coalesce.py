@@ -67,7 +67,12 @@ class Coalescer:
             if alone:
                 self._leaders = 1
         if alone:
-            self._send_alone(events)
+            try:
+                self._send_alone(events)
+            finally:
+                with self._lock:
+                    self._last_batch = 1
+                    self._hand_on()  # whoever came meanwhile leads the next send
             return
         ticket = _Ticket(events)
         with self._lock:
@@ -86,7 +91,7 @@ class Coalescer:
 
     def _send_alone(self, events: Sequence[Event]) -> None:
         """No send under way and nobody waiting (a sequential caller, a prefork web worker): send at once, without a
-        ticket; whoever came meanwhile gets the lead after it."""
+        ticket."""
         try:
             self._send(list(events))
         except PublishError:
@@ -95,10 +100,6 @@ class Coalescer:
             raise PublishError(
                 f"publishing failed: {type(failure).__name__}: {failure}; the events were NOT sent"
             ) from failure
-        finally:
-            with self._lock:
-                self._last_batch = 1
-                self._hand_on()
 
     def _wait(self, ticket: _Ticket) -> None:
         """Until some leader sent the ticket's events or handed it the lead; then wake the next caller of the same

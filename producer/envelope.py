@@ -33,24 +33,16 @@ _EVENTS: TypeAdapter[list[Any]] = TypeAdapter(list[SerializeAsAny[EventModel]])
 #: Celery's ``embed`` part of a protocol-2 body: no callbacks, no chain, no chord.
 _EMBED = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
 
-_origin: str | None = None
-
-
-def _forget_origin() -> None:
-    global _origin
-    _origin = None
-
-
-os.register_at_fork(after_in_child=_forget_origin)
+_origin: tuple[int, str] | None = None
 
 
 def origin() -> str:
-    """Celery's ``origin`` header, ``gen<pid>@<host>``; computed once per process (again after a fork, without a
-    ``getpid`` system call per message)."""
+    """Celery's ``origin`` header, ``gen<pid>@<host>``; computed once per process (again after a fork)."""
     global _origin
-    if _origin is None:
-        _origin = anon_nodename()
-    return _origin
+    pid = os.getpid()
+    if _origin is None or _origin[0] != pid:
+        _origin = (pid, anon_nodename())
+    return _origin[1]
 
 
 def events_json(events: Sequence[Event]) -> str:

@@ -59,6 +59,7 @@ class Publisher:
                 timeout_s=options["socket_timeout"],
                 socket_keepalive=options["socket_keepalive"],
                 health_check_interval=options["health_check_interval"],
+                protocol=2,  # push_on reads integer replies itself: no RESP3 push frames on this connection
             )
         self._connection_errors: tuple[type[BaseException], ...] = (
             *self.app.connection_for_write().connection_errors,
@@ -196,10 +197,12 @@ class Publisher:
             ) from error
 
     def _connection(self, client: redis.Redis) -> Any:
-        """The connection this process sends on (a new one in a forked child: the parent's socket is not ours).
-        The process is told apart by a number bumped at each fork, not by a ``getpid`` system call per send."""
-        if self._held is None or self._held[0] != _forks[0]:
-            self._held = (_forks[0], client.connection_pool.get_connection())
+        """The connection this process sends on (a new one in a forked child: the parent's socket is not ours). By
+        its pid, not a fork hook: uWSGI forks its workers without running Python's (unless
+        ``py-call-osafterfork``)."""
+        pid = os.getpid()
+        if self._held is None or self._held[0] != pid:
+            self._held = (pid, client.connection_pool.get_connection())
         return self._held[1]
 
     def _publish(self, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
@@ -249,29 +252,37 @@ def pack_push(keys: Sequence[str], bodies: Sequence[str]) -> bytes:
 def push_on(connection: Any, command: bytes) -> None:
     """Send ``command`` (:func:`pack_push`) on ``connection`` and read its reply, an integer, off the socket.
 
-    The connection is redis-py's (it connected, authenticated, selected the database and checks its health when
-    idle); only this command's round trip skips its layers (send wrappers, the reply parser), about a third of a
-    single-event call's CPU on the producer's side. A reply that is not an integer is an error reply: raised as
-    redis-py raises it (``NoScriptError`` after a Redis restart, for the caller to load the script)."""
+    The connection is redis-py's, speaking RESP2 (the publisher's client asks for it: no out-of-band push frames):
+    redis-py connected it, authenticated, selected the database and checks its health when idle; only this
+    command's round trip skips its layers (send wrappers, the reply parser), about a third of a single-event call's
+    CPU on the producer's side. Anything that stops the exchange half-way (an error, a timeout, an interrupt) closes
+    the connection, so that a command half sent or a reply unread never meets the next call. An error reply is
+    raised as redis-py raises it (its own parser maps it: ``NoScriptError`` after a Redis restart, for the caller to
+    load the script; ``BusyLoadingError``, a connection error, while Redis loads its data)."""
     connection.check_health()
     sock = connection._sock
     if sock is None:
         connection.connect()
         sock = connection._sock
-    sock.sendall(command)
-    reply = sock.recv(4096)
-    while not reply.endswith(b"\r\n"):
-        more = sock.recv(4096)
-        if not more:
-            raise redis.ConnectionError("the broker closed the connection before replying")
-        reply += more
-    if reply[:1] == b":":
+    try:
+        sock.sendall(command)
+        reply = sock.recv(4096)
+        while not reply.endswith(b"\r\n"):
+            more = sock.recv(4096)
+            if not more:
+                raise redis.ConnectionError("the broker closed the connection before replying")
+            reply += more
+    except BaseException:
+        connection.disconnect()
+        raise
+    kind = reply[:1]
+    if kind == b":" and reply.count(b"\r\n") == 1:
+        if connection.health_check_interval:
+            connection.next_health_check = time.monotonic() + connection.health_check_interval
         return
-    if reply[:1] == b"-":
-        message = reply[1:-2].decode("utf-8", "replace")
-        if message.startswith("NOSCRIPT"):
-            raise redis.exceptions.NoScriptError(message)
-        raise redis.ResponseError(message)
+    if kind == b"-" and reply.count(b"\r\n") == 1:
+        raise connection._parser.parse_error(reply[1:-2].decode("utf-8", "replace"))
+    connection.disconnect()
     raise redis.ConnectionError(f"unexpected reply to the push: {reply[:80]!r}")
 
 
@@ -283,10 +294,6 @@ def stage_messages(pipe: Any, messages: Sequence[tuple[int, Sequence[Event]]]) -
         pipe.lpush(queue, task_envelope(queue, partition, group, task_id=unique_id()))
         ring(pipe.execute_command, queue)
 
-
-#: Bumped in a forked child: which process a held connection belongs to.
-_forks = [0]
-os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
 _PUBLISHERS: dict[Settings, Publisher] = {}
 _PUBLISHERS_LOCK = threading.Lock()

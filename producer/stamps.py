@@ -29,10 +29,13 @@ class StampClock:
         self._reset()
 
     def _reset(self) -> None:
+        self._pid = os.getpid()
         self._node = secrets.randbelow(_STEP)
         self._last = 0
 
     def next(self) -> int:
+        if self._pid != os.getpid():  # forked without Python's hooks (uWSGI does, unless py-call-osafterfork)
+            self._reset()
         now = (time.time_ns() & ~_NODE_MASK) | self._node
         with self._lock:
             if now <= self._last:
@@ -71,10 +74,13 @@ class _IdSource:
         self._reset()
 
     def _reset(self) -> None:
+        self._pid = os.getpid()
         self._prefix = secrets.token_urlsafe(12)  # fixed length: prefix + counter is never ambiguous
         self._counter = itertools.count(1)
 
     def next(self) -> str:
+        if self._pid != os.getpid():  # forked without Python's hooks (uWSGI does, unless py-call-osafterfork)
+            self._reset()
         if _FREE_THREADED:
             with self._lock:
                 return f"{self._prefix}{next(self._counter):x}"

@@ -73,10 +73,10 @@ def test_stamps_follow_the_wall_clock() -> None:
     assert (before >> NODE_BITS) - 1 <= stamp >> NODE_BITS <= (after >> NODE_BITS) + 1
 
 
-def in_child(draw: Callable[[], object]) -> str:
+def in_child(draw: Callable[[], object], *, fork: Callable[[], int] = os.fork) -> str:
     """Fork; the child calls ``draw`` once and writes what it got to a pipe, then leaves without any cleanup."""
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:
             os.close(read_end)
@@ -132,3 +132,19 @@ def test_a_forked_child_draws_ids_of_its_own() -> None:
     child = in_child(stamps.unique_id)
     parent = stamps.unique_id()
     assert child[:16] != parent[:16]  # a new random prefix, not the parent's (whose counter the child would repeat)
+
+
+def c_fork() -> int:
+    """fork(2) from C, as uWSGI forks its workers: Python's at-fork hooks do not run in the child."""
+    import ctypes
+
+    return int(ctypes.CDLL(None).fork())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_without_python_hooks_draws_its_own_ids_and_node() -> None:
+    parent_id, parent_node = stamps.unique_id(), next_stamp() & NODE_MASK
+    children = [in_child(lambda: f"{stamps.unique_id()} {next_stamp() & NODE_MASK}", fork=c_fork) for _ in range(3)]
+    assert all(child.split()[0][:16] != parent_id[:16] for child in children)  # a prefix of its own, by its pid
+    assert len({child.split()[0][:16] for child in children}) == 3
+    assert any(int(child.split()[1]) != parent_node for child in children)  # 1 in 1024 each to match by chance
