@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import kombu.exceptions
 import redis
 from celery import Celery
 
@@ -67,6 +68,7 @@ class Publisher:
             redis.TimeoutError,
             ConnectionError,
             OSError,
+            kombu.exceptions.OperationalError,  # what kombu raises when it cannot connect, whatever the transport
         )
         self._coalescer = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
         #: The connection pushes go out on, with the pid that opened it (see ``_connection``).
@@ -188,7 +190,8 @@ class Publisher:
                     if connection._sock is None:
                         connection.connect()
             else:
-                self.app.connection_for_write().ensure_connection(max_retries=1)
+                with self.app.producer_or_acquire() as producer:  # a pooled producer, kept connected for the sends
+                    producer.connection.ensure_connection(max_retries=1)
         except Exception as error:
             if not self.is_transient(error):
                 raise

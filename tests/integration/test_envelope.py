@@ -129,9 +129,12 @@ def test_connect_opens_the_connection_the_calls_send_on(clean: Settings) -> None
     assert publisher._held[1]._sock is sock
 
 
-def test_connect_to_an_unreachable_broker_is_a_publish_error(clean: Settings) -> None:
+@pytest.mark.parametrize("scheme", ["redis", "amqp"])
+def test_connect_to_an_unreachable_broker_is_a_publish_error(clean: Settings, scheme: str) -> None:
+    """On seqproc's Redis transport and through kombu for any other broker."""
     from tests.conftest import free_port
 
-    producer.configure(clean.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"}))
+    url = f"redis://127.0.0.1:{free_port()}/0" if scheme == "redis" else f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    producer.configure(clean.model_copy(update={"broker_url": url}))
     with pytest.raises(PublishError, match="could not connect"):
         seqproc.connect()
