@@ -97,9 +97,7 @@ class Coalescer:
         except PublishError:
             raise
         except Exception as failure:
-            raise PublishError(
-                f"publishing failed: {type(failure).__name__}: {failure}; the events were NOT sent"
-            ) from failure
+            raise _not_sent(failure) from failure
 
     def _wait(self, ticket: _Ticket) -> None:
         """Until some leader sent the ticket's events or handed it the lead; then wake the next caller of the same
@@ -147,7 +145,7 @@ class Coalescer:
         except PublishError as failure:
             error = failure
         except Exception as failure:  # every waiter must hear of any failure
-            error = PublishError(f"publishing failed: {type(failure).__name__}: {failure}; the events were NOT sent")
+            error = _not_sent(failure)
         except BaseException as failure:  # the leader's caller was interrupted: the others must still be woken
             interrupted = failure
             error = PublishError(
@@ -178,6 +176,11 @@ class Coalescer:
             following.wake.release()
         else:
             self._leaders -= 1
+
+
+def _not_sent(failure: Exception) -> PublishError:
+    """The error every caller of a send that failed for another reason than :class:`PublishError` hears."""
+    return PublishError(f"publishing failed: {type(failure).__name__}: {failure}; the events were NOT sent")
 
 
 def _acquire_uninterrupted(lock: threading.Lock) -> None:

@@ -186,9 +186,7 @@ class Publisher:
         try:
             if self._redis is not None:
                 with self._push_lock:
-                    connection = self._connection(self._redis)
-                    if connection._sock is None:
-                        connection.connect()
+                    _socket_of(self._connection(self._redis))
             else:
                 with self.app.producer_or_acquire() as producer:  # a pooled producer, kept connected for the sends
                     producer.connection.ensure_connection(max_retries=1)
@@ -263,10 +261,7 @@ def push_on(connection: Any, command: bytes) -> None:
     raised as redis-py raises it (its own parser maps it: ``NoScriptError`` after a Redis restart, for the caller to
     load the script; ``BusyLoadingError``, a connection error, while Redis loads its data)."""
     connection.check_health()
-    sock = connection._sock
-    if sock is None:
-        connection.connect()
-        sock = connection._sock
+    sock = _socket_of(connection)
     try:
         sock.sendall(command)
         reply = sock.recv(4096)
@@ -287,6 +282,13 @@ def push_on(connection: Any, command: bytes) -> None:
         raise connection._parser.parse_error(reply[1:-2].decode("utf-8", "replace"))
     connection.disconnect()
     raise redis.ConnectionError(f"unexpected reply to the push: {reply[:80]!r}")
+
+
+def _socket_of(connection: Any) -> Any:
+    """The socket of redis-py's ``connection``, connected (and authenticated) first if it is not."""
+    if connection._sock is None:
+        connection.connect()
+    return connection._sock
 
 
 def stage_messages(pipe: Any, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:

@@ -44,9 +44,9 @@ class StampClock:
             return now
 
 
+#: A forked child must not reuse its parent's node number (the two would issue equal stamps): it draws its own at its
+#: first stamp, seen by its pid (a fork hook would miss uWSGI's workers, forked without Python's hooks).
 _CLOCK = StampClock()
-# A forked child must not reuse its parent's node number: the two would issue equal stamps.
-os.register_at_fork(after_in_child=_CLOCK._reset)
 
 
 def next_stamp() -> int:
@@ -87,8 +87,8 @@ class _IdSource:
         return f"{self._prefix}{next(self._counter):x}"
 
 
+#: Re-drawn in a forked child at its first id, as the stamp clock's node is.
 _IDS = _IdSource()
-os.register_at_fork(after_in_child=_IDS._reset)
 
 
 def unique_id() -> str:
