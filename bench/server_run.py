@@ -155,6 +155,22 @@ class Backend:
             self.seqproc = None
 
 
+def count_problems(
+    figures: wrk.WrkResult, accepted: int, rows: int | None, count: int | None, *, connections: int
+) -> list[str]:
+    """What is wrong with the counts of a run (nothing: it is correct). ``rows`` and ``count``: the article's like
+    rows and like_count, None for the no-op."""
+    problems = []
+    if rows is not None and not rows == count == accepted:
+        problems.append(f"{rows} like rows, like_count {count}, {accepted} requests accepted")
+    if figures.non_2xx:
+        problems.append(f"{figures.non_2xx} responses were not 2xx")
+    if not figures.responses_2xx <= accepted <= figures.responses_2xx + connections:
+        # At most one request per connection can be in flight when wrk stops: answered, but not read by wrk.
+        problems.append(f"{accepted} requests accepted by the server, wrk read {figures.responses_2xx} 2xx")
+    return problems
+
+
 def run_strategy(name: str, load: ServerLoad, settings: Settings, directory: Path) -> ServerResult:
     backend = Backend(name, settings, load.workers)
     server: ServerProcess | None = None
@@ -193,15 +209,10 @@ def run_strategy(name: str, load: ServerLoad, settings: Settings, directory: Pat
                 elapsed_s = applied_at - started
             backend.mark_cpu("end")
             rows, count, invariants = backend.state(load.article)
-            if not rows == count == accepted:
-                problems.append(f"{rows} like rows, like_count {count}, {accepted} requests accepted")
-            if invariants:
-                problems.append(invariants)
+            problems += [invariants] if invariants else []
+        problems += count_problems(figures, accepted, rows, count, connections=load.connections)
         if figures.non_2xx:
-            problems.append(f"{figures.non_2xx} responses were not 2xx; the server's log: {server.log_tail(1500)}")
-        if not figures.responses_2xx <= accepted <= figures.responses_2xx + load.connections:
-            # At most one request per connection can be in flight when wrk stops: answered, but not read by wrk.
-            problems.append(f"{accepted} requests accepted by the server, wrk read {figures.responses_2xx} 2xx")
+            problems.append(f"the server's log: {server.log_tail(1500)}")
         if name == "outbox":
             messages = relay_pushed_messages(settings.broker_url)
             events = accepted
