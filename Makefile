@@ -9,12 +9,12 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint types unit soak services migrate install clean
+.PHONY: demo test lint types unit soak services tools migrate install clean
 
 demo: install services
 	$(BIN)/seqproc demo
 
-test: install services lint types
+test: install services tools lint types
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
@@ -65,6 +65,17 @@ services:
 	  if ! command -v pg_isready >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then exit 0; fi; \
 	  sleep 1; \
 	done; echo "PostgreSQL or Redis did not come up within 30 s"
+
+# wrk, the HTTP load generator of `seqproc bench --server` (its smoke test fails in CI without it): installed with
+# Debian's package when missing and this runs as root; otherwise it says how.
+tools:
+	@if ! command -v wrk >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing wrk"; \
+	    apt-get install -y -q wrk >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; } \
+	      || echo "could not install wrk: apt-get install -y wrk"; \
+	  else echo "wrk is not installed (seqproc bench --server needs it): sudo apt-get install -y wrk"; fi; \
+	fi
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

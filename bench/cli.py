@@ -8,19 +8,35 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
+from rich.table import Table
 
 from seqproc.models.errors import ConfigError, SeqprocError
 from seqproc.models.settings import load_settings
 from seqproc.worker.ops.logs import setup_logging
 
 from . import run as bench_run
+from . import server_report, server_run
+from .server_run import SERVER_STRATEGIES, ServerLoad
+from .servers import DEFAULT_SERVER_WORKERS, SERVERS
+from .wrk import find_wrk
 
 
 def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _show(console: Console, as_json: bool, data: dict[str, Any], table: Table, ratios: dict[str, float]) -> None:
+    """One run: its JSON object on stdout (``--json``), or its table and ratios."""
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+        return
+    console.print(table)
+    for name, ratio in ratios.items():
+        console.print(f"  {name}: {ratio}")
 
 
 @click.command()
@@ -65,6 +81,28 @@ def _csv(value: str) -> list[str]:
     "then the events/s one worker drains in messages of 100 (the batched ceiling).",
 )
 @click.option(
+    "--server",
+    type=click.Choice(SERVERS),
+    default=None,
+    help="Instead: noop, atomic, seqproc and outbox as endpoints of an app served by this server, driven by wrk "
+    "(every request a new like on one hot article): server-<server>.json and .png.",
+)
+@click.option(
+    "--server-workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="With --server: its worker processes (default: gunicorn 16 sync workers, uvicorn 2).",
+)
+@click.option("--connections", type=click.IntRange(1, 10_000), default=32, show_default=True, help="With --server.")
+@click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True, help="With --server: wrk's.")
+@click.option("--duration-s", type=click.IntRange(1, 3600), default=8, show_default=True, help="With --server.")
+@click.option(
+    "--database",
+    default=bench_run.BENCH_DATABASE,
+    show_default=True,
+    help="The benchmark's own database on the configured PostgreSQL server (each run empties its tables).",
+)
+@click.option(
     "--soak-s",
     type=float,
     default=None,
@@ -82,13 +120,20 @@ def bench(
     chart: bool,
     results_dir: Path | None,
     cpu_calls: int | None,
+    server: str | None,
+    server_workers: int | None,
+    connections: int,
+    threads: int,
+    duration_s: int,
+    database: str,
     soak_s: float | None,
 ) -> None:
     """Compare seqproc with row locks, atomic updates, optimistic and serializable retries, and Redis write-behind."""
     setup_logging("WARNING")
-    settings = bench_run.bench_settings(load_settings())
-    strategies = list(bench_run.STRATEGIES) if strategies_csv == "all" else _csv(strategies_csv)
-    known = (*bench_run.STRATEGIES, *bench_run.OPTIONAL_STRATEGIES)
+    settings = bench_run.bench_settings(load_settings(), database=database)
+    every = SERVER_STRATEGIES if server else bench_run.STRATEGIES
+    strategies = list(every) if strategies_csv == "all" else _csv(strategies_csv)
+    known = SERVER_STRATEGIES if server else (*bench_run.STRATEGIES, *bench_run.OPTIONAL_STRATEGIES)
     unknown = [s for s in strategies if s not in known]
     if unknown:
         raise ConfigError(f"--strategies: {unknown[0]!r} is not one of {', '.join(known)}")
@@ -97,8 +142,22 @@ def bench(
     except ValueError:
         raise ConfigError(f"--producers: {producers_csv!r} is not a number or a comma-separated list") from None
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 160)
-    bench_run.prepare(settings)
     directory = results_dir or bench_run.RESULTS_DIR
+    if server is not None:
+        if connections < threads:
+            raise ConfigError(f"--connections: {connections} is fewer than --threads {threads} (wrk's rule)")
+        find_wrk()  # before anything starts: say how to install it
+        bench_run.prepare(settings)
+        processes = server_workers or DEFAULT_SERVER_WORKERS[server]
+        load = ServerLoad(server, processes, connections, threads, duration_s, workers)
+        served = server_run.compare(settings, load, strategies, console=console)
+        saved = [server_report.save(served, directory)]
+        if chart:
+            saved.append(server_report.chart(served, directory))
+        _show(console, as_json, served.to_json(), server_report.table(served), served.ratios())
+        console.print(f"[dim]saved {', '.join(str(p) for p in saved)}[/dim]")
+        return
+    bench_run.prepare(settings)
     if cpu_calls is not None:
         from . import cpu
 
@@ -121,12 +180,7 @@ def bench(
             settings, scenario, count, events, strategies, workers=workers, mode=producer_mode, console=console
         )
         comparisons.append(comparison)
-        if as_json:
-            click.echo(json.dumps(comparison.to_json(), sort_keys=True))
-        else:
-            console.print(bench_run.table(comparison))
-            for name, ratio in comparison.ratios().items():
-                console.print(f"  {name}: {ratio}")
+        _show(console, as_json, comparison.to_json(), bench_run.table(comparison), comparison.ratios())
     saved = bench_run.save(comparisons, directory)
     if chart:
         saved.append(bench_run.chart(comparisons, bench_run.chart_path(comparisons, directory)))

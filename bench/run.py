@@ -43,15 +43,15 @@ BENCH_DATABASE = "seqproc_bench"
 SOAK_SCENARIO = "spread"
 
 
-def bench_settings(base: Settings) -> Settings:
-    """The configured servers, with the benchmark's own database and Redis databases."""
-    database = make_url(base.database_url)
-    if database.drivername.startswith("postgresql"):
-        database = database.set(database=BENCH_DATABASE)
+def bench_settings(base: Settings, *, database: str = BENCH_DATABASE) -> Settings:
+    """The configured servers, with the benchmark's own database (``database``) and Redis databases."""
+    url = make_url(base.database_url)
+    if url.drivername.startswith("postgresql"):
+        url = url.set(database=database)
     redis_base = base.broker_url.rsplit("/", 1)[0] if base.broker_url.count("/") >= 3 else base.broker_url
     return base.model_copy(
         update={
-            "database_url": database.render_as_string(hide_password=False),
+            "database_url": url.render_as_string(hide_password=False),
             "broker_url": f"{redis_base}/12",
             "result_backend": f"{redis_base}/13",
         }

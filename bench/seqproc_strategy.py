@@ -91,7 +91,7 @@ class SeqprocStrategy:
         self._baseline = self._applied()
         self.receipts = [[] for _ in range(workload.producers)]
         self.rss_samples = [self.group.rss_mb()]
-        self._cpu_at_start = self._service_cpu_s()
+        self._cpu_at_start = self.service_cpu_s()
 
     def _applied(self) -> int:
         table = Partition.__table__
@@ -144,9 +144,9 @@ class SeqprocStrategy:
             time.sleep(0.01)
         assert self.group is not None
         self.rss_samples.append(self.group.rss_mb())
-        self._cpu_at_end = self._service_cpu_s()
+        self._cpu_at_end = self.service_cpu_s()
 
-    def _service_cpu_s(self) -> tuple[float, float]:
+    def service_cpu_s(self) -> tuple[float, float]:
         """CPU seconds so far of the worker processes, and of the Redis server (all of it: broker and results)."""
         assert self.group is not None
         info = redis.Redis.from_url(self.settings.broker_url).info("cpu")
@@ -191,6 +191,12 @@ class SeqprocStrategy:
         producer.configure(None)
         self.engine.dispose()
         self._directory.cleanup()
+
+
+def relay_pushed_messages(broker_url: str) -> int:
+    """The messages the relay pushed so far: its per-queue counts in the broker."""
+    client = redis.Redis.from_url(broker_url)
+    return sum(int(client.get(key) or 0) for key in client.scan_iter(f"{RELAY_PUSHED_PREFIX}*"))
 
 
 class OutboxStrategy(SeqprocStrategy):
@@ -246,8 +252,7 @@ class OutboxStrategy(SeqprocStrategy):
     def absorb(self, reports: list[dict[str, Any]], *, processes: bool) -> None:
         super().absorb(reports, processes=processes)
         # What the relay pushed: its per-queue counts in the broker (events: every one sent once).
-        client = redis.Redis.from_url(self.settings.broker_url)
-        self.sent_messages = sum(int(client.get(key) or 0) for key in client.scan_iter(f"{RELAY_PUSHED_PREFIX}*"))
+        self.sent_messages = relay_pushed_messages(self.settings.broker_url)
         self.sent_events = sum(sum(r["statuses"].values()) for r in reports)
 
     def teardown(self) -> None:

@@ -3,6 +3,7 @@ workloads and the write-behind risk figure: pinned without PostgreSQL or Redis."
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from seqproc.models.errors import ConfigError
 from seqproc.worker.cli import cli
 from seqproc.worker.cli.bench import load_bench
 
@@ -17,10 +19,13 @@ from seqproc.worker.cli.bench import load_bench
 # modules the command runs.
 BENCH_CLI = load_bench()
 
-from seqproc_bench import writebehind  # noqa: E402
+import seqproc_bench_app  # noqa: E402  (bench/web, put on the path by seqproc_bench.servers)
+from seqproc_bench import writebehind, wrk  # noqa: E402
 from seqproc_bench.harness import RunResult  # noqa: E402
 from seqproc_bench.run import SOAK_SCENARIO, Comparison, soak_command  # noqa: E402
 from seqproc_bench.scenarios import FLASH_PRODUCT, HOT_ARTICLE, SPREAD_ARTICLES, Op, workload  # noqa: E402
+from seqproc_bench.server_report import ServerComparison, ServerResult  # noqa: E402
+from seqproc_bench.server_run import ServerLoad, count_problems  # noqa: E402
 
 RUN_RESULT_KEYS = {
     "strategy",
@@ -310,3 +315,152 @@ def test_the_harness_runs_producers_as_threads_or_forked_processes(mode: str) ->
         assert os.getpid() not in strategy.pids  # ...none of them this one
     else:
         assert strategy.pids == {os.getpid()}
+
+
+#: What wrk printed against a server that answers every POST with 501 (``python -m http.server``).
+WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:18395/noop
+  1 threads and 2 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.43ms    1.46ms  10.59ms   84.58%
+  1669 requests in 1.00s, 0.88MB read
+  Non-2xx or 3xx responses: 1669
+Requests/sec:   1663.89
+SEQPROC_WRK {"requests": 1669, "duration_us": 1003070, "bytes": 926493, "errors": {"connect": 0, "read": 0, \
+"write": 0, "status": 1669, "timeout": 0}, "latency_us": {"p50": 739, "p90": 3618, "p99": 6607, "max": 10585, \
+"mean": 1432.6}}
+"""
+
+
+def wrk_result(requests: int, *, non_2xx: int = 0, p99_ms: float = 10.0, duration_s: float = 8.0) -> wrk.WrkResult:
+    latency = {"p50": p99_ms / 4, "p90": p99_ms / 2, "p99": p99_ms, "max": p99_ms * 2, "mean": p99_ms / 3}
+    errors = {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    return wrk.WrkResult(requests, non_2xx, duration_s, errors, latency, cpu_s=1.0)
+
+
+def test_wrk_figures_are_read_from_the_scripts_json_line() -> None:
+    figures = wrk.parse(WRK_OUTPUT, cpu_s=0.5)
+    assert (figures.requests, figures.non_2xx, figures.responses_2xx) == (1669, 1669, 0)
+    assert figures.duration_s == 1.00307
+    assert figures.errors == {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    assert figures.latency_ms == {"p50": 0.739, "p90": 3.618, "p99": 6.607, "max": 10.585, "mean": 1.433}
+    assert figures.requests_per_s == 0.0  # every response was a 501: nothing accepted
+    all_ok = wrk.parse(WRK_OUTPUT.replace('"status": 1669', '"status": 0'), cpu_s=0)
+    assert all_ok.requests_per_s == pytest.approx(1669 / 1.00307)
+    with pytest.raises(wrk.WrkError, match="no SEQPROC_WRK line"):
+        wrk.parse(WRK_OUTPUT.replace("SEQPROC_WRK", "SOMETHING"), cpu_s=0)
+
+
+def test_the_load_script_gives_each_wrk_thread_its_own_users_on_the_article_it_is_given() -> None:
+    script = wrk.SCRIPT.read_text()
+    assert 'thread:set("thread_number", #threads)' in script
+    assert "thread_number * 1000000000 + sent" in script
+    argv = wrk.command("http://127.0.0.1:1/seqproc", threads=2, connections=32, duration_s=8, article=1)
+    assert argv[1:] == [
+        "--threads=2",
+        "--connections=32",
+        "--duration=8s",
+        f"--timeout={wrk.TIMEOUT_S}s",
+        f"--script={wrk.SCRIPT}",
+        "http://127.0.0.1:1/seqproc",
+        "--",
+        "1",
+    ]
+
+
+def test_a_missing_wrk_is_reported_with_how_to_install_it_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no wrk there
+    # No database or broker is reachable at these addresses: the error must come before the bench touches them.
+    monkeypatch.setenv("SEQPROC_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    with pytest.raises(wrk.WrkError, match=r"needs wrk.*apt-get install -y wrk"):
+        BENCH_CLI.bench.main(args=["--server", "gunicorn"], standalone_mode=False)
+
+
+def test_wrk_needs_a_connection_per_thread() -> None:
+    with pytest.raises(ConfigError, match="--connections: 1 is fewer than --threads 2"):
+        BENCH_CLI.bench.main(args=["--server", "uvicorn", "--connections", "1"], standalone_mode=False)
+
+
+def test_the_count_check_wants_rows_count_and_accepted_requests_equal_within_wrks_view() -> None:
+    figures = wrk_result(1_000)
+    assert count_problems(figures, 1_000, 1_000, 1_000, connections=32) == []
+    assert count_problems(figures, 1_032, 1_032, 1_032, connections=32) == []  # 32 in flight when wrk stopped
+    assert count_problems(figures, 1_000, None, None, connections=32) == []  # the no-op: nothing to count
+    assert count_problems(figures, 1_000, 1_000, 999, connections=32) == [
+        "1000 like rows, like_count 999, 1000 requests accepted"
+    ]
+    assert count_problems(figures, 1_000, 1_001, 1_001, connections=32) == [
+        "1001 like rows, like_count 1001, 1000 requests accepted"
+    ]
+    assert count_problems(figures, 999, 999, 999, connections=32) == [
+        "999 requests accepted by the server, wrk read 1000 2xx"
+    ]
+    assert count_problems(figures, 1_033, 1_033, 1_033, connections=32) == [
+        "1033 requests accepted by the server, wrk read 1000 2xx"
+    ]
+    assert count_problems(wrk_result(1_000, non_2xx=3), 997, 997, 997, connections=32) == ["3 responses were not 2xx"]
+
+
+def server_result(strategy: str, accepted: int, elapsed_s: float, **extra: Any) -> ServerResult:
+    counted = None if strategy == "noop" else accepted
+    return ServerResult(
+        strategy=strategy,
+        wrk=wrk_result(accepted, p99_ms=extra.pop("p99_ms", 10.0)),
+        accepted=accepted,
+        elapsed_s=elapsed_s,
+        like_rows=counted,
+        like_count=counted,
+        correct=True,
+        detail="",
+        server_cpu_us_per_request=100.0,
+        **extra,
+    )
+
+
+def test_a_server_comparison_gives_each_strategy_its_ratios_to_the_noop_and_atomic_rows() -> None:
+    load = ServerLoad("gunicorn", 16, 32, 2, 8)
+    comparison = ServerComparison(
+        load,
+        [
+            server_result("noop", 40_000, 8.0, p99_ms=13.0),
+            server_result("atomic", 6_000, 8.0),
+            server_result("seqproc", 24_000, 8.0, p99_ms=26.0, worker_cpu_us_per_event=40.0),
+        ],
+    )
+    data = comparison.to_json()
+    assert data["command"] == (
+        "seqproc bench --server gunicorn --server-workers 16 --connections 32 --threads 2 --duration-s 8 "
+        "--strategies noop,atomic,seqproc"
+    )
+    seqproc = data["strategies"]["seqproc"]
+    assert seqproc["events_per_s"] == 3_000.0
+    assert (seqproc["x_noop"], seqproc["x_atomic"]) == (0.6, 4.0)
+    assert (data["strategies"]["noop"]["x_noop"], data["strategies"]["atomic"]["x_atomic"]) == (1.0, 1.0)
+    assert seqproc["worker_cpu_us_per_event"] == 40.0
+    assert data["ratios"] == {
+        "seqproc_vs_noop_events_per_s": 0.6,
+        "seqproc_vs_atomic_events_per_s": 4.0,
+        "seqproc_p99_over_noop_p99": 2.0,
+    }
+    # Without the baselines, no ratios (rather than a division by a missing row).
+    alone = ServerComparison(load, [server_result("outbox", 1_000, 2.0)])
+    assert alone.ratios() == {}
+    outbox = alone.to_json()["strategies"]["outbox"]
+    assert (outbox["x_noop"], outbox["x_atomic"]) == (None, None)
+
+
+def test_the_server_processes_counters_are_summed_from_their_files(tmp_path: Any) -> None:
+    assert seqproc_bench_app.ready_processes(tmp_path) == 0
+    counters = seqproc_bench_app.Counters(str(tmp_path))
+    assert seqproc_bench_app.ready_processes(tmp_path) == 1
+    for n in range(1, 4):
+        counters.accept(messages=n, events=2 * n)
+    # Another process's counters, as it would have left them.
+    (tmp_path / f"999999{seqproc_bench_app.COUNTS_SUFFIX}").write_bytes(
+        struct.pack(seqproc_bench_app.COUNTS_FORMAT, 10, 4, 40)
+    )
+    assert seqproc_bench_app.read_counts(tmp_path) == (13, 7, 46)
+    assert seqproc_bench_app.like_of("article=1&user=7") == (1, 7)
+    with pytest.raises(KeyError):
+        seqproc_bench_app.like_of("article=1")
