@@ -20,7 +20,6 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import Connection, RowMapping, func, select, update
 
 from seqproc.models.errors import DeadLetterRefused, InvalidEvent
@@ -95,7 +94,7 @@ def replay_event(entity_key: str) -> Event:
     is parked is :func:`require_parked`'s to say."""
     try:
         return Replay(type="replay", key=unique_id(), id=unique_id(), stamp=next_stamp(), entity=entity_key)
-    except ValidationError:
+    except InvalidEvent:
         raise InvalidEvent(
             "KEY", f"must be an entity key, <entity>:<key> such as article:42 or product:7 (got {entity_key!r})"
         ) from None
