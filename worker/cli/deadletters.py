@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from seqproc.models.outcomes import Outcome
-from seqproc.models.settings import load_settings
+from seqproc.models.settings import Settings, load_settings
 from seqproc.worker.cli.codes import RET_FAILED
 
 
@@ -22,10 +22,10 @@ def deadletter() -> None:
     """What could not be applied: list it; replay a parked key, retry or discard a dead letter by its id."""
 
 
-def _database_engine() -> Any:
+def _database_engine(settings: Settings | None = None) -> Any:
     from seqproc.models.db import make_engine
 
-    return make_engine(load_settings().database_url)
+    return make_engine((settings or load_settings()).database_url)
 
 
 @deadletter.command("list")
@@ -104,7 +104,7 @@ def deadletter_replay(key: str, wait_s: float) -> None:
 
     settings = current_settings()
     event = replay_event(key)
-    engine = _database_engine()
+    engine = _database_engine(settings)
     try:
         with engine.connect() as conn:
             require_parked(conn, key)
@@ -138,7 +138,7 @@ def deadletter_retry(letter_id: int, wait_s: float) -> None:
     from seqproc.worker.ops.deadletters import retry_dead_letter
 
     settings = current_settings()  # first: it loads SEQPROC_DOMAINS, whose event types the retry validates against
-    engine = _database_engine()
+    engine = _database_engine(settings)
     try:
         with engine.begin() as conn:
             receipts = retry_dead_letter(conn, letter_id, publisher_for(settings))

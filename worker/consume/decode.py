@@ -167,16 +167,14 @@ def decode_message(message: Any, *, partitions: int) -> Decoded:
     except (ValueError, TypeError, KeyError, RecursionError) as error:
         return dead(f"not a seqproc message (expected [args, {{'events': [...]}}, embed]): {error}")
     if partition is None:
-        ids = tuple(event_id for event_id in map(readable_event_id, events) if event_id is not None)
-        return dead(f"received on {queue!r}, which is not a partition queue", event_ids=ids)
+        return dead(f"received on {queue!r}, which is not a partition queue", event_ids=_ids_of(events))
     for raw_event in events:
         key = raw_event.get("key") if isinstance(raw_event, dict) else None
         event_key = key[:160] if isinstance(key, str) else None
-        event_id = readable_event_id(raw_event)
-        ids = (event_id,) if event_id is not None else ()
         try:
             event = parse_event(raw_event)
         except InvalidEvent as error:
+            ids = _ids_of([raw_event])
             dead(f"invalid event: {error}", event_key=event_key, body=event_text(raw_event), event_ids=ids)
             continue
         home = partition_for(event.entity_key, partitions)
@@ -186,11 +184,17 @@ def decode_message(message: Any, *, partitions: int) -> Decoded:
                 "partition count?",
                 event_key=event_key,
                 body=event_text(raw_event),
-                event_ids=ids,
+                event_ids=(str(event.id),),
             )
             continue
         decoded.events.append(event)
     return decoded
+
+
+def _ids_of(raw_events: list[Any]) -> tuple[str, ...]:
+    """The ids that can be read among events dead-lettered as received: each gets its outcome once the letter is
+    committed (see ``DeadLetterRecord.event_ids``)."""
+    return tuple(event_id for event_id in map(readable_event_id, raw_events) if event_id is not None)
 
 
 #: Many apply-task bodies as one JSON array, validated in one call (see :func:`decode_chunk`).

@@ -111,11 +111,10 @@ def require_parked(conn: Connection, entity_key: str) -> None:
         .limit(10)
     ).scalars()
     ids = ", ".join(map(str, letters))
-    which = f"its open dead letters ({ids})" if ids else "a dead letter that names it"
+    which = f"its open dead letters ({ids}) are" if ids else "a dead letter that names it is (seqproc deadletter list)"
     raise DeadLetterRefused(
-        f"{entity_key} is not parked: replay applies a parked key's dead letters in order; retry {which} by id "
-        "(seqproc deadletter list, then seqproc deadletter retry ID) or discard it (seqproc deadletter discard ID "
-        "--reason ...)"
+        f"{entity_key} is not parked: replay applies a parked key's dead letters in order; {which} retried or "
+        "discarded by id: seqproc deadletter retry ID, seqproc deadletter discard ID --reason ..."
     )
 
 
