@@ -60,7 +60,7 @@ def test_a_letter_gives_its_event_as_sent_and_fills_in_only_what_it_lacks() -> N
         ("base64:AAEC", "its body is not JSON (a message seqproc could not read); discard it"),
         ("[1, 2]", "its body is neither an event nor a seqproc message; discard it"),
         (json.dumps({**LIKE, "user_id": 0}), "user_id: must be >= 1 (got 0); fix the cause first"),
-        (json.dumps({**LIKE, "type": "tally.add"}), "type: must be one of like, unlike,"),
+        (json.dumps({**LIKE, "type": "gadget.add"}), "type: must be one of like, unlike,"),  # declared nowhere
         (json.dumps([[], {"events": [LIKE, 5]}, {}]), "events[1] is not an object; discard it"),
         (json.dumps({"type": "replay", "key": "r", "id": "r", "stamp": 1, "entity": "article:1"}), "a replay request"),
     ],
