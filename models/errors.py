@@ -60,3 +60,8 @@ def first_line(error: BaseException, *, limit: int = 200) -> str:
     SQLAlchemy wraps one (``error.orig``), else the error's, else its type's name."""
     lines = str(getattr(error, "orig", None) or error).strip().splitlines()
     return lines[0][:limit] if lines else type(error).__name__
+
+
+class DeadLetterRefused(SeqprocError):
+    """A dead-letter action that cannot be done: the letter is unknown or closed already, its event still cannot be
+    sent (invalid, of a type nobody declared), its key is parked (replay it), or the key to replay is not parked."""

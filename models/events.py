@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from seqproc.models.domain import Domain, EventModel
 from seqproc.models.errors import InvalidEvent
@@ -51,6 +51,7 @@ __all__ = [
     "invalid_event_from",
     "oversized_key",
     "parse_event",
+    "readable_event_id",
     "reservation_key",
 ]
 
@@ -78,6 +79,21 @@ def parse_event(data: Any) -> EventModel:
     except ValidationError as error:
         raise invalid_event_from(error) from None
     return complete(event)
+
+
+def readable_event_id(data: Any) -> str | None:
+    """The ``id`` of an event in wire form if it is one a producer could have made (what a receipt waits on), even
+    when the rest of the event is invalid; else None."""
+    event_id = data.get("id") if isinstance(data, dict) else None
+    if event_id is None:
+        return None
+    try:
+        return _EVENT_ID.validate_python(event_id)
+    except ValidationError:
+        return None
+
+
+_EVENT_ID: TypeAdapter[str] = TypeAdapter(EventId)
 
 
 def complete(event: EventModel) -> EventModel:

@@ -31,11 +31,14 @@ PUT_CHUNK = 128
 class Outcome:
     """``status`` is ``applied``, ``duplicate`` or ``rejected``; ``reason`` says why (``insufficient_stock``,
     ``stale``, ...) or what an applied event found (``already_liked``). A duplicate carries ``first``, the outcome
-    of the first application of its key."""
+    of the first application of its key. ``error``: what the worker found wrong with a ``dead_lettered`` event (the
+    dead letter's error: an unknown type, another partition, a field that fails the schema, an apply that failed).
+    """
 
     status: Status
     reason: str | None = None
     first: Outcome | None = None
+    error: str | None = None
 
     @property
     def effective(self) -> Outcome:
@@ -48,12 +51,21 @@ class Outcome:
             wire["reason"] = self.reason
         if self.first is not None:
             wire["first"] = self.first.to_wire()
+        if self.error is not None:
+            wire["error"] = self.error
         return wire
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Outcome:
+        # "error" is optional on the wire: outcomes written before it existed read as they did; readers that predate
+        # it ignore it (they read the fields they know by name).
         first = data.get("first")
-        return cls(status=data["status"], reason=data.get("reason"), first=cls.from_wire(first) if first else None)
+        return cls(
+            status=data["status"],
+            reason=data.get("reason"),
+            first=cls.from_wire(first) if first else None,
+            error=data.get("error"),
+        )
 
 
 class OutcomeStore(Protocol):
@@ -62,6 +74,8 @@ class OutcomeStore(Protocol):
     def wait(self, event_id: str, timeout_s: float) -> Outcome | None: ...
 
     def get_many(self, event_ids: Sequence[str]) -> list[Outcome | None]: ...
+
+    def forget(self, event_ids: Sequence[str]) -> None: ...
 
 
 class RedisOutcomeStore:
@@ -119,6 +133,11 @@ class RedisOutcomeStore:
             pipe.lindex(outcome_key(event_id), 0)
         return [Outcome.from_wire(json.loads(raw)) if raw else None for raw in pipe.execute()]
 
+    def forget(self, event_ids: Sequence[str]) -> None:
+        """Drop the outcomes of ``event_ids`` (an event sent again under its id: its waiters get the new one)."""
+        if event_ids:
+            self._client.delete(*(outcome_key(event_id) for event_id in event_ids))
+
 
 #: For each key: replace the list by one element (a redelivered event's later report, "duplicate", replaces the
 #: earlier one instead of queueing behind it) and set its expiry. ARGV: the time to live, how many of the first keys
@@ -160,6 +179,11 @@ class MemoryOutcomeStore:
     def get_many(self, event_ids: Sequence[str]) -> list[Outcome | None]:
         with self._changed:
             return [self._outcomes.get(event_id) for event_id in event_ids]
+
+    def forget(self, event_ids: Sequence[str]) -> None:
+        with self._changed:
+            for event_id in event_ids:
+                self._outcomes.pop(event_id, None)
 
 
 _MEMORY_STORE = MemoryOutcomeStore()

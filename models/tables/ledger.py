@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Integer, String, Text, func
+from sqlalchemy import ColumnElement, DateTime, Integer, String, Text, and_, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from seqproc.models.fields import MAX_ENTITY_KEY_LENGTH, MAX_REASON_LENGTH
@@ -12,6 +12,8 @@ from seqproc.models.tables.base import Base, BigInt, now_column
 
 #: Room for a 128-character caller key plus the ``reserve:``-style prefix of reservation keys.
 LEDGER_KEY_LENGTH = 160
+#: Room for ``user@host`` or a Django user name (150 characters at most).
+DISCARDED_BY_LENGTH = 255
 
 
 class LedgerEntry(Base):
@@ -34,7 +36,12 @@ class LedgerEntry(Base):
 
 
 class DeadLetter(Base):
-    """A message or event that could not be applied, kept with its raw body and error until replayed."""
+    """A message or event that could not be applied, kept with its raw body and error.
+
+    Open until it is closed one of three ways, each kept with when (the row stays): ``replayed_at`` (a parked key's
+    replay applied it), ``retried_at`` and ``retried_as`` (``seqproc deadletter retry`` sent it again, under that
+    idempotency key), ``discarded_at``, ``discarded_by`` and ``discard_reason`` (``seqproc deadletter discard``).
+    """
 
     __tablename__ = "dead_letter"
 
@@ -51,9 +58,32 @@ class DeadLetter(Base):
     error: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = now_column()
     replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    retried_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: The idempotency key(s) it was sent again with (comma-separated for a message of several events).
+    retried_as: Mapped[str | None] = mapped_column(Text, nullable=True)
+    discarded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: Who discarded it: ``user@host`` from the CLI, the user name from the Django admin.
+    discarded_by: Mapped[str | None] = mapped_column(String(DISCARDED_BY_LENGTH), nullable=True)
+    discard_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    @classmethod
+    def is_open(cls) -> ColumnElement[bool]:
+        """Neither replayed, retried nor discarded: what ``seqproc status`` counts and a replay may bring back."""
+        return and_(cls.replayed_at.is_(None), cls.retried_at.is_(None), cls.discarded_at.is_(None))
 
     def __repr__(self) -> str:
         return f"DeadLetter(id={self.id}, partition={self.partition}, error={self.error[:60]!r})"
+
+
+def dead_letter_state(*, replayed_at: object, retried_at: object, discarded_at: object) -> str:
+    """``open``, or how a dead letter was closed: ``replayed``, ``retried`` or ``discarded``."""
+    if replayed_at is not None:
+        return "replayed"
+    if retried_at is not None:
+        return "retried"
+    if discarded_at is not None:
+        return "discarded"
+    return "open"
 
 
 class ParkedKey(Base):

@@ -80,8 +80,9 @@ def test_poison_parks_its_key_and_replay_applies_in_order(
         assert (state["total_received"], state["reserved"], state["available"]) == (160, 155, 5)
         assert check_invariants(conn).ok
 
-    again = seqproc(clean, "deadletter", "replay", f"product:{POISONED}")
-    assert "replayed 0" in again.stdout
+    again = seqproc(clean, "deadletter", "replay", f"product:{POISONED}")  # nothing left: no longer parked
+    assert again.returncode == 1
+    assert f"product:{POISONED} is not parked" in again.stderr
     assert producer.restock(POISONED, 1).wait(30).status == "applied"  # no longer parked
     with engine.connect() as conn:
         assert product_state(conn, POISONED)["total_received"] == 161  # nothing applied twice

@@ -7,6 +7,7 @@ Django is set up once, in this process, with the example's settings (``examples/
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import textwrap
@@ -394,11 +395,16 @@ def test_the_admin_lists_dead_letters_and_parked_keys_and_replays_a_parked_key(
     assert DeadLetter.objects.filter(entity_key=key, replayed_at__isnull=True).count() == 0
     assert LogEntry.objects.filter(object_id=key, change_message__contains="replay of").count() == 1
 
-    # Again, from the dead letters' list: nothing left, nothing applied twice.
+    # Again, from the dead letters' list (all of them: replayed ones are not shown by default): the key is no longer
+    # parked, which the action says; nothing is sent, nothing applied twice.
+    assert admin.get("/admin/seqproc/deadletter/").context["cl"].result_list.count() == 0
     again = admin.post(
-        "/admin/seqproc/deadletter/", {"action": "replay", "_selected_action": [letter.pk], "index": 0}, follow=True
+        "/admin/seqproc/deadletter/?state=all",
+        {"action": "replay", "_selected_action": [letter.pk], "index": 0},
+        follow=True,
     )
-    assert messages_of(again)[0].startswith(f"{key}: applied (replayed 0)")
+    [refused] = messages_of(again)
+    assert refused.startswith(f"{key} is not parked: replay applies a parked key's dead letters in order"), refused
     assert ProductStock.objects.get(product_id=POISONED).total_received == 160
 
 
@@ -472,3 +478,111 @@ def test_the_example_views_through_the_test_client(
     assert (listed_stock.product_id, listed_stock.sold) == (product, 2)
     reservations = admin.get("/admin/seqproc/reservation/").context["cl"].result_list
     assert sorted(r.status for r in reservations) == ["committed", "rejected"]
+
+
+def test_the_admin_replays_a_user_domains_key_without_its_domain_module(
+    shop: Settings, engine: Engine, start_worker: Callable[..., WorkerProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Routing a key needs no domain module: the Django process replays ``tally:1`` although it does not load the
+    domain that declares it (the worker does). It used to answer HTTP 500."""
+    from seqproc.models import domain as registry
+    from tests import domains_fixture as fixture
+
+    with engine.begin() as conn:
+        fixture.create_tables(conn)
+        fixture.poison(conn, 1)
+    try:
+        start_worker(shop, SEQPROC_DOMAINS="tests.domains_fixture")
+        sent = producer.send(fixture.Add(tally_id=1, amount=3, label="x1"), idempotency_key="x1")
+        assert sent.wait(30).reason == "dead_lettered"
+        with engine.begin() as conn:
+            fixture.cure(conn, 1)
+        # This process as a Django server without SEQPROC_DOMAINS: the tally domain is unknown here.
+        monkeypatch.delitem(registry._REGISTRY.models, "tally.add")
+        assert "tally" not in {d.entity for d in registry.domains()}
+
+        admin = admin_client("seqproc-admin", superuser=True)
+        replayed = admin.post(
+            "/admin/seqproc/parkedkey/", {"action": "replay", "_selected_action": ["tally:1"], "index": 0}, follow=True
+        )
+        assert replayed.status_code == 200
+        [report] = messages_of(replayed)
+        assert report.startswith("tally:1: applied (replayed 1) on partition "), report
+        assert sent.wait(30).status == "applied"
+        with engine.connect() as conn:
+            assert fixture.applied_labels(conn, 1) == ["x1"]
+    finally:
+        with engine.begin() as conn:
+            fixture.drop_tables(conn)
+            conn.execute(text("DELETE FROM parked_key WHERE entity_key = 'tally:1'"))
+
+
+def test_the_admin_retries_and_discards_dead_letters(
+    shop: Settings, engine: Engine, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    from django.contrib.admin.models import LogEntry
+
+    from seqproc.contrib.django.models import DeadLetter
+    from seqproc.models.wire import article_key, partition_for, queue_name
+    from seqproc.worker.ops.inspect import article_state
+    from tests.conftest import publish_raw
+
+    start_worker(shop)
+    article = next(a for a in range(1, 10_000) if partition_for(article_key(a), 8) != partition_for(article_key(a), 16))
+    for key, queue, user in (
+        ("misrouted", queue_name(partition_for(article_key(article), 8)), 1),  # sent with 8 partitions
+        ("bad-user", queue_name(partition_for(article_key(article), 16)), 0),  # fails the schema
+    ):
+        event = {"type": "like", "key": key, "id": f"id-{key}", "stamp": 1, "article_id": article, "user_id": user}
+        publish_raw(
+            shop, queue, json.dumps([[], {"events": [event]}, {}]), "application/json", {"task": "seqproc.apply"}
+        )
+    wait_for(lambda: DeadLetter.objects.count() == 2, 30, "two dead letters")
+    misrouted = DeadLetter.objects.get(event_key="misrouted")
+    invalid = DeadLetter.objects.get(event_key="bad-user")
+
+    admin = admin_client("seqproc-admin", superuser=True)
+    page = admin.get("/admin/seqproc/deadletter/")
+    assert {(d.pk, d.state) for d in page.context["cl"].result_list} == {(misrouted.pk, "open"), (invalid.pk, "open")}
+    assert {"replay", "retry", "discard"} <= {name for name, _ in page.context["action_form"].fields["action"].choices}
+
+    def act(action: str, letter: DeadLetter, **fields: str) -> list[str]:
+        done = admin.post(
+            "/admin/seqproc/deadletter/?state=all",
+            {"action": action, "_selected_action": [letter.pk], "index": 0, **fields},
+            follow=True,
+        )
+        assert done.status_code == 200
+        return messages_of(done)
+
+    home = partition_for(article_key(article), 16)
+    assert act("retry", misrouted) == [
+        f"dead letter {misrouted.pk} sent again as like 'misrouted': applied on partition {home}"
+    ]
+    with engine.connect() as conn:
+        assert article_state(conn, article)["like_count"] == 1
+    [refused] = act("retry", misrouted)  # twice: refused, nothing sent
+    assert refused.startswith(f"dead letter {misrouted.pk} was retried at "), refused
+    [still_invalid] = act("retry", invalid)
+    assert f"dead letter {invalid.pk} cannot be sent again: user_id: must be >= 1 (got 0)" in still_invalid
+
+    assert act("discard", invalid) == ["Discard needs a reason: type it in the Reason field"]
+    assert act("discard", invalid, reason="test data") == [f"dead letter {invalid.pk} discarded: test data"]
+    invalid.refresh_from_db()
+    misrouted.refresh_from_db()
+    assert (invalid.state, invalid.discarded_by, invalid.discard_reason) == ("discarded", "seqproc-admin", "test data")
+    assert (misrouted.state, misrouted.retried_as) == ("retried", "misrouted")
+    assert admin.get("/admin/seqproc/deadletter/").context["cl"].result_list.count() == 0  # open ones only
+    retried = admin.get("/admin/seqproc/deadletter/?state=retried").context["cl"].result_list
+    assert [d.pk for d in retried] == [misrouted.pk]
+    changes = set(
+        LogEntry.objects.filter(object_id__in=[str(misrouted.pk), str(invalid.pk)]).values_list(
+            "change_message", flat=True
+        )
+    )
+    assert changes == {"discarded: test data", f"retried as like 'misrouted': applied on partition {home}"}
+
+    # Replay and retry need seqproc.replay_deadletter; discard its own permission.
+    retrier = admin_client("seqproc-retrier", superuser=False, permissions=("view_deadletter", "replay_deadletter"))
+    offered = retrier.get("/admin/seqproc/deadletter/").context["action_form"].fields["action"].choices
+    assert {name for name, _ in offered} == {"", "replay", "retry"}

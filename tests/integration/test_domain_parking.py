@@ -138,10 +138,12 @@ def test_a_failing_domain_parks_its_key_and_replay_applies_its_events_once_in_or
         assert fixture.applied_labels(conn, b) == ["b1", "b2", "b3"]
         assert fixture.total(conn, b) == 3
 
-    # Exactly once from here on: a resend is a duplicate, a second replay finds nothing, A is no longer parked.
+    # Exactly once from here on: a resend is a duplicate, A is no longer parked (a second replay is refused).
     again = add(A, 60, "a2").wait(30)
     assert (again.status, again.first and again.first.status) == ("duplicate", "applied")
-    assert "applied (replayed 0)" in cli(clean, "deadletter", "replay", f"tally:{A}").stdout
+    second = cli(clean, "deadletter", "replay", f"tally:{A}")
+    assert (second.returncode, second.stdout) == (1, "")
+    assert f"tally:{A} is not parked" in second.stderr
     assert status(add(A, 1, "a6")) == ("applied", None)
     with engine.connect() as conn:
         assert fixture.applied_labels(conn, A) == ["a1", "a2", "a3", "a4", "a5", "a6"]

@@ -1,7 +1,8 @@
 """``seqproc``: the command line, split by audience.
 
 - :mod:`.serve`: the long-running processes (``worker``, ``relay``, ``beat``, ``flower``) and ``migrate``;
-- :mod:`.admin`: what an operator asks (``status``, ``show``, ``deadletter``, ``partitions``, ``settings``);
+- :mod:`.admin`: what an operator asks (``status``, ``show``, ``partitions``, ``settings``);
+- :mod:`.deadletters`: ``deadletter list``, ``replay``, ``retry`` and ``discard``;
 - :mod:`.enqueue`: ``enqueue <type>``, one command per event type, generated from the event schemas;
 - :mod:`.demo` and :mod:`.bench`: the demo, and the benchmark of a source checkout.
 
@@ -26,7 +27,7 @@ from seqproc.models.errors import (
     SeqprocError,
     first_line,
 )
-from seqproc.worker.cli import admin, bench, demo, enqueue, serve
+from seqproc.worker.cli import admin, bench, deadletters, demo, enqueue, serve
 from seqproc.worker.cli.codes import (
     RET_CONFIG,
     RET_FAILED,
@@ -60,7 +61,7 @@ for command in (
     serve.relay,
     admin.status,
     admin.show,
-    admin.deadletter,
+    deadletters.deadletter,
     admin.partitions,
     admin.show_settings,
     enqueue.enqueue,

@@ -1,4 +1,5 @@
-"""What an operator asks: ``seqproc status``, ``show``, ``deadletter``, ``partitions`` and ``settings``."""
+"""What an operator asks: ``seqproc status``, ``show``, ``partitions`` and ``settings`` (``deadletter``: its own
+module)."""
 
 from __future__ import annotations
 
@@ -220,79 +221,6 @@ def show_product(product_id: int, as_json: bool) -> None:
     from seqproc.worker.ops.inspect import product_state
 
     _print_state(_with_connection(product_state, product_id), as_json)
-
-
-@click.group()
-def deadletter() -> None:
-    """What could not be applied: list it, and replay a parked key once the cause is fixed."""
-
-
-@deadletter.command("list")
-@click.option("--key", "entity_key", default=None, help="Only this entity (article:42, product:7).")
-@click.option("--all", "include_replayed", is_flag=True, help="Include dead letters already replayed.")
-@click.option("--limit", default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object: dead_letters and parked_keys.")
-def deadletter_list(entity_key: str | None, include_replayed: bool, limit: int, as_json: bool) -> None:
-    """Dead letters, oldest first, with their error; and the parked keys."""
-    from seqproc.models.db import make_engine
-    from seqproc.worker.ops.deadletters import list_dead_letters, parked_keys
-
-    engine = make_engine(load_settings().database_url)
-    try:
-        with engine.connect() as conn:
-            letters = list_dead_letters(conn, entity_key=entity_key, include_replayed=include_replayed, limit=limit)
-            parked = parked_keys(conn)
-    finally:
-        engine.dispose()
-    if as_json:
-        click.echo(json.dumps({"dead_letters": letters, "parked_keys": parked}, sort_keys=True))
-        return
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=f"dead letters ({len(letters)})")
-    for column in ("id", "partition", "entity", "idempotency key"):
-        table.add_column(column)
-    # The whole error, wrapped: the constraint or the field that failed often comes after the first 80 characters.
-    # "fold" breaks a word longer than the column instead of cutting it off.
-    table.add_column("error", overflow="fold")
-    for column in ("created", "replayed"):
-        table.add_column(column)
-    for d in letters:
-        # Text, not str: an error's "[parameters: ...]" or a key with brackets would be taken for markup and vanish.
-        table.add_row(
-            str(d["id"]),
-            str(d["partition"]),
-            Text(d["entity_key"] or "-"),
-            Text(d["event_key"] or "-"),
-            Text(d["error"]),
-            d["created_at"] or "",
-            d["replayed_at"] or "",
-        )
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    console.print(table)
-    if parked:
-        console.print("parked: " + ", ".join(p["entity_key"] for p in parked))
-
-
-@deadletter.command("replay")
-@click.argument("key")
-@click.option("--wait", "wait_s", type=float, default=30.0, show_default=True, help="Wait this long for the worker.")
-def deadletter_replay(key: str, wait_s: float) -> None:
-    """Apply KEY's dead letters (article:42, product:7) in order, exactly once, then unpark it.
-
-    The request goes through KEY's partition queue, so it takes its place in the stream: whatever was queued for KEY
-    before it is dead-lettered first, and what comes after it is applied after the replayed events."""
-    from seqproc.producer.api import current_settings
-    from seqproc.producer.publish import publisher_for
-    from seqproc.worker.ops.deadletters import replay_event
-
-    settings = current_settings()  # first: it loads SEQPROC_DOMAINS, whose entities replay_event must know
-    event = replay_event(key)
-    receipt = publisher_for(settings).publish([event])[0]
-    outcome = receipt.wait(timeout_s=wait_s)
-    click.echo(f"{key}: {outcome.status} ({outcome.reason}) on partition {receipt.partition}")
 
 
 @click.group()

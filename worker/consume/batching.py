@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -199,6 +199,11 @@ class Batcher:
                 dead = [d for item in orphans for d in item.decoded.dead_letters]
                 self._store_dead_letters_only(dead)
                 self._ack(orphans)
+                told = dead_letter_outcomes(dead)
+                if told:
+                    # After the ack: a shutdown while the result backend is away must not send back messages whose
+                    # letters are committed (they would be stored twice); only their waiters would miss them.
+                    self._publish_outcomes(None, told)
                 metrics.count_dead_letters(dead)
             owned: dict[int, list[Held]] = {}
             leases = self.rt.leases
@@ -286,11 +291,13 @@ class Batcher:
         self._stop_consuming(partition)
 
     def _settle(self, batch: PartitionBatch, items: list[Held], result: BatchResult, elapsed: float) -> None:
-        """After the commit: publish the outcomes, ack the messages, tell Flower."""
+        """After the commit: publish the outcomes (those of the events dead-lettered on arrival too), ack the
+        messages, tell Flower."""
         self._report(
             batch.partition,
             [*batch.events, *(event for event, _ in result.replayed)],
             [*result.outcomes, *(outcome for _, outcome in result.replayed)],
+            batch.dead_letters,
         )
         self._ack(items)
         metrics.count_dead_letters(batch.dead_letters)
@@ -373,14 +380,16 @@ class Batcher:
                     type=event.type,
                     error=f"failed for good: {error}",
                 )
-                self._retry(partial(self._park, partition, epoch, event, error), f"partition {partition}: park")
-                one = BatchResult(outcomes=[DEAD_LETTERED], rejected=1)
+                record = self._retry(
+                    partial(self._park, partition, epoch, event, error), f"partition {partition}: park"
+                )
+                one = BatchResult(outcomes=[dead_lettered(record.error)], rejected=1)
             total.add(one)
         return total
 
-    def _park(self, partition: int, epoch: int | None, event: Event, error: BaseException) -> None:
+    def _park(self, partition: int, epoch: int | None, event: Event, error: BaseException) -> DeadLetterRecord:
         with self.rt.engine.begin() as conn:
-            park(conn, partition, epoch, event, error)
+            return park(conn, partition, epoch, event, error)
 
     def _retry(self, attempt: Callable[[], T], what: str) -> T:
         return retry_in_place(
@@ -396,7 +405,16 @@ class Batcher:
             store_dead_letters(conn, dead)
 
     # -- after commit -----------------------------------------------------------------------------------------
-    def _report(self, partition: int, events: list[Event], outcomes: list[Outcome]) -> None:
+    def _report(
+        self,
+        partition: int,
+        events: list[Event],
+        outcomes: list[Outcome],
+        dead_letters: Sequence[DeadLetterRecord] = (),
+    ) -> None:
+        """Count, log and publish the events' outcomes. ``dead_letters``: what the batch stored on arrival; counted
+        and logged already (:func:`metrics.count_dead_letters`, the store's log line), their events' outcomes go
+        out with the others, in the same call: no round trip of their own."""
         metrics.count_outcomes(partition, events, outcomes)
         for event, outcome in zip(events, outcomes, strict=True):
             if outcome.status != "applied":
@@ -412,18 +430,22 @@ class Batcher:
                     reason=outcome.reason,
                     first=outcome.first.status if outcome.first is not None else None,
                 )
-        self._publish_outcomes(
-            partition, [(str(event.id), outcome) for event, outcome in zip(events, outcomes, strict=True)]
-        )
+        pairs = [(str(event.id), outcome) for event, outcome in zip(events, outcomes, strict=True)]
+        if dead_letters:
+            # First: should an id come twice, the outcome of an event applied under it wins (put_many keeps the last).
+            pairs[:0] = dead_letter_outcomes(dead_letters)
+        self._publish_outcomes(partition, pairs)
 
-    def _publish_outcomes(self, partition: int, pairs: list[tuple[str, Outcome]]) -> None:
+    def _publish_outcomes(self, partition: int | None, pairs: list[tuple[str, Outcome]]) -> None:
         """Publish the outcomes before acking. The result backend unreachable (a restart, a failover): retry in
         place, so that every waiter gets its outcome; shutting down meanwhile, the messages go back unacked and
         their redelivery reports ``duplicate`` with the first outcome (the ledger has it)."""
         try:
             retry_in_place(
                 partial(self.rt.outcomes.put_many, pairs),
-                what=f"partition {partition}: publish {len(pairs)} outcome(s)",
+                what=f"partition {partition}: publish {len(pairs)} outcome(s)"
+                if partition is not None
+                else f"publish {len(pairs)} outcome(s) of dead letters",
                 backoff_max_s=self.rt.settings.retry_backoff_max_s,
                 should_stop=should_stop,
                 transient=_redis_unreachable,
@@ -433,7 +455,7 @@ class Batcher:
         except Exception:
             # Not the connection: a bug. The ledger holds the outcomes; only waiters miss them (they time out with
             # a clear error); holding the partition for it would stop every later event.
-            logger.exception("partition %d: could not publish %d outcome(s)", partition, len(pairs))
+            logger.exception("partition %s: could not publish %d outcome(s)", partition, len(pairs))
 
     def give_back_partition(self, partition: int) -> None:
         """Return the held messages of ``partition`` (its lease was lost) to the head of its queue, in order."""
@@ -535,8 +557,22 @@ def ack_many(messages: list[Any]) -> int:
     return len(messages)
 
 
-#: The outcome of an event dead-lettered because it failed for good (its entity is parked behind it).
-DEAD_LETTERED = Outcome("rejected", "dead_lettered")
+#: Longest dead-letter error an outcome carries (the dead letter keeps all of it).
+MAX_OUTCOME_ERROR_CHARS = 2000
+
+
+def dead_lettered(error: str) -> Outcome:
+    """The outcome of an event put in the dead-letter store, with the letter's error: it failed for good (its
+    entity is parked behind it), or could not be taken on arrival (an unknown type, another partition, a field
+    that fails the schema)."""
+    return Outcome("rejected", "dead_lettered", error=error[:MAX_OUTCOME_ERROR_CHARS])
+
+
+def dead_letter_outcomes(records: Sequence[DeadLetterRecord]) -> list[tuple[str, Outcome]]:
+    """``(event id, outcome)`` of every event of ``records`` whose id could be read (see :mod:`.decode`)."""
+    return [(event_id, dead_lettered(record.error)) for record in records for event_id in record.event_ids]
+
+
 #: The outcome of a replay whose dead letters failed again: they stay dead letters, the key stays parked.
 REPLAY_FAILED = Outcome("rejected", "replay_failed")
 

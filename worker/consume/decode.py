@@ -15,7 +15,7 @@ from pydantic import Field, TypeAdapter, ValidationError, create_model
 
 from seqproc.models.domain import event_types, registry_version
 from seqproc.models.errors import InvalidEvent
-from seqproc.models.events import Event, oversized_key, parse_event
+from seqproc.models.events import Event, oversized_key, parse_event, readable_event_id
 from seqproc.models.wire import APPLY_TASK, partition_for, partition_of_queue
 from seqproc.worker.engine.apply import DeadLetterRecord
 
@@ -131,7 +131,9 @@ def decode_message(message: Any, *, partitions: int) -> Decoded:
     headers = message.headers or {}
     decoded = Decoded(partition, queue, headers.get("id"))
 
-    def dead(error: str, *, event_key: str | None = None, body: str | None = None) -> Decoded:
+    def dead(
+        error: str, *, event_key: str | None = None, body: str | None = None, event_ids: tuple[str, ...] = ()
+    ) -> Decoded:
         decoded.dead_letters.append(
             DeadLetterRecord(
                 error=error,
@@ -140,6 +142,7 @@ def decode_message(message: Any, *, partitions: int) -> Decoded:
                 queue=queue,
                 event_key=event_key,
                 content_type=message.content_type,
+                event_ids=event_ids,
             )
         )
         return decoded
@@ -164,14 +167,15 @@ def decode_message(message: Any, *, partitions: int) -> Decoded:
     except (ValueError, TypeError, KeyError, RecursionError) as error:
         return dead(f"not a seqproc message (expected [args, {{'events': [...]}}, embed]): {error}")
     if partition is None:
-        return dead(f"received on {queue!r}, which is not a partition queue")
+        return dead(f"received on {queue!r}, which is not a partition queue", event_ids=_ids_of(events))
     for raw_event in events:
         key = raw_event.get("key") if isinstance(raw_event, dict) else None
         event_key = key[:160] if isinstance(key, str) else None
         try:
             event = parse_event(raw_event)
         except InvalidEvent as error:
-            dead(f"invalid event: {error}", event_key=event_key, body=event_text(raw_event))
+            ids = _ids_of([raw_event])
+            dead(f"invalid event: {error}", event_key=event_key, body=event_text(raw_event), event_ids=ids)
             continue
         home = partition_for(event.entity_key, partitions)
         if home != partition:
@@ -180,10 +184,17 @@ def decode_message(message: Any, *, partitions: int) -> Decoded:
                 "partition count?",
                 event_key=event_key,
                 body=event_text(raw_event),
+                event_ids=(str(event.id),),
             )
             continue
         decoded.events.append(event)
     return decoded
+
+
+def _ids_of(raw_events: list[Any]) -> tuple[str, ...]:
+    """The ids that can be read among events dead-lettered as received: each gets its outcome once the letter is
+    committed (see ``DeadLetterRecord.event_ids``)."""
+    return tuple(event_id for event_id in map(readable_event_id, raw_events) if event_id is not None)
 
 
 #: Many apply-task bodies as one JSON array, validated in one call (see :func:`decode_chunk`).

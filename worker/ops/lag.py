@@ -26,9 +26,9 @@ One row per partition (``SEQPROC_PARTITIONS`` of them), and a totals line. Where
   partition and not applied yet, and the age of the oldest; in the totals also ``outbox_unsent`` (not sent to the
   broker yet: the relay is behind, or not running).
 - ``parked_keys``: rows of ``parked_key`` (entities whose events wait in the dead-letter store until
-  ``seqproc deadletter replay``). ``dead_letters``: rows of ``dead_letter`` not replayed yet; those with no
-  partition (a message on a queue that is not a partition queue) are counted in the totals as
-  ``dead_letters_other``.
+  ``seqproc deadletter replay``). ``dead_letters``: open rows of ``dead_letter`` (not replayed, retried or
+  discarded); those with no partition (a message on a queue that is not a partition queue) are counted in the
+  totals as ``dead_letters_other``.
 
 Round trips: one Redis pipeline (``LLEN``, ``LINDEX -1`` and the lease ``GET`` per partition, one script counting
 ``unacked``) and five SQL queries (the partition rows, parked keys and dead letters grouped by partition, the
@@ -107,7 +107,7 @@ def collect(
         dead_counts = {
             (int(p) if p is not None else None): int(n)
             for p, n in conn.execute(
-                select(dead.c.partition, func.count()).where(dead.c.replayed_at.is_(None)).group_by(dead.c.partition)
+                select(dead.c.partition, func.count()).where(DeadLetter.is_open()).group_by(dead.c.partition)
             )
         }
 

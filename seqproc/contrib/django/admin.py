@@ -1,24 +1,36 @@
-"""The admin: seqproc's tables to look at (nothing to add, change or delete), and a replay action on dead letters and
-parked keys.
+"""The admin: seqproc's tables to look at (nothing to add, change or delete), and actions on dead letters and parked
+keys, the same as ``seqproc deadletter``'s commands (:mod:`seqproc.worker.ops.deadletters` holds their rules):
 
-Replay sends the same control event as ``seqproc deadletter replay KEY``, through the key's partition queue: the
-partition's worker applies the key's dead letters in order, exactly once, then unparks it. The action waits a few
-seconds for the outcome and reports it; one that comes later is still applied. It needs the permission
-``seqproc.replay_deadletter`` and is recorded in the admin's history of the row.
+- **Replay** (parked keys, and the dead letters of one): sends the control event through the key's partition queue;
+  the partition's worker applies the key's dead letters in order, exactly once, then unparks it. A key that is not
+  parked is refused with a message (retry its dead letters by id).
+- **Retry** (dead letters): sends a letter's event again through its partition, validated and routed with this
+  process's settings, under its own idempotency key (applied once), and marks the letter retried. Refused, the
+  letter left open, when its event still cannot be sent or its key is parked (replay the key).
+- **Discard** (dead letters): closes a letter with the reason typed beside the action, the user and the time.
+
+Each waits a few seconds for the outcomes and reports them; one that comes later is still applied. Replay and retry
+need the permission ``seqproc.replay_deadletter``, discard ``seqproc.discard_deadletter``; each is recorded in the
+admin's history of the row. Retry and discard write the ``dead_letter`` rows through ``SEQPROC_DATABASE_URL`` (the
+worker's database, which the read-only models read too): Django's models of seqproc's tables refuse writes.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
+from django import forms
 from django.contrib import admin, messages
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.contrib.admin.helpers import ActionForm
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 
 from seqproc.contrib.django.conf import APP_LABEL
 from seqproc.contrib.django.models import (
+    DISCARD_PERMISSION,
     REPLAY_PERMISSION,
     ArticleLike,
     ArticleLikeCount,
@@ -28,13 +40,17 @@ from seqproc.contrib.django.models import (
     ReadOnlyModel,
     Reservation,
 )
-from seqproc.models.errors import OutcomeTimeout, PublishError
+from seqproc.models.db import make_engine
+from seqproc.models.errors import OutcomeTimeout, SeqprocError
 from seqproc.producer.api import current_settings
 from seqproc.producer.publish import publisher_for
 from seqproc.producer.receipt import Receipt
-from seqproc.worker.ops.deadletters import replay_event
+from seqproc.worker.ops.deadletters import discard_dead_letter, replay_event, require_parked, retry_dead_letter
 
-#: How long the replay action waits for the outcomes before it reports them as sent.
+if TYPE_CHECKING:
+    from django.contrib.admin.filters import _ListFilterChoices
+
+#: How long the replay and retry actions wait for the outcomes before they report them as sent.
 REPLAY_WAIT_S = 5.0
 
 
@@ -56,31 +72,58 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
 
+def _has(request: HttpRequest, permission: str) -> bool:
+    user: Any = getattr(request, "user", None)
+    return user is not None and bool(user.has_perm(f"{APP_LABEL}.{permission}"))
+
+
+def _engine() -> Any:
+    """An engine on seqproc's database for one action (actions are rare: no pool kept between them)."""
+    return make_engine(current_settings().database_url, pool_size=1)
+
+
 class ReplayAdmin(ReadOnlyAdmin):
     """The replay action, for the rows of a model that names an entity (``entity_key``)."""
 
     actions = ["replay"]
 
     def has_replay_permission(self, request: HttpRequest) -> bool:
-        user: Any = getattr(request, "user", None)
-        return user is not None and bool(user.has_perm(f"{APP_LABEL}.{REPLAY_PERMISSION}"))
+        return _has(request, REPLAY_PERMISSION)
 
-    @admin.action(description="Replay: apply the key's dead letters in order, once", permissions=["replay"])
+    @admin.action(description="Replay: apply the parked key's dead letters in order, once", permissions=["replay"])
     def replay(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         rows = list(queryset)
         keys = sorted({row.entity_key for row in rows if row.entity_key})
         unreadable = sum(1 for row in rows if not row.entity_key)
         if unreadable:
-            # A message that could not be decoded names no entity: there is nothing to apply it to.
-            self.message_user(request, f"{unreadable} unreadable (no key): left as is", messages.WARNING)
+            # A letter that names no entity belongs to no parked key: it is retried or discarded by itself.
+            self.message_user(
+                request, f"{unreadable} without a key: left as is (retry or discard them)", messages.WARNING
+            )
         if not keys:
             return
+        parked = []
+        engine = _engine()
         try:
-            receipts = publisher_for(current_settings()).publish([replay_event(key) for key in keys])
-        except PublishError as error:
+            with engine.connect() as conn:
+                for key in keys:
+                    try:
+                        require_parked(conn, key)
+                    except SeqprocError as error:
+                        self.message_user(request, str(error), messages.WARNING)
+                        continue
+                    parked.append(key)
+        finally:
+            engine.dispose()
+        if not parked:
+            return
+        try:
+            # Routing a key needs no domain module: a key of a domain this process does not load replays as well.
+            receipts = publisher_for(current_settings()).publish([replay_event(key) for key in parked])
+        except SeqprocError as error:
             self.message_user(request, f"replay not sent: {error}", messages.ERROR)
             return
-        reports = dict(zip(keys, _outcomes(receipts, REPLAY_WAIT_S), strict=True))
+        reports = dict(zip(parked, _outcomes(receipts, REPLAY_WAIT_S), strict=True))
         for key, report in reports.items():
             self.message_user(request, f"{key}: {report}", messages.SUCCESS)
         for row in rows:
@@ -99,20 +142,116 @@ def _outcomes(receipts: list[Receipt], wait_s: float) -> list[str]:
             lines.append(f"sent to partition {receipt.partition}; no outcome within {wait_s:g} s (it is queued)")
             continue
         reason = f" ({outcome.reason})" if outcome.reason else ""
-        lines.append(f"{outcome.status}{reason} on partition {receipt.partition}")
+        error = f": {outcome.error}" if outcome.error else ""
+        lines.append(f"{outcome.status}{reason} on partition {receipt.partition}{error}")
     return lines
+
+
+class DeadLetterActionForm(ActionForm):
+    """The action bar of the dead letters' list, with the reason a discard keeps."""
+
+    reason = forms.CharField(required=False, label="Reason (discard)", max_length=1000)
+
+
+class StateFilter(admin.SimpleListFilter):
+    """Open dead letters by default (what needs a human), as ``seqproc deadletter list``; the closed ones on demand."""
+
+    title = "state"
+    parameter_name = "state"
+    DEFAULT = "open"
+    CLOSED = {"replayed": "replayed_at", "retried": "retried_at", "discarded": "discarded_at"}
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("open", "open"), *((state, state) for state in self.CLOSED), ("all", "all")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        state = self.value() or self.DEFAULT
+        if state == "open":
+            return queryset.filter(**_OPEN)
+        if state in self.CLOSED:
+            # The column a state goes by is set, and none of those before it (as DeadLetter.state reads them).
+            columns = list(self.CLOSED.values())
+            column = self.CLOSED[state]
+            earlier = Q(**{f"{c}__isnull": True for c in columns[: columns.index(column)]})
+            return queryset.filter(earlier, **{f"{column}__isnull": False})
+        return queryset
+
+    def choices(self, changelist: Any) -> Iterator[_ListFilterChoices]:
+        current = self.value() or self.DEFAULT
+        for value, title in self.lookup_choices:
+            yield {
+                "selected": current == value,
+                "query_string": changelist.get_query_string({self.parameter_name: value}),
+                "display": title,
+            }
+
+
+#: The filter of an open dead letter (DeadLetter.is_open()'s, in Django's terms).
+_OPEN = {"replayed_at": None, "retried_at": None, "discarded_at": None}
 
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(ReplayAdmin):
-    list_display = ["id", "entity_key", "event_key", "short_error", "partition", "created_at", "replayed_at"]
-    list_filter = [("replayed_at", admin.EmptyFieldListFilter), "partition"]
+    list_display = ["id", "state", "entity_key", "event_key", "short_error", "partition", "created_at"]
+    list_filter = [StateFilter, "partition"]
     search_fields = ["entity_key", "event_key", "error"]
     ordering = ["-id"]
+    actions = ["replay", "retry", "discard"]
+    action_form = DeadLetterActionForm
+
+    def has_discard_permission(self, request: HttpRequest) -> bool:
+        return _has(request, DISCARD_PERMISSION)
 
     @admin.display(description="error")
     def short_error(self, letter: DeadLetter) -> str:
         return letter.error if len(letter.error) <= 120 else letter.error[:119] + "…"
+
+    @admin.display(description="state")
+    def state(self, letter: DeadLetter) -> str:
+        return letter.state
+
+    @admin.action(description="Retry: send the dead letter again through its partition, once", permissions=["replay"])
+    def retry(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        settings = current_settings()  # its domains loaded: the retry validates against them
+        sent: list[tuple[DeadLetter, list[Receipt]]] = []
+        engine = _engine()
+        try:
+            for letter in queryset.order_by("id"):
+                try:
+                    with engine.begin() as conn:
+                        sent.append((letter, retry_dead_letter(conn, letter.pk, publisher_for(settings))))
+                except SeqprocError as error:
+                    self.message_user(request, str(error), messages.ERROR)
+        finally:
+            engine.dispose()
+        reports = iter(_outcomes([receipt for _, receipts in sent for receipt in receipts], REPLAY_WAIT_S))
+        for letter, receipts in sent:
+            for receipt in receipts:
+                report = f"{receipt.event_type} {receipt.idempotency_key!r}: {next(reports)}"
+                self.message_user(request, f"dead letter {letter.pk} sent again as {report}", messages.SUCCESS)
+                self.log_change(request, letter, f"retried as {report}")
+
+    @admin.action(description="Discard: close the dead letter with the reason given", permissions=["discard"])
+    def discard(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        reason = str(request.POST.get("reason", "")).strip()
+        if not reason:
+            self.message_user(request, "Discard needs a reason: type it in the Reason field", messages.ERROR)
+            return
+        user: Any = getattr(request, "user", None)
+        by = user.get_username() if user is not None else None
+        engine = _engine()
+        try:
+            for letter in queryset.order_by("id"):
+                try:
+                    with engine.begin() as conn:
+                        discard_dead_letter(conn, letter.pk, reason=reason, by=by)
+                except SeqprocError as error:
+                    self.message_user(request, str(error), messages.ERROR)
+                    continue
+                self.message_user(request, f"dead letter {letter.pk} discarded: {reason}", messages.SUCCESS)
+                self.log_change(request, letter, f"discarded: {reason}")
+        finally:
+            engine.dispose()
 
 
 @admin.register(ParkedKey)
@@ -122,7 +261,7 @@ class ParkedKeyAdmin(ReplayAdmin):
     ordering = ["parked_at"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        return super().get_queryset(request).annotate(waiting=_count(DeadLetter, "entity_key", replayed_at=None))
+        return super().get_queryset(request).annotate(waiting=_count(DeadLetter, "entity_key", **_OPEN))
 
     @admin.display(description="dead letters waiting", ordering="waiting")
     def dead_letters(self, key: Any) -> int:

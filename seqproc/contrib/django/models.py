@@ -4,8 +4,8 @@ parked keys.
 They are unmanaged (``managed = False``) and the app has no Django migrations: Alembic (``seqproc migrate``) is the
 one owner of these tables, and Django's ``migrate`` creates nothing of them. They refuse every write, through an
 instance or a queryset (:class:`ReadOnlyError`): a row written around the worker would break its invariants (a
-like count that no longer equals its rows) and its ordering. Change the data by sending events; replay dead letters
-from the admin or with ``seqproc deadletter replay``.
+like count that no longer equals its rows) and its ordering. Change the data by sending events; replay a parked
+key, retry or discard a dead letter from the admin or with ``seqproc deadletter``.
 
 Their columns follow ``seqproc.models.tables`` (a test compares them). With seqproc's tables in another database
 than ``default``, set ``SEQPROC["DJANGO_DATABASE"]`` and add :class:`~seqproc.contrib.django.routers.SeqprocRouter`.
@@ -21,7 +21,7 @@ from django.db import models
 
 from seqproc.models.errors import SeqprocError
 from seqproc.models.fields import MAX_KEY_LENGTH
-from seqproc.models.tables.ledger import LEDGER_KEY_LENGTH
+from seqproc.models.tables.ledger import DISCARDED_BY_LENGTH, LEDGER_KEY_LENGTH, dead_letter_state
 from seqproc.models.tables.stock import ReservationStatus
 
 __all__ = [
@@ -45,11 +45,14 @@ if TYPE_CHECKING:
     _Str: TypeAlias = models.CharField[str, str]
     _MaybeStr: TypeAlias = models.CharField[str | None, str | None]
     _Text: TypeAlias = models.TextField[str, str]
+    _MaybeText: TypeAlias = models.TextField[str | None, str | None]
     _When: TypeAlias = models.DateTimeField[datetime, datetime]
     _MaybeWhen: TypeAlias = models.DateTimeField[datetime | None, datetime | None]
 
-#: The admin's replay action requires this permission (superusers hold every permission).
+#: The admin's replay and retry actions require this permission (superusers hold every permission).
 REPLAY_PERMISSION = "replay_deadletter"
+#: The admin's discard action requires this one.
+DISCARD_PERMISSION = "discard_deadletter"
 
 
 class ReadOnlyError(SeqprocError):
@@ -59,7 +62,7 @@ class ReadOnlyError(SeqprocError):
 def _refuse(model: type[models.Model]) -> NoReturn:
     raise ReadOnlyError(
         f"{model.__name__} is read-only: seqproc's worker alone writes {model._meta.db_table}; send an event "
-        "instead (seqproc.contrib.django.outbox), or replay dead letters (admin, seqproc deadletter replay)"
+        "instead (seqproc.contrib.django.outbox), or act on dead letters (admin, seqproc deadletter)"
     )
 
 
@@ -190,7 +193,8 @@ class Reservation(ReadOnlyModel):
 
 
 class DeadLetter(ReadOnlyModel):
-    """A message or event that could not be applied, with its raw body and error, kept until replayed."""
+    """A message or event that could not be applied, with its raw body and error; open until replayed, retried or
+    discarded (:attr:`state`), and kept after."""
 
     id: _BigInt = models.BigIntegerField(primary_key=True)
     partition: _MaybeInt = models.IntegerField(null=True)
@@ -203,11 +207,27 @@ class DeadLetter(ReadOnlyModel):
     error: _Text = models.TextField()
     created_at: _When = models.DateTimeField()
     replayed_at: _MaybeWhen = models.DateTimeField(null=True)
+    retried_at: _MaybeWhen = models.DateTimeField(null=True)
+    #: The idempotency key(s) it was sent again with.
+    retried_as: _MaybeText = models.TextField(null=True)
+    discarded_at: _MaybeWhen = models.DateTimeField(null=True)
+    discarded_by: _MaybeStr = models.CharField(max_length=DISCARDED_BY_LENGTH, null=True)
+    discard_reason: _MaybeText = models.TextField(null=True)
 
     class Meta(ReadOnlyModel.Meta):
         db_table = "dead_letter"
         verbose_name = "dead letter"
-        permissions = [(REPLAY_PERMISSION, "Can replay dead letters and parked keys")]
+        permissions = [
+            (REPLAY_PERMISSION, "Can replay parked keys and retry dead letters"),
+            (DISCARD_PERMISSION, "Can discard dead letters"),
+        ]
+
+    @property
+    def state(self) -> str:
+        """``open``, or how it was closed: ``replayed``, ``retried``, ``discarded``."""
+        return dead_letter_state(
+            replayed_at=self.replayed_at, retried_at=self.retried_at, discarded_at=self.discarded_at
+        )
 
     def __str__(self) -> str:
         return f"dead letter {self.id} ({self.entity_key or 'unreadable message'})"

@@ -35,6 +35,9 @@ class DeadLetterRecord:
     content_type: str | None = None
     #: The entity of a valid event that could not be applied (what replay goes by).
     entity_key: str | None = None
+    #: The ids of the events it holds that could be read (not stored: the body has them): each gets a ``rejected``
+    #: outcome with reason ``dead_lettered`` once the letter is committed, so that its waiter hears at once.
+    event_ids: tuple[str, ...] = ()
 
 
 @dataclass
@@ -84,7 +87,8 @@ class Store(Protocol):
     def load_replay(
         self, conn: Connection, entity_keys: Sequence[str]
     ) -> tuple[dict[str, list[tuple[int, str]]], set[str]]:
-        """The dead letters not yet replayed of each entity, oldest first, as (id, body); and which are parked."""
+        """The open dead letters of each entity (not replayed, retried or discarded), oldest first, as (id, body);
+        and which are parked."""
         ...
 
     def first_outcomes(self, conn: Connection, keys: Sequence[str]) -> dict[str, Outcome]:

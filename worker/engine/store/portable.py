@@ -51,7 +51,7 @@ class SqlStore:
         found: dict[str, list[tuple[int, str]]] = {key: [] for key in entity_keys}
         rows = conn.execute(
             select(DEAD_LETTERS.c.id, DEAD_LETTERS.c.entity_key, DEAD_LETTERS.c.body)
-            .where(DEAD_LETTERS.c.entity_key.in_(list(entity_keys)), DEAD_LETTERS.c.replayed_at.is_(None))
+            .where(DEAD_LETTERS.c.entity_key.in_(list(entity_keys)), DeadLetter.is_open())
             .order_by(DEAD_LETTERS.c.id)
         )
         for dead_id, entity_key, body in rows:

@@ -27,7 +27,8 @@ FIRST_OUTCOMES = "SELECT key, status, reason FROM idempotency_ledger WHERE key =
 LOAD_PARKED = "SELECT entity_key FROM parked_key WHERE entity_key = ANY(%s::text[])"
 LOAD_DEAD_LETTERS = """
 SELECT id, entity_key, body FROM dead_letter
-WHERE entity_key = ANY(%s::text[]) AND replayed_at IS NULL ORDER BY id
+WHERE entity_key = ANY(%s::text[]) AND replayed_at IS NULL AND retried_at IS NULL AND discarded_at IS NULL
+ORDER BY id
 """
 UNCLAIM = "DELETE FROM idempotency_ledger WHERE key = ANY(%s::text[])"
 PARK = """
