@@ -30,6 +30,15 @@ class PublishError(SeqprocError):
     """The broker did not accept an event within the bounded retry; the event was NOT sent."""
 
 
+class ServiceUnavailable(SeqprocError, ConnectionError):
+    """A service seqproc needs (the broker, the database, the result backend) did not answer. ``setting`` names the
+    variable that points at it (``SEQPROC_BROKER_URL``), so that the message says what to check."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+
+
 class OutcomeTimeout(SeqprocError, TimeoutError):
     """No outcome was reported for an event within the wait. The event is not lost: it is queued or in flight."""
 

@@ -37,7 +37,8 @@ def migrate() -> None:
 @click.option(
     "--hostname",
     default=None,
-    help="Celery node name; %h is this host's name, as in celery -n (default seqproc-p<partitions>@<host>).",
+    help="Celery node name; %h is this host's name, as in celery -n (default seqproc-p<partitions>-<pid>@<host>: "
+    "unique per process).",
 )
 @click.option("--loglevel", default=None, help="Log level (default: SEQPROC_LOG_LEVEL).")
 @click.option("--ready-file", default=None, help="Write this file (the pid) once consuming; removed at exit.")
