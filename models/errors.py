@@ -26,17 +26,21 @@ class InvalidEvent(SeqprocError, ValueError):
         self.field = field
 
 
+class ServiceUnavailable(SeqprocError):
+    """A service seqproc needs could not be reached, or refused it (a password, a database that is not there).
+
+    ``setting`` names the variable that locates the service (``SEQPROC_DATABASE_URL``, ``SEQPROC_BROKER_URL``,
+    ``SEQPROC_RESULT_BACKEND``, ``SEQPROC_OUTBOX_DATABASE_URL``; empty when not known) and ``url`` is its value,
+    password masked."""
+
+    def __init__(self, message: str, *, setting: str = "", url: str = "") -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.url = url
+
+
 class PublishError(SeqprocError):
     """The broker did not accept an event within the bounded retry; the event was NOT sent."""
-
-
-class ServiceUnavailable(SeqprocError, ConnectionError):
-    """A service seqproc needs (the broker, the database, the result backend) did not answer. ``setting`` names the
-    variable that points at it (``SEQPROC_BROKER_URL``), so that the message says what to check."""
-
-    def __init__(self, setting: str, message: str) -> None:
-        super().__init__(f"{setting}: {message}")
-        self.setting = setting
 
 
 class OutcomeTimeout(SeqprocError, TimeoutError):

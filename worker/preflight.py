@@ -52,10 +52,10 @@ def preflight(settings: Settings, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> No
         if setting not in errors:
             errors[setting] = f"no answer within {timeout_s:g} s"
         if errors[setting] is not None:
-            failed.append(f"{setting}: cannot reach {mask_url(url)} ({errors[setting]})")
+            failed.append((setting, mask_url(url), errors[setting]))
     if failed:
-        first, _, rest = "; ".join(failed).partition(": ")
-        raise ServiceUnavailable(first, f"{rest}; the worker claimed no partition")
+        said = "; ".join(f"{setting}: cannot reach {url} ({error})" for setting, url, error in failed)
+        raise ServiceUnavailable(f"{said}; the worker claimed no partition", setting=failed[0][0], url=failed[0][1])
 
 
 def _redis(url: str, timeout_s: float) -> None:

@@ -168,10 +168,12 @@ def _consume(
             restore_unacked(conn.default_channel, queues)
     except (KombuOperationalError, RedisError, OSError) as error:
         # Lost since the preflight: the caller marks the partitions released on the way out.
+        url = mask_url(settings.broker_url)
         raise ServiceUnavailable(
-            "SEQPROC_BROKER_URL",
-            f"cannot reach {mask_url(settings.broker_url)} ({first_line(error, limit=300)}); "
-            "the partitions claimed are released",
+            f"SEQPROC_BROKER_URL: cannot reach {url} ({first_line(error, limit=300)}); the partitions claimed are "
+            "released",
+            setting="SEQPROC_BROKER_URL",
+            url=url,
         ) from error
     if settings.metrics_port:
         start_metrics(settings, rt)

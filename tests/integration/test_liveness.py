@@ -71,7 +71,8 @@ def test_a_partition_has_a_live_owner_until_it_is_released_or_the_heartbeat_runs
     }
     assert 0.5 < now[0].ownerless_s < 10  # type: ignore[operator]
     assert 0 < now[2].ownerless_s < 10  # type: ignore[operator]
-    assert now[3].ownerless_s is None and now[4].ownerless_s is None
+    assert now[3].ownerless_s is None
+    assert now[4].ownerless_s is None
 
     # As `seqproc status` shows it: only live owners, how long the others have had none, the live workers.
     snapshot = collect(engine, redis.Redis.from_url(no_workers.broker_url), total)
@@ -79,7 +80,8 @@ def test_a_partition_has_a_live_owner_until_it_is_released_or_the_heartbeat_runs
     assert [entries[p]["owner"] for p in range(6)] == [None, None, None, "d", None, None]
     assert [entries[p]["owner_state"] for p in range(6)] == ["released"] * 2 + ["gone", "live", "gone", "unclaimed"]
     assert [entries[p]["last_owner"] for p in range(6)] == ["a", "a", "b", "d", "never-beat", None]
-    assert entries[0]["ownerless_s"] > 0.5 and entries[5]["ownerless_s"] is None
+    assert entries[0]["ownerless_s"] > 0.5
+    assert entries[5]["ownerless_s"] is None
     assert (snapshot["totals"]["workers"], snapshot["totals"]["owners"]) == (1, 1)
     assert snapshot["totals"]["unowned"] == total - 1
 
@@ -124,7 +126,8 @@ def test_a_fixed_set_gives_up_a_partition_taken_over_and_resumes_it_once_the_tak
     with caplog.at_level(logging.ERROR, logger="seqproc.worker.ownership.static"):
         keeper._next_beat_s = 0  # due: the heartbeat tick compares the epochs
         tick()
-    assert lost == [7, 8] and epochs == {}
+    assert lost == [7, 8]
+    assert epochs == {}
     assert "partition 7: taken over by taker (alive)" in caplog.text
     tick()  # the taker lives: nothing to resume
     assert acquired == []
