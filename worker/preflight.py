@@ -73,7 +73,7 @@ def _broker(url: str, timeout_s: float) -> None:
     from kombu import Connection
 
     with Connection(url, connect_timeout=timeout_s) as conn:
-        conn.connect()
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)  # no pause of kombu's between tries
 
 
 def _database(url: str, timeout_s: float) -> None:

@@ -114,12 +114,11 @@ def run_worker(
         )
     preflight(settings)
     span = "auto" if partitions is None else _span(partitions)
-    token = secrets.token_hex(4)
     # Unique per process by default (Flower and `celery inspect` tell workers apart by node name): the pid.
     node = host_format(hostname) if hostname else f"seqproc-p{span}-{os.getpid()}@{socket.gethostname()}"
     # node/pid/run: the run token makes the owner unique even when a restarted container reuses the host name and
     # pid 1, so a new process never mistakes its predecessor's leases for its own.
-    owner = f"{node}/{os.getpid()}/{token}"
+    owner = f"{node}/{os.getpid()}/{secrets.token_hex(4)}"
     chosen: list[int] = [] if partitions is None else list(partitions)
     rt = prepare(settings, chosen, owner=owner, spec=span)
     try:

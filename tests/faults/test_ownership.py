@@ -27,6 +27,7 @@ from seqproc.worker.ops.inspect import check_invariants
 from tests.conftest import ROOT, WorkerProcess, free_port, settings_env, wait_for
 from tests.faults.matrix import report_applied
 from tests.faults.test_failover import Sequences, epochs
+from tests.integration.test_status import run_status
 
 pytestmark = pytest.mark.services
 
@@ -67,29 +68,9 @@ def run_worker_cli(settings: Settings, partitions: str, **env: str) -> subproces
 
 
 def status_json(settings: Settings) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "seqproc", "status", "--json", "--interval", "0"],
-        cwd=ROOT,
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_status(settings, "--json", "--interval", "0")
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout))
-
-
-def status_text(settings: Settings) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "seqproc", "status", "--interval", "0"],
-        cwd=ROOT,
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 class Likes:
@@ -208,13 +189,15 @@ def test_a_static_worker_resumes_its_partitions_when_the_taker_exits(
         assert re.search(r"partitions 0,1,2,3,4,5,6,7: taken over from seqproc-p0-15-\d+@\S+ \(alive\)", taker.log())
         time.sleep(1.0)  # events flow through the taker
         epochs_taken = epochs(engine)
+        signalled = time.monotonic()
         if exit_by == "SIGTERM":
-            assert taker.stop() == 0
+            assert taker.stop() == 0  # a warm shutdown: it applies what it holds, releases, exits
         else:
             taker.kill()
         exited = time.monotonic()
         wait_for(lambda: held_by(engine, configured, taken), lease_s + 10, "the configured worker to resume 0-7")
-        resumed_after_s = time.monotonic() - exited
+        resumed_after_s = time.monotonic() - exited  # after the taker's process ended (0: before it had)
+        since_signal_s = time.monotonic() - signalled
         assert all(epochs(engine)[p] == epochs_taken[p] + 1 for p in taken)  # claimed once more: fenced as today
         time.sleep(1.0)  # events flow through the configured worker again
     if exit_by == "SIGTERM":
@@ -231,7 +214,7 @@ def test_a_static_worker_resumes_its_partitions_when_the_taker_exits(
     sent = len(likes.receipts) + len(stock.receipts)
     report_applied(
         f"static worker's partitions taken over, taker {exit_by}: the configured worker resumes them "
-        f"({resumed_after_s:.1f} s)",
+        f"({since_signal_s:.1f} s after the signal)",
         injected=1,
         sent=sent,
         applied=ledger_rows(engine) - len(stock.products),
@@ -256,7 +239,9 @@ def test_a_static_worker_resumes_its_partitions_when_the_taker_exits(
     assert all(f"/{configured.pid}/" in e["last_owner"] for e in snapshot["partitions"])
     assert (snapshot["totals"]["workers"], snapshot["totals"]["owners"]) == (0, 0)
     assert snapshot["totals"]["unowned"] == clean.partitions
-    text = status_text(settings)
+    done = run_status(settings, "--interval", "0")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
     assert "0 worker(s), 16 unowned" in text
     assert "none for" in text
 

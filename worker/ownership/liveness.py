@@ -101,7 +101,8 @@ def beat(conn: Connection, owner: str, *, partitions: str, liveness_s: float) ->
 
 def ownership(conn: Connection, partitions: Iterable[int] | None = None, *, lock: bool = False) -> dict[int, Ownership]:
     """Each of ``partitions`` (None: every one) that has a row: its epoch, last owner and that owner's liveness.
-    ``lock``: take the rows' locks (FOR UPDATE), as a claim does before it raises their epochs."""
+    ``lock``: take the rows' locks (FOR UPDATE, in partition order), as a claim does before it raises their
+    epochs."""
     p, w = PARTITIONS, WORKERS
     now = func.now()
     live = and_(p.c.owner.is_not(None), p.c.released_at.is_(None), w.c.expires_at > now)
@@ -114,6 +115,8 @@ def ownership(conn: Connection, partitions: Iterable[int] | None = None, *, lock
         case((live, True), else_=False).label("live"),
         now.label("now"),
     ).select_from(p.outerjoin(w, w.c.owner == p.c.owner))
+    # In partition order: two claims lock the rows they share in the same order, so neither waits on the other.
+    query = query.order_by(p.c.partition)
     if partitions is not None:
         query = query.where(p.c.partition.in_(list(partitions)))
     if lock:
