@@ -12,10 +12,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import Engine, inspect, text
 
 from seqproc.models.db import ensure_database, make_engine
 
-__all__ = ["alembic_config", "migrate", "migrate_outbox", "outbox_alembic_config"]
+__all__ = ["alembic_config", "behind", "migrate", "migrate_outbox", "outbox_alembic_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,3 +57,29 @@ def _upgrade(config: Config, database_url: str, revision: str) -> None:
             command.upgrade(config, revision)
     finally:
         engine.dispose()
+
+
+def behind(engine: Engine) -> tuple[str | None, str] | None:
+    """(the database's revision, this seqproc's head) when the database is behind: never migrated (None) or at an
+    older revision of these migrations; None when it is current. A revision these migrations do not know was
+    written by a newer seqproc: current enough (its migrations add, they do not take away)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    head = str(script.get_current_head())
+    with engine.connect() as conn:
+        # Read straight from Alembic's version table (a MigrationContext would log its setup at INFO).
+        current = (
+            conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            if inspect(conn).has_table("alembic_version")
+            else None
+        )
+    if current == head:
+        return None
+    if current is not None:
+        try:
+            script.get_revision(current)
+        except CommandError:
+            return None  # newer than this seqproc
+    return current, head

@@ -26,6 +26,19 @@ class InvalidEvent(SeqprocError, ValueError):
         self.field = field
 
 
+class ServiceUnavailable(SeqprocError):
+    """A service seqproc needs could not be reached, or refused it (a password, a database that is not there).
+
+    ``setting`` names the variable that locates the service (``SEQPROC_DATABASE_URL``, ``SEQPROC_BROKER_URL``,
+    ``SEQPROC_RESULT_BACKEND``, ``SEQPROC_OUTBOX_DATABASE_URL``; empty when not known) and ``url`` is its value,
+    password masked."""
+
+    def __init__(self, message: str, *, setting: str = "", url: str = "") -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.url = url
+
+
 class PublishError(SeqprocError):
     """The broker did not accept an event within the bounded retry; the event was NOT sent."""
 

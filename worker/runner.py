@@ -19,15 +19,19 @@ from typing import Any
 
 from celery.signals import worker_ready
 from celery.utils.nodenames import host_format
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 from sqlalchemy import Engine, inspect
 
+from seqproc.migrations import behind
 from seqproc.models.clients import redis_client
 from seqproc.models.db import ledger_engine, make_engine
 from seqproc.models.domain import load_domains
-from seqproc.models.errors import ConfigError
+from seqproc.models.errors import ConfigError, ServiceUnavailable, first_line
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.wire import IDLE_QUEUE, JOBS_QUEUE, is_redis_url, partition_of_queue
 from seqproc.worker import runtime
+from seqproc.worker.ownership.liveness import beat, forget_gone, release
 from seqproc.worker.ownership.partitions import (
     check_partition_count,
     claim,
@@ -35,12 +39,15 @@ from seqproc.worker.ownership.partitions import (
     restore_unacked,
     session_name,
 )
+from seqproc.worker.ownership.static import StaticOwnership
+from seqproc.worker.preflight import preflight
 
 logger = logging.getLogger(__name__)
 
 
-def prepare(settings: Settings, partitions: Sequence[int], *, owner: str) -> runtime.Runtime:
-    """Engine, schema check, claim: everything a worker needs before it consumes."""
+def prepare(settings: Settings, partitions: Sequence[int], *, owner: str, spec: str | None = None) -> runtime.Runtime:
+    """Engine, schema check, claim: everything a worker needs before it consumes. ``spec`` (``--partitions`` as
+    given; None for the embedded worker): the worker heartbeats (``seqproc_worker``) from before its claim."""
     engine = make_engine(
         settings.database_url,
         statement_timeout_s=settings.apply_time_limit_s,
@@ -53,14 +60,30 @@ def prepare(settings: Settings, partitions: Sequence[int], *, owner: str) -> run
         # ended) is a transient error, and the transaction is retried in place on a new one (consume/retry.py).
         pre_ping=False,
     )
-    if not inspect(engine).has_table("idempotency_ledger"):
+    lag = behind(engine)
+    if lag is not None:
+        current, head = lag
         raise ConfigError(
             f"the database at {mask_url(settings.database_url)} has no seqproc tables: run `seqproc migrate` first"
+            if current is None
+            else f"the database at {mask_url(settings.database_url)} is at schema revision {current}, this seqproc "
+            f"needs {head}: run `seqproc migrate` first"
         )
     # Before the claim: a worker that cannot import its domains (a ConfigError naming the module) must not take
     # partitions over from one that can, and then exit, leaving them without a consumer.
     load_domains(settings.domains)
-    epochs = claim(engine, partitions, owner=owner, total=settings.partitions)
+    if spec is not None:
+        # Alive before it owns anything: a worker waiting for these partitions must not take them back from this one
+        # as from a dead one.
+        with engine.begin() as conn:
+            forget_gone(conn)
+            beat(conn, owner, partitions=spec, liveness_s=settings.lease_s)
+    try:
+        epochs = claim(engine, partitions, owner=owner, total=settings.partitions)
+    except BaseException:
+        if spec is not None:
+            _release(engine, owner)
+        raise
     return runtime.build(settings, engine, epochs, owner=owner)
 
 
@@ -74,6 +97,10 @@ def run_worker(
 ) -> int:
     """Run a Celery worker consuming exactly ``partitions`` (None: share them through leases); its exit code.
 
+    It claims nothing before its broker, database and result backend answer (:func:`preflight`). A fixed set of
+    partitions heartbeats, and resumes a partition another worker took once that one is gone
+    (``worker.ownership.static``). Whatever ends it, its partitions are marked released on the way out.
+
     The apply task and the consumer steps (worker.tasks) load with the app: it lists them in ``include``.
     """
     if settings.embedded:
@@ -81,37 +108,72 @@ def run_worker(
             "SEQPROC_BROKER_URL is memory://: that broker lives inside one process, so workers run in-process "
             "only (`seqproc demo`); point it at Redis to run `seqproc worker`"
         )
-    from seqproc.worker.app import configure
-
-    span = "auto" if partitions is None else _span(partitions)
-    node = host_format(hostname) if hostname else f"seqproc-p{span}@{socket.gethostname()}"
-    # node/pid/run: the run token makes the owner unique even when a restarted container reuses the host name and
-    # pid 1, so a new process never mistakes its predecessor's leases for its own.
-    owner = f"{node}/{os.getpid()}/{secrets.token_hex(4)}"
-    chosen: list[int] = [] if partitions is None else list(partitions)
     if partitions is None and not is_redis_url(settings.broker_url):
         raise ConfigError(
             "--partitions auto keeps its leases in Redis: SEQPROC_BROKER_URL must be redis:// or rediss://"
         )
-    rt = prepare(settings, chosen, owner=owner)
+    preflight(settings)
+    span = "auto" if partitions is None else _span(partitions)
+    # Unique per process by default (Flower and `celery inspect` tell workers apart by node name): the pid.
+    node = host_format(hostname) if hostname else f"seqproc-p{span}-{os.getpid()}@{socket.gethostname()}"
+    # node/pid/run: the run token makes the owner unique even when a restarted container reuses the host name and
+    # pid 1, so a new process never mistakes its predecessor's leases for its own.
+    owner = f"{node}/{os.getpid()}/{secrets.token_hex(4)}"
+    chosen: list[int] = [] if partitions is None else list(partitions)
+    rt = prepare(settings, chosen, owner=owner, spec=span)
+    try:
+        return _consume(settings, rt, node, chosen, auto=partitions is None, loglevel=loglevel, ready_file=ready_file)
+    finally:
+        if ready_file:
+            Path(ready_file).unlink(missing_ok=True)
+        if rt.leases is not None:
+            rt.leases.release_all()  # hand the partitions back at once instead of after the lease time
+        _release(rt.engine, owner)
+
+
+def _consume(
+    settings: Settings,
+    rt: runtime.Runtime,
+    node: str,
+    chosen: list[int],
+    *,
+    auto: bool,
+    loglevel: str,
+    ready_file: str | None,
+) -> int:
+    """:func:`run_worker` once its partitions are claimed: run Celery's worker until it stops; its exit code."""
+    from seqproc.worker.app import configure
+
     app = configure(settings)
     runtime.attach(app, rt)
-    if partitions is None:
+    if auto:
         from seqproc.worker.ownership.leases import LeaseManager
 
-        rt.leases = LeaseManager(settings, rt.engine, owner)
+        rt.leases = LeaseManager(settings, rt.engine, rt.owner)
         app.conf.broker_transport_options = {
             **app.conf.broker_transport_options,
             # Skip queues we cannot prove ours before asking Redis at all...
             "fetch_filter": _lease_filter(rt),
             # ...and the fetch script checks the lease itself, atomically with the take.
-            "fetch_owner": owner,
+            "fetch_owner": rt.owner,
         }
         rt.leases.tick(on_acquire=rt.epochs.__setitem__)  # the first share, claimed before consuming
         chosen = rt.leases.owned
+    else:
+        rt.static = StaticOwnership(settings, rt.engine, rt.owner, chosen, rt.epochs, spec=_span(chosen))
     queues = queues_for(chosen) or [IDLE_QUEUE]
-    with app.connection_for_write() as conn:
-        restore_unacked(conn.default_channel, queues)
+    try:
+        with app.connection_for_write() as conn:
+            restore_unacked(conn.default_channel, queues)
+    except (KombuOperationalError, RedisError, OSError) as error:
+        # Lost since the preflight: the caller marks the partitions released on the way out.
+        url = mask_url(settings.broker_url)
+        raise ServiceUnavailable(
+            f"SEQPROC_BROKER_URL: cannot reach {url} ({first_line(error, limit=300)}); the partitions claimed are "
+            "released",
+            setting="SEQPROC_BROKER_URL",
+            url=url,
+        ) from error
     if settings.metrics_port:
         start_metrics(settings, rt)
     logger.info("worker %s: partitions %s, epochs %s", node, _span(chosen) if chosen else "none yet", rt.epochs)
@@ -128,14 +190,24 @@ def run_worker(
         send_events=settings.task_events,
         quiet=True,
     )
-    try:
-        celery_worker.start()
-    finally:
-        if ready_file:
-            Path(ready_file).unlink(missing_ok=True)
-        if rt.leases is not None:
-            rt.leases.release_all()  # hand the partitions back at once instead of after the lease time
+    if rt.static is not None:
+        rt.static.heartbeat()  # fresh as the consumer starts: Celery's start must not pass for a dead worker
+    celery_worker.start()
     return int(celery_worker.exitcode or 0)
+
+
+def _release(engine: Engine, owner: str) -> None:
+    """Mark ``owner``'s partitions released (the workers configured for them resume them at once) and end its
+    heartbeat. A database that cannot be reached now: its heartbeat runs out instead, after SEQPROC_LEASE_S."""
+    try:
+        release(engine, owner)
+    except Exception as error:
+        logger.warning(
+            "could not mark the partitions of %s released (%s); they count as free once its heartbeat runs out "
+            "(SEQPROC_LEASE_S)",
+            owner,
+            first_line(error),
+        )
 
 
 def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) -> int:

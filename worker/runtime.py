@@ -31,6 +31,9 @@ class Runtime:
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}/{os.getpid()}")
     #: ``--partitions auto``: the leases this worker holds (None: a fixed set of partitions).
     leases: Any = None
+    #: ``seqproc worker`` with a fixed set: its heartbeat, and the partitions it resumes when their taker is gone
+    #: (``worker.ownership.static.StaticOwnership``; None in the embedded mode and the beat).
+    static: Any = None
     #: ``worker`` (consumes partition queues) or ``beat`` (the scheduled jobs' own worker).
     role: str = "worker"
 

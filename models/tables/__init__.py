@@ -5,7 +5,7 @@ from seqproc.models.tables.base import Base
 from seqproc.models.tables.jobs import JobRun, PartitionLag
 from seqproc.models.tables.ledger import DeadLetter, LedgerEntry, ParkedKey
 from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount, ArticleUnlike
-from seqproc.models.tables.partition import Meta, Partition
+from seqproc.models.tables.partition import Meta, Partition, Worker
 from seqproc.models.tables.stock import ProductStock, Reservation, ReservationStatus
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "ProductStock",
     "Reservation",
     "ReservationStatus",
+    "Worker",
 ]

@@ -105,8 +105,9 @@ def test_flower_lists_the_workers_and_their_tasks(
     clean: Settings, start_worker: Callable[..., WorkerProcess], start_flower: Callable[..., FlowerProcess]
 ) -> None:
     settings = clean.model_copy(update={"task_events": True})
-    start_worker(settings)
-    node = f"seqproc-p0-15@{socket.gethostname()}"  # the node name `seqproc worker --partitions 0-15` takes
+    worker = start_worker(settings)
+    # The node name `seqproc worker --partitions 0-15` takes: unique per process.
+    node = f"seqproc-p0-15-{worker.pid}@{socket.gethostname()}"
     prefix = "/ops/flower"
     flower = start_flower(
         settings, SEQPROC_FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}", SEQPROC_FLOWER_URL_PREFIX=prefix.strip("/")

@@ -23,6 +23,7 @@ SQLITE_TABLES = (
     "account_balance",
     "partition",
     "seqproc_meta",
+    "seqproc_worker",
 )
 
 

@@ -25,6 +25,7 @@ from seqproc.models.errors import (
     PartitionCountMismatch,
     PublishError,
     SeqprocError,
+    ServiceUnavailable,
     first_line,
 )
 from seqproc.worker.cli import admin, bench, deadletters, demo, enqueue, serve
@@ -44,6 +45,7 @@ _EXIT_CODES: list[tuple[type[SeqprocError], int]] = [
     (PartitionCountMismatch, RET_CONFIG),
     (InvalidEvent, RET_INVALID_EVENT),
     (PublishError, RET_UNAVAILABLE),
+    (ServiceUnavailable, RET_UNAVAILABLE),
     (OutcomeTimeout, RET_TIMEOUT),
 ]
 

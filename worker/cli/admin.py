@@ -44,9 +44,16 @@ def _rate(value: float | None) -> str:
 
 
 def _owner(entry: dict[str, Any]) -> str:
-    owner = entry["owner"] or "-"
+    owner = entry["owner"]
+    if owner is None:
+        # No live owner: what the alert "a partition has no owner" looks at, with how long and why (``--json``
+        # also names the last owner).
+        if entry["owner_state"] == "unclaimed":
+            return "-"
+        since = entry["ownerless_s"]
+        return f"none{'' if since is None else ' for ' + _age(since)} ({entry['owner_state']})"
     lease = entry["lease_owner"]
-    return owner if lease is None or lease == entry["owner"] else f"{owner} (lease: {lease})"
+    return owner if lease is None or lease == owner else f"{owner} (lease: {lease})"
 
 
 def _depth(entry: dict[str, Any]) -> str:
@@ -82,7 +89,7 @@ def render(snapshot: dict[str, Any], *, title: str = "seqproc status") -> Table:
         "total",
         _depth(t),
         _age(t["oldest_age_s"]),
-        f"{t['owners']} worker(s)",
+        f"{t['workers']} worker(s)" + (f", {t['unowned']} unowned" if t["unowned"] else ""),
         "",
         _rate(t["applied_per_s"]),
         f"{t['applied']:,}",
@@ -111,8 +118,9 @@ def _sources(settings: Settings) -> dict[str, str]:
     help="Seconds between the two samples the rates come from (and between refreshes); 0: one sample, no rates.",
 )
 def status(as_json: bool, watch: bool, interval: float) -> None:
-    """Per partition: queue depth, age of the oldest waiting event, owner and epoch, applied/s, applied,
-    duplicates, rejections, parked keys and dead letters."""
+    """Per partition: queue depth, age of the oldest waiting event, owner (live ones only: a partition whose owner
+    exited or stopped heartbeating shows none, and for how long) and epoch, applied/s, applied, duplicates,
+    rejections, parked keys and dead letters; the live workers in the totals."""
     from seqproc.models.db import make_engine, outbox_engine
 
     settings = load_settings()

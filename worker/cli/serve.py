@@ -37,12 +37,15 @@ def migrate() -> None:
 @click.option(
     "--hostname",
     default=None,
-    help="Celery node name; %h is this host's name, as in celery -n (default seqproc-p<partitions>@<host>).",
+    help="Celery node name; %h is this host's name, as in celery -n (default seqproc-p<partitions>-<pid>@<host>: "
+    "unique per process).",
 )
 @click.option("--loglevel", default=None, help="Log level (default: SEQPROC_LOG_LEVEL).")
 @click.option("--ready-file", default=None, help="Write this file (the pid) once consuming; removed at exit.")
 def worker(spec: str, hostname: str | None, loglevel: str | None, ready_file: str | None) -> None:
-    """Run a worker that consumes exactly the given partition queues, one batch at a time."""
+    """Run a worker that consumes exactly the given partition queues, one batch at a time. It claims nothing
+    before its broker, database and result backend answer (exit code 5 otherwise); partitions another worker takes
+    over from it, it resumes when that worker exits."""
     from seqproc.worker.ownership.partitions import parse_partitions
     from seqproc.worker.runner import run_worker
 

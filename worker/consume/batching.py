@@ -48,6 +48,7 @@ from seqproc.worker.engine.apply import (
 )
 from seqproc.worker.ops import metrics
 from seqproc.worker.ops.logs import log_event
+from seqproc.worker.ownership.liveness import holder_of
 from seqproc.worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -282,9 +283,11 @@ class Batcher:
     def _fenced(self, partition: int, items: list[Held]) -> None:
         """``partition`` was taken over: its messages go back for the new owner, and its consumer stops."""
         logger.error(
-            "partition %d: fenced (another worker owns it); %d message(s) go back, its consumer stops",
+            "partition %d: fenced: taken over by %s; %d message(s) go back, its consumer stops%s",
             partition,
+            holder_of(self.rt.engine, partition),
             len(items),
+            " (it resumes the partition when that worker exits)" if self.rt.static is not None else "",
         )
         self.rt.epochs.pop(partition, None)
         self._give_back(items)

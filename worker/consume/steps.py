@@ -14,6 +14,7 @@ from typing import Any
 from celery import bootsteps
 from celery.worker.consumer import Consumer
 
+from seqproc.models.errors import first_line
 from seqproc.models.transport import Channel
 from seqproc.models.wire import APPLY_TASK, partition_of_queue, queue_name
 from seqproc.worker import runtime
@@ -82,8 +83,10 @@ class SeqprocConsumer(Consumer):
 
 
 class LeaseStep(bootsteps.StartStopStep):
-    """``--partitions auto``: renew the leases every third of their time limit, in the consumer's own loop (the
-    channel is not thread-safe), starting and stopping partition queues as leases come and go."""
+    """Partition ownership, ticked in the consumer's own loop (the channel is not thread-safe), starting and
+    stopping partition queues as partitions come and go: ``--partitions auto`` renews its leases every third of
+    their time limit; a fixed set heartbeats, gives up a partition taken over and resumes it once its taker is
+    gone (``worker.ownership.static``)."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
@@ -92,23 +95,22 @@ class LeaseStep(bootsteps.StartStopStep):
         self._timer: Any = None
 
     def start(self, c: Any) -> None:
-        rt = runtime.of(c.app)
-        if rt.leases is None:
-            return
-        self._timer = c.timer.call_repeatedly(rt.settings.lease_s / 3, self.tick, (c,))
+        keeper = _keeper(runtime.of(c.app))
+        if keeper is not None:
+            self._timer = c.timer.call_repeatedly(keeper.interval_s, self.tick, (c,))
 
     def tick(self, c: Any) -> None:
-        rt = runtime.of(c.app)
         try:
-            rt.leases.tick(
+            _keeper(runtime.of(c.app)).tick(
                 on_acquire=lambda partition, epoch: self._acquired(c, partition, epoch),
                 on_release=lambda partition: self._releasing(c, partition),
                 on_lost=lambda partition: self._lost(c, partition),
             )
-        except Exception:
-            # Redis or PostgreSQL unreachable: leases are not renewed, so ``fresh`` turns false and nothing is
-            # applied to a partition that may have moved; the next tick tries again.
-            logger.warning("lease renewal failed; retrying in %.1f s", rt.settings.lease_s / 3, exc_info=True)
+        except Exception as error:
+            # Redis or PostgreSQL unreachable: leases are not renewed (nor heartbeats written), so ``fresh`` turns
+            # false and nothing is applied to a partition that may have moved; the next tick tries again.
+            logger.warning("partition ownership: %s; trying again at the next tick", first_line(error))
+            logger.debug("partition ownership tick failed", exc_info=True)
 
     def _acquired(self, c: Any, partition: int, epoch: int) -> None:
         rt = runtime.of(c.app)
@@ -133,6 +135,11 @@ class LeaseStep(bootsteps.StartStopStep):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _keeper(rt: runtime.Runtime) -> Any:
+    """What ticks: the leases (``--partitions auto``), the fixed set's heartbeat, or nothing (embedded, beat)."""
+    return rt.leases if rt.leases is not None else rt.static
 
 
 class ChunkStep(bootsteps.StartStopStep):

@@ -14,9 +14,14 @@ One row per partition (``SEQPROC_PARTITIONS`` of them), and a totals line. Where
   nanoseconds) of the first event of the message at the consuming end of the list (index -1, where ``RPOP``
   takes). None when the queue is empty (or that message is not one of ours). Clock skew between the producer's host
   and this one shifts it by that skew.
-- ``owner``, ``epoch``: the ``partition`` table: the worker that last claimed the partition (``node/pid/run``) and the
-  fencing epoch it claimed it with. ``lease_owner``: the holder of the Redis lease ``seqproc:lease:seqproc.pNN``
-  (only ``--partitions auto`` workers take leases; None otherwise, or when the lease expired).
+- ``owner``, ``epoch``: the ``partition`` table: the worker that owns the partition (``node/pid/run``), only while
+  it is alive (it heartbeats in ``seqproc_worker`` and has not released the partition), and the fencing epoch it
+  claimed it with. ``last_owner``: the worker that claimed it last, alive or not. ``owner_state``: ``live``,
+  ``released`` (its owner exited gracefully), ``gone`` (its owner stopped heartbeating for ``SEQPROC_LEASE_S``:
+  killed, paused, cut off) or ``unclaimed``. ``ownerless_s``: how long it has had no live owner (None while it
+  has one, or when nothing tells: never claimed). ``lease_owner``: the holder of the Redis lease
+  ``seqproc:lease:seqproc.pNN`` (only ``--partitions auto`` workers take leases; None otherwise, or when the lease
+  expired).
 - ``applied``, ``duplicates``, ``rejected``: running totals in the ``partition`` table, raised by every apply
   transaction in the same commit as its effects.
 - ``applied_per_s``: the rise of ``applied`` between two snapshots divided by the time between them; None without
@@ -29,10 +34,12 @@ One row per partition (``SEQPROC_PARTITIONS`` of them), and a totals line. Where
   ``seqproc deadletter replay``). ``dead_letters``: open rows of ``dead_letter`` (not replayed, retried or
   discarded); those with no partition (a message on a queue that is not a partition queue) are counted in the
   totals as ``dead_letters_other``.
+- In the totals, ``workers``: the worker processes alive (heartbeating), those waiting for their partitions
+  included; ``owners``: the distinct live owners; ``unowned``: the partitions without a live owner.
 
 Round trips: one Redis pipeline (``LLEN``, ``LINDEX -1`` and the lease ``GET`` per partition, one script counting
-``unacked``) and five SQL queries (the partition rows, parked keys and dead letters grouped by partition, the
-outbox's totals and per partition).
+``unacked``) and seven SQL queries (the partition rows, their owners' liveness, the live workers, parked keys and
+dead letters grouped by partition, the outbox's totals and per partition).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from seqproc.models.tables.base import table_of
 from seqproc.models.tables.ledger import DeadLetter, ParkedKey
 from seqproc.models.tables.partition import Partition
 from seqproc.models.wire import UNACKED_KEY, lease_key, queue_name
+from seqproc.worker.ownership.liveness import live_workers, ownership
 
 #: Count the entries of the unacked hash per routing key (the last element of each value), inside Redis.
 #: KEYS[1]: the hash. Returns routing_key1, count1, routing_key2, count2, ...
@@ -93,13 +101,14 @@ def collect(
                 select(
                     parts.c.partition,
                     parts.c.epoch,
-                    parts.c.owner,
                     parts.c.applied,
                     parts.c.duplicates,
                     parts.c.rejected,
                 ).where(parts.c.partition < partitions)
             )
         }
+        owned = ownership(conn, range(partitions))
+        workers = live_workers(conn)
         parked_counts = {
             int(p): int(n)
             for p, n in conn.execute(select(parked.c.partition, func.count()).group_by(parked.c.partition))
@@ -119,6 +128,7 @@ def collect(
     for p, probe in enumerate(probes):
         row = rows.get(p)
         applied = int(row.applied) if row is not None else 0
+        found = owned.get(p)
         entries.append(
             {
                 "partition": p,
@@ -126,7 +136,10 @@ def collect(
                 "depth": probe.depth,
                 "unacked": probe.unacked,
                 "oldest_age_s": probe.oldest_age_s(now),
-                "owner": row.owner if row is not None else None,
+                "owner": found.owner if found is not None else None,
+                "last_owner": found.last_owner if found is not None else None,
+                "owner_state": found.state if found is not None else "unclaimed",
+                "ownerless_s": found.ownerless_s if found is not None else None,
                 "epoch": int(row.epoch) if row is not None else 0,
                 "lease_owner": probe.lease_owner,
                 "applied": applied,
@@ -147,6 +160,8 @@ def collect(
     totals["applied_per_s"] = None if any(r is None for r in per_s) else sum(per_s)
     totals["dead_letters_other"] = sum(n for p, n in dead_counts.items() if p is None or not 0 <= p < partitions)
     totals["owners"] = len({e["owner"] for e in entries if e["owner"]})
+    totals["workers"] = workers
+    totals["unowned"] = sum(1 for e in entries if not e["owner"])
     totals["outbox_depth"] = outbox["depth"]
     totals["outbox_unsent"] = outbox["unsent"]
     totals["outbox_oldest_age_s"] = outbox["oldest_age_s"]

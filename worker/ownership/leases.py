@@ -22,9 +22,11 @@ import redis
 from sqlalchemy import Engine
 
 from seqproc.models.clients import redis_client
+from seqproc.models.errors import first_line
 from seqproc.models.settings import Settings
 from seqproc.models.wire import WORKERS_KEY, queue_name
 from seqproc.models.wire import lease_key as queue_lease_key
+from seqproc.worker.ownership.liveness import beat
 from seqproc.worker.ownership.partitions import claim, is_lock_timeout
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class LeaseManager:
         self.owner = owner
         self.client = client or redis_client(settings.broker_url)
         self.lease_ms = int(settings.lease_s * 1000)
+        #: How often the consumer's loop ticks (renews): every third of the lease.
+        self.interval_s = settings.lease_s / 3
         #: partition -> monotonic time until which we may apply to it (renewal time + lease - safety margin).
         self.valid_until: dict[int, float] = {}
         self._renew = self.client.register_script(RENEW)
@@ -90,11 +94,17 @@ class LeaseManager:
         pipe.zremrangebyscore(WORKERS_KEY, "-inf", now)
         pipe.zcard(WORKERS_KEY)
         *_, live = pipe.execute()
+        self._beat()
         for partition in self.owned:
             if self._renew(keys=[lease_key(partition)], args=[self.owner, self.lease_ms]):
                 self.valid_until[partition] = self._validity(started)
             else:
-                logger.error("partition %d: lease lost (another worker took it over); stopping", partition)
+                holder = self.client.get(lease_key(partition))
+                logger.error(
+                    "partition %d: lease lost (now held by %s); stopping",
+                    partition,
+                    holder.decode("utf-8", "replace") if isinstance(holder, bytes) else "nobody: it expired",
+                )
                 self.valid_until.pop(partition, None)
                 if on_lost:
                     on_lost(partition)
@@ -131,6 +141,15 @@ class LeaseManager:
                     if not is_lock_timeout(error):
                         raise  # the database or the broker is away: the other candidates would fail alike
                     logger.warning("partition %d: its row is still locked by the previous owner; next tick", partition)
+
+    def _beat(self) -> None:
+        """The worker's heartbeat in PostgreSQL (``seqproc status`` counts live workers and owners by it). The
+        leases alone decide who applies: a database that cannot be reached is no reason to let them go."""
+        try:
+            with self.engine.begin() as conn:
+                beat(conn, self.owner, partitions="auto", liveness_s=self.settings.lease_s)
+        except Exception as error:
+            logger.warning("heartbeat not recorded in the database: %s", first_line(error))
 
     def _candidates(self) -> list[int]:
         """Free partitions, starting from a place that depends on this worker, so that starting workers spread."""

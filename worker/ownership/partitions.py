@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -18,6 +18,7 @@ from seqproc.models.tables.base import table_of
 from seqproc.models.tables.partition import Meta, Partition
 from seqproc.models.wire import queue_name
 from seqproc.worker.ops.lag import outbox_depth
+from seqproc.worker.ownership.liveness import Ownership, ownership
 
 logger = logging.getLogger(__name__)
 
@@ -80,24 +81,32 @@ def is_lock_timeout(error: BaseException) -> bool:
 
 
 def claim(
-    engine: Engine, partitions: Sequence[int], *, owner: str, total: int, lock_timeout_s: float | None = None
+    engine: Engine,
+    partitions: Sequence[int],
+    *,
+    owner: str,
+    total: int,
+    lock_timeout_s: float | None = None,
+    seen: Mapping[int, str | None] | None = None,
 ) -> dict[int, int]:
     """Take ``partitions``: raise each one's epoch, so that any previous owner can no longer commit.
 
     Returns partition -> the new epoch, which every apply transaction of this owner checks. ``lock_timeout_s``
     bounds the wait for a previous owner's transaction to end (PostgreSQL). A takeover that times out ends that
     owner's stale sessions (:func:`end_stale_sessions`) and tries once more; failing again it raises, to be retried,
-    instead of hanging.
+    instead of hanging. ``seen`` (partition -> the owner the caller saw) makes the claim conditional: a partition
+    whose owner changed since is left alone (another worker resumed it first) and is missing from the result.
+    Each takeover is logged with the owner it was taken from, and whether that one was alive.
     """
     check_partition_count(engine, total)
     if not partitions:
         return {}
     try:
-        return _raise_epochs(engine, partitions, owner=owner, lock_timeout_s=lock_timeout_s)
+        return _raise_epochs(engine, partitions, owner=owner, lock_timeout_s=lock_timeout_s, seen=seen)
     except OperationalError as error:
         if lock_timeout_s is None or not is_lock_timeout(error) or not end_stale_sessions(engine, partitions, owner):
             raise
-    return _raise_epochs(engine, partitions, owner=owner, lock_timeout_s=lock_timeout_s)
+    return _raise_epochs(engine, partitions, owner=owner, lock_timeout_s=lock_timeout_s, seen=seen)
 
 
 #: The sessions holding the partition rows (the open transaction whose id is a row's ``xmax``) that belong to a
@@ -165,7 +174,12 @@ def end_stale_sessions(engine: Engine, partitions: Sequence[int], owner: str) ->
 
 
 def _raise_epochs(
-    engine: Engine, partitions: Sequence[int], *, owner: str, lock_timeout_s: float | None
+    engine: Engine,
+    partitions: Sequence[int],
+    *,
+    owner: str,
+    lock_timeout_s: float | None,
+    seen: Mapping[int, str | None] | None,
 ) -> dict[int, int]:
     with engine.begin() as conn:
         if lock_timeout_s is not None and conn.dialect.name == "postgresql":
@@ -174,15 +188,40 @@ def _raise_epochs(
             upsert(conn, PARTITIONS).on_conflict_do_nothing(index_elements=[PARTITIONS.c.partition]),
             [{"partition": p, "epoch": 0} for p in partitions],
         )
+        # Under the rows' locks: the owner compared with ``seen`` and named in the log is the one really replaced.
+        before = ownership(conn, partitions, lock=True)
+        wanted = [p for p in partitions if seen is None or before[p].last_owner == seen.get(p)]
+        if not wanted:
+            return {}
         rows = conn.execute(
             update(PARTITIONS)
-            .where(PARTITIONS.c.partition.in_(list(partitions)))
-            .values(epoch=PARTITIONS.c.epoch + 1, owner=owner, claimed_at=func.now())
+            .where(PARTITIONS.c.partition.in_(wanted))
+            .values(epoch=PARTITIONS.c.epoch + 1, owner=owner, claimed_at=func.now(), released_at=None)
             .returning(PARTITIONS.c.partition, PARTITIONS.c.epoch)
         )
         epochs = {int(p): int(e) for p, e in rows}
-    logger.info("claimed partitions %s as %s", ",".join(map(str, partitions)), owner)
+    logger.info("claimed partitions %s as %s", ",".join(map(str, wanted)), owner)
+    _log_takeovers([before[p] for p in wanted], owner)
     return epochs
+
+
+def _log_takeovers(previous: Sequence[Ownership], owner: str) -> None:
+    """Who took what from whom: a live previous owner is now fenced (it logs who took over when it notices)."""
+    by_owner: dict[str, list[Ownership]] = {}
+    for found in previous:
+        if found.last_owner and found.last_owner != owner:
+            by_owner.setdefault(found.last_owner, []).append(found)
+    for taken in by_owner.values():
+        span = ",".join(str(found.partition) for found in taken)
+        if taken[0].live:
+            logger.warning(
+                "partitions %s: taken over from %s, which is still running: it is fenced (can no longer commit "
+                "to them) and stops consuming them",
+                span,
+                taken[0].describe(),
+            )
+        else:
+            logger.info("partitions %s: resumed from %s", span, taken[0].describe())
 
 
 def restore_unacked(channel: Any, queues: Iterable[str]) -> int:

@@ -1,0 +1,123 @@
+"""Fixed partitions (``seqproc worker --partitions 0-7``) that come back: the worker heartbeats, notices when another
+worker took one of its partitions, and resumes it once that worker is gone.
+
+Ticked from the consumer's loop by the same step as the leases of ``--partitions auto`` (``LeaseStep``), with the
+same callbacks, so that a resumed partition starts exactly as a leased one does: the claim raises its epoch, the
+previous owner's unacknowledged messages go back to the head of the queue, in order, then it is consumed.
+
+- Every third of ``SEQPROC_LEASE_S``: heartbeat (:func:`.liveness.beat`), and compare the epochs it holds with the
+  database's: one raised by another worker means a takeover; the partition is given up here (its held messages go
+  back, its queue is no longer consumed) and the log names the worker that took it.
+- Every ``WATCH_INTERVAL_S`` while some configured partition is held elsewhere: look whether its holder is gone
+  (released at a graceful exit, or no heartbeat for ``SEQPROC_LEASE_S``). If so, claim it, but only if its owner is
+  still the one seen: of several workers waiting for the same partition, one takes it and the others go on
+  waiting for that one, so they converge on one owner instead of taking it from each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import Connection, Engine
+
+from seqproc.models.settings import Settings
+from seqproc.worker.ownership.liveness import BEATS_PER_LIMIT, beat, ownership
+from seqproc.worker.ownership.partitions import claim
+
+logger = logging.getLogger(__name__)
+
+#: How often a worker waiting for one of its partitions looks whether it was released: a graceful exit hands the
+#: partitions back within about this long.
+WATCH_INTERVAL_S = 0.5
+
+
+class StaticOwnership:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        owner: str,
+        partitions: Sequence[int],
+        epochs: dict[int, int],
+        *,
+        spec: str,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.owner = owner
+        #: The partitions this worker was started for.
+        self.partitions = sorted(partitions)
+        #: partition -> the epoch held (the runtime's: the batcher drops a partition it finds fenced).
+        self.epochs = epochs
+        self.spec = spec
+        self.interval_s = WATCH_INTERVAL_S
+        self._next_beat_s = 0.0
+
+    @property
+    def waiting(self) -> list[int]:
+        """Configured partitions another worker holds."""
+        return [p for p in self.partitions if p not in self.epochs]
+
+    def heartbeat(self) -> None:
+        """Beat now (at start, before the consumer's loop ticks)."""
+        with self.engine.begin() as conn:
+            self._beat(conn)
+
+    def _beat(self, conn: Connection) -> None:
+        beat(conn, self.owner, partitions=self.spec, liveness_s=self.settings.lease_s)
+        self._next_beat_s = time.monotonic() + self.settings.lease_s / BEATS_PER_LIMIT
+
+    def tick(
+        self,
+        *,
+        on_acquire: Callable[[int, int], None] | None = None,
+        on_release: Callable[[int], None] | None = None,
+        on_lost: Callable[[int], None] | None = None,
+    ) -> None:
+        """Heartbeat when due, give up the partitions taken over, resume those whose holder is gone.
+        ``on_release`` is unused (a static worker never hands a partition back by itself)."""
+        due = time.monotonic() >= self._next_beat_s
+        waiting = self.waiting
+        if not due and not waiting:
+            return
+        with self.engine.begin() as conn:
+            if due:
+                self._beat(conn)
+            now = ownership(conn, self.partitions)
+        for partition, epoch in sorted(self.epochs.items()):
+            found = now.get(partition)
+            if found is not None and found.epoch != epoch and found.last_owner != self.owner:
+                logger.error(
+                    "partition %d: taken over by %s with epoch %d (ours: %d); its consumer stops here, and resumes "
+                    "it when that worker exits",
+                    partition,
+                    found.describe(),
+                    found.epoch,
+                    epoch,
+                )
+                self.epochs.pop(partition, None)
+                if on_lost:
+                    on_lost(partition)
+        free: dict[int, str | None] = {}
+        for partition in waiting:
+            found = now.get(partition)
+            if found is None or not found.live or found.last_owner == self.owner:
+                free[partition] = found.last_owner if found is not None else None
+        if not free:
+            return
+        epochs = claim(
+            self.engine,
+            sorted(free),
+            owner=self.owner,
+            total=self.settings.partitions,
+            lock_timeout_s=self.settings.lease_s / 6,
+            seen=free,
+        )
+        for partition in sorted(epochs):
+            logger.info("partition %d: resumed, epoch %d", partition, epochs[partition])
+            if on_acquire:
+                on_acquire(partition, epochs[partition])
+        for partition in sorted(set(free) - set(epochs)):
+            logger.info("partition %d: another waiting worker resumed it first; waiting for that one", partition)

@@ -1,0 +1,88 @@
+"""Before a worker claims anything: can it reach its broker, its database and its result backend?
+
+A worker that claims partitions and then cannot consume them fences the healthy worker that had them and leaves
+them without a consumer. So ``seqproc worker`` asks each service first, all at once, each within
+``DEFAULT_TIMEOUT_S``; one that does not answer stops the worker with one line naming its variable (the URL's
+password masked) and exit code 5, before any partition changes hands.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from seqproc.models.clients import redis_client
+from seqproc.models.errors import ServiceUnavailable, first_line
+from seqproc.models.settings import Settings, mask_url
+from seqproc.models.wire import is_redis_url
+
+#: How long each service may take to answer (they are asked at the same time, so this bounds the whole check).
+DEFAULT_TIMEOUT_S = 3.0
+
+
+def preflight(settings: Settings, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Raise :class:`ServiceUnavailable` naming every service among the broker, the database and the result
+    backend that does not answer within ``timeout_s``."""
+    checks: list[tuple[str, str, Callable[[str, float], None]]] = [
+        ("SEQPROC_BROKER_URL", settings.broker_url, _broker),
+        ("SEQPROC_DATABASE_URL", settings.database_url, _database),
+    ]
+    if is_redis_url(settings.result_backend):  # memory:// lives in the process: nothing to reach
+        checks.append(("SEQPROC_RESULT_BACKEND", settings.result_backend, _redis))
+    errors: dict[str, str | None] = {}
+
+    def run(setting: str, url: str, check: Callable[[str, float], None]) -> None:
+        try:
+            check(url, timeout_s)
+            errors[setting] = None
+        except Exception as error:
+            errors[setting] = first_line(error, limit=300)
+
+    # Daemon threads: a check stuck past its timeout (a DNS lookup that hangs) must not keep the process alive.
+    threads = [threading.Thread(target=run, args=check, daemon=True) for check in checks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout_s + 1)
+    failed = []
+    for setting, url, _check in checks:
+        if setting not in errors:
+            errors[setting] = f"no answer within {timeout_s:g} s"
+        if errors[setting] is not None:
+            failed.append((setting, mask_url(url), errors[setting]))
+    if failed:
+        said = "; ".join(f"{setting}: cannot reach {url} ({error})" for setting, url, error in failed)
+        raise ServiceUnavailable(f"{said}; the worker claimed no partition", setting=failed[0][0], url=failed[0][1])
+
+
+def _redis(url: str, timeout_s: float) -> None:
+    client = redis_client(url, timeout_s=timeout_s, connect_timeout_s=timeout_s)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def _broker(url: str, timeout_s: float) -> None:
+    if is_redis_url(url):
+        _redis(url, timeout_s)
+        return
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=timeout_s) as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)  # no pause of kombu's between tries
+
+
+def _database(url: str, timeout_s: float) -> None:
+    if url.startswith("sqlite"):
+        return  # a file: whether it holds seqproc's tables is checked next, with the schema
+    # libpq counts whole seconds, 2 at least.
+    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": max(2, round(timeout_s))})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
