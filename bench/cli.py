@@ -23,7 +23,7 @@ def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})  # as every seqproc command
 @click.option("--scenario", type=click.Choice(["hot", "spread", "flash"]), default="hot", show_default=True)
 @click.option("--producers", "producers_csv", default="32", show_default=True, help="Producers; a list runs each.")
 @click.option(
