@@ -58,7 +58,7 @@ def print_state(state: Mapping[str, Any], as_json: bool) -> None:
 def outcome_fields(outcome: Outcome) -> dict[str, str]:
     """An outcome as flat ``name=value`` fields: ``outcome=rejected reason=insufficient_stock``; a duplicate adds
     its first outcome (``first=applied``)."""
-    fields = {"outcome": outcome.status}
+    fields: dict[str, str] = {"outcome": outcome.status}
     if outcome.reason is not None:
         fields["reason"] = outcome.reason
     if outcome.first is not None:
