@@ -3,8 +3,9 @@
 A call gives its deadline (``timeout_s``, default ``publish_timeout_s``): a broker that does not answer, or drops the
 connection, is tried again until then. A broker that refuses the connection (nothing listens on that port, its host
 name does not resolve) is tried for ``publish_refused_retry_s`` at most: waiting longer would not help, and a web
-request should hear of it within about a second. Retries log one line, once the second attempt in a row failed (a
-connection the server closed while idle is simply opened again, silently). A failure after a message was written
+request should hear of it within about a second. Retries log one line (INFO), once the second attempt in a row
+failed (a connection the server closed while idle is simply opened again, silently); a call that fails raises
+:class:`PublishError` and logs nothing more. A failure after a message was written
 (its reply never came) means the broker may hold it: the error then says so instead of "NOT sent".
 """
 
@@ -70,8 +71,8 @@ class Attempts:
         if self.pause_s == 0.0:
             self.pause_s = FIRST_PAUSE_S
         else:
-            if self.pause_s == FIRST_PAUSE_S:  # the second failure in a row: say so, once
-                logger.warning(
+            if self.pause_s == FIRST_PAUSE_S:  # the second failure in a row: say so, once (a failure raises)
+                logger.info(
                     "broker unreachable at %s=%s (%s); retrying for up to %.1f s",
                     BROKER_SETTING,
                     mask_url(self.settings.broker_url),

@@ -258,10 +258,11 @@ class Publisher:
     def _connection(self, client: redis.Redis) -> Any:
         """The connection this process sends on (a new one in a forked child: the parent's socket is not ours). By
         its pid, not a fork hook: uWSGI forks its workers without running Python's (unless
-        ``py-call-osafterfork``)."""
+        ``py-call-osafterfork``). Not connected yet: it connects on its first use, within the waits its caller
+        allows (the pool's ``get_connection`` would connect at once, with the client's own timeouts)."""
         pid = os.getpid()
         if self._held is None or self._held[0] != pid:
-            self._held = (pid, client.connection_pool.get_connection())
+            self._held = (pid, client.connection_pool.make_connection())
         return self._held[1]
 
     def _publish(self, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:

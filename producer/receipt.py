@@ -104,14 +104,14 @@ def outcomes_unavailable(receipts: Sequence[Receipt], error: BaseException) -> O
     backend did not answer, or refused the read (here and in ``seqproc.aio``)."""
     url = mask_url(getattr(receipts[0]._store, "url", ""))
     first = receipts[0]
-    sent = (
-        f"{first.event_type} event {first.idempotency_key!r} was sent (partition {first.partition})"
-        if len(receipts) == 1
-        else f"{len(receipts)} events were sent (first: {first.event_type} {first.idempotency_key!r})"
-    )
+    if len(receipts) == 1:
+        sent = f"{first.event_type} event {first.idempotency_key!r} was sent (partition {first.partition})"
+        again = "send it again only with the same idempotency key (then it is a duplicate, never a second event)"
+    else:
+        sent = f"{len(receipts)} events were sent (first: {first.event_type} {first.idempotency_key!r})"
+        again = "send them again only with the same idempotency keys (then they are duplicates, never new events)"
     return OutcomeUnavailable(
-        f"{sent}, but the outcome could not be read from {RESULT_BACKEND_SETTING}={url}: {first_line(error)}; "
-        "send it again only with the same idempotency key (then it is a duplicate, never a second event)",
+        f"{sent}, but the outcome could not be read from {RESULT_BACKEND_SETTING}={url}: {first_line(error)}; {again}",
         setting=RESULT_BACKEND_SETTING,
         url=url,
         receipts=receipts,
