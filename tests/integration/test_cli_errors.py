@@ -102,7 +102,7 @@ def test_waiting_on_an_unreadable_result_backend_raises_a_seqproc_error(clean: S
         for wait in (seqproc.aio.wait(receipt, timeout_s=5), seqproc.aio.wait_all(receipts, timeout_s=5)):
             try:
                 await wait
-            except BaseException as error:  # noqa: BLE001 - the type is what is checked
+            except BaseException as error:
                 errors.append(error)
         await seqproc.aio.aclose()
         return errors
@@ -165,7 +165,8 @@ def test_an_unreachable_service_is_named_by_its_variable(
     assert done.returncode == RET_UNAVAILABLE, line
     assert f"{variable}={url.replace(SECRET, '***')}" in line
     if args[0] == "enqueue":
-        assert line.startswith("seqproc: PublishError: ") and line.endswith("they were NOT sent")
+        assert line.startswith("seqproc: PublishError: ")
+        assert line.endswith("they were NOT sent")
     else:
         assert line.startswith("seqproc: ServiceUnavailable: cannot reach ")
 
@@ -201,7 +202,8 @@ def test_show_reads_any_domain_with_its_load(clean: Settings, start_worker: Call
     )
     assert seqproc_cli(clean, "show", "article:1").stdout.splitlines()[0] == "article_id  1"
     unknown = seqproc_cli(clean, "show", "nothing", "1")
-    assert unknown.returncode == 2 and "No such command 'nothing'" in unknown.stderr
+    assert unknown.returncode == 2
+    assert "No such command 'nothing'" in unknown.stderr
 
 
 def test_a_broker_queue_holds_what_a_refused_result_backend_could_not_confirm(clean: Settings) -> None:
