@@ -120,12 +120,18 @@ class Publisher:
         again until ``deadline`` (``time.monotonic()``; default: the publish timeout from now), one that refuses
         the connection for ``publish_refused_retry_s`` at most. Raises :class:`PublishError`."""
         messages = self.messages_for(events)
-        attempts = Attempts(self.settings, deadline)
+        attempts: Attempts | None = None  # made at the first failure: nothing to count on the common path
         while True:
+            if attempts is not None:
+                remaining_s = attempts.remaining_s()
+            else:
+                remaining_s = self.settings.publish_timeout_s if deadline is None else deadline - time.monotonic()
             try:
-                self._send_messages(messages, attempts.remaining_s())
+                self._send_messages(messages, remaining_s)
                 return
             except Exception as error:
+                if attempts is None:
+                    attempts = Attempts(self.settings, deadline)
                 written = isinstance(error, NoReply) if self._redis is not None else not connect_failed(error)
                 pause_s = attempts.retry_after(error, transient=self.is_transient(error), written=written)
                 if pause_s is None:
