@@ -28,7 +28,7 @@ from seqproc.contrib.django.models import (
     ReadOnlyModel,
     Reservation,
 )
-from seqproc.models.errors import OutcomeTimeout, PublishError
+from seqproc.models.errors import OutcomeTimeout, OutcomeUnavailable, PublishError
 from seqproc.producer.api import current_settings
 from seqproc.producer.publish import publisher_for
 from seqproc.producer.receipt import Receipt
@@ -97,6 +97,9 @@ def _outcomes(receipts: list[Receipt], wait_s: float) -> list[str]:
             outcome = receipt.wait(timeout_s=max(0.0, deadline - time.monotonic()))
         except OutcomeTimeout:
             lines.append(f"sent to partition {receipt.partition}; no outcome within {wait_s:g} s (it is queued)")
+            continue
+        except OutcomeUnavailable as error:  # sent all the same: not an error page
+            lines.append(f"sent to partition {receipt.partition}; its outcome could not be read ({error.setting})")
             continue
         reason = f" ({outcome.reason})" if outcome.reason else ""
         lines.append(f"{outcome.status}{reason} on partition {receipt.partition}")
