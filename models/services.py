@@ -74,8 +74,8 @@ def explain(error: BaseException, settings: Settings) -> SeqprocError | None:
 
 def explain_database(error: DBAPIError, settings: Settings) -> SeqprocError | None:
     """A database error as :class:`NotMigrated` (a seqproc table is missing), :class:`DatabaseMissing` or
-    :class:`ServiceUnavailable` (the server could not be reached, or refused the connection); None for any other
-    (a statement the server refused for a reason of its own)."""
+    :class:`ServiceUnavailable` (the server could not be reached, refused the connection, or failed operationally: a
+    statement timeout, a shutdown); None for any other (a statement the server refused: a bug to report as is)."""
     url: str | None = getattr(error, URL_ATTRIBUTE, None)
     setting = database_setting(url, settings)
     shown = mask_url(url) if url else "?"
@@ -89,6 +89,8 @@ def explain_database(error: DBAPIError, settings: Settings) -> SeqprocError | No
             url=shown,
         )
     if not is_unreachable(error):
+        if isinstance(error, OperationalError):  # the server's own trouble (a statement timeout, a shutdown)
+            return ServiceUnavailable(f"PostgreSQL at {where} failed: {reason}", setting=setting, url=shown)
         return None
     database = _MISSING_DATABASE.search(reason)
     if database:

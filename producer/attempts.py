@@ -5,8 +5,8 @@ connection, is tried again until then. A broker that refuses the connection (not
 name does not resolve) is tried for ``publish_refused_retry_s`` at most: waiting longer would not help, and a web
 request should hear of it within about a second. Retries log one line (INFO), once the second attempt in a row
 failed (a connection the server closed while idle is simply opened again, silently); a call that fails raises
-:class:`PublishError` and logs nothing more. A failure after a message was written
-(its reply never came) means the broker may hold it: the error then says so instead of "NOT sent".
+:class:`PublishError` and logs nothing more. A message written whose reply did not come in time (or came only in
+part) may be held by the broker: the error then says so instead of "NOT sent".
 """
 
 from __future__ import annotations
@@ -88,9 +88,11 @@ class NoReply(redis.ConnectionError):
     broker may hold the message."""
 
 
-def connect_failed(error: BaseException) -> bool:
-    """True when ``error`` came while connecting (nothing was written on that attempt): refused, an unknown host, a
-    connect timeout (redis-py's "Error 111 connecting to ...", "Timeout connecting to server")."""
-    return is_refused(error) or any(
-        "connecting to" in str(cause) or "Timeout connecting" in str(cause) for cause in causes(error)
+def no_reply_in_time(error: BaseException) -> bool:
+    """True when ``error`` is a wait for the broker's reply that ran out (redis-py's "Timeout reading from ...",
+    ``asyncio.timeout``'s): the broker may run the command yet (a busy or paused server reads it later). A connection
+    refused, closed or reset before the reply means it never took it."""
+    return any(
+        isinstance(cause, TimeoutError | redis.TimeoutError) and "connecting" not in str(cause)
+        for cause in causes(error)
     )

@@ -10,6 +10,7 @@ the call's time (:mod:`producer.attempts`) it raises :class:`PublishError`, and 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -30,7 +31,14 @@ from seqproc.models.outcomes import OutcomeStore, outcome_store
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.transport import PUSH, PUSH_SHA, TRANSPORT, ring
 from seqproc.models.wire import APPLY_TASK, bell_key, partition_for, queue_name
-from seqproc.producer.attempts import BOUND_SLACK_S, BROKER_SETTING, Attempts, NoReply, connect_failed, deadline_of
+from seqproc.producer.attempts import (
+    BOUND_SLACK_S,
+    BROKER_SETTING,
+    Attempts,
+    NoReply,
+    deadline_of,
+    no_reply_in_time,
+)
 from seqproc.producer.coalesce import Coalescer
 from seqproc.producer.envelope import task_envelope
 from seqproc.producer.receipt import Receipt
@@ -132,7 +140,7 @@ class Publisher:
             except Exception as error:
                 if attempts is None:
                     attempts = Attempts(self.settings, deadline)
-                written = isinstance(error, NoReply) if self._redis is not None else not connect_failed(error)
+                written = isinstance(error, NoReply) if self._redis is not None else no_reply_in_time(error)
                 pause_s = attempts.retry_after(error, transient=self.is_transient(error), written=written)
                 if pause_s is None:
                     raise self.not_sent(events, error, maybe_sent=attempts.maybe_sent) from error
@@ -184,7 +192,9 @@ class Publisher:
         self.sent_events += events
         logger.debug("sent %d message(s), %d event(s)", len(messages), events)
 
-    def _push(self, client: redis.Redis, messages: Sequence[tuple[int, Sequence[Event]]], remaining_s: float) -> None:
+    def _push(
+        self, client: redis.Redis, messages: Sequence[tuple[int, Sequence[Event]]], remaining_s: float = math.inf
+    ) -> None:
         """What kombu's Redis transport does for a publish to the default exchange (an LPUSH onto the queue's
         list) plus seqproc's bell, for every message: one script call, on a connection held for the sends (the
         client's pool, retry and pipeline layers cost more CPU than the command itself). Its socket waits no
@@ -332,6 +342,7 @@ def push_on(connection: Any, command: bytes) -> None:
     except BaseException:
         connection.disconnect()
         raise
+    reply = b""
     try:
         reply = sock.recv(4096)
         while not reply.endswith(b"\r\n"):
@@ -339,9 +350,13 @@ def push_on(connection: Any, command: bytes) -> None:
             if not more:
                 raise redis.ConnectionError("the broker closed the connection before replying")
             reply += more
-    except Exception as error:  # written, not answered: the broker may have run it
+    except Exception as error:
         connection.disconnect()
-        raise NoReply(f"no reply to the push: {type(error).__name__}: {error}") from error
+        if reply or isinstance(error, TimeoutError):
+            # A reply begun: the broker ran the push. None in time: it may run it yet (a busy or paused server
+            # reads it later). Only a connection closed (or reset) before any reply means it never took it.
+            raise NoReply(f"no reply to the push: {type(error).__name__}: {error}") from error
+        raise
     except BaseException:
         connection.disconnect()
         raise

@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from seqproc.models.events import Event
 from seqproc.models.transport import TRANSPORT
 from seqproc.producer.aio.coalesce import AsyncCoalescer
-from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, connect_failed, deadline_of
+from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of, no_reply_in_time
 from seqproc.producer.publish import Publisher, stage_messages
 from seqproc.producer.receipt import Receipt
 
@@ -89,7 +89,7 @@ class AsyncPublisher:
                 break
             except Exception as error:
                 transient = self.threaded.is_transient(error)  # asyncio.timeout's TimeoutError is an OSError
-                pause_s = attempts.retry_after(error, transient=transient, written=not connect_failed(error))
+                pause_s = attempts.retry_after(error, transient=transient, written=no_reply_in_time(error))
                 if pause_s is None:
                     raise self.threaded.not_sent(events, error, maybe_sent=attempts.maybe_sent) from error
                 await asyncio.sleep(pause_s)
