@@ -39,7 +39,7 @@ def _show(console: Console, as_json: bool, data: dict[str, Any], table: Table, r
         console.print(f"  {name}: {ratio}")
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})  # as every seqproc command
 @click.option("--scenario", type=click.Choice(["hot", "spread", "flash"]), default="hot", show_default=True)
 @click.option("--producers", "producers_csv", default="32", show_default=True, help="Producers; a list runs each.")
 @click.option(

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
+from seqproc.models.services import mark_engine
 from seqproc.models.settings import Settings, mask_url
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,24 @@ def make_engine(
     mid-batch), releasing its locks, so that another worker can take its partitions over. ``application_name``
     names the sessions in ``pg_stat_activity`` (a worker's name lets a new owner find a stale one's sessions).
     ``pre_ping``: test each connection with a round trip as it leaves the pool; a caller that retries a transaction
-    whose connection turns out dead (the worker) does without that round trip."""
+    whose connection turns out dead (the worker) does without that round trip. The errors the engine raises carry
+    ``url``, so that a command can say which setting names the database it could not reach
+    (:mod:`seqproc.models.services`)."""
+    engine = _make_engine(
+        url, statement_timeout_s, idle_in_transaction_timeout_s, pool_size, application_name, pre_ping
+    )
+    mark_engine(engine, url)
+    return engine
+
+
+def _make_engine(
+    url: str,
+    statement_timeout_s: float | None,
+    idle_in_transaction_timeout_s: float | None,
+    pool_size: int,
+    application_name: str,
+    pre_ping: bool,
+) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
@@ -322,10 +324,28 @@ def load_domains(modules: Iterable[str] = ()) -> None:
         if name in _LOADED:
             continue
         try:
-            importlib.import_module(name)
+            import_from_cwd(name)
         except ImportError as error:
             raise ConfigError(f"SEQPROC_DOMAINS: cannot import {name!r}: {error}") from error
         _LOADED.add(name)
+
+
+def import_from_cwd(name: str) -> None:
+    """Import ``name`` with the working folder on ``sys.path`` while it imports, as ``celery -A`` imports an app
+    (celery's ``import_from_cwd``): ``python -m seqproc`` finds the modules of the folder it runs in, and so must the
+    ``seqproc`` console script, which does not put that folder on the path."""
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:  # the folder was removed under the process
+        cwd = ""
+    added = bool(cwd) and cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        importlib.import_module(name)
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
 
 
 def event_types() -> dict[str, type[EventModel]]:

@@ -6,6 +6,9 @@ so that a person can act on them without reading a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class SeqprocError(Exception):
     """Base of every error seqproc raises."""
@@ -39,12 +42,46 @@ class ServiceUnavailable(SeqprocError):
         self.url = url
 
 
-class PublishError(SeqprocError):
-    """The broker did not accept an event within the bounded retry; the event was NOT sent."""
+class DatabaseMissing(ServiceUnavailable):
+    """The PostgreSQL server answers, but the database named in the URL does not exist (``seqproc migrate`` creates
+    it)."""
+
+
+class NotMigrated(ServiceUnavailable):
+    """The database is there, but seqproc's tables are not (or not all): ``seqproc migrate`` was not run on it."""
+
+
+class PublishError(ServiceUnavailable):
+    """The broker did not accept an event within the bounded retry (``setting`` is ``SEQPROC_BROKER_URL``).
+
+    The event was NOT sent, unless the message says otherwise: when the broker stopped answering after the message
+    was written, it may hold it (``maybe_sent``), and only a resend with the same idempotency key is safe."""
+
+    def __init__(self, message: str, *, setting: str = "", url: str = "", maybe_sent: bool = False) -> None:
+        super().__init__(message, setting=setting, url=url)
+        self.maybe_sent = maybe_sent
+
+
+class OutcomeUnavailable(ServiceUnavailable):
+    """The event WAS sent (the broker holds it), but its outcome could not be read: the result backend
+    (``SEQPROC_RESULT_BACKEND``) could not be reached. Do not send it again as a new event: a resend with its
+    idempotency key is safe (it is reported ``duplicate``). ``receipts`` are the receipts of the events concerned,
+    as the call returned them; ``receipt`` is the first."""
+
+    def __init__(self, message: str, *, setting: str, url: str, receipts: Sequence[Any]) -> None:
+        super().__init__(message, setting=setting, url=url)
+        self.receipts = list(receipts)
+
+    @property
+    def receipt(self) -> Any:
+        return self.receipts[0]
 
 
 class OutcomeTimeout(SeqprocError, TimeoutError):
-    """No outcome was reported for an event within the wait. The event is not lost: it is queued or in flight."""
+    """No outcome was reported for an event within the wait. The event was sent; what became of it is not known
+    here: it may still be queued or being applied (no worker consumes its partition, a backlog), or it never
+    reached a worker (a broker without persistence restarted). ``seqproc status`` and ``seqproc deadletter list``
+    tell."""
 
 
 class PartitionFenced(SeqprocError):

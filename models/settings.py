@@ -6,8 +6,10 @@ naming the variable, the rule and the value given (:class:`ConfigError`).
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +31,8 @@ DEFAULT_PARTITIONS = 16
 MAX_PARTITIONS = 1024
 
 ENV_PREFIX = "SEQPROC_"
+
+logger = logging.getLogger(__name__)
 
 
 class Settings(BaseSettings):
@@ -66,8 +70,12 @@ class Settings(BaseSettings):
     apply_time_limit_s: Annotated[float, Field(gt=0, le=3_600)] = 10
     #: Longest pause between retries of a transaction that failed for a transient reason.
     retry_backoff_max_s: Annotated[float, Field(gt=0, le=300)] = 5
-    #: Producer: how long to keep retrying the broker before raising :class:`PublishError`.
+    #: Producer: how long a call may wait for a broker that does not answer (or drops its connection) before it
+    #: raises :class:`PublishError`; a call's ``timeout_s=`` overrides it.
     publish_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10
+    #: ... but a broker that refuses the connection (nothing listens there, or its host name does not resolve) is
+    #: retried this long at most, in case it is restarting: a web request learns within about a second.
+    publish_refused_retry_s: Annotated[float, Field(ge=0, le=300)] = 1
     #: Outcomes kept in the result backend for ``receipt.wait()``.
     outcome_ttl_s: Annotated[int, Field(ge=60, le=30 * 86_400)] = 86_400
 
@@ -376,9 +384,55 @@ def secrets_from_files(environ: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
+#: ``SEQPROC_*`` variables that are not settings but are read by seqproc's own tools: the test suite's service
+#: locations, the fault tests' injections (``worker/faults.py``), the benchmark's folder (``seqproc bench``), the
+#: Django app's database alias, and the image name of ``docker-compose.yml``. Names ending in ``_`` are prefixes.
+OTHER_VARIABLES = (
+    f"{ENV_PREFIX}TEST_",
+    f"{ENV_PREFIX}FAULT_",
+    f"{ENV_PREFIX}BENCH_DIR",
+    f"{ENV_PREFIX}DJANGO_DATABASE",
+    f"{ENV_PREFIX}IMAGE",
+)
+_WARNED: set[str] = set()
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``SEQPROC_*`` variable of ``environ`` that no setting reads (a misspelling is ignored
+    silently otherwise), naming the closest setting."""
+    settings = [f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields]
+    known = {*settings, *(f"{ENV_PREFIX}{field.upper()}_FILE" for field in SECRET_FIELDS)}
+    lines = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        if any(name == other or (other.endswith("_") and name.startswith(other)) for other in OTHER_VARIABLES):
+            continue
+        base = name.removesuffix("_FILE")
+        if name.endswith("_FILE") and base in settings:
+            lines.append(
+                f"{name} is ignored: only the settings that hold a secret can be read from a file "
+                f"({', '.join(f'{ENV_PREFIX}{field.upper()}_FILE' for field in SECRET_FIELDS)})"
+            )
+            continue
+        closest = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        hint = f"did you mean {closest[0]}?" if closest else "`seqproc settings` lists the settings"
+        lines.append(f"{name} is not a seqproc setting and is ignored; {hint}")
+    return lines
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Log :func:`unknown_variables`'s lines, each once per process."""
+    for line in unknown_variables(environ):
+        if line not in _WARNED:
+            _WARNED.add(line)
+            logger.warning("%s", line)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings from the environment (and ``*_FILE`` secrets); raise :class:`ConfigError` with one clear
-    line if one is bad."""
+    line if one is bad. A ``SEQPROC_*`` variable that no setting reads gets a warning naming the closest one."""
+    warn_unknown_variables(os.environ)
     try:
         return Settings(**(secrets_from_files(os.environ) | overrides))
     except ValidationError as error:

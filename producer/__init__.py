@@ -7,7 +7,14 @@
 Imports nothing from ``worker``.
 """
 
-from seqproc.models.errors import InvalidEvent, OutcomeTimeout, PublishError, SeqprocError
+from seqproc.models.errors import (
+    InvalidEvent,
+    OutcomeTimeout,
+    OutcomeUnavailable,
+    PublishError,
+    SeqprocError,
+    ServiceUnavailable,
+)
 from seqproc.models.outcomes import Outcome
 from seqproc.models.wire import partition_for, queue_name
 from seqproc.producer.api import commit, configure, connect, like, release, reserve, restock, send, send_many, unlike
@@ -17,9 +24,11 @@ __all__ = [
     "InvalidEvent",
     "Outcome",
     "OutcomeTimeout",
+    "OutcomeUnavailable",
     "PublishError",
     "Receipt",
     "SeqprocError",
+    "ServiceUnavailable",
     "commit",
     "configure",
     "connect",

@@ -13,14 +13,15 @@ when the previous send carried more than one call, the leader waits until as man
 ``linger_ms``, whichever comes first. A lone sequential caller never waits.
 
 Nothing is lost to buffering: a call returns only after the broker accepted its message, and raises
-:class:`PublishError` (the event was not sent) otherwise.
+:class:`PublishError` (the event was not sent) otherwise. Each call brings its deadline; a send tries until the
+latest deadline of the calls it carries (none of them is told "not sent" while another may still wait for it).
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from seqproc.models.errors import PublishError
 from seqproc.models.events import Event
@@ -30,10 +31,11 @@ class _Ticket:
     """One call's events. ``wake`` is a lock held from the start; releasing it wakes the caller, once: because its
     events were sent (``done``), or because it was given the lead (cheaper than a threading.Event per call)."""
 
-    __slots__ = ("done", "error", "events", "leads", "next", "wake")
+    __slots__ = ("deadline", "done", "error", "events", "leads", "next", "wake")
 
-    def __init__(self, events: Sequence[Event]) -> None:
+    def __init__(self, events: Sequence[Event], deadline: float | None) -> None:
         self.events = events
+        self.deadline = deadline
         self.wake = threading.Lock()
         self.wake.acquire()
         self.done = False
@@ -47,7 +49,9 @@ class _Ticket:
 class Coalescer:
     """Turns concurrent ``submit`` calls into few ``send`` calls; thread-safe."""
 
-    def __init__(self, send: Callable[[list[Event]], None], *, linger_s: float, max_in_flight: int = 1) -> None:
+    def __init__(
+        self, send: Callable[[list[Event], float | None], None], *, linger_s: float, max_in_flight: int = 1
+    ) -> None:
         self._send = send
         self._linger_s = linger_s
         self._max_in_flight = max_in_flight
@@ -60,21 +64,22 @@ class Coalescer:
         self._expected = 0
         self._lingering = 0
 
-    def submit(self, events: Sequence[Event]) -> None:
-        """Publish ``events``, possibly together with other callers'; return once published."""
+    def submit(self, events: Sequence[Event], deadline: float | None = None) -> None:
+        """Publish ``events``, possibly together with other callers'; return once published. ``deadline``
+        (``time.monotonic()``; None: the sender's default) bounds how long a send may try."""
         with self._lock:
             alone = not self._leaders and not self._pending
             if alone:
                 self._leaders = 1
         if alone:
             try:
-                self._send_alone(events)
+                self._send_alone(events, deadline)
             finally:
                 with self._lock:
                     self._last_batch = 1
                     self._hand_on()  # whoever came meanwhile leads the next send
             return
-        ticket = _Ticket(events)
+        ticket = _Ticket(events, deadline)
         with self._lock:
             self._pending.append(ticket)
             if self._leaders < self._max_in_flight:
@@ -89,11 +94,11 @@ class Coalescer:
         if ticket.error is not None:
             raise ticket.error
 
-    def _send_alone(self, events: Sequence[Event]) -> None:
+    def _send_alone(self, events: Sequence[Event], deadline: float | None) -> None:
         """No send under way and nobody waiting (a sequential caller, a prefork web worker): send at once, without a
         ticket."""
         try:
-            self._send(list(events))
+            self._send(list(events), deadline)
         except PublishError:
             raise
         except Exception as failure:
@@ -141,7 +146,9 @@ class Coalescer:
         error: PublishError | None = None
         interrupted: BaseException | None = None
         try:
-            self._send([event for ticket in batch for event in ticket.events])
+            self._send(
+                [event for ticket in batch for event in ticket.events], latest_deadline(t.deadline for t in batch)
+            )
         except PublishError as failure:
             error = failure
         except Exception as failure:  # every waiter must hear of any failure
@@ -176,6 +183,17 @@ class Coalescer:
             following.wake.release()
         else:
             self._leaders -= 1
+
+
+def latest_deadline(deadlines: Iterable[float | None]) -> float | None:
+    """The latest of the deadlines of the calls a send carries (None if one of them has none: the sender's
+    default)."""
+    latest: float | None = None
+    for deadline in deadlines:
+        if deadline is None:
+            return None
+        latest = deadline if latest is None else max(latest, deadline)
+    return latest
 
 
 def _not_sent(failure: Exception) -> PublishError:

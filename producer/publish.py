@@ -4,12 +4,13 @@ The producer holds its own Celery client app (it imports nothing from ``worker``
 name. On seqproc's Redis transport it writes the message itself (:mod:`producer.envelope`: the text Celery and
 kombu would write, pushed with its bell in one pipelined round trip, at half the CPU); on any other broker it goes
 through kombu. A call returns once the broker has accepted the message; if the broker cannot be reached within
-``publish_timeout_s`` it raises :class:`PublishError`, and the event was not sent.
+the call's time (:mod:`producer.attempts`) it raises :class:`PublishError`, and the event was not sent.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -19,15 +20,25 @@ from typing import Any
 import kombu.exceptions
 import redis
 from celery import Celery
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from seqproc.models.celery import celery_config
 from seqproc.models.clients import redis_client
-from seqproc.models.errors import PublishError
+from seqproc.models.errors import PublishError, first_line
 from seqproc.models.events import Event
 from seqproc.models.outcomes import OutcomeStore, outcome_store
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.transport import PUSH, PUSH_SHA, TRANSPORT, ring
 from seqproc.models.wire import APPLY_TASK, bell_key, partition_for, queue_name
+from seqproc.producer.attempts import (
+    BOUND_SLACK_S,
+    BROKER_SETTING,
+    Attempts,
+    NoReply,
+    deadline_of,
+    no_reply_in_time,
+)
 from seqproc.producer.coalesce import Coalescer
 from seqproc.producer.envelope import task_envelope
 from seqproc.producer.receipt import Receipt
@@ -52,15 +63,23 @@ class Publisher:
         self.outcomes: OutcomeStore = outcome_store(settings.result_backend, ttl_s=settings.outcome_ttl_s)
         #: seqproc's own Redis transport: push the messages directly (see producer.envelope).
         self._redis: redis.Redis | None = None
+        #: The socket's waits: the transport's, never past the publish timeout (a call with less time left bounds
+        #: them further, see ``_bound``).
+        self._connect_timeout_s = self._timeout_s = settings.publish_timeout_s
         if self.app.conf.broker_transport == TRANSPORT:
             options = self.app.conf.broker_transport_options
+            self._connect_timeout_s = min(options["socket_connect_timeout"], settings.publish_timeout_s)
+            self._timeout_s = min(options["socket_timeout"], settings.publish_timeout_s)
             self._redis = redis_client(
                 settings.broker_url,
-                connect_timeout_s=options["socket_connect_timeout"],
-                timeout_s=options["socket_timeout"],
+                connect_timeout_s=self._connect_timeout_s,
+                timeout_s=self._timeout_s,
                 socket_keepalive=options["socket_keepalive"],
                 health_check_interval=options["health_check_interval"],
                 protocol=2,  # push_on reads integer replies itself: no RESP3 push frames on this connection
+                # Each call retries by its own deadline (``send``); redis-py's retries (ten, with backoff) would
+                # come on top of it, each reconnecting, unbounded by it.
+                retry=Retry(NoBackoff(), 0),
             )
         self._connection_errors: tuple[type[BaseException], ...] = (
             *self.app.connection_for_write().connection_errors,
@@ -81,13 +100,14 @@ class Publisher:
     def partition_of(self, event: Event) -> int:
         return partition_for(event.entity_key, self.settings.partitions)
 
-    def publish(self, events: Sequence[Event]) -> list[Receipt]:
+    def publish(self, events: Sequence[Event], *, timeout_s: float | None = None) -> list[Receipt]:
         """Send ``events`` and return one receipt per event, in order, once the broker holds them all.
 
-        Concurrent calls share messages (group commit, see :mod:`producer.coalesce`). Raises
+        Concurrent calls share messages (group commit, see :mod:`producer.coalesce`); a message goes on trying for
+        as long as the longest ``timeout_s`` (default ``publish_timeout_s``) of the calls it carries. Raises
         :class:`PublishError` if they could not be sent.
         """
-        self._coalescer.submit(events)
+        self._coalescer.submit(events, deadline_of(self.settings, timeout_s))
         return [self.receipt(event) for event in events]
 
     def receipt(self, event: Event) -> Receipt:
@@ -102,24 +122,29 @@ class Publisher:
             _store=self.outcomes,
         )
 
-    def send(self, events: Sequence[Event]) -> None:
+    def send(self, events: Sequence[Event], deadline: float | None = None) -> None:
         """Publish ``events`` now: one message per partition (split at ``max_events_per_message``), every message
-        in one pipelined round trip. Order is kept within each partition. Raises :class:`PublishError`."""
+        in one pipelined round trip. Order is kept within each partition. A broker that cannot be reached is tried
+        again until ``deadline`` (``time.monotonic()``; default: the publish timeout from now), one that refuses
+        the connection for ``publish_refused_retry_s`` at most. Raises :class:`PublishError`."""
         messages = self.messages_for(events)
-        deadline = time.monotonic() + self.settings.publish_timeout_s
-        pause_s = 0.05
+        attempts: Attempts | None = None  # made at the first failure: nothing to count on the common path
         while True:
+            if attempts is not None:
+                remaining_s = attempts.remaining_s()
+            else:
+                remaining_s = self.settings.publish_timeout_s if deadline is None else deadline - time.monotonic()
             try:
-                self._send_messages(messages)
+                self._send_messages(messages, remaining_s)
                 return
             except Exception as error:
-                if not self.is_transient(error) or time.monotonic() >= deadline:
-                    raise self.not_sent(events, error) from error
-                logger.warning(
-                    "broker unavailable (%s); retrying for up to %.0f s", error, self.settings.publish_timeout_s
-                )
+                if attempts is None:
+                    attempts = Attempts(self.settings, deadline)
+                written = isinstance(error, NoReply) if self._redis is not None else no_reply_in_time(error)
+                pause_s = attempts.retry_after(error, transient=self.is_transient(error), written=written)
+                if pause_s is None:
+                    raise self.not_sent(events, error, maybe_sent=attempts.maybe_sent) from error
                 time.sleep(pause_s)
-                pause_s = min(pause_s * 2, 1.0)
 
     def messages_for(self, events: Sequence[Event]) -> list[tuple[int, Sequence[Event]]]:
         """``(partition, events)`` per message: one per partition, split at ``max_events_per_message``, each
@@ -138,18 +163,28 @@ class Publisher:
         """The broker could not be reached: worth retrying until ``publish_timeout_s``."""
         return isinstance(error, self._connection_errors)
 
-    def not_sent(self, events: Sequence[Event], error: BaseException) -> PublishError:
-        """The error a call raises when its events could not be sent."""
-        return PublishError(
-            f"could not send {len(events)} event(s) to {mask_url(self.settings.broker_url)}: "
-            f"{type(error).__name__}: {error}; they were NOT sent (first key {events[0].key!r})"
+    def not_sent(self, events: Sequence[Event], error: BaseException, *, maybe_sent: bool = False) -> PublishError:
+        """The error a call raises when its events could not be sent; ``maybe_sent``: an attempt failed after its
+        message was written, so the broker may hold them."""
+        url = mask_url(self.settings.broker_url)
+        what = (
+            f"could not send {len(events)} event(s) (first key {events[0].key!r}) to the broker at "
+            f"{BROKER_SETTING}={url}: {type(error).__name__}: {first_line(error)}"
         )
+        if maybe_sent:
+            what += (
+                "; the broker stopped answering after a message was written, so they may have been sent: send them "
+                "again only with the same idempotency keys (a copy is then a duplicate)"
+            )
+        else:
+            what += "; they were NOT sent"
+        return PublishError(what, setting=BROKER_SETTING, url=url, maybe_sent=maybe_sent)
 
-    def _send_messages(self, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
+    def _send_messages(self, messages: Sequence[tuple[int, Sequence[Event]]], remaining_s: float) -> None:
         # A retry after a failed flush may send a message twice; the ledger makes the copy a duplicate. It never
         # reports as sent a message the broker did not accept.
         if self._redis is not None:
-            self._push(self._redis, messages)
+            self._push(self._redis, messages, remaining_s)
         else:
             self._publish(messages)
         events = sum(len(group) for _, group in messages)
@@ -157,10 +192,13 @@ class Publisher:
         self.sent_events += events
         logger.debug("sent %d message(s), %d event(s)", len(messages), events)
 
-    def _push(self, client: redis.Redis, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
+    def _push(
+        self, client: redis.Redis, messages: Sequence[tuple[int, Sequence[Event]]], remaining_s: float = math.inf
+    ) -> None:
         """What kombu's Redis transport does for a publish to the default exchange (an LPUSH onto the queue's
         list) plus seqproc's bell, for every message: one script call, on a connection held for the sends (the
-        client's pool, retry and pipeline layers cost more CPU than the command itself)."""
+        client's pool, retry and pipeline layers cost more CPU than the command itself). Its socket waits no
+        longer than ``remaining_s``."""
         keys: list[str] = []
         bodies: list[str] = []
         for partition, group in messages:
@@ -170,6 +208,9 @@ class Publisher:
         command = pack_push(keys, bodies)
         with self._push_lock:
             connection = self._connection(client)
+            bound = remaining_s < self._timeout_s - BOUND_SLACK_S
+            if bound:
+                self._bound(connection, remaining_s)
             try:
                 try:
                     push_on(connection, command)
@@ -180,30 +221,64 @@ class Publisher:
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 connection.disconnect()  # the next send connects again (a reply half read must not be reused)
                 raise
+            finally:
+                if bound:
+                    self._bound(connection, None)
 
-    def connect(self) -> None:
-        """Open this process's connection to the broker now (see ``seqproc.connect``)."""
-        try:
-            if self._redis is not None:
-                with self._push_lock:
-                    _socket_of(self._connection(self._redis))
-            else:
-                with self.app.producer_or_acquire() as producer:  # a pooled producer, kept connected for the sends
-                    producer.connection.ensure_connection(max_retries=1)
-        except Exception as error:
-            if not self.is_transient(error):
-                raise
-            raise PublishError(
-                f"could not connect to {mask_url(self.settings.broker_url)}: {type(error).__name__}: {error}"
-            ) from error
+    def _bound(self, connection: Any, seconds: float | None) -> None:
+        """Make ``connection``'s waits (connecting, and the replies on its socket) last ``seconds`` at most, or
+        (None) what they were."""
+        connect_s, read_s = self._connect_timeout_s, self._timeout_s
+        if seconds is not None:
+            connect_s, read_s = max(min(connect_s, seconds), 0.001), max(min(read_s, seconds), 0.001)
+        connection.socket_connect_timeout = connect_s
+        connection.socket_timeout = read_s
+        if connection._sock is not None:
+            connection._sock.settimeout(read_s)
+
+    def connect(self, *, timeout_s: float | None = None) -> None:
+        """Open this process's connection to the broker now (see ``seqproc.connect``), within ``timeout_s`` (default
+        the publish timeout; a refused connection ``publish_refused_retry_s``)."""
+        attempts = Attempts(self.settings, deadline_of(self.settings, timeout_s))
+        while True:
+            try:
+                self._connect_once(attempts.remaining_s())
+                return
+            except Exception as error:
+                if not self.is_transient(error):
+                    raise
+                pause_s = attempts.retry_after(error, transient=True, written=False)
+                if pause_s is None:
+                    url = mask_url(self.settings.broker_url)
+                    raise PublishError(
+                        f"could not connect to the broker at {BROKER_SETTING}={url}: "
+                        f"{type(error).__name__}: {first_line(error)}",
+                        setting=BROKER_SETTING,
+                        url=url,
+                    ) from error
+                time.sleep(pause_s)
+
+    def _connect_once(self, remaining_s: float) -> None:
+        if self._redis is not None:
+            with self._push_lock:
+                connection = self._connection(self._redis)
+                self._bound(connection, remaining_s)
+                try:
+                    _socket_of(connection)
+                finally:
+                    self._bound(connection, None)
+        else:
+            with self.app.producer_or_acquire() as producer:  # a pooled producer, kept connected for the sends
+                producer.connection.ensure_connection(max_retries=1)
 
     def _connection(self, client: redis.Redis) -> Any:
         """The connection this process sends on (a new one in a forked child: the parent's socket is not ours). By
         its pid, not a fork hook: uWSGI forks its workers without running Python's (unless
-        ``py-call-osafterfork``)."""
+        ``py-call-osafterfork``). Not connected yet: it connects on its first use, within the waits its caller
+        allows (the pool's ``get_connection`` would connect at once, with the client's own timeouts)."""
         pid = os.getpid()
         if self._held is None or self._held[0] != pid:
-            self._held = (pid, client.connection_pool.get_connection())
+            self._held = (pid, client.connection_pool.make_connection())
         return self._held[1]
 
     def _publish(self, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
@@ -264,12 +339,24 @@ def push_on(connection: Any, command: bytes) -> None:
     sock = _socket_of(connection)
     try:
         sock.sendall(command)
+    except BaseException:
+        connection.disconnect()
+        raise
+    reply = b""
+    try:
         reply = sock.recv(4096)
         while not reply.endswith(b"\r\n"):
             more = sock.recv(4096)
             if not more:
                 raise redis.ConnectionError("the broker closed the connection before replying")
             reply += more
+    except Exception as error:
+        connection.disconnect()
+        if reply or isinstance(error, TimeoutError):
+            # A reply begun: the broker ran the push. None in time: it may run it yet (a busy or paused server
+            # reads it later). Only a connection closed (or reset) before any reply means it never took it.
+            raise NoReply(f"no reply to the push: {type(error).__name__}: {error}") from error
+        raise
     except BaseException:
         connection.disconnect()
         raise

@@ -13,11 +13,14 @@ Endpoints:
   ``fastapi_comment`` and a like, in one transaction: both or neither. A body the database refuses (its CHECK: 1 to
   500 characters) rolls the like back too: nothing is enqueued.
 
-A bad id answers 422 naming the field (seqproc's ``InvalidEvent``); a broker that cannot be reached, 503.
+A bad id answers 422 naming the field (seqproc's ``InvalidEvent``). A service that cannot be reached (the broker,
+within about a second when it refuses the connection; the database) answers 503 with a short message and a
+``Retry-After``: the details (which setting, which URL, the driver's error) go to the log, not to the client.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -26,13 +29,15 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 import seqproc
 import seqproc.aio
 from seqproc.models.settings import get_settings
 from seqproc.models.tables.likes import ArticleLikeCount
+
+logger = logging.getLogger(__name__)
 
 #: The application's own table, in the database that holds seqproc's outbox table (one transaction writes both).
 CREATE_COMMENT_TABLE = """
@@ -88,7 +93,20 @@ async def invalid_event(request: Request, error: seqproc.InvalidEvent) -> JSONRe
 
 @app.exception_handler(seqproc.PublishError)
 async def broker_unreachable(request: Request, error: seqproc.PublishError) -> JSONResponse:
-    return JSONResponse({"detail": str(error)}, status_code=503)
+    # The message names the broker's URL and the driver's error: for the log, not for the client.
+    logger.warning("%s %s: %s", request.method, request.url.path, error)
+    detail = "the event was not sent: the message broker is unavailable; try again later"
+    if error.maybe_sent:
+        detail = "the message broker did not answer: the event may have been sent; retry with the same Idempotency-Key"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
+
+
+@app.exception_handler(OperationalError)
+@app.exception_handler(InterfaceError)
+async def database_unreachable(request: Request, error: Exception) -> JSONResponse:
+    logger.warning("%s %s: database unavailable: %s", request.method, request.url.path, error)
+    detail = "the database is unavailable; nothing was stored, try again later"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
 
 
 async def accepted(receipt: seqproc.Receipt, wait_s: float) -> dict[str, Any]:
@@ -102,7 +120,10 @@ async def accepted(receipt: seqproc.Receipt, wait_s: float) -> dict[str, Any]:
         try:
             body["outcome"] = (await seqproc.aio.wait(receipt, timeout_s=wait_s)).to_wire()
         except seqproc.OutcomeTimeout:
-            body["outcome"] = None  # queued or being applied, not lost: the 202 stands
+            body["outcome"] = None  # the event was sent; its outcome did not come in time: the 202 stands
+        except seqproc.OutcomeUnavailable as error:
+            logger.warning("outcome of %s unreadable: %s", receipt.idempotency_key, error)
+            body["outcome"] = None  # sent all the same: the 202 stands (a 503 would invite a second event)
     return body
 
 

@@ -28,22 +28,24 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from seqproc.models.errors import PublishError
 from seqproc.models.events import Event
+from seqproc.producer.coalesce import latest_deadline
 
 
 class _Ticket:
-    """One call's events and the future its caller awaits."""
+    """One call's events, its deadline and the future its caller awaits."""
 
-    __slots__ = ("events", "future")
+    __slots__ = ("deadline", "events", "future")
 
-    def __init__(self, events: Sequence[Event], future: asyncio.Future[None]) -> None:
+    def __init__(self, events: Sequence[Event], future: asyncio.Future[None], deadline: float | None) -> None:
         self.events = events
         self.future = future
+        self.deadline = deadline
 
 
 class AsyncCoalescer:
     """Turns concurrent ``submit`` calls of one event loop into few ``send`` calls."""
 
-    def __init__(self, send: Callable[[list[Event]], Awaitable[None]], *, linger_s: float) -> None:
+    def __init__(self, send: Callable[[list[Event], float | None], Awaitable[None]], *, linger_s: float) -> None:
         self._send = send
         self._linger_s = linger_s
         self._pending: list[_Ticket] = []
@@ -59,10 +61,11 @@ class AsyncCoalescer:
         #: Sends so far (tests and statistics).
         self.sends = 0
 
-    async def submit(self, events: Sequence[Event]) -> None:
-        """Publish ``events``, possibly together with other calls of this loop; return once published."""
+    async def submit(self, events: Sequence[Event], deadline: float | None = None) -> None:
+        """Publish ``events``, possibly together with other calls of this loop; return once published. ``deadline``
+        as the threaded coalescer's: a send tries until the latest of its calls'."""
         loop = asyncio.get_running_loop()
-        ticket = _Ticket(events, loop.create_future())
+        ticket = _Ticket(events, loop.create_future(), deadline)
         self._pending.append(ticket)
         if not self._sending:
             self._sending = True
@@ -111,7 +114,9 @@ class AsyncCoalescer:
         error: PublishError | None = None
         try:
             self.sends += 1
-            await self._send([event for ticket in batch for event in ticket.events])
+            await self._send(
+                [event for ticket in batch for event in ticket.events], latest_deadline(t.deadline for t in batch)
+            )
         except PublishError as failure:
             error = failure
         except Exception as failure:  # every caller must hear of any failure

@@ -18,10 +18,13 @@ import time
 from collections.abc import Sequence
 
 import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from seqproc.models.events import Event
 from seqproc.models.transport import TRANSPORT
 from seqproc.producer.aio.coalesce import AsyncCoalescer
+from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of, no_reply_in_time
 from seqproc.producer.publish import Publisher, stage_messages
 from seqproc.producer.receipt import Receipt
 
@@ -35,52 +38,61 @@ class AsyncPublisher:
         self.threaded = threaded
         self.settings = settings = threaded.settings
         self._redis: redis.asyncio.Redis | None = None
+        #: A send's longest wait for the broker, unless its deadline is nearer (see ``send``).
+        self._timeout_s = settings.publish_timeout_s
         if threaded.app.conf.broker_transport == TRANSPORT:
             options = threaded.app.conf.broker_transport_options
+            self._timeout_s = min(options["socket_timeout"], settings.publish_timeout_s)
             self._redis = redis.asyncio.Redis.from_url(
                 settings.broker_url,
-                socket_connect_timeout=options["socket_connect_timeout"],
-                socket_timeout=options["socket_timeout"],
+                socket_connect_timeout=min(options["socket_connect_timeout"], settings.publish_timeout_s),
+                socket_timeout=self._timeout_s,
                 socket_keepalive=options["socket_keepalive"],
                 health_check_interval=options["health_check_interval"],
+                retry=Retry(NoBackoff(), 0),  # each send retries by its own deadline (as the threaded publisher)
             )
         self._coalescer = AsyncCoalescer(self.send, linger_s=settings.linger_ms / 1000.0)
         #: Messages and events this loop sent so far (through the threaded publisher: counted there too).
         self.sent_messages = 0
         self.sent_events = 0
 
-    async def publish(self, events: Sequence[Event]) -> list[Receipt]:
+    async def publish(self, events: Sequence[Event], *, timeout_s: float | None = None) -> list[Receipt]:
         """Send ``events`` and return one receipt per event, in order, once the broker holds them all; concurrent
-        calls of the loop share messages. Raises :class:`PublishError` if they could not be sent."""
-        await self._coalescer.submit(events)
+        calls of the loop share messages. ``timeout_s`` as the threaded publisher's. Raises :class:`PublishError`
+        if they could not be sent."""
+        await self._coalescer.submit(events, deadline_of(self.settings, timeout_s))
         return [self.threaded.receipt(event) for event in events]
 
-    async def send(self, events: Sequence[Event]) -> None:
+    async def send(self, events: Sequence[Event], deadline: float | None = None) -> None:
         """Publish ``events`` now: one message per partition, all in one pipelined round trip; retried while the
-        broker is unreachable, for up to ``publish_timeout_s``. Raises :class:`PublishError`."""
+        broker is unreachable until ``deadline`` (default: the publish timeout from now; a refused connection
+        ``publish_refused_retry_s`` at most). Raises :class:`PublishError`."""
         if self._redis is None:
-            await asyncio.to_thread(self.threaded.publish, events)
+            timeout_s = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            await asyncio.to_thread(self.threaded.publish, events, timeout_s=timeout_s)
             self.sent_events += len(events)
             self.sent_messages += len(self.threaded.messages_for(events))
             return
         messages = self.threaded.messages_for(events)
-        deadline = time.monotonic() + self.settings.publish_timeout_s
-        pause_s = 0.05
+        attempts = Attempts(self.settings, deadline)
         while True:
             # A retry after a failed round trip may push a message twice; the ledger makes the copy a duplicate.
             pipe = self._redis.pipeline(transaction=False)
             stage_messages(pipe, messages)
+            remaining_s = attempts.remaining_s()
             try:
-                await pipe.execute()
+                if remaining_s < self._timeout_s - BOUND_SLACK_S:
+                    async with asyncio.timeout(max(remaining_s, 0.001)):
+                        await pipe.execute()
+                else:
+                    await pipe.execute()
                 break
             except Exception as error:
-                if not self.threaded.is_transient(error) or time.monotonic() >= deadline:
-                    raise self.threaded.not_sent(events, error) from error
-                logger.warning(
-                    "broker unavailable (%s); retrying for up to %.0f s", error, self.settings.publish_timeout_s
-                )
+                transient = self.threaded.is_transient(error)  # asyncio.timeout's TimeoutError is an OSError
+                pause_s = attempts.retry_after(error, transient=transient, written=no_reply_in_time(error))
+                if pause_s is None:
+                    raise self.threaded.not_sent(events, error, maybe_sent=attempts.maybe_sent) from error
                 await asyncio.sleep(pause_s)
-                pause_s = min(pause_s * 2, 1.0)
         self.sent_messages += len(messages)
         self.sent_events += len(events)
         logger.debug("sent %d message(s), %d event(s)", len(messages), len(events))

@@ -44,6 +44,7 @@ CLIENT_THREADS = 24
 PRODUCT, STOCK = 51, 100
 ARTICLES = (61, 62, 63)
 DECLINED_CARD = "4000-0000-0000-0002"  # the example's card that its payment step declines
+SECRET = "s3cr3t-db-password"
 
 
 @pytest.fixture
@@ -231,3 +232,45 @@ def _outbox_size() -> int:
             return int(conn.execute(text("SELECT count(*) FROM seqproc_outbox")).scalar_one())
     finally:
         shop.dispose()
+
+
+def test_a_database_that_is_down_gets_a_503_without_internals(clean: Settings, tmp_path: Path) -> None:
+    """Both databases on a port where nothing listens: the views answer 503 with a short message, not Django's
+    500, and nothing of the URL or psycopg's text reaches the client; the log has the details."""
+    closed = free_port()
+    down = f"postgresql://shop:{SECRET}@127.0.0.1:{closed}/shop"
+    env = example_env(clean, SHOP_DATABASE_URL=down, SEQPROC_DATABASE_URL=down)
+    port = free_port()
+    log_path = tmp_path / "gunicorn.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "shop_project.wsgi:application", "--bind", f"127.0.0.1:{port}"],
+            cwd=EXAMPLE_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+
+            def answer() -> httpx.Response | None:
+                if server.poll() is not None:
+                    raise AssertionError(f"gunicorn exited with {server.returncode}: {log_path.read_text()[-2000:]}")
+                try:
+                    return httpx.get(f"{url}/articles/1", timeout=10)
+                except httpx.HTTPError:
+                    return None
+
+            read = wait_for(answer, 30, "gunicorn to answer", interval_s=0.2)
+            like = httpx.post(f"{url}/articles/1/like", json={"user_id": 7}, timeout=10)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(20)
+    for response in (read, like):
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "5"
+        assert response.json() == {"error": "a service is unavailable; nothing was stored, try again later"}
+    logged = log_path.read_text()
+    assert "GET /articles/1: service unavailable" in logged
+    assert f"port {closed} failed" in logged
+    assert SECRET not in logged

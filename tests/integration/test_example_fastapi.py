@@ -22,13 +22,16 @@ from tests.conftest import ROOT, RelayProcess, WorkerProcess, free_port, setting
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(120)]
 
+SECRET = "s3cr3t-broker-password"
+
 UVICORN_WORKERS = 2
 
 
 class Uvicorn:
     """``uvicorn examples.fastapi_likes.app:app --workers 2`` on a free port, its output in a log file."""
 
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
+    def __init__(self, settings: Settings, log_dir: Path, workers: int = UVICORN_WORKERS) -> None:
+        self.workers = workers
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log_path = log_dir / "uvicorn.log"
         self._log = self.log_path.open("wb")
@@ -44,7 +47,7 @@ class Uvicorn:
                 "--port",
                 port,
                 "--workers",
-                str(UVICORN_WORKERS),
+                str(workers),
             ],
             cwd=ROOT,
             env=settings_env(settings),
@@ -57,9 +60,7 @@ class Uvicorn:
 
     def wait_ready(self, timeout_s: float = 45) -> None:
         def ready() -> bool:
-            return (
-                self.process.poll() is not None or self.log().count("Application startup complete") >= UVICORN_WORKERS
-            )
+            return self.process.poll() is not None or self.log().count("Application startup complete") >= self.workers
 
         wait_for(ready, timeout_s, "uvicorn's workers started")
         if self.process.poll() is not None:
@@ -176,3 +177,32 @@ def test_likes_and_comments_through_fastapi_are_applied_exactly_once(
     assert scalar(engine, "SELECT count(*) FROM article_like WHERE article_id = 2 AND user_id > 100") == 0
     wait_for(lambda: scalar(engine, "SELECT count(*) FROM seqproc_outbox") == 0, 15, "the outbox emptied")
     assert time.monotonic() - started < 60
+
+
+def test_a_broker_that_refuses_connections_gets_a_quick_503_without_internals(
+    clean: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    """Nothing listens on the broker's port: the like answers 503 within about a second (not after the publish
+    timeout), with a short message; the broker's URL and redis-py's text go to the log only."""
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS fastapi_comment"))
+    closed = free_port()
+    broker = f"redis://:{SECRET}@127.0.0.1:{closed}/0"
+    server = Uvicorn(clean.model_copy(update={"broker_url": broker}), tmp_path, workers=1)
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            started = time.monotonic()
+            response = client.post("/articles/1/like", params={"user_id": 7})
+            elapsed = time.monotonic() - started
+            assert client.get("/articles/1").json() == {"article_id": 1, "like_count": 0}  # the app itself is fine
+    finally:
+        server.stop()  # one process, no supervisor: uvicorn ends by its SIGTERM
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json() == {"detail": "the event was not sent: the message broker is unavailable; try again later"}
+    assert elapsed < 3.0  # SEQPROC_PUBLISH_REFUSED_RETRY_S (1 s), not SEQPROC_PUBLISH_TIMEOUT_S
+    log = server.log()
+    assert f"SEQPROC_BROKER_URL=redis://:***@127.0.0.1:{closed}/0" in log  # the details, for the operator
+    assert "Error 111 connecting to" in log  # redis-py's own words
+    assert SECRET not in log

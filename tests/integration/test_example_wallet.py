@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select, text
@@ -54,6 +56,21 @@ def run(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProce
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def shell_line(document: Path, command: str) -> str:
+    """The line of ``document``'s shell blocks that runs ``command``, without its trailing comment."""
+    return next(line.split("  #")[0].strip() for line in document.read_text().splitlines() if command in line)
+
+
+def console(settings: Settings, line: str) -> subprocess.CompletedProcess[str]:
+    """``line`` run by a shell from the repository root, with this environment's console scripts first on the
+    ``PATH`` (``seqproc`` is the installed script, not ``python -m``)."""
+    scripts = str(Path(sys.executable).parent)
+    env = settings_env(settings, PATH=f"{scripts}:{os.environ.get('PATH', '')}")
+    return subprocess.run(
+        ["bash", "-c", line], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90, check=False
+    )
 
 
 def balance(engine: Engine, account_id: int) -> int | None:
@@ -119,13 +136,20 @@ def test_the_wallet_example_runs_end_to_end_with_a_real_worker(
     )
     assert json.loads(shell.stdout)["outcome"] == {"status": "applied"}
     assert balance(engine, 9) == 25
+    # The guide's own shell line, as written: the `seqproc` console script, from the repository root.
+    guide = shell_line(GUIDE, "seqproc enqueue wallet.deposit")
+    assert guide.startswith(f"SEQPROC_DOMAINS={DOMAINS} seqproc enqueue wallet.deposit 8 25 ")
+    as_written = console(clean, guide)
+    assert as_written.returncode == 0, as_written.stderr
+    assert as_written.stdout.split()[-1] == "outcome=applied"
+    assert balance(engine, 8) == 100 - 30 - 50 + 25
 
     with engine.connect() as conn:
         ledger = conn.execute(
             text("SELECT event_type, count(*) FROM idempotency_ledger GROUP BY event_type ORDER BY event_type")
         ).all()
         letters = conn.execute(text("SELECT count(*) FROM dead_letter")).scalar_one()
-    # Each key once: deposits req-1, req-8 and the shell's; withdrawals w-1, w-2, w-8-1, w-8-2, w-8-3.
-    assert [tuple(row) for row in ledger] == [("wallet.deposit", 3), ("wallet.withdraw", 5)]
+    # Each key once: deposits req-1, req-8 and the shell's two; withdrawals w-1, w-2, w-8-1, w-8-2, w-8-3.
+    assert [tuple(row) for row in ledger] == [("wallet.deposit", 4), ("wallet.withdraw", 5)]
     assert letters == 0
     assert worker.process.poll() is None

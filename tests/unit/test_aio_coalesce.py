@@ -24,7 +24,7 @@ class Recorder:
         self.in_flight = 0
         self.most_in_flight = 0
 
-    async def __call__(self, events: list[Any]) -> None:
+    async def __call__(self, events: list[Any], deadline: float | None = None) -> None:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -186,7 +186,7 @@ def test_a_caller_cancelled_mid_send_does_not_interrupt_the_send_of_the_others()
 
 
 def test_a_send_that_raises_something_unexpected_still_fails_only_its_callers() -> None:
-    async def send(events: list[Any]) -> None:
+    async def send(events: list[Any], deadline: float | None = None) -> None:
         await asyncio.sleep(0)
         if "odd" in events:
             raise ValueError("unexpected")

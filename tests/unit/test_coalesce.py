@@ -18,16 +18,18 @@ from seqproc.producer.coalesce import Coalescer
 class Recorder:
     def __init__(self, delay_s: float = 0.002, fail_when: Any = None) -> None:
         self.sends: list[list[Any]] = []
+        self.deadlines: list[float | None] = []
         self.delay_s = delay_s
         self.fail_when = fail_when
         self.lock = threading.Lock()
 
-    def __call__(self, events: list[Any]) -> None:
+    def __call__(self, events: list[Any], deadline: float | None = None) -> None:
         time.sleep(self.delay_s)  # a broker round trip, during which other calls queue up
         if self.fail_when is not None and self.fail_when(events):
             raise ConnectionError("broker gone")
         with self.lock:
             self.sends.append(list(events))
+            self.deadlines.append(deadline)
 
     def sent(self) -> list[Any]:
         with self.lock:
@@ -101,6 +103,21 @@ def test_a_lone_sequential_caller_never_waits_for_the_linger() -> None:
     assert recorder.sends == [[n] for n in range(5)]
 
 
+def test_a_send_tries_until_the_latest_deadline_of_the_calls_it_carries() -> None:
+    """No caller is told "not sent" while another caller of the same send may still wait for it."""
+    send = Slow(0.2)
+    coalescer = Coalescer(send, linger_s=0)
+    first = started(coalescer.submit, ["first"], 100.0)  # leads a slow send: the next calls queue behind it
+    time.sleep(0.05)
+    later = []
+    for name, deadline in (("a", 5.0), ("b", 7.0)):
+        later.append(started(coalescer.submit, [name], deadline))
+        time.sleep(0.02)
+    assert all_return([first, *later])
+    assert send.sends == [["first"], ["a", "b"]]
+    assert send.deadlines == [100.0, 7.0]
+
+
 def test_a_failed_send_raises_for_its_callers_only_and_later_sends_work() -> None:
     recorder = Recorder(fail_when=lambda events: "bad" in events)
     coalescer = Coalescer(recorder, linger_s=0)
@@ -147,9 +164,11 @@ class Slow:
         self.delay_s = delay_s
         self.raise_for = raise_for
         self.sends: list[list[Any]] = []
+        self.deadlines: list[float | None] = []
 
-    def __call__(self, events: list[Any]) -> None:
+    def __call__(self, events: list[Any], deadline: float | None = None) -> None:
         self.sends.append(list(events))
+        self.deadlines.append(deadline)
         time.sleep(self.delay_s)
         if self.raise_for is not None and self.raise_for[0] in events:
             raise self.raise_for[1]

@@ -44,9 +44,9 @@ def sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
     record = Sent()
     original = Publisher._send_messages
 
-    def recording(self: Publisher, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
+    def recording(self: Publisher, messages: Sequence[tuple[int, Sequence[Event]]], remaining_s: float) -> None:
         record.messages.extend((partition, list(events)) for partition, events in messages)
-        original(self, messages)
+        original(self, messages, remaining_s)
 
     monkeypatch.setattr(Publisher, "_send_messages", recording)
     try:

@@ -19,6 +19,8 @@ from seqproc.models.clients import redis_client
 from seqproc.models.errors import ConfigError, first_line
 from seqproc.models.settings import Settings, load_settings, mask_url
 from seqproc.models.wire import is_redis_url
+from seqproc.worker.cli.show import ShowCommands
+from seqproc.worker.cli.text import print_state
 from seqproc.worker.ops.lag import collect
 
 
@@ -186,18 +188,10 @@ def _watch(
         return
 
 
-@click.group()
+@click.group(cls=ShowCommands)
 def show() -> None:
-    """Print the applied state of an article or a product."""
-
-
-def _print_state(state: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(state, sort_keys=True))
-        return
-    width = max(len(k) for k in state)
-    for key, value in state.items():
-        click.echo(f"{key:<{width}}  {value}")
+    """Print the applied state of a key: an article, a product, or any domain's entity (account 7, wallet 7,
+    wallet:7)."""
 
 
 def _with_connection(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -218,7 +212,7 @@ def show_article(article_id: int, as_json: bool) -> None:
     """like_count, and the number of like rows (they must be equal)."""
     from seqproc.worker.ops.inspect import article_state
 
-    _print_state(_with_connection(article_state, article_id), as_json)
+    print_state(_with_connection(article_state, article_id), as_json)
 
 
 @show.command("product")
@@ -228,7 +222,7 @@ def show_product(product_id: int, as_json: bool) -> None:
     """available, reserved, sold and total received."""
     from seqproc.worker.ops.inspect import product_state
 
-    _print_state(_with_connection(product_state, product_id), as_json)
+    print_state(_with_connection(product_state, product_id), as_json)
 
 
 @click.group()

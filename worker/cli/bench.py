@@ -18,6 +18,7 @@ from types import ModuleType
 import click
 
 from seqproc.models.errors import ConfigError
+from seqproc.worker.cli.text import plain_help
 
 __all__ = ["bench", "find_bench", "load_bench"]
 
@@ -74,4 +75,5 @@ def bench(ctx: click.Context) -> None:
     """Compare seqproc with row locks, atomic updates, optimistic and serializable retries, and Redis write-behind
     (from a source checkout; `seqproc bench --help` lists its options)."""
     command: click.Command = load_bench().bench
+    plain_help(command)
     command.main(args=list(ctx.args), prog_name="seqproc bench", standalone_mode=False)

@@ -2,7 +2,8 @@
 
 One command per public event type of every domain (the built-ins, and those of ``SEQPROC_DOMAINS``), generated from
 its schema: each field is an argument, in the schema's order, typed as declared, except the idempotency key
-(``--key``), which events keyed by their fields (a reservation) do not take.
+(``--key``), which events keyed by their fields (a reservation) do not take. With ``--wait``, a ``rejected`` outcome
+exits with ``RET_REJECTED`` (7) once printed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import json
 from typing import Any
 
 import click
+
+from seqproc.worker.cli.codes import RET_REJECTED
+from seqproc.worker.cli.text import outcome_fields, plain, value_text
 
 __all__ = ["enqueue"]
 
@@ -56,12 +60,14 @@ def _send(event_type: str, fields: dict[str, Any], wait_s: float | None, as_json
         "partition": receipt.partition,
         "queue": receipt.queue,
     }
-    if wait_s is not None:
-        result["outcome"] = receipt.wait(timeout_s=wait_s).to_wire()
+    outcome = None if wait_s is None else receipt.wait(timeout_s=wait_s)
     if as_json:
-        click.echo(json.dumps(result, sort_keys=True))
+        click.echo(json.dumps(result | ({} if outcome is None else {"outcome": outcome.to_wire()}), sort_keys=True))
     else:
-        click.echo(" ".join(f"{k}={v}" for k, v in result.items()))
+        fields = result | ({} if outcome is None else outcome_fields(outcome))
+        click.echo(" ".join(f"{k}={value_text(v)}" for k, v in fields.items()))
+    if outcome is not None and outcome.effective.status == "rejected":
+        click.get_current_context().exit(RET_REJECTED)
 
 
 def _command(event_type: str) -> click.Command:
@@ -87,4 +93,4 @@ def _command(event_type: str) -> click.Command:
         _send(event_type, values, wait_s, as_json)
 
     doc = (model.__doc__ or "").strip() or f"Send a {event_type} event."
-    return click.Command(event_type, params=params, callback=callback, help=doc)
+    return click.Command(event_type, params=params, callback=callback, help=plain(doc))

@@ -74,6 +74,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A database or seqproc's broker down: 503 with a short message (the log keeps the details).
+    "shop.middleware.ServiceUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "shop_project.urls"

@@ -41,7 +41,7 @@ from seqproc.contrib.django.models import (
     Reservation,
 )
 from seqproc.models.db import make_engine
-from seqproc.models.errors import OutcomeTimeout, SeqprocError
+from seqproc.models.errors import OutcomeTimeout, OutcomeUnavailable, SeqprocError
 from seqproc.producer.api import current_settings
 from seqproc.producer.publish import publisher_for
 from seqproc.producer.receipt import Receipt
@@ -140,6 +140,11 @@ def _outcomes(receipts: list[Receipt], wait_s: float) -> list[str]:
             outcome = receipt.wait(timeout_s=max(0.0, deadline - time.monotonic()))
         except OutcomeTimeout:
             lines.append(f"sent to partition {receipt.partition}; no outcome within {wait_s:g} s (it is queued)")
+            continue
+        except OutcomeUnavailable as unreadable:  # sent all the same: not an error page
+            lines.append(
+                f"sent to partition {receipt.partition}; its outcome could not be read ({unreadable.setting})"
+            )
             continue
         reason = f" ({outcome.reason})" if outcome.reason else ""
         error = f": {outcome.error}" if outcome.error else ""
