@@ -5,6 +5,10 @@ name. On seqproc's Redis transport it writes the message itself (:mod:`producer.
 kombu would write, pushed with its bell in one pipelined round trip, at half the CPU); on any other broker it goes
 through kombu. A call returns once the broker has accepted the message; if the broker cannot be reached within
 ``publish_timeout_s`` it raises :class:`PublishError`, and the event was not sent.
+
+On Redis, each connection checks the deployment's partition count as it opens
+(:class:`~seqproc.models.partition_count.BrokerPartitionCount`): with another ``SEQPROC_PARTITIONS`` a call raises
+:class:`PartitionCountMismatch` and sends nothing. Nothing is checked per call.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from celery import Celery
 
 from seqproc.models.celery import celery_config
 from seqproc.models.clients import redis_client
-from seqproc.models.errors import PublishError
+from seqproc.models.errors import PartitionCountMismatch, PublishError
 from seqproc.models.events import Event
 from seqproc.models.outcomes import OutcomeStore, outcome_store
+from seqproc.models.partition_count import BrokerPartitionCount
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.transport import PUSH, PUSH_SHA, TRANSPORT, ring
-from seqproc.models.wire import APPLY_TASK, bell_key, partition_for, queue_name
+from seqproc.models.wire import APPLY_TASK, PRODUCER_CLIENT_NAME, bell_key, partition_for, queue_name
 from seqproc.producer.coalesce import Coalescer
 from seqproc.producer.envelope import task_envelope
 from seqproc.producer.receipt import Receipt
@@ -61,6 +66,10 @@ class Publisher:
                 socket_keepalive=options["socket_keepalive"],
                 health_check_interval=options["health_check_interval"],
                 protocol=2,  # push_on reads integer replies itself: no RESP3 push frames on this connection
+                # Every connection, as it opens, checks the partition count (and is named, so that `seqproc
+                # partitions set` can close it: the count is read again on reconnecting).
+                client_name=PRODUCER_CLIENT_NAME,
+                redis_connect_func=BrokerPartitionCount(settings.partitions).on_connect,
             )
         self._connection_errors: tuple[type[BaseException], ...] = (
             *self.app.connection_for_write().connection_errors,
@@ -112,6 +121,8 @@ class Publisher:
             try:
                 self._send_messages(messages)
                 return
+            except PartitionCountMismatch:
+                raise  # checked as the connection opened: nothing was sent, and a retry would not change it
             except Exception as error:
                 if not self.is_transient(error) or time.monotonic() >= deadline:
                     raise self.not_sent(events, error) from error

@@ -22,7 +22,7 @@ The rooms of the package:
 import seqproc.domains  # noqa: F401
 from seqproc import aio, outbox, producer
 from seqproc.models.domain import Applied, Domain, EventModel, Rejected
-from seqproc.models.errors import InvalidEvent, OutcomeTimeout, PublishError, SeqprocError
+from seqproc.models.errors import InvalidEvent, OutcomeTimeout, PartitionCountMismatch, PublishError, SeqprocError
 from seqproc.models.outcomes import Outcome
 from seqproc.producer.api import commit, configure, connect, like, release, reserve, restock, send, send_many, unlike
 from seqproc.producer.receipt import Receipt, wait_all
@@ -34,6 +34,7 @@ __all__ = [
     "InvalidEvent",
     "Outcome",
     "OutcomeTimeout",
+    "PartitionCountMismatch",
     "PublishError",
     "Receipt",
     "Rejected",

@@ -31,6 +31,7 @@ from seqproc.worker import runtime
 from seqproc.worker.ownership.partitions import (
     check_partition_count,
     claim,
+    publish_partition_count,
     queues_for,
     restore_unacked,
     session_name,
@@ -94,6 +95,9 @@ def run_worker(
             "--partitions auto keeps its leases in Redis: SEQPROC_BROKER_URL must be redis:// or rediss://"
         )
     rt = prepare(settings, chosen, owner=owner)
+    if is_redis_url(settings.broker_url):  # where producers read the deployment's partition count
+        with redis_client(settings.broker_url) as broker:
+            publish_partition_count(rt.engine, settings.partitions, client=broker)
     app = configure(settings)
     runtime.attach(app, rt)
     if partitions is None:

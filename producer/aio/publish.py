@@ -19,8 +19,11 @@ from collections.abc import Sequence
 
 import redis.asyncio
 
+from seqproc.models.errors import PartitionCountMismatch
 from seqproc.models.events import Event
+from seqproc.models.partition_count import BrokerPartitionCount
 from seqproc.models.transport import TRANSPORT
+from seqproc.models.wire import PRODUCER_CLIENT_NAME
 from seqproc.producer.aio.coalesce import AsyncCoalescer
 from seqproc.producer.publish import Publisher, stage_messages
 from seqproc.producer.receipt import Receipt
@@ -43,6 +46,9 @@ class AsyncPublisher:
                 socket_timeout=options["socket_timeout"],
                 socket_keepalive=options["socket_keepalive"],
                 health_check_interval=options["health_check_interval"],
+                # As the threaded publisher's: each connection checks the partition count as it opens.
+                client_name=PRODUCER_CLIENT_NAME,
+                redis_connect_func=BrokerPartitionCount(settings.partitions).on_connect_async,
             )
         self._coalescer = AsyncCoalescer(self.send, linger_s=settings.linger_ms / 1000.0)
         #: Messages and events this loop sent so far (through the threaded publisher: counted there too).
@@ -73,6 +79,8 @@ class AsyncPublisher:
             try:
                 await pipe.execute()
                 break
+            except PartitionCountMismatch:
+                raise  # checked as the connection opened: nothing was sent
             except Exception as error:
                 if not self.threaded.is_transient(error) or time.monotonic() >= deadline:
                     raise self.threaded.not_sent(events, error) from error
