@@ -35,7 +35,7 @@ def test_outside_atomic_the_django_outbox_refuses_and_inside_it_writes() -> None
     assert outbox_keys(SHOP_DATABASE_URL) == [f"like:{liked.idempotency_key}"]
 
 
-def test_the_django_outbox_with_another_partition_count_writes_nothing(shop: Settings) -> None:
+def test_the_django_outbox_with_another_partition_count_writes_nothing(clean: Settings) -> None:
     """The insert checks the count the outbox's database records (here the shop's), as every outbox writer does."""
     from django.db import transaction
 
@@ -43,10 +43,10 @@ def test_the_django_outbox_with_another_partition_count_writes_nothing(shop: Set
 
     shop_engine = make_engine(SHOP_DATABASE_URL)
     try:
-        record_outbox_partition_count(shop_engine, shop.partitions)  # as `seqproc migrate` copies it there
+        record_outbox_partition_count(shop_engine, clean.partitions)  # as `seqproc migrate` copies it there
     finally:
         shop_engine.dispose()
-    producer.configure(shop.model_copy(update={"partitions": 8}))
+    producer.configure(clean.model_copy(update={"partitions": 8}))
     try:
         with transaction.atomic():
             with pytest.raises(PartitionCountMismatch, match=r"SEQPROC_PARTITIONS is 8 but .* 16 partitions"):
@@ -54,7 +54,7 @@ def test_the_django_outbox_with_another_partition_count_writes_nothing(shop: Set
             with pytest.raises(PartitionCountMismatch):
                 outbox.like(12, 3)
     finally:
-        producer.configure(shop)
+        producer.configure(clean)
     assert outbox_keys(SHOP_DATABASE_URL) == []
     with transaction.atomic():
         liked = outbox.like(12, 4)

@@ -128,9 +128,8 @@ def test_the_outbox_writers_with_another_count_write_nothing(
         with pytest.raises(PartitionCountMismatch):
             seqproc.outbox.send_many(conn, likes)
         assert conn.execute(text("SELECT 1")).scalar() == 1
-    with Session(engine) as session, session.begin():
-        with pytest.raises(PartitionCountMismatch):
-            seqproc.outbox.like(session, 4, 2)
+    with Session(engine) as session, session.begin(), pytest.raises(PartitionCountMismatch):
+        seqproc.outbox.like(session, 4, 2)
     with psycopg.connect(clean.database_url.replace("+psycopg", "")) as conn:
         with pytest.raises(PartitionCountMismatch):
             seqproc.outbox.send_many(conn, likes)
