@@ -43,11 +43,13 @@ def _publish_partition_count(settings: Settings) -> None:
 
     engine = make_engine(settings.database_url)
     client = redis_client(settings.broker_url, timeout_s=5) if is_redis_url(settings.broker_url) else None
+    published = client is not None
     try:
         with outbox_engine(settings, engine) as outbox:
             try:
                 count = publish_partition_count(engine, settings.partitions, client=client, outbox=outbox)
             except RedisError as error:
+                published = False
                 count = publish_partition_count(engine, settings.partitions, outbox=outbox)
                 click.echo(
                     f"seqproc migrate: warning: could not publish the partition count in the broker "
@@ -59,7 +61,7 @@ def _publish_partition_count(settings: Settings) -> None:
         if client is not None:
             client.close()
         engine.dispose()
-    click.echo(f"partition count {count}" + (" (published in the broker)" if client is not None else ""))
+    click.echo(f"partition count {count}" + (" (published in the broker)" if published else ""))
     if count != settings.partitions:
         click.echo(f"seqproc migrate: warning: {mismatch(settings.partitions, count, where='this database')}", err=True)
 
