@@ -305,9 +305,15 @@ def set_partition_count(engine: Engine, client: Any, new_count: int, *, outbox: 
 
 
 def close_producer_connections(client: Any) -> int:
-    """Close the producers' broker connections (named ``PRODUCER_CLIENT_NAME``): each producer reads the partition
-    count again when it reconnects, at its next send. Returns how many were closed."""
-    ids = [entry["id"] for entry in client.client_list() if entry.get("name") == PRODUCER_CLIENT_NAME]
+    """Close the producers' broker connections (named ``PRODUCER_CLIENT_NAME``, on the broker's database: another
+    deployment may share the server): each producer reads the partition count again when it reconnects, at its next
+    send. Returns how many were closed."""
+    db = str(client.connection_pool.connection_kwargs.get("db", 0))
+    ids = [
+        entry["id"]
+        for entry in client.client_list()
+        if entry.get("name") == PRODUCER_CLIENT_NAME and str(entry.get("db")) == db
+    ]
     for client_id in ids:
         client.client_kill_filter(_id=client_id)
     return len(ids)
