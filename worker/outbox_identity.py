@@ -16,6 +16,7 @@ the new ones: the two count under different keys.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 
 import redis
@@ -47,12 +48,23 @@ return 1
 
 
 def outbox_id(outbox: Engine) -> str:
-    """The id of the outbox database ``outbox`` (made by its migration)."""
+    """The id of the outbox database ``outbox`` (made by its migration, or by :func:`ensure_outbox_id`)."""
     with outbox.connect() as conn:
         found = conn.execute(select(OUTBOX_META.c.value).where(OUTBOX_META.c.name == OUTBOX_ID)).scalar_one_or_none()
     if found is None:
-        raise ConfigError(f"the outbox in {mask_url(str(outbox.url))} has no id yet: run `seqproc migrate`")
+        raise ConfigError(f"the outbox in {mask_url(str(outbox.url))} has no id: run `seqproc migrate` (it makes one)")
     return str(found)
+
+
+def ensure_outbox_id(outbox: Engine) -> str:
+    """The outbox's id, made now if its row is gone (deleted by hand: the relays' counters under the old id are then
+    lost to them, and they send their unapplied events again, as after a broker loss)."""
+    with outbox.begin() as conn:
+        conn.execute(
+            upsert(conn, OUTBOX_META).on_conflict_do_nothing(index_elements=[OUTBOX_META.c.name]),
+            {"name": OUTBOX_ID, "value": uuid.uuid4().hex},
+        )
+    return outbox_id(outbox)
 
 
 def record_outbox_partition_count(outbox: Engine, count: int, *, conn: Connection | None = None) -> None:

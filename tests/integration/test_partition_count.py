@@ -24,6 +24,7 @@ from seqproc.models.errors import PartitionCountMismatch
 from seqproc.models.settings import Settings
 from seqproc.models.wire import PARTITION_COUNT_KEY, article_key, partition_for, queue_name
 from seqproc.worker.cli.codes import RET_CONFIG
+from seqproc.worker.outbox_identity import outbox_id
 from seqproc.worker.ownership.partitions import publish_partition_count, set_partition_count
 from seqproc.worker.relay import Relay
 from tests.conftest import ROOT, WorkerProcess, settings_env, wait_for
@@ -171,6 +172,7 @@ def test_migrate_and_a_starting_worker_publish_the_databases_count(
     client = redis.Redis.from_url(clean.broker_url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE seqproc_outbox_meta SET value = '3' WHERE name = 'partition_count'"))
+        conn.execute(text("DELETE FROM seqproc_outbox_meta WHERE name = 'outbox_id'"))  # deleted by hand
     migrated = seqproc_cli(clean, "migrate", SEQPROC_PARTITIONS=str(OTHER))
     assert migrated.returncode == 0, migrated.stderr
     assert f"partition count {DEPLOYED} (published in the broker)" in migrated.stdout
@@ -180,6 +182,7 @@ def test_migrate_and_a_starting_worker_publish_the_databases_count(
     with engine.connect() as conn:
         copied = conn.execute(text("SELECT value FROM seqproc_outbox_meta WHERE name = 'partition_count'")).scalar()
     assert copied == str(DEPLOYED)
+    assert len(outbox_id(engine)) == 32  # made again: the relays need it
     client.flushdb()  # a broker emptied since: the next worker to start publishes it again
     start_worker(clean, "0-15")
     assert client.get(PARTITION_COUNT_KEY) == str(DEPLOYED).encode()

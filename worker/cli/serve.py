@@ -31,14 +31,16 @@ def migrate() -> None:
 
 
 def _publish_partition_count(settings: Settings) -> None:
-    """``seqproc migrate``'s last step: the database's partition count copied to the outbox database and the broker.
-    A broker it cannot reach is only a warning (the workers publish the count when they start)."""
+    """``seqproc migrate``'s last step: the outbox's id made if it is missing, the database's partition count copied
+    to the outbox database and the broker. A broker it cannot reach is only a warning (the workers publish the count
+    when they start)."""
     from redis.exceptions import RedisError
 
     from seqproc.models.clients import redis_client
     from seqproc.models.db import make_engine, outbox_engine
     from seqproc.models.partition_count import mismatch
     from seqproc.models.wire import is_redis_url
+    from seqproc.worker.outbox_identity import ensure_outbox_id
     from seqproc.worker.ownership.partitions import publish_partition_count
 
     engine = make_engine(settings.database_url)
@@ -46,6 +48,7 @@ def _publish_partition_count(settings: Settings) -> None:
     published = client is not None
     try:
         with outbox_engine(settings, engine) as outbox:
+            ensure_outbox_id(outbox)
             try:
                 count = publish_partition_count(engine, settings.partitions, client=client, outbox=outbox)
             except RedisError as error:
