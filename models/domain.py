@@ -144,6 +144,12 @@ class Domain:
         #: (a PostgreSQL pipeline); their saves join the framework's writes likewise. None: the plain hooks.
         self.prefetch: Callable[[Any, Sequence[Any], Sequence[EventModel]], Callable[[], Mapping[Any, State]]] | None
         self.prefetch = None
+        #: Built-in domains only (with ``prefetch``): ``conflict(state, event, first)`` for an event whose idempotency
+        #: key was applied before (``first``: the key's first event when it is in the same batch, else None;
+        #: ``state``: the event's key's state, None if not loaded). A :class:`Rejected` when the event is not a copy
+        #: of that one (a key that follows from fields, reused with other fields: a reservation id on another
+        #: product), None for a true duplicate. The key's ledger row stays the first event's.
+        self.conflict: Callable[[State, EventModel, EventModel | None], Rejected | None] | None = None
 
     def __repr__(self) -> str:
         return f"Domain({self.name!r}, key={self.key!r}, events={sorted(self.events)})"

@@ -62,9 +62,17 @@ BELL_PREFIX = "seqproc.bell."
 LEASE_PREFIX = "seqproc:lease:"
 #: Live auto workers' heartbeats (a sorted set: owner -> last beat).
 WORKERS_KEY = "seqproc:workers"
-#: How many messages the outbox relays pushed onto a partition queue (``seqproc relay``: a lower count means the
-#: broker lost messages, to be sent again).
+#: How many messages the relays of one outbox pushed onto a partition queue (``seqproc relay``: a lower count means
+#: the broker lost messages, to be sent again): ``seqproc:relay:pushed:<outbox id>:<queue>``, one counter per outbox
+#: database (its id: ``seqproc_outbox_meta``), so that several outboxes can share a broker.
 RELAY_PUSHED_PREFIX = "seqproc:relay:pushed:"
+#: The deployment's partition count, as seqproc's database records it (``seqproc_meta``): written by
+#: ``seqproc migrate``, every worker and relay at start and ``seqproc partitions set``; a producer reads it each time
+#: it connects and refuses to send if its ``SEQPROC_PARTITIONS`` differs.
+PARTITION_COUNT_KEY = "seqproc:partitions"
+#: The name (``CLIENT SETNAME``) of the producers' broker connections: ``seqproc partitions set`` closes them, so that
+#: each reads the new count when it connects again (and refuses to route with the old one).
+PRODUCER_CLIENT_NAME = "seqproc-producer"
 #: A scheduled job's singleton lock (redis-py Lock, or a Redlock over ``SEQPROC_LOCK_URLS``).
 JOB_LOCK_PREFIX = "seqproc:job-lock:"
 
@@ -82,7 +90,15 @@ def lease_key(queue: str) -> str:
     return LEASE_PREFIX + queue
 
 
-def relay_pushed_key(queue: str) -> str:
+def relay_pushed_key(outbox: str, queue: str) -> str:
+    """The push counter of ``outbox``'s relays on ``queue`` (the queue last: a hash tag in its name keeps the
+    counter in the queue's slot)."""
+    return f"{RELAY_PUSHED_PREFIX}{outbox}:{queue}"
+
+
+def legacy_relay_pushed_key(queue: str) -> str:
+    """The counter of ``queue`` before counters were per outbox (one for every outbox): a relay that finds no
+    counter of its own takes this one's value once (see ``worker.outbox_identity``)."""
     return RELAY_PUSHED_PREFIX + queue
 
 

@@ -23,7 +23,7 @@ import itertools
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
-from seqproc.models.errors import PublishError
+from seqproc.models.errors import PublishError, SeqprocError
 from seqproc.models.events import Event
 
 
@@ -41,7 +41,7 @@ class _Ticket:
         self.done = False
         #: This call leads a send: no other leader takes it into its batch; its own send completes it.
         self.leads = False
-        self.error: PublishError | None = None
+        self.error: SeqprocError | None = None
         #: The caller of the same send that this one wakes once it is woken itself.
         self.next: _Ticket | None = None
 
@@ -99,8 +99,8 @@ class Coalescer:
         ticket."""
         try:
             self._send(list(events), deadline)
-        except PublishError:
-            raise
+        except SeqprocError:
+            raise  # says what went wrong already (PublishError, PartitionCountMismatch)
         except Exception as failure:
             raise _not_sent(failure) from failure
 
@@ -143,13 +143,13 @@ class Coalescer:
             batch = [t for t in self._pending if not t.leads or t is leader]
             self._pending = [t for t in self._pending if t.leads and t is not leader]
             self._last_batch = len(batch)
-        error: PublishError | None = None
+        error: SeqprocError | None = None
         interrupted: BaseException | None = None
         try:
             self._send(
                 [event for ticket in batch for event in ticket.events], latest_deadline(t.deadline for t in batch)
             )
-        except PublishError as failure:
+        except SeqprocError as failure:  # PublishError, PartitionCountMismatch: each caller hears it as it is
             error = failure
         except Exception as failure:  # every waiter must hear of any failure
             error = _not_sent(failure)

@@ -10,18 +10,25 @@ then), and inserts the event into the outbox table (``seqproc_outbox``) through 
 event is committed if and only if the caller's transaction commits. ``seqproc relay`` sends committed events to
 their partition queues, many per message, and keeps each row until the worker has applied its event. No broker is
 contacted here: a call needs only the database.
+
+The insert itself checks the partition count the rows were routed with against the deployment's, as the outbox
+database records it (``seqproc_outbox_meta``, copied from seqproc's database by ``seqproc migrate``, the relays and
+``seqproc partitions set``): a writer with another ``SEQPROC_PARTITIONS`` inserts nothing and raises
+:class:`PartitionCountMismatch`, and the caller's transaction is left as it was. One statement, no cache: no round
+trip is added, and a ``seqproc partitions set`` is seen by the very next insert.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from seqproc.models.domain import EventModel
-from seqproc.models.errors import SeqprocError
+from seqproc.models.errors import PartitionCountMismatch, SeqprocError
 from seqproc.models.events import Event
 from seqproc.models.outcomes import OutcomeStore, outcome_store
+from seqproc.models.partition_count import mismatch
 from seqproc.models.settings import Settings
 from seqproc.models.wire import partition_for, queue_name
 from seqproc.producer.api import current_settings
@@ -40,8 +47,10 @@ from seqproc.producer.receipt import Receipt
 __all__ = [
     "INSERT_NAMED",
     "INSERT_PYFORMAT",
+    "RECORDED_COUNT",
     "OutboxConnectionError",
     "commit",
+    "count_refused",
     "like",
     "outbox_rows",
     "receipts_for",
@@ -53,16 +62,22 @@ __all__ = [
     "write",
 ]
 
-#: The insert, with psycopg's (and Django's) placeholders. Constant text: psycopg prepares it after a few uses.
+#: The insert, with psycopg's (and Django's) placeholders: nothing is inserted unless the outbox database records no
+#: partition count or the one the row was routed with (``partitions``). Constant text: psycopg prepares it after a
+#: few uses.
 INSERT_PYFORMAT = (
     "INSERT INTO seqproc_outbox (partition, ledger_key, event_id, body) "
-    "VALUES (%(partition)s, %(ledger_key)s, %(event_id)s, %(body)s)"
+    "SELECT %(partition)s, %(ledger_key)s, %(event_id)s, %(body)s WHERE NOT EXISTS "
+    "(SELECT 1 FROM seqproc_outbox_meta WHERE name = 'partition_count' AND value <> %(partitions)s)"
 )
 #: The same, with SQLAlchemy's named placeholders (``text()``).
 INSERT_NAMED = (
     "INSERT INTO seqproc_outbox (partition, ledger_key, event_id, body) "
-    "VALUES (:partition, :ledger_key, :event_id, :body)"
+    "SELECT :partition, :ledger_key, :event_id, :body WHERE NOT EXISTS "
+    "(SELECT 1 FROM seqproc_outbox_meta WHERE name = 'partition_count' AND value <> :partitions)"
 )
+#: The outbox database's partition count: read only to word the error of an insert that the count refused.
+RECORDED_COUNT = "SELECT value FROM seqproc_outbox_meta WHERE name = 'partition_count'"
 
 
 class OutboxConnectionError(SeqprocError, TypeError):
@@ -157,16 +172,26 @@ def write(conn: Any, events: Sequence[Event], *, settings: Settings | None = Non
 
 
 def outbox_rows(events: Sequence[Event], partitions: int) -> list[dict[str, Any]]:
-    """The outbox rows of ``events``: partition, ledger key, event id and the event in wire form."""
+    """The outbox rows of ``events``: partition, ledger key, event id and the event in wire form, and the partition
+    count they were routed with (checked by the insert)."""
+    count = str(partitions)
     return [
         {
             "partition": partition_for(event.entity_key, partitions),
             "ledger_key": event.ledger_key,
             "event_id": event.id,
             "body": event.model_dump_json(),
+            "partitions": count,
         }
         for event in events
     ]
+
+
+def count_refused(rows: Sequence[Mapping[str, Any]], recorded: object) -> PartitionCountMismatch:
+    """The error of an insert of ``rows`` that wrote fewer: the outbox database records another partition count
+    (``recorded``, read through the caller's connection only then)."""
+    where = "the deployment (as the outbox database records it)"
+    return mismatch(int(rows[0]["partitions"]), str(recorded), where=where)
 
 
 def receipts_for(events: Sequence[Event], rows: Sequence[Mapping[str, Any]], settings: Settings) -> list[Receipt]:
@@ -185,6 +210,10 @@ def receipts_for(events: Sequence[Event], rows: Sequence[Mapping[str, Any]], set
     ]
 
 
+def _scalar(row: Any) -> object:
+    return None if row is None else row[0]
+
+
 @functools.cache
 def _outcomes(url: str, ttl_s: int) -> OutcomeStore:
     return outcome_store(url, ttl_s=ttl_s)
@@ -192,12 +221,14 @@ def _outcomes(url: str, ttl_s: int) -> OutcomeStore:
 
 def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
     """One statement through the caller's connection (several rows: one executemany)."""
-    from sqlalchemy import Connection, Engine, text
+    from sqlalchemy import Connection, CursorResult, Engine, text
     from sqlalchemy.orm import Session
 
     if isinstance(conn, Connection | Session):
         refuse_sqlalchemy_autocommit(conn.connection() if isinstance(conn, Session) else conn)
-        conn.execute(text(INSERT_NAMED), rows if len(rows) > 1 else rows[0])
+        inserted = cast("CursorResult[Any]", conn.execute(text(INSERT_NAMED), rows if len(rows) > 1 else rows[0]))
+        if inserted.rowcount != len(rows):
+            raise count_refused(rows, conn.execute(text(RECORDED_COUNT)).scalar())
         return
     import psycopg
 
@@ -208,6 +239,8 @@ def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
                 cursor.execute(INSERT_PYFORMAT, rows[0])
             else:
                 cursor.executemany(INSERT_PYFORMAT, rows)
+            if cursor.rowcount != len(rows):
+                raise count_refused(rows, _scalar(cursor.execute(RECORDED_COUNT).fetchone()))
         return
     if isinstance(conn, Engine):
         raise OutboxConnectionError(

@@ -5,6 +5,10 @@ name. On seqproc's Redis transport it writes the message itself (:mod:`producer.
 kombu would write, pushed with its bell in one pipelined round trip, at half the CPU); on any other broker it goes
 through kombu. A call returns once the broker has accepted the message; if the broker cannot be reached within
 the call's time (:mod:`producer.attempts`) it raises :class:`PublishError`, and the event was not sent.
+
+On Redis, each connection checks the deployment's partition count as it opens
+(:class:`~seqproc.models.partition_count.BrokerPartitionCount`): with another ``SEQPROC_PARTITIONS`` a call raises
+:class:`PartitionCountMismatch` and sends nothing. Nothing is checked per call.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ from redis.retry import Retry
 
 from seqproc.models.celery import celery_config
 from seqproc.models.clients import redis_client
-from seqproc.models.errors import PublishError, first_line
+from seqproc.models.errors import PartitionCountMismatch, PublishError, first_line
 from seqproc.models.events import Event
 from seqproc.models.outcomes import OutcomeStore, outcome_store
+from seqproc.models.partition_count import BrokerPartitionCount
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.transport import PUSH, PUSH_SHA, TRANSPORT, ring
-from seqproc.models.wire import APPLY_TASK, bell_key, partition_for, queue_name
+from seqproc.models.wire import APPLY_TASK, PRODUCER_CLIENT_NAME, bell_key, partition_for, queue_name
 from seqproc.producer.attempts import (
     BOUND_SLACK_S,
     BROKER_SETTING,
@@ -80,6 +85,10 @@ class Publisher:
                 # Each call retries by its own deadline (``send``); redis-py's retries (ten, with backoff) would
                 # come on top of it, each reconnecting, unbounded by it.
                 retry=Retry(NoBackoff(), 0),
+                # Every connection, as it opens, checks the partition count (and is named, so that `seqproc
+                # partitions set` can close it: the count is read again on reconnecting).
+                client_name=PRODUCER_CLIENT_NAME,
+                redis_connect_func=BrokerPartitionCount(settings.partitions).on_connect,
             )
         self._connection_errors: tuple[type[BaseException], ...] = (
             *self.app.connection_for_write().connection_errors,
@@ -137,6 +146,8 @@ class Publisher:
             try:
                 self._send_messages(messages, remaining_s)
                 return
+            except PartitionCountMismatch:
+                raise  # checked as the connection opened: nothing was sent, and a retry would not change it
             except Exception as error:
                 if attempts is None:
                     attempts = Attempts(self.settings, deadline)

@@ -382,8 +382,9 @@ def sqlite_database(directory: Path) -> Engine:
     return make_engine(url)
 
 
-#: Tables of the deployment, not of any event's effect: a worker holds its epochs there (see ``Partition``).
-KEEP_TABLES = ("partition", "seqproc_meta")
+#: Tables of the deployment, not of any event's effect: a worker holds its epochs there (see ``Partition``); the
+#: outbox's id keys its relays' counters in the broker.
+KEEP_TABLES = ("partition", "seqproc_meta", "seqproc_outbox_meta")
 
 
 def empty_database(engine: Engine, schema: Callable[[Connection], None] | None = None) -> None:

@@ -6,8 +6,9 @@ One pass (:meth:`Relay.tick`):
    (``pg_try_advisory_xact_lock``: two relays never send for the same partition at once, so neither can overtake
    the other's events of a key), read their unsent rows in id order, and push them as messages of many events
    (one per partition, split at ``max_events_per_message``) with a script that also counts the messages pushed onto
-   the queue (``seqproc:relay:pushed:<queue>``), but only if that count is the one this relay recorded. Then mark
-   the rows sent (with the number of their message) and commit.
+   the queue (``seqproc:relay:pushed:<outbox id>:<queue>``: one counter per outbox database, see
+   :mod:`seqproc.worker.outbox_identity`), but only if that count is the one this relay recorded. Then mark the rows
+   sent (with the number of their message) and commit.
 2. **Forget what is applied** (:mod:`seqproc.worker.relay_forget`). Sent rows whose key the idempotency ledger
    holds are deleted, and so are those a worker dead-lettered (parked): the dead-letter store keeps them, and
    replay takes them from there; the others stay. A chunk of rows per pass, with a wrapping cursor, and about once
@@ -28,6 +29,10 @@ number is above the count) become unsent again and are sent again, in order, bef
 partition that got nothing new since; the worker's ledger turns a copy of an event it applied into a duplicate. A
 count higher than recorded means a relay pushed and died before its commit: those rows are still unsent here and
 go again (duplicates, harmless).
+
+Partition count: a relay starts only with the deployment's count (seqproc's database records it; the relay copies
+it into the outbox database, where every insert checks it), and each pass reads that copy with its locks: after a
+``seqproc partitions set`` the relay stops with :class:`PartitionCountMismatch` instead of sending for the old count.
 """
 
 from __future__ import annotations
@@ -40,11 +45,14 @@ from dataclasses import dataclass
 import redis
 from sqlalchemy import Connection, Engine, text
 
-from seqproc.models.errors import ConfigError, first_line
+from seqproc.models.errors import ConfigError, PartitionCountMismatch, first_line
+from seqproc.models.partition_count import mismatch
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.wire import bell_key, queue_name, relay_pushed_key
 from seqproc.producer.envelope import envelope_of_json
 from seqproc.producer.stamps import unique_id
+from seqproc.worker.outbox_identity import adopt_counters, outbox_id
+from seqproc.worker.ownership.partitions import publish_partition_count
 
 # FORGET_* are read where they live, in relay_forget (set them there); named here too, as before the move.
 from seqproc.worker.relay_forget import FORGET_CHUNK as FORGET_CHUNK
@@ -89,14 +97,17 @@ _PENDING = text(
     """
 )
 #: The partitions whose advisory lock this relay gets, each with the count of messages recorded for its queue (the
-#: select list runs only for the rows the lock let through).
+#: select list runs only for the rows the lock let through), and the deployment's partition count as the outbox
+#: database holds it.
 _LOCK = text(
     """
-    SELECT p, (SELECT r.pushed FROM seqproc_outbox_relay r WHERE r.partition = p)
+    SELECT p, (SELECT r.pushed FROM seqproc_outbox_relay r WHERE r.partition = p),
+        (SELECT m.value FROM seqproc_outbox_meta m WHERE m.name = 'partition_count')
     FROM unnest(CAST(:partitions AS integer[])) AS p
     WHERE pg_try_advisory_xact_lock(:namespace, p)
     """
 )
+_RECORDED = text("SELECT partition, pushed FROM seqproc_outbox_relay")
 _RECORD = text(
     """
     INSERT INTO seqproc_outbox_relay (partition, pushed)
@@ -145,6 +156,21 @@ class Relay:
         self._push = client.register_script(PUSH)
         self.partitions = list(range(settings.partitions))
         self.forgetter = Forgetter(outbox, ledger)
+        # The deployment's count, checked and copied where the outbox writers and the producers check theirs.
+        count = publish_partition_count(ledger, settings.partitions, client=client, outbox=outbox)
+        if count != settings.partitions:
+            raise mismatch(settings.partitions, count, where="this database")
+        #: This outbox database's id: the broker's push counters of its relays are keyed by it.
+        self.outbox_id = outbox_id(outbox)
+        with outbox.connect() as conn:
+            recorded = {int(p): int(n) for p, n in conn.execute(_RECORDED)}
+        adopted = adopt_counters(client, self.outbox_id, recorded)
+        if adopted:
+            logger.info(
+                "outbox %s: took the shared push counters of partitions %s (from before counters were per outbox)",
+                self.outbox_id,
+                ",".join(map(str, adopted)),
+            )
 
     # -- one pass ----------------------------------------------------------------------------------------------
     def tick(self) -> PassResult:
@@ -156,10 +182,11 @@ class Relay:
     def _send(self, result: PassResult) -> None:
         per_partition = max(1, self.settings.relay_batch_size // max(1, len(self.partitions)))
         with self.outbox.begin() as conn:
-            recorded: dict[int, int] = {
-                int(p): int(n or 0)
-                for p, n in conn.execute(_LOCK, {"partitions": self.partitions, "namespace": LOCK_NAMESPACE})
-            }
+            recorded: dict[int, int] = {}
+            for p, n, count in conn.execute(_LOCK, {"partitions": self.partitions, "namespace": LOCK_NAMESPACE}):
+                if count is not None and int(count) != self.settings.partitions:
+                    raise mismatch(self.settings.partitions, count, where="the outbox database")
+                recorded[int(p)] = int(n or 0)
             if not recorded:
                 return
             self._check_counts(conn, recorded, result)
@@ -205,7 +232,7 @@ class Relay:
         partitions = [p for p, n in recorded.items() if n]
         if not partitions:
             return
-        counts = self.client.mget([relay_pushed_key(queue_name(p)) for p in partitions])
+        counts = self.client.mget([relay_pushed_key(self.outbox_id, queue_name(p)) for p in partitions])
         lost = {p: int(c or 0) for p, c in zip(partitions, counts, strict=True) if int(c or 0) < recorded[p]}
         for partition, count in lost.items():
             self._resend(conn, partition, count, recorded[partition], result)
@@ -255,7 +282,7 @@ class Relay:
                 for rows in messages
             ]
             self._push(
-                keys=[relay_pushed_key(queue), queue, bell_key(queue)],
+                keys=[relay_pushed_key(self.outbox_id, queue), queue, bell_key(queue)],
                 args=[int(recorded.get(partition, 0)), *bodies],
                 client=pipe,
             )
@@ -287,6 +314,8 @@ class Relay:
         while not stop.is_set():
             try:
                 result = self.tick()
+            except PartitionCountMismatch:
+                raise  # `seqproc partitions set` ran: this relay's count is not the deployment's any more
             except Exception as error:
                 logger.warning("relay pass failed (%s); trying again in %.2f s", first_line(error), pause_s)
                 stop.wait(pause_s)

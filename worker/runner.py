@@ -35,6 +35,7 @@ from seqproc.worker.ownership.liveness import beat, forget_gone, release
 from seqproc.worker.ownership.partitions import (
     check_partition_count,
     claim,
+    publish_partition_count,
     queues_for,
     restore_unacked,
     session_name,
@@ -163,6 +164,9 @@ def _consume(
         rt.static = StaticOwnership(settings, rt.engine, rt.owner, chosen, rt.epochs, spec=_span(chosen))
     queues = queues_for(chosen) or [IDLE_QUEUE]
     try:
+        if is_redis_url(settings.broker_url):  # where producers read the deployment's partition count
+            with redis_client(settings.broker_url) as broker:
+                publish_partition_count(rt.engine, settings.partitions, client=broker)
         with app.connection_for_write() as conn:
             restore_unacked(conn.default_channel, queues)
     except (KombuOperationalError, RedisError, OSError) as error:

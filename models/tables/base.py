@@ -30,6 +30,6 @@ def now_column() -> MappedColumn[datetime]:
     return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
 
 
-def table_of(model: type[Base]) -> Table:
+def table_of(model: type[DeclarativeBase]) -> Table:
     """The Core table of a mapped class, typed as such (``__table__`` is declared as a plain FromClause)."""
     return cast(Table, model.__table__)

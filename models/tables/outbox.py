@@ -19,6 +19,12 @@ from seqproc.models.tables.ledger import LEDGER_KEY_LENGTH
 OUTBOX_TABLE = "seqproc_outbox"
 #: The relay's record of how many messages it pushed onto each partition queue.
 RELAY_TABLE = "seqproc_outbox_relay"
+#: The outbox database's identity and its copy of the deployment's partition count.
+OUTBOX_META_TABLE = "seqproc_outbox_meta"
+#: ``seqproc_outbox_meta`` names: the outbox's id (made by its migration), the partition count (``seqproc migrate``,
+#: the relays and ``seqproc partitions set`` copy it from seqproc's database).
+OUTBOX_ID = "outbox_id"
+OUTBOX_PARTITION_COUNT = "partition_count"
 
 
 class OutboxBase(DeclarativeBase):
@@ -30,8 +36,8 @@ class OutboxEvent(OutboxBase):
     its key).
 
     ``push_seq`` is None until the relay sends it; then it is the number of the message that carried it in its
-    partition queue's push counter (``seqproc:relay:pushed:<queue>`` in the broker): a broker that lost messages
-    is caught by its counter going back, and the events of the lost messages are sent again.
+    partition queue's push counter (``seqproc:relay:pushed:<outbox id>:<queue>`` in the broker): a broker that lost
+    messages is caught by its counter going back, and the events of the lost messages are sent again.
     """
 
     __tablename__ = OUTBOX_TABLE
@@ -67,3 +73,17 @@ class RelayPartition(OutboxBase):
 
     def __repr__(self) -> str:
         return f"RelayPartition(partition={self.partition}, pushed={self.pushed})"
+
+
+class OutboxMeta(OutboxBase):
+    """Facts of this outbox database: its id (``outbox_id``: its relays' push counters in the broker are keyed by it,
+    so that several outbox databases can share a broker) and the deployment's partition count (``partition_count``,
+    a copy of seqproc's record: every outbox insert checks it)."""
+
+    __tablename__ = OUTBOX_META_TABLE
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+    def __repr__(self) -> str:
+        return f"OutboxMeta(name={self.name!r}, value={self.value!r})"

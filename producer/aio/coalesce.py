@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from seqproc.models.errors import PublishError
+from seqproc.models.errors import PublishError, SeqprocError
 from seqproc.models.events import Event
 from seqproc.producer.coalesce import latest_deadline
 
@@ -111,13 +111,13 @@ class AsyncCoalescer:
             self._arrived = None
 
     async def _send_batch(self, batch: list[_Ticket]) -> None:
-        error: PublishError | None = None
+        error: SeqprocError | None = None
         try:
             self.sends += 1
             await self._send(
                 [event for ticket in batch for event in ticket.events], latest_deadline(t.deadline for t in batch)
             )
-        except PublishError as failure:
+        except SeqprocError as failure:  # PublishError, PartitionCountMismatch: each caller hears it as it is
             error = failure
         except Exception as failure:  # every caller must hear of any failure
             error = PublishError(f"publishing failed: {type(failure).__name__}: {failure}; the events were NOT sent")
@@ -131,7 +131,7 @@ class AsyncCoalescer:
         _settle(batch, error)
 
 
-def _settle(tickets: list[_Ticket], error: PublishError | None) -> None:
+def _settle(tickets: list[_Ticket], error: SeqprocError | None) -> None:
     for ticket in tickets:
         if ticket.future.done():  # its caller was cancelled meanwhile
             continue

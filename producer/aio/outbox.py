@@ -8,13 +8,14 @@
 The calls of :mod:`seqproc.producer.outbox`, awaited: the same validation (:class:`InvalidEvent` naming the field;
 nothing is written then), the same rows in the same table, inserted through the caller's connection so that the
 event is committed if and only if the caller's transaction commits; ``seqproc relay`` sends it. No broker is
-contacted here.
+contacted here. The insert checks the partition count as the blocking one does (:class:`PartitionCountMismatch`,
+nothing inserted).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from seqproc.models.domain import EventModel
 from seqproc.models.events import Event
@@ -33,7 +34,9 @@ from seqproc.producer.build import (
 from seqproc.producer.outbox import (
     INSERT_NAMED,
     INSERT_PYFORMAT,
+    RECORDED_COUNT,
     OutboxConnectionError,
+    count_refused,
     outbox_rows,
     receipts_for,
     refuse_autocommit,
@@ -121,15 +124,20 @@ async def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
                 await cursor.execute(INSERT_PYFORMAT, rows[0])
             else:
                 await cursor.executemany(INSERT_PYFORMAT, rows)
+            if cursor.rowcount != len(rows):
+                row = await (await cursor.execute(RECORDED_COUNT)).fetchone()
+                raise count_refused(rows, None if row is None else row[0])
         return
-    from sqlalchemy import text
+    from sqlalchemy import CursorResult, text
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
     if isinstance(conn, AsyncConnection | AsyncSession):
         bound = await conn.connection() if isinstance(conn, AsyncSession) else conn
         if bound.sync_connection is not None:  # None: not started, and the insert below says so
             refuse_sqlalchemy_autocommit(bound.sync_connection)
-        await conn.execute(text(INSERT_NAMED), rows if len(rows) > 1 else rows[0])
+        inserted = cast("CursorResult[Any]", await conn.execute(text(INSERT_NAMED), rows if len(rows) > 1 else rows[0]))
+        if inserted.rowcount != len(rows):
+            raise count_refused(rows, (await conn.execute(text(RECORDED_COUNT))).scalar())
         return
     if isinstance(conn, AsyncEngine):
         raise OutboxConnectionError(

@@ -21,8 +21,11 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from seqproc.models.errors import PartitionCountMismatch
 from seqproc.models.events import Event
+from seqproc.models.partition_count import BrokerPartitionCount
 from seqproc.models.transport import TRANSPORT
+from seqproc.models.wire import PRODUCER_CLIENT_NAME
 from seqproc.producer.aio.coalesce import AsyncCoalescer
 from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of, no_reply_in_time
 from seqproc.producer.publish import Publisher, stage_messages
@@ -50,6 +53,9 @@ class AsyncPublisher:
                 socket_keepalive=options["socket_keepalive"],
                 health_check_interval=options["health_check_interval"],
                 retry=Retry(NoBackoff(), 0),  # each send retries by its own deadline (as the threaded publisher)
+                # As the threaded publisher's: each connection checks the partition count as it opens.
+                client_name=PRODUCER_CLIENT_NAME,
+                redis_connect_func=BrokerPartitionCount(settings.partitions).on_connect_async,
             )
         self._coalescer = AsyncCoalescer(self.send, linger_s=settings.linger_ms / 1000.0)
         #: Messages and events this loop sent so far (through the threaded publisher: counted there too).
@@ -87,6 +93,8 @@ class AsyncPublisher:
                 else:
                     await pipe.execute()
                 break
+            except PartitionCountMismatch:
+                raise  # checked as the connection opened: nothing was sent
             except Exception as error:
                 transient = self.threaded.is_transient(error)  # asyncio.timeout's TimeoutError is an OSError
                 pause_s = attempts.retry_after(error, transient=transient, written=no_reply_in_time(error))

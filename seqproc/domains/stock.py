@@ -268,6 +268,31 @@ def _books(
 
 domain.prefetch = prefetch
 
+#: A reservation event that names another product than its reservation's.
+_PRODUCT_MISMATCH = Rejected("product_mismatch")
+
+
+def conflict(book: ProductBook | None, event: EventModel, first: EventModel | None) -> Rejected | None:
+    """A reservation event whose key (``reserve:<id>``, ``release:<id>``, ...) was applied before is a copy of that
+    event only if it names the same product: a reservation id used again on another product is rejected with
+    ``product_mismatch``, as a release or a commit naming another product than its reservation's is.
+
+    The product is the reservation's as loaded (its reserve made it), or the first event's of the key in this batch.
+    A reservation a release cancelled before any reserve holds the release's product: it tells only for a release."""
+    if not isinstance(event, _ReservationEvent):
+        return None
+    known = book.state.reservations.get(event.reservation) if book is not None else None
+    if known is not None and (known.status != ReservationStatus.CANCELLED or isinstance(event, Release)):
+        product = known.product_id
+    elif isinstance(first, _ReservationEvent):
+        product = first.product_id
+    else:
+        return None
+    return _PRODUCT_MISMATCH if product != event.product_id else None
+
+
+domain.conflict = conflict
+
 
 #: What most applied events return (one object, not one per event).
 _APPLIED = Applied()
@@ -309,6 +334,7 @@ __all__ = [
     "Restock",
     "StockChanges",
     "StockState",
+    "conflict",
     "decide",
     "diff",
     "domain",

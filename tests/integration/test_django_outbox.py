@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from seqproc import producer
+from seqproc.models.db import make_engine
+from seqproc.models.errors import PartitionCountMismatch
+from seqproc.models.settings import Settings
 from seqproc.producer.outbox import OutboxConnectionError
+from seqproc.worker.outbox_identity import record_outbox_partition_count
 from tests.integration.django_example import SHOP_DATABASE_URL
 from tests.integration.test_django_contrib import django_project, outbox_keys, shop  # noqa: F401 (fixtures)
 
@@ -27,4 +32,30 @@ def test_outside_atomic_the_django_outbox_refuses_and_inside_it_writes() -> None
     assert outbox_keys(SHOP_DATABASE_URL) == []
     with transaction.atomic():
         liked = outbox.like(11, 3)
+    assert outbox_keys(SHOP_DATABASE_URL) == [f"like:{liked.idempotency_key}"]
+
+
+def test_the_django_outbox_with_another_partition_count_writes_nothing(clean: Settings) -> None:
+    """The insert checks the count the outbox's database records (here the shop's), as every outbox writer does."""
+    from django.db import transaction
+
+    from seqproc.contrib.django import outbox
+
+    shop_engine = make_engine(SHOP_DATABASE_URL)
+    try:
+        record_outbox_partition_count(shop_engine, clean.partitions)  # as `seqproc migrate` copies it there
+    finally:
+        shop_engine.dispose()
+    producer.configure(clean.model_copy(update={"partitions": 8}))
+    try:
+        with transaction.atomic():
+            with pytest.raises(PartitionCountMismatch, match=r"SEQPROC_PARTITIONS is 8 but .* 16 partitions"):
+                outbox.send_many([{"type": "like", "article_id": 12, "user_id": u} for u in (1, 2)])
+            with pytest.raises(PartitionCountMismatch):
+                outbox.like(12, 3)
+    finally:
+        producer.configure(clean)
+    assert outbox_keys(SHOP_DATABASE_URL) == []
+    with transaction.atomic():
+        liked = outbox.like(12, 4)
     assert outbox_keys(SHOP_DATABASE_URL) == [f"like:{liked.idempotency_key}"]

@@ -183,7 +183,7 @@ def test_a_broker_that_lost_messages_gets_them_again_in_order(clean: Settings, e
     [message] = client.lrange(queue, 0, -1)
     events = json.loads(json.loads(message)["body"])[1]["events"]
     assert [e["id"] for e in events] == [r.event_id for r in [*first, *later]]
-    assert int(client.get(relay_pushed_key(queue))) == 1
+    assert int(client.get(relay_pushed_key(relay.outbox_id, queue))) == 1
     assert relay.tick().resent == 0  # the counts agree again
 
 
@@ -371,11 +371,12 @@ def test_a_relay_that_pushed_and_died_before_its_commit_sends_again(clean: Setti
         receipt = seqproc.outbox.like(conn, 9, 1)
     queue = queue_name(receipt.partition)
     client = redis.Redis.from_url(clean.broker_url)
-    client.set(relay_pushed_key(queue), 5)  # as if a relay pushed 5 messages, then died before recording them
     relay = relay_for(clean, engine)
+    counter = relay_pushed_key(relay.outbox_id, queue)
+    client.set(counter, 5)  # as if a relay pushed 5 messages, then died before recording them
     assert relay.tick().sent == 0  # it adopts the broker's count...
     assert relay.tick().sent == 1  # ...and sends the unrecorded rows again
-    assert int(client.get(relay_pushed_key(queue))) == 6
+    assert int(client.get(counter)) == 6
 
 
 def test_two_relays_share_the_outbox_each_row_sent_once_in_order_per_key(clean: Settings, engine: Engine) -> None:

@@ -292,3 +292,41 @@ def test_one_request_id_for_two_event_types_names_two_events(sqlite_engine: Engi
     assert result.outcomes == [Outcome("applied"), Outcome("applied")]
     again = apply(sqlite_engine, [make("like", key="req-1", article_id=1, user_id=1)])
     assert again.outcomes[0].status == "duplicate"
+
+
+def test_a_reservation_id_used_again_on_another_product_is_a_product_mismatch(sqlite_engine: Engine) -> None:
+    """``reserve:<id>`` is in the ledger already: on the same product a reserve is a duplicate (a retry), on another
+    product it is rejected ``product_mismatch``, as a release or a commit naming another product is; nothing
+    changes, and the key's first outcome stays."""
+    apply(sqlite_engine, [make("restock", product_id=5, quantity=5), make("restock", product_id=6, quantity=5)])
+    first = make("reserve", product_id=5, quantity=2, reservation_id="order-7")
+    assert apply(sqlite_engine, [first]).outcomes == [Outcome("applied")]
+    elsewhere = make("reserve", product_id=6, quantity=1, reservation_id="order-7")
+    again = make("reserve", product_id=5, quantity=2, reservation_id="order-7")
+    release_elsewhere = make("release", product_id=6, reservation_id="order-7")
+    result = apply(sqlite_engine, [elsewhere, again, release_elsewhere])
+    assert result.outcomes == [
+        Outcome("rejected", "product_mismatch"),
+        Outcome("duplicate", first=Outcome("applied")),
+        Outcome("rejected", "product_mismatch"),
+    ]
+    assert (result.applied, result.rejected, result.duplicates) == (0, 2, 1)
+    # In the batch that applies the reservation: the copy on another product is refused the same way.
+    apply(sqlite_engine, [make("restock", product_id=5, quantity=1)])
+    batch = [
+        make("reserve", product_id=5, quantity=1, reservation_id="order-8"),
+        make("reserve", product_id=6, quantity=1, reservation_id="order-8"),
+        make("reserve", product_id=5, quantity=1, reservation_id="order-8"),
+    ]
+    assert apply(sqlite_engine, batch).outcomes == [
+        Outcome("applied"),
+        Outcome("rejected", "product_mismatch"),
+        Outcome("duplicate", first=Outcome("applied")),
+    ]
+    with sqlite_engine.connect() as conn:
+        assert (product_state(conn, 5)["reserved"], product_state(conn, 6)["reserved"]) == (3, 0)
+        ledger = dict(conn.execute(text("SELECT key, coalesce(status, 'applied') FROM idempotency_ledger")).all())
+        reservations = conn.execute(text("SELECT reservation_id, product_id, status FROM reservation ORDER BY 1"))
+        assert [tuple(r) for r in reservations] == [("order-7", 5, "active"), ("order-8", 5, "active")]
+    assert ledger["reserve:order-7"] == ledger["reserve:order-8"] == "applied"
+    assert_invariants(sqlite_engine)

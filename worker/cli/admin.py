@@ -124,6 +124,7 @@ def status(as_json: bool, watch: bool, interval: float) -> None:
     exited or stopped heartbeating shows none, and for how long) and epoch, applied/s, applied, duplicates,
     rejections, parked keys and dead letters; the live workers in the totals."""
     from seqproc.models.db import make_engine, outbox_engine
+    from seqproc.worker.ownership.partitions import require_partition_count
 
     settings = load_settings()
     _require_redis_broker(settings, "seqproc status")
@@ -132,6 +133,7 @@ def status(as_json: bool, watch: bool, interval: float) -> None:
     with ExitStack() as cleanup:
         engine = make_engine(settings.database_url, statement_timeout_s=10, pool_size=1)
         cleanup.callback(engine.dispose)
+        require_partition_count(engine, settings.partitions)  # another count would show part of the deployment
         outbox = cleanup.enter_context(outbox_engine(settings, engine, statement_timeout_s=10))
         client = redis_client(settings.broker_url)
         cleanup.callback(client.close)

@@ -6,14 +6,17 @@ import sys
 
 import click
 
-from seqproc.models.settings import load_settings, mask_url
+from seqproc.models.errors import first_line
+from seqproc.models.settings import Settings, load_settings, mask_url
 from seqproc.worker.ops.logs import setup_logging
 
 
 @click.command()
 def migrate() -> None:
     """Create the database if needed and bring its schema up to date (Alembic); the outbox tables too, in
-    SEQPROC_OUTBOX_DATABASE_URL's database when it names another one."""
+    SEQPROC_OUTBOX_DATABASE_URL's database when it names another one. Then record the partition count (the
+    database's, or SEQPROC_PARTITIONS on a first run) and copy it to the outbox database and the broker, where
+    producers check theirs."""
     from seqproc.migrations import migrate as run_migrations
     from seqproc.migrations import migrate_outbox
 
@@ -24,6 +27,46 @@ def migrate() -> None:
     click.echo(f"migrated {mask_url(settings.database_url)}")
     if settings.outbox_url != settings.database_url:
         click.echo(f"migrated the outbox in {mask_url(settings.outbox_url)}")
+    _publish_partition_count(settings)
+
+
+def _publish_partition_count(settings: Settings) -> None:
+    """``seqproc migrate``'s last step: the outbox's id made if it is missing, the database's partition count copied
+    to the outbox database and the broker. A broker it cannot reach is only a warning (the workers publish the count
+    when they start)."""
+    from redis.exceptions import RedisError
+
+    from seqproc.models.clients import redis_client
+    from seqproc.models.db import make_engine, outbox_engine
+    from seqproc.models.partition_count import mismatch
+    from seqproc.models.wire import is_redis_url
+    from seqproc.worker.outbox_identity import ensure_outbox_id
+    from seqproc.worker.ownership.partitions import publish_partition_count
+
+    engine = make_engine(settings.database_url)
+    client = redis_client(settings.broker_url, timeout_s=5) if is_redis_url(settings.broker_url) else None
+    published = client is not None
+    try:
+        with outbox_engine(settings, engine) as outbox:
+            ensure_outbox_id(outbox)
+            try:
+                count = publish_partition_count(engine, settings.partitions, client=client, outbox=outbox)
+            except RedisError as error:
+                published = False
+                count = publish_partition_count(engine, settings.partitions, outbox=outbox)
+                click.echo(
+                    f"seqproc migrate: warning: could not publish the partition count in the broker "
+                    f"{mask_url(settings.broker_url)} ({first_line(error)}): producers check theirs once a worker "
+                    "has started",
+                    err=True,
+                )
+    finally:
+        if client is not None:
+            client.close()
+        engine.dispose()
+    click.echo(f"partition count {count}" + (" (published in the broker)" if published else ""))
+    if count != settings.partitions:
+        click.echo(f"seqproc migrate: warning: {mismatch(settings.partitions, count, where='this database')}", err=True)
 
 
 @click.command()

@@ -128,7 +128,7 @@ def apply_partitions(
         decided, to_apply = _triage(claim, batches, plan, writes)
         applied, changed = _run_domains(conn, claim, to_apply)
         decided.update(applied)
-        results = _report(plan, claim, decided, len(batches))
+        results = _report(plan, claim, decided, len(batches), _conflicts(claim, decided))
         writes.outcomes = [
             (claim.keys[i], outcome)
             for i, outcome in decided.items()
@@ -169,6 +169,10 @@ def _claim(conn: Connection, store: Store, batches: Sequence[PartitionBatch], pl
     for index, key in enumerate(keys):
         first_index.setdefault(key, index)
     candidates = sorted(first_index.values())
+    grouped = _by_domain(events, candidates)
+    if len(candidates) < len(events):  # copies in the batch: a domain's conflict hook reads their keys' states too
+        every = _by_domain(events, range(len(events)))
+        grouped = {domain: every[domain] if domain.conflict else of for domain, of in grouped.items()}
     loading = {}
     with pipeline(conn):
         loaded = store.claim(
@@ -176,7 +180,7 @@ def _claim(conn: Connection, store: Store, batches: Sequence[PartitionBatch], pl
             [(keys[i], events[i].type, batches[plan[i].batch].partition) for i in candidates],
             sorted({e.entity_key for e in events}),
         )
-        for domain, indexes in _by_domain(events, candidates).items():
+        for domain, indexes in grouped.items():
             if domain.pipelined:
                 domain_events = [events[i] for i in indexes]
                 keys_of = list(dict.fromkeys(getattr(event, domain.key) for event in domain_events))
@@ -270,15 +274,45 @@ def _outcome(status: Status, reason: str | None) -> Outcome:
     return outcome
 
 
+def _conflicts(claim: _Claim, decided: dict[int, Outcome]) -> dict[int, Outcome]:
+    """The events whose key was applied before (earlier in the batch, or by an earlier transaction) that their
+    domain's ``conflict`` hook finds are not copies of that event (a reservation id used again on another product),
+    by position: rejected with the hook's reason. Not written to the ledger: the key's outcome stays the first's."""
+    found: dict[int, Outcome] = {}
+    if len(decided) == len(claim.events):  # no duplicates (most batches)
+        return found
+    for index, event in enumerate(claim.events):
+        if index in decided or isinstance(event, Replay):
+            continue
+        domain = type(event).domain
+        hook = domain.conflict
+        if hook is None:
+            continue
+        first_index = claim.first_index[claim.keys[index]]
+        first = claim.events[first_index] if first_index != index else None
+        verdict = hook(claim.preloaded.get(id(domain), {}).get(getattr(event, domain.key)), event, first)
+        if verdict is not None:
+            found[index] = _outcome("rejected", verdict.reason)
+    return found
+
+
 def _report(
-    plan: Sequence[_Planned], claim: _Claim, decided: dict[int, Outcome], batch_count: int
+    plan: Sequence[_Planned],
+    claim: _Claim,
+    decided: dict[int, Outcome],
+    batch_count: int,
+    conflicts: dict[int, Outcome] | None = None,
 ) -> list[BatchResult]:
-    """One outcome per planned event, per batch: decided above, or a duplicate of its key's first outcome."""
+    """One outcome per planned event, per batch: decided above, a conflict (:func:`_conflicts`), or a duplicate of
+    its key's first outcome."""
     results = [BatchResult() for _ in range(batch_count)]
+    conflicts = conflicts or {}
     for index, item in enumerate(plan):
         key = claim.keys[index]
         if index in decided:
             outcome = decided[index]
+        elif index in conflicts:
+            outcome = conflicts[index]
         else:
             outcome = Outcome("duplicate", first=decided.get(claim.first_index[key]) or claim.seen_before.get(key))
         result = results[item.batch]

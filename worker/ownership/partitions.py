@@ -9,15 +9,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from seqproc.models.db import upsert
-from seqproc.models.errors import ConfigError, PartitionCountMismatch
+from seqproc.models.errors import ConfigError
+from seqproc.models.partition_count import mismatch
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.partition import Meta, Partition
-from seqproc.models.wire import queue_name
+from seqproc.models.wire import PARTITION_COUNT_KEY, PRODUCER_CLIENT_NAME, queue_name
 from seqproc.worker.ops.lag import outbox_depth
+from seqproc.worker.outbox_identity import record_outbox_partition_count
 from seqproc.worker.ownership.liveness import Ownership, ownership
 
 logger = logging.getLogger(__name__)
@@ -56,16 +58,41 @@ def parse_partitions(spec: str | None, total: int) -> list[int]:
 def check_partition_count(engine: Engine, total: int) -> None:
     """Record the partition count on first use; refuse a different one later (it would re-route keys)."""
     with engine.begin() as conn:
-        conn.execute(
-            upsert(conn, META).on_conflict_do_nothing(index_elements=[META.c.name]),
-            {"name": PARTITION_COUNT, "value": str(total)},
-        )
-        stored = conn.execute(select(META.c.value).where(META.c.name == PARTITION_COUNT)).scalar_one()
-    if int(stored) != total:
-        raise PartitionCountMismatch(
-            f"SEQPROC_PARTITIONS is {total} but this database was set up with {stored} partitions; changing it "
-            f"re-routes keys: stop the producers, drain the queues, then run `seqproc partitions set {total}`"
-        )
+        stored = _record_first(conn, total)
+    if stored != total:
+        raise mismatch(total, stored, where="this database")
+
+
+def require_partition_count(engine: Engine, total: int) -> None:
+    """Refuse ``total`` if the database records another count; record nothing (for readers: ``seqproc status``)."""
+    with engine.connect() as conn:
+        stored = conn.execute(select(META.c.value).where(META.c.name == PARTITION_COUNT)).scalar_one_or_none()
+    if stored is not None and int(stored) != total:
+        raise mismatch(total, stored, where="this database")
+
+
+def publish_partition_count(engine: Engine, total: int, *, client: Any = None, outbox: Engine | None = None) -> int:
+    """Copy the database's count (``total`` recorded first if it has none) to where the other processes read it: the
+    broker (``client``: the producers read it when they connect) and the outbox database (``outbox``: the outbox
+    writers' insert checks it). Returns the count. The record's row stays locked meanwhile, so that a concurrent
+    ``seqproc partitions set`` cannot be overwritten by the count it replaced."""
+    with engine.begin() as conn:
+        count = _record_first(conn, total, lock=True)
+        if outbox is not None:
+            record_outbox_partition_count(outbox, count, conn=conn if outbox is engine else None)
+        if client is not None:
+            client.set(PARTITION_COUNT_KEY, count)
+    return count
+
+
+def _record_first(conn: Connection, total: int, *, lock: bool = False) -> int:
+    """The recorded count, ``total`` recorded first if there is none."""
+    conn.execute(
+        upsert(conn, META).on_conflict_do_nothing(index_elements=[META.c.name]),
+        {"name": PARTITION_COUNT, "value": str(total)},
+    )
+    query = select(META.c.value).where(META.c.name == PARTITION_COUNT)
+    return int(conn.execute(query.with_for_update(read=True) if lock else query).scalar_one())
 
 
 def session_name(owner: str) -> str:
@@ -301,5 +328,31 @@ def set_partition_count(engine: Engine, client: Any, new_count: int, *, outbox: 
             upsert(conn, META).on_conflict_do_update(index_elements=[META.c.name], set_={"value": str(new_count)}),
             {"name": PARTITION_COUNT, "value": str(new_count)},
         )
-    logger.info("partition count changed from %d to %d", old_count, new_count)
+        # While the record's row is locked (a worker publishing the count meanwhile waits, then reads the new one).
+        # The outbox's copy refuses, from now on, every insert routed with the old count.
+        record_outbox_partition_count(outbox or engine, new_count, conn=conn if outbox in (None, engine) else None)
+        client.set(PARTITION_COUNT_KEY, new_count)
+    closed = close_producer_connections(client)
+    logger.info(
+        "partition count changed from %d to %d; %d producer connection(s) closed (they read the new count when they "
+        "connect again, and refuse to send with the old one)",
+        old_count,
+        new_count,
+        closed,
+    )
     return old_count
+
+
+def close_producer_connections(client: Any) -> int:
+    """Close the producers' broker connections (named ``PRODUCER_CLIENT_NAME``, on the broker's database: another
+    deployment may share the server): each producer reads the partition count again when it reconnects, at its next
+    send. Returns how many were closed."""
+    db = str(client.connection_pool.connection_kwargs.get("db", 0))
+    ids = [
+        entry["id"]
+        for entry in client.client_list()
+        if entry.get("name") == PRODUCER_CLIENT_NAME and str(entry.get("db")) == db
+    ]
+    for client_id in ids:
+        client.client_kill_filter(_id=client_id)
+    return len(ids)

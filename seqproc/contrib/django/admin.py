@@ -142,9 +142,7 @@ def _outcomes(receipts: list[Receipt], wait_s: float) -> list[str]:
             lines.append(f"sent to partition {receipt.partition}; no outcome within {wait_s:g} s (it is queued)")
             continue
         except OutcomeUnavailable as unreadable:  # sent all the same: not an error page
-            lines.append(
-                f"sent to partition {receipt.partition}; its outcome could not be read ({unreadable.setting})"
-            )
+            lines.append(f"sent to partition {receipt.partition}; its outcome could not be read ({unreadable.setting})")
             continue
         reason = f" ({outcome.reason})" if outcome.reason else ""
         error = f": {outcome.error}" if outcome.error else ""

@@ -17,7 +17,9 @@ whatever became of the view's other writes) a call raises :class:`~seqproc.outbo
 
 The outbox table must be in that database: ``SEQPROC_OUTBOX_DATABASE_URL=<it> seqproc migrate`` creates it, and
 ``seqproc relay`` reads it with the same ``SEQPROC_OUTBOX_DATABASE_URL``. Validation is that of every other call:
-a bad value raises :class:`~seqproc.InvalidEvent` naming the field, and nothing is written.
+a bad value raises :class:`~seqproc.InvalidEvent` naming the field, and nothing is written. A ``SEQPROC_PARTITIONS``
+(or ``SEQPROC["PARTITIONS"]``) other than the deployment's raises :class:`~seqproc.models.errors.PartitionCountMismatch`
+and writes nothing: the insert checks it (see :mod:`seqproc.producer.outbox`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,14 @@ from seqproc.producer.build import (
     restock_event,
     unlike_event,
 )
-from seqproc.producer.outbox import INSERT_PYFORMAT, OutboxConnectionError, outbox_rows, receipts_for
+from seqproc.producer.outbox import (
+    INSERT_PYFORMAT,
+    RECORDED_COUNT,
+    OutboxConnectionError,
+    count_refused,
+    outbox_rows,
+    receipts_for,
+)
 from seqproc.producer.receipt import Receipt
 
 __all__ = ["commit", "like", "release", "reserve", "restock", "send_many", "unlike", "write"]
@@ -111,4 +120,8 @@ def write(events: Sequence[Event], *, using: str = DEFAULT_DB_ALIAS) -> list[Rec
             cursor.execute(INSERT_PYFORMAT, rows[0])
         else:
             cursor.executemany(INSERT_PYFORMAT, rows)
+        if cursor.rowcount != len(rows):  # the outbox database records another partition count: nothing written
+            cursor.execute(RECORDED_COUNT)
+            row = cursor.fetchone()
+            raise count_refused(rows, None if row is None else row[0])
     return receipts_for(events, rows, settings)
