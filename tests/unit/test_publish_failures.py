@@ -39,7 +39,7 @@ def configure() -> Iterator[object]:
 
 class Silent:
     """A TCP server that accepts connections and reads what comes; it answers nothing, or (``pong=True``) everything
-    but the push: AUTH and PING, the handshake and the health check."""
+    but the push: AUTH and PING, the handshake, the partition count's GET (none published) and the health check."""
 
     def __init__(self, *, pong: bool) -> None:
         self.pong = pong
@@ -69,8 +69,14 @@ class Silent:
             self.received += data
             if self.pong:  # one reply per command (redis-py pipelines its handshake), none to the push
                 for command in (b"\r\n" + data).split(b"\r\n*")[1:]:
-                    if b"EVALSHA" not in command:
-                        connection.sendall(b"+PONG\r\n" if b"PING" in command else b"+OK\r\n")
+                    if b"EVALSHA" in command:
+                        continue
+                    if b"PING" in command:
+                        connection.sendall(b"+PONG\r\n")
+                    elif b"GET" in command:  # the partition count a connection reads as it opens: none published
+                        connection.sendall(b"$-1\r\n")
+                    else:
+                        connection.sendall(b"+OK\r\n")
 
     def close(self) -> None:
         self.listener.close()
