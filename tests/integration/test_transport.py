@@ -90,7 +90,7 @@ def test_a_fetch_takes_nothing_from_a_queue_whose_lease_moved(clean: Settings) -
     with connection(clean, fetch_owner="worker-b/1/old") as conn:
         taken = conn.default_channel._fetch([queue, elsewhere], 100)
     assert [q for q, _ in taken] == [queue] * depth[queue]
-    with connection(clean) as conn:  # fixed partitions: no lease check at all
+    with connection(clean) as conn:  # no owner token (a producer, the CLI): no check at all
         assert restore_unacked(conn.default_channel, [queue]) == depth[queue]
         assert len(conn.default_channel._fetch([queue], 100)) == depth[queue]
 
