@@ -8,12 +8,14 @@ only inside a Lua script that, in the same atomic step, records it in ``unacked`
 kombu's QoS would. At every instant a message is in its queue or in ``unacked``; kombu's ack, reject, visibility
 restore and our takeover restore all keep working on those two structures unchanged.
 
-**Fenced fetch.** An auto worker (``--partitions auto``) names its lease owner token (transport option ``fetch_owner``):
-the script then takes messages only from queues whose lease (``seqproc:lease:<queue>``) holds that token, in the same
-atomic step. A worker paused between deciding to fetch and fetching (SIGSTOP, a long GC, a frozen VM) can therefore
-never take, after waking, messages that a new owner is consuming: it would hold newer events of a key while the new
-owner applies later ones, and its give-back would put them behind. The claimer restores everything in ``unacked`` for
-the queue right after taking the lease, so whatever the old owner held before is replayed first, in order.
+**Fenced fetch.** A worker names its owner token (transport option ``fetch_owner``): the script then takes messages
+only from queues whose fence (``seqproc:lease:<queue>``) holds that token, in the same atomic step. The fence is an
+auto worker's lease (``--partitions auto``), or a fixed worker's claim (``--partitions 0-7``: set right after the
+claim raised the epochs, ``worker.ownership.static``). A worker taken over, or paused between deciding to fetch and
+fetching (SIGSTOP, a long GC, a frozen VM), can therefore never take messages that a new owner is consuming, however
+long it takes to notice: it would hold newer events of a key while the new owner applies later ones, and its
+give-back would put them behind. The claimer restores everything in ``unacked`` for the queue right after setting
+the fence, so whatever the old owner held before is replayed first, in order.
 
 A script cannot block, so workers wait on *bells*: with each message, the producer pushes a token onto
 ``seqproc.bell.<queue>`` (kept to one token); a visibility restore or a give-back rings it too. The worker blocks
@@ -64,7 +66,7 @@ FETCH_MAX = 64
 DRAIN_FETCHES = 8
 
 #: KEYS: unacked hash, unacked index, then the queues, then their bells, then their leases (same order).
-#: ARGV: now, most messages to take, number of queues, the lease owner token ('' = take from every queue).
+#: ARGV: now, most messages to take, number of queues, the fence owner token ('' = take from every queue).
 #: Returns queue1, item1, queue2, item2, ..., then one more element ('+') if it stopped at the limit with messages
 #: left in its queues.
 FETCH = """
@@ -74,7 +76,7 @@ local out = {}
 local taken = 0
 for i = 1, nqueues do
     local queue = KEYS[2 + i]
-    -- Fenced: a queue whose lease is not ours (any more) gives nothing, whatever the caller believed.
+    -- Fenced: a queue whose fence is not ours (any more) gives nothing, whatever the caller believed.
     local ours = owner == '' or redis.call('GET', KEYS[2 + 2 * nqueues + i]) == owner
     while ours and taken < limit do
         local item = redis.call('RPOP', queue)
@@ -218,8 +220,8 @@ class QoS(kombu_redis.QoS):
 class Channel(kombu_redis.Channel):
     QoS = QoS
     #: Transport options set by whoever starts the worker (``worker.runner``), read by kombu into attributes:
-    #: ``fetch_owner``: an auto worker's lease owner token; the fetch script then takes messages only from queues
-    #: whose lease holds it (checked inside the script, atomically with the take). None: no lease check.
+    #: ``fetch_owner``: the worker's owner token; the fetch script then takes messages only from queues whose fence
+    #: (lease) holds it (checked inside the script, atomically with the take). None: no check (producers, the CLI).
     #: ``fetch_filter``: may this process take messages from this queue now? An auto worker answers no for a
     #: partition as soon as it cannot prove its lease is still its own (after a pause, say), before asking Redis.
     from_transport_options = (*kombu_redis.Channel.from_transport_options, "fetch_owner", "fetch_filter")

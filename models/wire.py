@@ -58,7 +58,10 @@ UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"
 #: A queue's bell: the producer pushes a token with each message (kept to one); workers block on the bells.
 BELL_PREFIX = "seqproc.bell."
-#: A partition queue's lease (``--partitions auto``): owner token, with a time limit.
+#: A partition queue's fetch fence: the owner token of the one worker whose fetch may take from it (checked inside
+#: the fetch script). An auto worker's lease (``--partitions auto``: taken with ``SET NX``, with a time limit), or a
+#: fixed worker's claim (set when it claims, no time limit, deleted at a graceful exit). So a fixed worker's
+#: partitions are never free to auto workers: do not mix the two over the same partitions (README, Deploy).
 LEASE_PREFIX = "seqproc:lease:"
 #: Live auto workers' heartbeats (a sorted set: owner -> last beat).
 WORKERS_KEY = "seqproc:workers"

@@ -40,7 +40,7 @@ from seqproc.worker.ownership.partitions import (
     restore_unacked,
     session_name,
 )
-from seqproc.worker.ownership.static import StaticOwnership
+from seqproc.worker.ownership.static import StaticOwnership, fence
 from seqproc.worker.preflight import preflight
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,8 @@ def run_worker(
         if rt.leases is not None:
             rt.leases.release_all()  # hand the partitions back at once instead of after the lease time
         _release(rt.engine, owner)
+        if rt.static is not None:
+            rt.static.release_fences()  # after the release: a dead broker must not hold the hand-back up
 
 
 def _consume(
@@ -147,17 +149,15 @@ def _consume(
 
     app = configure(settings)
     runtime.attach(app, rt)
+    # The fetch script takes messages only from queues whose fence (an auto worker's lease, a fixed worker's claim)
+    # holds this worker's token, atomically with the take: a worker taken over fetches nothing more from them.
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "fetch_owner": rt.owner}
     if auto:
         from seqproc.worker.ownership.leases import LeaseManager
 
         rt.leases = LeaseManager(settings, rt.engine, rt.owner)
-        app.conf.broker_transport_options = {
-            **app.conf.broker_transport_options,
-            # Skip queues we cannot prove ours before asking Redis at all...
-            "fetch_filter": _lease_filter(rt),
-            # ...and the fetch script checks the lease itself, atomically with the take.
-            "fetch_owner": rt.owner,
-        }
+        # Skip queues we cannot prove ours before asking Redis at all.
+        app.conf.broker_transport_options = {**app.conf.broker_transport_options, "fetch_filter": _lease_filter(rt)}
         rt.leases.tick(on_acquire=rt.epochs.__setitem__)  # the first share, claimed before consuming
         chosen = rt.leases.owned
     else:
@@ -168,6 +168,10 @@ def _consume(
             with redis_client(settings.broker_url) as broker:
                 publish_partition_count(rt.engine, settings.partitions, client=broker)
         with app.connection_for_write() as conn:
+            if rt.static is not None:
+                # Claimed (epochs raised), then fenced, then the unacked messages back, then consume: the order
+                # that keeps the worker taken over from fetching anything it would give back behind later events.
+                fence(conn.default_channel, rt.epochs, rt.owner)
             restore_unacked(conn.default_channel, queues)
     except (KombuOperationalError, RedisError, OSError) as error:
         # Lost since the preflight: the caller marks the partitions released on the way out.

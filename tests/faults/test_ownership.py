@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import Engine, func, select
 
 from seqproc import producer
@@ -22,7 +23,7 @@ from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount
 from seqproc.models.tables.partition import Partition
-from seqproc.models.wire import article_key, partition_for
+from seqproc.models.wire import article_key, lease_key, partition_for, queue_name
 from seqproc.worker.ops.inspect import check_invariants
 from tests.conftest import ROOT, WorkerProcess, free_port, settings_env, wait_for
 from tests.faults.matrix import report_applied
@@ -49,6 +50,13 @@ def rows(engine: Engine) -> dict[int, tuple[str | None, int]]:
             int(p): (o, int(e))
             for p, o, e in conn.execute(select(Partition.partition, Partition.owner, Partition.epoch))
         }
+
+
+def fences(settings: Settings) -> dict[int, str | None]:
+    """partition -> the owner token its fetch fence holds (None: no fence)."""
+    client = redis.Redis.from_url(settings.broker_url)
+    values = client.mget([lease_key(queue_name(p)) for p in range(settings.partitions)])
+    return {p: v.decode() if v is not None else None for p, v in enumerate(values)}
 
 
 def held_by(engine: Engine, worker: WorkerProcess, partitions: range) -> bool:
@@ -184,6 +192,11 @@ def test_a_static_worker_resumes_its_partitions_when_the_taker_exits(
         taker = start_worker(settings, "0-7")
         wait_for(lambda: held_by(engine, taker, taken), 15, "the taker to hold partitions 0-7")
         taker_owner = rows(engine)[0][0]
+        configured_owner = rows(engine)[8][0]
+        # The taker's fetch fences, set before it hands back the unacked messages: the configured worker fetches
+        # nothing more from 0-7 from then on, though it notices the takeover only later.
+        wait_for(lambda: set(fences(settings).values()) == {taker_owner, configured_owner}, 15, "the taker's fences")
+        assert fences(settings) == {p: taker_owner if p in taken else configured_owner for p in range(16)}
         # Said in both logs: who took what from whom.
         wait_for(lambda: f"taken over by {taker_owner}" in configured.log(), 15, "the fenced worker to name its taker")
         assert re.search(r"partitions 0,1,2,3,4,5,6,7: taken over from seqproc-p0-15-\d+@\S+ \(alive\)", taker.log())
@@ -199,6 +212,7 @@ def test_a_static_worker_resumes_its_partitions_when_the_taker_exits(
         resumed_after_s = time.monotonic() - exited  # after the taker's process ended (0: before it had)
         since_signal_s = time.monotonic() - signalled
         assert all(epochs(engine)[p] == epochs_taken[p] + 1 for p in taken)  # claimed once more: fenced as today
+        wait_for(lambda: set(fences(settings).values()) == {configured_owner}, 5, "the resumed worker's fences")
         time.sleep(1.0)  # events flow through the configured worker again
     if exit_by == "SIGTERM":
         assert resumed_after_s < GRACEFUL_BOUND_S, resumed_after_s
@@ -229,8 +243,10 @@ def test_a_static_worker_resumes_its_partitions_when_the_taker_exits(
     # Every worker gone: no partition shows an owner, no worker is counted.
     if exit_by == "SIGTERM":
         configured.stop()
+        assert set(fences(settings).values()) == {None}  # deleted on the way out
     else:
         configured.kill()
+        assert set(fences(settings).values()) == {configured_owner}  # left behind: the next claim overwrites them
         time.sleep(lease_s)  # past its heartbeat's time limit
     snapshot = status_json(settings)
     assert [e["owner"] for e in snapshot["partitions"]] == [None] * clean.partitions

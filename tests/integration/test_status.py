@@ -129,7 +129,7 @@ def test_status_reports_lag_then_owner_and_counters(clean: Settings, start_worke
         assert f"/{worker.pid}/" in e["owner"]
         assert e["epoch"] >= 1
         assert e["epoch"] == entries[p]["epoch"] + 1
-        assert e["lease_owner"] is None  # a static worker takes no lease
+        assert e["lease_owner"] == e["owner"]  # a static worker's fetch fence holds its owner token
         assert e["applied_per_s"] == 0.0  # idle during the sampling interval
     applied = {p: after[p]["applied"] - entries[p]["applied"] for p in after}
     duplicates = {p: after[p]["duplicates"] - entries[p]["duplicates"] for p in after}

@@ -14,9 +14,11 @@ from seqproc import producer
 from seqproc.models.celery import celery_config
 from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import DeadLetter
-from seqproc.models.wire import article_key, bell_key, lease_key, partition_for, queue_name
+from seqproc.models.transport import fetched
+from seqproc.models.wire import article_key, bell_key, lease_key, partition_for, partition_of_queue, queue_name
 from seqproc.worker.ops.inspect import article_state
-from seqproc.worker.ownership.partitions import restore_unacked
+from seqproc.worker.ownership.partitions import claim, restore_unacked
+from seqproc.worker.ownership.static import StaticOwnership, fence
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.services
@@ -88,9 +90,77 @@ def test_a_fetch_takes_nothing_from_a_queue_whose_lease_moved(clean: Settings) -
     with connection(clean, fetch_owner="worker-b/1/old") as conn:
         taken = conn.default_channel._fetch([queue, elsewhere], 100)
     assert [q for q, _ in taken] == [queue] * depth[queue]
-    with connection(clean) as conn:  # fixed partitions: no lease check at all
+    with connection(clean) as conn:  # no owner token (a producer, the CLI): no check at all
         assert restore_unacked(conn.default_channel, [queue]) == depth[queue]
         assert len(conn.default_channel._fetch([queue], 100)) == depth[queue]
+
+
+def user_of(raw: bytes) -> int:
+    """The user of the first event of a message (a like)."""
+    return int(json.loads(json.loads(raw)["body"])[1]["events"][0]["user_id"])
+
+
+def test_a_fixed_worker_taken_over_fetches_nothing_more_from_its_queue(clean: Settings, engine: Engine) -> None:
+    """Two fixed workers (``--partitions N``) on one queue, each as the runner starts one: claim, fence, restore, then
+    fetch with its owner token. Once b has claimed the partition, set its fence and restored a's unacked messages,
+    a fetches nothing more from the queue though it has not noticed the takeover yet (it notices at its next
+    heartbeat or commit). Without the fence, a took the newer messages and gave them back, once fenced, behind
+    the later events b had applied meanwhile. b gets every message, in order; a's give-back of what it held only
+    adds copies of messages b has (duplicates)."""
+    receipts = [producer.like(11, user) for user in range(1, 9)]
+    queue = receipts[0].queue
+    partition = partition_of_queue(queue)
+    assert partition is not None
+    a, b = "fixed-a/1/aaaa", "fixed-b/2/bbbb"
+    client = redis.Redis.from_url(clean.broker_url)
+    with connection(clean, fetch_owner=a) as conn_a, connection(clean, fetch_owner=b) as conn_b:
+        chan_a, chan_b = conn_a.default_channel, conn_b.default_channel
+        claim(engine, [partition], owner=a, total=clean.partitions)
+        fence(chan_a, [partition], a)
+        held = [fetched(q, raw) for q, raw in chan_a._fetch([queue], 3)]  # a's batch in hand: users 1-3
+        assert [user_of(m.raw) for m in held] == [1, 2, 3]
+
+        claim(engine, [partition], owner=b, total=clean.partitions)  # epoch raised: a can no longer commit
+        fence(chan_b, [partition], b)
+        assert client.get(lease_key(queue)) == b.encode()
+        assert restore_unacked(chan_b, [queue]) == 3
+        assert chan_a._fetch([queue], 100) == []  # a, still unaware: nothing (without the fence: users 1-8)
+        taken = chan_b._fetch([queue], 100)
+        assert [user_of(raw) for _, raw in taken] == list(range(1, 9))  # every message once, in order
+
+        chan_a.give_back_fetched(held)  # a, refused at its commit, gives back what it held
+        assert [user_of(raw) for raw in reversed(client.lrange(queue, 0, -1))] == [1, 2, 3]  # copies b has
+        assert chan_a._fetch([queue], 100) == []
+
+
+def test_a_fixed_workers_fences_are_kept_given_up_and_released(clean: Settings, engine: Engine) -> None:
+    """Each tick, a fixed worker sets again a fence of a partition it holds that the broker lost, never over another
+    worker's, and deletes its fence of a partition it gave up; at a graceful exit it deletes those still its own."""
+    a, b = "fixed-a/1/aaaa", "fixed-b/2/bbbb"
+    client = redis.Redis.from_url(clean.broker_url)
+    keys = {p: lease_key(queue_name(p)) for p in (3, 4)}
+    with connection(clean, fetch_owner=a) as conn_a, connection(clean, fetch_owner=b) as conn_b:
+        chan_a, chan_b = conn_a.default_channel, conn_b.default_channel
+        holder_b = StaticOwnership(clean, engine, b, [3, 4], {3: 1, 4: 1}, spec="3-4")
+        fence(chan_b, [3, 4], b)
+        client.delete(keys[3])  # the broker lost it (a failover, a restart without persistence)
+        holder_b.keep_fences(chan_b)
+        assert client.mget(keys[3], keys[4]) == [b.encode(), b.encode()]
+
+        fence(chan_a, [3], a)  # a's claim set its fence after b's: b fetches nothing from 3...
+        holder_b.keep_fences(chan_b)
+        assert client.get(keys[3]) == a.encode()  # ...and does not take it back over a's
+        given_up = StaticOwnership(clean, engine, a, [3], {}, spec="3")  # a, fenced, gave partition 3 up
+        given_up.keep_fences(chan_a)
+        assert client.get(keys[3]) is None
+        holder_b.keep_fences(chan_b)  # the holder sets it again at its next tick
+        assert client.get(keys[3]) == b.encode()
+        given_up.keep_fences(chan_a)
+        assert client.get(keys[3]) == b.encode()  # not a's to delete
+
+    client.set(keys[4], a)  # taken by a meanwhile
+    holder_b.release_fences()
+    assert client.mget(keys[3], keys[4]) == [None, a.encode()]
 
 
 def test_a_fetch_that_stops_at_its_limit_rings_for_what_is_left(clean: Settings) -> None:

@@ -24,6 +24,7 @@ from seqproc.worker.consume.retry import StopRetrying, retry_in_place
 from seqproc.worker.engine.apply import DeadLetterRecord, store_dead_letters
 from seqproc.worker.ops import metrics
 from seqproc.worker.ownership.partitions import restore_unacked
+from seqproc.worker.ownership.static import fence
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,9 @@ class LeaseStep(bootsteps.StartStopStep):
             self._timer = c.timer.call_repeatedly(keeper.interval_s, self.tick, (c,))
 
     def tick(self, c: Any) -> None:
+        rt = runtime.of(c.app)
         try:
-            _keeper(runtime.of(c.app)).tick(
+            _keeper(rt).tick(
                 on_acquire=lambda partition, epoch: self._acquired(c, partition, epoch),
                 on_release=lambda partition: self._releasing(c, partition),
                 on_lost=lambda partition: self._lost(c, partition),
@@ -111,12 +113,23 @@ class LeaseStep(bootsteps.StartStopStep):
             # false and nothing is applied to a partition that may have moved; the next tick tries again.
             logger.warning("partition ownership: %s; trying again at the next tick", first_line(error))
             logger.debug("partition ownership tick failed", exc_info=True)
+        if rt.static is None:
+            return
+        try:
+            # Apart: a broker away must not keep the heartbeat (in PostgreSQL) from being written.
+            rt.static.keep_fences(c.connection.default_channel)
+        except Exception as error:
+            logger.warning("partition fetch fences: %s; trying again at the next tick", first_line(error))
 
     def _acquired(self, c: Any, partition: int, epoch: int) -> None:
         rt = runtime.of(c.app)
         rt.epochs[partition] = epoch
+        channel = c.connection.default_channel
+        if rt.static is not None:
+            # A fixed worker's fence (an auto worker's is its lease, set before the claim): before the restore.
+            fence(channel, [partition], rt.owner)
         # The previous owner can no longer commit (epoch raised): its unacked messages come back first, in order.
-        restore_unacked(c.connection.default_channel, [queue_name(partition)])
+        restore_unacked(channel, [queue_name(partition)])
         c.add_task_queue(queue_name(partition))
 
     def _releasing(self, c: Any, partition: int) -> None:

@@ -19,9 +19,10 @@ One row per partition (``SEQPROC_PARTITIONS`` of them), and a totals line. Where
   claimed it with. ``last_owner``: the worker that claimed it last, alive or not. ``owner_state``: ``live``,
   ``released`` (its owner exited gracefully), ``gone`` (its owner stopped heartbeating for ``SEQPROC_LEASE_S``:
   killed, paused, cut off) or ``unclaimed``. ``ownerless_s``: how long it has had no live owner (None while it
-  has one, or when nothing tells: never claimed). ``lease_owner``: the holder of the Redis lease
-  ``seqproc:lease:seqproc.pNN`` (only ``--partitions auto`` workers take leases; None otherwise, or when the lease
-  expired).
+  has one, or when nothing tells: never claimed). ``lease_owner``: the holder of the partition's fetch fence
+  ``seqproc:lease:seqproc.pNN`` (an auto worker's lease, or the fixed worker that claimed it last; None when nobody
+  holds it: an auto lease expired, a fixed worker exited gracefully). It differs from ``owner`` while a takeover is
+  under way, or when the holder is gone.
 - ``applied``, ``duplicates``, ``rejected``: running totals in the ``partition`` table, raised by every apply
   transaction in the same commit as its effects.
 - ``applied_per_s``: the rise of ``applied`` between two snapshots divided by the time between them; None without
@@ -184,7 +185,7 @@ class QueueProbe:
     oldest_stamp: int | None
     #: Delivered, not acknowledged yet (only when asked for).
     unacked: int = 0
-    #: Who holds the partition's lease (only when asked for; None: nobody, or fixed partitions).
+    #: Who holds the partition's fetch fence (only when asked for; None: nobody).
     lease_owner: str | None = None
 
     def oldest_age_s(self, now_s: float) -> float | None:

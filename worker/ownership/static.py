@@ -12,17 +12,32 @@ previous owner's unacknowledged messages go back to the head of the queue, in or
   (released at a graceful exit, or no heartbeat for ``SEQPROC_LEASE_S``). If so, claim it, but only if its owner is
   still the one seen: of several workers waiting for the same partition, one takes it and the others go on
   waiting for that one, so they converge on one owner instead of taking it from each other.
+- Its fetch is fenced as an auto worker's is (transport option ``fetch_owner``): a claim sets each partition's
+  fence, ``seqproc:lease:<queue>`` = its owner token (:func:`fence`), after raising the epochs and before handing
+  back the unacknowledged messages. The worker it took them from then fetches nothing more from those queues, even
+  before it notices the takeover. Every tick re-creates a fence of a partition held that the broker lost (``SET
+  NX``: never over another worker's) and deletes the fences of partitions lost that still hold this worker's token
+  (a claim that set its fence after a newer claimer's set his: the newer one re-creates it); a graceful exit deletes
+  them all (:meth:`StaticOwnership.release_fences`). A fence has no time limit, since nothing would renew it: a killed
+  worker leaves its fences behind, and the next claim overwrites them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
+import redis
 from sqlalchemy import Connection, Engine
 
+from seqproc.models.clients import redis_client
+from seqproc.models.errors import first_line
 from seqproc.models.settings import Settings
+from seqproc.models.transport import Channel
+from seqproc.models.wire import is_redis_url
+from seqproc.worker.ownership.leases import RELEASE, lease_key
 from seqproc.worker.ownership.liveness import BEATS_PER_LIMIT, beat, ownership
 from seqproc.worker.ownership.partitions import claim
 
@@ -31,6 +46,22 @@ logger = logging.getLogger(__name__)
 #: How often a worker waiting for one of its partitions looks whether it was released: a graceful exit hands the
 #: partitions back within about this long.
 WATCH_INTERVAL_S = 0.5
+
+
+def fence(channel: Any, partitions: Iterable[int], owner: str) -> None:
+    """Make ``owner`` the one worker whose fetch takes messages from ``partitions``' queues: their fences
+    (``seqproc:lease:<queue>``) hold its token, and the fetch script of any other fenced worker takes nothing from
+    them. Call it after the claim raised the epochs and before :func:`.partitions.restore_unacked`: what the previous
+    owner fetched until then is in ``unacked`` and comes back first, in order; without the fence it would go on
+    fetching newer messages until it noticed the takeover, and give them back behind later events of the same keys
+    that this owner had applied meanwhile."""
+    if not isinstance(channel, Channel):
+        return  # kombu's own Redis transport (Sentinel): no fetch script to fence
+    with channel.conn_or_acquire() as client:
+        pipe = client.pipeline(transaction=False)
+        for partition in partitions:
+            pipe.set(lease_key(partition), owner)
+        pipe.execute()
 
 
 class StaticOwnership:
@@ -54,6 +85,51 @@ class StaticOwnership:
         self.spec = spec
         self.interval_s = WATCH_INTERVAL_S
         self._next_beat_s = 0.0
+
+    def keep_fences(self, channel: Any) -> None:
+        """Each tick: the partitions held keep their fences, the partitions lost lose theirs (see the module's
+        docstring). A fence deleted here was this worker's, on a partition it has given up (its held messages went
+        back first)."""
+        if not isinstance(channel, Channel):
+            return
+        held = sorted(self.epochs)
+        lost = [p for p in self.partitions if p not in self.epochs]
+        with channel.conn_or_acquire() as client:
+            release = client.register_script(RELEASE)
+            pipe = client.pipeline(transaction=False)
+            for partition in held:
+                pipe.set(lease_key(partition), self.owner, nx=True)
+            for partition in lost:
+                release(keys=[lease_key(partition)], args=[self.owner], client=pipe)
+            replies = pipe.execute()
+        for partition, created in zip(held, replies[: len(held)], strict=True):
+            if created:
+                logger.warning(
+                    "partition %d: its fetch fence %s was gone from the broker (data lost?); set again",
+                    partition,
+                    lease_key(partition),
+                )
+
+    def release_fences(self) -> None:
+        """On the way out: delete the fences that still hold this worker's token, so that none names a worker that
+        is gone. A broker that cannot be reached is logged: the next claim of those partitions overwrites them."""
+        if not is_redis_url(self.settings.broker_url):
+            return
+        client = redis_client(self.settings.broker_url, timeout_s=2, connect_timeout_s=2)
+        try:
+            release = client.register_script(RELEASE)
+            pipe = client.pipeline(transaction=False)
+            for partition in self.partitions:
+                release(keys=[lease_key(partition)], args=[self.owner], client=pipe)
+            pipe.execute()
+        except redis.RedisError as error:
+            logger.warning(
+                "could not delete the fetch fences of %s (%s); the next claim of those partitions overwrites them",
+                self.owner,
+                first_line(error),
+            )
+        finally:
+            client.close()
 
     @property
     def waiting(self) -> list[int]:
