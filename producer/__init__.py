@@ -17,7 +17,8 @@ from seqproc.models.errors import (
 )
 from seqproc.models.outcomes import Outcome
 from seqproc.models.wire import partition_for, queue_name
-from seqproc.producer.api import commit, configure, connect, like, release, reserve, restock, send, send_many, unlike
+from seqproc.producer import api as _api
+from seqproc.producer.api import *  # noqa: F403 (the calls, configure, connect: as producer.api lists them)
 from seqproc.producer.receipt import Receipt, wait_all
 
 __all__ = [
@@ -29,17 +30,8 @@ __all__ = [
     "Receipt",
     "SeqprocError",
     "ServiceUnavailable",
-    "commit",
-    "configure",
-    "connect",
-    "like",
     "partition_for",
     "queue_name",
-    "release",
-    "reserve",
-    "restock",
-    "send",
-    "send_many",
-    "unlike",
     "wait_all",
 ]
+__all__ += _api.__all__

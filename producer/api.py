@@ -1,31 +1,22 @@
 """What application code calls: ``seqproc.like(...)``, ``seqproc.reserve(...)``, ``seqproc.send_many([...])``.
 
-Every call validates first and raises :class:`InvalidEvent` naming the field (nothing is sent then), stamps the
-event with this process's ordering clock, publishes it to its partition queue and returns a :class:`Receipt` once
-the broker holds it. If the broker cannot be reached it raises :class:`PublishError` (naming ``SEQPROC_BROKER_URL``):
-after ``timeout_s`` (keyword-only, default ``SEQPROC_PUBLISH_TIMEOUT_S``) for a broker that does not answer, after
-``SEQPROC_PUBLISH_REFUSED_RETRY_S`` (1 s) at most for one that refuses the connection.
+Every call (:class:`~seqproc.producer.calls.Calls` over :class:`BrokerSender`) validates first and raises
+:class:`InvalidEvent` naming the field (nothing is sent then), stamps the event with this process's ordering clock,
+publishes it to its partition queue and returns a :class:`Receipt` once the broker holds it. If the broker cannot be
+reached it raises :class:`PublishError` (naming ``SEQPROC_BROKER_URL``): after ``timeout_s`` (keyword-only, default
+``SEQPROC_PUBLISH_TIMEOUT_S``) for a broker that does not answer, after ``SEQPROC_PUBLISH_REFUSED_RETRY_S`` (1 s) at
+most for one that refuses the connection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Never
 
-from seqproc.models.domain import EventModel, load_domains
+from seqproc.models.domain import load_domains
 from seqproc.models.events import Event
 from seqproc.models.settings import Settings, get_settings
-from seqproc.producer.build import (
-    build_event,
-    build_events,
-    commit_event,
-    like_event,
-    prepare,
-    release_event,
-    reserve_event,
-    restock_event,
-    unlike_event,
-)
+from seqproc.producer.calls import Calls, SendOptions
+from seqproc.producer.fronts import TIMEOUT_S, Front
 from seqproc.producer.publish import Publisher, publisher_for
 from seqproc.producer.receipt import Receipt
 
@@ -64,74 +55,40 @@ def _publisher() -> Publisher:
     return publisher_for(current_settings())
 
 
-def _send(event: Event, timeout_s: float | None) -> Receipt:
-    return _publisher().publish([event], timeout_s=timeout_s)[0]
+class BrokerSender:
+    """The broker, through this process's publisher of the current settings: a call returns once the broker holds
+    its events."""
+
+    def one(self, event: Event, options: SendOptions[float | None, Never]) -> Receipt:
+        return _publisher().publish([event], timeout_s=options.get("timeout_s"))[0]
+
+    def many(self, events: list[Event], options: SendOptions[float | None, Never]) -> list[Receipt]:
+        if not events:
+            return []
+        return _publisher().publish(events, timeout_s=options.get("timeout_s"))
 
 
-def like(
-    article_id: int, user_id: int, *, idempotency_key: str | None = None, timeout_s: float | None = None
-) -> Receipt:
-    """``user_id`` likes ``article_id`` (a repeated like changes nothing)."""
-    return _send(like_event(article_id, user_id, idempotency_key=idempotency_key), timeout_s)
-
-
-def unlike(
-    article_id: int, user_id: int, *, idempotency_key: str | None = None, timeout_s: float | None = None
-) -> Receipt:
-    """``user_id`` takes back their like of ``article_id`` (an unlike without a like changes nothing)."""
-    return _send(unlike_event(article_id, user_id, idempotency_key=idempotency_key), timeout_s)
-
-
-def reserve(product_id: int, quantity: int, *, reservation_id: str, timeout_s: float | None = None) -> Receipt:
-    """Hold ``quantity`` units of ``product_id``; rejected with ``insufficient_stock`` if fewer are available."""
-    return _send(reserve_event(product_id, quantity, reservation_id=reservation_id), timeout_s)
-
-
-def release(product_id: int, reservation_id: str, *, timeout_s: float | None = None) -> Receipt:
-    """Give a reservation's units back (once). A release that arrives before its reservation cancels it."""
-    return _send(release_event(product_id, reservation_id), timeout_s)
-
-
-def commit(product_id: int, reservation_id: str, *, timeout_s: float | None = None) -> Receipt:
-    """Turn an applied reservation into a sale. Rejected for an unknown or released reservation."""
-    return _send(commit_event(product_id, reservation_id), timeout_s)
-
-
-def restock(
-    product_id: int, quantity: int, *, idempotency_key: str | None = None, timeout_s: float | None = None
-) -> Receipt:
-    """Add ``quantity`` units of ``product_id`` (creating the product on its first restock)."""
-    return _send(restock_event(product_id, quantity, idempotency_key=idempotency_key), timeout_s)
-
-
-def send(event: EventModel, *, idempotency_key: str | None = None, timeout_s: float | None = None) -> Receipt:
-    """Send an event of any domain (``seqproc.send(Deposit(account_id=7, amount=100), idempotency_key="req-1")``).
-
-    Without ``idempotency_key`` every call is a new event; a caller that may retry passes its own (a request id),
-    and the retry is then a ``duplicate``. Events whose key follows from their fields (a reservation, a transfer)
-    take no key."""
-    return _send(prepare([event], idempotency_keys=[idempotency_key])[0], timeout_s)
-
-
-def send_many(events: Iterable[Mapping[str, Any] | EventModel], *, timeout_s: float | None = None) -> list[Receipt]:
-    """Send many events with few messages: one per partition (and per ``max_events_per_message``).
-
-    Each item is an event (``Deposit(...)``) or a mapping with ``type`` and that type's fields, as the single calls
-    take them, e.g. ``{"type": "like", "article_id": 1, "user_id": 2}``. All are validated before any is sent; the
-    first bad one raises :class:`InvalidEvent` naming its index and field (``events[3].quantity: ...``).
-    Order is kept per partition, hence per entity.
-    """
-    built = build_events(events)
-    if not built:
-        return []
-    return _publisher().publish(built, timeout_s=timeout_s)
+_front = Front(
+    Calls(BrokerSender()),
+    __name__,
+    option=TIMEOUT_S,
+    sent="Returns once the broker holds the event(s); raises :class:`PublishError` if the broker cannot be reached "
+    "within ``timeout_s`` (keyword-only, default ``SEQPROC_PUBLISH_TIMEOUT_S``).",
+)
+like = _front.export(Calls.like)
+unlike = _front.export(Calls.unlike)
+restock = _front.export(Calls.restock)
+reserve = _front.export(Calls.reserve)
+release = _front.export(Calls.release)
+commit = _front.export(Calls.commit)
+send = _front.export(Calls.send)
+send_many = _front.export(Calls.send_many)
 
 
 __all__ = [
-    "build_event",
-    "build_events",
     "commit",
     "configure",
+    "connect",
     "like",
     "release",
     "reserve",

@@ -153,27 +153,3 @@ def prepare(events: Iterable[EventModel], *, idempotency_keys: Iterable[Any] | N
             raise InvalidEvent(f"events[{index}]", f"must be an event (got {type(event).__name__})")
         built.append(stamp_event(event, idempotency_key=keys[index] if keys is not None else None))
     return built
-
-
-def like_event(article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Event:
-    return make_event("like", {"article_id": article_id, "user_id": user_id}, idempotency_key=idempotency_key)
-
-
-def unlike_event(article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Event:
-    return make_event("unlike", {"article_id": article_id, "user_id": user_id}, idempotency_key=idempotency_key)
-
-
-def reserve_event(product_id: int, quantity: int, *, reservation_id: str) -> Event:
-    return make_event("reserve", {"product_id": product_id, "quantity": quantity, "reservation_id": reservation_id})
-
-
-def release_event(product_id: int, reservation_id: str) -> Event:
-    return make_event("release", {"product_id": product_id, "reservation_id": reservation_id})
-
-
-def commit_event(product_id: int, reservation_id: str) -> Event:
-    return make_event("commit", {"product_id": product_id, "reservation_id": reservation_id})
-
-
-def restock_event(product_id: int, quantity: int, *, idempotency_key: str | None = None) -> Event:
-    return make_event("restock", {"product_id": product_id, "quantity": quantity}, idempotency_key=idempotency_key)

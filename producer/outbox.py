@@ -5,11 +5,11 @@
         receipt = seqproc.outbox.like(conn, article_id, user_id)
     outcome = receipt.wait(timeout_s=5)               # once the transaction has committed
 
-Each call validates exactly as the direct calls do (:class:`InvalidEvent` naming the field; nothing is written
-then), and inserts the event into the outbox table (``seqproc_outbox``) through the caller's connection, so the
-event is committed if and only if the caller's transaction commits. ``seqproc relay`` sends committed events to
-their partition queues, many per message, and keeps each row until the worker has applied its event. No broker is
-contacted here: a call needs only the database.
+Each call (:class:`~seqproc.producer.calls.Calls` over :class:`OutboxSender`) validates exactly as the direct calls
+do (:class:`InvalidEvent` naming the field; nothing is written then), and inserts the event into the outbox table
+(``seqproc_outbox``) through the caller's connection, so the event is committed if and only if the caller's
+transaction commits. ``seqproc relay`` sends committed events to their partition queues, many per message, and keeps
+each row until the worker has applied its event. No broker is contacted here: a call needs only the database.
 
 The insert itself checks the partition count the rows were routed with against the deployment's, as the outbox
 database records it (``seqproc_outbox_meta``, copied from seqproc's database by ``seqproc migrate``, the relays and
@@ -21,42 +21,28 @@ trip is added, and a ``seqproc partitions set`` is seen by the very next insert.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, Never, cast
 
-from seqproc.models.domain import EventModel
 from seqproc.models.errors import PartitionCountMismatch, SeqprocError
 from seqproc.models.events import Event
 from seqproc.models.outcomes import OutcomeStore, outcome_store
 from seqproc.models.partition_count import mismatch
 from seqproc.models.settings import Settings
-from seqproc.models.wire import partition_for, queue_name
+from seqproc.models.wire import partition_for
 from seqproc.producer.api import current_settings
-from seqproc.producer.build import (
-    build_events,
-    commit_event,
-    like_event,
-    prepare,
-    release_event,
-    reserve_event,
-    restock_event,
-    unlike_event,
-)
+from seqproc.producer.calls import Calls, SendOptions
+from seqproc.producer.fronts import PerConnection
 from seqproc.producer.receipt import Receipt
 
 __all__ = [
-    "INSERT_NAMED",
-    "INSERT_PYFORMAT",
-    "RECORDED_COUNT",
     "OutboxConnectionError",
     "commit",
-    "count_refused",
     "like",
-    "outbox_rows",
-    "receipts_for",
     "release",
     "reserve",
     "restock",
+    "send",
     "send_many",
     "unlike",
     "write",
@@ -114,47 +100,33 @@ def refuse_sqlalchemy_autocommit(connection: Any) -> None:
     )
 
 
-def like(conn: Any, article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Receipt:
-    """``user_id`` likes ``article_id``, if and only if ``conn``'s transaction commits."""
-    return write(conn, [like_event(article_id, user_id, idempotency_key=idempotency_key)])[0]
+class OutboxSender:
+    """The outbox table, through the caller's connection, inside its transaction (see :func:`write`)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def one(self, event: Event, options: SendOptions[Never, Never]) -> Receipt:
+        return write(self.conn, [event])[0]
+
+    def many(self, events: list[Event], options: SendOptions[Never, Never]) -> list[Receipt]:
+        return write(self.conn, events) if events else []
 
 
-def unlike(conn: Any, article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Receipt:
-    """``user_id`` takes back their like of ``article_id``, if and only if ``conn``'s transaction commits."""
-    return write(conn, [unlike_event(article_id, user_id, idempotency_key=idempotency_key)])[0]
+#: What an outbox call's docstring says of sending.
+SENT = "Written into the outbox through ``conn``, inside its transaction: sent if and only if it commits."
 
-
-def reserve(conn: Any, product_id: int, quantity: int, *, reservation_id: str) -> Receipt:
-    """Hold ``quantity`` units of ``product_id``, if and only if ``conn``'s transaction commits."""
-    return write(conn, [reserve_event(product_id, quantity, reservation_id=reservation_id)])[0]
-
-
-def release(conn: Any, product_id: int, reservation_id: str) -> Receipt:
-    """Give a reservation's units back, if and only if ``conn``'s transaction commits."""
-    return write(conn, [release_event(product_id, reservation_id)])[0]
-
-
-def commit(conn: Any, product_id: int, reservation_id: str) -> Receipt:
-    """Turn an applied reservation into a sale, if and only if ``conn``'s transaction commits."""
-    return write(conn, [commit_event(product_id, reservation_id)])[0]
-
-
-def restock(conn: Any, product_id: int, quantity: int, *, idempotency_key: str | None = None) -> Receipt:
-    """Add ``quantity`` units of ``product_id``, if and only if ``conn``'s transaction commits."""
-    return write(conn, [restock_event(product_id, quantity, idempotency_key=idempotency_key)])[0]
-
-
-def send(conn: Any, event: EventModel, *, idempotency_key: str | None = None) -> Receipt:
-    """An event of any domain (``Deposit(account_id=7, amount=100)``), if and only if ``conn``'s transaction
-    commits."""
-    return write(conn, prepare([event], idempotency_keys=[idempotency_key]))[0]
-
-
-def send_many(conn: Any, events: Iterable[Mapping[str, Any] | EventModel]) -> list[Receipt]:
-    """Many events in one insert, each a mapping as :func:`seqproc.send_many` takes them; all are validated
-    before any is written (the first bad one raises :class:`InvalidEvent` naming its index and field)."""
-    built = build_events(events)
-    return write(conn, built) if built else []
+_front = PerConnection(OutboxSender, __name__, sent=SENT)
+like = _front.export(Calls.like)
+unlike = _front.export(Calls.unlike)
+restock = _front.export(Calls.restock)
+reserve = _front.export(Calls.reserve)
+release = _front.export(Calls.release)
+commit = _front.export(Calls.commit)
+send = _front.export(Calls.send)
+send_many = _front.export(Calls.send_many)
 
 
 def write(conn: Any, events: Sequence[Event], *, settings: Settings | None = None) -> list[Receipt]:
@@ -196,18 +168,7 @@ def count_refused(rows: Sequence[Mapping[str, Any]], recorded: object) -> Partit
 
 def receipts_for(events: Sequence[Event], rows: Sequence[Mapping[str, Any]], settings: Settings) -> list[Receipt]:
     store = _outcomes(settings.result_backend, settings.outcome_ttl_s)
-    return [
-        Receipt(
-            idempotency_key=str(event.key),
-            event_id=str(event.id),
-            event_type=event.type,
-            partition=row["partition"],
-            queue=queue_name(row["partition"]),
-            stamp=int(event.stamp or 0),
-            _store=store,
-        )
-        for event, row in zip(events, rows, strict=True)
-    ]
+    return [Receipt.of(event, row["partition"], store) for event, row in zip(events, rows, strict=True)]
 
 
 def _scalar(row: Any) -> object:

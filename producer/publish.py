@@ -120,16 +120,7 @@ class Publisher:
         return [self.receipt(event) for event in events]
 
     def receipt(self, event: Event) -> Receipt:
-        partition = self.partition_of(event)
-        return Receipt(
-            idempotency_key=str(event.key),
-            event_id=str(event.id),
-            event_type=event.type,
-            partition=partition,
-            queue=queue_name(partition),
-            stamp=int(event.stamp or 0),
-            _store=self.outcomes,
-        )
+        return Receipt.of(event, self.partition_of(event), self.outcomes)
 
     def send(self, events: Sequence[Event], deadline: float | None = None) -> None:
         """Publish ``events`` now: one message per partition (split at ``max_events_per_message``), every message

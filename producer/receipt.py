@@ -5,12 +5,17 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from redis import RedisError
 
 from seqproc.models.errors import OutcomeTimeout, OutcomeUnavailable, first_line
 from seqproc.models.outcomes import Outcome, OutcomeStore
 from seqproc.models.settings import mask_url
+from seqproc.models.wire import queue_name
+
+if TYPE_CHECKING:
+    from seqproc.models.events import Event
 
 #: The setting that names the result backend, for the errors that cannot read it.
 RESULT_BACKEND_SETTING = "SEQPROC_RESULT_BACKEND"
@@ -35,6 +40,20 @@ class Receipt:
     queue: str
     stamp: int
     _store: OutcomeStore = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, event: Event, partition: int, store: OutcomeStore) -> Receipt:
+        """The receipt of ``event`` (validated, keyed, stamped), routed to ``partition``, whose outcome ``store``
+        will hold: the one place a receipt is made, for the broker's sends and the outbox's rows alike."""
+        return cls(
+            idempotency_key=str(event.key),
+            event_id=str(event.id),
+            event_type=event.type,
+            partition=partition,
+            queue=queue_name(partition),
+            stamp=int(event.stamp or 0),
+            _store=store,
+        )
 
     def wait(self, timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> Outcome:
         """Block until the worker reports this event's outcome; raise :class:`OutcomeTimeout` after ``timeout_s``,

@@ -32,7 +32,8 @@ from seqproc.models.errors import (
     ServiceUnavailable,
 )
 from seqproc.models.outcomes import Outcome
-from seqproc.producer.api import commit, configure, connect, like, release, reserve, restock, send, send_many, unlike
+from seqproc.producer import api as _api
+from seqproc.producer.api import *  # noqa: F403 (the calls, configure, connect: as producer.api lists them)
 from seqproc.producer.receipt import Receipt, wait_all
 
 __all__ = [
@@ -50,17 +51,8 @@ __all__ = [
     "SeqprocError",
     "ServiceUnavailable",
     "aio",
-    "commit",
-    "configure",
-    "connect",
-    "like",
     "outbox",
     "producer",
-    "release",
-    "reserve",
-    "restock",
-    "send",
-    "send_many",
-    "unlike",
     "wait_all",
 ]
+__all__ += _api.__all__

@@ -10,34 +10,10 @@ Concurrent calls of one event loop share messages (group commit, :mod:`seqproc.p
 has its own connections (:mod:`seqproc.producer.aio.loops`). Imports nothing from ``worker``.
 """
 
+from seqproc.producer.aio import api as _api
 from seqproc.producer.aio import outbox
-from seqproc.producer.aio.api import (
-    aclose,
-    commit,
-    like,
-    publisher,
-    release,
-    reserve,
-    restock,
-    send,
-    send_many,
-    unlike,
-    wait,
-    wait_all,
-)
+from seqproc.producer.aio.api import *  # noqa: F403 (the calls, wait, wait_all, aclose: as aio.api lists them)
+from seqproc.producer.aio.api import publisher
 
-__all__ = [
-    "aclose",
-    "commit",
-    "like",
-    "outbox",
-    "publisher",
-    "release",
-    "reserve",
-    "restock",
-    "send",
-    "send_many",
-    "unlike",
-    "wait",
-    "wait_all",
-]
+__all__ = ["outbox", "publisher"]
+__all__ += _api.__all__

@@ -1,6 +1,7 @@
 """What asyncio application code awaits: ``await seqproc.aio.like(...)``, ``await seqproc.aio.wait(receipt)``.
 
-The same calls as :mod:`seqproc.producer.api`, with the same validation (:class:`InvalidEvent` naming the field,
+The same calls as :mod:`seqproc.producer.api` (:class:`~seqproc.producer.calls.Calls` over
+:class:`AsyncBrokerSender`), with the same validation (:class:`InvalidEvent` naming the field,
 before anything is sent), the same settings (``seqproc.producer.configure`` or the environment) and the same
 :class:`Receipt` (its blocking ``.wait()`` works too), the same ``timeout_s=`` (keyword-only: how long a call may
 wait for the broker). Concurrent calls of one event loop share messages.
@@ -9,10 +10,9 @@ wait for the broker). Concurrent calls of one event loop share messages.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Never
 
-from seqproc.models.domain import EventModel
 from seqproc.models.events import Event
 from seqproc.models.outcomes import Outcome, RedisOutcomeStore
 from seqproc.producer import receipt as threaded
@@ -20,16 +20,8 @@ from seqproc.producer.aio.loops import LoopClients, loop_clients
 from seqproc.producer.aio.outcomes import AsyncOutcomeReader
 from seqproc.producer.aio.publish import AsyncPublisher
 from seqproc.producer.api import current_settings
-from seqproc.producer.build import (
-    build_events,
-    commit_event,
-    like_event,
-    prepare,
-    release_event,
-    reserve_event,
-    restock_event,
-    unlike_event,
-)
+from seqproc.producer.calls import Calls, SendOptions
+from seqproc.producer.fronts import TIMEOUT_S, Front
 from seqproc.producer.receipt import (
     DEFAULT_WAIT_TIMEOUT_S,
     READ_ERRORS,
@@ -38,66 +30,55 @@ from seqproc.producer.receipt import (
     outcomes_unavailable,
 )
 
+__all__ = [
+    "aclose",
+    "commit",
+    "like",
+    "release",
+    "reserve",
+    "restock",
+    "send",
+    "send_many",
+    "unlike",
+    "wait",
+    "wait_all",
+]
+
 
 async def publisher() -> AsyncPublisher:
     """The running loop's publisher of the current settings."""
     return (await loop_clients()).publisher(current_settings())
 
 
-async def _send(event: Event, timeout_s: float | None) -> Receipt:
-    return (await (await publisher()).publish([event], timeout_s=timeout_s))[0]
+class AsyncBrokerSender:
+    """The broker, through the running loop's publisher of the current settings: a call returns once the broker holds
+    its events; concurrent calls of the loop share messages."""
+
+    async def one(self, event: Event, options: SendOptions[float | None, Never]) -> Receipt:
+        return (await (await publisher()).publish([event], timeout_s=options.get("timeout_s")))[0]
+
+    async def many(self, events: list[Event], options: SendOptions[float | None, Never]) -> list[Receipt]:
+        if not events:
+            return []
+        return await (await publisher()).publish(events, timeout_s=options.get("timeout_s"))
 
 
-async def like(
-    article_id: int, user_id: int, *, idempotency_key: str | None = None, timeout_s: float | None = None
-) -> Receipt:
-    """``user_id`` likes ``article_id`` (a repeated like changes nothing)."""
-    return await _send(like_event(article_id, user_id, idempotency_key=idempotency_key), timeout_s)
-
-
-async def unlike(
-    article_id: int, user_id: int, *, idempotency_key: str | None = None, timeout_s: float | None = None
-) -> Receipt:
-    """``user_id`` takes back their like of ``article_id`` (an unlike without a like changes nothing)."""
-    return await _send(unlike_event(article_id, user_id, idempotency_key=idempotency_key), timeout_s)
-
-
-async def reserve(product_id: int, quantity: int, *, reservation_id: str, timeout_s: float | None = None) -> Receipt:
-    """Hold ``quantity`` units of ``product_id``; rejected with ``insufficient_stock`` if fewer are available."""
-    return await _send(reserve_event(product_id, quantity, reservation_id=reservation_id), timeout_s)
-
-
-async def release(product_id: int, reservation_id: str, *, timeout_s: float | None = None) -> Receipt:
-    """Give a reservation's units back (once). A release that arrives before its reservation cancels it."""
-    return await _send(release_event(product_id, reservation_id), timeout_s)
-
-
-async def commit(product_id: int, reservation_id: str, *, timeout_s: float | None = None) -> Receipt:
-    """Turn an applied reservation into a sale. Rejected for an unknown or released reservation."""
-    return await _send(commit_event(product_id, reservation_id), timeout_s)
-
-
-async def restock(
-    product_id: int, quantity: int, *, idempotency_key: str | None = None, timeout_s: float | None = None
-) -> Receipt:
-    """Add ``quantity`` units of ``product_id`` (creating the product on its first restock)."""
-    return await _send(restock_event(product_id, quantity, idempotency_key=idempotency_key), timeout_s)
-
-
-async def send(event: EventModel, *, idempotency_key: str | None = None, timeout_s: float | None = None) -> Receipt:
-    """Send an event of any domain, as :func:`seqproc.send`."""
-    return await _send(prepare([event], idempotency_keys=[idempotency_key])[0], timeout_s)
-
-
-async def send_many(
-    events: Iterable[Mapping[str, Any] | EventModel], *, timeout_s: float | None = None
-) -> list[Receipt]:
-    """Many events with few messages, as :func:`seqproc.send_many`: all validated before any is sent (the first
-    bad one raises :class:`InvalidEvent` naming its index and field), order kept per partition."""
-    built = build_events(events)
-    if not built:
-        return []
-    return await (await publisher()).publish(built, timeout_s=timeout_s)
+_front = Front(
+    Calls(AsyncBrokerSender()),
+    __name__,
+    option=TIMEOUT_S,
+    sent="Awaited: returns once the broker holds the event(s); raises :class:`PublishError` if the broker cannot be "
+    "reached within ``timeout_s`` (keyword-only, default ``SEQPROC_PUBLISH_TIMEOUT_S``).",
+    asynchronous=True,
+)
+like = _front.export(Calls.like)
+unlike = _front.export(Calls.unlike)
+restock = _front.export(Calls.restock)
+reserve = _front.export(Calls.reserve)
+release = _front.export(Calls.release)
+commit = _front.export(Calls.commit)
+send = _front.export(Calls.send)
+send_many = _front.export(Calls.send_many)
 
 
 async def wait(receipt: Receipt, timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> Outcome:

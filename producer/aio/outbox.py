@@ -5,36 +5,28 @@
         receipt = await seqproc.aio.outbox.like(conn, article_id, user_id)
     outcome = await seqproc.aio.wait(receipt, timeout_s=5)  # once the transaction has committed
 
-The calls of :mod:`seqproc.producer.outbox`, awaited: the same validation (:class:`InvalidEvent` naming the field;
-nothing is written then), the same rows in the same table, inserted through the caller's connection so that the
-event is committed if and only if the caller's transaction commits; ``seqproc relay`` sends it. No broker is
-contacted here. The insert checks the partition count as the blocking one does (:class:`PartitionCountMismatch`,
-nothing inserted).
+The calls of :mod:`seqproc.producer.outbox`, awaited (:class:`~seqproc.producer.calls.Calls` over
+:class:`AsyncOutboxSender`): the same validation (:class:`InvalidEvent` naming the field; nothing is written then),
+the same rows in the same table, inserted through the caller's connection so that the event is committed if and only
+if the caller's transaction commits; ``seqproc relay`` sends it. No broker is contacted here. The insert checks the
+partition count as the blocking one does (:class:`PartitionCountMismatch`, nothing inserted).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any, Never, cast
 
-from seqproc.models.domain import EventModel
 from seqproc.models.events import Event
 from seqproc.models.settings import Settings
 from seqproc.producer.api import current_settings
-from seqproc.producer.build import (
-    build_events,
-    commit_event,
-    like_event,
-    prepare,
-    release_event,
-    reserve_event,
-    restock_event,
-    unlike_event,
-)
+from seqproc.producer.calls import Calls, SendOptions
+from seqproc.producer.fronts import PerConnection
 from seqproc.producer.outbox import (
     INSERT_NAMED,
     INSERT_PYFORMAT,
     RECORDED_COUNT,
+    SENT,
     OutboxConnectionError,
     count_refused,
     outbox_rows,
@@ -51,52 +43,37 @@ __all__ = [
     "release",
     "reserve",
     "restock",
+    "send",
     "send_many",
     "unlike",
     "write",
 ]
 
 
-async def like(conn: Any, article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Receipt:
-    """``user_id`` likes ``article_id``, if and only if ``conn``'s transaction commits."""
-    return (await write(conn, [like_event(article_id, user_id, idempotency_key=idempotency_key)]))[0]
+class AsyncOutboxSender:
+    """The outbox table, through the caller's asynchronous connection, inside its transaction (see :func:`write`)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def one(self, event: Event, options: SendOptions[Never, Never]) -> Receipt:
+        return (await write(self.conn, [event]))[0]
+
+    async def many(self, events: list[Event], options: SendOptions[Never, Never]) -> list[Receipt]:
+        return await write(self.conn, events) if events else []
 
 
-async def unlike(conn: Any, article_id: int, user_id: int, *, idempotency_key: str | None = None) -> Receipt:
-    """``user_id`` takes back their like of ``article_id``, if and only if ``conn``'s transaction commits."""
-    return (await write(conn, [unlike_event(article_id, user_id, idempotency_key=idempotency_key)]))[0]
-
-
-async def reserve(conn: Any, product_id: int, quantity: int, *, reservation_id: str) -> Receipt:
-    """Hold ``quantity`` units of ``product_id``, if and only if ``conn``'s transaction commits."""
-    return (await write(conn, [reserve_event(product_id, quantity, reservation_id=reservation_id)]))[0]
-
-
-async def release(conn: Any, product_id: int, reservation_id: str) -> Receipt:
-    """Give a reservation's units back, if and only if ``conn``'s transaction commits."""
-    return (await write(conn, [release_event(product_id, reservation_id)]))[0]
-
-
-async def commit(conn: Any, product_id: int, reservation_id: str) -> Receipt:
-    """Turn an applied reservation into a sale, if and only if ``conn``'s transaction commits."""
-    return (await write(conn, [commit_event(product_id, reservation_id)]))[0]
-
-
-async def restock(conn: Any, product_id: int, quantity: int, *, idempotency_key: str | None = None) -> Receipt:
-    """Add ``quantity`` units of ``product_id``, if and only if ``conn``'s transaction commits."""
-    return (await write(conn, [restock_event(product_id, quantity, idempotency_key=idempotency_key)]))[0]
-
-
-async def send(conn: Any, event: EventModel, *, idempotency_key: str | None = None) -> Receipt:
-    """An event of any domain, if and only if ``conn``'s transaction commits."""
-    return (await write(conn, prepare([event], idempotency_keys=[idempotency_key])))[0]
-
-
-async def send_many(conn: Any, events: Iterable[Mapping[str, Any] | EventModel]) -> list[Receipt]:
-    """Many events in one insert, each a mapping as :func:`seqproc.send_many` takes them; all are validated
-    before any is written (the first bad one raises :class:`InvalidEvent` naming its index and field)."""
-    built = build_events(events)
-    return await write(conn, built) if built else []
+_front = PerConnection(AsyncOutboxSender, __name__, sent=f"Awaited. {SENT}", asynchronous=True)
+like = _front.export(Calls.like)
+unlike = _front.export(Calls.unlike)
+restock = _front.export(Calls.restock)
+reserve = _front.export(Calls.reserve)
+release = _front.export(Calls.release)
+commit = _front.export(Calls.commit)
+send = _front.export(Calls.send)
+send_many = _front.export(Calls.send_many)
 
 
 async def write(conn: Any, events: Sequence[Event], *, settings: Settings | None = None) -> list[Receipt]:

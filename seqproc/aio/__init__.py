@@ -11,31 +11,8 @@ async with engine.begin() as conn:                         # an AsyncConnection,
 """
 
 from seqproc.aio import outbox
-from seqproc.producer.aio import (
-    aclose,
-    commit,
-    like,
-    release,
-    reserve,
-    restock,
-    send,
-    send_many,
-    unlike,
-    wait,
-    wait_all,
-)
+from seqproc.producer.aio import api as _api
+from seqproc.producer.aio.api import *  # noqa: F403 (the calls, wait, wait_all, aclose: as aio.api lists them)
 
-__all__ = [
-    "aclose",
-    "commit",
-    "like",
-    "outbox",
-    "release",
-    "reserve",
-    "restock",
-    "send",
-    "send_many",
-    "unlike",
-    "wait",
-    "wait_all",
-]
+__all__ = ["outbox"]
+__all__ += _api.__all__

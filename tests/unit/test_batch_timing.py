@@ -13,7 +13,7 @@ from seqproc.models.outcomes import outcome_store
 from seqproc.models.settings import Settings
 from seqproc.models.transport import Fetched, fetched
 from seqproc.models.wire import article_key, partition_for, queue_name
-from seqproc.producer.build import like_event
+from seqproc.producer.build import build_event
 from seqproc.producer.envelope import task_envelope
 from seqproc.worker import runtime
 from seqproc.worker.consume import batching
@@ -82,7 +82,15 @@ _users = iter(range(1, 10**6))
 def chunk(size: int) -> list[Fetched]:
     queue = queue_name(PARTITION)
     return [
-        fetched(queue, task_envelope(queue, PARTITION, [like_event(ARTICLE, next(_users))], task_id=f"t{n}").encode())
+        fetched(
+            queue,
+            task_envelope(
+                queue,
+                PARTITION,
+                [build_event("like", {"article_id": ARTICLE, "user_id": next(_users)})],
+                task_id=f"t{n}",
+            ).encode(),
+        )
         for n in range(size)
     ]
 

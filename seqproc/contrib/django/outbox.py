@@ -1,4 +1,5 @@
-"""The outbox calls for Django: the calls of :mod:`seqproc.outbox`, written through Django's connection.
+"""The outbox calls for Django: the calls of :mod:`seqproc.outbox`, written through Django's connection
+(:class:`~seqproc.producer.calls.Calls` over :class:`DjangoSender`).
 
     from django.db import transaction
     from seqproc.contrib.django import outbox
@@ -24,24 +25,16 @@ and writes nothing: the insert checks it (see :mod:`seqproc.producer.outbox`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import inspect
+from collections.abc import Sequence
+from typing import Never
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from seqproc.models.domain import EventModel
 from seqproc.models.events import Event
 from seqproc.producer.api import current_settings
-from seqproc.producer.build import (
-    build_events,
-    commit_event,
-    like_event,
-    prepare,
-    release_event,
-    reserve_event,
-    restock_event,
-    unlike_event,
-)
+from seqproc.producer.calls import Calls, SendOptions
+from seqproc.producer.fronts import Front
 from seqproc.producer.outbox import (
     INSERT_PYFORMAT,
     RECORDED_COUNT,
@@ -52,54 +45,34 @@ from seqproc.producer.outbox import (
 )
 from seqproc.producer.receipt import Receipt
 
-__all__ = ["commit", "like", "release", "reserve", "restock", "send_many", "unlike", "write"]
+__all__ = ["commit", "like", "release", "reserve", "restock", "send", "send_many", "unlike", "write"]
 
 
-def like(
-    article_id: int, user_id: int, *, idempotency_key: str | None = None, using: str = DEFAULT_DB_ALIAS
-) -> Receipt:
-    """``user_id`` likes ``article_id``, if and only if the current transaction on ``using`` commits."""
-    return write([like_event(article_id, user_id, idempotency_key=idempotency_key)], using=using)[0]
+class DjangoSender:
+    """The outbox table of a Django database alias, inside its current transaction (see :func:`write`)."""
+
+    def one(self, event: Event, options: SendOptions[Never, str]) -> Receipt:
+        return write([event], using=options.get("using", DEFAULT_DB_ALIAS))[0]
+
+    def many(self, events: list[Event], options: SendOptions[Never, str]) -> list[Receipt]:
+        return write(events, using=options.get("using", DEFAULT_DB_ALIAS))
 
 
-def unlike(
-    article_id: int, user_id: int, *, idempotency_key: str | None = None, using: str = DEFAULT_DB_ALIAS
-) -> Receipt:
-    """``user_id`` takes back their like of ``article_id``, if and only if the transaction commits."""
-    return write([unlike_event(article_id, user_id, idempotency_key=idempotency_key)], using=using)[0]
-
-
-def reserve(product_id: int, quantity: int, *, reservation_id: str, using: str = DEFAULT_DB_ALIAS) -> Receipt:
-    """Hold ``quantity`` units of ``product_id``, if and only if the transaction commits."""
-    return write([reserve_event(product_id, quantity, reservation_id=reservation_id)], using=using)[0]
-
-
-def release(product_id: int, reservation_id: str, *, using: str = DEFAULT_DB_ALIAS) -> Receipt:
-    """Give a reservation's units back, if and only if the transaction commits."""
-    return write([release_event(product_id, reservation_id)], using=using)[0]
-
-
-def commit(product_id: int, reservation_id: str, *, using: str = DEFAULT_DB_ALIAS) -> Receipt:
-    """Turn an applied reservation into a sale, if and only if the transaction commits."""
-    return write([commit_event(product_id, reservation_id)], using=using)[0]
-
-
-def restock(
-    product_id: int, quantity: int, *, idempotency_key: str | None = None, using: str = DEFAULT_DB_ALIAS
-) -> Receipt:
-    """Add ``quantity`` units of ``product_id``, if and only if the transaction commits."""
-    return write([restock_event(product_id, quantity, idempotency_key=idempotency_key)], using=using)[0]
-
-
-def send(event: EventModel, *, idempotency_key: str | None = None, using: str = DEFAULT_DB_ALIAS) -> Receipt:
-    """An event of any domain, if and only if the current transaction of ``using`` commits."""
-    return write(prepare([event], idempotency_keys=[idempotency_key]), using=using)[0]
-
-
-def send_many(events: Iterable[Mapping[str, Any] | EventModel], *, using: str = DEFAULT_DB_ALIAS) -> list[Receipt]:
-    """Many events in one statement, each a mapping as :func:`seqproc.send_many` takes them; all are validated
-    before any is written (the first bad one raises :class:`~seqproc.InvalidEvent` naming its index and field)."""
-    return write(build_events(events), using=using)
+_front = Front(
+    Calls(DjangoSender()),
+    __name__,
+    option=inspect.Parameter("using", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_DB_ALIAS, annotation=str),
+    sent="Written into the outbox of the database ``using`` names, inside its current ``atomic`` block: sent if and "
+    "only if that block commits.",
+)
+like = _front.export(Calls.like)
+unlike = _front.export(Calls.unlike)
+restock = _front.export(Calls.restock)
+reserve = _front.export(Calls.reserve)
+release = _front.export(Calls.release)
+commit = _front.export(Calls.commit)
+send = _front.export(Calls.send)
+send_many = _front.export(Calls.send_many)
 
 
 def write(events: Sequence[Event], *, using: str = DEFAULT_DB_ALIAS) -> list[Receipt]:
