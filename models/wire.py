@@ -83,6 +83,10 @@ JOB_LOCK_PREFIX = "seqproc:job-lock:"
 
 #: One event's outcome (for ``receipt.wait()``), kept ``SEQPROC_OUTCOME_TTL_S``.
 OUTCOME_KEY_PREFIX = "seqproc:outcome:"
+#: A notification topic's stream (``notify="user:42"``): ``seqproc:notify:user:42``, kept ``SEQPROC_NOTIFY_TTL_S``.
+NOTIFY_PREFIX = "seqproc:notify:"
+#: The idempotency keys a topic was told of (a set beside its stream, same expiry): each outcome is told once.
+NOTIFIED_PREFIX = "seqproc:notified:"
 
 
 def bell_key(queue: str) -> str:
@@ -111,6 +115,14 @@ def job_lock_key(job: str) -> str:
 
 def outcome_key(event_id: str) -> str:
     return OUTCOME_KEY_PREFIX + event_id
+
+
+def notify_key(topic: str) -> str:
+    return NOTIFY_PREFIX + topic
+
+
+def notified_key(topic: str) -> str:
+    return NOTIFIED_PREFIX + topic
 
 
 #: URL schemes served by seqproc's own Redis transport (plain and TLS).

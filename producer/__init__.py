@@ -15,14 +15,17 @@ from seqproc.models.errors import (
     SeqprocError,
     ServiceUnavailable,
 )
+from seqproc.models.notifications import Notification
 from seqproc.models.outcomes import Outcome
 from seqproc.models.wire import partition_for, queue_name
 from seqproc.producer import api as _api
 from seqproc.producer.api import *  # noqa: F403 (the calls, configure, connect: as producer.api lists them)
+from seqproc.producer.notify import notifications
 from seqproc.producer.receipt import Receipt, wait_all
 
 __all__ = [
     "InvalidEvent",
+    "Notification",
     "Outcome",
     "OutcomeTimeout",
     "OutcomeUnavailable",
@@ -30,6 +33,7 @@ __all__ = [
     "Receipt",
     "SeqprocError",
     "ServiceUnavailable",
+    "notifications",
     "partition_for",
     "queue_name",
     "wait_all",

@@ -31,9 +31,11 @@ from seqproc.models.errors import (
     SeqprocError,
     ServiceUnavailable,
 )
+from seqproc.models.notifications import Notification
 from seqproc.models.outcomes import Outcome
 from seqproc.producer import api as _api
 from seqproc.producer.api import *  # noqa: F403 (the calls, configure, connect: as producer.api lists them)
+from seqproc.producer.notify import notifications
 from seqproc.producer.receipt import Receipt, wait_all
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "Domain",
     "EventModel",
     "InvalidEvent",
+    "Notification",
     "Outcome",
     "OutcomeTimeout",
     "OutcomeUnavailable",
@@ -51,6 +54,7 @@ __all__ = [
     "SeqprocError",
     "ServiceUnavailable",
     "aio",
+    "notifications",
     "outbox",
     "producer",
     "wait_all",

@@ -29,6 +29,7 @@ from kombu.transport.virtual import QoS as VirtualQoS
 
 from seqproc.models.errors import PartitionFenced
 from seqproc.models.events import Event, Replay
+from seqproc.models.notifications import Notices, notices_of
 from seqproc.models.outcomes import Outcome
 from seqproc.models.transport import FETCH_MAX, Fetched
 from seqproc.models.wire import APPLY_TASK, queue_name
@@ -437,15 +438,21 @@ class Batcher:
         if dead_letters:
             # First: should an id come twice, the outcome of an event applied under it wins (put_many keeps the last).
             pairs[:0] = dead_letter_outcomes(dead_letters)
-        self._publish_outcomes(partition, pairs)
+        notices = notices_of(events, outcomes)
+        settings = self.rt.settings
+        self._publish_outcomes(
+            partition, pairs, Notices(notices, settings.notify_ttl_s, settings.notify_max) if notices else None
+        )
 
-    def _publish_outcomes(self, partition: int | None, pairs: list[tuple[str, Outcome]]) -> None:
+    def _publish_outcomes(
+        self, partition: int | None, pairs: list[tuple[str, Outcome]], notices: Notices | None = None
+    ) -> None:
         """Publish the outcomes before acking. The result backend unreachable (a restart, a failover): retry in
         place, so that every waiter gets its outcome; shutting down meanwhile, the messages go back unacked and
         their redelivery reports ``duplicate`` with the first outcome (the ledger has it)."""
         try:
             retry_in_place(
-                partial(self.rt.outcomes.put_many, pairs),
+                partial(self.rt.outcomes.put_many, pairs, notices),
                 what=f"partition {partition}: publish {len(pairs)} outcome(s)"
                 if partition is not None
                 else f"publish {len(pairs)} outcome(s) of dead letters",
