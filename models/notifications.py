@@ -86,28 +86,8 @@ def notices_of(events: Sequence[EventModel], outcomes: Sequence[Outcome]) -> lis
     return notices
 
 
-#: KEYS: per notice, its topic's stream and its set of keys told. ARGV: the time to live, the cap, then per notice
-#: its ``once``, idempotency key, type, entity key, status and reason ('' for none). Returns how many it appended.
-PUBLISH = """
-local ttl, cap = ARGV[1], ARGV[2]
-local appended = 0
-for i = 1, #KEYS / 2 do
-    local stream, told = KEYS[2 * i - 1], KEYS[2 * i]
-    local a = 2 + (i - 1) * 6
-    if redis.call('SADD', told, ARGV[a + 1]) == 1 then
-        redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', 'idempotency_key', ARGV[a + 2], 'type', ARGV[a + 3],
-            'key', ARGV[a + 4], 'status', ARGV[a + 5], 'reason', ARGV[a + 6])
-        appended = appended + 1
-    end
-    redis.call('EXPIRE', stream, ttl)
-    redis.call('EXPIRE', told, ttl)
-end
-return appended
-"""
-
-
 def publish_args(notices: Notices) -> tuple[list[str], list[Any]]:
-    """The keys and arguments of :data:`PUBLISH` for ``notices``."""
+    """The keys and arguments of ``PUBLISH_NOTIFICATIONS`` (:mod:`seqproc.models.scripts`) for ``notices``."""
     keys: list[str] = []
     args: list[Any] = [notices.ttl_s, notices.max]
     for notice in notices.items:
