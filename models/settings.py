@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     publish_refused_retry_s: Annotated[float, Field(ge=0, le=300)] = 1
     #: Outcomes kept in the result backend for ``receipt.wait()``.
     outcome_ttl_s: Annotated[int, Field(ge=60, le=30 * 86_400)] = 86_400
+    #: A key's pending index (what ``seqproc.preview`` reads) is kept this long after the key's last push: an entry
+    #: whose message the broker lost (a failover) leaves the preview after it. A backlog older than this is not
+    #: previewed in full.
+    pending_ttl_s: Annotated[int, Field(ge=60, le=30 * 86_400)] = 3_600
     #: Outcome notifications (``notify="user:42"``): a topic keeps them this long after its last one...
     notify_ttl_s: Annotated[int, Field(ge=1, le=30 * 86_400)] = DEFAULT_NOTIFY_TTL_S
     #: ... and about this many (the oldest dropped first; Redis trims streams approximately, ``MAXLEN ~``).

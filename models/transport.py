@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from json import JSONDecoder
@@ -297,14 +297,17 @@ class Channel(kombu_redis.Channel):
         return len(items)
 
     # -- a chunk consumer's acks and give-backs -------------------------------------------------------------------
-    def ack_fetched(self, tags: list[str]) -> None:
-        """Forget ``tags`` (applied and committed) in one round trip: what ``QoS.ack`` does per message."""
+    def ack_fetched(self, tags: list[str], settled: Mapping[str, list[str]] | None = None) -> None:
+        """Forget ``tags`` (applied and committed) in one round trip: what ``QoS.ack`` does per message; and the
+        entries of their events in the pending indexes (``settled``: event ids by index)."""
         if not tags:
             return
         with self.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=False)
             pipe.hdel(self.unacked_key, *tags)
             pipe.zrem(self.unacked_index_key, *tags)
+            for index, event_ids in (settled or {}).items():
+                pipe.hdel(index, *event_ids)
             pipe.execute()
 
     def give_back_fetched(self, messages: list[Fetched]) -> None:

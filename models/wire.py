@@ -78,6 +78,10 @@ PARTITION_COUNT_KEY = "seqproc:partitions"
 #: The name (``CLIENT SETNAME``) of the producers' broker connections: ``seqproc partitions set`` closes them, so that
 #: each reads the new count when it connects again (and refuses to route with the old one).
 PRODUCER_CLIENT_NAME = "seqproc-producer"
+#: An entity key's pending index: the events pushed for it and not acknowledged yet (a hash: event id -> order +
+#: event JSON), written by the push scripts, deleted by the worker's ack, kept ``SEQPROC_PENDING_TTL_S`` after the
+#: key's last push (``seqproc.preview`` reads it). ``seqproc:pending:article:42``.
+PENDING_PREFIX = "seqproc:pending:"
 #: A scheduled job's singleton lock (redis-py Lock, or a Redlock over ``SEQPROC_LOCK_URLS``).
 JOB_LOCK_PREFIX = "seqproc:job-lock:"
 
@@ -93,6 +97,10 @@ NOTIFIED_PREFIX = "seqproc:notified:"
 
 def bell_key(queue: str) -> str:
     return BELL_PREFIX + queue
+
+
+def pending_key(entity_key: str) -> str:
+    return PENDING_PREFIX + entity_key
 
 
 def lease_key(queue: str) -> str:

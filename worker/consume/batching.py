@@ -31,6 +31,7 @@ from seqproc.models.errors import PartitionFenced
 from seqproc.models.events import Event, Replay
 from seqproc.models.notifications import Notices, notices_of
 from seqproc.models.outcomes import Outcome
+from seqproc.models.pending import settled_by_key
 from seqproc.models.transport import FETCH_MAX, Fetched
 from seqproc.models.wire import APPLY_TASK, queue_name
 from seqproc.worker import faults
@@ -480,7 +481,8 @@ class Batcher:
         fetched = [item for item in items if isinstance(item.message, Fetched)]
         if fetched:
             try:
-                fetched[0].message.channel.ack_fetched([item.message.delivery_tag for item in fetched])
+                settled = settled_by_key(event for item in fetched for event in item.decoded.events)
+                fetched[0].message.channel.ack_fetched([item.message.delivery_tag for item in fetched], settled)
             except Exception:
                 # Committed already: a redelivered copy is reported as a duplicate, not applied again.
                 logger.warning("could not ack %d message(s) (committed; a redelivery is a duplicate)", len(fetched))
