@@ -39,7 +39,10 @@ def event_texts(events: Sequence[Event]) -> list[str]:
 
 def hold_args(ttl_s: int, entries: Iterable[tuple[str, str, str]]) -> tuple[list[str], list[Any]]:
     """The keys and arguments the push scripts take for ``entries`` (entity key, event id, event JSON): the indexes
-    first, then the time to live and, per index, its count and its (id, JSON) pairs."""
+    first, then the time to live and, per index, its count and its (id, JSON) pairs. None when ``ttl_s`` is 0 (the
+    index is off: previews show the applied state only)."""
+    if not ttl_s:
+        return [], []
     by_key: dict[str, list[str]] = {}
     for entity_key, event_id, text in entries:
         by_key.setdefault(entity_key, []).extend((event_id, text))

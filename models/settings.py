@@ -84,8 +84,9 @@ class Settings(BaseSettings):
     outcome_ttl_s: Annotated[int, Field(ge=60, le=30 * 86_400)] = 86_400
     #: A key's pending index (what ``seqproc.preview`` reads) is kept this long after the key's last push: an entry
     #: whose message the broker lost (a failover) leaves the preview after it. A backlog older than this is not
-    #: previewed in full.
-    pending_ttl_s: Annotated[int, Field(ge=60, le=30 * 86_400)] = 3_600
+    #: previewed in full. 0: no index (a push costs one HSET per event and one EXPIRE per key less; previews then
+    #: show the applied state only).
+    pending_ttl_s: Annotated[int, Field(ge=0, le=30 * 86_400)] = 3_600
     #: Outcome notifications (``notify="user:42"``): a topic keeps them this long after its last one...
     notify_ttl_s: Annotated[int, Field(ge=1, le=30 * 86_400)] = DEFAULT_NOTIFY_TTL_S
     #: ... and about this many (the oldest dropped first; Redis trims streams approximately, ``MAXLEN ~``).

@@ -206,3 +206,16 @@ def test_a_key_no_domain_owns_is_refused(clean: Settings, engine: Engine) -> Non
             seqproc.preview(conn, "article:x")
         with pytest.raises(InvalidEvent, match="key"):
             seqproc.preview(conn, "article")
+
+
+def test_without_the_index_a_push_writes_none_and_a_preview_is_the_applied_state(
+    clean: Settings, engine: Engine
+) -> None:
+    seqproc.configure(clean.model_copy(update={"pending_ttl_s": 0}))
+    try:
+        seqproc.like(8, 1)
+        assert redis.Redis.from_url(clean.broker_url).exists(pending_key("article:8")) == 0
+        with engine.connect() as conn:
+            assert seqproc.preview_article(conn, 8, user_id=1).like_count == 0
+    finally:
+        seqproc.configure(clean)
