@@ -66,8 +66,9 @@ services:
 	  sleep 1; \
 	done; echo "PostgreSQL or Redis did not come up within 30 s"
 
-# wrk, the HTTP load generator of `seqproc bench --server` (its smoke test fails in CI without it): installed with
-# Debian's package when missing and this runs as root; otherwise it says how.
+# wrk, the HTTP load generator of `seqproc bench --server` (its smoke test fails in CI without it), and Chromium, the
+# browser the example page's tests drive (tests/integration/test_example_pages.py, through Playwright): installed
+# with Debian's packages when missing and this runs as root; otherwise it says how.
 tools:
 	@if ! command -v wrk >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -75,6 +76,14 @@ tools:
 	    apt-get install -y -q wrk >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; } \
 	      || echo "could not install wrk: apt-get install -y wrk"; \
 	  else echo "wrk is not installed (seqproc bench --server needs it): sudo apt-get install -y wrk"; fi; \
+	fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium"; \
+	    apt-get install -y -q chromium chromium-driver >/dev/null \
+	      || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } \
+	      || echo "could not install chromium: apt-get install -y chromium chromium-driver"; \
+	  else echo "chromium is not installed (the example page's browser tests need it): sudo apt-get install -y chromium chromium-driver"; fi; \
 	fi
 
 clean:

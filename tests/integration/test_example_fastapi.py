@@ -30,9 +30,11 @@ UVICORN_WORKERS = 2
 class Uvicorn:
     """``uvicorn examples.fastapi_likes.app:app --workers 2`` on a free port, its output in a log file."""
 
-    def __init__(self, settings: Settings, log_dir: Path, workers: int = UVICORN_WORKERS) -> None:
+    def __init__(
+        self, settings: Settings, log_dir: Path, workers: int = UVICORN_WORKERS, *, port: int | None = None
+    ) -> None:
         self.workers = workers
-        self.url = f"http://127.0.0.1:{free_port()}"
+        self.url = f"http://127.0.0.1:{port or free_port()}"
         self.log_path = log_dir / "uvicorn.log"
         self._log = self.log_path.open("wb")
         port = self.url.rsplit(":", 1)[1]
