@@ -8,9 +8,10 @@ A preview is the key's applied state, loaded with its domain's own ``load`` thro
 (read-only: nothing is saved), with the key's pending events (sent, not acknowledged by a worker yet: the pending
 index, :mod:`seqproc.models.pending`) applied in memory with the domain's own ``apply``, in order. So the rules are
 written once, and a user domain gets previews for nothing. Its cost does not depend on the queue: one ``HGETALL``
-of the key's pending index, one ``load``, and, when something is pending, one lookup of the pending events'
-idempotency keys in the ledger (an event committed but not acknowledged yet is in the state already: it is not
-applied twice; a second event under one key is a duplicate, as the worker will find).
+of the key's pending index, one ``load``, and, when something is pending, a lookup of the pending events'
+idempotency keys in the ledger before and after the load: an event committed but not acknowledged yet is in the
+state already, and is not applied twice; one committed while the state was read is found by the second lookup, and
+the state read again. A second event under one key is a duplicate, as the worker will find.
 
 What a preview cannot know: events sent by other processes after its read (it is as old as its read: milliseconds),
 events written to the outbox and not relayed yet (the relay sends within ``SEQPROC_RELAY_INTERVAL_MS``), and the
@@ -107,12 +108,26 @@ def preview_product(conn: Any, product_id: int) -> ProductPreview:
 
 
 # -- the parts the asyncio and Django fronts share ---------------------------------------------------------------
+#: Most loads of one preview when workers keep committing its pending events as it reads.
+LOADS = 3
+
+
 def predict(conn: Any, domain: Domain, key: str, value: Any, raw: Mapping[Any, Any]) -> Preview:
     """The preview of ``key`` (``value``: its key field's value) from its pending index as read (``raw``)."""
     conn = _connection_of(conn)
     events = pending_events(dict(raw), key)
-    state = domain.load_states(conn, [value], events)[value]
-    applied = _in_ledger(conn, [event.ledger_key for event in events]) if events else set()
+    keys = [event.ledger_key for event in events]
+    applied = _in_ledger(conn, keys) if events else set()
+    for _ in range(LOADS):
+        state = domain.load_states(conn, [value], events)[value]
+        if not events:
+            break
+        # A pending event committed while the state was read may or may not be in it: read the ledger again and,
+        # if it moved, the state too (a commit writes both at once), so that nothing counts twice or not at all.
+        after = _in_ledger(conn, keys)
+        if after == applied:
+            break
+        applied = after
     seen: set[str] = set()
     pending = []
     for event in events:

@@ -95,7 +95,9 @@ async def reserve(request: Request, user: User, product: ProductId, request_id: 
     )
     shown, full = await product_state(request, product)
     mine = [p.outcome.status for p in full.pending if p.event.id == receipt.event_id]
-    return {"reservation_id": reservation_id, "product": shown, "predicted": mine[0] if mine else "applied"}
+    # Not pending any more: a worker settled it already, and its outcome is published.
+    predicted = mine[0] if mine else (await seqproc.aio.wait(receipt, timeout_s=5)).effective.status
+    return {"reservation_id": reservation_id, "product": shown, "predicted": predicted}
 
 
 @router.get("/events")

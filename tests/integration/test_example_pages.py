@@ -153,3 +153,16 @@ def test_the_fastapi_page_in_a_browser(
         check_page(server.url, browser, engine, lambda: start_worker(clean), shots)
     finally:
         server.stop()
+
+
+def test_the_django_page_in_a_browser(
+    clean: Settings, engine: Engine, start_worker, browser: Any, tmp_path: Path
+) -> None:
+    pytest.importorskip("gunicorn")
+    from tests.integration.django_example import serve_shop
+
+    def unshot(page: Any, name: str) -> None:  # the same page as FastAPI's: the README shows those
+        page.screenshot(path=str(tmp_path / f"page-{name}.png"))
+
+    with serve_shop(clean, tmp_path / "gunicorn.log", port=web_port(), workers=2) as url:
+        check_page(url, browser, engine, lambda: start_worker(clean), unshot)
