@@ -223,3 +223,4 @@ return appended
 """
 
 PUSH_AND_RING_SHA = sha1(PUSH_AND_RING)
+FETCH_AND_HOLD_SHA = sha1(FETCH_AND_HOLD)

@@ -35,6 +35,7 @@ from seqproc.models.events import Event
 from seqproc.models.outcomes import OutcomeStore, outcome_store
 from seqproc.models.partition_count import BrokerPartitionCount
 from seqproc.models.pending import event_texts, hold_args
+from seqproc.models.resp import command, pack_texts
 from seqproc.models.scripts import PUSH_AND_RING, PUSH_AND_RING_SHA
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.stamps import unique_id
@@ -308,7 +309,7 @@ class Publisher:
                 )
 
 
-_PUSH_HEAD = b"$7\r\nEVALSHA\r\n$40\r\n" + PUSH_AND_RING_SHA.encode() + b"\r\n"
+_PUSH_HEAD = pack_texts(["EVALSHA", PUSH_AND_RING_SHA])
 
 
 def push_parts(messages: Sequence[tuple[int, Sequence[Event]]], pending_ttl_s: int) -> tuple[list[str], list[str]]:
@@ -331,13 +332,7 @@ def push_parts(messages: Sequence[tuple[int, Sequence[Event]]], pending_ttl_s: i
 def pack_push(keys: Sequence[str], args: Sequence[str]) -> bytes:
     """The EVALSHA of the push script for ``keys`` and ``args`` (:func:`push_parts`), in RESP: what redis-py's
     ``pack_command`` writes, without its per-argument type checks (every argument here is text)."""
-    parts = [b"*%d\r\n" % (3 + len(keys) + len(args)), _PUSH_HEAD]
-    count = b"%d" % len(keys)
-    parts.append(b"$%d\r\n%s\r\n" % (len(count), count))
-    for text in (*keys, *args):
-        data = text.encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    return command(3 + len(keys) + len(args), _PUSH_HEAD, pack_texts([len(keys), *keys, *args]))
 
 
 def push_on(connection: Any, command: bytes) -> None:
