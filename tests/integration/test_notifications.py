@@ -16,7 +16,8 @@ from seqproc.models.errors import InvalidEvent
 from seqproc.models.notifications import Notice, Notices, Notification
 from seqproc.models.outcomes import RedisOutcomeStore
 from seqproc.models.settings import Settings
-from seqproc.models.wire import notified_key, notify_key
+from seqproc.models.wire import notified_key, notify_key, pending_key
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -126,3 +127,31 @@ def test_a_bad_topic_is_refused_at_the_call(clean: Settings) -> None:
         producer.like(1, 1, notify="user:1", notify_on="applied")  # type: ignore[arg-type]
     with pytest.raises(InvalidEvent, match="notify"):
         seqproc.notifications("bad")
+
+
+def test_a_worker_killed_between_commit_and_publish_still_notifies_once(
+    clean: Settings, start_worker, engine: Engine
+) -> None:
+    """The worker dies right after its commit, before publishing outcomes and notifications: the redelivered
+    events are duplicates, and their first outcomes are notified then, once each; the index entries go with the
+    ack."""
+    stream = [
+        {"type": "restock", "product_id": 8, "quantity": 1},
+        *({"type": "reserve", "product_id": 8, "quantity": 1, "reservation_id": f"k{n}"} for n in range(4)),
+    ]
+    receipts = seqproc.send_many(stream, notify="user:8")
+    dying = start_worker(clean, SEQPROC_FAULT_EXIT_AFTER_COMMITS="1")
+    wait_for(lambda: dying.process.poll() is not None, 30, "the worker to die after its commit")
+    assert seqproc.notifications("user:8", timeout_s=0) == []  # committed, nothing published yet
+    start_worker(clean)
+    outcomes = seqproc.wait_all(receipts, timeout_s=60)
+    assert {o.status for o in outcomes} == {"duplicate"}
+    told = read_all("user:8", len(stream))
+    assert Counter((n.type, n.status) for n in told) == {
+        ("restock", "applied"): 1,
+        ("reserve", "applied"): 1,
+        ("reserve", "rejected"): 3,
+    }
+    assert len({n.idempotency_key for n in told}) == len(told) == len(stream)
+    broker = redis.Redis.from_url(clean.broker_url)
+    wait_for(lambda: broker.exists(pending_key("product:8")) == 0, 10, "the ack to empty the pending index")

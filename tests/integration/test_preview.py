@@ -26,7 +26,7 @@ from seqproc.models.pending import settled_by_key
 from seqproc.models.settings import Settings
 from seqproc.models.wire import partition_for, pending_key
 from seqproc.worker.engine.apply import PartitionBatch, apply_partitions
-from tests.conftest import reset_state
+from tests.conftest import reset_state, wait_for
 from tests.domain_properties import produce
 
 pytestmark = pytest.mark.services
@@ -155,8 +155,8 @@ def test_a_like_shows_at_once_and_stays_once_a_worker_applied_it(clean: Settings
     start_worker(clean)
     assert [o.status for o in seqproc.wait_all([first, second], timeout_s=30)] == ["applied", "rejected"]
     broker = redis.Redis.from_url(clean.broker_url)
-    for key in ("article:9", "product:3"):  # the worker's ack deleted the index entries
-        assert broker.hlen(pending_key(key)) == 0
+    for key in ("article:9", "product:3"):  # the worker's ack (after the outcomes) deletes the index entries
+        wait_for(lambda key=key: broker.hlen(pending_key(key)) == 0, 10, f"the ack to empty {key}'s index")
     with engine.connect() as conn:
         article = seqproc.preview_article(conn, 9, user_id=1)
         assert (article.like_count, article.liked, article.pending) == (1, True, [])
@@ -191,8 +191,6 @@ def test_the_outbox_relay_fills_the_index_too(clean: Settings, engine: Engine, s
         seqproc.outbox.like(conn, 4, 2)
     start_relay(clean)
     broker = redis.Redis.from_url(clean.broker_url)
-    from tests.conftest import wait_for
-
     wait_for(lambda: broker.hlen(pending_key("article:4")) == 1, 30, "the relay's push")
     with engine.connect() as conn:
         assert seqproc.preview_article(conn, 4, user_id=2).like_count == 1
