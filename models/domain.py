@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -336,7 +337,7 @@ def load_domains(modules: Iterable[str] = ()) -> None:
         _LOADED.add(name)
 
 
-def import_from_cwd(name: str) -> None:
+def import_from_cwd(name: str) -> ModuleType:
     """Import ``name`` with the working folder on ``sys.path`` while it imports, as ``celery -A`` imports an app
     (celery's ``import_from_cwd``): ``python -m seqproc`` finds the modules of the folder it runs in, and so must the
     ``seqproc`` console script, which does not put that folder on the path."""
@@ -348,7 +349,7 @@ def import_from_cwd(name: str) -> None:
     if added:
         sys.path.insert(0, cwd)
     try:
-        importlib.import_module(name)
+        return importlib.import_module(name)
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)

@@ -31,6 +31,7 @@ from seqproc.models.errors import ConfigError, ServiceUnavailable, first_line
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.wire import IDLE_QUEUE, JOBS_QUEUE, is_redis_url, partition_of_queue
 from seqproc.worker import runtime
+from seqproc.worker.hooks import user_subscribers
 from seqproc.worker.ownership.liveness import beat, forget_gone, release
 from seqproc.worker.ownership.partitions import (
     check_partition_count,
@@ -73,6 +74,7 @@ def prepare(settings: Settings, partitions: Sequence[int], *, owner: str, spec: 
     # Before the claim: a worker that cannot import its domains (a ConfigError naming the module) must not take
     # partitions over from one that can, and then exit, leaving them without a consumer.
     load_domains(settings.domains)
+    user_subscribers(settings.hooks)  # ... nor its hooks (SEQPROC_HOOKS)
     if spec is not None:
         # Alive before it owns anything: a worker waiting for these partitions must not take them back from this one
         # as from a dead one.
@@ -333,7 +335,9 @@ def start_metrics(settings: Settings, rt: runtime.Runtime) -> None:
     client = redis_client(settings.broker_url, timeout_s=2, connect_timeout_s=2)
     _serve_metrics(
         settings,
-        lambda: metrics.serve(settings.metrics_port, client, lambda: dict(rt.epochs), address=settings.metrics_address),
+        lambda: metrics.serve(
+            settings.metrics_port, client, lambda: dict(rt.epochs), rt.hooks, address=settings.metrics_address
+        ),
     )
 
 
