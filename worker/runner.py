@@ -189,21 +189,27 @@ def _consume(
     logger.info("worker %s: partitions %s, epochs %s", node, _span(chosen) if chosen else "none yet", rt.epochs)
     if ready_file:
         _announce_ready(ready_file)
-    celery_worker = app.Worker(
-        hostname=node,
-        queues=queues,
-        pool_cls="solo",
-        concurrency=1,
-        loglevel=loglevel,
-        without_mingle=True,
-        without_gossip=True,
-        send_events=settings.task_events,
-        quiet=True,
-    )
+    celery_worker = _celery_worker(app, settings, hostname=node, queues=queues, loglevel=loglevel)
     if rt.static is not None:
         rt.static.heartbeat()  # fresh as the consumer starts: Celery's start must not pass for a dead worker
     celery_worker.start()
     return int(celery_worker.exitcode or 0)
+
+
+def _celery_worker(app: Any, settings: Settings, **options: Any) -> Any:
+    """Celery's worker as seqproc runs it: one solo process with seqproc's consumer (dead letters instead of drops)."""
+    from seqproc.worker.consume.steps import SeqprocConsumer
+
+    return app.Worker(
+        pool_cls="solo",
+        concurrency=1,
+        consumer_cls=SeqprocConsumer,
+        without_mingle=True,
+        without_gossip=True,
+        send_events=settings.task_events,
+        quiet=True,
+        **options,
+    )
 
 
 def _release(engine: Engine, owner: str) -> None:
@@ -229,6 +235,8 @@ def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) 
     if settings.embedded:
         raise ConfigError("SEQPROC_BROKER_URL is memory://: seqproc beat needs a broker shared with the workers")
     from seqproc.worker.app import configure
+    from seqproc.worker.beat.jobs import JOBS
+    from seqproc.worker.beat.schedule import register_jobs
 
     engine = make_engine(settings.database_url, statement_timeout_s=settings.apply_time_limit_s, pool_size=2)
     if not inspect(engine).has_table("job_run"):
@@ -241,20 +249,17 @@ def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) 
     beat_runtime = runtime.build(settings, engine, {}, owner=f"{node}/{os.getpid()}")
     beat_runtime.role = "beat"
     runtime.attach(app, beat_runtime)
+    register_jobs(app, JOBS, settings)
     with tempfile.TemporaryDirectory(prefix="seqproc-beat-") as directory:
-        celery_worker = app.Worker(
+        celery_worker = _celery_worker(
+            app,
+            settings,
             hostname=node,
             queues=[JOBS_QUEUE],
-            pool_cls="solo",
-            concurrency=1,
             loglevel=loglevel,
             beat=True,
             # Each beat its own schedule file: several beats never share (or lock) one.
             schedule_filename=str(Path(directory) / "schedule"),
-            without_mingle=True,
-            without_gossip=True,
-            send_events=settings.task_events,
-            quiet=True,
         )
         celery_worker.start()
     return int(celery_worker.exitcode or 0)
@@ -380,10 +385,13 @@ def embedded_worker(settings: Settings, partitions: Sequence[int] | None = None)
     app = configure(settings)
     runtime.attach(app, rt)
 
+    from seqproc.worker.consume.steps import SeqprocConsumer
+
     with start_worker(
         app,
         pool="solo",
         concurrency=1,
+        consumer_cls=SeqprocConsumer,
         perform_ping_check=False,
         queues=queues_for(chosen),
         loglevel="WARNING",

@@ -568,12 +568,3 @@ def dead_letter_outcomes(records: Sequence[DeadLetterRecord]) -> list[tuple[str,
 
 #: The outcome of a replay whose dead letters failed again: they stay dead letters, the key stays parked.
 REPLAY_FAILED = Outcome("rejected", "replay_failed")
-
-
-def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
-    """Celery's Task.Strategy hook: called at each consumer (re)start, returns the per-message handler of the
-    task's batcher."""
-    if task.batcher is None:
-        raise RuntimeError("no seqproc runtime attached to the apply task: start workers with `seqproc worker`")
-    batcher: Batcher = task.batcher
-    return batcher.bind(consumer)
