@@ -26,13 +26,14 @@ from seqproc.domains.likes import Reconcile
 from seqproc.models.clients import redis_client
 from seqproc.models.db import outbox_engine, upsert
 from seqproc.models.errors import LockNotAcquired
+from seqproc.models.fields import ReservationStatus
 from seqproc.models.settings import Settings
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.jobs import PartitionLag
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount
 from seqproc.models.tables.outbox import OUTBOX_TABLE, OutboxEvent
-from seqproc.models.tables.stock import Reservation, ReservationStatus
+from seqproc.models.tables.stock import Reservation
 from seqproc.models.wire import JOB_TASK_PREFIX
 from seqproc.producer.publish import publisher_for
 from seqproc.producer.stamps import next_stamp, unique_id
