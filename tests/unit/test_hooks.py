@@ -20,6 +20,7 @@ from seqproc.worker.consume.batching import Batcher, Held
 from seqproc.worker.consume.decode import Decoded
 from seqproc.worker.engine.apply import DeadLetterRecord
 from seqproc.worker.hooks import HOOK_NAMES, Committed, FlushStarting, Hooks, Settled, user_subscribers
+from tests.unit.test_retry import FakeMessage
 
 
 class Recorder:
@@ -87,18 +88,6 @@ def test_seqproc_hooks_names_modules_or_attributes() -> None:
 RECORDER = Recorder()
 
 
-class Message:
-    """What the batcher acks (a message of Celery's per-message path)."""
-
-    def __init__(self) -> None:
-        self.channel = None
-        self.delivery_tag = id(self)
-        self.acked = False
-
-    def ack(self) -> None:
-        self.acked = True
-
-
 def test_the_batcher_fires_the_hooks_in_order_with_what_it_applied(sqlite_url: str, sqlite_engine: Engine) -> None:
     partition = partition_for(article_key(1), 16)
     with sqlite_engine.begin() as conn:
@@ -108,7 +97,7 @@ def test_the_batcher_fires_the_hooks_in_order_with_what_it_applied(sqlite_url: s
     like = {"type": "like", "key": "k1", "id": "e1", "stamp": 1001, "article_id": 1, "user_id": 7}
     again = {**like, "id": "e2", "stamp": 1002}  # the same idempotency key: a duplicate
     letter = DeadLetterRecord(error="not JSON", body="\x00", partition=partition, queue=queue_name(partition))
-    messages = [Message(), Message()]
+    messages = [FakeMessage(), FakeMessage()]
     held = [
         Held(messages[0], Decoded(partition, queue_name(partition), "task-1", [parse_event(like)])),
         Held(messages[1], Decoded(partition, queue_name(partition), "task-2", [parse_event(again)], [letter])),
