@@ -7,6 +7,7 @@ skips those tests on a developer's machine and fails them when ``CI`` is set.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -14,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from sqlalchemy import Engine, text
 from seqproc import producer
 from seqproc.models.db import can_connect, ensure_database, make_engine
 from seqproc.models.settings import Settings
+from seqproc.models.tables import Base
+from seqproc.models.tables.outbox import OutboxBase
 from seqproc.worker.processes import settings_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,20 +40,15 @@ TEST_DATABASE_URL = os.environ.get(
 TEST_REDIS_URL = os.environ.get("SEQPROC_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER_DB, RESULTS_DB = 9, 10
 
-#: Tables emptied between tests. ``partition`` and ``seqproc_meta`` stay: running workers hold epochs in them.
-DATA_TABLES = (
-    "article_like",
-    "article_unlike",
-    "article_like_count",
-    "product_stock",
-    "reservation",
-    "idempotency_ledger",
-    "dead_letter",
-    "job_run",
-    "partition_lag",
-    "seqproc_outbox",
-    "seqproc_outbox_relay",
-    "account_balance",
+#: Tables of the deployment, not of any event's effect: kept between tests (running workers hold epochs in
+#: ``partition``, heartbeats in ``seqproc_worker``; the outbox's id keys its relays' counters in the broker).
+DEPLOYMENT_TABLES = frozenset({"partition", "seqproc_meta", "seqproc_worker", "seqproc_outbox_meta"})
+#: Tables emptied between tests: every table of seqproc's metadata (the outbox's included) but the deployment's.
+DATA_TABLES = tuple(
+    table.name
+    for metadata in (Base.metadata, OutboxBase.metadata)
+    for table in metadata.sorted_tables
+    if table.name not in DEPLOYMENT_TABLES
 )
 
 
@@ -154,19 +152,28 @@ def clean(engine: Engine, service_settings: Settings) -> Iterator[Settings]:
     producer.configure(None)
 
 
-class WorkerProcess:
-    """A real ``seqproc worker`` process, its output in a log file."""
+class LoggedProcess:
+    """A process of the tests (``python -m <argv>`` from the repository's root, with ``settings``' environment), its
+    output in a log file: the one base of the workers, relays, beats, Flower and uvicorn the tests start.
 
-    def __init__(self, settings: Settings, partitions: str, log_dir: Path, **env: str) -> None:
-        self.partitions = partitions
-        self.log_path = log_dir / f"worker-{partitions.replace(',', '_')}-{time.monotonic_ns()}.log"
-        self._log = self.log_path.open("wb")
+    ``session``: in a session of its own, so that its signals reach its children too (a beat's scheduler)."""
+
+    #: What it is, in failure messages.
+    what = "process"
+
+    def __init__(
+        self, argv: Sequence[str], settings: Settings, log_path: Path, *, session: bool = False, **env: str
+    ) -> None:
+        self.log_path = log_path
+        self.session = session
+        self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "seqproc", "worker", "--partitions", partitions, "--loglevel", "INFO"],
+            [sys.executable, "-m", *argv],
             cwd=ROOT,
             env=settings_env(settings, **env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=session,
         )
 
     @property
@@ -176,23 +183,35 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout_s: float = 30) -> WorkerProcess:
-        wait_for(lambda: " ready." in self.log() or self.process.poll() is not None, timeout_s, "worker ready")
+    def wait_until(
+        self, condition: Callable[[], Any], timeout_s: float, what: str, *, interval_s: float = 0.05
+    ) -> None:
+        """Poll ``condition`` until it holds; fail with the log's tail if the process exits first."""
+        wait_for(lambda: self.process.poll() is not None or condition(), timeout_s, what, interval_s=interval_s)
         if self.process.poll() is not None:
-            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-        return self
+            raise AssertionError(f"{self.what} exited with {self.process.returncode}:\n{self.log()[-3000:]}")
 
     def signal(self, signum: int) -> None:
         if self.process.poll() is None:
-            os.kill(self.process.pid, signum)
+            if self.session:
+                os.killpg(self.process.pid, signum)
+            else:
+                os.kill(self.process.pid, signum)
 
     def stop(self, timeout_s: float = 30) -> int:
-        self.signal(signal.SIGTERM)
+        """SIGTERM, then SIGKILL if it is still running after ``timeout_s``; its exit code."""
         try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(10)
+            if self.process.poll() is None:
+                self.signal(signal.SIGTERM)
+                try:
+                    return self.process.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.signal(signal.SIGKILL)
+                    return self.process.wait(10)
+            if self.session:
+                with contextlib.suppress(ProcessLookupError):  # a child may outlive its dead parent
+                    os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.returncode
         finally:
             self._log.close()
 
@@ -201,26 +220,35 @@ class WorkerProcess:
         self.process.wait(10)
 
 
-class RelayProcess(WorkerProcess):
+class WorkerProcess(LoggedProcess):
+    """A real ``seqproc worker`` process, its output in a log file."""
+
+    what = "worker"
+
+    def __init__(self, settings: Settings, partitions: str, log_dir: Path, **env: str) -> None:
+        self.partitions = partitions
+        log_path = log_dir / f"worker-{partitions.replace(',', '_')}-{time.monotonic_ns()}.log"
+        argv = ["seqproc", "worker", "--partitions", partitions, "--loglevel", "INFO"]
+        super().__init__(argv, settings, log_path, **env)
+
+    def wait_ready(self, timeout_s: float = 30) -> WorkerProcess:
+        self.wait_until(lambda: " ready." in self.log(), timeout_s, "worker ready")
+        return self
+
+
+class RelayProcess(LoggedProcess):
     """A real ``seqproc relay`` process (its ready file written once it runs), its output in a log file."""
+
+    what = "relay"
 
     def __init__(self, settings: Settings, log_dir: Path, **env: str) -> None:
         self.partitions = "relay"
         self.ready_file = log_dir / f"relay-{time.monotonic_ns()}.ready"
-        self.log_path = log_dir / f"relay-{time.monotonic_ns()}.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "seqproc", "relay", "--loglevel", "INFO", "--ready-file", str(self.ready_file)],
-            cwd=ROOT,
-            env=settings_env(settings, **env),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        argv = ["seqproc", "relay", "--loglevel", "INFO", "--ready-file", str(self.ready_file)]
+        super().__init__(argv, settings, log_dir / f"relay-{time.monotonic_ns()}.log", **env)
 
     def wait_ready(self, timeout_s: float = 30) -> RelayProcess:
-        wait_for(lambda: self.ready_file.exists() or self.process.poll() is not None, timeout_s, "relay ready")
-        if self.process.poll() is not None:
-            raise AssertionError(f"relay exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        self.wait_until(self.ready_file.exists, timeout_s, "relay ready")
         return self
 
 

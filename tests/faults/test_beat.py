@@ -3,12 +3,9 @@ itself, even with two beats, a killed run or a run slower than its interval), an
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import multiprocessing
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +30,7 @@ from seqproc.models.wire import job_lock_key
 from seqproc.worker.beat.jobs import purge_ledger
 from seqproc.worker.beat.singleton import RedisJobLock, RedlockJobLock, SlotAlreadyRun, make_lock, singleton
 from seqproc.worker.ops.inspect import article_state, product_state
-from tests.conftest import ROOT, PrivateRedis, WorkerProcess, settings_env, wait_for
+from tests.conftest import ROOT, LoggedProcess, PrivateRedis, WorkerProcess, settings_env, wait_for
 
 pytestmark = pytest.mark.services
 
@@ -41,48 +38,22 @@ JOBS = ("reconcile", "purge_ledger", "expire_reservations", "snapshot_lag")
 NEVER = "86400"  # an interval no test waits for: that job does not fire
 
 
-class BeatProcess:
+class BeatProcess(LoggedProcess):
     """A real ``seqproc beat`` in a session of its own: its embedded scheduler is a child process, and a SIGKILL
     of the whole group is what a host or container failure does."""
 
-    def __init__(self, settings: Settings, log_dir: Path, name: str, **env: str) -> None:
-        self.log_path = log_dir / f"beat-{name}.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "seqproc", "beat", "--loglevel", "INFO", "--hostname", f"beat-{name}@test"],
-            cwd=ROOT,
-            env=settings_env(settings, **env),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    what = "beat"
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def __init__(self, settings: Settings, log_dir: Path, name: str, **env: str) -> None:
+        argv = ["seqproc", "beat", "--loglevel", "INFO", "--hostname", f"beat-{name}@test"]
+        super().__init__(argv, settings, log_dir / f"beat-{name}.log", session=True, **env)
 
     def wait_ready(self, timeout_s: float = 30) -> BeatProcess:
-        wait_for(lambda: " ready." in self.log() or self.process.poll() is not None, timeout_s, "beat ready")
-        if self.process.poll() is not None:
-            raise AssertionError(f"beat exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        self.wait_until(lambda: " ready." in self.log(), timeout_s, "beat ready")
         return self
 
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        else:
-            with contextlib.suppress(ProcessLookupError):  # the scheduler child may outlive a dead parent
-                os.killpg(self.process.pid, signal.SIGKILL)
-        self._log.close()
+    def stop(self, timeout_s: float = 20) -> int:
+        return super().stop(timeout_s)
 
 
 @pytest.fixture
