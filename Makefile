@@ -27,8 +27,10 @@ types: install
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+# The long fault variants, and the domain property cases with more examples, new ones each run.
 soak: install services
-	$(BIN)/pytest tests/faults --soak $(PYTEST_ARGS)
+	$(BIN)/pytest tests/faults tests/unit/test_domain_properties.py tests/integration/test_domain_properties_pg.py \
+	  --soak --hypothesis-profile=soak $(PYTEST_ARGS)
 
 migrate: install services
 	$(BIN)/seqproc migrate

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import pytest
 import redis
+from hypothesis import settings
 from kombu import Connection
 from sqlalchemy import Engine, text
 
@@ -61,6 +62,20 @@ SOAK_REASON = "long variant: run with --soak (make soak)"
 #: The long variants (marked ``slow``) that only ``make soak`` runs: the only skips a CI run may report, named one
 #: by one, so that every skip in CI is a decision written down here, never a missing binary or service.
 SOAK_VARIANTS = frozenset({"tests/faults/test_kill.py::test_sigkills_lose_and_double_nothing[60-kills]"})
+
+
+# Hypothesis profiles; ``--hypothesis-profile NAME`` chooses another. The domain property cases
+# (``tests.domain_properties.PROPERTY_SETTINGS``, on SQLite and on PostgreSQL) run the profile's ``max_examples``;
+# every other property test states its count beside it. Settings objects copy the profile in force when they are
+# made, so it is loaded here, before any test module is imported.
+#: CI: 40 examples per domain property case, derandomized (drawn from a seed fixed by each test's source: a red run
+#: is red again on a rerun and on a developer's machine), no example database, the reproducing blob printed.
+settings.register_profile("ci", max_examples=40, derandomize=True, database=None, print_blob=True)
+#: A developer's run: 40 examples per domain property case, new ones each run (failures replayed from .hypothesis).
+settings.register_profile("dev", max_examples=40)
+#: ``make soak``: 200 examples per domain property case, new ones each run.
+settings.register_profile("soak", max_examples=200, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
