@@ -36,7 +36,6 @@ workers alike).
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,6 +53,8 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from kombu.utils.uuid import uuid
 
+from seqproc.models.resp import Held, command, pack, pack_texts
+from seqproc.models.scripts import FETCH_AND_HOLD, FETCH_AND_HOLD_SHA
 from seqproc.models.wire import bell_key, lease_key
 
 logger = logging.getLogger(__name__)
@@ -62,64 +63,11 @@ logger = logging.getLogger(__name__)
 #: and producers push onto the same server: 64 bounds that stall at ~3 ms, and 64 messages are thousands of events.
 FETCH_MAX = 64
 
+#: Sets of queues whose fetch command is kept packed (:meth:`Channel._fetch`); more, and the cache starts again.
+FETCH_HEADS_KEPT = 256
+
 #: Most fetches in a row, without waiting on the bells, while a backlog drains (~500 messages, a batch's worth).
 DRAIN_FETCHES = 8
-
-#: KEYS: unacked hash, unacked index, then the queues, then their bells, then their leases (same order).
-#: ARGV: now, most messages to take, number of queues, the fence owner token ('' = take from every queue).
-#: Returns queue1, item1, queue2, item2, ..., then one more element ('+') if it stopped at the limit with messages
-#: left in its queues.
-FETCH = """
-local unacked, index = KEYS[1], KEYS[2]
-local now, limit, nqueues, owner = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local out = {}
-local taken = 0
-for i = 1, nqueues do
-    local queue = KEYS[2 + i]
-    -- Fenced: a queue whose fence is not ours (any more) gives nothing, whatever the caller believed.
-    local ours = owner == '' or redis.call('GET', KEYS[2 + 2 * nqueues + i]) == owner
-    while ours and taken < limit do
-        local item = redis.call('RPOP', queue)
-        if not item then break end
-        -- The delivery tag, found without decoding the whole message (seqproc's and kombu's JSON write it as
-        -- "delivery_tag": "..."; a quote inside a JSON string is escaped, so no string value can fake it); a
-        -- message written otherwise is decoded. Recorded as kombu's QoS.append would: [message, exchange,
-        -- routing_key], the message as it was sent, to go back to this queue (default exchange).
-        local tag = string.match(item, '"delivery_tag": "([^"\\\\]+)"')
-        if not tag then
-            local ok, msg = pcall(cjson.decode, item)
-            if ok and type(msg) == 'table' and type(msg.properties) == 'table'
-                    and type(msg.properties.delivery_tag) == 'string' then
-                tag = msg.properties.delivery_tag
-            end
-        end
-        if tag then
-            redis.call('HSET', unacked, tag, '[' .. item .. ',"",' .. cjson.encode(queue) .. ']')
-            -- One microsecond apart: a restore sorts by this score, so it must keep the fetch order.
-            redis.call('ZADD', index, string.format('%.6f', now + taken / 1000000), tag)
-        end
-        out[#out + 1] = queue
-        out[#out + 1] = item
-        taken = taken + 1
-    end
-    if ours and taken >= limit then
-        -- More may be waiting, here or in a later queue (of ours) whose bell the wait that led here consumed: ring
-        -- once, so that the next wait returns at once.
-        for j = i, nqueues do
-            if (owner == '' or redis.call('GET', KEYS[2 + 2 * nqueues + j]) == owner)
-                    and redis.call('LLEN', KEYS[2 + j]) > 0 then
-                local bell = KEYS[2 + nqueues + j]
-                redis.call('LPUSH', bell, '1')
-                redis.call('LTRIM', bell, 0, 0)
-                out[#out + 1] = '+'
-                break
-            end
-        end
-        break
-    end
-end
-return out
-"""
 
 
 def ring(command: Callable[..., Any], queue: str) -> None:
@@ -128,19 +76,6 @@ def ring(command: Callable[..., Any], queue: str) -> None:
     bell = bell_key(queue)
     command("lpush", bell, "1")
     command("ltrim", bell, 0, 0)
-
-
-#: The producer's push of a send: KEYS queue1, bell1, queue2, bell2, ...; ARGV message1, message2, ... Each message is
-#: pushed (LPUSH, as kombu does) and its queue's bell rung, kept to one token; one command, one reply, for the lot.
-PUSH = """
-for i = 1, #ARGV do
-    redis.call('LPUSH', KEYS[2 * i - 1], ARGV[i])
-    redis.call('LPUSH', KEYS[2 * i], '1')
-    redis.call('LTRIM', KEYS[2 * i], 0, 0)
-end
-return #ARGV
-"""
-PUSH_SHA = hashlib.sha1(PUSH.encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass(slots=True)
@@ -209,6 +144,10 @@ class ChunkConsumer(Protocol):
         """Holding a batch that is not applied yet, and not shutting down: worth fetching again at once."""
         ...
 
+    def fetches_itself(self) -> bool:
+        """Holding an open batch whose timer fetches (:meth:`Channel.fetch_now`): the channel waits on no bell."""
+        ...
+
 
 class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -231,11 +170,12 @@ class Channel(kombu_redis.Channel):
     #: messages stay in ``unacked`` until it acks them (:meth:`ack_fetched`) or gives them back.
     chunk_consumer: ChunkConsumer | None = None
     _shared_client: Any = None
-    _fetch_script: Any = None
+    _held_connection: Held | None = None
     #: The last fetch stopped at its limit with messages left in its queues.
     fetch_left_more = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._fetch_heads: dict[tuple[str, ...], tuple[int, bytes]] = {}
         super().__init__(*args, **kwargs)
         if self.global_keyprefix:
             raise ChannelError("seqproc's Redis transport does not support the global_keyprefix option")
@@ -270,6 +210,12 @@ class Channel(kombu_redis.Channel):
 
     # -- consuming: wait on bells, fetch with the script -------------------------------------------------------
     def _brpop_start(self, timeout: float | None = None) -> None:
+        chunk_consumer = self.chunk_consumer
+        if chunk_consumer is not None and chunk_consumer.fetches_itself():
+            # A batch is open: its timer fetches what arrives meanwhile (:meth:`fetch_now`), in one round trip for
+            # many messages, instead of a wake-up, a fetch and a wait re-armed per message. Kombu's poller calls this
+            # on every turn of the event loop; the wait is armed again once the batch is applied.
+            return
         if timeout is None:
             timeout = self.brpop_timeout
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
@@ -312,6 +258,11 @@ class Channel(kombu_redis.Channel):
             return True
         raise Empty()
 
+    def fetch_now(self) -> int:
+        """Fetch for the chunk consumer now, from its own timer while it holds an open batch (the batcher's
+        :class:`ChunkSource`); how many messages it took."""
+        return self._fetch_and_deliver()
+
     def _get(self, queue: str) -> Any:  # type: ignore[override]  # the stubs give the abstract base a timeout
         """The synchronous path (``basic_get``, drain without an event loop): one message, fetched the safe way."""
         items = self._fetch([queue], 1)
@@ -320,22 +271,36 @@ class Channel(kombu_redis.Channel):
         return loads(bytes_to_str(items[0][1]))
 
     def _fetch(self, queues: list[str], limit: int) -> list[tuple[str, bytes]]:
-        with self.conn_or_acquire() as client:
-            if self._fetch_script is None:
-                self._fetch_script = client.register_script(FETCH)
-            flat = self._fetch_script(
-                keys=[
-                    self.unacked_key,
-                    self.unacked_index_key,
-                    *queues,
-                    *(bell_key(q) for q in queues),
-                    *(lease_key(q) for q in queues),
-                ],
-                args=[f"{time():.6f}", limit, len(queues), self.fetch_owner or ""],
-                client=client,
+        key = tuple(queues)
+        head = self._fetch_heads.get(key)
+        if head is None:
+            if len(self._fetch_heads) >= FETCH_HEADS_KEPT:
+                self._fetch_heads.clear()
+            # EVALSHA, the SHA-1, the number of keys and the keys, packed once per set of queues (the queue cycle
+            # rotates, so a worker sees as many sets as it has queues); the arguments are packed per call.
+            keys = [self.unacked_key, self.unacked_index_key, *queues, *map(bell_key, queues), *map(lease_key, queues)]
+            head = self._fetch_heads[key] = (
+                3 + len(keys) + 4,
+                pack_texts(["EVALSHA", FETCH_AND_HOLD_SHA, len(keys), *keys]),
             )
+        count, packed_keys = head
+        args = pack_texts([f"{time():.6f}", limit, len(queues), self.fetch_owner or ""])
+        (flat,) = self._held().run(command(count, packed_keys, args), script=FETCH_AND_HOLD)
         self.fetch_left_more = len(flat) % 2 == 1
         return [(bytes_to_str(flat[i]), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
+
+    def _held(self) -> Held:
+        """The connection the fetches and acks of this channel go through, packed by hand (:mod:`.resp`)."""
+        if self._held_connection is None:
+            with self.conn_or_acquire() as client:
+                self._held_connection = Held(client)
+        return self._held_connection
+
+    def close(self) -> None:
+        if self._held_connection is not None:
+            self._held_connection.close()
+            self._held_connection = None
+        super().close()
 
     def _fetch_and_deliver(self) -> int:
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
@@ -370,11 +335,7 @@ class Channel(kombu_redis.Channel):
         """Forget ``tags`` (applied and committed) in one round trip: what ``QoS.ack`` does per message."""
         if not tags:
             return
-        with self.conn_or_acquire() as client:
-            pipe = client.pipeline(transaction=False)
-            pipe.hdel(self.unacked_key, *tags)
-            pipe.zrem(self.unacked_index_key, *tags)
-            pipe.execute()
+        self._held().run(pack("HDEL", self.unacked_key, *tags) + pack("ZREM", self.unacked_index_key, *tags), 2)
 
     def give_back_fetched(self, messages: list[Fetched]) -> None:
         """Put ``messages`` (oldest first) back at the head of their queues, in order, and forget them, atomically;
