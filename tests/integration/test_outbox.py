@@ -483,14 +483,14 @@ def test_a_trickle_of_one_event_transactions_is_sent_a_pass_per_interval_not_per
     a full batch the relay waits relay_interval_ms (20 ms), so that each pass carries everything committed
     meanwhile: about one pass per interval, however many events (before: a pass, a push and a worker's fetch per
     event or two, hundreds in this test)."""
-    relay = CountingRelay(clean, engine, engine, redis.Redis.from_url(clean.broker_url))
+    relay = TimedRelay(clean, engine, engine, redis.Redis.from_url(clean.broker_url))
     stop = threading.Event()
     thread = threading.Thread(target=relay.run, args=(stop,))
     thread.start()
     events = 300
     try:
         time.sleep(0.2)
-        before = relay.passes
+        before = len(relay.passes)
         started = time.monotonic()
         for user in range(1, events + 1):
             with engine.begin() as conn:
@@ -498,7 +498,7 @@ def test_a_trickle_of_one_event_transactions_is_sent_a_pass_per_interval_not_per
             time.sleep(0.002)
         wait_for(lambda: not outbox_depth(engine)["unsent"], 10, "every event sent", interval_s=0.005)
         elapsed = time.monotonic() - started
-        passes = relay.passes - before
+        passes = len(relay.passes) - before
     finally:
         stop.set()
         thread.join(10)
