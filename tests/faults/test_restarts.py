@@ -116,7 +116,8 @@ def test_postgresql_restart_mid_stream_is_waited_out_in_place(clean: Settings, s
         time.sleep(2)
     finally:
         stop.set()
-        sender.join()
+        sender.join(60)  # its last calls wait for the publish timeout at most
+    assert not sender.is_alive(), "the sender did not stop within 60 s"
     outcomes = producer.wait_all(receipts, timeout_s=90)
     report_sequences("PostgreSQL stopped and started mid-stream", outcomes, len(receipts), engine, len(products))
     assert len(outcomes) > 200
