@@ -2,7 +2,8 @@
 
 Service tests talk to the real PostgreSQL and Redis of the machine: a database of their own (``seqproc_test``,
 migrated down and up once per session) and Redis databases 9 and 10, emptied before each test. A missing service
-skips those tests on a developer's machine and fails them when ``CI`` is set.
+or program skips those tests on a developer's machine and fails them when ``CI`` is set (``require``,
+``require_tools``); with ``CI`` set, a run that reports any skip but the named soak variants fails (``SkipAudit``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from urllib.parse import quote
 
 import pytest
 import redis
+from hypothesis import settings
 from kombu import Connection
 from sqlalchemy import Engine, text
 
@@ -52,26 +54,98 @@ DATA_TABLES = tuple(
 )
 
 
+#: Why the long variants are skipped unless ``--soak`` is given.
+SOAK_REASON = "long variant: run with --soak (make soak)"
+#: The long variants (marked ``slow``) that only ``make soak`` runs: the only skips a CI run may report, named one
+#: by one, so that every skip in CI is a decision written down here, never a missing binary or service.
+SOAK_VARIANTS = frozenset({"tests/faults/test_kill.py::test_sigkills_lose_and_double_nothing[60-kills]"})
+
+
+# Hypothesis profiles; ``--hypothesis-profile NAME`` chooses another. The domain property cases
+# (``tests.domain_properties.PROPERTY_SETTINGS``, on SQLite and on PostgreSQL) run the profile's ``max_examples``;
+# every other property test states its count beside it. Settings objects copy the profile in force when they are
+# made, so it is loaded here, before any test module is imported.
+#: CI: 40 examples per domain property case, derandomized (drawn from a seed fixed by each test's source: a red run
+#: is red again on a rerun and on a developer's machine), no example database, the reproducing blob printed.
+settings.register_profile("ci", max_examples=40, derandomize=True, database=None, print_blob=True)
+#: A developer's run: 40 examples per domain property case, new ones each run (failures replayed from .hypothesis).
+settings.register_profile("dev", max_examples=40)
+#: ``make soak``: 200 examples per domain property case, new ones each run.
+settings.register_profile("soak", max_examples=200, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", help="run the long fault and soak variants")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("CI"):
+        config.pluginmanager.register(SkipAudit(), "seqproc-skip-audit")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--soak"):
         return
-    skip = pytest.mark.skip(reason="long variant: run with --soak (make soak)")
+    skip = pytest.mark.skip(reason=SOAK_REASON)
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
 
 
-def require(available: bool, what: str) -> None:
+class SkipAudit:
+    """With ``CI`` set, a run that skipped anything but a named soak variant (:data:`SOAK_VARIANTS`) fails, and says
+    which tests skipped and why: a CI machine without a binary or service must not stay green by skipping."""
+
+    def __init__(self) -> None:
+        #: node id -> why it was skipped, for every skip not allowed.
+        self.unexpected: dict[str, str] = {}
+
+    def _note(self, report: pytest.TestReport | pytest.CollectReport) -> None:
+        if not report.skipped or hasattr(report, "wasxfail"):
+            return
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if report.nodeid in SOAK_VARIANTS and reason.removeprefix("Skipped: ") == SOAK_REASON:
+            return
+        self.unexpected[report.nodeid] = reason
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._note(report)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self._note(report)  # a whole module skipped (pytest.importorskip, a module-level skip)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.unexpected and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.unexpected:
+            return
+        terminalreporter.section("skipped with CI set", sep="=", red=True, bold=True)
+        terminalreporter.line(
+            f"{len(self.unexpected)} test(s) skipped although CI is set (only the soak variants in "
+            "tests/conftest.py SOAK_VARIANTS may skip): the run fails"
+        )
+        for nodeid, reason in sorted(self.unexpected.items()):
+            terminalreporter.line(f"SKIPPED IN CI {nodeid}: {reason}")
+
+
+def require(available: bool, what: str, *, problem: str = "is not reachable") -> None:
     """Skip without the service; fail instead when CI is set (a CI run must not pass by skipping)."""
     if available:
         return
     if os.environ.get("CI"):
-        pytest.fail(f"{what} is not reachable and CI is set: service tests must run in CI")
-    pytest.skip(f"{what} is not reachable")
+        pytest.fail(f"{what} {problem} and CI is set: tests behind a guarantee must run in CI")
+    pytest.skip(f"{what} {problem}")
+
+
+def require_tools(*tools: str) -> None:
+    """Skip without these programs; fail instead when CI is set (``make tools``, run by ``make test`` and CI,
+    installs them)."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    verb = "is" if len(missing) == 1 else "are"
+    require(not missing, " and ".join(missing), problem=f"{verb} not installed (make tools installs it)")
 
 
 @pytest.fixture(scope="session")
@@ -386,8 +460,7 @@ class PrivateRedis:
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed")
+    require_tools("redis-server")
     server = PrivateRedis(tmp_path)
     server.start()
     yield server

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import signal
 import threading
 import time
@@ -28,7 +27,7 @@ from seqproc.models.wire import queue_name
 from seqproc.worker.ops.inspect import check_invariants, product_state
 from seqproc.worker.ops.lag import outbox_depth
 from seqproc.worker.relay import LOCK_NAMESPACE
-from tests.conftest import PrivateRedis, RelayProcess, WorkerProcess, wait_for
+from tests.conftest import PrivateRedis, RelayProcess, WorkerProcess, require_tools, wait_for
 from tests.faults.matrix import report
 
 pytestmark = pytest.mark.services
@@ -253,8 +252,7 @@ def test_a_broker_that_lost_its_last_second_of_writes_loses_no_committed_event(
 ) -> None:
     """The broker's Redis (append-only, fsync every second) is killed with SIGKILL and comes back without the
     writes of its last second (its append-only file cut back to where it stood a second before the kill), twice."""
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed")
+    require_tools("redis-server")
     broker = PrivateRedis(tmp_path / "broker", fsync="everysec")
     broker.directory.mkdir()
     broker.start()
@@ -314,8 +312,7 @@ def test_a_relay_stuck_inside_its_transaction_lets_go_of_the_partitions(
     partition's advisory lock. PostgreSQL ends its idle transaction after min(apply time limit, lease) (1 s here),
     which frees the locks for other relays, long before the relay's own Redis timeout (10 s); once the broker is
     back, the relay sends on."""
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed")
+    require_tools("redis-server")
     broker = PrivateRedis(tmp_path / "broker")
     broker.directory.mkdir()
     broker.start()

@@ -4,7 +4,6 @@ producer that loses its broker. Bounded: each test takes seconds."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -21,7 +20,7 @@ from seqproc.models.errors import PublishError
 from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.worker.ops.inspect import article_state, check_invariants, product_state
-from tests.conftest import PrivateRedis, wait_for
+from tests.conftest import PrivateRedis, require, require_tools, wait_for
 from tests.faults.matrix import report, report_applied
 
 pytestmark = pytest.mark.services
@@ -94,8 +93,8 @@ def test_sigterm_finishes_the_batch_in_hand_and_redelivers_nothing_committed(
 
 
 def test_postgresql_restart_mid_stream_is_waited_out_in_place(clean: Settings, start_worker, engine: Engine) -> None:
-    if not shutil.which("pg_ctlcluster"):
-        pytest.skip("pg_ctlcluster is not installed: cannot restart the local PostgreSQL")
+    require_tools("pg_ctlcluster")  # it restarts the local PostgreSQL (Debian's cluster tools)
+    require(os.path.isdir("/etc/postgresql"), "a local PostgreSQL cluster (/etc/postgresql)", problem="is not found")
     worker = start_worker(clean)
     products = list(range(300, 310))
     for product in products:
@@ -117,7 +116,8 @@ def test_postgresql_restart_mid_stream_is_waited_out_in_place(clean: Settings, s
         time.sleep(2)
     finally:
         stop.set()
-        sender.join()
+        sender.join(60)  # its last calls wait for the publish timeout at most
+    assert not sender.is_alive(), "the sender did not stop within 60 s"
     outcomes = producer.wait_all(receipts, timeout_s=90)
     report_sequences("PostgreSQL stopped and started mid-stream", outcomes, len(receipts), engine, len(products))
     assert len(outcomes) > 200
