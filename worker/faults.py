@@ -20,6 +20,10 @@ JOB_DELAY_ENV = "SEQPROC_FAULT_JOB_DELAY_S"
 #: event loop stalls, so what is sent meanwhile waits in the queue (the backlog that the lag figures must show).
 APPLY_DELAY_ENV = "SEQPROC_FAULT_APPLY_DELAY_S"
 
+#: ``SEQPROC_FAULT_RELAY_PUSHED_DELAY_S=S``: the relay sleeps S seconds after its pushes, before the transaction that
+#: records them commits (a relay killed then has pushed messages it never recorded: the next pass sends them again).
+RELAY_PUSHED_DELAY_ENV = "SEQPROC_FAULT_RELAY_PUSHED_DELAY_S"
+
 _exit_after = int(os.environ.get(EXIT_AFTER_COMMITS_ENV, "0") or 0)
 _commits = 0
 
@@ -46,4 +50,10 @@ def job_delay() -> None:
     delay_s = float(os.environ.get(JOB_DELAY_ENV, "0") or 0)
     if delay_s:
         logger.warning("fault injection: job sleeping %.1f s before it writes", delay_s)
+        time.sleep(delay_s)
+
+
+def relay_pushed_delay() -> None:
+    delay_s = float(os.environ.get(RELAY_PUSHED_DELAY_ENV, "0") or 0)
+    if delay_s:
         time.sleep(delay_s)

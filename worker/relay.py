@@ -51,6 +51,7 @@ from seqproc.models.settings import Settings, mask_url
 from seqproc.models.wire import bell_key, queue_name, relay_pushed_key
 from seqproc.producer.envelope import envelope_of_json
 from seqproc.producer.stamps import unique_id
+from seqproc.worker import faults
 from seqproc.worker.outbox_identity import adopt_counters, outbox_id
 from seqproc.worker.ownership.partitions import publish_partition_count
 
@@ -197,6 +198,7 @@ class Relay:
             for row_id, partition, body in pending:
                 by_partition[int(partition)].append((int(row_id), body))
             replies = self._push_all(by_partition, recorded)
+            faults.relay_pushed_delay()
             ids: list[int] = []
             seqs: list[int] = []
             pushed: dict[int, int] = {}
