@@ -16,9 +16,10 @@ from seqproc import producer
 from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.models.tables.likes import ArticleLike
+from seqproc.models.wire import article_key, partition_for, queue_name
 from seqproc.worker.ops.inspect import check_invariants, product_state
-from tests.conftest import WorkerProcess
-from tests.faults.landing import UNACKED
+from tests.conftest import WorkerProcess, wait_for
+from tests.faults.landing import UNACKED, queued_event_ids, unacked_event_ids
 from tests.faults.matrix import doubled_in_tables, report, units_doubled
 
 pytestmark = pytest.mark.services
@@ -149,3 +150,39 @@ def sigkills_mid_stream(
         rows = set(conn.execute(select(ArticleLike.article_id, ArticleLike.user_id)))
         assert rows == {pair for pair, liked in model.items() if liked}
         assert check_invariants(conn).ok
+
+
+def test_a_killed_workers_messages_come_back_after_the_visibility_timeout(
+    clean: Settings, start_worker: Callable[..., WorkerProcess], engine: Engine
+) -> None:
+    """Nothing takes the killed worker's partitions: its messages come back to their queue by the visibility
+    timeout alone (``SEQPROC_VISIBILITY_TIMEOUT_S``, restored by a worker that serves other partitions), not before
+    it, and are applied once when a worker for those partitions starts."""
+    settings = clean.model_copy(update={"visibility_timeout_s": 5, "restore_interval_s": 1, "apply_time_limit_s": 2})
+    article = next(a for a in range(1, 100) if partition_for(article_key(a), settings.partitions) < 8)
+    queue = queue_name(partition_for(article_key(article), settings.partitions))
+    broker = redis.Redis.from_url(settings.broker_url)
+    start_worker(settings, "8-15")  # alive all along; it never takes 0-7
+    receipts = [producer.like(article, user) for user in range(1, 11)]
+    sent = {r.event_id for r in receipts}
+    # Its flush holds the messages it fetched (a 30 s stall): killed with all of them in hand.
+    doomed = start_worker(settings, "0-7", SEQPROC_FAULT_APPLY_DELAY_S="30")
+    wait_for(lambda: set(unacked_event_ids(broker)) == sent, 15, "the doomed worker holding every message")
+    fetched_at = time.monotonic()
+    doomed.kill()
+    time.sleep(2.0)
+    assert set(unacked_event_ids(broker)) == sent  # not restored before the visibility timeout
+    assert broker.llen(queue) == 0
+    wait_for(lambda: set(queued_event_ids(broker, queue)) == sent, 20, "the messages back in their queue")
+    back_after_s = time.monotonic() - fetched_at
+    assert broker.hlen(UNACKED) == 0
+    assert back_after_s >= settings.visibility_timeout_s - 0.5, back_after_s
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() == 0  # nobody applied them
+
+    start_worker(settings, "0-7")
+    outcomes = producer.wait_all(receipts, timeout_s=30)
+    assert [o.status for o in outcomes] == ["applied"] * 10
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() == 10
+    print(f"messages back {back_after_s:.1f} s after the fetch (visibility timeout {settings.visibility_timeout_s} s)")
