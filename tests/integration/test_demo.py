@@ -16,15 +16,19 @@ from tests.conftest import ROOT, settings_env
 pytestmark = pytest.mark.services
 
 
-def test_demo_on_services_holds_every_invariant(clean: Settings) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "seqproc", "demo", "--threads", "4", "--events", "150", "--workers", "2"],
+def run_demo(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "seqproc", "demo", *args],
         cwd=ROOT,
-        env=settings_env(clean, COLUMNS="200"),
+        env=settings_env(settings, COLUMNS="200"),
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_demo_on_services_holds_every_invariant(clean: Settings) -> None:
+    run = run_demo(clean, "--threads", "4", "--events", "150", "--workers", "2")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "2 worker processes over 16 partitions" in run.stdout
     assert "every invariant held" in run.stdout
@@ -51,14 +55,7 @@ def test_the_demo_exits_1_naming_the_invariant_broken(clean: Settings, engine: E
     finds it, names it, and the demo exits 1 (RET_FAILED), not 0."""
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO article_like_count (article_id, like_count) VALUES (987654, 3)"))
-    run = subprocess.run(
-        [sys.executable, "-m", "seqproc", "demo", "--threads", "2", "--events", "40", "--workers", "1"],
-        cwd=ROOT,
-        env=settings_env(clean, COLUMNS="200"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = run_demo(clean, "--threads", "2", "--events", "40", "--workers", "1")
     assert run.returncode == RET_FAILED, run.stdout[-3000:] + run.stderr[-3000:]
     assert "INVARIANTS BROKEN" in run.stdout
     assert "article 987654: like_count 3 != 0 rows" in run.stdout
