@@ -17,7 +17,7 @@ import redis
 from sqlalchemy import Engine, func, select
 
 from seqproc import producer
-from seqproc.models.errors import PublishError
+from seqproc.models.errors import OutcomeTimeout, PublishError
 from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.worker.ops.inspect import check_invariants, product_state
@@ -252,3 +252,44 @@ def test_outcomes_wait_for_a_result_backend_that_went_away(
         assert received == 20
     finally:
         backend.stop()
+
+
+@pytest.mark.parametrize("persistence", ["off", "everysec"])
+def test_direct_sends_held_by_a_redis_that_crashes(
+    clean: Settings, tmp_path: Path, start_worker, engine: Engine, persistence: str
+) -> None:
+    """The broker's redis-server is killed with SIGKILL (a crash, not a clean shutdown) while it holds 200 direct
+    sends (``seqproc.restock``: each call returned, so each was sent), and started again. Without persistence the
+    crash loses all of them, and the producer was never told: only ``wait()`` timing out says so (the outbox is the
+    way not to lose them). With append-only persistence (``appendfsync everysec``, as in docker-compose.yml) the
+    process crash loses none: each write reached the append-only file (in the OS's cache) before its reply; what
+    ``everysec`` risks is a crash of the machine (the last second not yet on disk, which ``test_outbox_faults``
+    reproduces by cutting the file)."""
+    broker = PrivateRedis(tmp_path, persistent=persistence != "off", fsync="everysec")
+    broker.start()
+    try:
+        settings = clean.model_copy(update={"broker_url": broker.url(0)})  # outcomes on the test's own Redis
+        producer.configure(settings)
+        receipts = [producer.restock(8, 1) for _ in range(200)]  # no worker yet: all of them wait in the broker
+        assert broker.process is not None
+        broker.process.send_signal(signal.SIGKILL)
+        broker.process.wait(10)
+        broker.start()
+        start_worker(settings)
+        if persistence == "off":
+            with pytest.raises(OutcomeTimeout, match="200 of 200 events have no outcome"):
+                producer.wait_all(receipts, timeout_s=5)
+        else:
+            assert Counter(o.status for o in producer.wait_all(receipts, timeout_s=60)) == {"applied": 200}
+        with engine.connect() as conn:
+            received = int(product_state(conn, 8)["total_received"])
+            report_units(
+                conn,
+                f"broker Redis SIGKILL with 200 direct sends queued, persistence {persistence}",
+                injected=1,
+                sent=200,
+                received=received,
+            )
+        assert received == (0 if persistence == "off" else 200)
+    finally:
+        broker.stop()
