@@ -170,10 +170,10 @@ def test_a_worker_paused_past_its_lease_is_fenced_and_nothing_is_doubled_or_reor
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() == len(outcomes) + 40
     assert b.process.poll() is None  # the fenced worker is alive: it lost partitions, not its life
-    # The takeover raised the epoch of each partition the paused worker held, and it noticed on waking.
+    # The takeover raised the epoch of each partition the paused worker held (read from the partition table). That
+    # a worker woken with a batch in hand cannot commit it is shown apart, from the ledger: tests/faults/test_fence.py.
     after = epochs(engine)
     assert all(after[p] > epochs_before[p] for p in b_partitions), (b_partitions, epochs_before, after)
-    assert "lease lost" in b.log() or "fenced" in b.log()
 
 
 def test_a_takeover_ends_the_session_of_an_owner_stopped_mid_pipeline(clean: Settings, engine: Engine) -> None:
