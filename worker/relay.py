@@ -45,12 +45,13 @@ from dataclasses import dataclass
 import redis
 from sqlalchemy import Connection, Engine, text
 
+from seqproc.models.envelope import envelope_of_json
 from seqproc.models.errors import ConfigError, PartitionCountMismatch, first_line
 from seqproc.models.partition_count import mismatch
+from seqproc.models.scripts import RELAY_PUSH_IF_COUNT
 from seqproc.models.settings import Settings, mask_url
+from seqproc.models.stamps import unique_id
 from seqproc.models.wire import bell_key, queue_name, relay_pushed_key
-from seqproc.producer.envelope import envelope_of_json
-from seqproc.producer.stamps import unique_id
 from seqproc.worker import faults
 from seqproc.worker.outbox_identity import adopt_counters, outbox_id
 from seqproc.worker.ownership.partitions import publish_partition_count
@@ -67,23 +68,6 @@ LOCK_NAMESPACE = 0x5E9C
 #: An idle relay's wait between passes doubles up to this many times ``relay_interval_ms``.
 IDLE_BACKOFF = 5
 
-#: KEYS: the queue's push count, the queue, its bell. ARGV: the count the relay recorded, then the messages, oldest
-#: first. Pushes them and raises the count only if the count is the recorded one. Returns {1, new count} or
-#: {0, count found}.
-PUSH = """
-local count = tonumber(redis.call('GET', KEYS[1]) or '0')
-if count ~= tonumber(ARGV[1]) then
-    return {0, count}
-end
-for i = 2, #ARGV do
-    redis.call('LPUSH', KEYS[2], ARGV[i])
-end
-count = count + #ARGV - 1
-redis.call('SET', KEYS[1], count)
-redis.call('LPUSH', KEYS[3], '1')
-redis.call('LTRIM', KEYS[3], 0, 0)
-return {1, count}
-"""
 
 _PENDING = text(
     """
@@ -140,6 +124,8 @@ class PassResult:
     resent: int = 0
     #: Rows deleted because their event was applied.
     forgotten: int = 0
+    #: Some partition had more unsent rows than one pass takes (a backlog): the next pass goes at once.
+    full: bool = False
 
 
 class Relay:
@@ -154,7 +140,7 @@ class Relay:
         self.outbox = outbox
         self.ledger = ledger
         self.client = client
-        self._push = client.register_script(PUSH)
+        self._push = client.register_script(RELAY_PUSH_IF_COUNT)
         self.partitions = list(range(settings.partitions))
         self.forgetter = Forgetter(outbox, ledger)
         # The deployment's count, checked and copied where the outbox writers and the producers check theirs.
@@ -197,6 +183,7 @@ class Relay:
             by_partition: dict[int, list[tuple[int, str]]] = defaultdict(list)
             for row_id, partition, body in pending:
                 by_partition[int(partition)].append((int(row_id), body))
+            result.full = any(len(rows) >= per_partition for rows in by_partition.values())
             replies = self._push_all(by_partition, recorded)
             faults.relay_pushed_delay()
             ids: list[int] = []
@@ -307,10 +294,14 @@ class Relay:
 
     # -- the process -------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Pass after pass until ``stop`` is set: again at once after a pass that sent something; after a pass that
-        found nothing, wait ``relay_interval_ms``, doubled after each such pass up to ``IDLE_BACKOFF`` times it (an
-        idle relay looks a few times a second, not fifty), and back to ``relay_interval_ms`` on any activity. A
-        database or broker error is logged and tried again with capped backoff."""
+        """Pass after pass until ``stop`` is set: again at once after a pass that left a backlog (it took as many rows
+        of a partition as one pass takes) or sent events again after a loss; after a pass that sent less, wait
+        ``relay_interval_ms``, so that the next pass carries what was committed meanwhile in one message per
+        partition (under a steady trickle of one-event transactions, a web server's, a pass per event would cost a
+        transaction, a push and a worker's fetch per event); after a pass that found nothing, the same wait, doubled
+        after each such pass up to ``IDLE_BACKOFF`` times it (an idle relay looks a few times a second, not fifty),
+        and back to ``relay_interval_ms`` on any activity. A database or broker error is logged and tried again with
+        capped backoff."""
         interval_s = self.settings.relay_interval_ms / 1000.0
         idle_s = pause_s = interval_s
         while not stop.is_set():
@@ -334,6 +325,8 @@ class Relay:
                     result.resent,
                     result.forgotten,
                 )
+                if not (result.full or result.resent):
+                    stop.wait(interval_s)
                 continue
             stop.wait(idle_s)
             idle_s = min(idle_s * 2, interval_s * IDLE_BACKOFF)
