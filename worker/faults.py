@@ -28,6 +28,10 @@ JOB_DELAY_ENV = "SEQPROC_FAULT_JOB_DELAY_S"
 #: must show).
 APPLY_DELAY_ENV = "SEQPROC_FAULT_APPLY_DELAY_S"
 
+#: ``SEQPROC_FAULT_RELAY_PUSHED_DELAY_S=S``: the relay sleeps S seconds after its pushes, before the transaction that
+#: records them commits (a relay killed then has pushed messages it never recorded: the next pass sends them again).
+RELAY_PUSHED_DELAY_ENV = "SEQPROC_FAULT_RELAY_PUSHED_DELAY_S"
+
 
 def subscribe(hooks: Hooks) -> None:
     """Subscribe the faults the environment configures (none: nothing) to a worker's ``hooks``."""
@@ -63,3 +67,9 @@ def job_delay() -> None:
 def _sleep(delay_s: float, what: str) -> None:
     logger.warning("fault injection: " + what, delay_s)
     time.sleep(delay_s)
+
+
+def relay_pushed_delay() -> None:
+    delay_s = float(os.environ.get(RELAY_PUSHED_DELAY_ENV, "0") or 0)
+    if delay_s:
+        time.sleep(delay_s)
