@@ -118,10 +118,10 @@ def predict(conn: Any, domain: Domain, key: str, value: Any, raw: Mapping[Any, A
     events = pending_events(dict(raw), key)
     keys = [event.ledger_key for event in events]
     applied = _in_ledger(conn, keys) if events else set()
-    for _ in range(LOADS):
+    for attempt in range(1, LOADS + 1):
         state = domain.load_states(conn, [value], events)[value]
-        if not events:
-            break
+        if not events or attempt == LOADS:
+            break  # (the last load goes with the ledger read before it: what committed since is counted again)
         # A pending event committed while the state was read may or may not be in it: read the ledger again and,
         # if it moved, the state too (a commit writes both at once), so that nothing counts twice or not at all.
         after = _in_ledger(conn, keys)

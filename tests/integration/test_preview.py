@@ -22,7 +22,7 @@ from seqproc.domains.likes import Like, Unlike
 from seqproc.domains.stock import Commit, Release, Reserve, Restock
 from seqproc.models.domain import EventModel
 from seqproc.models.errors import InvalidEvent
-from seqproc.models.pending import settled_by_key
+from seqproc.models.pending import pending_events, settled_by_key
 from seqproc.models.settings import Settings
 from seqproc.models.wire import partition_for, pending_key
 from seqproc.worker.engine.apply import PartitionBatch, apply_partitions
@@ -217,3 +217,35 @@ def test_without_the_index_a_push_writes_none_and_a_preview_is_the_applied_state
             assert seqproc.preview_article(conn, 8, user_id=1).like_count == 0
     finally:
         seqproc.configure(clean)
+
+
+def test_an_event_committed_while_the_preview_reads_counts_once(
+    clean: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker commits a pending reservation right after the preview loaded the state (before it looked at the
+    ledger again): the preview reads the state again and counts it once, not zero times."""
+    from seqproc.domains import stock
+
+    with engine.begin() as conn:
+        apply_partitions(conn, [PartitionBatch(0, produce([Restock(product_id=9, quantity=2)]), epoch=None)])
+    receipt = seqproc.reserve(9, 1, reservation_id="during")
+    raw = redis.Redis.from_url(clean.broker_url).hgetall(pending_key("product:9"))
+    [pending] = pending_events(raw, "product:9")
+    assert pending.id == receipt.event_id
+    original = stock.domain._load
+    assert original is not None
+    loads = []
+
+    def load_then_commit(conn: Any, keys: Any, events: Any) -> Any:
+        states = original(conn, keys, events)
+        loads.append(states)
+        if len(loads) == 1:  # the worker commits between this load and the ledger's second look
+            with engine.begin() as other:
+                apply_partitions(other, [PartitionBatch(0, [pending], epoch=None)])
+        return states
+
+    monkeypatch.setattr(stock.domain, "_load", load_then_commit)
+    with engine.connect() as conn:
+        shown = seqproc.preview_product(conn, 9)
+    assert (shown.available, shown.reserved, shown.pending) == (1, 1, [])
+    assert len(loads) == 2  # read again once the ledger moved
