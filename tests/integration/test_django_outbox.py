@@ -85,3 +85,24 @@ def test_the_django_preview_reads_through_the_alias_and_leaves_its_transaction_a
         with connections["seqproc"].cursor() as cursor:
             cursor.execute("SELECT count(*) FROM preview_probe")  # still in the same transaction: the table is there
             assert cursor.fetchone() == (0,)
+
+
+def test_the_django_outbox_carries_notify_in_the_event() -> None:
+    """``notify=`` on a Django outbox call travels in the event's body, for the worker to publish to after the relay
+    sent it (the relay and the worker read the body as it is: tests/integration/test_notifications.py)."""
+    import json
+
+    from django.db import transaction
+    from sqlalchemy import text
+
+    from seqproc.contrib.django import outbox
+
+    with transaction.atomic():
+        outbox.reserve(31, 1, reservation_id="dj-n", notify="user:31", notify_on="rejected")
+    engine = make_engine(SHOP_DATABASE_URL)
+    try:
+        with engine.connect() as conn:
+            [body] = conn.execute(text("SELECT body FROM seqproc_outbox")).scalars()
+    finally:
+        engine.dispose()
+    assert (json.loads(body)["notify"], json.loads(body)["notify_on"]) == ("user:31", "rejected")
