@@ -21,6 +21,7 @@ is kept). Once the queue drains, a preview is the applied state exactly: it keep
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,8 +29,6 @@ from typing import Annotated, Any
 
 import redis
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import bindparam, select, text
-from sqlalchemy.orm import Session
 
 from seqproc.models.clients import redis_client
 from seqproc.models.domain import Applied, Domain, EventModel, domains
@@ -37,7 +36,6 @@ from seqproc.models.errors import InvalidEvent
 from seqproc.models.fields import EntityKey
 from seqproc.models.outcomes import Outcome
 from seqproc.models.pending import pending_events
-from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount
 from seqproc.models.wire import article_key, is_redis_url, pending_key, product_key
 from seqproc.producer.api import current_settings
 
@@ -145,6 +143,11 @@ def predict(conn: Any, domain: Domain, key: str, value: Any, raw: Mapping[Any, A
 
 
 def article_preview(conn: Any, found: Preview, article_id: int, user_id: int | None) -> ArticlePreview:
+    # Imported here: a producer's import loads no table and no SQLAlchemy (models/__init__.py).
+    from sqlalchemy import select
+
+    from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount
+
     conn = _connection_of(conn)
     book = found.state  # seqproc.domains.likes.ArticleLikes: the pairs the pending events touch
     count = conn.execute(
@@ -201,16 +204,22 @@ def domain_of(key: str) -> tuple[Domain, Any]:
 
 def _connection_of(conn: Any) -> Any:
     """A session's connection (the built-in domains read through a SQLAlchemy connection)."""
+    from sqlalchemy.orm import Session
+
     return conn.connection() if isinstance(conn, Session) else conn
 
 
-_LEDGER = text("SELECT key FROM idempotency_ledger WHERE key IN :keys").bindparams(bindparam("keys", expanding=True))
+@functools.cache
+def _ledger_statement() -> Any:
+    from sqlalchemy import bindparam, text
+
+    return text("SELECT key FROM idempotency_ledger WHERE key IN :keys").bindparams(bindparam("keys", expanding=True))
 
 
 def _in_ledger(conn: Any, keys: Sequence[str]) -> set[str]:
     """Those of ``keys`` the ledger holds (their events are applied: in the state already)."""
     if hasattr(conn, "dialect"):  # SQLAlchemy
-        return {row[0] for row in conn.execute(_LEDGER, {"keys": list(keys)})}
+        return {row[0] for row in conn.execute(_ledger_statement(), {"keys": list(keys)})}
     cursor = conn.cursor()  # a DB-API connection (psycopg)
     try:
         cursor.execute("SELECT key FROM idempotency_ledger WHERE key = ANY(%s)", (list(keys),))

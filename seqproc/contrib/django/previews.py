@@ -12,14 +12,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
-from sqlalchemy import Connection, Engine, create_engine
-from sqlalchemy.pool import NullPool
 
 from seqproc import producer
 from seqproc.producer.previews import ArticlePreview, Preview, ProductPreview
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 __all__ = ["preview", "preview_article", "preview_product"]
 
@@ -67,6 +68,9 @@ _ENGINES_LOCK = threading.Lock()
 
 @contextmanager
 def _borrowed(using: str) -> Iterator[Connection]:
+    from sqlalchemy import create_engine  # here: importing seqproc's Django app loads no SQLAlchemy
+    from sqlalchemy.pool import NullPool
+
     wrapper = connections[using]
     wrapper.ensure_connection()
     with _ENGINES_LOCK:
