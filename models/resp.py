@@ -9,6 +9,7 @@ authenticated and health-checks.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,6 +39,11 @@ def command(count: int, *parts: bytes) -> bytes:
     return b"*%d\r\n" % count + b"".join(parts)
 
 
+class ReplyLost(redis.ConnectionError):
+    """A command was sent but its reply never came (a timeout, a reset): Redis may have run it. The caller must not
+    send it again blindly (a fetch run twice would hold messages nobody delivers)."""
+
+
 class Held:
     """A connection taken from ``client``'s pool and kept, for commands packed by hand: no pool, retry or encoder
     layer per call. A connection error disconnects it (a command half sent or a reply unread never meets the next
@@ -52,14 +58,17 @@ class Held:
         runs by SHA-1; loaded and the command sent again if Redis does not know it (a restart, ``SCRIPT FLUSH``). A
         connection lost before anything was sent is tried once more on a new connection."""
         connection = self._connection
-        if connection is None:
+        if connection is None or connection.pid != os.getpid():
+            # (A forked child never uses its parent's socket: it takes a connection of its own.)
             connection = self._connection = self._pool.get_connection()
+        sent = False
         try:
             try:
                 connection.send_packed_command([packed])
             except (redis.ConnectionError, OSError):
                 connection.disconnect()  # nothing was sent: once more, connecting again
                 connection.send_packed_command([packed])
+            sent = True
             try:
                 return [connection.read_response() for _ in range(replies)]
             except redis.exceptions.NoScriptError:
@@ -69,12 +78,14 @@ class Held:
                 connection.read_response()
                 connection.send_packed_command([packed])
                 return [connection.read_response() for _ in range(replies)]
-        except BaseException:
+        except BaseException as error:
             connection.disconnect()  # whatever is left unread on it must not meet the next call
+            if sent and isinstance(error, redis.ConnectionError | redis.TimeoutError | OSError):
+                raise ReplyLost(f"sent, but the reply was lost: {error}") from error
             raise
 
     def close(self) -> None:
-        if self._connection is not None:
+        if self._connection is not None and self._connection.pid == os.getpid():
             self._connection.disconnect()
             self._pool.release(self._connection)
-            self._connection = None
+        self._connection = None

@@ -32,11 +32,12 @@ for i = 1, nqueues do
     while ours and taken < limit do
         local item = redis.call('RPOP', queue)
         if not item then break end
-        -- The delivery tag, found without decoding the whole message (seqproc's and kombu's JSON write it as
-        -- "delivery_tag": "..."; a quote inside a JSON string is escaped, so no string value can fake it); a
-        -- message written otherwise is decoded. Recorded as kombu's QoS.append would: [message, exchange,
-        -- routing_key], the message as it was sent, to go back to this queue (default exchange).
-        local tag = string.match(item, '"delivery_tag": "([^"\\\\]+)"')
+        -- The delivery tag, found without decoding the whole message where seqproc's writers put it, last in the
+        -- text ("delivery_tag": "..."}}: the worker's fast read takes it from there too; a quote inside a JSON
+        -- string is escaped, so no string value can fake it); a message written otherwise is decoded. Recorded as
+        -- kombu's QoS.append would: [message, exchange, routing_key], the message as it was sent, to go back to
+        -- this queue (default exchange).
+        local tag = string.match(item, '"delivery_tag": "([^"\\\\]+)"}}$')
         if not tag then
             local ok, msg = pcall(cjson.decode, item)
             if ok and type(msg) == 'table' and type(msg.properties) == 'table'

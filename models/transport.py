@@ -54,7 +54,7 @@ from kombu.utils.json import loads
 from kombu.utils.uuid import uuid
 
 from seqproc.models.envelope import read_own
-from seqproc.models.resp import Held, command, pack, pack_texts
+from seqproc.models.resp import Held, ReplyLost, command, pack, pack_texts
 from seqproc.models.scripts import FETCH_AND_HOLD, FETCH_AND_HOLD_SHA
 from seqproc.models.wire import APPLY_TASK, bell_key, lease_key
 
@@ -149,6 +149,13 @@ class ChunkConsumer(Protocol):
         """Holding a batch that is not applied yet, and not shutting down: worth fetching again at once."""
         ...
 
+    def restore_stranded(self, channel: Channel) -> None:
+        """A fetch's reply was lost (:class:`ReplyLost`): the messages it took may sit in ``unacked``, delivered to
+        nobody. Holding no batch now, put what ``unacked`` holds for the queues this worker still owns back at their
+        heads, in order, before anything newer is fetched (else they would come back after the visibility timeout,
+        behind later events of their keys)."""
+        ...
+
     def fetches_itself(self) -> bool:
         """Holding an open batch whose timer fetches (:meth:`Channel.fetch_now`): the channel waits on no bell."""
         ...
@@ -178,6 +185,8 @@ class Channel(kombu_redis.Channel):
     _held_connection: Held | None = None
     #: The last fetch stopped at its limit with messages left in its queues.
     fetch_left_more = False
+    #: A fetch was sent and its reply lost: the chunk consumer restores what may be stranded before the next fetch.
+    fetch_reply_lost = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._fetch_heads: dict[tuple[str, ...], tuple[int, bytes]] = {}
@@ -302,10 +311,10 @@ class Channel(kombu_redis.Channel):
         return self._held_connection
 
     def close(self) -> None:
+        super().close()  # kombu may read a pending wait's reply here, and fetch: the held connection is closed after
         if self._held_connection is not None:
             self._held_connection.close()
             self._held_connection = None
-        super().close()
 
     def _fetch_and_deliver(self) -> int:
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
@@ -322,7 +331,17 @@ class Channel(kombu_redis.Channel):
             limit = self.qos.can_consume_max_estimate() if self.qos.prefetch_count else FETCH_MAX
         if not limit:
             return 0
-        items = self._fetch(list(queues), min(int(limit), FETCH_MAX))
+        if self.fetch_reply_lost and chunk_consumer is not None:
+            if chunk_consumer.filling():
+                chunk_consumer.deliver([])  # apply the batch in hand first: then nothing of ours is held
+                return 0
+            chunk_consumer.restore_stranded(self)
+            self.fetch_reply_lost = False
+        try:
+            items = self._fetch(list(queues), min(int(limit), FETCH_MAX))
+        except ReplyLost:
+            self.fetch_reply_lost = True
+            raise
         for queue in dict.fromkeys(queue for queue, _ in items):  # the queues served go to the back of the cycle
             self._queue_cycle.rotate(queue)  # type: ignore[attr-defined]
         if chunk_consumer is not None:

@@ -29,8 +29,9 @@ def test_a_held_connection_reloads_a_flushed_script_and_reconnects_after_a_kill(
     client = redis.Redis.from_url(redis_base)
     client.delete("resp-test-q", "resp-test-bell")
     held = Held(client)
+    # One message (ARGV: how many, then the message), no pending index (no key after the queue and its bell).
     push = command(
-        6, pack_texts(["EVALSHA", PUSH_AND_RING_SHA, 2, "resp-test-q", "resp-test-bell"]), pack_texts(["m1"])
+        7, pack_texts(["EVALSHA", PUSH_AND_RING_SHA, 2, "resp-test-q", "resp-test-bell"]), pack_texts([1, "m1"])
     )
     client.script_flush()  # a restarted Redis knows no script
     assert held.run(push, script=PUSH_AND_RING) == [1]

@@ -12,10 +12,13 @@ from sqlalchemy import Engine, select
 
 from seqproc import producer
 from seqproc.models.celery import celery_config
+from seqproc.models.envelope import task_envelope
+from seqproc.models.resp import ReplyLost
 from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import DeadLetter
 from seqproc.models.transport import fetched
 from seqproc.models.wire import article_key, bell_key, lease_key, partition_for, partition_of_queue, queue_name
+from seqproc.producer.build import build_event
 from seqproc.worker.ops.inspect import article_state
 from seqproc.worker.ownership.partitions import claim, restore_unacked
 from seqproc.worker.ownership.static import StaticOwnership, fence
@@ -302,3 +305,66 @@ def test_while_a_batch_is_open_its_timer_fetches_and_no_bell_is_waited_on(clean:
         assert channel._brpop_read()
         assert recorder.deliveries[-1] == (1, False)
         channel.chunk_consumer = None
+
+
+class Restoring(Recorder):
+    """A recorder of delivery tags that, asked to, puts back what ``unacked`` holds for its queue (as the batcher
+    does)."""
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(64, filling=False)
+        self.queue = queue
+        self.restores = 0
+        self.tags: list[str] = []
+
+    def deliver(self, chunk: list[Any], *, more: bool = False) -> None:
+        super().deliver(chunk, more=more)
+        self.tags += [message.delivery_tag for message in chunk]
+
+    def restore_stranded(self, channel: Any) -> None:
+        self.restores += 1
+        restore_unacked(channel, [self.queue])
+
+
+def test_a_fetch_whose_reply_was_lost_has_its_messages_back_in_line_before_anything_newer(clean: Settings) -> None:
+    """The fetch script ran (the messages moved to ``unacked``) but its reply never came: the channel says so
+    (``ReplyLost``) and, before its next fetch, has the consumer put them back at the head of the queue, so that
+    they are delivered before what was sent after them, not behind it once the visibility timeout restores them."""
+    queue = queue_name(partition_for(article_key(17), clean.partitions))
+    client = redis.Redis.from_url(clean.broker_url)
+    padding = "x" * 2_000_000  # the reply of 20 of these cannot be read in 20 ms
+    older = []
+    for user in range(1, 21):
+        text = task_envelope(
+            queue,
+            partition_of_queue(queue) or 0,
+            [build_event("like", {"article_id": 17, "user_id": user})],
+            task_id=f"t{user}",
+        )
+        older.append(json.loads(text)["properties"]["delivery_tag"])
+        client.lpush(queue, text.replace('"argsrepr": "()"', f'"argsrepr": "{padding}"'))
+    with connection(clean) as conn:
+        channel = conn.default_channel
+        channel._active_queues.append(queue)
+        channel._update_queue_cycle()
+        restoring = Restoring(queue)
+        channel.chunk_consumer = restoring  # type: ignore[assignment]
+        channel._held().run(b"*1\r\n$4\r\nPING\r\n")
+        held = channel._held()._connection
+        timeout_s = held.socket_timeout
+        held.socket_timeout = 0.02
+        held._sock.settimeout(0.02)
+        with pytest.raises(ReplyLost):
+            channel.fetch_now()
+        held.socket_timeout = timeout_s  # disconnected: it connects again with its own timeout
+        assert channel.fetch_reply_lost
+        assert client.llen(queue) == 0  # the fetch ran: everything is in unacked, delivered to nobody
+        assert client.hlen("unacked") == 20
+        newer = task_envelope(queue, 0, [build_event("like", {"article_id": 17, "user_id": 99})], task_id="t99")
+        client.lpush(queue, newer)
+        assert channel.fetch_now() == 21  # the restored ones, then the newer one (the consumer holds 64 at most)
+        assert restoring.restores == 1
+        assert not channel.fetch_reply_lost
+        assert channel.fetch_now() == 0
+        channel.chunk_consumer = None
+    assert restoring.tags == [*older, json.loads(newer)["properties"]["delivery_tag"]]

@@ -241,13 +241,23 @@ def test_a_fetch_that_finds_nothing_applies_the_batch_at_once(
     assert not batcher.fetches_itself()  # the channel waits on the bells again
 
 
-def test_a_backlog_is_fetched_at_once_by_the_timer(sourced: tuple[Batcher, Clock, Timer, list[int], Source]) -> None:
-    batcher, _clock, timer, flushed, source = sourced
+def test_while_a_backlog_waits_the_channel_drains_it_not_the_timer(
+    sourced: tuple[Batcher, Clock, Timer, list[int], Source],
+) -> None:
+    """A fetch that left messages behind rang a bell: the channel waits on the bells again and drains the backlog in
+    a row, instead of a zero-delay timer per fetch (the event loop fires at most 10 timers a turn, then sleeps up to
+    a second); the batch fills or batch_max_wait_ms applies it."""
+    batcher, clock, timer, flushed, source = sourced
     batcher.deliver(chunk(64), more=True)
+    assert not batcher.fetches_itself()
     source.arrive(30)
-    timer.fire()  # due now: no wait
-    assert source.fetched_at_ms == [0.0]
+    clock.advance_ms(10)
+    timer.fire()
+    assert source.fetched_at_ms == []
     assert flushed == []
+    clock.advance_ms(40)
+    timer.fire()
+    assert flushed == [64]
 
 
 def test_a_failed_fetch_applies_the_batch_in_hand(sourced: tuple[Batcher, Clock, Timer, list[int], Source]) -> None:

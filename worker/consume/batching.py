@@ -54,6 +54,7 @@ from seqproc.worker.engine.apply import (
 from seqproc.worker.hooks import Committed, FlushStarting, Settled
 from seqproc.worker.ops.logs import log_event
 from seqproc.worker.ownership.liveness import holder_of
+from seqproc.worker.ownership.partitions import restore_unacked
 from seqproc.worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -185,7 +186,18 @@ class Batcher:
     def fetches_itself(self) -> bool:
         """An open batch whose timer fetches from :attr:`source`: the channel need not wait on the bells
         (:class:`ChunkConsumer`)."""
-        return self.source is not None and self._timer is not None and self.filling()
+        # Not while a backlog waits: the fetch that left it rang a bell, and the channel drains it in a row
+        # (``DRAIN_FETCHES``) without a timer per fetch (the event loop fires at most 10 timers a turn, then sleeps).
+        return self.source is not None and self._timer is not None and not self._backlog and self.filling()
+
+    def restore_stranded(self, channel: Any) -> None:
+        """See :meth:`ChunkConsumer.restore_stranded`: the unacked messages of the partitions this worker still
+        owns, back at the heads of their queues (this worker holds none of them now: its batch was applied)."""
+        leases = self.rt.leases
+        queues = [queue_name(p) for p in self.rt.epochs if leases is None or leases.fresh(p)]
+        restored = restore_unacked(channel, queues)
+        if restored:
+            logger.warning("a fetch's reply was lost: %d message(s) it may have taken are back in line", restored)
 
     def _due(self) -> float:
         """When the batch held is due: once messages stopped coming for ``batch_interval_ms``, or
@@ -195,8 +207,7 @@ class Batcher:
         settings = self.rt.settings
         cap_at = self._first_arrival_s + settings.batch_max_wait_ms / 1000.0
         if self._backlog:
-            # Fetching on the timer: the backlog is fetched at once. Otherwise the channel drains it.
-            return self._last_arrival_s if self.source is not None else cap_at
+            return cap_at  # the channel drains it: the batch fills
         return min(self._last_arrival_s + self._step_s, cap_at)
 
     def _schedule(self, now: float, timer: Any) -> None:

@@ -168,6 +168,9 @@ class ChunkStep(bootsteps.StartStopStep):
             batcher = batcher_of(c)
             channel.chunk_consumer = batcher
             batcher.source = channel  # while a batch is open, its timer fetches (no wait on the bells)
+            # A consumer restarted after a connection error: a fetch whose reply was lost may have left messages in
+            # unacked, delivered to nobody; they go back in line before anything newer is fetched.
+            batcher.restore_stranded(channel)
 
     def stop(self, c: Any) -> None:
         channel = getattr(getattr(c, "task_consumer", None), "channel", None)
