@@ -143,6 +143,18 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the threads of process ``pid`` have spent runnable but waiting for a core, so far (the second field
+    of ``/proc/<pid>/task/<tid>/schedstat``, summed over its threads; 0 for a thread gone meanwhile)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total / 1e9
+
+
 def harness_engine(url: str) -> Engine:
     """An engine for a strategy's own bookkeeping (reset, progress polling, verification), named
     ``HARNESS_APPLICATION_NAME`` so that the connection sampler does not count it. Not ``models.db.make_engine``:

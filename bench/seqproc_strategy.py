@@ -41,7 +41,7 @@ from seqproc.producer.receipt import Receipt
 from seqproc.worker.ops.inspect import article_state, check_invariants, product_state
 from seqproc.worker.processes import WorkerGroup, settings_env, split_partitions
 
-from .harness import DEFAULT_VARIANT, ProducerVariant, harness_engine, process_cpu_s
+from .harness import DEFAULT_VARIANT, ProducerVariant, harness_engine, process_cpu_s, runqueue_wait_s
 from .scenarios import WARM_UP_ARTICLE, Op, Workload
 
 DATA_TABLES = (
@@ -79,6 +79,10 @@ class SeqprocStrategy:
         self._directory = tempfile.TemporaryDirectory(prefix="seqproc-bench-")
         self._baseline = 0
         self._cpu_at_start = self._cpu_at_end = (0.0, 0.0)
+        #: When the drain began (the last producer call had returned): events applied, the workers' CPU s and
+        #: runqueue wait s, monotonic s; and when it ended (the workers' runqueue wait s, monotonic s).
+        self._at_sent = (0, 0.0, 0.0, 0.0)
+        self._drained = (0.0, 0.0)
         self.rss_samples: list[list[float]] = []
         self.statuses: Counter[str] = Counter()
         #: Whether ``statuses`` were read: the receipts kept, and their producers there after the drain.
@@ -174,8 +178,12 @@ class SeqprocStrategy:
     def drain(self, timeout_s: float) -> None:
         """Until the partitions' counters (committed with each batch) have counted every event of the workload:
         counted from the workload, not from receipts, which forked producers keep in their own memory."""
-        self._wait_applied(self._baseline + self._total, timeout_s)
         assert self.group is not None
+        pids = self.group.pids
+        cpu_s, waited_s = sum(process_cpu_s(p) for p in pids), sum(runqueue_wait_s(p) for p in pids)
+        self._at_sent = (self._applied(), cpu_s, waited_s, time.monotonic())
+        self._wait_applied(self._baseline + self._total, timeout_s)
+        self._drained = (sum(runqueue_wait_s(p) for p in pids), time.monotonic())
         self.rss_samples.append(self.group.rss_mb())
         self._cpu_at_end = self.service_cpu_s()
 
@@ -204,6 +212,13 @@ class SeqprocStrategy:
             # CPU per event of the worker processes, and of the Redis server.
             "worker_cpu_us_per_event": round((worker_after - worker_before) / max(1, workload.total) * 1e6, 1),
             "redis_cpu_us_per_event": round((redis_after - redis_before) / max(1, workload.total) * 1e6, 1),
+            # The apply lag: events not yet applied when the last producer call returned; while the workers applied
+            # them (about elapsed_s - sent_s), how much of a core they got, and how long they waited for one.
+            "unapplied_at_sent": self._baseline + self._total - self._at_sent[0],
+            "worker_cores_in_tail": round(
+                (worker_after - self._at_sent[1]) / max(1e-6, self._drained[1] - self._at_sent[3]), 2
+            ),
+            "worker_waited_for_cpu_in_tail_s": round(self._drained[0] - self._at_sent[2], 3),
             "workers": self.workers,
             "worker_rss_mb": [round(x, 1) for x in self.rss_samples[-1]],
         }

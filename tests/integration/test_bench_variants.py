@@ -94,6 +94,9 @@ def test_each_variant_runs_correct_and_is_recorded(
         assert result["events"] == PRODUCERS * EVENTS
         assert 0 < result["sent_s"] <= result["elapsed_s"]
     batched = data["strategies"]["seqproc_batched"]
+    assert 0 <= batched["unapplied_at_sent"] <= PRODUCERS * EVENTS
+    assert batched["worker_cores_in_tail"] >= 0
+    assert batched["worker_waited_for_cpu_in_tail_s"] >= 0
     assert ("outcomes not read" not in batched["detail"]) is outcomes_read
     if outcomes_read:
         assert f"outcomes {{'applied': {PRODUCERS * EVENTS}}}" in batched["detail"]
