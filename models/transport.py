@@ -53,9 +53,10 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from kombu.utils.uuid import uuid
 
+from seqproc.models.envelope import read_own
 from seqproc.models.resp import Held, command, pack, pack_texts
 from seqproc.models.scripts import FETCH_AND_HOLD, FETCH_AND_HOLD_SHA
-from seqproc.models.wire import bell_key, lease_key
+from seqproc.models.wire import APPLY_TASK, bell_key, lease_key
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,10 @@ def fetched(queue: str, item: bytes) -> Fetched:
     payload: Any = None
     try:
         text = item.decode("utf-8")
+        own = read_own(text)
+        if own is not None:  # a producer's or the relay's: only its body, task id and tag are read
+            own_body, task_id, tag = own
+            return Fetched(queue, item, tag, {"task": APPLY_TASK, "id": task_id}, "application/json", own_body)
         payload, end = _scan(text, 0)  # the C scanner: json.loads' own, without its per-call layers
         whole = end == len(text)
     except (UnicodeDecodeError, ValueError, StopIteration, RecursionError):
