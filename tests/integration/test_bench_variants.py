@@ -16,8 +16,8 @@ from sqlalchemy import make_url, text
 
 from seqproc.models.db import make_engine
 from seqproc.models.settings import Settings
-from seqproc.worker.ops.inspect import product_state
 from seqproc.worker.cli.bench import load_bench
+from seqproc.worker.ops.inspect import product_state
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(300)]
