@@ -175,6 +175,11 @@ class SeqprocStrategy:
         self.sent_messages = pick(r["sent_messages"] for r in reports)
         self.sent_events = pick(r["sent_events"] for r in reports)
 
+    def expect(self, events: int) -> None:
+        """The drain waits for ``events`` applied since the setup, when they were not sent as a workload's (the
+        soak's producers send until stopped)."""
+        self._total = events
+
     def drain(self, timeout_s: float) -> None:
         """Until the partitions' counters (committed with each batch) have counted every event of the workload:
         counted from the workload, not from receipts, which forked producers keep in their own memory."""

@@ -138,3 +138,34 @@ def test_the_drain_waits_for_the_workloads_events_not_for_receipts_in_this_proce
             strategy.drain(0.5)
     finally:
         strategy.teardown()
+
+
+def test_the_soak_counts_until_every_event_it_sent_is_applied(
+    pg_url: str, redis_base: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The soak's producers outrun the worker: its events/s must wait for the backlog, not stop at the last send.
+    The likes are counted as the soak stops its worker (whose graceful stop would apply what is left)."""
+    load_bench()
+    from seqproc_bench import seqproc_strategy
+    from seqproc_bench.run import bench_settings, prepare, soak
+
+    settings = bench_settings(
+        Settings(database_url=pg_url, broker_url=f"{redis_base}/0"),
+        database=make_url(bench_url(pg_url)).database or "",
+    )
+    prepare(settings)
+    counted: list[int] = []
+    teardown = seqproc_strategy.SeqprocStrategy.teardown
+
+    def count_then_teardown(self: seqproc_strategy.SeqprocStrategy) -> None:
+        with self.engine.connect() as conn:
+            counted.append(
+                conn.execute(text("SELECT coalesce(sum(like_count), 0) FROM article_like_count")).scalar_one()
+            )
+        teardown(self)
+
+    monkeypatch.setattr(seqproc_strategy.SeqprocStrategy, "teardown", count_then_teardown)
+    report = soak(settings, duration_s=1.0, producers=2, sample_every_s=0.25)
+    assert report["events"] > 0
+    assert report["sending_s"] <= report["duration_s"]
+    assert counted == [report["events"]]  # every like sent was applied before the soak stopped its worker
