@@ -84,7 +84,7 @@ class AsyncPublisher:
         while True:
             # A retry after a failed round trip may push a message twice; the ledger makes the copy a duplicate.
             pipe = self._redis.pipeline(transaction=False)
-            stage_messages(pipe, messages)
+            stage_messages(pipe, messages, self.settings.pending_ttl_s)
             remaining_s = attempts.remaining_s()
             try:
                 if remaining_s < self._timeout_s - BOUND_SLACK_S:
