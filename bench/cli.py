@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from seqproc.worker.ops.logs import setup_logging
 
 from . import run as bench_run
 from . import server_report, server_run
+from .harness import ProducerVariant
 from .server_run import SERVER_STRATEGIES, ServerLoad
 from .servers import DEFAULT_SERVER_WORKERS, SERVERS
 from .wrk import find_wrk
@@ -27,6 +29,51 @@ from .wrk import find_wrk
 
 def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+#: What each producer process variant does, for ``--help`` (the flags and their values: ``ProducerVariant.CHOICES``).
+VARIANT_HELP = {
+    "receipts": "drop = the seqproc calls' receipts are not kept (the check reads the database's state only; "
+    "outcomes are counted only when kept).",
+    "connect": "hook = seqproc.connect() in each forked process before the clock; first-call = none, the first "
+    "send connects.",
+    "warm_up": "other-article = each process sends one like on another article before the clock (applied before it "
+    "starts).",
+    "after_sending": "exit = each process reports and exits right after its last send; the clock still stops when "
+    "every event is applied.",
+}
+
+
+def variant_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--receipts``, ``--connect``, ``--warm-up``, ``--after-sending``: one option per ``ProducerVariant`` field."""
+    for key, (flag, allowed) in reversed(ProducerVariant.CHOICES.items()):
+        command = click.option(
+            flag,
+            key,
+            type=click.Choice(allowed),
+            default=allowed[0],
+            show_default=True,
+            help=f"With --producer-mode processes: {VARIANT_HELP[key]}",
+        )(command)
+    return command
+
+
+def producer_variant(
+    producer_mode: str, *, receipts: str, connect: str, warm_up: str, after_sending: str, instead: str | None
+) -> ProducerVariant:
+    """The producer processes' variant from its flags; a ``ConfigError`` naming the flag when one is used where it
+    does not apply (``instead``: the option that replaces the comparison, e.g. ``--server``)."""
+    variant = ProducerVariant(receipts=receipts, connect=connect, warm_up=warm_up, after_sending=after_sending)
+    for key, value in variant.changed().items():
+        flag = ProducerVariant.CHOICES[key][0]
+        if instead is not None:
+            raise ConfigError(f"{flag} {value}: only for the strategy comparison, not with {instead}")
+        if producer_mode != "processes":
+            raise ConfigError(
+                f"{flag} {value}: needs --producer-mode processes (it says how each forked producer process "
+                f"behaves; --producer-mode is {producer_mode})"
+            )
+    return variant
 
 
 def _show(console: Console, as_json: bool, data: dict[str, Any], table: Table, ratios: dict[str, float]) -> None:
@@ -62,6 +109,7 @@ def _show(console: Console, as_json: bool, data: dict[str, Any], table: Table, r
     help="Producers as threads of one process, or as processes (forked with the app imported, connected before the "
     "clock): the prefork web server's shape, one event per call.",
 )
+@variant_options
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="seqproc worker processes.")
 @click.option("--scale", "scale_csv", default=None, help="Also run seqproc_batched with these worker counts (1,2,4).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per run instead of tables.")
@@ -114,6 +162,10 @@ def bench(
     events: int,
     strategies_csv: str,
     producer_mode: str,
+    receipts: str,
+    connect: str,
+    warm_up: str,
+    after_sending: str,
     workers: int,
     scale_csv: str | None,
     as_json: bool,
@@ -141,6 +193,17 @@ def bench(
         producer_counts = [int(p) for p in _csv(producers_csv)]
     except ValueError:
         raise ConfigError(f"--producers: {producers_csv!r} is not a number or a comma-separated list") from None
+    instead = next(
+        (
+            flag
+            for flag, used in (("--server", server), ("--cpu", cpu_calls), ("--soak-s", soak_s), ("--scale", scale_csv))
+            if used is not None
+        ),
+        None,
+    )
+    variant = producer_variant(
+        producer_mode, receipts=receipts, connect=connect, warm_up=warm_up, after_sending=after_sending, instead=instead
+    )
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 160)
     directory = results_dir or bench_run.RESULTS_DIR
     if server is not None:
@@ -177,7 +240,15 @@ def bench(
     comparisons = []
     for count in producer_counts:
         comparison = bench_run.compare(
-            settings, scenario, count, events, strategies, workers=workers, mode=producer_mode, console=console
+            settings,
+            scenario,
+            count,
+            events,
+            strategies,
+            workers=workers,
+            mode=producer_mode,
+            variant=variant,
+            console=console,
         )
         comparisons.append(comparison)
         _show(console, as_json, comparison.to_json(), bench_run.table(comparison), comparison.ratios())

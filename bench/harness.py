@@ -4,7 +4,9 @@ most database connections open at once, and a correctness check against the work
 
 Producers are threads of this process (``threads``), or processes (``processes``: the usual gunicorn/uWSGI shape,
 each handling one request at a time). Processes are forked with the application already imported, and each opens
-its connections and makes its first connection before the clock starts, as a preloaded prefork server does."""
+its connections and makes its first connection before the clock starts, as a preloaded prefork server does; a
+``ProducerVariant`` changes that (no connect before the clock, a warm-up call, receipts not kept, the process gone
+after its last send)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,64 @@ HARNESS_APPLICATION_NAME = "seqproc-bench-harness"
 PRODUCER_MODES = ("threads", "processes")
 
 
+@dataclass(frozen=True)
+class ProducerVariant:
+    """How forked producer processes behave (``--producer-mode processes`` only; the defaults are the bench's shape).
+
+    - ``receipts``: ``keep`` (each call's receipt kept, its outcome read after the drain) or ``drop`` (not kept: the
+      run is checked from the database's state alone);
+    - ``connect``: ``hook`` (``seqproc.connect()`` in the forked process before the clock, as a post-fork hook) or
+      ``first-call`` (no connect: the first send connects);
+    - ``warm_up``: ``none`` or ``other-article`` (one like on ``WARM_UP_ARTICLE`` from each process before the clock,
+      applied before it starts);
+    - ``after_sending``: ``stay`` (the process reports after the drain) or ``exit`` (it reports and exits right after
+      its last send).
+
+    ``receipts``, ``connect`` and ``warm_up`` are the seqproc strategies' (the baselines hold their one connection
+    either way); ``after_sending`` applies to every strategy."""
+
+    receipts: str = "keep"
+    connect: str = "hook"
+    warm_up: str = "none"
+    after_sending: str = "stay"
+
+    #: Each field: its command-line flag and its allowed values, the default first.
+    CHOICES = {
+        "receipts": ("--receipts", ("keep", "drop")),
+        "connect": ("--connect", ("hook", "first-call")),
+        "warm_up": ("--warm-up", ("none", "other-article")),
+        "after_sending": ("--after-sending", ("stay", "exit")),
+    }
+
+    def changed(self) -> dict[str, str]:
+        """The fields not at their default, in the order of ``CHOICES``."""
+        return {k: getattr(self, k) for k, (_, allowed) in self.CHOICES.items() if getattr(self, k) != allowed[0]}
+
+    def check(self, mode: str) -> None:
+        """A value outside its choices, or any change without process producers: a ``ValueError`` naming the flag."""
+        for key, (flag, allowed) in self.CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{flag} must be one of {', '.join(allowed)} (got {getattr(self, key)!r})")
+        for key in self.changed():
+            if mode != "processes":
+                flag = self.CHOICES[key][0]
+                raise ValueError(
+                    f"{flag} {getattr(self, key)} needs --producer-mode processes (it describes forked producer "
+                    f"processes; the producers are {mode})"
+                )
+
+    def suffix(self) -> str:
+        """For result file names: ``""`` at the defaults, else e.g. ``-receipts-drop-after-sending-exit``."""
+        return "".join(f"-{self.CHOICES[k][0].lstrip('-')}-{v}" for k, v in self.changed().items())
+
+    def to_json(self) -> dict[str, str]:
+        return {key: getattr(self, key) for key in self.CHOICES}
+
+
+#: The bench's own shape: receipts kept, ``seqproc.connect()`` before the clock, no warm-up, producers stay.
+DEFAULT_VARIANT = ProducerVariant()
+
+
 class Strategy(Protocol):
     name: str
 
@@ -44,7 +104,8 @@ class Strategy(Protocol):
     def drain(self, timeout_s: float) -> None: ...
 
     def report(self, index: int) -> dict[str, Any]:
-        """After the drain, in the producer's own thread or process: what only it knows (picklable)."""
+        """After the drain, in the producer's own thread or process: what only it knows (picklable). With
+        ``after_sending="exit"``: right after the producer's last send instead."""
         ...
 
     def absorb(self, reports: list[dict[str, Any]], *, processes: bool) -> None:
@@ -80,6 +141,18 @@ def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat`` fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the threads of process ``pid`` have spent runnable but waiting for a core, so far (the second field
+    of ``/proc/<pid>/task/<tid>/schedstat``, summed over its threads; 0 for a thread gone meanwhile)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total / 1e9
 
 
 def harness_engine(url: str) -> Engine:
@@ -127,13 +200,24 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def run(strategy: Strategy, workload: Workload, *, database_url: str, mode: str = "threads") -> RunResult:
+def run(
+    strategy: Strategy,
+    workload: Workload,
+    *,
+    database_url: str,
+    mode: str = "threads",
+    variant: ProducerVariant = DEFAULT_VARIANT,
+) -> RunResult:
     if mode not in PRODUCER_MODES:
         raise ValueError(f"producer mode must be one of {', '.join(PRODUCER_MODES)} (got {mode!r})")
+    variant.check(mode)
     try:
         strategy.setup(workload)  # inside the try: a failed setup still stops what it started (worker processes)
         with ConnectionSampler(database_url) as sampler:
-            produced = (_run_threads if mode == "threads" else _run_processes)(strategy, workload)
+            if mode == "threads":
+                produced = _run_threads(strategy, workload)
+            else:
+                produced = _run_processes(strategy, workload, exit_after_sending=variant.after_sending == "exit")
         latencies, retries, sent, elapsed, producer_cpu_s = produced
         correct, detail, extra = strategy.verify(workload)
     finally:
@@ -203,12 +287,17 @@ def _run_threads(strategy: Strategy, workload: Workload) -> tuple[list[float], i
     return [x for xs in latencies for x in xs], sum(retries), sent, elapsed, producer_cpu_s
 
 
-def _run_processes(strategy: Strategy, workload: Workload) -> tuple[list[float], int, float, float, float]:
-    """Fork one process per producer (the application imported, the strategy set up); each connects, waits at the
-    barrier, sends its events one after another, reports its latencies, then after the drain its report."""
+def _run_processes(
+    strategy: Strategy, workload: Workload, *, exit_after_sending: bool = False
+) -> tuple[list[float], int, float, float, float]:
+    """Fork one process per producer (the application imported, the strategy set up); each gets ready (the
+    strategy's ``warm``: connections, a warm-up), waits for the start, sends its events one after another, reports
+    its latencies, then after the drain its report; ``exit_after_sending``: its report with its latencies, and it
+    exits. Before the start, the strategy's ``settle`` (if any) waits for what the warm-ups sent."""
     context = multiprocessing.get_context("fork")
     count = workload.producers
     ready = context.Barrier(count + 1)
+    start = context.Event()
     after_drain = context.Event()
     results = context.Queue()
 
@@ -219,44 +308,64 @@ def _run_processes(strategy: Strategy, workload: Workload) -> tuple[list[float],
             if call_warm is not None:
                 call_warm(index)
             ready.wait()
+            start.wait()
             latencies: list[float] = []
             started_cpu = time.process_time()
             retries = _send_all(call, workload.ops[index], latencies)
-            results.put(("sent", index, latencies, retries, time.process_time() - started_cpu))
+            cpu_s = time.process_time() - started_cpu
+            report = strategy.report(index) if exit_after_sending else None
+            results.put(("sent", index, latencies, retries, cpu_s, report))
+            if exit_after_sending:
+                return
             after_drain.wait()
-            results.put(("report", index, None, 0, strategy.report(index)))
+            results.put(("report", index, None, 0, 0.0, strategy.report(index)))
         except BaseException as error:
-            results.put(("error", index, None, 0, repr(error)))
+            results.put(("error", index, None, 0, 0.0, repr(error)))
             raise
 
     processes = [context.Process(target=produce, args=(i,), name=f"producer-{i}", daemon=True) for i in range(count)]
     for process in processes:
         process.start()
+
+    def failed(index: int, detail: object) -> RuntimeError:
+        return RuntimeError(f"{strategy.name}: producer {index} failed: {detail}")
+
     try:
-        ready.wait(timeout=120)
+        try:
+            ready.wait(timeout=120)
+        except threading.BrokenBarrierError:  # a producer failed getting ready: say why
+            kind, index, *_, detail = results.get(timeout=30)
+            raise failed(index, detail) from None
+        settle = getattr(strategy, "settle", None)
+        if settle is not None:
+            settle(DRAIN_TIMEOUT_S)
         started = time.perf_counter()
+        start.set()
         latencies: list[float] = []
         retries = 0
         producer_cpu_s = 0.0
+        reports: list[dict[str, Any]] = [{} for _ in range(count)]
         for _ in range(count):
-            kind, index, mine, tries, detail = results.get(timeout=DRAIN_TIMEOUT_S)
+            kind, index, mine, tries, cpu_s, detail = results.get(timeout=DRAIN_TIMEOUT_S)
             if kind == "error":
-                raise RuntimeError(f"{strategy.name}: producer {index} failed: {detail}")
+                raise failed(index, detail)
             latencies.extend(mine)
             retries += tries
-            producer_cpu_s += detail
+            producer_cpu_s += cpu_s
+            if exit_after_sending:
+                reports[index] = detail
         sent = time.perf_counter() - started
         strategy.drain(DRAIN_TIMEOUT_S)
         elapsed = time.perf_counter() - started
         after_drain.set()
-        reports: list[dict[str, Any]] = [{} for _ in range(count)]
-        for _ in range(count):
-            kind, index, _mine, _tries, detail = results.get(timeout=120)
+        for _ in range(0 if exit_after_sending else count):
+            kind, index, _mine, _tries, _cpu_s, detail = results.get(timeout=120)
             if kind == "error":
-                raise RuntimeError(f"{strategy.name}: producer {index} failed: {detail}")
+                raise failed(index, detail)
             reports[index] = detail
         strategy.absorb(reports, processes=True)
     finally:
+        start.set()
         after_drain.set()
         for process in processes:
             process.join(30)

@@ -26,7 +26,7 @@ from seqproc.migrations import migrate, migrate_outbox
 from seqproc.models.settings import Settings
 
 from .direct import DirectStrategy
-from .harness import RunResult, Strategy, run
+from .harness import DEFAULT_VARIANT, ProducerVariant, RunResult, Strategy, run
 from .scenarios import workload
 from .seqproc_strategy import OutboxStrategy, SeqprocStrategy
 from .writebehind import WriteBehindStrategy
@@ -58,15 +58,19 @@ def bench_settings(base: Settings, *, database: str = BENCH_DATABASE) -> Setting
     )
 
 
-def make_strategy(name: str, settings: Settings, *, workers: int) -> Strategy:
+def make_strategy(
+    name: str, settings: Settings, *, workers: int, variant: ProducerVariant = DEFAULT_VARIANT
+) -> Strategy:
+    """Strategy ``name``; ``variant`` shapes the seqproc strategies' producer processes (the harness applies its
+    ``after_sending`` to every strategy)."""
     if name in DIRECT:
         return DirectStrategy(name, settings.database_url)
     if name == "redis_writebehind":
         return WriteBehindStrategy(settings.database_url, settings.broker_url.rsplit("/", 1)[0] + "/14")
     if name in ("seqproc_single", "seqproc_batched", "seqproc_observed"):
-        return SeqprocStrategy(name, settings, workers=workers)
+        return SeqprocStrategy(name, settings, workers=workers, variant=variant)
     if name == "seqproc_outbox":
-        return OutboxStrategy(settings, workers=workers)
+        return OutboxStrategy(settings, workers=workers, variant=variant)
     raise ValueError(f"strategy must be one of {', '.join((*STRATEGIES, *OPTIONAL_STRATEGIES))} (got {name!r})")
 
 
@@ -79,6 +83,8 @@ class Comparison:
     results: list[RunResult]
     #: ``threads`` (one process) or ``processes`` (one per producer, the prefork shape).
     mode: str = "threads"
+    #: How the producer processes behave (``processes`` only).
+    variant: ProducerVariant = DEFAULT_VARIANT
 
     def by_name(self) -> dict[str, RunResult]:
         return {r.strategy: r for r in self.results}
@@ -116,6 +122,7 @@ class Comparison:
             "scenario": self.scenario,
             "producers": self.producers,
             "producer_kind": self.mode,
+            **({"producer_variant": self.variant.to_json()} if self.mode == "processes" else {}),
             "events_per_producer": self.events_per_producer,
             "total_events": self.producers * self.events_per_producer,
             "workers": self.workers,
@@ -135,21 +142,23 @@ def compare(
     *,
     workers: int,
     mode: str = "threads",
+    variant: ProducerVariant = DEFAULT_VARIANT,
     console: Console | None = None,
 ) -> Comparison:
+    variant.check(mode)
     load = workload(scenario, producers, events)
     results = []
+    shape = ", ".join([mode, *(f"{k} {v}" for k, v in variant.changed().items())])
     for name in strategies:
         if console:
-            console.print(f"[dim]{scenario} P={producers} ({mode}): {name} ...[/dim]")
-        result = run(
-            make_strategy(name, settings, workers=workers), load, database_url=settings.database_url, mode=mode
-        )
+            console.print(f"[dim]{scenario} P={producers} ({shape}): {name} ...[/dim]")
+        strategy = make_strategy(name, settings, workers=workers, variant=variant)
+        result = run(strategy, load, database_url=settings.database_url, mode=mode, variant=variant)
         results.append(result)
         if not result.correct:
             raise AssertionError(f"{name} on {scenario} P={producers} is WRONG: {result.detail}")
         time.sleep(0.5)  # let the previous strategy's processes and connections go
-    return Comparison(scenario, producers, events, workers, results, mode)
+    return Comparison(scenario, producers, events, workers, results, mode, variant)
 
 
 def table(comparison: Comparison) -> Table:
@@ -187,19 +196,20 @@ def save(comparisons: Sequence[Comparison], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for c in comparisons:
-        path = directory / f"{c.scenario}{_mode_suffix(c.mode)}-p{c.producers}.json"
+        path = directory / f"{c.scenario}{_mode_suffix(c)}-p{c.producers}.json"
         path.write_text(json.dumps(c.to_json(), indent=2) + "\n")
         paths.append(path)
     return paths
 
 
-def _mode_suffix(mode: str) -> str:
-    """Results of process producers are kept apart from the threads' (``hot-processes-p16.json``)."""
-    return "" if mode == "threads" else f"-{mode}"
+def _mode_suffix(comparison: Comparison) -> str:
+    """Results of process producers are kept apart from the threads' (``hot-processes-p16.json``), and each variant
+    of them apart from the others (``hot-processes-receipts-drop-p16.json``)."""
+    return "" if comparison.mode == "threads" else f"-{comparison.mode}{comparison.variant.suffix()}"
 
 
 def chart_path(comparisons: Sequence[Comparison], directory: Path) -> Path:
-    return directory / f"{comparisons[0].scenario}{_mode_suffix(comparisons[0].mode)}.png"
+    return directory / f"{comparisons[0].scenario}{_mode_suffix(comparisons[0])}.png"
 
 
 def chart(comparisons: Sequence[Comparison], path: Path) -> Path:
@@ -249,7 +259,8 @@ def soak_command(*, duration_s: float, producers: int) -> str:
 
 def soak(settings: Settings, *, duration_s: float, producers: int, sample_every_s: float = 10.0) -> dict[str, Any]:
     """seqproc_batched on the spread scenario for ``duration_s``, producers sending as fast as they can, the
-    worker's resident memory sampled all along: it must stay flat (within 20% of its value after warm-up)."""
+    worker's resident memory sampled all along: it must stay flat (within 20% of its value after warm-up). Events/s
+    are counted until the last event sent is applied."""
     import threading
 
     from seqproc import producer as producer_api
@@ -282,7 +293,10 @@ def soak(settings: Settings, *, duration_s: float, producers: int, sample_every_
         stop.set()
         for thread in threads:
             thread.join(30)
-        strategy.drain(600)
+        sending_s = time.monotonic() - started
+        # Until every event sent is applied (the producers outrun the worker: a backlog waits in Redis).
+        strategy.expect(sum(sent))  # the soak's own count, not its placeholder workload's
+        strategy.drain(max(600.0, 4 * duration_s))
         total_s = time.monotonic() - started
     finally:
         strategy.teardown()
@@ -293,6 +307,8 @@ def soak(settings: Settings, *, duration_s: float, producers: int, sample_every_
         "producers": producers,
         "command": soak_command(duration_s=duration_s, producers=producers),
         "duration_s": round(total_s, 1),
+        # The producers' part of duration_s; the rest, the worker applying what they had sent.
+        "sending_s": round(sending_s, 1),
         "events": sum(sent),
         "events_per_s": round(sum(sent) / total_s, 1),
         "rss_mb_after_warmup": baseline,

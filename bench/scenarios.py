@@ -14,6 +14,8 @@ SCENARIOS = ("hot", "spread", "flash")
 SPREAD_ARTICLES = 1_000
 HOT_ARTICLE = 1
 FLASH_PRODUCT = 1
+#: Where a producer process's warm-up like goes (``--warm-up other-article``): an article no scenario touches.
+WARM_UP_ARTICLE = SPREAD_ARTICLES + 1
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ BENCH_CLI = load_bench()
 
 import seqproc_bench_app  # noqa: E402  (bench/web, put on the path by seqproc_bench.servers)
 from seqproc_bench import writebehind, wrk  # noqa: E402
-from seqproc_bench.harness import RunResult  # noqa: E402
-from seqproc_bench.run import SOAK_SCENARIO, Comparison, soak_command  # noqa: E402
+from seqproc_bench.harness import DEFAULT_VARIANT, ProducerVariant, RunResult  # noqa: E402
+from seqproc_bench.run import SOAK_SCENARIO, Comparison, save, soak_command  # noqa: E402
 from seqproc_bench.scenarios import FLASH_PRODUCT, HOT_ARTICLE, SPREAD_ARTICLES, Op, workload  # noqa: E402
 from seqproc_bench.server_report import ServerComparison, ServerResult  # noqa: E402
 from seqproc_bench.server_run import ServerLoad, count_problems  # noqa: E402
@@ -464,3 +464,144 @@ def test_the_server_processes_counters_are_summed_from_their_files(tmp_path: Any
     assert seqproc_bench_app.like_of("article=1&user=7") == (1, 7)
     with pytest.raises(KeyError):
         seqproc_bench_app.like_of("article=1")
+
+
+VARIANT_FLAGS = [
+    ("--receipts", "drop"),
+    ("--connect", "first-call"),
+    ("--warm-up", "other-article"),
+    ("--after-sending", "exit"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value"), VARIANT_FLAGS)
+def test_a_producer_process_variant_needs_process_producers(flag: str, value: str) -> None:
+    with pytest.raises(
+        ConfigError, match=f"^{flag} {value}: needs --producer-mode processes .*--producer-mode is threads"
+    ):
+        BENCH_CLI.bench.main(args=[flag, value], standalone_mode=False)
+    with pytest.raises(ValueError, match=f"^{flag} {value} needs --producer-mode processes"):
+        ProducerVariant(**{flag.lstrip("-").replace("-", "_"): value}).check("threads")
+    ProducerVariant(**{flag.lstrip("-").replace("-", "_"): value}).check("processes")  # allowed there
+
+
+@pytest.mark.parametrize(
+    ("instead", "flag", "value"),
+    [
+        (["--server", "gunicorn"], "--receipts", "drop"),
+        (["--cpu", "10"], "--after-sending", "exit"),
+        (["--scale", "1,2"], "--connect", "first-call"),
+    ],
+)
+def test_a_producer_process_variant_is_refused_where_no_comparison_runs(
+    instead: list[str], flag: str, value: str
+) -> None:
+    args = ["--producer-mode", "processes", *instead, flag, value]
+    with pytest.raises(ConfigError, match=f"^{flag} {value}: only for the strategy comparison, not with {instead[0]}$"):
+        BENCH_CLI.bench.main(args=args, standalone_mode=False)
+
+
+def test_a_producer_process_variant_takes_only_its_values() -> None:
+    import click
+
+    with pytest.raises(click.BadParameter, match="'keep', 'drop'"):
+        BENCH_CLI.bench.main(args=["--producer-mode", "processes", "--receipts", "lose"], standalone_mode=False)
+    with pytest.raises(ValueError, match=r"^--after-sending must be one of stay, exit"):
+        ProducerVariant(after_sending="leave").check("processes")
+
+
+def test_the_defaults_are_the_benchs_own_shape_and_change_nothing_in_names() -> None:
+    assert ProducerVariant("keep", "hook", "none", "stay") == DEFAULT_VARIANT
+    assert DEFAULT_VARIANT.changed() == {}
+    assert DEFAULT_VARIANT.suffix() == ""
+    DEFAULT_VARIANT.check("threads")  # nothing changed: fine with threads
+
+
+@pytest.mark.parametrize(
+    ("variant", "mode", "name"),
+    [
+        (DEFAULT_VARIANT, "threads", "hot-p16.json"),
+        (DEFAULT_VARIANT, "processes", "hot-processes-p16.json"),
+        (ProducerVariant(receipts="drop"), "processes", "hot-processes-receipts-drop-p16.json"),
+        (
+            ProducerVariant("drop", "first-call", "other-article", "exit"),
+            "processes",
+            "hot-processes-receipts-drop-connect-first-call-warm-up-other-article-after-sending-exit-p16.json",
+        ),
+    ],
+)
+def test_a_variant_is_recorded_in_the_result_and_names_its_file(
+    variant: ProducerVariant, mode: str, name: str, tmp_path: Any
+) -> None:
+    import json
+
+    run = Comparison("hot", 16, 400, 1, [result("atomic", 2_000.0)], mode, variant)
+    [path] = save([run], tmp_path)
+    assert path.name == name
+    data = json.loads(path.read_text())
+    if mode == "threads":
+        assert set(data) == COMPARISON_KEYS  # threads have no variant
+    else:
+        assert set(data) == COMPARISON_KEYS | {"producer_variant"}
+        assert data["producer_variant"] == {
+            "receipts": variant.receipts,
+            "connect": variant.connect,
+            "warm_up": variant.warm_up,
+            "after_sending": variant.after_sending,
+        }
+
+
+class OrderedStrategy(CountingStrategy):
+    """CountingStrategy that notes, across processes, whether each producer's report came before the drain and
+    whether its calls came after the settle."""
+
+    def setup(self, workload: Any) -> None:
+        import multiprocessing
+
+        super().setup(workload)
+        context = multiprocessing.get_context("fork")
+        self.settled, self.drained = context.Event(), context.Event()
+        self.before_settle = context.Value("i", 0)
+
+    def producer(self, index: int) -> Any:
+        counted = super().producer(index)
+
+        def call(op: Op) -> int:
+            if not self.settled.is_set():
+                with self.before_settle.get_lock():
+                    self.before_settle.value += 1
+            return counted(op)
+
+        return call
+
+    def settle(self, timeout_s: float) -> None:
+        self.settled.set()
+
+    def drain(self, timeout_s: float) -> None:
+        self.drained.set()
+
+    def report(self, index: int) -> dict[str, Any]:
+        return super().report(index) | {"after_drain": self.drained.is_set()}
+
+    def absorb(self, reports: list[dict[str, Any]], *, processes: bool) -> None:
+        super().absorb(reports, processes=processes)
+        self.after_drain = {r["after_drain"] for r in reports}
+
+
+@pytest.mark.parametrize("exit_after_sending", [False, True])
+def test_producer_processes_report_after_the_drain_or_as_they_exit_after_sending(exit_after_sending: bool) -> None:
+    from seqproc_bench.harness import _run_processes
+
+    strategy = OrderedStrategy()
+    load = workload("hot", 3, 10)
+    strategy.setup(load)
+    latencies, _retries, sent, elapsed, producer_cpu_s = _run_processes(
+        strategy, load, exit_after_sending=exit_after_sending
+    )
+    assert len(latencies) == load.total
+    assert producer_cpu_s > 0
+    assert 0 <= sent <= elapsed
+    assert strategy.counts == dict.fromkeys(range(3), 10)
+    assert len(strategy.pids) == 3
+    assert strategy.before_settle.value == 0  # every call after the settle
+    assert strategy.after_drain == {not exit_after_sending}
