@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from seqproc.models.errors import ConfigError
-from seqproc.models.wire import is_redis_url
+from seqproc.models.wire import DEFAULT_SENTINEL_MASTER, SENTINEL_SCHEME, is_redis_url
 
 #: Local services on a developer machine; docker-compose overrides these.
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/seqproc"
@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     database_url: str = DEFAULT_DATABASE_URL
     broker_url: str = DEFAULT_BROKER_URL
     result_backend: str = DEFAULT_RESULT_BACKEND
+    #: The master the sentinels of a ``sentinel://`` broker or result backend monitor (``sentinel monitor <name>``).
+    sentinel_master: Annotated[str, Field(min_length=1)] = DEFAULT_SENTINEL_MASTER
     partitions: Annotated[int, Field(ge=1, le=MAX_PARTITIONS)] = DEFAULT_PARTITIONS
 
     #: Most events applied in one database transaction.
@@ -151,7 +153,11 @@ class Settings(BaseSettings):
     @classmethod
     def _broker_url(cls, value: str) -> str:
         if not (is_redis_url(value) or value.startswith(("memory://", "amqp://", "pyamqp://"))):
-            raise ValueError("must be a redis://, rediss:// or memory:// URL (amqp:// works, Redis is advised)")
+            raise ValueError(
+                "must be a redis://, rediss://, sentinel://h:p;sentinel://h:p/db or memory:// URL "
+                "(amqp:// works, Redis is advised)"
+            )
+        _check_sentinel_url(value)
         query = urlsplit(value).query
         if any(param.partition("=")[0].strip().lower() == "password" for param in query.split("&")):
             # Kombu reads the password from the user info only; a password= parameter crashes it.
@@ -162,7 +168,11 @@ class Settings(BaseSettings):
     @classmethod
     def _result_backend(cls, value: str) -> str:
         if not (is_redis_url(value) or value.startswith("memory://")):
-            raise ValueError("must be a redis://, rediss:// or memory:// URL (it holds per-event outcomes)")
+            raise ValueError(
+                "must be a redis://, rediss://, sentinel://h:p;sentinel://h:p/db or memory:// URL "
+                "(it holds per-event outcomes)"
+            )
+        _check_sentinel_url(value)
         return value
 
     @field_validator("lock_urls", mode="before")
@@ -279,10 +289,23 @@ class Settings(BaseSettings):
 SECRET_QUERY_PARAMS = ("password", "passwd", "pass", "pwd", "sslpassword", "secret", "token")
 
 
+def _check_sentinel_url(value: str) -> None:
+    if not value.startswith(SENTINEL_SCHEME):
+        return
+    for part in value.split(";"):
+        if not part.strip().startswith(SENTINEL_SCHEME):
+            raise ValueError("must list its sentinels as sentinel://h1:p1;sentinel://h2:p2/db (every part sentinel://)")
+        tail = urlsplit(part.strip()).path.strip("/")
+        if tail and not tail.isdigit():
+            raise ValueError("must end with the database number (sentinel://h1:p1;sentinel://h2:p2/0)")
+
+
 def mask_url(url: str) -> str:
     """``redis://:secret@host/0`` -> ``redis://:***@host/0``, ``redis://host/0?password=secret`` ->
     ``redis://host/0?password=***``; URLs without a password are unchanged. Text that does not parse as a URL but
-    may hold a password (an ``@`` or a ``?``) is masked whole."""
+    may hold a password (an ``@`` or a ``?``) is masked whole. A Sentinel URL is masked part by part."""
+    if url.startswith(SENTINEL_SCHEME) and ";" in url:
+        return ";".join(mask_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
         password = parts.password

@@ -34,7 +34,7 @@ from seqproc.models.events import Event
 from seqproc.models.outcomes import OutcomeStore, outcome_store
 from seqproc.models.partition_count import BrokerPartitionCount
 from seqproc.models.settings import Settings, mask_url
-from seqproc.models.transport import PUSH, PUSH_SHA, TRANSPORT, ring
+from seqproc.models.transport import PUSH, PUSH_SHA, SEQPROC_TRANSPORTS, ring
 from seqproc.models.wire import APPLY_TASK, PRODUCER_CLIENT_NAME, bell_key, partition_for, queue_name
 from seqproc.producer.attempts import (
     BOUND_SLACK_S,
@@ -65,18 +65,21 @@ class Publisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app = client_app(settings)
-        self.outcomes: OutcomeStore = outcome_store(settings.result_backend, ttl_s=settings.outcome_ttl_s)
+        self.outcomes: OutcomeStore = outcome_store(
+            settings.result_backend, ttl_s=settings.outcome_ttl_s, sentinel_master=settings.sentinel_master
+        )
         #: seqproc's own Redis transport: push the messages directly (see producer.envelope).
         self._redis: redis.Redis | None = None
         #: The socket's waits: the transport's, never past the publish timeout (a call with less time left bounds
         #: them further, see ``_bound``).
         self._connect_timeout_s = self._timeout_s = settings.publish_timeout_s
-        if self.app.conf.broker_transport == TRANSPORT:
+        if self.app.conf.broker_transport in SEQPROC_TRANSPORTS:
             options = self.app.conf.broker_transport_options
             self._connect_timeout_s = min(options["socket_connect_timeout"], settings.publish_timeout_s)
             self._timeout_s = min(options["socket_timeout"], settings.publish_timeout_s)
             self._redis = redis_client(
                 settings.broker_url,
+                sentinel_master=settings.sentinel_master,
                 connect_timeout_s=self._connect_timeout_s,
                 timeout_s=self._timeout_s,
                 socket_keepalive=options["socket_keepalive"],
@@ -337,6 +340,7 @@ def push_on(connection: Any, command: bytes) -> None:
     the connection, so that a command half sent or a reply unread never meets the next call. An error reply is
     raised as redis-py raises it (its own parser maps it: ``NoScriptError`` after a Redis restart, for the caller to
     load the script; ``BusyLoadingError``, a connection error, while Redis loads its data)."""
+    _socket_of(connection)  # first: a Sentinel connection asks for the master only in connect()
     connection.check_health()
     sock = _socket_of(connection)
     try:
@@ -368,7 +372,13 @@ def push_on(connection: Any, command: bytes) -> None:
             connection.next_health_check = time.monotonic() + connection.health_check_interval
         return
     if kind == b"-" and reply.count(b"\r\n") == 1:
-        raise connection._parser.parse_error(reply[1:-2].decode("utf-8", "replace"))
+        refused = connection._parser.parse_error(reply[1:-2].decode("utf-8", "replace"))
+        if isinstance(refused, redis.exceptions.ReadOnlyError):
+            # A failover demoted this server to a replica: the push was refused (not sent). Connect again, to the
+            # master the sentinels name now (redis-py's Sentinel connection does the same for its own commands).
+            connection.disconnect()
+            raise redis.ConnectionError("the broker is a replica now (a failover demoted it); the push was refused")
+        raise refused
     connection.disconnect()
     raise redis.ConnectionError(f"unexpected reply to the push: {reply[:80]!r}")
 

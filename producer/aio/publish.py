@@ -21,10 +21,11 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from seqproc.models.clients import async_redis_client
 from seqproc.models.errors import PartitionCountMismatch
 from seqproc.models.events import Event
 from seqproc.models.partition_count import BrokerPartitionCount
-from seqproc.models.transport import TRANSPORT
+from seqproc.models.transport import SEQPROC_TRANSPORTS
 from seqproc.models.wire import PRODUCER_CLIENT_NAME
 from seqproc.producer.aio.coalesce import AsyncCoalescer
 from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of, no_reply_in_time
@@ -43,13 +44,14 @@ class AsyncPublisher:
         self._redis: redis.asyncio.Redis | None = None
         #: A send's longest wait for the broker, unless its deadline is nearer (see ``send``).
         self._timeout_s = settings.publish_timeout_s
-        if threaded.app.conf.broker_transport == TRANSPORT:
+        if threaded.app.conf.broker_transport in SEQPROC_TRANSPORTS:
             options = threaded.app.conf.broker_transport_options
             self._timeout_s = min(options["socket_timeout"], settings.publish_timeout_s)
-            self._redis = redis.asyncio.Redis.from_url(
+            self._redis = async_redis_client(
                 settings.broker_url,
-                socket_connect_timeout=min(options["socket_connect_timeout"], settings.publish_timeout_s),
-                socket_timeout=self._timeout_s,
+                sentinel_master=settings.sentinel_master,
+                connect_timeout_s=min(options["socket_connect_timeout"], settings.publish_timeout_s),
+                timeout_s=self._timeout_s,
                 socket_keepalive=options["socket_keepalive"],
                 health_check_interval=options["health_check_interval"],
                 retry=Retry(NoBackoff(), 0),  # each send retries by its own deadline (as the threaded publisher)

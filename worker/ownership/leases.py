@@ -21,7 +21,7 @@ from collections.abc import Callable
 import redis
 from sqlalchemy import Engine
 
-from seqproc.models.clients import redis_client
+from seqproc.models.clients import broker_client
 from seqproc.models.errors import first_line
 from seqproc.models.settings import Settings
 from seqproc.models.wire import WORKERS_KEY, queue_name
@@ -56,7 +56,7 @@ class LeaseManager:
         self.settings = settings
         self.engine = engine
         self.owner = owner
-        self.client = client or redis_client(settings.broker_url)
+        self.client = client or broker_client(settings)
         self.lease_ms = int(settings.lease_s * 1000)
         #: How often the consumer's loop ticks (renews): every third of the lease.
         self.interval_s = settings.lease_s / 3

@@ -32,7 +32,7 @@ from typing import Any
 import redis
 from sqlalchemy import Connection, Engine
 
-from seqproc.models.clients import redis_client
+from seqproc.models.clients import broker_client
 from seqproc.models.errors import first_line
 from seqproc.models.settings import Settings
 from seqproc.models.transport import Channel
@@ -115,7 +115,7 @@ class StaticOwnership:
         is gone. A broker that cannot be reached is logged: the next claim of those partitions overwrites them."""
         if not is_redis_url(self.settings.broker_url):
             return
-        client = redis_client(self.settings.broker_url, timeout_s=2, connect_timeout_s=2)
+        client = broker_client(self.settings, timeout_s=2, connect_timeout_s=2)
         try:
             release = client.register_script(RELEASE)
             pipe = client.pipeline(transaction=False)
