@@ -16,7 +16,7 @@ MAX_QUANTITY = 1_000_000
 MAX_ENTITY_KEY_LENGTH = 64
 #: Longest reason of an outcome (``insufficient_funds``): the ledger holds it, metrics label with it.
 MAX_REASON_LENGTH = 64
-#: Event ids are made by the producer (``producer.stamps.unique_id``, about 20 characters); 64 leaves room for
+#: Event ids are made by the producer (``models.stamps.unique_id``, about 20 characters); 64 leaves room for
 #: callers that bring their own scheme.
 MAX_EVENT_ID_LENGTH = 64
 

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 import redis
 
 from seqproc.models.clients import redis_client
+from seqproc.models.scripts import PUT_OUTCOMES
 from seqproc.models.wire import DEFAULT_SENTINEL_MASTER, outcome_key
 
 Status = Literal["applied", "duplicate", "rejected"]
@@ -89,7 +90,7 @@ class RedisOutcomeStore:
         # Blocking reads come in slices of WAIT_SLICE_S; the socket timeout must outlast a slice.
         self._client = redis_client(url, sentinel_master=sentinel_master, timeout_s=WAIT_SLICE_S + 10)
         self._ttl_s = ttl_s
-        self._put_script = self._client.register_script(_PUT_MANY)
+        self._put_script = self._client.register_script(PUT_OUTCOMES)
 
     def put_many(self, outcomes: Sequence[tuple[str, Outcome]]) -> None:
         # A script holds Redis while it runs (~3 us per outcome here), and producers push onto the same server: in
@@ -140,23 +141,6 @@ class RedisOutcomeStore:
         if event_ids:
             self._client.delete(*(outcome_key(event_id) for event_id in event_ids))
 
-
-#: For each key: replace the list by one element (a redelivered event's later report, "duplicate", replaces the
-#: earlier one instead of queueing behind it) and set its expiry. ARGV: the time to live, how many of the first keys
-#: have a value of their own, the value of the other keys, then those own values in key order.
-_PUT_MANY = """
-local ttl, own, shared = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-for i, key in ipairs(KEYS) do
-    redis.call('DEL', key)
-    if i <= own then
-        redis.call('RPUSH', key, ARGV[i + 3])
-    else
-        redis.call('RPUSH', key, shared)
-    end
-    redis.call('EXPIRE', key, ttl)
-end
-return #KEYS
-"""
 
 _APPLIED = json.dumps({"status": "applied"}, separators=(",", ":"))
 

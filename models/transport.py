@@ -36,7 +36,6 @@ workers alike); :class:`SentinelTransport` for ``sentinel://`` ones.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -57,6 +56,7 @@ from redis import Redis
 from redis.sentinel import Sentinel
 
 from seqproc.models.clients import SentinelUrl
+from seqproc.models.scripts import FETCH_AND_HOLD
 from seqproc.models.wire import bell_key, lease_key
 
 logger = logging.getLogger(__name__)
@@ -68,62 +68,6 @@ FETCH_MAX = 64
 #: Most fetches in a row, without waiting on the bells, while a backlog drains (~500 messages, a batch's worth).
 DRAIN_FETCHES = 8
 
-#: KEYS: unacked hash, unacked index, then the queues, then their bells, then their leases (same order).
-#: ARGV: now, most messages to take, number of queues, the fence owner token ('' = take from every queue).
-#: Returns queue1, item1, queue2, item2, ..., then one more element ('+') if it stopped at the limit with messages
-#: left in its queues.
-FETCH = """
-local unacked, index = KEYS[1], KEYS[2]
-local now, limit, nqueues, owner = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local out = {}
-local taken = 0
-for i = 1, nqueues do
-    local queue = KEYS[2 + i]
-    -- Fenced: a queue whose fence is not ours (any more) gives nothing, whatever the caller believed.
-    local ours = owner == '' or redis.call('GET', KEYS[2 + 2 * nqueues + i]) == owner
-    while ours and taken < limit do
-        local item = redis.call('RPOP', queue)
-        if not item then break end
-        -- The delivery tag, found without decoding the whole message (seqproc's and kombu's JSON write it as
-        -- "delivery_tag": "..."; a quote inside a JSON string is escaped, so no string value can fake it); a
-        -- message written otherwise is decoded. Recorded as kombu's QoS.append would: [message, exchange,
-        -- routing_key], the message as it was sent, to go back to this queue (default exchange).
-        local tag = string.match(item, '"delivery_tag": "([^"\\\\]+)"')
-        if not tag then
-            local ok, msg = pcall(cjson.decode, item)
-            if ok and type(msg) == 'table' and type(msg.properties) == 'table'
-                    and type(msg.properties.delivery_tag) == 'string' then
-                tag = msg.properties.delivery_tag
-            end
-        end
-        if tag then
-            redis.call('HSET', unacked, tag, '[' .. item .. ',"",' .. cjson.encode(queue) .. ']')
-            -- One microsecond apart: a restore sorts by this score, so it must keep the fetch order.
-            redis.call('ZADD', index, string.format('%.6f', now + taken / 1000000), tag)
-        end
-        out[#out + 1] = queue
-        out[#out + 1] = item
-        taken = taken + 1
-    end
-    if ours and taken >= limit then
-        -- More may be waiting, here or in a later queue (of ours) whose bell the wait that led here consumed: ring
-        -- once, so that the next wait returns at once.
-        for j = i, nqueues do
-            if (owner == '' or redis.call('GET', KEYS[2 + 2 * nqueues + j]) == owner)
-                    and redis.call('LLEN', KEYS[2 + j]) > 0 then
-                local bell = KEYS[2 + nqueues + j]
-                redis.call('LPUSH', bell, '1')
-                redis.call('LTRIM', bell, 0, 0)
-                out[#out + 1] = '+'
-                break
-            end
-        end
-        break
-    end
-end
-return out
-"""
-
 
 def ring(command: Callable[..., Any], queue: str) -> None:
     """Ring ``queue``'s bell, kept to one token, through ``command``: a pipeline's ``execute_command`` or a kombu
@@ -131,19 +75,6 @@ def ring(command: Callable[..., Any], queue: str) -> None:
     bell = bell_key(queue)
     command("lpush", bell, "1")
     command("ltrim", bell, 0, 0)
-
-
-#: The producer's push of a send: KEYS queue1, bell1, queue2, bell2, ...; ARGV message1, message2, ... Each message is
-#: pushed (LPUSH, as kombu does) and its queue's bell rung, kept to one token; one command, one reply, for the lot.
-PUSH = """
-for i = 1, #ARGV do
-    redis.call('LPUSH', KEYS[2 * i - 1], ARGV[i])
-    redis.call('LPUSH', KEYS[2 * i], '1')
-    redis.call('LTRIM', KEYS[2 * i], 0, 0)
-end
-return #ARGV
-"""
-PUSH_SHA = hashlib.sha1(PUSH.encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass(slots=True)
@@ -325,7 +256,7 @@ class Channel(kombu_redis.Channel):
     def _fetch(self, queues: list[str], limit: int) -> list[tuple[str, bytes]]:
         with self.conn_or_acquire() as client:
             if self._fetch_script is None:
-                self._fetch_script = client.register_script(FETCH)
+                self._fetch_script = client.register_script(FETCH_AND_HOLD)
             flat = self._fetch_script(
                 keys=[
                     self.unacked_key,

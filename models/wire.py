@@ -1,6 +1,8 @@
 """Everything seqproc puts on the wire, in one place: routing, queue names, the task name, every Redis key and prefix.
 
 This page answers "what does seqproc write to the broker and the result backend" (as arq's ``constants.py`` does).
+The Lua scripts that write them are in :mod:`seqproc.models.scripts`; the Celery envelope in
+:mod:`seqproc.models.envelope`.
 The routing must never change by accident (a test pins it): a key that moved partition would have two writers.
 """
 

@@ -12,7 +12,7 @@ from seqproc.models.domain import RESERVED_FIELDS, EventModel, event_types, mode
 from seqproc.models.errors import InvalidEvent
 from seqproc.models.events import Event, invalid_event_from, oversized_key
 from seqproc.models.fields import CallerKey, LedgerKey
-from seqproc.producer.stamps import next_stamp, unique_id
+from seqproc.models.stamps import next_stamp, unique_id
 
 _CALLER_KEY: TypeAdapter[str] = TypeAdapter(CallerKey)
 _LEDGER_KEY: TypeAdapter[str] = TypeAdapter(LedgerKey)

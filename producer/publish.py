@@ -29,12 +29,15 @@ from redis.retry import Retry
 
 from seqproc.models.celery import celery_config
 from seqproc.models.clients import redis_client
+from seqproc.models.envelope import task_envelope
 from seqproc.models.errors import PartitionCountMismatch, PublishError, first_line
 from seqproc.models.events import Event
 from seqproc.models.outcomes import OutcomeStore, outcome_store
 from seqproc.models.partition_count import BrokerPartitionCount
+from seqproc.models.scripts import PUSH_AND_RING, PUSH_AND_RING_SHA
 from seqproc.models.settings import Settings, mask_url
-from seqproc.models.transport import PUSH, PUSH_SHA, SEQPROC_TRANSPORTS, ring
+from seqproc.models.stamps import unique_id
+from seqproc.models.transport import SEQPROC_TRANSPORTS, ring
 from seqproc.models.wire import APPLY_TASK, PRODUCER_CLIENT_NAME, bell_key, partition_for, queue_name
 from seqproc.producer.attempts import (
     BOUND_SLACK_S,
@@ -45,9 +48,7 @@ from seqproc.producer.attempts import (
     no_reply_in_time,
 )
 from seqproc.producer.coalesce import Coalescer
-from seqproc.producer.envelope import task_envelope
 from seqproc.producer.receipt import Receipt
-from seqproc.producer.stamps import unique_id
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class Publisher:
                 try:
                     push_on(connection, command)
                 except redis.exceptions.NoScriptError:
-                    connection.send_command("SCRIPT", "LOAD", PUSH)
+                    connection.send_command("SCRIPT", "LOAD", PUSH_AND_RING)
                     connection.read_response()
                     push_on(connection, command)
             except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -315,7 +316,7 @@ class Publisher:
                 )
 
 
-_PUSH_HEAD = b"$7\r\nEVALSHA\r\n$40\r\n" + PUSH_SHA.encode() + b"\r\n"
+_PUSH_HEAD = b"$7\r\nEVALSHA\r\n$40\r\n" + PUSH_AND_RING_SHA.encode() + b"\r\n"
 
 
 def pack_push(keys: Sequence[str], bodies: Sequence[str]) -> bytes:

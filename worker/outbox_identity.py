@@ -24,27 +24,13 @@ from sqlalchemy import Connection, Engine, select
 
 from seqproc.models.db import upsert
 from seqproc.models.errors import ConfigError
+from seqproc.models.scripts import ADOPT_SHARED_RELAY_COUNT
 from seqproc.models.settings import mask_url
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.outbox import OUTBOX_ID, OUTBOX_PARTITION_COUNT, OutboxMeta
 from seqproc.models.wire import legacy_relay_pushed_key, queue_name, relay_pushed_key
 
 OUTBOX_META = table_of(OutboxMeta)
-
-#: KEYS: the outbox's counter of a queue, the shared counter of the same queue (before counters were per outbox).
-#: ARGV: the count this outbox recorded. Sets the outbox's counter, if it has none, to the shared one's value capped
-#: at the record. Returns 1 if it set it.
-ADOPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-    return 0
-end
-local shared = redis.call('GET', KEYS[2])
-if not shared then
-    return 0
-end
-redis.call('SET', KEYS[1], math.min(tonumber(shared), tonumber(ARGV[1])))
-return 1
-"""
 
 
 def outbox_id(outbox: Engine) -> str:
@@ -87,7 +73,7 @@ def adopt_counters(client: redis.Redis, outbox: str, recorded: Mapping[int, int]
     pushed = {p: n for p, n in recorded.items() if n > 0}
     if not pushed:
         return []
-    adopt = client.register_script(ADOPT)
+    adopt = client.register_script(ADOPT_SHARED_RELAY_COUNT)
     pipe = client.pipeline(transaction=False)
     for partition, count in pushed.items():
         queue = queue_name(partition)

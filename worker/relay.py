@@ -45,12 +45,13 @@ from dataclasses import dataclass
 import redis
 from sqlalchemy import Connection, Engine, text
 
+from seqproc.models.envelope import envelope_of_json
 from seqproc.models.errors import ConfigError, PartitionCountMismatch, first_line
 from seqproc.models.partition_count import mismatch
+from seqproc.models.scripts import RELAY_PUSH_IF_COUNT
 from seqproc.models.settings import Settings, mask_url
+from seqproc.models.stamps import unique_id
 from seqproc.models.wire import bell_key, queue_name, relay_pushed_key
-from seqproc.producer.envelope import envelope_of_json
-from seqproc.producer.stamps import unique_id
 from seqproc.worker.outbox_identity import adopt_counters, outbox_id
 from seqproc.worker.ownership.partitions import publish_partition_count
 
@@ -66,23 +67,6 @@ LOCK_NAMESPACE = 0x5E9C
 #: An idle relay's wait between passes doubles up to this many times ``relay_interval_ms``.
 IDLE_BACKOFF = 5
 
-#: KEYS: the queue's push count, the queue, its bell. ARGV: the count the relay recorded, then the messages, oldest
-#: first. Pushes them and raises the count only if the count is the recorded one. Returns {1, new count} or
-#: {0, count found}.
-PUSH = """
-local count = tonumber(redis.call('GET', KEYS[1]) or '0')
-if count ~= tonumber(ARGV[1]) then
-    return {0, count}
-end
-for i = 2, #ARGV do
-    redis.call('LPUSH', KEYS[2], ARGV[i])
-end
-count = count + #ARGV - 1
-redis.call('SET', KEYS[1], count)
-redis.call('LPUSH', KEYS[3], '1')
-redis.call('LTRIM', KEYS[3], 0, 0)
-return {1, count}
-"""
 
 _PENDING = text(
     """
@@ -153,7 +137,7 @@ class Relay:
         self.outbox = outbox
         self.ledger = ledger
         self.client = client
-        self._push = client.register_script(PUSH)
+        self._push = client.register_script(RELAY_PUSH_IF_COUNT)
         self.partitions = list(range(settings.partitions))
         self.forgetter = Forgetter(outbox, ledger)
         # The deployment's count, checked and copied where the outbox writers and the producers check theirs.

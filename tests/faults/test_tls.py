@@ -14,8 +14,9 @@ import redis
 from sqlalchemy import Engine
 
 from seqproc import producer
+from seqproc.models.scripts import FETCH_AND_HOLD
 from seqproc.models.settings import Settings
-from seqproc.models.transport import FETCH, TRANSPORT, Transport
+from seqproc.models.transport import TRANSPORT, Transport
 from seqproc.models.wire import BELL_PREFIX, bell_key
 from seqproc.producer.publish import client_app
 from tests.conftest import PrivateRedis, TlsFiles, require, reset_state, wait_for
@@ -96,7 +97,7 @@ def test_sigkills_on_a_tls_broker_lose_and_double_nothing(
         assert issubclass(conn.default_channel._connparams()["connection_class"], redis.SSLConnection)
 
     # Only seqproc's transport runs the fetch script (kombu's stock one pops with BRPOP): not yet loaded here.
-    fetch_sha = hashlib.sha1(FETCH.encode()).hexdigest()  # Redis names scripts by their SHA-1
+    fetch_sha = hashlib.sha1(FETCH_AND_HOLD.encode()).hexdigest()  # Redis names scripts by their SHA-1
     assert broker.script_exists(fetch_sha) == [False]
     # The producer pushes each message itself over TLS, and rings its queue's bell with it (no worker yet). Then
     # everything is cleared again for the fault run.

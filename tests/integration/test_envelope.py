@@ -11,12 +11,12 @@ import redis
 
 import seqproc
 from seqproc import producer
+from seqproc.models.envelope import events_json
 from seqproc.models.errors import PublishError
 from seqproc.models.events import Event
 from seqproc.models.settings import Settings
 from seqproc.models.wire import queue_name
 from seqproc.producer.build import build_event
-from seqproc.producer.envelope import events_json
 from seqproc.producer.publish import publisher_for
 
 pytestmark = pytest.mark.services

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from seqproc.models.envelope import task_envelope
 from seqproc.models.outcomes import outcome_store
 from seqproc.models.settings import Settings
 from seqproc.models.transport import Fetched, fetched
 from seqproc.models.wire import article_key, partition_for, queue_name
 from seqproc.producer.build import build_event
-from seqproc.producer.envelope import task_envelope
 from seqproc.worker import runtime
 from seqproc.worker.consume import batching
 from seqproc.worker.consume.batching import Batcher

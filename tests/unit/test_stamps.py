@@ -13,9 +13,9 @@ from typing import TypeVar
 import pytest
 from pydantic import TypeAdapter
 
+from seqproc.models import stamps
 from seqproc.models.events import EventId
-from seqproc.producer import stamps
-from seqproc.producer.stamps import NODE_BITS, StampClock, next_stamp
+from seqproc.models.stamps import NODE_BITS, StampClock, next_stamp
 
 NODE_MASK = (1 << NODE_BITS) - 1
 T = TypeVar("T")

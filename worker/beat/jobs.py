@@ -27,6 +27,7 @@ from seqproc.models.clients import broker_client
 from seqproc.models.db import outbox_engine, upsert
 from seqproc.models.errors import LockNotAcquired
 from seqproc.models.settings import Settings
+from seqproc.models.stamps import next_stamp, unique_id
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.jobs import PartitionLag
 from seqproc.models.tables.ledger import LedgerEntry
@@ -35,7 +36,6 @@ from seqproc.models.tables.outbox import OUTBOX_TABLE, OutboxEvent
 from seqproc.models.tables.stock import Reservation, ReservationStatus
 from seqproc.models.wire import JOB_TASK_PREFIX
 from seqproc.producer.publish import publisher_for
-from seqproc.producer.stamps import next_stamp, unique_id
 from seqproc.worker import faults, runtime
 from seqproc.worker.app import app
 from seqproc.worker.beat.singleton import Singleton, last_run_started, singleton

@@ -24,10 +24,10 @@ from sqlalchemy import Connection, RowMapping, func, select, update
 
 from seqproc.models.errors import DeadLetterRefused, InvalidEvent
 from seqproc.models.events import Event, Replay, parse_event, readable_event_id
+from seqproc.models.stamps import next_stamp, unique_id
 from seqproc.models.tables.ledger import DISCARDED_BY_LENGTH, DeadLetter, ParkedKey, dead_letter_state
 from seqproc.producer.publish import Publisher
 from seqproc.producer.receipt import Receipt
-from seqproc.producer.stamps import next_stamp, unique_id
 
 
 def _when(value: Any) -> str | None:

@@ -55,27 +55,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, text
 
+from seqproc.models.scripts import COUNT_UNACKED_BY_QUEUE
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.ledger import DeadLetter, ParkedKey
 from seqproc.models.tables.partition import Partition
 from seqproc.models.wire import UNACKED_KEY, lease_key, queue_name
 from seqproc.worker.ownership.liveness import live_workers, ownership
-
-#: Count the entries of the unacked hash per routing key (the last element of each value), inside Redis.
-#: KEYS[1]: the hash. Returns routing_key1, count1, routing_key2, count2, ...
-COUNT_UNACKED = """
-local counts = {}
-for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
-    local key = string.match(value, '"([^"]*)"%s*%]%s*$')
-    if key then counts[key] = (counts[key] or 0) + 1 end
-end
-local out = {}
-for key, n in pairs(counts) do
-    out[#out + 1] = key
-    out[#out + 1] = n
-end
-return out
-"""
 
 #: The per-partition counters summed into ``totals``.
 _SUMMED = ("depth", "unacked", "applied", "duplicates", "rejected", "parked_keys", "dead_letters")
@@ -205,7 +190,7 @@ def probe_queues(
         if with_leases:
             pipe.get(lease_key(queue_name(p)))
     if with_unacked:
-        pipe.eval(COUNT_UNACKED, 1, UNACKED_KEY)
+        pipe.eval(COUNT_UNACKED_BY_QUEUE, 1, UNACKED_KEY)
     replies = pipe.execute()
     unacked: dict[str, int] = {}
     if with_unacked:

@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 
 from seqproc.models.clients import broker_client
 from seqproc.models.errors import first_line
+from seqproc.models.scripts import RELEASE_OWN_LEASE, RENEW_OWN_LEASE
 from seqproc.models.settings import Settings
 from seqproc.models.wire import WORKERS_KEY, queue_name
 from seqproc.models.wire import lease_key as queue_lease_key
@@ -30,21 +31,6 @@ from seqproc.worker.ownership.liveness import beat
 from seqproc.worker.ownership.partitions import claim, is_lock_timeout
 
 logger = logging.getLogger(__name__)
-
-#: Renew the lease only while we still hold it: KEYS[1] lease, ARGV[1] token, ARGV[2] time limit (ms).
-RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-#: Release only our own lease.
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 def lease_key(partition: int) -> str:
@@ -62,8 +48,8 @@ class LeaseManager:
         self.interval_s = settings.lease_s / 3
         #: partition -> monotonic time until which we may apply to it (renewal time + lease - safety margin).
         self.valid_until: dict[int, float] = {}
-        self._renew = self.client.register_script(RENEW)
-        self._release = self.client.register_script(RELEASE)
+        self._renew = self.client.register_script(RENEW_OWN_LEASE)
+        self._release = self.client.register_script(RELEASE_OWN_LEASE)
 
     @property
     def owned(self) -> list[int]:

@@ -34,10 +34,11 @@ from sqlalchemy import Connection, Engine
 
 from seqproc.models.clients import broker_client
 from seqproc.models.errors import first_line
+from seqproc.models.scripts import RELEASE_OWN_LEASE
 from seqproc.models.settings import Settings
 from seqproc.models.transport import Channel
 from seqproc.models.wire import is_redis_url
-from seqproc.worker.ownership.leases import RELEASE, lease_key
+from seqproc.worker.ownership.leases import lease_key
 from seqproc.worker.ownership.liveness import BEATS_PER_LIMIT, beat, ownership
 from seqproc.worker.ownership.partitions import claim
 
@@ -95,7 +96,7 @@ class StaticOwnership:
         held = sorted(self.epochs)
         lost = [p for p in self.partitions if p not in self.epochs]
         with channel.conn_or_acquire() as client:
-            release = client.register_script(RELEASE)
+            release = client.register_script(RELEASE_OWN_LEASE)
             pipe = client.pipeline(transaction=False)
             for partition in held:
                 pipe.set(lease_key(partition), self.owner, nx=True)
@@ -117,7 +118,7 @@ class StaticOwnership:
             return
         client = broker_client(self.settings, timeout_s=2, connect_timeout_s=2)
         try:
-            release = client.register_script(RELEASE)
+            release = client.register_script(RELEASE_OWN_LEASE)
             pipe = client.pipeline(transaction=False)
             for partition in self.partitions:
                 release(keys=[lease_key(partition)], args=[self.owner], client=pipe)

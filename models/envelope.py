@@ -24,8 +24,8 @@ from pydantic import SerializeAsAny, TypeAdapter
 
 from seqproc.models.domain import EventModel
 from seqproc.models.events import Event
+from seqproc.models.stamps import unique_id
 from seqproc.models.wire import APPLY_TASK
-from seqproc.producer.stamps import unique_id
 
 #: Events in wire form, serialised in pydantic's Rust core (what ``model_dump`` + ``json.dumps`` give, 2x faster),
 #: each by its own schema (its domain's fields), not the base class's.
