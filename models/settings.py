@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     #: Outcomes kept in the result backend for ``receipt.wait()``.
     outcome_ttl_s: Annotated[int, Field(ge=60, le=30 * 86_400)] = 86_400
 
+    #: Loss detection: a gap in a producer's sequence (events that did not come before later ones) still open after
+    #: this long is declared lost (logged, ``seqproc_events_lost_total``, ``lost`` in ``seqproc status``). Longer than
+    #: the visibility timeout: a redelivered message comes back within it and fills its gap.
+    loss_grace_s: Annotated[float, Field(ge=1, le=86_400)] = 120
     #: ``--partitions auto``: how long a partition lease lasts without renewal (renewed every third of it). A worker
     #: that stops renewing loses its partitions to the others after this long.
     lease_s: Annotated[float, Field(ge=1, le=600)] = 10

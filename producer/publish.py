@@ -49,6 +49,7 @@ from seqproc.producer.attempts import (
 )
 from seqproc.producer.coalesce import Coalescer
 from seqproc.producer.receipt import Receipt
+from seqproc.producer.sequence import Place, Sequencer
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ class Publisher:
             kombu.exceptions.OperationalError,  # what kombu raises when it cannot connect, whatever the transport
         )
         self._coalescer = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
+        #: Numbers this process's events per partition, for the workers' loss detection (seqproc's transport only).
+        self.sequencer = Sequencer()
         #: The connection pushes go out on, with the pid that opened it (see ``_connection``).
         self._held: tuple[int, Any] | None = None
         self._push_lock = threading.Lock()
@@ -132,6 +135,8 @@ class Publisher:
         again until ``deadline`` (``time.monotonic()``; default: the publish timeout from now), one that refuses
         the connection for ``publish_refused_retry_s`` at most. Raises :class:`PublishError`."""
         messages = self.messages_for(events)
+        # Numbered once: a retry sends the same numbers (a copy is then a duplicate, not a gap).
+        places = self.sequencer.number(messages) if self._redis is not None else None
         attempts: Attempts | None = None  # made at the first failure: nothing to count on the common path
         while True:
             if attempts is not None:
@@ -139,7 +144,7 @@ class Publisher:
             else:
                 remaining_s = self.settings.publish_timeout_s if deadline is None else deadline - time.monotonic()
             try:
-                self._send_messages(messages, remaining_s)
+                self._send_messages(messages, remaining_s, places)
                 return
             except PartitionCountMismatch:
                 raise  # checked as the connection opened: nothing was sent, and a retry would not change it
@@ -149,6 +154,8 @@ class Publisher:
                 written = isinstance(error, NoReply) if self._redis is not None else no_reply_in_time(error)
                 pause_s = attempts.retry_after(error, transient=self.is_transient(error), written=written)
                 if pause_s is None:
+                    if places is not None and not attempts.maybe_sent:
+                        self.sequencer.give_back(messages, places)
                     raise self.not_sent(events, error, maybe_sent=attempts.maybe_sent) from error
                 time.sleep(pause_s)
 
@@ -186,11 +193,16 @@ class Publisher:
             what += "; they were NOT sent"
         return PublishError(what, setting=BROKER_SETTING, url=url, maybe_sent=maybe_sent)
 
-    def _send_messages(self, messages: Sequence[tuple[int, Sequence[Event]]], remaining_s: float) -> None:
+    def _send_messages(
+        self,
+        messages: Sequence[tuple[int, Sequence[Event]]],
+        remaining_s: float,
+        places: Sequence[Place] | None = None,
+    ) -> None:
         # A retry after a failed flush may send a message twice; the ledger makes the copy a duplicate. It never
         # reports as sent a message the broker did not accept.
         if self._redis is not None:
-            self._push(self._redis, messages, remaining_s)
+            self._push(self._redis, messages, remaining_s, places)
         else:
             self._publish(messages)
         events = sum(len(group) for _, group in messages)
@@ -199,7 +211,11 @@ class Publisher:
         logger.debug("sent %d message(s), %d event(s)", len(messages), events)
 
     def _push(
-        self, client: redis.Redis, messages: Sequence[tuple[int, Sequence[Event]]], remaining_s: float = math.inf
+        self,
+        client: redis.Redis,
+        messages: Sequence[tuple[int, Sequence[Event]]],
+        remaining_s: float = math.inf,
+        places: Sequence[Place] | None = None,
     ) -> None:
         """What kombu's Redis transport does for a publish to the default exchange (an LPUSH onto the queue's
         list) plus seqproc's bell, for every message: one script call, on a connection held for the sends (the
@@ -207,10 +223,11 @@ class Publisher:
         longer than ``remaining_s``."""
         keys: list[str] = []
         bodies: list[str] = []
-        for partition, group in messages:
+        for n, (partition, group) in enumerate(messages):
             queue = queue_name(partition)
             keys += (queue, bell_key(queue))
-            bodies.append(task_envelope(queue, partition, group, task_id=unique_id()))
+            place = None if places is None else places[n]
+            bodies.append(task_envelope(queue, partition, group, task_id=unique_id(), sequence=place))
         command = pack_push(keys, bodies)
         with self._push_lock:
             connection = self._connection(client)
@@ -391,12 +408,15 @@ def _socket_of(connection: Any) -> Any:
     return connection._sock
 
 
-def stage_messages(pipe: Any, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
+def stage_messages(
+    pipe: Any, messages: Sequence[tuple[int, Sequence[Event]]], places: Sequence[Place] | None = None
+) -> None:
     """Queue each message's push and its bell on ``pipe``: a redis-py pipeline, plain or asyncio (both buffer the
     commands until ``execute``)."""
-    for partition, group in messages:
+    for n, (partition, group) in enumerate(messages):
         queue = queue_name(partition)
-        pipe.lpush(queue, task_envelope(queue, partition, group, task_id=unique_id()))
+        place = None if places is None else places[n]
+        pipe.lpush(queue, task_envelope(queue, partition, group, task_id=unique_id(), sequence=place))
         ring(pipe.execute_command, queue)
 
 

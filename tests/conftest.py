@@ -37,7 +37,8 @@ TEST_DATABASE_URL = os.environ.get(
 TEST_REDIS_URL = os.environ.get("SEQPROC_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER_DB, RESULTS_DB = 9, 10
 
-#: Tables emptied between tests. ``partition`` and ``seqproc_meta`` stay: running workers hold epochs in them.
+#: Tables emptied between tests. ``partition`` and ``seqproc_meta`` stay: running workers hold epochs in them;
+#: ``seqproc_producer_sequence`` too: the test process's publishers go on numbering their events from test to test.
 DATA_TABLES = (
     "article_like",
     "article_unlike",
@@ -51,6 +52,7 @@ DATA_TABLES = (
     "seqproc_outbox",
     "seqproc_outbox_relay",
     "account_balance",
+    "seqproc_sequence_gap",
 )
 
 

@@ -31,6 +31,7 @@ from seqproc.producer.aio.coalesce import AsyncCoalescer
 from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of, no_reply_in_time
 from seqproc.producer.publish import Publisher, stage_messages
 from seqproc.producer.receipt import Receipt
+from seqproc.producer.sequence import Sequencer
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class AsyncPublisher:
                 redis_connect_func=BrokerPartitionCount(settings.partitions).on_connect_async,
             )
         self._coalescer = AsyncCoalescer(self.send, linger_s=settings.linger_ms / 1000.0)
+        #: This loop's own numbering (its sends are one at a time, apart from the other loops' and threads').
+        self.sequencer = Sequencer()
         #: Messages and events this loop sent so far (through the threaded publisher: counted there too).
         self.sent_messages = 0
         self.sent_events = 0
@@ -82,11 +85,12 @@ class AsyncPublisher:
             self.sent_messages += len(self.threaded.messages_for(events))
             return
         messages = self.threaded.messages_for(events)
+        places = self.sequencer.number(messages)  # once: the retries send the same numbers
         attempts = Attempts(self.settings, deadline)
         while True:
             # A retry after a failed round trip may push a message twice; the ledger makes the copy a duplicate.
             pipe = self._redis.pipeline(transaction=False)
-            stage_messages(pipe, messages)
+            stage_messages(pipe, messages, places)
             remaining_s = attempts.remaining_s()
             try:
                 if remaining_s < self._timeout_s - BOUND_SLACK_S:
@@ -101,6 +105,8 @@ class AsyncPublisher:
                 transient = self.threaded.is_transient(error)  # asyncio.timeout's TimeoutError is an OSError
                 pause_s = attempts.retry_after(error, transient=transient, written=no_reply_in_time(error))
                 if pause_s is None:
+                    if not attempts.maybe_sent:
+                        self.sequencer.give_back(messages, places)
                     raise self.threaded.not_sent(events, error, maybe_sent=attempts.maybe_sent) from error
                 await asyncio.sleep(pause_s)
         self.sent_messages += len(messages)

@@ -171,6 +171,10 @@ class SentinelGroup:
         self.processes[port].wait(10)
         return port
 
+    def signal_replica(self, signum: int) -> None:
+        """SIGSTOP the replica (it falls behind: the master goes on taking writes), SIGCONT it."""
+        self.processes[self.replica_port()].send_signal(signum)
+
     def wait_failover(self, old_port: int, timeout_s: float = 20) -> float:
         """Until the sentinels name another master that answers as one; returns how long it took."""
         started = time.monotonic()

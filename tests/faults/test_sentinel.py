@@ -10,6 +10,7 @@ is gone (replication is asynchronous), and the FAULT line says how many. Bounded
 from __future__ import annotations
 
 import itertools
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from sqlalchemy import Engine, text
 import seqproc
 from seqproc.models.errors import PublishError
 from seqproc.models.settings import Settings
+from seqproc.worker.engine.sequence import lost_total
 from tests import domains_fixture as fixture
 from tests.conftest import RelayProcess, WorkerProcess, wait_for
 from tests.faults.matrix import report
@@ -61,7 +63,30 @@ def kill_master_mid_stream(group: SentinelGroup, *, before_s: float = 2.0, after
     return disrupt
 
 
+def kill_master_with_replica_behind(group: SentinelGroup, *, behind_s: float = 1.0) -> Callable[[], int]:
+    """A ``disrupt``: the replica paused for ``behind_s`` (the master takes writes it never copies), then the master
+    killed and the replica resumed: the sentinels promote a replica that lacks the last ``behind_s`` of pushes."""
+
+    def disrupt() -> int:
+        time.sleep(2.0)
+        group.wait_caught_up()
+        group.signal_replica(signal.SIGSTOP)
+        try:
+            time.sleep(behind_s)
+            old = group.kill_master()
+        finally:
+            group.signal_replica(signal.SIGCONT)
+        took_s = group.wait_failover(old)
+        print(f"failover with the replica {behind_s:g} s behind: a new master {took_s:.1f} s after the SIGKILL")
+        time.sleep(3.0)
+        return 1
+
+    return disrupt
+
+
+@pytest.mark.parametrize("replica", ["caught_up", "behind"])
 def test_sentinel_primary_sigkill_loses_no_outbox_event(
+    replica: str,
     clean: Settings,
     app_engine: Engine,
     engine: Engine,
@@ -76,9 +101,9 @@ def test_sentinel_primary_sigkill_loses_no_outbox_event(
         settings,
         app_engine,
         engine,
-        disrupt=kill_master_mid_stream(sentinel_group),
+        disrupt=(kill_master_mid_stream if replica == "caught_up" else kill_master_with_replica_behind)(sentinel_group),
         finish=lambda: None,
-        fault="Sentinel primary SIGKILL mid-stream (outbox + relay)",
+        fault=f"Sentinel primary SIGKILL mid-stream, replica {replica.replace('_', ' ')} (outbox + relay)",
         min_events=500,
     )
     # Both carried on on the new master.
@@ -159,28 +184,56 @@ def settled(engine: Engine, quiet_s: float = 2.0) -> Callable[[], bool]:
     return check
 
 
-def test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered(
+def declared_lost(engine: Engine, timeout_s: float = 20) -> int:
+    """The events the workers declared lost, once no gap is left undeclared (each is declared a grace after it was
+    seen, at a worker's heartbeat)."""
+    with engine.connect() as conn:
+
+        def open_gaps() -> int:
+            count = conn.execute(text("SELECT count(*) FROM seqproc_sequence_gap WHERE declared_at IS NULL"))
+            conn.rollback()
+            return int(count.scalar_one())
+
+        wait_for(lambda: open_gaps() == 0, timeout_s, "every sequence gap declared")
+        return lost_total(conn)
+
+
+@pytest.mark.parametrize("replica", ["caught_up", "behind"])
+def test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered_and_every_loss_is_counted(
+    replica: str,
     clean: Settings,
     engine: Engine,
     tally_tables: None,
     sentinel_group: SentinelGroup,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    settings = on_sentinel(clean, sentinel_group).model_copy(update={"domains": ("tests.domains_fixture",)})
+    """Direct events (``async`` durability: acknowledged by the primary alone). With the replica caught up, the
+    failover loses nothing; with it behind, the pushes it lacked are lost, and every one is detected (a gap in its
+    producer's sequence) and counted: ``lost == lost_detected``."""
+    # Gaps are declared lost 2 s after they were seen (production: past the visibility timeout).
+    settings = on_sentinel(clean, sentinel_group).model_copy(
+        update={"domains": ("tests.domains_fixture",), "loss_grace_s": 2}
+    )
     start_worker(settings)
     seqproc.configure(settings)
     stream = DirectStream(tallies=list(range(1, 9)))
-    injected = stream.during(kill_master_mid_stream(sentinel_group))
+    disrupt = kill_master_mid_stream if replica == "caught_up" else kill_master_with_replica_behind
+    injected = stream.during(disrupt(sentinel_group))
     wait_for(settled(engine), 30, "the applied log to stop growing")
     sent, lost, doubled, out_of_order = stream.count(engine)
+    lost_detected = declared_lost(engine)
     report(
-        "Sentinel primary SIGKILL mid-stream (direct, async)",
+        f"Sentinel primary SIGKILL mid-stream, replica {replica.replace('_', ' ')} (direct, async)",
         injected=injected,
         sent=sent,
         lost=lost,
         doubled=doubled,
         out_of_order=out_of_order,
+        lost_detected=lost_detected,
     )
     assert sent > 500
+    if replica == "behind":
+        assert lost > 0  # the fault really lost acknowledged pushes...
+    assert lost == lost_detected  # every event the failover dropped is counted, none that arrived
     assert doubled == 0
     assert out_of_order == 0

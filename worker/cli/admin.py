@@ -86,6 +86,8 @@ def render(snapshot: dict[str, Any], *, title: str = "seqproc status") -> Table:
         )
     t = snapshot["totals"]
     dead = str(t["dead_letters"]) + (f" (+{t['dead_letters_other']} other)" if t["dead_letters_other"] else "")
+    if t.get("lost"):
+        dead += f", {t['lost']:,} event(s) LOST"  # direct publishes a broker failover dropped (loss detection)
     table.add_section()
     table.add_row(
         "total",

@@ -38,6 +38,7 @@ from seqproc.models.scripts import RELEASE_OWN_LEASE
 from seqproc.models.settings import Settings
 from seqproc.models.transport import Channel
 from seqproc.models.wire import is_redis_url
+from seqproc.worker.ops import metrics
 from seqproc.worker.ownership.leases import lease_key
 from seqproc.worker.ownership.liveness import BEATS_PER_LIMIT, beat, ownership
 from seqproc.worker.ownership.partitions import claim
@@ -143,7 +144,15 @@ class StaticOwnership:
             self._beat(conn)
 
     def _beat(self, conn: Connection) -> None:
-        beat(conn, self.owner, partitions=self.spec, liveness_s=self.settings.lease_s)
+        lost = beat(
+            conn,
+            self.owner,
+            partitions=self.spec,
+            liveness_s=self.settings.lease_s,
+            loss_grace_s=self.settings.loss_grace_s,
+        )
+        # Counted as declared: the transaction ends right after (a rollback would declare them again, once more).
+        metrics.count_lost(lost)
         self._next_beat_s = time.monotonic() + self.settings.lease_s / BEATS_PER_LIMIT
 
     def tick(
