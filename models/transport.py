@@ -143,6 +143,10 @@ class ChunkConsumer(Protocol):
         """Holding a batch that is not applied yet, and not shutting down: worth fetching again at once."""
         ...
 
+    def fetches_itself(self) -> bool:
+        """Holding an open batch whose timer fetches (:meth:`Channel.fetch_now`): the channel waits on no bell."""
+        ...
+
 
 class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -204,6 +208,12 @@ class Channel(kombu_redis.Channel):
 
     # -- consuming: wait on bells, fetch with the script -------------------------------------------------------
     def _brpop_start(self, timeout: float | None = None) -> None:
+        chunk_consumer = self.chunk_consumer
+        if chunk_consumer is not None and chunk_consumer.fetches_itself():
+            # A batch is open: its timer fetches what arrives meanwhile (:meth:`fetch_now`), in one round trip for
+            # many messages, instead of a wake-up, a fetch and a wait re-armed per message. Kombu's poller calls this
+            # on every turn of the event loop; the wait is armed again once the batch is applied.
+            return
         if timeout is None:
             timeout = self.brpop_timeout
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
@@ -245,6 +255,11 @@ class Channel(kombu_redis.Channel):
         if delivered:
             return True
         raise Empty()
+
+    def fetch_now(self) -> int:
+        """Fetch for the chunk consumer now, from its own timer while it holds an open batch (the batcher's
+        :class:`ChunkSource`); how many messages it took."""
+        return self._fetch_and_deliver()
 
     def _get(self, queue: str) -> Any:  # type: ignore[override]  # the stubs give the abstract base a timeout
         """The synchronous path (``basic_get``, drain without an event loop): one message, fetched the safe way."""

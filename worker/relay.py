@@ -123,6 +123,8 @@ class PassResult:
     resent: int = 0
     #: Rows deleted because their event was applied.
     forgotten: int = 0
+    #: Some partition had more unsent rows than one pass takes (a backlog): the next pass goes at once.
+    full: bool = False
 
 
 class Relay:
@@ -180,6 +182,7 @@ class Relay:
             by_partition: dict[int, list[tuple[int, str]]] = defaultdict(list)
             for row_id, partition, body in pending:
                 by_partition[int(partition)].append((int(row_id), body))
+            result.full = any(len(rows) >= per_partition for rows in by_partition.values())
             replies = self._push_all(by_partition, recorded)
             ids: list[int] = []
             seqs: list[int] = []
@@ -289,10 +292,14 @@ class Relay:
 
     # -- the process -------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Pass after pass until ``stop`` is set: again at once after a pass that sent something; after a pass that
-        found nothing, wait ``relay_interval_ms``, doubled after each such pass up to ``IDLE_BACKOFF`` times it (an
-        idle relay looks a few times a second, not fifty), and back to ``relay_interval_ms`` on any activity. A
-        database or broker error is logged and tried again with capped backoff."""
+        """Pass after pass until ``stop`` is set: again at once after a pass that left a backlog (it took as many rows
+        of a partition as one pass takes) or sent events again after a loss; after a pass that sent less, wait
+        ``relay_interval_ms``, so that the next pass carries what was committed meanwhile in one message per
+        partition (under a steady trickle of one-event transactions, a web server's, a pass per event would cost a
+        transaction, a push and a worker's fetch per event); after a pass that found nothing, the same wait, doubled
+        after each such pass up to ``IDLE_BACKOFF`` times it (an idle relay looks a few times a second, not fifty),
+        and back to ``relay_interval_ms`` on any activity. A database or broker error is logged and tried again with
+        capped backoff."""
         interval_s = self.settings.relay_interval_ms / 1000.0
         idle_s = pause_s = interval_s
         while not stop.is_set():
@@ -316,6 +323,8 @@ class Relay:
                     result.resent,
                     result.forgotten,
                 )
+                if not (result.full or result.resent):
+                    stop.wait(interval_s)
                 continue
             stop.wait(idle_s)
             idle_s = min(idle_s * 2, interval_s * IDLE_BACKOFF)

@@ -452,6 +452,39 @@ def test_an_idle_relay_backs_off_and_still_sends_within_five_intervals(clean: Se
         thread.join(10)
 
 
+def test_a_trickle_of_one_event_transactions_is_sent_a_pass_per_interval_not_per_event(
+    clean: Settings, engine: Engine
+) -> None:
+    """A web server's outbox: one-event transactions committed one after another. After a pass that sent less than
+    a full batch the relay waits relay_interval_ms (20 ms), so that each pass carries everything committed
+    meanwhile: about one pass per interval, however many events (before: a pass, a push and a worker's fetch per
+    event or two, hundreds in this test)."""
+    relay = CountingRelay(clean, engine, engine, redis.Redis.from_url(clean.broker_url))
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,))
+    thread.start()
+    events = 300
+    try:
+        time.sleep(0.2)
+        before = relay.passes
+        started = time.monotonic()
+        for user in range(1, events + 1):
+            with engine.begin() as conn:
+                seqproc.outbox.like(conn, 16, user)
+            time.sleep(0.002)
+        wait_for(lambda: not outbox_depth(engine)["unsent"], 10, "every event sent", interval_s=0.005)
+        elapsed = time.monotonic() - started
+        passes = relay.passes - before
+    finally:
+        stop.set()
+        thread.join(10)
+    assert passes <= elapsed / (clean.relay_interval_ms / 1000.0) + 5, (passes, elapsed)
+    queue = queue_name(partition_for("article:16", clean.partitions))
+    messages = int(redis.Redis.from_url(clean.broker_url).llen(queue))
+    assert messages <= passes, (messages, passes)
+    assert messages < events / 3, messages  # each message carries several events
+
+
 def test_outbox_depth_and_relay_process(
     clean: Settings,
     engine: Engine,

@@ -240,6 +240,11 @@ class Recorder:
     def filling(self) -> bool:
         return self._filling
 
+    def fetches_itself(self) -> bool:
+        return self.fetching_itself
+
+    fetching_itself = False
+
 
 @pytest.mark.parametrize("filling", [True, False])
 def test_a_backlog_is_fetched_in_a_row_while_the_batch_fills(clean: Settings, filling: bool) -> None:
@@ -265,4 +270,35 @@ def test_a_backlog_is_fetched_in_a_row_while_the_batch_fills(clean: Settings, fi
             channel._brpop_start(timeout=1)
             assert channel._brpop_read()  # the bell the fetch rang for what it left
             assert recorder.deliveries == [(4, True), (4, True)]
+        channel.chunk_consumer = None
+
+
+def test_while_a_batch_is_open_its_timer_fetches_and_no_bell_is_waited_on(clean: Settings) -> None:
+    """A consumer holding an open batch fetches on its own timer: the channel arms no wait on the bells (no wake-up
+    per message); one ``fetch_now`` then takes everything that arrived meanwhile, in one round trip."""
+    first = producer.like(14, 1)
+    queue = first.queue
+    with connection(clean) as conn:
+        channel = conn.default_channel
+        channel._active_queues.append(queue)
+        channel._update_queue_cycle()
+        recorder = Recorder(64, filling=True)
+        recorder.fetching_itself = True
+        channel.chunk_consumer = recorder  # type: ignore[assignment]
+        client = channel.client
+        client.connection = client.connection_pool.get_connection()
+        channel._brpop_start(timeout=1)
+        assert not channel._in_poll  # no BRPOP sent
+        for user in range(2, 8):
+            producer.like(14, user)
+        assert channel.fetch_now() == 7
+        assert recorder.deliveries == [(7, False)]
+        assert channel.fetch_now() == 0  # nothing arrived since: the batcher applies its batch
+        assert recorder.deliveries[-1] == (0, False)
+        recorder.fetching_itself = False  # the batch applied: the channel waits on the bells again
+        producer.like(14, 8)
+        channel._brpop_start(timeout=1)
+        assert channel._in_poll
+        assert channel._brpop_read()
+        assert recorder.deliveries[-1] == (1, False)
         channel.chunk_consumer = None

@@ -168,3 +168,91 @@ def test_a_fetch_that_finds_nothing_ends_the_backlog(setup: tuple[Batcher, Clock
     clock.advance_ms(1)
     timer.fire()
     assert flushed == [64]
+
+
+class Source:
+    """The channel as the batcher's timer sees it: ``arrive`` queues messages; ``fetch_now`` hands over all that
+    arrived since the last fetch (an empty chunk if nothing did), and records when it was called."""
+
+    def __init__(self, batcher: Batcher, clock: Clock) -> None:
+        self.batcher = batcher
+        self.clock = clock
+        self.waiting = 0
+        self.fetched_at_ms: list[float] = []
+        self.fail = False
+
+    def arrive(self, count: int) -> None:
+        self.waiting += count
+
+    def fetch_now(self) -> int:
+        if self.fail:
+            raise ConnectionError("the broker went away")
+        self.fetched_at_ms.append(round((self.clock.now - 1000.0) * 1000.0, 3))
+        taken, self.waiting = self.waiting, 0
+        self.batcher.deliver(chunk(taken) if taken else [], more=False)
+        return taken
+
+
+@pytest.fixture
+def sourced(setup: tuple[Batcher, Clock, Timer, list[int]]) -> tuple[Batcher, Clock, Timer, list[int], Source]:
+    batcher, clock, timer, flushed = setup
+    source = Source(batcher, clock)
+    batcher.source = source
+    return batcher, clock, timer, flushed, source
+
+
+def run_until(clock: Clock, timer: Timer, ms: float) -> None:
+    """Advance the clock 0.5 ms at a time up to ``ms``, firing what is due."""
+    for _ in range(int(ms * 2)):
+        clock.advance_ms(0.5)
+        timer.fire()
+
+
+def test_an_open_batch_fetches_on_its_timer_and_each_fetch_carries_what_arrived(
+    sourced: tuple[Batcher, Clock, Timer, list[int], Source],
+) -> None:
+    """A steady stream of one-event messages (one every 0.5 ms, a web server's): the batch opened by the first is
+    not woken per message; its timer fetches 2 ms later, then 4, 8, 12.5 ms after each fetch (batch_max_wait_ms / 4),
+    each fetch carrying everything that arrived meanwhile, until batch_max_wait_ms applies the batch."""
+    batcher, clock, timer, flushed, source = sourced
+    batcher.deliver(chunk(1), more=False)
+    assert batcher.fetches_itself()
+    for _ in range(120):  # 60 ms of arrivals
+        clock.advance_ms(0.5)
+        source.arrive(1)
+        timer.fire()
+    assert source.fetched_at_ms[:5] == [2.0, 6.0, 14.0, 26.5, 39.0]
+    assert flushed[0] == 1 + 100  # the first batch: 50 ms of arrivals, 5 fetches instead of 100 wake-ups
+    assert not any(at < 50.0 and at not in (2.0, 6.0, 14.0, 26.5, 39.0) for at in source.fetched_at_ms)
+
+
+def test_a_fetch_that_finds_nothing_applies_the_batch_at_once(
+    sourced: tuple[Batcher, Clock, Timer, list[int], Source],
+) -> None:
+    batcher, clock, timer, flushed, source = sourced
+    batcher.deliver(chunk(3), more=False)
+    source.arrive(2)
+    run_until(clock, timer, 2)
+    assert source.fetched_at_ms == [2.0]
+    assert flushed == []
+    run_until(clock, timer, 4)  # the next fetch, 4 ms later, finds nothing: arrivals paused
+    assert source.fetched_at_ms == [2.0, 6.0]
+    assert flushed == [5]
+    assert not batcher.fetches_itself()  # the channel waits on the bells again
+
+
+def test_a_backlog_is_fetched_at_once_by_the_timer(sourced: tuple[Batcher, Clock, Timer, list[int], Source]) -> None:
+    batcher, _clock, timer, flushed, source = sourced
+    batcher.deliver(chunk(64), more=True)
+    source.arrive(30)
+    timer.fire()  # due now: no wait
+    assert source.fetched_at_ms == [0.0]
+    assert flushed == []
+
+
+def test_a_failed_fetch_applies_the_batch_in_hand(sourced: tuple[Batcher, Clock, Timer, list[int], Source]) -> None:
+    batcher, clock, timer, flushed, source = sourced
+    batcher.deliver(chunk(4), more=False)
+    source.fail = True
+    run_until(clock, timer, 2)
+    assert flushed == [4]

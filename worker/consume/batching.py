@@ -9,6 +9,12 @@ Flow per message (in the consumer's thread; the solo pool runs nothing else):
 - flush when the buffer holds ``batch_size`` events, or as many messages as the prefetch lets us hold (no more will
   come until we ack; the prefetch is at least ``batch_size`` messages, so even one-event messages fill a batch), or
   once no message came for ``batch_interval_ms``, or ``batch_max_wait_ms`` after the first one, whichever is first;
+- while a batch is open on seqproc's Redis transport, the batcher fetches on its own timer (:class:`ChunkSource`)
+  instead of the channel waking on every message's bell: the first fetch ``batch_interval_ms`` after the batch
+  opened, each next one twice as late while messages keep coming (up to ``batch_max_wait_ms / 4``), at once while a
+  backlog is waiting; a fetch that finds nothing means arrivals paused, and the batch is applied. One fetch then
+  carries everything that arrived meanwhile: under a steady stream of one-event messages (a web server's), the
+  worker pays a fetch per few milliseconds, not per message, and the busier it gets the cheaper each event;
 - flush: per partition, in arrival order, one transaction (ledger, rules, dead letters, fence), retried in place on a
   transient error; then publish the outcomes, then ack the messages;
 - if the partition was taken over (fenced), the messages go back to the head of their queue, in order, unacked.
@@ -21,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis
 from celery.worker import state as worker_state
@@ -56,6 +62,20 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: A timer that fires this close before the batch's due time counts as on time (timers round; a new timer for the
+#: remaining microseconds would cost a turn of the event loop).
+TIMER_SLACK_S = 0.0001
+
+
+class ChunkSource(Protocol):
+    """Where the batcher fetches from while a batch is open (seqproc's Redis channel): the channel then waits on no
+    bell, and the batcher's timer fetches instead."""
+
+    def fetch_now(self) -> int:
+        """Fetch what is waiting and hand it to the batcher (:meth:`Batcher.deliver`, an empty chunk if nothing);
+        how many messages it took."""
+        ...
+
 
 @dataclass
 class Held:
@@ -84,6 +104,10 @@ class Batcher:
         self._backlog = False
         #: When the pending timer fires (monotonic seconds).
         self._timer_at = 0.0
+        #: Set by the worker on seqproc's Redis transport: while a batch is open, fetch on the timer from here.
+        self.source: ChunkSource | None = None
+        #: The wait after the last arrival before the next fetch (or, without a source, before the flush).
+        self._step_s = 0.0
 
     # -- wiring -----------------------------------------------------------------------------------------------
     def bind(self, consumer: Any) -> Callable[..., None]:
@@ -117,7 +141,9 @@ class Batcher:
         self._backlog = more
         if not chunk:
             timer = getattr(self.consumer, "timer", None)
-            if self.buffer and timer is not None:
+            if self.buffer and self.source is not None:
+                self.flush()  # arrivals paused: nothing more is worth waiting for
+            elif self.buffer and timer is not None:
                 self._schedule(time.monotonic(), timer)  # a batch waiting for the backlog to end is due sooner
             return
         first = not self.buffer
@@ -136,6 +162,11 @@ class Batcher:
         self._last_arrival_s = now
         if first:
             self._first_arrival_s = now
+            self._step_s = settings.batch_interval_ms / 1000.0
+        elif self.source is not None:
+            # Messages keep coming: the next fetch is twice as late (it carries twice as many), up to a quarter of
+            # batch_max_wait_ms.
+            self._step_s = min(self._step_s * 2, settings.batch_max_wait_ms / 4000.0)
         if (
             self.events_held >= settings.batch_size
             or (prefetch and len(self.buffer) >= prefetch)  # no more will come until we ack
@@ -153,6 +184,11 @@ class Batcher:
         (:class:`ChunkConsumer`)."""
         return bool(self.buffer) and not should_stop()
 
+    def fetches_itself(self) -> bool:
+        """An open batch whose timer fetches from :attr:`source`: the channel need not wait on the bells
+        (:class:`ChunkConsumer`)."""
+        return self.source is not None and self._timer is not None and self.filling()
+
     def _due(self) -> float:
         """When the batch held is due: once messages stopped coming for ``batch_interval_ms``, or
         ``batch_max_wait_ms`` after its first one came, whichever is first. Draining a backlog, a fetch of FETCH_MAX
@@ -161,8 +197,9 @@ class Batcher:
         settings = self.rt.settings
         cap_at = self._first_arrival_s + settings.batch_max_wait_ms / 1000.0
         if self._backlog:
-            return cap_at
-        return min(self._last_arrival_s + settings.batch_interval_ms / 1000.0, cap_at)
+            # Fetching on the timer: the backlog is fetched at once. Otherwise the channel drains it.
+            return self._last_arrival_s if self.source is not None else cap_at
+        return min(self._last_arrival_s + self._step_s, cap_at)
 
     def _schedule(self, now: float, timer: Any) -> None:
         """Have the timer fire by the time the batch is due (it may fire earlier, and then look again)."""
@@ -179,10 +216,23 @@ class Batcher:
         if not self.buffer:
             return
         now = time.monotonic()
-        if self.consumer is None or now >= self._due():
+        settings = self.rt.settings
+        if self.consumer is None or now >= self._first_arrival_s + settings.batch_max_wait_ms / 1000.0:
+            self.flush()
+        elif now + TIMER_SLACK_S < self._due():
+            self._schedule(now, self.consumer.timer)
+        elif self.source is None or should_stop():
             self.flush()
         else:
-            self._schedule(now, self.consumer.timer)
+            try:
+                self.source.fetch_now()  # delivers: more (a later fetch) or nothing (the flush), or fills the batch
+            except Exception:
+                # The broker went away: apply what is held; the channel's wait reconnects as it always does.
+                logger.warning("fetch while a batch was open failed; applying the batch in hand", exc_info=True)
+                self.flush()
+                return
+            if self.buffer and self._timer is None:
+                self._schedule(time.monotonic(), self.consumer.timer)
 
     # -- applying ---------------------------------------------------------------------------------------------
     def flush(self) -> None:

@@ -165,11 +165,15 @@ class ChunkStep(bootsteps.StartStopStep):
     def start(self, c: Any) -> None:
         channel = getattr(getattr(c, "task_consumer", None), "channel", None)
         if isinstance(channel, Channel) and runtime.of(c.app).role == "worker":
-            channel.chunk_consumer = batcher_of(c)
+            batcher = batcher_of(c)
+            channel.chunk_consumer = batcher
+            batcher.source = channel  # while a batch is open, its timer fetches (no wait on the bells)
 
     def stop(self, c: Any) -> None:
         channel = getattr(getattr(c, "task_consumer", None), "channel", None)
         if isinstance(channel, Channel):
+            if isinstance(channel.chunk_consumer, Batcher):
+                channel.chunk_consumer.source = None
             channel.chunk_consumer = None
 
     def shutdown(self, c: Any) -> None:
