@@ -34,8 +34,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # No priorities on partition queues: one Redis list per queue keeps BRPOP short and FIFO exact.
             "priority_steps": [0],
             "socket_connect_timeout": 5,
-            # Bounds a publish or ack on a broker that vanished without closing the connection.
-            "socket_timeout": 30,
+            # Bounds a publish, ack or fetch on a broker that vanished without closing the connection (half-open).
+            "socket_timeout": settings.broker_socket_timeout_s,
             "socket_keepalive": True,
             "health_check_interval": 10,
             # Bodies as they are (JSON text), not base64: a third smaller, and no encode/decode per message.

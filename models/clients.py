@@ -80,6 +80,16 @@ class SentinelUrl:
         return cls(tuple(sentinels), db, username, password)
 
 
+#: A ``WAIT``'s answer must come before the socket's own timeout (the reply has to travel, on a loaded host too):
+#: it waits a tenth less than the time left, and at least this much less.
+WAIT_SLACK_S = 0.05
+
+
+def wait_timeout_ms(seconds: float) -> int:
+    """``WAIT 1 <ms>``'s timeout for a caller with ``seconds`` left (at least 1 ms: 0 would mean forever)."""
+    return max(1, int(min(seconds * 0.9, seconds - WAIT_SLACK_S) * 1000))
+
+
 def is_sentinel_url(url: str) -> bool:
     return url.startswith(SENTINEL_SCHEME)
 

@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -75,12 +75,21 @@ class Settings(BaseSettings):
     #: Producer: how long a call may wait for a broker that does not answer (or drops its connection) before it
     #: raises :class:`PublishError`; a call's ``timeout_s=`` overrides it.
     publish_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10
+    #: Producer: when a direct publish returns. ``async``: once the broker's primary holds it (a failover before
+    #: its replica copied it loses it: counted lost, see ``SEQPROC_LOSS_GRACE_S``). ``replica``: once a replica
+    #: acknowledges it too (``WAIT 1``); if none does within ``publish_timeout_s`` the call raises
+    #: :class:`PublishError` (``maybe_sent``: it reached the primary) carrying the receipts.
+    publish_durability: Literal["async", "replica"] = "async"
     #: ... but a broker that refuses the connection (nothing listens there, or its host name does not resolve) is
     #: retried this long at most, in case it is restarting: a web request learns within about a second.
     publish_refused_retry_s: Annotated[float, Field(ge=0, le=300)] = 1
     #: Outcomes kept in the result backend for ``receipt.wait()``.
     outcome_ttl_s: Annotated[int, Field(ge=60, le=30 * 86_400)] = 86_400
 
+    #: How long a worker, relay or beat waits for a reply on an open broker connection before it counts the
+    #: connection as dead and opens another: the bound on noticing a broker connection gone half-open (a black-holed
+    #: peer, a dead host), with TCP keepalive and the idle health check (``health_check_interval``, 10 s) besides.
+    broker_socket_timeout_s: Annotated[float, Field(ge=1, le=3_600)] = 30
     #: Loss detection: a gap in a producer's sequence (events that did not come before later ones) still open after
     #: this long is declared lost (logged, ``seqproc_events_lost_total``, ``lost`` in ``seqproc status``). Longer than
     #: the visibility timeout: a redelivered message comes back within it and fills its gap.

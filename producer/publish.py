@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from seqproc.models.celery import celery_config
-from seqproc.models.clients import redis_client
+from seqproc.models.clients import redis_client, wait_timeout_ms
 from seqproc.models.envelope import task_envelope
 from seqproc.models.errors import PartitionCountMismatch, PublishError, first_line
 from seqproc.models.events import Event
@@ -42,6 +42,7 @@ from seqproc.models.wire import APPLY_TASK, PRODUCER_CLIENT_NAME, bell_key, part
 from seqproc.producer.attempts import (
     BOUND_SLACK_S,
     BROKER_SETTING,
+    DURABILITY_SETTING,
     Attempts,
     NoReply,
     deadline_of,
@@ -123,7 +124,10 @@ class Publisher:
         as long as the longest ``timeout_s`` (default ``publish_timeout_s``) of the calls it carries. Raises
         :class:`PublishError` if they could not be sent.
         """
-        self._coalescer.submit(events, deadline_of(self.settings, timeout_s))
+        try:
+            self._coalescer.submit(events, deadline_of(self.settings, timeout_s))
+        except PublishError as error:
+            raise error.for_receipts([self.receipt(event) for event in events]) from error
         return [self.receipt(event) for event in events]
 
     def receipt(self, event: Event) -> Receipt:
@@ -148,6 +152,8 @@ class Publisher:
                 return
             except PartitionCountMismatch:
                 raise  # checked as the connection opened: nothing was sent, and a retry would not change it
+            except NotReplicated as error:
+                raise self.not_replicated(events, error) from error  # on the primary: sending again would copy
             except Exception as error:
                 if attempts is None:
                     attempts = Attempts(self.settings, deadline)
@@ -192,6 +198,19 @@ class Publisher:
         else:
             what += "; they were NOT sent"
         return PublishError(what, setting=BROKER_SETTING, url=url, maybe_sent=maybe_sent)
+
+    def not_replicated(self, events: Sequence[Event], error: NotReplicated) -> PublishError:
+        """The error of a send the primary took but no replica acknowledged in time (durability ``replica``)."""
+        url = mask_url(self.settings.broker_url)
+        return PublishError(
+            f"{len(events)} event(s) (first key {events[0].key!r}) reached the broker's primary at "
+            f"{BROKER_SETTING}={url}, but {error} ({DURABILITY_SETTING}=replica): they may still be applied, or be "
+            "lost if the primary fails before a replica copies them; wait() on their receipts, or send them again "
+            "with the same idempotency keys (a copy is then a duplicate)",
+            setting=BROKER_SETTING,
+            url=url,
+            maybe_sent=True,
+        )
 
     def _send_messages(
         self,
@@ -241,6 +260,8 @@ class Publisher:
                     connection.send_command("SCRIPT", "LOAD", PUSH_AND_RING)
                     connection.read_response()
                     push_on(connection, command)
+                if self.settings.publish_durability == "replica":
+                    wait_for_replica(connection, min(remaining_s, self._timeout_s))
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 connection.disconnect()  # the next send connects again (a reply half read must not be reused)
                 raise
@@ -331,6 +352,25 @@ class Publisher:
                     retry=False,
                     **message.properties,
                 )
+
+
+class NotReplicated(Exception):
+    """The primary took the push, but no replica acknowledged it within the time left (``WAIT`` said 0)."""
+
+
+def wait_for_replica(connection: Any, seconds: float) -> None:
+    """``WAIT 1`` on ``connection`` (right after its push): return once a replica has everything this connection
+    wrote, or raise :class:`NotReplicated` after ``seconds``. The connection's socket waits at least as long."""
+    timeout_ms = wait_timeout_ms(seconds)
+    try:
+        connection.send_command("WAIT", 1, timeout_ms)
+        acked = int(connection.read_response())
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+        # The push's reply came: the primary has it, whatever happens to the WAIT.
+        connection.disconnect()
+        raise NotReplicated(f"no answer from the primary about its replicas ({type(error).__name__})") from error
+    if acked < 1:
+        raise NotReplicated(f"no replica acknowledged them within {timeout_ms / 1000:g} s")
 
 
 _PUSH_HEAD = b"$7\r\nEVALSHA\r\n$40\r\n" + PUSH_AND_RING_SHA.encode() + b"\r\n"

@@ -21,15 +21,15 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from seqproc.models.clients import async_redis_client
-from seqproc.models.errors import PartitionCountMismatch
+from seqproc.models.clients import async_redis_client, wait_timeout_ms
+from seqproc.models.errors import PartitionCountMismatch, PublishError
 from seqproc.models.events import Event
 from seqproc.models.partition_count import BrokerPartitionCount
 from seqproc.models.transport import SEQPROC_TRANSPORTS
 from seqproc.models.wire import PRODUCER_CLIENT_NAME
 from seqproc.producer.aio.coalesce import AsyncCoalescer
 from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of, no_reply_in_time
-from seqproc.producer.publish import Publisher, stage_messages
+from seqproc.producer.publish import NotReplicated, Publisher, stage_messages
 from seqproc.producer.receipt import Receipt
 from seqproc.producer.sequence import Sequencer
 
@@ -71,7 +71,10 @@ class AsyncPublisher:
         """Send ``events`` and return one receipt per event, in order, once the broker holds them all; concurrent
         calls of the loop share messages. ``timeout_s`` as the threaded publisher's. Raises :class:`PublishError`
         if they could not be sent."""
-        await self._coalescer.submit(events, deadline_of(self.settings, timeout_s))
+        try:
+            await self._coalescer.submit(events, deadline_of(self.settings, timeout_s))
+        except PublishError as error:
+            raise error.for_receipts([self.threaded.receipt(event) for event in events]) from error
         return [self.threaded.receipt(event) for event in events]
 
     async def send(self, events: Sequence[Event], deadline: float | None = None) -> None:
@@ -92,15 +95,22 @@ class AsyncPublisher:
             pipe = self._redis.pipeline(transaction=False)
             stage_messages(pipe, messages, places)
             remaining_s = attempts.remaining_s()
+            if self.settings.publish_durability == "replica":
+                # In the same round trip: once a replica has the pushes (or the time left is up).
+                pipe.execute_command("WAIT", 1, wait_timeout_ms(min(remaining_s, self._timeout_s)))
             try:
                 if remaining_s < self._timeout_s - BOUND_SLACK_S:
                     async with asyncio.timeout(max(remaining_s, 0.001)):
-                        await pipe.execute()
+                        replies = await pipe.execute()
                 else:
-                    await pipe.execute()
+                    replies = await pipe.execute()
+                if self.settings.publish_durability == "replica" and int(replies[-1]) < 1:
+                    raise NotReplicated(f"no replica acknowledged them within {min(remaining_s, self._timeout_s):g} s")
                 break
             except PartitionCountMismatch:
                 raise  # checked as the connection opened: nothing was sent
+            except NotReplicated as error:
+                raise self.threaded.not_replicated(events, error) from error  # on the primary: no copy
             except Exception as error:
                 transient = self.threaded.is_transient(error)  # asyncio.timeout's TimeoutError is an OSError
                 pause_s = attempts.retry_after(error, transient=transient, written=no_reply_in_time(error))

@@ -25,9 +25,10 @@ DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 5000
 
 
-def fault_ports(count: int, *, offset: int = 0) -> list[int]:
-    """``count`` ports: from ``SEQPROC_TEST_PORT_BASE`` (+ ``offset``) if set, else free ones."""
-    base = os.environ.get("SEQPROC_TEST_PORT_BASE")
+def fault_ports(count: int, *, offset: int = 0, variable: str = "SEQPROC_TEST_PORT_BASE") -> list[int]:
+    """``count`` ports: from ``variable`` (+ ``offset``) if set, else free ones. ``SEQPROC_TEST_PORT_BASE``: servers
+    (Redis, sentinels, PostgreSQL); ``SEQPROC_TEST_PROXY_PORT_BASE``: fault proxies."""
+    base = os.environ.get(variable)
     if base:
         return [int(base) + offset + i for i in range(count)]
     return [free_port() for _ in range(count)]
