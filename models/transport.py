@@ -56,7 +56,8 @@ from redis import Redis
 from redis.sentinel import Sentinel
 
 from seqproc.models.clients import SentinelUrl
-from seqproc.models.scripts import FETCH_AND_HOLD
+from seqproc.models.resp import Held, command, pack, pack_texts
+from seqproc.models.scripts import FETCH_AND_HOLD, FETCH_AND_HOLD_SHA
 from seqproc.models.wire import bell_key, lease_key
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ logger = logging.getLogger(__name__)
 #: Most messages one fetch takes. The script holds Redis ~45 us per message here (it records each in ``unacked``),
 #: and producers push onto the same server: 64 bounds that stall at ~3 ms, and 64 messages are thousands of events.
 FETCH_MAX = 64
+
+#: Sets of queues whose fetch command is kept packed (:meth:`Channel._fetch`); more, and the cache starts again.
+FETCH_HEADS_KEPT = 256
 
 #: Most fetches in a row, without waiting on the bells, while a backlog drains (~500 messages, a batch's worth).
 DRAIN_FETCHES = 8
@@ -169,11 +173,12 @@ class Channel(kombu_redis.Channel):
     #: messages stay in ``unacked`` until it acks them (:meth:`ack_fetched`) or gives them back.
     chunk_consumer: ChunkConsumer | None = None
     _shared_client: Any = None
-    _fetch_script: Any = None
+    _held_connection: Held | None = None
     #: The last fetch stopped at its limit with messages left in its queues.
     fetch_left_more = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._fetch_heads: dict[tuple[str, ...], tuple[int, bytes]] = {}
         super().__init__(*args, **kwargs)
         if self.global_keyprefix:
             raise ChannelError("seqproc's Redis transport does not support the global_keyprefix option")
@@ -269,22 +274,36 @@ class Channel(kombu_redis.Channel):
         return loads(bytes_to_str(items[0][1]))
 
     def _fetch(self, queues: list[str], limit: int) -> list[tuple[str, bytes]]:
-        with self.conn_or_acquire() as client:
-            if self._fetch_script is None:
-                self._fetch_script = client.register_script(FETCH_AND_HOLD)
-            flat = self._fetch_script(
-                keys=[
-                    self.unacked_key,
-                    self.unacked_index_key,
-                    *queues,
-                    *(bell_key(q) for q in queues),
-                    *(lease_key(q) for q in queues),
-                ],
-                args=[f"{time():.6f}", limit, len(queues), self.fetch_owner or ""],
-                client=client,
+        key = tuple(queues)
+        head = self._fetch_heads.get(key)
+        if head is None:
+            if len(self._fetch_heads) >= FETCH_HEADS_KEPT:
+                self._fetch_heads.clear()
+            # EVALSHA, the SHA-1, the number of keys and the keys, packed once per set of queues (the queue cycle
+            # rotates, so a worker sees as many sets as it has queues); the arguments are packed per call.
+            keys = [self.unacked_key, self.unacked_index_key, *queues, *map(bell_key, queues), *map(lease_key, queues)]
+            head = self._fetch_heads[key] = (
+                3 + len(keys) + 4,
+                pack_texts(["EVALSHA", FETCH_AND_HOLD_SHA, len(keys), *keys]),
             )
+        count, packed_keys = head
+        args = pack_texts([f"{time():.6f}", limit, len(queues), self.fetch_owner or ""])
+        (flat,) = self._held().run(command(count, packed_keys, args), script=FETCH_AND_HOLD)
         self.fetch_left_more = len(flat) % 2 == 1
         return [(bytes_to_str(flat[i]), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
+
+    def _held(self) -> Held:
+        """The connection the fetches and acks of this channel go through, packed by hand (:mod:`.resp`)."""
+        if self._held_connection is None:
+            with self.conn_or_acquire() as client:
+                self._held_connection = Held(client)
+        return self._held_connection
+
+    def close(self) -> None:
+        if self._held_connection is not None:
+            self._held_connection.close()
+            self._held_connection = None
+        super().close()
 
     def _fetch_and_deliver(self) -> int:
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
@@ -319,11 +338,7 @@ class Channel(kombu_redis.Channel):
         """Forget ``tags`` (applied and committed) in one round trip: what ``QoS.ack`` does per message."""
         if not tags:
             return
-        with self.conn_or_acquire() as client:
-            pipe = client.pipeline(transaction=False)
-            pipe.hdel(self.unacked_key, *tags)
-            pipe.zrem(self.unacked_index_key, *tags)
-            pipe.execute()
+        self._held().run(pack("HDEL", self.unacked_key, *tags) + pack("ZREM", self.unacked_index_key, *tags), 2)
 
     def give_back_fetched(self, messages: list[Fetched]) -> None:
         """Put ``messages`` (oldest first) back at the head of their queues, in order, and forget them, atomically;

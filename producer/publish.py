@@ -34,6 +34,7 @@ from seqproc.models.errors import PartitionCountMismatch, PublishError, first_li
 from seqproc.models.events import Event
 from seqproc.models.outcomes import OutcomeStore, outcome_store
 from seqproc.models.partition_count import BrokerPartitionCount
+from seqproc.models.resp import command, pack_texts
 from seqproc.models.scripts import PUSH_AND_RING, PUSH_AND_RING_SHA
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.stamps import unique_id
@@ -373,19 +374,13 @@ def wait_for_replica(connection: Any, seconds: float) -> None:
         raise NotReplicated(f"no replica acknowledged them within {timeout_ms / 1000:g} s")
 
 
-_PUSH_HEAD = b"$7\r\nEVALSHA\r\n$40\r\n" + PUSH_AND_RING_SHA.encode() + b"\r\n"
+_PUSH_HEAD = pack_texts(["EVALSHA", PUSH_AND_RING_SHA])
 
 
 def pack_push(keys: Sequence[str], bodies: Sequence[str]) -> bytes:
     """The EVALSHA of the push script for ``keys`` (queue, bell, ...) and ``bodies``, in RESP: what redis-py's
     ``pack_command`` writes, without its per-argument type checks (every argument here is text)."""
-    parts = [b"*%d\r\n" % (3 + len(keys) + len(bodies)), _PUSH_HEAD]
-    count = b"%d" % len(keys)
-    parts.append(b"$%d\r\n%s\r\n" % (len(count), count))
-    for text in (*keys, *bodies):
-        data = text.encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    return command(3 + len(keys) + len(bodies), _PUSH_HEAD, pack_texts([len(keys), *keys, *bodies]))
 
 
 def push_on(connection: Any, command: bytes) -> None:
