@@ -1,20 +1,24 @@
-"""Replicated servers a fault test starts for itself, on loopback ports, in its temporary folder, and stops.
+"""Replicated servers a fault test starts for itself, on loopback ports, in temporary folders, and stops.
 
 ``SentinelGroup``: a Redis primary, one replica and three sentinels (``down-after-milliseconds`` 1000, failover
 timeout 5000, the first sync without its default 5 s delay), as docs/guarantees.md's failover figures were measured.
-Ports: ``SEQPROC_TEST_PORT_BASE`` (five in a row from it; a shared machine gives each run its own range), else free
-ones.
+``PostgresPair``: a PostgreSQL primary and its synchronous standby (``initdb``, ``pg_basebackup -R``).
+Ports: ``SEQPROC_TEST_PORT_BASE`` (Redis and sentinels, five in a row) and ``SEQPROC_TEST_PG_PORT_BASE`` (two) when set
+(a shared machine gives each run its own range), else free ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
 
@@ -191,3 +195,119 @@ class SentinelGroup:
 
         wait_for(promoted, timeout_s, "a replica promoted by the sentinels")
         return time.monotonic() - started
+
+
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+def pg_binary(name: str) -> str:
+    """A PostgreSQL server binary (``initdb``, ``pg_ctl``...): on the PATH, or Debian's newest version folder."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(PG_BIN.glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    for folder in reversed(versions):
+        if (folder / name).exists():
+            return str(folder / name)
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is not installed and CI is set")
+    pytest.skip(f"{name} is not installed")
+    raise AssertionError  # unreachable: skip raises
+
+
+class PostgresPair:
+    """A PostgreSQL primary and its synchronous standby (``pg_basebackup -R``), on loopback ports of the test's own,
+    in a temporary folder owned by the ``postgres`` user (the servers refuse to run as root)."""
+
+    def __init__(self, *, port_offset: int = 0) -> None:
+        self.ports = fault_ports(2, offset=port_offset, variable="SEQPROC_TEST_PG_PORT_BASE")
+        self.directory = Path(tempfile.mkdtemp(prefix="seqproc-pg-"))
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root: as the postgres user then
+            shutil.chown(self.directory, "postgres", "postgres")
+        self.data = [self.directory / "primary", self.directory / "standby"]
+        self.processes: list[subprocess.Popen[bytes] | None] = [None, None]
+
+    @staticmethod
+    def _user(args: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+    def _as_postgres(self, *args: str) -> None:
+        subprocess.run(self._user(list(args)), check=True, capture_output=True, timeout=60)
+
+    def _start(self, n: int) -> None:
+        log = (self.directory / f"server-{n}.log").open("wb")
+        self.processes[n] = subprocess.Popen(
+            self._user([pg_binary("postgres"), "-D", str(self.data[n])]),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: self._answers(self.ports[n]), 30, f"PostgreSQL on {self.ports[n]}")
+
+    @staticmethod
+    def _answers(port: int) -> bool:
+        try:
+            with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", connect_timeout=1):
+                return True
+        except psycopg.Error:
+            return False
+
+    def start(self) -> PostgresPair:
+        self._as_postgres(pg_binary("initdb"), "-D", str(self.data[0]), "--auth=trust", "-U", "postgres")
+        with (self.data[0] / "postgresql.conf").open("a") as conf:
+            conf.write(
+                f"port = {self.ports[0]}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{self.directory}'\n"
+                "wal_level = replica\nmax_wal_senders = 5\nhot_standby = on\n"
+                # Synchronous: a commit returns once the standby has it (a worker acks after its commit).
+                "synchronous_commit = on\nsynchronous_standby_names = '*'\nfsync = off\n"
+            )
+        self._start(0)
+        self._as_postgres(
+            pg_binary("pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.ports[0]), "-U", "postgres",
+            "-D", str(self.data[1]), "-R", "-X", "stream",
+        )  # fmt: skip
+        with (self.data[1] / "postgresql.conf").open("a") as conf:
+            conf.write(f"port = {self.ports[1]}\n")
+        self._start(1)
+        wait_for(self._synchronous, 30, "the standby to stream synchronously")
+        return self
+
+    def _synchronous(self) -> bool:
+        with psycopg.connect(host="127.0.0.1", port=self.ports[0], user="postgres", dbname="postgres") as conn:
+            row = conn.execute("SELECT sync_state FROM pg_stat_replication").fetchone()
+        return row is not None and row[0] == "sync"
+
+    def url(self, database: str) -> str:
+        """A multi-host URL: the primary first, then the standby; only a read-write server is taken."""
+        hosts = "&".join(f"host=127.0.0.1:{port}" for port in self.ports)
+        return f"postgresql+psycopg://postgres@/{database}?{hosts}&target_session_attrs=read-write"
+
+    def kill_primary(self) -> None:
+        process = self.processes[0]
+        assert process is not None
+        pid = int((self.data[0] / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        process.wait(10)
+
+    def promote(self) -> float:
+        """Promote the standby; returns how long it took. It inherited ``synchronous_standby_names`` from the
+        primary and has no standby of its own: until one joins, each commit would wait for it for ever, so it is
+        cleared (what an operator does after a failover with no second standby; with one, point it there)."""
+        started = time.monotonic()
+        self._as_postgres(pg_binary("pg_ctl"), "promote", "-w", "-D", str(self.data[1]))
+        with psycopg.connect(host="127.0.0.1", port=self.ports[1], user="postgres", dbname="postgres") as conn:
+            conn.autocommit = True
+            conn.execute("ALTER SYSTEM SET synchronous_standby_names TO ''")
+            conn.execute("SELECT pg_reload_conf()")
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        for n, process in enumerate(self.processes):
+            if process is not None and process.poll() is None:
+                pid_file = self.data[n] / "postmaster.pid"
+                if pid_file.exists():
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid_file.read_text().split()[0]), signal.SIGQUIT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(10)
+        shutil.rmtree(self.directory, ignore_errors=True)
