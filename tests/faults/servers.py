@@ -176,6 +176,27 @@ class SentinelGroup:
         self.processes[port].wait(10)
         return port
 
+    def signal_master(self, signum: int) -> int:
+        """SIGSTOP the current master (by the sentinels' word), say; returns its port."""
+        port = self.master_port()
+        assert port is not None
+        self.signal_master_port(port, signum)
+        return port
+
+    def signal_master_port(self, port: int, signum: int) -> None:
+        self.processes[port].send_signal(signum)
+
+    def wait_demoted(self, port: int, timeout_s: float = 30) -> None:
+        """Until the server on ``port`` (an old master back from a pause) answers as a replica."""
+
+        def replica() -> bool:
+            try:
+                return bool(_client(port).info("replication")["role"] == "slave")
+            except redis.RedisError:
+                return False
+
+        wait_for(replica, timeout_s, f"the old master on {port} demoted by the sentinels")
+
     def signal_replica(self, signum: int) -> None:
         """SIGSTOP the replica (it falls behind: the master goes on taking writes), SIGCONT it."""
         self.processes[self.replica_port()].send_signal(signum)

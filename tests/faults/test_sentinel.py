@@ -84,7 +84,40 @@ def kill_master_with_replica_behind(group: SentinelGroup, *, behind_s: float = 1
     return disrupt
 
 
-@pytest.mark.parametrize("replica", ["caught_up", "behind"])
+def pause_master_past_failover(group: SentinelGroup) -> Callable[[], int]:
+    """A ``disrupt``: the master SIGSTOPped past ``down-after-milliseconds`` (the sentinels promote the replica), then
+    SIGCONT: it comes back believing it is the master, with clients still connected to it, until the sentinels
+    demote it."""
+
+    def disrupt() -> int:
+        time.sleep(2.0)
+        group.wait_caught_up()
+        old = group.signal_master(signal.SIGSTOP)
+        try:
+            took_s = group.wait_failover(old)
+        finally:
+            group.signal_master_port(old, signal.SIGCONT)
+        group.wait_demoted(old)
+        print(f"stale master: a new master {took_s:.1f} s after the SIGSTOP; the old one resumed, then demoted")
+        time.sleep(3.0)
+        return 1
+
+    return disrupt
+
+
+DISRUPTS = {
+    "caught_up": kill_master_mid_stream,
+    "behind": kill_master_with_replica_behind,
+    "stale_master": pause_master_past_failover,
+}
+FAULTS = {
+    "caught_up": "primary SIGKILL mid-stream, replica caught up",
+    "behind": "primary SIGKILL mid-stream, replica behind",
+    "stale_master": "primary SIGSTOP past down-after, then SIGCONT (stale master)",
+}
+
+
+@pytest.mark.parametrize("replica", ["caught_up", "behind", "stale_master"])
 def test_sentinel_primary_sigkill_loses_no_outbox_event(
     replica: str,
     clean: Settings,
@@ -101,9 +134,9 @@ def test_sentinel_primary_sigkill_loses_no_outbox_event(
         settings,
         app_engine,
         engine,
-        disrupt=(kill_master_mid_stream if replica == "caught_up" else kill_master_with_replica_behind)(sentinel_group),
+        disrupt=DISRUPTS[replica](sentinel_group),
         finish=lambda: None,
-        fault=f"Sentinel primary SIGKILL mid-stream, replica {replica.replace('_', ' ')} (outbox + relay)",
+        fault=f"Sentinel {FAULTS[replica]} (outbox + relay)",
         min_events=500,
     )
     # Both carried on on the new master.
@@ -199,7 +232,8 @@ def declared_lost(engine: Engine, timeout_s: float = 20) -> int:
 
 
 @pytest.mark.parametrize(
-    ("replica", "durability"), [("caught_up", "async"), ("behind", "async"), ("behind", "replica")]
+    ("replica", "durability"),
+    [("caught_up", "async"), ("behind", "async"), ("behind", "replica"), ("stale_master", "async")],
 )
 def test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered_and_every_loss_is_counted(
     replica: str,
@@ -222,13 +256,12 @@ def test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered_a
     start_worker(settings)
     seqproc.configure(settings)
     stream = DirectStream(tallies=list(range(1, 9)))
-    disrupt = kill_master_mid_stream if replica == "caught_up" else kill_master_with_replica_behind
-    injected = stream.during(disrupt(sentinel_group))
+    injected = stream.during(DISRUPTS[replica](sentinel_group))
     wait_for(settled(engine), 30, "the applied log to stop growing")
     sent, lost, doubled, out_of_order = stream.count(engine)
     lost_detected = declared_lost(engine)
     report(
-        f"Sentinel primary SIGKILL mid-stream, replica {replica.replace('_', ' ')} (direct, {durability})",
+        f"Sentinel {FAULTS[replica]} (direct, {durability})",
         injected=injected,
         sent=sent,
         lost=lost,
