@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 demo: install services
 	$(BIN)/seqproc demo
 
-test: install services tools lint types
+test: install tools services lint types
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
@@ -27,8 +27,10 @@ types: install
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+# The long fault variants, and the domain property cases with more examples, new ones each run.
 soak: install services
-	$(BIN)/pytest tests/faults --soak $(PYTEST_ARGS)
+	$(BIN)/pytest tests/faults tests/unit/test_domain_properties.py tests/integration/test_domain_properties_pg.py \
+	  --soak --hypothesis-profile=soak $(PYTEST_ARGS)
 
 migrate: install services
 	$(BIN)/seqproc migrate
@@ -66,15 +68,21 @@ services:
 	  sleep 1; \
 	done; echo "PostgreSQL or Redis did not come up within 30 s"
 
-# wrk, the HTTP load generator of `seqproc bench --server` (its smoke test fails in CI without it): installed with
-# Debian's package when missing and this runs as root; otherwise it says how.
+# The programs tests behind a guarantee need besides the services, as command:Debian package: wrk (the HTTP load of
+# `seqproc bench --server`), openssl (the TLS broker's certificates), redis-server (the fault tests' private
+# brokers) and pg_ctlcluster (the PostgreSQL restart test). Without one its tests fail in CI (CI=true) and skip
+# elsewhere. Installed with apt-get when missing and this runs as root; otherwise it says how.
+TOOLS := wrk:wrk openssl:openssl redis-server:redis-server redis-cli:redis-tools pg_ctlcluster:postgresql-common
+
 tools:
-	@if ! command -v wrk >/dev/null 2>&1; then \
+	@missing=""; \
+	for pair in $(TOOLS); do command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing wrk"; \
-	    apt-get install -y -q wrk >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; } \
-	      || echo "could not install wrk: apt-get install -y wrk"; \
-	  else echo "wrk is not installed (seqproc bench --server needs it): sudo apt-get install -y wrk"; fi; \
+	    echo "installing$$missing"; \
+	    apt-get install -y -q $$missing >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; } \
+	      || echo "could not install$$missing: apt-get install -y$$missing"; \
+	  else echo "not installed (their tests fail in CI):$$missing: sudo apt-get install -y$$missing"; fi; \
 	fi
 
 clean:

@@ -6,5 +6,7 @@
 - :mod:`.celery`: the Celery settings; :mod:`.transport`: seqproc's Redis transport for kombu;
 - :mod:`.tables`: the tables (SQLAlchemy 2); :mod:`.db`: engines; :mod:`.clients`: Redis clients.
 
-Nothing here is imported eagerly: a producer that needs the events does not load the tables.
+Nothing here is imported eagerly, and a producer (``import seqproc``, then its calls) loads neither the tables
+(:mod:`.tables`) nor SQLAlchemy: the built-in domains' SQL (``seqproc.domains.*_store``) loads with a worker's first
+batch. ``tests/unit/test_layering.py`` holds this, and that nothing here imports ``worker`` or ``seqproc.domains``.
 """

@@ -17,9 +17,6 @@ from seqproc.models.settings import Settings
 from seqproc.models.transport import SENTINEL_TRANSPORT, TRANSPORT
 from seqproc.models.wire import IDLE_QUEUE, JOB_TASK_PREFIX, JOBS_QUEUE, is_redis_url, queue_name
 
-#: The scheduled jobs and how often each runs (the setting that names its interval).
-JOBS = ("reconcile", "purge_ledger", "expire_reservations", "snapshot_lag")
-
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     redis_broker = is_redis_url(settings.broker_url)
@@ -79,20 +76,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_queues": [Queue(queue_name(p), routing_key=queue_name(p)) for p in range(settings.partitions)]
         + [Queue(IDLE_QUEUE, routing_key=IDLE_QUEUE), Queue(JOBS_QUEUE, routing_key=JOBS_QUEUE)],
-        # Scheduled jobs (seqproc beat): each a singleton; they run on the beat process's own worker, never on a
-        # partition worker, and write through the partition queues.
+        # Scheduled jobs (seqproc beat registers them and their schedule: worker.beat.schedule): each a singleton;
+        # they run on the beat process's own worker, never on a partition worker, and write through the partition
+        # queues. The consumer class (worker.consume.steps) is given to the worker where it is built.
         "task_routes": {f"{JOB_TASK_PREFIX}*": {"queue": JOBS_QUEUE, "routing_key": JOBS_QUEUE}},
-        "beat_schedule": {
-            f"seqproc-{job}": {
-                "task": f"{JOB_TASK_PREFIX}{job}",
-                "schedule": job_interval_s(settings, job),
-                "options": {"queue": JOBS_QUEUE},
-            }
-            for job in JOBS
-        },
         "task_default_queue": queue_name(0),
         "task_create_missing_queues": False,
-        "worker_consumer": "seqproc.worker.consume.steps:SeqprocConsumer",
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "broker_pool_limit": 32,
@@ -118,17 +107,6 @@ def celery_broker_url(url: str) -> str:
     first = url.split(";", 1)[0].strip()
     userinfo = first[len("sentinel://") :].rpartition("@")[0]  # as given (quoted), if any
     return f"sentinel://{userinfo + '@' if userinfo else ''}{host}:{port}/{parsed.db}"
-
-
-def job_interval_s(settings: Settings, job: str) -> float:
-    """How often ``job`` runs: its ``SEQPROC_<JOB>_INTERVAL_S`` setting."""
-    intervals = {
-        "reconcile": settings.reconcile_interval_s,
-        "purge_ledger": settings.purge_interval_s,
-        "expire_reservations": settings.expire_interval_s,
-        "snapshot_lag": settings.lag_snapshot_interval_s,
-    }
-    return float(intervals[job])
 
 
 def broker_ssl(url: str) -> dict[str, Any] | None:

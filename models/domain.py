@@ -16,8 +16,9 @@
 
 The framework does the rest for every domain: routing (``crc32(entity key)``), the idempotency ledger, batching,
 fencing, outcomes, duplicates, dead letters, parking, replay, metrics, status and logs. The built-in domains
-(``seqproc.domains.likes``, ``.stock``, ``.balance``) are written on this API. Producers and workers load the modules
-named in ``SEQPROC_DOMAINS`` (:func:`load_domains`), so that both know every event type.
+(``seqproc.domains.likes``, ``.stock``, ``.balance``) are written on this API, and registered by seqproc's own import
+(this module imports none of them). Producers and workers load the modules named in ``SEQPROC_DOMAINS``
+(:func:`load_domains`), so that both know every event type.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -322,10 +324,9 @@ _LOADED: set[str] = set()
 
 
 def load_domains(modules: Iterable[str] = ()) -> None:
-    """Import the built-in domains, then ``modules`` (``SEQPROC_DOMAINS``); each registers its events. A module that
-    cannot be imported is a :class:`ConfigError` naming it."""
-    import seqproc.domains  # noqa: F401  # the built-in domains register themselves
-
+    """Import ``modules`` (``SEQPROC_DOMAINS``); each registers its events as it declares them. A module that cannot
+    be imported is a :class:`ConfigError` naming it. The built-in domains are registered by seqproc's own import
+    (``seqproc/__init__.py``): this module, the contract, imports none of them."""
     for name in modules:
         if name in _LOADED:
             continue
@@ -336,7 +337,7 @@ def load_domains(modules: Iterable[str] = ()) -> None:
         _LOADED.add(name)
 
 
-def import_from_cwd(name: str) -> None:
+def import_from_cwd(name: str) -> ModuleType:
     """Import ``name`` with the working folder on ``sys.path`` while it imports, as ``celery -A`` imports an app
     (celery's ``import_from_cwd``): ``python -m seqproc`` finds the modules of the folder it runs in, and so must the
     ``seqproc`` console script, which does not put that folder on the path."""
@@ -348,21 +349,15 @@ def import_from_cwd(name: str) -> None:
     if added:
         sys.path.insert(0, cwd)
     try:
-        importlib.import_module(name)
+        return importlib.import_module(name)
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)
 
 
 def event_types() -> dict[str, type[EventModel]]:
-    """Every registered event schema, by wire type name (the built-in domains loaded first)."""
-    if not _BUILT_IN:
-        load_domains()
-        _BUILT_IN.append(True)
+    """Every registered event schema, by wire type name, in the order registered (the built-in domains first)."""
     return _REGISTRY.models
-
-
-_BUILT_IN: list[bool] = []
 
 
 def registry_version() -> int:
@@ -371,10 +366,9 @@ def registry_version() -> int:
 
 def model_of(event_type: str) -> type[EventModel]:
     """The schema of ``event_type``; :class:`InvalidEvent` on the ``type`` field for an unknown one."""
-    models = _REGISTRY.models if _BUILT_IN else event_types()
+    models = _REGISTRY.models
     model = models.get(event_type)
     if model is None:
-        models = event_types()
         known = ", ".join(name for name, m in models.items() if m.public)
         raise InvalidEvent("type", f"must be one of {known} (got {event_type!r})")
     return model

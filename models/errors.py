@@ -6,7 +6,8 @@ so that a person can act on them without reading a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 
@@ -139,3 +140,20 @@ def first_line(error: BaseException, *, limit: int = 200) -> str:
 class DeadLetterRefused(SeqprocError):
     """A dead-letter action that cannot be done: the letter is unknown or closed already, its event still cannot be
     sent (invalid, of a type nobody declared), its key is parked (replay it), or the key to replay is not parked."""
+
+
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the errors it was raised from, in turn."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def is_refused(error: BaseException) -> bool:
+    """True when nothing can answer at that address, for certain: the connection was refused (nothing listens on
+    that port) or the host name does not resolve. Waiting will not help, unlike a timeout or a dropped
+    connection."""
+    return any(isinstance(cause, ConnectionRefusedError | socket.gaierror) for cause in causes(error))

@@ -15,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from seqproc.models.domain import Domain, EventModel
 from seqproc.models.errors import InvalidEvent
 from seqproc.models.fields import (
+    LEDGER_KEY_LENGTH,
     MAX_ENTITY_KEY_LENGTH,
     MAX_EVENT_ID_LENGTH,
     MAX_ID,
@@ -28,7 +29,6 @@ from seqproc.models.fields import (
     Quantity,
     Stamp,
 )
-from seqproc.models.tables.ledger import LEDGER_KEY_LENGTH
 
 #: Every event, whatever its domain: a registered :class:`seqproc.models.domain.EventModel`.
 Event = EventModel

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated
 
 from pydantic import Field
@@ -20,6 +21,10 @@ MAX_REASON_LENGTH = 64
 #: callers that bring their own scheme.
 MAX_EVENT_ID_LENGTH = 64
 
+#: Longest key in the idempotency ledger: room for a 128-character caller key plus the ``reserve:``-style prefix of
+#: reservation keys.
+LEDGER_KEY_LENGTH = 160
+
 _NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]+$"
 
 Id = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
@@ -32,3 +37,15 @@ Stamp = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
 EntityKey = Annotated[
     str, Field(strict=True, min_length=3, max_length=200, pattern=r"^[A-Za-z0-9_-]+:[^\x00-\x1f\x7f]+$")
 ]
+
+
+class ReservationStatus(enum.StrEnum):
+    """Where a reservation stands (the stock domain's rules and its ``reservation`` table both use it)."""
+
+    ACTIVE = "active"
+    RELEASED = "released"
+    COMMITTED = "committed"
+    #: The release arrived before the reservation: the reservation, when it comes, is not applied.
+    CANCELLED = "cancelled"
+    #: The reservation was refused (not enough stock); it holds nothing.
+    REJECTED = "rejected"

@@ -190,6 +190,10 @@ def outcome_store(url: str, *, ttl_s: int, sentinel_master: str = DEFAULT_SENTIN
         return store
 
 
+#: Outcome reasons that mean "dead-lettered" (the event is in the dead-letter store) rather than "refused by a rule".
+DEAD_LETTER_REASONS = frozenset({"dead_lettered", "parked"})
+
+
 def count_statuses(outcomes: Iterable[Outcome]) -> dict[str, int]:
     counts = {"applied": 0, "duplicate": 0, "rejected": 0}
     for outcome in outcomes:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterator
 
 import redis
 from sqlalchemy import Engine, event
@@ -116,20 +115,3 @@ def seqproc_tables() -> set[str]:
     from seqproc.models.tables.outbox import OutboxBase
 
     return {table.name for base in (Base, OutboxBase) for table in base.metadata.tables.values()}
-
-
-def causes(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and the errors it was raised from, in turn."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def is_refused(error: BaseException) -> bool:
-    """True when nothing can answer at that address, for certain: the connection was refused (nothing listens on
-    that port) or the host name does not resolve. Waiting will not help, unlike a timeout or a dropped
-    connection."""
-    return any(isinstance(cause, ConnectionRefusedError | socket.gaierror) for cause in causes(error))

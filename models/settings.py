@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     #: Modules that declare domains (``seqproc.Domain``), comma-separated (``myapp.wallet,myapp.seats``): producers and
     #: workers import them, so that both know every event type. The built-in domains are always there.
     domains: Annotated[tuple[str, ...], NoDecode] = ()
+    #: Workers' own lifecycle hooks (``seqproc.worker.hooks``), comma-separated: ``module`` (its functions named
+    #: after the hooks) or ``module:attribute`` (an object with such methods), subscribed at the worker's start-up.
+    hooks: Annotated[tuple[str, ...], NoDecode] = ()
 
     #: Send Celery task events (Flower needs them); they cost CPU per message.
     task_events: bool = True
@@ -207,14 +210,21 @@ class Settings(BaseSettings):
                 raise ValueError("must be a comma-separated list of redis:// URLs")
         return value
 
-    @field_validator("domains", mode="before")
+    @field_validator("domains", "hooks", mode="before")
     @classmethod
-    def _domains(cls, value: Any) -> Any:
+    def _modules(cls, value: Any, info: ValidationInfo) -> Any:
+        """Comma-separated module paths; ``hooks`` may also name an attribute (``module:attribute``)."""
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         for name in value or []:
-            if not all(part.isidentifier() for part in str(name).split(".")):
-                raise ValueError(f"must be comma-separated module paths such as myapp.wallet (got {name!r})")
+            module, colon, attribute = str(name).partition(":")
+            if colon and info.field_name == "domains":
+                module = str(name)
+            if not all(part.isidentifier() for part in module.split(".")) or (colon and not attribute.isidentifier()):
+                paths = "module paths such as myapp.wallet"
+                if info.field_name == "hooks":
+                    paths = "module or module:attribute paths such as myapp.audit"
+                raise ValueError(f"must be comma-separated {paths} (got {name!r})")
         return tuple(value or ())
 
     @field_validator("log_level")

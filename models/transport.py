@@ -56,9 +56,10 @@ from redis import Redis
 from redis.sentinel import Sentinel
 
 from seqproc.models.clients import SentinelUrl
+from seqproc.models.envelope import read_own
 from seqproc.models.resp import Held, command, pack, pack_texts
 from seqproc.models.scripts import FETCH_AND_HOLD, FETCH_AND_HOLD_SHA
-from seqproc.models.wire import bell_key, lease_key
+from seqproc.models.wire import APPLY_TASK, bell_key, lease_key
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,10 @@ def fetched(queue: str, item: bytes) -> Fetched:
     payload: Any = None
     try:
         text = item.decode("utf-8")
+        own = read_own(text)
+        if own is not None:  # a producer's or the relay's: only its body, task id and tag are read
+            own_body, task_id, tag = own
+            return Fetched(queue, item, tag, {"task": APPLY_TASK, "id": task_id}, "application/json", own_body)
         payload, end = _scan(text, 0)  # the C scanner: json.loads' own, without its per-call layers
         whole = end == len(text)
     except (UnicodeDecodeError, ValueError, StopIteration, RecursionError):

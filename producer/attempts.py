@@ -16,8 +16,7 @@ import time
 
 import redis
 
-from seqproc.models.errors import ConfigError, first_line
-from seqproc.models.services import causes, is_refused
+from seqproc.models.errors import ConfigError, causes, first_line, is_refused
 from seqproc.models.settings import Settings, mask_url
 
 logger = logging.getLogger(__name__)

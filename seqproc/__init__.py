@@ -17,8 +17,9 @@ The rooms of the package:
 - :mod:`seqproc.migrations`: the schema, as Alembic migrations (``seqproc migrate``).
 """
 
-# The built-in domains register their event schemas when seqproc is imported: an application loaded before its
-# server forks (gunicorn --preload) builds them once, not in every worker process at its first call (~50 ms each).
+# The built-in domains are registered here, by seqproc's own import, and nowhere else (the contract, models/, imports
+# none of them): every `seqproc.*` import runs this first. An application loaded before its server forks (gunicorn
+# --preload) also builds their schemas once, not in every worker process at its first call (~50 ms each).
 import seqproc.domains  # noqa: F401
 from seqproc import aio, outbox, producer
 from seqproc.models.domain import Applied, Domain, EventModel, Rejected

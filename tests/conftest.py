@@ -2,11 +2,13 @@
 
 Service tests talk to the real PostgreSQL and Redis of the machine: a database of their own (``seqproc_test``,
 migrated down and up once per session) and Redis databases 9 and 10, emptied before each test. A missing service
-skips those tests on a developer's machine and fails them when ``CI`` is set.
+or program skips those tests on a developer's machine and fails them when ``CI`` is set (``require``,
+``require_tools``); with ``CI`` set, a run that reports any skip but the named soak variants fails (``SkipAudit``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -14,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,15 @@ from urllib.parse import quote
 
 import pytest
 import redis
+from hypothesis import settings
 from kombu import Connection
 from sqlalchemy import Engine, text
 
 from seqproc import producer
 from seqproc.models.db import can_connect, ensure_database, make_engine
 from seqproc.models.settings import Settings
+from seqproc.models.tables import Base
+from seqproc.models.tables.outbox import OutboxBase
 from seqproc.worker.processes import settings_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,45 +42,113 @@ TEST_DATABASE_URL = os.environ.get(
 TEST_REDIS_URL = os.environ.get("SEQPROC_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER_DB, RESULTS_DB = 9, 10
 
-#: Tables emptied between tests. ``partition`` and ``seqproc_meta`` stay: running workers hold epochs in them;
-#: ``seqproc_producer_sequence`` too: the test process's publishers go on numbering their events from test to test.
-DATA_TABLES = (
-    "article_like",
-    "article_unlike",
-    "article_like_count",
-    "product_stock",
-    "reservation",
-    "idempotency_ledger",
-    "dead_letter",
-    "job_run",
-    "partition_lag",
-    "seqproc_outbox",
-    "seqproc_outbox_relay",
-    "account_balance",
-    "seqproc_sequence_gap",
+#: Tables of the deployment, not of any event's effect: kept between tests (running workers hold epochs in
+#: ``partition``, heartbeats in ``seqproc_worker``; the outbox's id keys its relays' counters in the broker; the test
+#: process's publishers go on numbering their events from test to test: ``seqproc_producer_sequence``).
+DEPLOYMENT_TABLES = frozenset(
+    {"partition", "seqproc_meta", "seqproc_worker", "seqproc_outbox_meta", "seqproc_producer_sequence"}
 )
+#: Tables emptied between tests: every table of seqproc's metadata (the outbox's included) but the deployment's.
+DATA_TABLES = tuple(
+    table.name
+    for metadata in (Base.metadata, OutboxBase.metadata)
+    for table in metadata.sorted_tables
+    if table.name not in DEPLOYMENT_TABLES
+)
+
+
+#: Why the long variants are skipped unless ``--soak`` is given.
+SOAK_REASON = "long variant: run with --soak (make soak)"
+#: The long variants (marked ``slow``) that only ``make soak`` runs: the only skips a CI run may report, named one
+#: by one, so that every skip in CI is a decision written down here, never a missing binary or service.
+SOAK_VARIANTS = frozenset({"tests/faults/test_kill.py::test_sigkills_lose_and_double_nothing[60-kills]"})
+
+
+# Hypothesis profiles; ``--hypothesis-profile NAME`` chooses another. The domain property cases
+# (``tests.domain_properties.PROPERTY_SETTINGS``, on SQLite and on PostgreSQL) run the profile's ``max_examples``;
+# every other property test states its count beside it. Settings objects copy the profile in force when they are
+# made, so it is loaded here, before any test module is imported.
+#: CI: 40 examples per domain property case, derandomized (drawn from a seed fixed by each test's source: a red run
+#: is red again on a rerun and on a developer's machine), no example database, the reproducing blob printed.
+settings.register_profile("ci", max_examples=40, derandomize=True, database=None, print_blob=True)
+#: A developer's run: 40 examples per domain property case, new ones each run (failures replayed from .hypothesis).
+settings.register_profile("dev", max_examples=40)
+#: ``make soak``: 200 examples per domain property case, new ones each run.
+settings.register_profile("soak", max_examples=200, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", help="run the long fault and soak variants")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("CI"):
+        config.pluginmanager.register(SkipAudit(), "seqproc-skip-audit")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--soak"):
         return
-    skip = pytest.mark.skip(reason="long variant: run with --soak (make soak)")
+    skip = pytest.mark.skip(reason=SOAK_REASON)
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
 
 
-def require(available: bool, what: str) -> None:
+class SkipAudit:
+    """With ``CI`` set, a run that skipped anything but a named soak variant (:data:`SOAK_VARIANTS`) fails, and says
+    which tests skipped and why: a CI machine without a binary or service must not stay green by skipping."""
+
+    def __init__(self) -> None:
+        #: node id -> why it was skipped, for every skip not allowed.
+        self.unexpected: dict[str, str] = {}
+
+    def _note(self, report: pytest.TestReport | pytest.CollectReport) -> None:
+        if not report.skipped or hasattr(report, "wasxfail"):
+            return
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if report.nodeid in SOAK_VARIANTS and reason.removeprefix("Skipped: ") == SOAK_REASON:
+            return
+        self.unexpected[report.nodeid] = reason
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._note(report)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self._note(report)  # a whole module skipped (pytest.importorskip, a module-level skip)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.unexpected and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.unexpected:
+            return
+        terminalreporter.section("skipped with CI set", sep="=", red=True, bold=True)
+        terminalreporter.line(
+            f"{len(self.unexpected)} test(s) skipped although CI is set (only the soak variants in "
+            "tests/conftest.py SOAK_VARIANTS may skip): the run fails"
+        )
+        for nodeid, reason in sorted(self.unexpected.items()):
+            terminalreporter.line(f"SKIPPED IN CI {nodeid}: {reason}")
+
+
+def require(available: bool, what: str, *, problem: str = "is not reachable") -> None:
     """Skip without the service; fail instead when CI is set (a CI run must not pass by skipping)."""
     if available:
         return
     if os.environ.get("CI"):
-        pytest.fail(f"{what} is not reachable and CI is set: service tests must run in CI")
-    pytest.skip(f"{what} is not reachable")
+        pytest.fail(f"{what} {problem} and CI is set: tests behind a guarantee must run in CI")
+    pytest.skip(f"{what} {problem}")
+
+
+def require_tools(*tools: str) -> None:
+    """Skip without these programs; fail instead when CI is set (``make tools``, run by ``make test`` and CI,
+    installs them)."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    verb = "is" if len(missing) == 1 else "are"
+    require(not missing, " and ".join(missing), problem=f"{verb} not installed (make tools installs it)")
 
 
 @pytest.fixture(scope="session")
@@ -156,19 +229,28 @@ def clean(engine: Engine, service_settings: Settings) -> Iterator[Settings]:
     producer.configure(None)
 
 
-class WorkerProcess:
-    """A real ``seqproc worker`` process, its output in a log file."""
+class LoggedProcess:
+    """A process of the tests (``python -m <argv>`` from the repository's root, with ``settings``' environment), its
+    output in a log file: the one base of the workers, relays, beats, Flower and uvicorn the tests start.
 
-    def __init__(self, settings: Settings, partitions: str, log_dir: Path, **env: str) -> None:
-        self.partitions = partitions
-        self.log_path = log_dir / f"worker-{partitions.replace(',', '_')}-{time.monotonic_ns()}.log"
-        self._log = self.log_path.open("wb")
+    ``session``: in a session of its own, so that its signals reach its children too (a beat's scheduler)."""
+
+    #: What it is, in failure messages.
+    what = "process"
+
+    def __init__(
+        self, argv: Sequence[str], settings: Settings, log_path: Path, *, session: bool = False, **env: str
+    ) -> None:
+        self.log_path = log_path
+        self.session = session
+        self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "seqproc", "worker", "--partitions", partitions, "--loglevel", "INFO"],
+            [sys.executable, "-m", *argv],
             cwd=ROOT,
             env=settings_env(settings, **env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=session,
         )
 
     @property
@@ -178,23 +260,35 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout_s: float = 30) -> WorkerProcess:
-        wait_for(lambda: " ready." in self.log() or self.process.poll() is not None, timeout_s, "worker ready")
+    def wait_until(
+        self, condition: Callable[[], Any], timeout_s: float, what: str, *, interval_s: float = 0.05
+    ) -> None:
+        """Poll ``condition`` until it holds; fail with the log's tail if the process exits first."""
+        wait_for(lambda: self.process.poll() is not None or condition(), timeout_s, what, interval_s=interval_s)
         if self.process.poll() is not None:
-            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-        return self
+            raise AssertionError(f"{self.what} exited with {self.process.returncode}:\n{self.log()[-3000:]}")
 
     def signal(self, signum: int) -> None:
         if self.process.poll() is None:
-            os.kill(self.process.pid, signum)
+            if self.session:
+                os.killpg(self.process.pid, signum)
+            else:
+                os.kill(self.process.pid, signum)
 
     def stop(self, timeout_s: float = 30) -> int:
-        self.signal(signal.SIGTERM)
+        """SIGTERM, then SIGKILL if it is still running after ``timeout_s``; its exit code."""
         try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(10)
+            if self.process.poll() is None:
+                self.signal(signal.SIGTERM)
+                try:
+                    return self.process.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.signal(signal.SIGKILL)
+                    return self.process.wait(10)
+            if self.session:
+                with contextlib.suppress(ProcessLookupError):  # a child may outlive its dead parent
+                    os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.returncode
         finally:
             self._log.close()
 
@@ -203,26 +297,35 @@ class WorkerProcess:
         self.process.wait(10)
 
 
-class RelayProcess(WorkerProcess):
+class WorkerProcess(LoggedProcess):
+    """A real ``seqproc worker`` process, its output in a log file."""
+
+    what = "worker"
+
+    def __init__(self, settings: Settings, partitions: str, log_dir: Path, **env: str) -> None:
+        self.partitions = partitions
+        log_path = log_dir / f"worker-{partitions.replace(',', '_')}-{time.monotonic_ns()}.log"
+        argv = ["seqproc", "worker", "--partitions", partitions, "--loglevel", "INFO"]
+        super().__init__(argv, settings, log_path, **env)
+
+    def wait_ready(self, timeout_s: float = 30) -> WorkerProcess:
+        self.wait_until(lambda: " ready." in self.log(), timeout_s, "worker ready")
+        return self
+
+
+class RelayProcess(LoggedProcess):
     """A real ``seqproc relay`` process (its ready file written once it runs), its output in a log file."""
+
+    what = "relay"
 
     def __init__(self, settings: Settings, log_dir: Path, **env: str) -> None:
         self.partitions = "relay"
         self.ready_file = log_dir / f"relay-{time.monotonic_ns()}.ready"
-        self.log_path = log_dir / f"relay-{time.monotonic_ns()}.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "seqproc", "relay", "--loglevel", "INFO", "--ready-file", str(self.ready_file)],
-            cwd=ROOT,
-            env=settings_env(settings, **env),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        argv = ["seqproc", "relay", "--loglevel", "INFO", "--ready-file", str(self.ready_file)]
+        super().__init__(argv, settings, log_dir / f"relay-{time.monotonic_ns()}.log", **env)
 
     def wait_ready(self, timeout_s: float = 30) -> RelayProcess:
-        wait_for(lambda: self.ready_file.exists() or self.process.poll() is not None, timeout_s, "relay ready")
-        if self.process.poll() is not None:
-            raise AssertionError(f"relay exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        self.wait_until(self.ready_file.exists, timeout_s, "relay ready")
         return self
 
 
@@ -360,8 +463,7 @@ class PrivateRedis:
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed")
+    require_tools("redis-server")
     server = PrivateRedis(tmp_path)
     server.start()
     yield server

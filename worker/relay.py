@@ -54,6 +54,7 @@ from seqproc.models.scripts import RELAY_PUSH_IF_COUNT
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.stamps import unique_id
 from seqproc.models.wire import bell_key, queue_name, relay_pushed_key
+from seqproc.worker import faults
 from seqproc.worker.outbox_identity import adopt_counters, outbox_id
 from seqproc.worker.ownership.partitions import publish_partition_count
 
@@ -195,6 +196,7 @@ class Relay:
                 by_partition[int(partition)].append((int(row_id), body))
             result.full = any(len(rows) >= per_partition for rows in by_partition.values())
             replies = self._push_all(by_partition, recorded)
+            faults.relay_pushed_delay()
             ids: list[int] = []
             seqs: list[int] = []
             pushed: dict[int, int] = {}

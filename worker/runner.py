@@ -32,6 +32,7 @@ from seqproc.models.errors import ConfigError, ServiceUnavailable, first_line
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.wire import IDLE_QUEUE, JOBS_QUEUE, is_redis_url, partition_of_queue
 from seqproc.worker import runtime
+from seqproc.worker.hooks import user_subscribers
 from seqproc.worker.ownership.liveness import beat, forget_gone, release
 from seqproc.worker.ownership.partitions import (
     check_partition_count,
@@ -74,6 +75,7 @@ def prepare(settings: Settings, partitions: Sequence[int], *, owner: str, spec: 
     # Before the claim: a worker that cannot import its domains (a ConfigError naming the module) must not take
     # partitions over from one that can, and then exit, leaving them without a consumer.
     load_domains(settings.domains)
+    user_subscribers(settings.hooks)  # ... nor its hooks (SEQPROC_HOOKS)
     if spec is not None:
         # Alive before it owns anything: a worker waiting for these partitions must not take them back from this one
         # as from a dead one.
@@ -188,22 +190,28 @@ def _consume(
     logger.info("worker %s: partitions %s, epochs %s", node, _span(chosen) if chosen else "none yet", rt.epochs)
     if ready_file:
         _announce_ready(ready_file)
-    celery_worker = app.Worker(
-        hostname=node,
-        queues=queues,
-        pool_cls="solo",
-        concurrency=1,
-        loglevel=loglevel,
-        without_mingle=True,
-        without_gossip=True,
-        send_events=settings.task_events,
-        quiet=True,
-    )
+    celery_worker = _celery_worker(app, settings, hostname=node, queues=queues, loglevel=loglevel)
     if rt.static is not None:
         rt.static.heartbeat()  # fresh as the consumer starts: Celery's start must not pass for a dead worker
     settle_heap()
     celery_worker.start()
     return int(celery_worker.exitcode or 0)
+
+
+def _celery_worker(app: Any, settings: Settings, **options: Any) -> Any:
+    """Celery's worker as seqproc runs it: one solo process with seqproc's consumer (dead letters instead of drops)."""
+    from seqproc.worker.consume.steps import SeqprocConsumer
+
+    return app.Worker(
+        pool_cls="solo",
+        concurrency=1,
+        consumer_cls=SeqprocConsumer,
+        without_mingle=True,
+        without_gossip=True,
+        send_events=settings.task_events,
+        quiet=True,
+        **options,
+    )
 
 
 #: The young generation's collection threshold while consuming (CPython's default: 700 allocations). A flush allocates
@@ -246,6 +254,8 @@ def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) 
     if settings.embedded:
         raise ConfigError("SEQPROC_BROKER_URL is memory://: seqproc beat needs a broker shared with the workers")
     from seqproc.worker.app import configure
+    from seqproc.worker.beat.jobs import JOBS
+    from seqproc.worker.beat.schedule import register_jobs
 
     engine = make_engine(settings.database_url, statement_timeout_s=settings.apply_time_limit_s, pool_size=2)
     if not inspect(engine).has_table("job_run"):
@@ -258,20 +268,17 @@ def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) 
     beat_runtime = runtime.build(settings, engine, {}, owner=f"{node}/{os.getpid()}")
     beat_runtime.role = "beat"
     runtime.attach(app, beat_runtime)
+    register_jobs(app, JOBS, settings)
     with tempfile.TemporaryDirectory(prefix="seqproc-beat-") as directory:
-        celery_worker = app.Worker(
+        celery_worker = _celery_worker(
+            app,
+            settings,
             hostname=node,
             queues=[JOBS_QUEUE],
-            pool_cls="solo",
-            concurrency=1,
             loglevel=loglevel,
             beat=True,
             # Each beat its own schedule file: several beats never share (or lock) one.
             schedule_filename=str(Path(directory) / "schedule"),
-            without_mingle=True,
-            without_gossip=True,
-            send_events=settings.task_events,
-            quiet=True,
         )
         celery_worker.start()
     return int(celery_worker.exitcode or 0)
@@ -352,7 +359,9 @@ def start_metrics(settings: Settings, rt: runtime.Runtime) -> None:
     client = broker_client(settings, timeout_s=2, connect_timeout_s=2)
     _serve_metrics(
         settings,
-        lambda: metrics.serve(settings.metrics_port, client, lambda: dict(rt.epochs), address=settings.metrics_address),
+        lambda: metrics.serve(
+            settings.metrics_port, client, lambda: dict(rt.epochs), rt.hooks, address=settings.metrics_address
+        ),
     )
 
 
@@ -395,10 +404,13 @@ def embedded_worker(settings: Settings, partitions: Sequence[int] | None = None)
     app = configure(settings)
     runtime.attach(app, rt)
 
+    from seqproc.worker.consume.steps import SeqprocConsumer
+
     with start_worker(
         app,
         pool="solo",
         concurrency=1,
+        consumer_cls=SeqprocConsumer,
         perform_ping_check=False,
         queues=queues_for(chosen),
         loglevel="WARNING",

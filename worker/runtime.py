@@ -19,6 +19,7 @@ from seqproc.models.domain import load_domains
 from seqproc.models.outcomes import OutcomeStore, outcome_store
 from seqproc.models.settings import Settings
 from seqproc.models.wire import APPLY_TASK
+from seqproc.worker.hooks import Hooks
 
 
 @dataclass
@@ -36,6 +37,9 @@ class Runtime:
     static: Any = None
     #: ``worker`` (consumes partition queues) or ``beat`` (the scheduled jobs' own worker).
     role: str = "worker"
+    #: The lifecycle hooks' subscribers (``worker.hooks``): the built-in ones are subscribed by :func:`attach`.
+    hooks: Hooks = field(default_factory=Hooks)
+    subscribed: bool = False
 
 
 def build(settings: Settings, engine: Engine, epochs: dict[int, int], *, owner: str | None = None) -> Runtime:
@@ -52,10 +56,16 @@ def build(settings: Settings, engine: Engine, epochs: dict[int, int], *, owner: 
 
 
 def attach(app: Celery, runtime: Runtime) -> None:
-    """Give ``runtime`` to ``app``'s apply task (which builds its batcher around it)."""
+    """Give ``runtime`` to ``app``'s apply task (which builds its batcher around it), and subscribe the built-in
+    hooks and ``SEQPROC_HOOKS``' to its lifecycle (once per runtime)."""
     import seqproc.worker.tasks  # noqa: F401  # registers the apply task on the app (it imports this module)
+    from seqproc.worker.consume.subscribers import subscribe_all
 
-    app.tasks[APPLY_TASK].attach(runtime)  # type: ignore[attr-defined]  # ApplyTask.attach
+    task = app.tasks[APPLY_TASK]
+    task.attach(runtime)  # type: ignore[attr-defined]  # ApplyTask.attach
+    if not runtime.subscribed:
+        runtime.subscribed = True
+        subscribe_all(runtime, task.batcher)  # type: ignore[attr-defined]  # ApplyTask.batcher
 
 
 def of(app: Celery) -> Runtime:

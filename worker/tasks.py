@@ -1,9 +1,10 @@
-"""The apply task. Thin: the worker runs it through its batching strategy (``worker.consume.batching``), which the
-task owns; the body below runs only when called directly (``.apply()``), applying one message's events in one
-transaction."""
+"""The apply task. Thin: the worker runs it through its batching strategy (:meth:`ApplyTask.Strategy`: the batcher
+of ``worker.consume.batching``, which the task owns); the body below runs only when called directly
+(``.apply()``), applying one message's events in one transaction."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task
@@ -18,7 +19,6 @@ from seqproc.worker.runtime import Runtime
 
 
 class ApplyTask(Task[Any, Any]):
-    Strategy = "seqproc.worker.consume.batching:strategy"
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
@@ -31,6 +31,14 @@ class ApplyTask(Task[Any, Any]):
     def attach(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.batcher = Batcher(runtime)
+
+    # celery-types declares Strategy as a dotted name; Celery resolves either (celery.utils.imports.instantiate).
+    def Strategy(self, task: Task[Any, Any], app: Any, consumer: Any, **_: Any) -> Callable[..., None]:  # type: ignore[override]
+        """Celery's Task.Strategy hook (as celery-batches' ``Batches.Strategy``): called at each consumer (re)start,
+        returns the per-message handler of the task's batcher."""
+        if self.batcher is None:
+            raise RuntimeError("no seqproc runtime attached to the apply task: start workers with `seqproc worker`")
+        return self.batcher.bind(consumer)
 
 
 @app.task(name=APPLY_TASK, base=ApplyTask, bind=True)

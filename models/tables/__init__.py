@@ -1,5 +1,6 @@
 """seqproc's tables (SQLAlchemy 2.0 declarative). Alembic (``seqproc.migrations``) creates and changes them."""
 
+from seqproc.models.fields import ReservationStatus
 from seqproc.models.tables.balance import AccountBalance
 from seqproc.models.tables.base import Base
 from seqproc.models.tables.jobs import JobRun, PartitionLag
@@ -7,7 +8,7 @@ from seqproc.models.tables.ledger import DeadLetter, LedgerEntry, ParkedKey
 from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount, ArticleUnlike
 from seqproc.models.tables.partition import Meta, Partition, Worker
 from seqproc.models.tables.sequence import ProducerSequence, SequenceGap
-from seqproc.models.tables.stock import ProductStock, Reservation, ReservationStatus
+from seqproc.models.tables.stock import ProductStock, Reservation
 
 __all__ = [
     "AccountBalance",

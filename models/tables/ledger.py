@@ -7,11 +7,10 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, DateTime, Integer, String, Text, and_, func
 from sqlalchemy.orm import Mapped, mapped_column
 
+from seqproc.models.fields import LEDGER_KEY_LENGTH as LEDGER_KEY_LENGTH  # its historic home
 from seqproc.models.fields import MAX_ENTITY_KEY_LENGTH, MAX_REASON_LENGTH
 from seqproc.models.tables.base import Base, BigInt, now_column
 
-#: Room for a 128-character caller key plus the ``reserve:``-style prefix of reservation keys.
-LEDGER_KEY_LENGTH = 160
 #: Room for ``user@host`` or a Django user name (150 characters at most).
 DISCARDED_BY_LENGTH = 255
 

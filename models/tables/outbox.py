@@ -12,8 +12,8 @@ from datetime import datetime
 from sqlalchemy import DateTime, Index, Integer, MetaData, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from seqproc.models.fields import LEDGER_KEY_LENGTH
 from seqproc.models.tables.base import NAMING_CONVENTION, BigInt, now_column
-from seqproc.models.tables.ledger import LEDGER_KEY_LENGTH
 
 #: The outbox table's name: application code writes to it (``seqproc.outbox``), inside its own transaction.
 OUTBOX_TABLE = "seqproc_outbox"

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 
 from sqlalchemy import CheckConstraint, DateTime, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from seqproc.models.fields import MAX_KEY_LENGTH
+from seqproc.models.fields import ReservationStatus as ReservationStatus  # its historic home
 from seqproc.models.tables.base import Base, BigInt, now_column
-
-
-class ReservationStatus(enum.StrEnum):
-    ACTIVE = "active"
-    RELEASED = "released"
-    COMMITTED = "committed"
-    #: The release arrived before the reservation: the reservation, when it comes, is not applied.
-    CANCELLED = "cancelled"
-    #: The reservation was refused (not enough stock); it holds nothing.
-    REJECTED = "rejected"
 
 
 class ProductStock(Base):

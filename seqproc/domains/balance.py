@@ -17,20 +17,15 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import Field, model_validator
-from sqlalchemy import func, select
 
-from seqproc.models.db import upsert
 from seqproc.models.domain import Applied, Domain, EventModel, Rejected
 from seqproc.models.fields import CallerKey, Id
-from seqproc.models.tables.balance import AccountBalance
-from seqproc.models.tables.base import table_of
 
 #: Largest amount one event moves (in the account's smallest unit): catches unit mix-ups; far below BIGINT.
 MAX_AMOUNT = 10**15
 Amount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT)]
 
 domain = Domain("balance", key="account_id", entity="account")
-ACCOUNTS = table_of(AccountBalance)
 
 
 @domain.event("deposit")
@@ -91,12 +86,9 @@ class Account:
 
 @domain.load
 def load(conn: Any, keys: Sequence[int]) -> dict[int, Account]:
-    rows = conn.execute(
-        select(ACCOUNTS.c.account_id, ACCOUNTS.c.balance, ACCOUNTS.c.credited, ACCOUNTS.c.debited).where(
-            ACCOUNTS.c.account_id.in_(list(keys))
-        )
-    )
-    found = {row[0]: Account(*row) for row in rows}
+    from seqproc.domains import balance_store  # the SQL and its table: loaded by workers, not producers
+
+    found = balance_store.load(conn, keys)
     return {key: found.get(key, Account(key)) for key in keys}
 
 
@@ -116,24 +108,18 @@ def apply(account: Account, event: EventModel) -> Applied | Rejected:
 
 @domain.save
 def save(conn: Any, changed: dict[int, Account]) -> None:
-    # One writer per account: the new totals are written as they are (the CHECK constraints still judge them).
-    stmt = upsert(conn, ACCOUNTS)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[ACCOUNTS.c.account_id],
-        set_={
-            "balance": stmt.excluded.balance,
-            "credited": stmt.excluded.credited,
-            "debited": stmt.excluded.debited,
-            "updated_at": func.now(),
-        },
-    )
-    conn.execute(
-        stmt,
-        [
-            {"account_id": a.account_id, "balance": a.balance, "credited": a.credited, "debited": a.debited}
-            for a in changed.values()
-        ],
-    )
+    from seqproc.domains import balance_store
+
+    balance_store.save(conn, changed)
+
+
+def __getattr__(name: str) -> Any:
+    """``ACCOUNTS``, the ``account_balance`` table, loaded on first use (a producer never needs it)."""
+    if name == "ACCOUNTS":
+        from seqproc.domains.balance_store import ACCOUNTS
+
+        return ACCOUNTS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["Account", "Deposit", "TransferIn", "TransferOut", "Withdraw", "domain"]

@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from seqproc.domains import likes_store
 from seqproc.models.domain import Applied, Domain, EventModel, Rejected
 from seqproc.models.fields import Id
 from seqproc.models.outcomes import Outcome
@@ -146,6 +145,8 @@ def load(conn: Any, keys: Sequence[int], events: Sequence[EventModel]) -> dict[i
 def prefetch(conn: Any, keys: Sequence[int], events: Sequence[EventModel]) -> Callable[[], dict[int, ArticleLikes]]:
     """The load in two steps (the worker sends its statement with the ledger's claim: see ``Domain.prefetch``)."""
     pairs = list(dict.fromkeys((e.article_id, e.user_id) for e in events if isinstance(e, _PAIR_EVENTS)))
+    from seqproc.domains import likes_store  # the SQL and its tables: loaded by workers, not producers
+
     reading = likes_store.start_loading(conn, pairs)
 
     def states() -> dict[int, ArticleLikes]:
@@ -186,6 +187,8 @@ def save(conn: Any, changed: dict[int, ArticleLikes]) -> None:
         final.update(article.pairs)
     changes = diff(initial, final)
     changes.recount = sorted(a.article_id for a in changed.values() if a.recount)
+    from seqproc.domains import likes_store
+
     likes_store.write(conn, changes)
 
 

@@ -16,12 +16,10 @@ from typing import Any, cast
 
 from pydantic import model_validator
 
-from seqproc.domains import stock_store
 from seqproc.models.domain import Applied, Domain, EventModel, Rejected, batch_context
 from seqproc.models.events import reservation_key
-from seqproc.models.fields import CallerKey, Id, Quantity
+from seqproc.models.fields import CallerKey, Id, Quantity, ReservationStatus
 from seqproc.models.outcomes import Outcome
-from seqproc.models.tables.stock import ReservationStatus
 
 domain = Domain("stock", key="product_id", entity="product", type_prefix="")
 
@@ -242,6 +240,8 @@ def load(conn: Any, keys: Sequence[int], events: Sequence[EventModel]) -> dict[i
 def prefetch(conn: Any, keys: Sequence[int], events: Sequence[EventModel]) -> Callable[[], dict[int, ProductBook]]:
     """The load in two steps (the worker sends its statements with the ledger's claim: see ``Domain.prefetch``)."""
     reservation_ids = sorted({e.reservation for e in events if isinstance(e, _ReservationEvent)})
+    from seqproc.domains import stock_store  # the SQL and its tables: loaded by workers, not producers
+
     reading = stock_store.start_loading(conn, list(keys), reservation_ids)
     return lambda: _books(keys, events, *reading())
 
@@ -320,6 +320,8 @@ def save(conn: Any, changed: dict[int, ProductBook]) -> None:
         initial.reservations.update(book.initial.reservations)
         final.products.update(book.state.products)
         final.reservations.update(book.state.reservations)
+    from seqproc.domains import stock_store
+
     stock_store.write(conn, diff(initial, final), reservation_ttl_s=batch_context().reservation_ttl_s)
 
 

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from seqproc.models.db import array, columns, driver, pipeline, upsert
+from seqproc.models.fields import ReservationStatus
 from seqproc.models.tables.base import table_of
-from seqproc.models.tables.stock import ProductStock, Reservation, ReservationStatus
+from seqproc.models.tables.stock import ProductStock, Reservation
 
 if TYPE_CHECKING:
     from seqproc.domains.stock import ProductState, ReservationState, StockChanges

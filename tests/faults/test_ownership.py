@@ -26,7 +26,7 @@ from seqproc.models.tables.partition import Partition
 from seqproc.models.wire import article_key, lease_key, partition_for, queue_name
 from seqproc.worker.ops.inspect import check_invariants
 from tests.conftest import ROOT, WorkerProcess, free_port, settings_env, wait_for
-from tests.faults.matrix import report_applied
+from tests.faults.matrix import doubled_in_tables, report, units_doubled
 from tests.faults.test_failover import Sequences, epochs
 from tests.integration.test_status import run_status
 
@@ -226,12 +226,16 @@ def test_a_static_worker_resumes_its_partitions_when_the_taker_exits(
     out_of_order = sum(1 for o in outcomes if o.effective.reason in ("cancelled", "insufficient_stock"))
     mismatched = likes.mismatches(engine)
     sent = len(likes.receipts) + len(stock.receipts)
-    report_applied(
+    with engine.connect() as conn:
+        received = stock.received(conn)
+        doubled = units_doubled(received, stock.restocks) + doubled_in_tables(conn)
+    report(
         f"static worker's partitions taken over, taker {exit_by}: the configured worker resumes them "
         f"({since_signal_s:.1f} s after the signal)",
         injected=1,
         sent=sent,
-        applied=ledger_rows(engine) - len(stock.products),
+        lost=max(0, sent + len(stock.products) - ledger_rows(engine)) + max(0, stock.restocks - received),
+        doubled=doubled,
         out_of_order=out_of_order + mismatched,
     )
     assert ledger_rows(engine) == sent + len(stock.products)

@@ -63,7 +63,7 @@ def kill_master_mid_stream(group: SentinelGroup, *, before_s: float = 2.0, after
     return disrupt
 
 
-def kill_master_with_replica_behind(group: SentinelGroup, *, behind_s: float = 1.0) -> Callable[[], int]:
+def kill_master_with_replica_behind(group: SentinelGroup, *, behind_s: float = 4.0) -> Callable[[], int]:
     """A ``disrupt``: the replica paused for ``behind_s`` (the master takes writes it never copies), then the master
     killed and the replica resumed: the sentinels promote a replica that lacks the last ``behind_s`` of pushes."""
 

@@ -4,7 +4,6 @@ a redis-server that speaks TLS only, with certificates made here. Bounded: 8 kil
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from seqproc.models.settings import Settings
 from seqproc.models.transport import TRANSPORT, Transport
 from seqproc.models.wire import BELL_PREFIX, bell_key
 from seqproc.producer.publish import client_app
-from tests.conftest import PrivateRedis, TlsFiles, require, reset_state, wait_for
+from tests.conftest import PrivateRedis, TlsFiles, require, require_tools, reset_state, wait_for
 from tests.faults.test_kill import sigkills_mid_stream
 
 pytestmark = pytest.mark.services
@@ -60,9 +59,7 @@ def make_certificates(directory: Path) -> TlsFiles:
 @pytest.fixture
 def tls_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     """A redis-server of the test's own that speaks TLS only (``--port 0``), on a loopback port."""
-    for tool in ("openssl", "redis-server"):
-        if not shutil.which(tool):
-            pytest.skip(f"{tool} is not installed")
+    require_tools("openssl", "redis-server")
     server = PrivateRedis(tmp_path / "redis", persistent=False, tls=make_certificates(tmp_path / "tls"))
     server.directory.mkdir()
     try:

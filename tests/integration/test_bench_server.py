@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from sqlalchemy import make_url, text
 
 from seqproc.models.db import make_engine
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require_tools
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(300)]
 
@@ -66,14 +65,6 @@ STRATEGY_KEYS = {
     "x_atomic",
 }
 CONNECTIONS = 8
-
-
-def require_wrk() -> None:
-    if shutil.which("wrk"):
-        return
-    if os.environ.get("CI"):
-        pytest.fail("wrk is not installed and CI is set: `make test` installs it as root, else apt-get install -y wrk")
-    pytest.skip("wrk is not installed (apt-get install -y wrk)")
 
 
 def bench_processes() -> set[int]:
@@ -144,7 +135,7 @@ def check_counted(result: dict, bench_url: str, table: str, count_table: str) ->
 def test_gunicorn_serves_the_noop_and_seqproc_endpoints_and_counts_every_accepted_like(
     pg_url: str, redis_base: str, tmp_path: Path
 ) -> None:
-    require_wrk()
+    require_tools("wrk")
     data, bench_url = run_bench("gunicorn", "noop,seqproc", pg_url, redis_base, tmp_path)
     check_common(data, "gunicorn", ["noop", "seqproc"])
     noop, seqproc = data["strategies"]["noop"], data["strategies"]["seqproc"]
@@ -166,7 +157,7 @@ def test_gunicorn_serves_the_noop_and_seqproc_endpoints_and_counts_every_accepte
 def test_uvicorn_serves_the_atomic_and_outbox_endpoints_and_counts_every_accepted_like(
     pg_url: str, redis_base: str, tmp_path: Path
 ) -> None:
-    require_wrk()
+    require_tools("wrk")
     data, bench_url = run_bench("uvicorn", "atomic,outbox", pg_url, redis_base, tmp_path)
     check_common(data, "uvicorn", ["atomic", "outbox"])
     atomic, outbox = data["strategies"]["atomic"], data["strategies"]["outbox"]

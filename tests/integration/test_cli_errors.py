@@ -8,6 +8,7 @@ import asyncio
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -213,3 +214,20 @@ def test_a_broker_queue_holds_what_a_refused_result_backend_could_not_confirm(cl
     assert done.returncode == RET_TIMEOUT, done.stderr
     queue = done.stderr.split("(partition ")[1].split(")")[0]
     assert redis.Redis.from_url(clean.broker_url).llen(f"seqproc.p{int(queue):02d}") == 1
+
+
+def test_an_outcome_that_does_not_come_within_wait_exits_6_and_the_event_is_sent(
+    clean: Settings, engine: Engine, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """No worker runs: `enqueue --wait 1` gets no outcome in time. It exits with "sent, outcome unknown" (6) and one
+    line naming the event's key, and the event is applied once a worker starts (it was sent)."""
+    assert start_worker(clean).stop() == 0  # it publishes the partition count (the producer checks it), then goes
+    started = time.monotonic()
+    done = seqproc_cli(clean, "enqueue", "like", "45", "1", "--wait", "1")
+    line = one_line(done)
+    assert done.returncode == RET_TIMEOUT, line
+    assert line.startswith("seqproc: OutcomeTimeout: "), line
+    assert time.monotonic() - started < 30
+    start_worker(clean)
+    with engine.connect() as conn:
+        wait_for(lambda: article_state(conn, 45)["like_count"] == 1, 30, "the like applied")

@@ -4,9 +4,6 @@ events applied by a real ``seqproc worker``, its outbox rows sent by a real ``se
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +15,7 @@ from sqlalchemy import Engine, text
 
 from seqproc.models.settings import Settings
 from seqproc.worker.ops.inspect import article_state, check_invariants
-from tests.conftest import ROOT, RelayProcess, WorkerProcess, free_port, settings_env, wait_for
+from tests.conftest import LoggedProcess, RelayProcess, WorkerProcess, free_port, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(120)]
 
@@ -27,55 +24,27 @@ SECRET = "s3cr3t-broker-password"
 UVICORN_WORKERS = 2
 
 
-class Uvicorn:
+class Uvicorn(LoggedProcess):
     """``uvicorn examples.fastapi_likes.app:app --workers 2`` on a free port, its output in a log file."""
+
+    what = "uvicorn"
 
     def __init__(self, settings: Settings, log_dir: Path, workers: int = UVICORN_WORKERS) -> None:
         self.workers = workers
         self.url = f"http://127.0.0.1:{free_port()}"
-        self.log_path = log_dir / "uvicorn.log"
-        self._log = self.log_path.open("wb")
         port = self.url.rsplit(":", 1)[1]
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "examples.fastapi_likes.app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                port,
-                "--workers",
-                str(workers),
-            ],
-            cwd=ROOT,
-            env=settings_env(settings),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        argv = ["uvicorn", "examples.fastapi_likes.app:app", "--host", "127.0.0.1", "--port", port]
+        super().__init__([*argv, "--workers", str(workers)], settings, log_dir / "uvicorn.log")
 
     def wait_ready(self, timeout_s: float = 45) -> None:
-        def ready() -> bool:
-            return self.process.poll() is not None or self.log().count("Application startup complete") >= self.workers
+        self.wait_until(
+            lambda: self.log().count("Application startup complete") >= self.workers,
+            timeout_s,
+            "uvicorn's workers started",
+        )
 
-        wait_for(ready, timeout_s, "uvicorn's workers started")
-        if self.process.poll() is not None:
-            raise AssertionError(f"uvicorn exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(10)
-        finally:
-            self._log.close()
+    def stop(self, timeout_s: float = 20) -> int:
+        return super().stop(timeout_s)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import ast
 import base64
 import json
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 
 from seqproc import producer
 from seqproc.models.settings import Settings
-from tests.conftest import ROOT, WorkerProcess, free_port, settings_env, wait_for
+from tests.conftest import ROOT, LoggedProcess, WorkerProcess, free_port, settings_env, wait_for
 
 pytestmark = pytest.mark.services
 
@@ -43,42 +42,24 @@ def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]
         return 0, b""
 
 
-class FlowerProcess:
+class FlowerProcess(LoggedProcess):
     """``python -m seqproc flower`` in a process of its own, its output in a log file."""
+
+    what = "flower"
 
     def __init__(self, settings: Settings, log_dir: Path, *args: str, **env: str) -> None:
         self.port = free_port()
-        self.log_path = log_dir / f"flower-{self.port}.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "seqproc", "flower", "--port", str(self.port), *args],
-            cwd=ROOT,
-            env=settings_env(settings, **env),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        argv = ["seqproc", "flower", "--port", str(self.port), *args]
+        super().__init__(argv, settings, log_dir / f"flower-{self.port}.log", **env)
 
     def wait_answering(self, path: str, timeout_s: float = 30) -> None:
         def answers() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"flower exited with {self.process.returncode}:\n{self.log()[-3000:]}")
             return http_get(f"http://127.0.0.1:{self.port}{path}")[0] == 200
 
-        wait_for(answers, timeout_s, f"Flower answering on {path}", interval_s=0.2)
+        self.wait_until(answers, timeout_s, f"Flower answering on {path}", interval_s=0.2)
 
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(10)
-        finally:
-            self._log.close()
+    def stop(self, timeout_s: float = 15) -> int:
+        return super().stop(timeout_s)
 
 
 @pytest.fixture

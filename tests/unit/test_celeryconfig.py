@@ -62,15 +62,26 @@ def test_reconfiguring_the_worker_app_switches_transport() -> None:
 
 
 def test_every_scheduled_job_has_a_body_and_a_task() -> None:
-    from seqproc.models.celery import JOBS
+    from celery import Celery
+
     from seqproc.models.wire import JOB_TASK_PREFIX
     from seqproc.worker.app import app
-    from seqproc.worker.beat.jobs import BODIES
+    from seqproc.worker.beat.jobs import JOBS
+    from seqproc.worker.beat.schedule import register_jobs
 
-    assert set(BODIES) == set(JOBS)
-    schedule = celery_config(Settings())["beat_schedule"]
-    assert {entry["task"] for entry in schedule.values()} == {f"{JOB_TASK_PREFIX}{job}" for job in JOBS}
-    assert {f"{JOB_TASK_PREFIX}{job}" for job in JOBS} <= set(app.tasks)
+    names = ("reconcile", "purge_ledger", "expire_reservations", "snapshot_lag")
+    assert [job.name for job in JOBS] == list(names)
+    assert all(callable(job.body) for job in JOBS)
+    settings = Settings(reconcile_interval_s=7)
+    assert {job.name: job.interval_s(settings) for job in JOBS}["reconcile"] == 7
+    # Nothing is registered at import: `seqproc beat` registers the tasks and their schedule.
+    assert not {f"{JOB_TASK_PREFIX}{name}" for name in names} & set(app.tasks)
+    beat_app = Celery("beat-test", fixups=[])
+    register_jobs(beat_app, JOBS, settings)
+    schedule = beat_app.conf.beat_schedule
+    assert {entry["task"] for entry in schedule.values()} == {f"{JOB_TASK_PREFIX}{name}" for name in names}
+    assert {f"{JOB_TASK_PREFIX}{name}" for name in names} <= set(beat_app.tasks)
+    assert schedule["seqproc-reconcile"]["schedule"] == 7
 
 
 SENTINELS = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380;sentinel://127.0.0.1:26381/2"

@@ -6,13 +6,15 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from seqproc.models.errors import PublishError
 from seqproc.producer.coalesce import Coalescer
+from tests.conftest import wait_for
 
 
 class Recorder:
@@ -105,14 +107,15 @@ def test_a_lone_sequential_caller_never_waits_for_the_linger() -> None:
 
 def test_a_send_tries_until_the_latest_deadline_of_the_calls_it_carries() -> None:
     """No caller is told "not sent" while another caller of the same send may still wait for it."""
-    send = Slow(0.2)
+    send = Gate()
     coalescer = Coalescer(send, linger_s=0)
-    first = started(coalescer.submit, ["first"], 100.0)  # leads a slow send: the next calls queue behind it
-    time.sleep(0.05)
+    first = started(coalescer.submit, ["first"], 100.0)
+    send.entered()  # "first" leads a send, held: the next calls queue behind it, in this order
     later = []
     for name, deadline in (("a", 5.0), ("b", 7.0)):
         later.append(started(coalescer.submit, [name], deadline))
-        time.sleep(0.02)
+        wait_queued(coalescer, len(later))
+    send.let_through(2)
     assert all_return([first, *later])
     assert send.sends == [["first"], ["a", "b"]]
     assert send.deadlines == [100.0, 7.0]
@@ -157,21 +160,43 @@ def test_two_sends_in_flight_keep_every_callers_order_and_lose_nothing() -> None
         assert mine == sorted(mine)
 
 
-class Slow:
-    """A send that takes ``delay_s`` and records what it sent; raises ``raise_for`` when an event is in it."""
+class Gate:
+    """A send that records what it carries, then holds until the test lets it through (each send its own turn);
+    raises ``raise_for[1]`` when the event ``raise_for[0]`` is in it. The tests order their threads by what they
+    see (a send started, so many calls queued), never by how long they sleep."""
 
-    def __init__(self, delay_s: float, raise_for: tuple[Any, BaseException] | None = None) -> None:
-        self.delay_s = delay_s
+    def __init__(self, raise_for: tuple[Any, BaseException] | None = None) -> None:
         self.raise_for = raise_for
         self.sends: list[list[Any]] = []
         self.deadlines: list[float | None] = []
+        self._started = threading.Semaphore(0)
+        self._through = threading.Semaphore(0)
 
     def __call__(self, events: list[Any], deadline: float | None = None) -> None:
         self.sends.append(list(events))
         self.deadlines.append(deadline)
-        time.sleep(self.delay_s)
+        self._started.release()
+        if not self._through.acquire(timeout=WAIT_S):
+            raise AssertionError(f"the send of {events} was never let through")
         if self.raise_for is not None and self.raise_for[0] in events:
             raise self.raise_for[1]
+
+    def entered(self) -> None:
+        """Wait until the next send has started (it holds until let through)."""
+        assert self._started.acquire(timeout=WAIT_S), f"no send started within {WAIT_S} s"
+
+    def let_through(self, sends: int = 1) -> None:
+        """Let this many sends finish (the held one and those to come)."""
+        self._through.release(sends)
+
+
+#: How long a test waits for a state of the coalescer before it fails naming what it waited for.
+WAIT_S = 10.0
+
+
+def wait_queued(coalescer: Coalescer, count: int) -> None:
+    """Until ``count`` calls wait in the coalescer's queue (behind the send in flight)."""
+    wait_for(lambda: len(coalescer._pending) == count, WAIT_S, f"{count} call(s) queued", interval_s=0.001)
 
 
 @pytest.fixture(autouse=True)
@@ -183,11 +208,25 @@ def _ctrl_c_raises() -> Iterator[None]:
     signal.signal(signal.SIGINT, previous)
 
 
-def interrupt_main_after(delay_s: float) -> None:
-    """A real SIGINT to the main thread (which is blocked in a lock) ``delay_s`` from now."""
+def on_sigint() -> Callable[[], None]:
+    """Make SIGINT raise KeyboardInterrupt in the main thread (call it there); the function returned, called from
+    another thread, sends a real SIGINT to the main thread (blocked in a lock) and returns once the handler ran
+    (the KeyboardInterrupt is being raised there)."""
+    handled = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        handled.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)  # the autouse fixture puts the previous handler back
     main = threading.main_thread().ident
     assert main is not None
-    threading.Timer(delay_s, signal.pthread_kill, args=(main, signal.SIGINT)).start()
+
+    def interrupt() -> None:
+        signal.pthread_kill(main, signal.SIGINT)
+        assert handled.wait(WAIT_S), "the SIGINT was not handled"
+
+    return interrupt
 
 
 def started(target: Any, *args: Any) -> threading.Thread:
@@ -198,45 +237,75 @@ def started(target: Any, *args: Any) -> threading.Thread:
 
 def all_return(threads: list[threading.Thread]) -> bool:
     for thread in threads:
-        thread.join(5)
+        thread.join(WAIT_S)
     return not any(thread.is_alive() for thread in threads)
+
+
+def in_background(steps: Callable[[], None]) -> Future[None]:
+    """Run ``steps`` in a thread while the main thread is blocked in a call; ``result()`` re-raises its failure."""
+    executor = ThreadPoolExecutor(1)
+    future = executor.submit(steps)
+    executor.shutdown(wait=False)
+    return future
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
 def test_an_interrupted_caller_carried_by_a_send_still_wakes_the_callers_after_it() -> None:
-    send = Slow(0.3)
+    send = Gate()
     coalescer = Coalescer(send, linger_s=0)
-    first = started(coalescer.submit, ["first"])  # leads a slow send: the next calls queue behind it
-    time.sleep(0.05)
+    first = started(coalescer.submit, ["first"])
+    send.entered()  # "first" leads a held send: the next calls queue behind it
     leader = started(coalescer.submit, ["leader"])  # the oldest waiter: it will lead the next send
-    time.sleep(0.05)
-    later = [threading.Timer(0.05, coalescer.submit, args=([n],)) for n in ("a", "b")]  # queue behind the main thread
-    for timer in later:
-        timer.start()
-    interrupt_main_after(0.35)  # during the second send, which carries the main thread's call
+    wait_queued(coalescer, 1)
+    later: list[threading.Thread] = []
+    interrupt_main = on_sigint()
+
+    def steps() -> None:
+        wait_queued(coalescer, 2)  # the main thread's call, behind the leader
+        for name in ("a", "b"):  # then two more, behind the main thread
+            later.append(started(coalescer.submit, [name]))
+            wait_queued(coalescer, 2 + len(later))
+        send.let_through()  # "first" is sent: the leader leads the next send, carrying main, a and b
+        send.entered()
+        assert sorted(send.sends[1]) == ["a", "b", "leader", "main"]
+        interrupt_main()  # during the send that carries its call
+        send.let_through(2)  # that send, and the one after the test
+
+    background = in_background(steps)
     with pytest.raises(KeyboardInterrupt):
         coalescer.submit(["main"])
+    background.result(WAIT_S)
     assert all_return([first, leader, *later])  # woken through the chain, past the interrupted caller
     assert sorted(send.sends[1]) == ["a", "b", "leader", "main"]  # the main thread's event was sent
     coalescer.submit(["after"])  # and the coalescer goes on
+    assert send.sends[2] == ["after"]
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
 def test_an_interrupted_caller_that_no_send_took_yet_leaves_unsent() -> None:
-    send = Slow(0.3)
+    send = Gate()
     coalescer = Coalescer(send, linger_s=0)
     first = started(coalescer.submit, ["first"])
-    time.sleep(0.05)
-    interrupt_main_after(0.1)  # while the main thread's call waits for the send in flight
+    send.entered()
+    interrupt_main = on_sigint()
+
+    def steps() -> None:
+        wait_queued(coalescer, 1)  # the main thread's call waits for the send in flight
+        interrupt_main()
+        wait_queued(coalescer, 0)  # it left the queue
+        send.let_through(2)  # "first", and the send after it
+
+    background = in_background(steps)
     with pytest.raises(KeyboardInterrupt):
         coalescer.submit(["main"])
+    background.result(WAIT_S)
     assert all_return([first])
     coalescer.submit(["after"])  # the lead was not left to a caller that went away
     assert [event for sent in send.sends for event in sent] == ["first", "after"]
 
 
 def test_a_leader_interrupted_mid_send_still_tells_the_callers_it_carried() -> None:
-    send = Slow(0.2, raise_for=("boom", KeyboardInterrupt()))
+    send = Gate(raise_for=("boom", KeyboardInterrupt()))
     coalescer = Coalescer(send, linger_s=0)
     outcomes: dict[str, str] = {}
 
@@ -250,11 +319,16 @@ def test_a_leader_interrupted_mid_send_still_tells_the_callers_it_carried() -> N
             outcomes[name] = "interrupted"
 
     threads = [started(call, "first")]
-    time.sleep(0.05)
-    threads += [started(call, name) for name in ("boom", "a", "b")]  # "boom" leads the next send, carrying a, b
+    send.entered()
+    for name in ("boom", "a", "b"):  # "boom" queues first: it leads the next send, carrying a and b
+        threads.append(started(call, name))
+        wait_queued(coalescer, len(threads) - 1)
+    send.let_through(3)  # "first"'s send, the one "boom" interrupts, and the one after the test
     assert all_return(threads)
+    assert send.sends[1] == ["boom", "a", "b"]
     assert outcomes["first"] == "sent"
     assert outcomes["boom"] == "interrupted"
     assert "interrupted" in outcomes["a"]
     assert "may or may not have been sent" in outcomes["b"]
     coalescer.submit(["after"])
+    assert send.sends[2] == ["after"]

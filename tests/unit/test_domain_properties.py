@@ -81,7 +81,7 @@ LIKES = DomainCase(likes, streams(like_calls, min_size=3, max_size=40), read_lik
 
 PRODUCTS = (1, 2)
 #: Each reservation belongs to one product, as an order's does (a release names its reservation's product).
-RESERVATIONS = {f"r{n}": PRODUCTS[0] if n % 3 else PRODUCTS[1] for n in range(1, 9)}
+RESERVATIONS = {f"r{n}": PRODUCTS[n % 2] for n in range(1, 9)}
 
 
 def reservation_call(kind: type[Reserve] | type[Release] | type[Commit]) -> st.SearchStrategy[Any]:
@@ -96,7 +96,7 @@ def reservation_call(kind: type[Reserve] | type[Release] | type[Commit]) -> st.S
 
 
 stock_calls = st.one_of(
-    st.builds(Restock, product_id=hot(*PRODUCTS), quantity=st.integers(1, 5)),
+    st.builds(Restock, product_id=st.sampled_from(PRODUCTS), quantity=st.integers(1, 5)),
     reservation_call(Reserve),
     reservation_call(Release),
     reservation_call(Commit),
@@ -118,7 +118,13 @@ def read_stock(conn: Connection, keys: list[Any]) -> dict[str, Any]:
     }
 
 
-STOCK = DomainCase(stock, streams(stock_calls, min_size=3, max_size=40), read_stock, invariants=invariants)
+#: Both products restocked first, in about half the streams: the later events of both change existing rows, so a
+#: transaction often writes both products' deltas in one statement (without it, 40 examples never did).
+OPENING = [Restock(product_id=product, quantity=3) for product in PRODUCTS]
+stock_streams = st.tuples(st.booleans(), st.lists(stock_calls, min_size=8, max_size=40)).map(
+    lambda drawn: produce([*OPENING, *drawn[1]] if drawn[0] else drawn[1])
+)
+STOCK = DomainCase(stock, stock_streams, read_stock, invariants=invariants)
 
 # ----------------------------------------------------------------------------------------------------- balance
 
@@ -274,6 +280,11 @@ def test_a_users_domain(sqlite_engine: Engine, data: st.DataObject) -> None:
 
 # ------------------------------------------------------------------------------- the harness catches a bug
 
+#: The settings of the runs that must find a planted bug, in every profile: derandomized (the same examples on
+#: every run, whatever the profile), 200 examples, no replay. Measured with 40 random seeds each: 10 examples found
+#: the leaky box office's bug 39 times out of 40 and the cached one's 40 out of 40; 200 found both every time.
+FINDS_IT: dict[str, Any] = {"max_examples": 200, "derandomize": True, "database": None, "phases": [Phase.generate]}
+
 #: The box office with a classic mistake: a refused refund still takes the seats off in memory, and says nothing
 #: changed. Alone in its batch the slip is never saved; beside an applied event of its show it is.
 leaky = seqproc.Domain("props_leaky_box_office", key="show_id")
@@ -321,7 +332,7 @@ LEAKY = DomainCase(
 
 
 def test_the_harness_finds_a_rule_that_depends_on_batch_boundaries(sqlite_engine: Engine) -> None:
-    @settings(PROPERTY_SETTINGS, max_examples=200, database=None, phases=[Phase.generate])
+    @settings(PROPERTY_SETTINGS, **FINDS_IT)
     @given(data=st.data())
     def run(data: st.DataObject) -> None:
         check_domain(sqlite_engine, LEAKY, data)
@@ -369,7 +380,7 @@ CACHED = DomainCase(
 
 
 def test_the_harness_finds_state_that_outlives_a_rollback(sqlite_engine: Engine) -> None:
-    @settings(PROPERTY_SETTINGS, max_examples=200, database=None, phases=[Phase.generate])
+    @settings(PROPERTY_SETTINGS, **FINDS_IT)
     @given(data=st.data())
     def run(data: st.DataObject) -> None:
         check_domain(sqlite_engine, CACHED, data)

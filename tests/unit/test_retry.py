@@ -67,6 +67,11 @@ def test_a_statement_timeout_is_recognised_and_still_transient() -> None:
     assert is_transient(statement_timeout())
     assert not is_statement_timeout(connection_lost())
     assert not is_statement_timeout(IntegrityError("INSERT", None, Exception("duplicate key")))
+    # As a pipeline raises them when it ends (the stores' writes): psycopg's own errors, not SQLAlchemy's wrappers.
+    assert is_statement_timeout(pg_errors.QueryCanceled("canceling statement due to statement timeout"))
+    assert is_transient(pg_errors.QueryCanceled("canceling statement due to statement timeout"))
+    assert is_transient(PsycopgOperationalError("server closed the connection unexpectedly"))
+    assert not is_transient(pg_errors.UniqueViolation("duplicate key"))
 
 
 def test_a_statement_that_always_times_out_is_raised_after_a_bounded_number_of_attempts() -> None:

@@ -24,7 +24,7 @@ T = TypeVar("T")
 def drawn_in_threads(draw_one: Callable[[], T], per_thread: int, threads: int = 8) -> list[list[T]]:
     """What each of ``threads`` threads, started together, drew by calling ``draw_one`` ``per_thread`` times."""
     results: list[list[T]] = [[] for _ in range(threads)]
-    start = threading.Barrier(threads)
+    start = threading.Barrier(threads, timeout=30)  # a thread that never comes breaks it: the others fail, not hang
 
     def draw(out: list[T]) -> None:
         start.wait()
@@ -35,6 +35,7 @@ def drawn_in_threads(draw_one: Callable[[], T], per_thread: int, threads: int = 
         worker.start()
     for worker in workers:
         worker.join(timeout=60)
+    assert not any(worker.is_alive() for worker in workers), "a drawing thread did not finish within 60 s"
     return results
 
 

@@ -1,6 +1,7 @@
-"""The scheduled jobs that ``seqproc beat`` runs, each a singleton (``worker.singleton``): one run at a time across
-every host, once per slot. Jobs never write what a partition's worker writes: fixes and releases go through the
-partition queues, so they are applied in order by the single writer of each key.
+"""The scheduled jobs that ``seqproc beat`` runs (:data:`JOBS`, registered by ``worker.beat.schedule``), each a
+singleton (``worker.beat.singleton``): one run at a time across every host, once per slot. Jobs never write what a
+partition's worker writes: fixes and releases go through the partition queues, so they are applied in order by the
+single writer of each key.
 
 - ``reconcile``: recount the like rows of the articles touched since the last run; for each whose like_count drifted,
   send a ``reconcile`` event through its partition queue (the worker recounts in its own transaction); log the fixes.
@@ -15,17 +16,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from celery import Task
 from sqlalchemy import Engine, delete, func, inspect, select
 
 from seqproc.domains.likes import Reconcile
-from seqproc.models.celery import JOBS, job_interval_s
 from seqproc.models.clients import broker_client
 from seqproc.models.db import outbox_engine, upsert
 from seqproc.models.errors import LockNotAcquired
+from seqproc.models.fields import ReservationStatus
 from seqproc.models.settings import Settings
 from seqproc.models.stamps import next_stamp, unique_id
 from seqproc.models.tables.base import table_of
@@ -33,11 +34,10 @@ from seqproc.models.tables.jobs import PartitionLag
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount
 from seqproc.models.tables.outbox import OUTBOX_TABLE, OutboxEvent
-from seqproc.models.tables.stock import Reservation, ReservationStatus
+from seqproc.models.tables.stock import Reservation
 from seqproc.models.wire import JOB_TASK_PREFIX
 from seqproc.producer.publish import publisher_for
-from seqproc.worker import faults, runtime
-from seqproc.worker.app import app
+from seqproc.worker import faults
 from seqproc.worker.beat.singleton import Singleton, last_run_started, singleton
 from seqproc.worker.ops.lag import collect
 from seqproc.worker.runtime import Runtime
@@ -48,20 +48,42 @@ logger = logging.getLogger(__name__)
 EXPIRE_BATCH = 10_000
 
 
-def run_job(rt: Runtime, name: str, body: Callable[[Engine, Settings, Singleton], str]) -> str:
-    """Run ``body`` as the singleton job ``name`` with the beat process's settings and engine; log and return what
-    it did, or why it was skipped."""
+#: What a job runs: it reads and sends with the beat's settings and engine, checks its lock (``run.check()``)
+#: before each write, and returns a line saying what it did.
+JobBody = Callable[[Engine, Settings, Singleton], str]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A scheduled job: ``body`` runs every ``getattr(settings, interval_setting)`` seconds, once per slot across
+    every beat."""
+
+    name: str
+    body: JobBody
+    #: The setting that names its interval (``reconcile_interval_s``: ``SEQPROC_RECONCILE_INTERVAL_S``).
+    interval_setting: str
+
+    @property
+    def task_name(self) -> str:
+        return f"{JOB_TASK_PREFIX}{self.name}"
+
+    def interval_s(self, settings: Settings) -> float:
+        return float(getattr(settings, self.interval_setting))
+
+
+def run_job(rt: Runtime, job: Job) -> str:
+    """Run ``job`` as a singleton with the beat process's settings and engine; log and return what it did, or why
+    it was skipped."""
     settings, engine = rt.settings, rt.engine
-    interval_s = job_interval_s(settings, name)
     try:
-        with singleton(engine, settings, name, interval_s=interval_s) as run:
+        with singleton(engine, settings, job.name, interval_s=job.interval_s(settings)) as run:
             faults.job_delay()
             run.check()
-            detail = run.detail = body(engine, settings, run)
+            detail = run.detail = job.body(engine, settings, run)
     except LockNotAcquired as skipped:
         logger.info("%s", skipped)
         return f"skipped: {skipped}"
-    logger.info("job %s (slot %s): %s", name, run.slot.isoformat(), detail)
+    logger.info("job %s (slot %s): %s", job.name, run.slot.isoformat(), detail)
     return detail
 
 
@@ -219,22 +241,12 @@ def snapshot_lag(engine: Engine, settings: Settings, run: Singleton) -> str:
     )
 
 
-#: Each job's body, by name (the task is ``seqproc.job.<name>``, scheduled every ``job_interval_s``).
-BODIES: dict[str, Callable[[Engine, Settings, Singleton], str]] = {
-    "reconcile": reconcile,
-    "purge_ledger": purge_ledger,
-    "expire_reservations": expire_reservations,
-    "snapshot_lag": snapshot_lag,
-}
+#: The scheduled jobs, each with the setting that names its interval: ``seqproc beat`` registers them.
+JOBS: tuple[Job, ...] = (
+    Job("reconcile", reconcile, "reconcile_interval_s"),
+    Job("purge_ledger", purge_ledger, "purge_interval_s"),
+    Job("expire_reservations", expire_reservations, "expire_interval_s"),
+    Job("snapshot_lag", snapshot_lag, "lag_snapshot_interval_s"),
+)
 
-
-def _register(name: str) -> None:
-    @app.task(name=f"{JOB_TASK_PREFIX}{name}", ignore_result=True, bind=True)
-    def job(self: Task[Any, Any]) -> str:
-        return run_job(runtime.of(self.app), name, BODIES[name])
-
-
-for _name in JOBS:
-    _register(_name)
-
-__all__ = ["BODIES", "run_job"]
+__all__ = ["JOBS", "Job", "expire_reservations", "purge_ledger", "reconcile", "run_job", "snapshot_lag"]

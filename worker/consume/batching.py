@@ -35,14 +35,11 @@ from kombu.transport.virtual import QoS as VirtualQoS
 
 from seqproc.models.errors import PartitionFenced
 from seqproc.models.events import Event, Replay
-from seqproc.models.outcomes import Outcome
+from seqproc.models.outcomes import DEAD_LETTER_REASONS, Outcome
 from seqproc.models.transport import FETCH_MAX, Fetched
-from seqproc.models.wire import APPLY_TASK, queue_name
-from seqproc.worker import faults
-from seqproc.worker.consume import task_events
+from seqproc.models.wire import queue_name
 from seqproc.worker.consume.decode import Decoded, decode_chunk, decode_message
 from seqproc.worker.consume.retry import StopRetrying, retry_in_place
-from seqproc.worker.consume.task_events import Settled
 from seqproc.worker.engine.apply import (
     BatchResult,
     DeadLetterRecord,
@@ -53,7 +50,7 @@ from seqproc.worker.engine.apply import (
     store_dead_letters,
 )
 from seqproc.worker.engine.sequence import Sequenced
-from seqproc.worker.ops import metrics
+from seqproc.worker.hooks import Committed, FlushStarting, Settled
 from seqproc.worker.ops.logs import log_event
 from seqproc.worker.ownership.liveness import holder_of
 from seqproc.worker.runtime import Runtime
@@ -256,7 +253,8 @@ class Batcher:
                     # After the ack: a shutdown while the result backend is away must not send back messages whose
                     # letters are committed (they would be stored twice); only their waiters would miss them.
                     self._publish_outcomes(None, told)
-                metrics.count_dead_letters(dead)
+                if dead and self.rt.hooks.on_dead_letter:
+                    self.rt.hooks.fire(self.rt.hooks.on_dead_letter, dead)
             owned: dict[int, list[Held]] = {}
             leases = self.rt.leases
             for partition, items in by_partition.items():
@@ -275,14 +273,16 @@ class Batcher:
 
     def _apply(self, owned: dict[int, list[Held]]) -> None:
         """Commit what the owned partitions hold, then settle each committed partition (outcomes, acks, events)."""
+        hooks = self.rt.hooks
         started = time.monotonic()
-        faults.apply_delay()
+        if hooks.before_flush and owned:
+            hooks.fire(hooks.before_flush, FlushStarting(tuple(owned), sum(map(len, owned.values()))))
         committed = self._commit(owned)
         if not committed:
             return
-        faults.after_commit()
         elapsed = time.monotonic() - started
-        metrics.observe_flush(elapsed, [len(batch.events) for batch, _ in committed])
+        if hooks.after_commit:
+            hooks.fire(hooks.after_commit, Committed(committed, elapsed))
         for batch, result in committed:
             self._settle(batch, owned[batch.partition], result, elapsed)
 
@@ -347,30 +347,21 @@ class Batcher:
 
     def _settle(self, batch: PartitionBatch, items: list[Held], result: BatchResult, elapsed: float) -> None:
         """After the commit: publish the outcomes (those of the events dead-lettered on arrival too), ack the
-        messages, tell Flower."""
-        self._report(
-            batch.partition,
-            [*batch.events, *(event for event, _ in result.replayed)],
-            [*result.outcomes, *(outcome for _, outcome in result.replayed)],
-            batch.dead_letters,
+        messages, then fire ``on_dead_letter`` and ``after_settle``."""
+        events = [*batch.events, *(event for event, _ in result.replayed)] if result.replayed else batch.events
+        outcomes = (
+            [*result.outcomes, *(outcome for _, outcome in result.replayed)] if result.replayed else result.outcomes
         )
+        self._report(batch.partition, events, outcomes, batch.dead_letters)
         self._ack(items)
-        metrics.count_dead_letters(batch.dead_letters)
-        # Celery's own tally of tasks processed (`celery inspect stats`, the heartbeats' "processed"): one per
-        # message, as if each had gone through Celery's per-message path.
-        worker_state.total_count[APPLY_TASK] += len(items)
-        worker_state.all_total_count[0] += len(items)
         for item in items:
             item.settled = True
-        task_events.publish(
-            getattr(self.consumer, "event_dispatcher", None),
-            [
-                Settled(d.task_id, d.partition, len(d.events), len(d.dead_letters))
-                for d in (item.decoded for item in items)
-            ],
-            result.outcomes,
-            elapsed,
-        )
+        hooks = self.rt.hooks
+        if batch.dead_letters and hooks.on_dead_letter:
+            hooks.fire(hooks.on_dead_letter, batch.dead_letters)
+        if hooks.after_settle:
+            decoded = [item.decoded for item in items]
+            hooks.fire(hooks.after_settle, Settled(batch.partition, events, outcomes, decoded, elapsed))
         logger.debug(
             "partition %d: %d event(s) from %d message(s) in %.1f ms (applied %d, duplicate %d, rejected %d)",
             batch.partition,
@@ -472,17 +463,16 @@ class Batcher:
     def _report(
         self,
         partition: int,
-        events: list[Event],
-        outcomes: list[Outcome],
+        events: Sequence[Event],
+        outcomes: Sequence[Outcome],
         dead_letters: Sequence[DeadLetterRecord] = (),
     ) -> None:
-        """Count, log and publish the events' outcomes. ``dead_letters``: what the batch stored on arrival; counted
-        and logged already (:func:`metrics.count_dead_letters`, the store's log line), their events' outcomes go
-        out with the others, in the same call: no round trip of their own."""
-        metrics.count_outcomes(partition, events, outcomes)
+        """Log and publish the events' outcomes. ``dead_letters``: what the batch stored on arrival; logged already
+        (the store's log line), their events' outcomes go out with the others, in the same call: no round trip of
+        their own."""
         for event, outcome in zip(events, outcomes, strict=True):
             if outcome.status != "applied":
-                dead = outcome.reason in metrics.DEAD_LETTER_REASONS
+                dead = outcome.reason in DEAD_LETTER_REASONS
                 log_event(
                     logger,
                     logging.WARNING if dead else logging.INFO,
@@ -639,12 +629,3 @@ def dead_letter_outcomes(records: Sequence[DeadLetterRecord]) -> list[tuple[str,
 
 #: The outcome of a replay whose dead letters failed again: they stay dead letters, the key stays parked.
 REPLAY_FAILED = Outcome("rejected", "replay_failed")
-
-
-def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
-    """Celery's Task.Strategy hook: called at each consumer (re)start, returns the per-message handler of the
-    task's batcher."""
-    if task.batcher is None:
-        raise RuntimeError("no seqproc runtime attached to the apply task: start workers with `seqproc worker`")
-    batcher: Batcher = task.batcher
-    return batcher.bind(consumer)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import psycopg
 from psycopg import errors as pg_errors
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -34,15 +35,17 @@ class StopRetrying(Exception):
 
 
 def is_transient(error: BaseException) -> bool:
-    """True for errors that may pass if the same transaction is tried again."""
-    if isinstance(error, OperationalError | InterfaceError):
+    """True for errors that may pass if the same transaction is tried again. psycopg's own errors count as
+    SQLAlchemy's wrappers of them do: a pipeline (the stores' writes) raises them unwrapped when it ends."""
+    if isinstance(error, OperationalError | InterfaceError | psycopg.OperationalError | psycopg.InterfaceError):
         return True
     return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 def is_statement_timeout(error: BaseException) -> bool:
-    """True for a statement cancelled by ``statement_timeout`` (SQLSTATE 57014)."""
-    return isinstance(error, DBAPIError) and isinstance(error.orig, pg_errors.QueryCanceled)
+    """True for a statement cancelled by ``statement_timeout`` (SQLSTATE 57014), wrapped by SQLAlchemy or not."""
+    cause = error.orig if isinstance(error, DBAPIError) else error
+    return isinstance(cause, pg_errors.QueryCanceled)
 
 
 def retry_in_place(

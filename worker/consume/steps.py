@@ -22,7 +22,6 @@ from seqproc.worker.consume.batching import Batcher, should_stop
 from seqproc.worker.consume.decode import body_text
 from seqproc.worker.consume.retry import StopRetrying, retry_in_place
 from seqproc.worker.engine.apply import DeadLetterRecord, store_dead_letters
-from seqproc.worker.ops import metrics
 from seqproc.worker.ownership.partitions import restore_unacked
 from seqproc.worker.ownership.static import fence
 
@@ -63,7 +62,8 @@ def dead_letter_message(rt: runtime.Runtime, message: Any, error: str) -> None:
     except StopRetrying:
         return
     message.ack()
-    metrics.count_dead_letters([record])
+    if rt.hooks.on_dead_letter:
+        rt.hooks.fire(rt.hooks.on_dead_letter, [record])
 
 
 class SeqprocConsumer(Consumer):

@@ -1,4 +1,5 @@
-"""Celery task events for Flower, two per message, published once per flush.
+"""Celery task events for Flower, two per message, published once per partition batch (:class:`FlowerEvents`, a
+subscriber of the worker's ``after_settle`` hook: ``worker.hooks``).
 
 Per message, after its partition's commit: "task-received" (Flower counts it as "processed"), with the task's name
 and arguments, and "task-succeeded", with its result and runtime; Flower merges both into the task. They go out
@@ -17,14 +18,17 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.utils.time import utcoffset
 
 from seqproc.models.outcomes import Outcome, count_statuses
 from seqproc.models.wire import APPLY_TASK
+
+if TYPE_CHECKING:
+    from seqproc.worker.hooks import Settled as SettledBatch
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +45,31 @@ class Settled:
     dead_letters: int
 
 
+class FlowerEvents:
+    """The ``after_settle`` subscriber: the task events of each settled batch's messages, on the dispatcher that
+    ``dispatcher()`` gives (the current consumer's: it changes when Celery restarts the consumer)."""
+
+    def __init__(self, dispatcher: Callable[[], Any]) -> None:
+        self.dispatcher = dispatcher
+
+    def after_settle(self, settled: SettledBatch) -> None:
+        dispatcher = self.dispatcher()
+        if not sends_task_events(dispatcher):
+            return
+        messages = [Settled(d.task_id, d.partition, len(d.events), len(d.dead_letters)) for d in settled.messages]
+        publish(dispatcher, messages, settled.outcomes, settled.elapsed_s)
+
+
+def sends_task_events(dispatcher: Any) -> bool:
+    """``dispatcher`` (an ``EventDispatcher`` or None) sends task events."""
+    return dispatcher is not None and dispatcher.enabled and (not dispatcher.groups or "task" in dispatcher.groups)
+
+
 def publish(dispatcher: Any, messages: Sequence[Settled], outcomes: Sequence[Outcome], elapsed: float) -> None:
     """Publish the task events of ``messages`` (``outcomes``: their events' outcomes, in order) on ``dispatcher``
     (the consumer's ``EventDispatcher``), if it sends task events. Never raises: Flower's view must not stop the
     acks that follow."""
-    if dispatcher is None or not dispatcher.enabled or (dispatcher.groups and "task" not in dispatcher.groups):
+    if not sends_task_events(dispatcher):
         return
     try:
         text = events_json(dispatcher, messages, outcomes, elapsed)

@@ -7,10 +7,11 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from seqproc.models.fields import ReservationStatus
 from seqproc.models.tables.balance import AccountBalance
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount
-from seqproc.models.tables.stock import ProductStock, Reservation, ReservationStatus
+from seqproc.models.tables.stock import ProductStock, Reservation
 
 
 def article_state(conn: Connection, article_id: int) -> dict[str, Any]:

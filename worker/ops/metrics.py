@@ -1,6 +1,8 @@
 """Prometheus metrics of a worker (prometheus-client), served over HTTP on ``SEQPROC_METRICS_PORT`` (0: off).
 
-Counted after each commit, so a rolled-back or retried transaction never counts twice:
+Counted after each commit, so a rolled-back or retried transaction never counts twice: this module subscribes to
+the worker's lifecycle hooks (``worker.hooks``: its functions ``after_commit``, ``after_settle`` and
+``on_dead_letter``) when the worker serves the metrics, and the batcher never calls it:
 
 - ``seqproc_events_applied_total{partition,type}``
 - ``seqproc_events_duplicate_total{partition,type}``: events whose idempotency key was already applied
@@ -45,7 +47,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from seqproc.models.events import Event
-from seqproc.models.outcomes import Outcome
+from seqproc.models.outcomes import DEAD_LETTER_REASONS, Outcome
+from seqproc.worker.hooks import Committed, Hooks, Settled
 from seqproc.worker.ops.lag import QueueProbe, probe_queues
 
 logger = logging.getLogger(__name__)
@@ -94,17 +97,9 @@ BATCH_SIZE = Histogram(
     registry=REGISTRY,
 )
 
-#: Counting happens only in a worker that serves the metrics (``serve``): the others skip it on the hot path.
-enabled = False
-
-#: Outcome reasons that mean "dead-lettered" rather than "refused by a rule".
-DEAD_LETTER_REASONS = frozenset({"dead_lettered", "parked"})
-
 
 def count_outcomes(partition: int, events: Sequence[Event], outcomes: Sequence[Outcome]) -> None:
     """Count one committed batch of one partition (tallied first: one increment per label set, not per event)."""
-    if not enabled:
-        return
     tally: Tally[tuple[str, str, str]] = Tally()
     for event, outcome in zip(events, outcomes, strict=True):
         tally[(event.type, outcome.status, outcome.reason or "")] += 1
@@ -122,27 +117,35 @@ def count_outcomes(partition: int, events: Sequence[Event], outcomes: Sequence[O
 
 def count_dead_letters(records: Iterable[Any]) -> None:
     """Count stored dead letters that are not events' outcomes: messages that could not be decoded or routed."""
-    if not enabled:
-        return
     for record in records:
         partition = "none" if record.partition is None else str(record.partition)
         DEAD_LETTERED.labels(partition, "message").inc()
 
 
 def count_lost(gaps: Iterable[Any]) -> None:
-    """Count the events of gaps just declared lost (by this worker: each gap is declared once, by one worker)."""
-    if not enabled:
-        return
+    """Count the events of gaps just declared lost (by this worker: each gap is declared once, by one worker).
+    Rare, so counted whether or not this worker serves the metrics."""
     for gap in gaps:
         LOST.labels(str(gap.partition)).inc(gap.count)
 
 
 def observe_flush(seconds: float, batch_sizes: Iterable[int]) -> None:
-    if not enabled:
-        return
     APPLY_LATENCY.observe(seconds)
     for size in batch_sizes:
         BATCH_SIZE.observe(size)
+
+
+# -- the lifecycle hooks (worker.hooks) this module subscribes to: only in a worker that serves the metrics ------
+def after_commit(committed: Committed) -> None:
+    observe_flush(committed.elapsed_s, [len(batch.events) for batch, _ in committed.batches])
+
+
+def after_settle(settled: Settled) -> None:
+    count_outcomes(settled.partition, settled.events, settled.outcomes)
+
+
+def on_dead_letter(records: Sequence[Any]) -> None:
+    count_dead_letters(records)
 
 
 class QueueCollector(Collector):
@@ -221,13 +224,17 @@ def serve_relay(port: int, outbox_engine: Any, *, address: str = "127.0.0.1") ->
     logger.info("metrics: serving the relay's Prometheus metrics on %s:%d/metrics", address, port)
 
 
-def serve(port: int, redis_client: Any, owned: Callable[[], dict[int, int]], *, address: str = "127.0.0.1") -> None:
-    """Start the HTTP endpoint (``/metrics``) in a daemon thread of this process."""
+def serve(
+    port: int, redis_client: Any, owned: Callable[[], dict[int, int]], hooks: Hooks, *, address: str = "127.0.0.1"
+) -> None:
+    """Start the HTTP endpoint (``/metrics``) in a daemon thread of this process, and count what ``hooks`` (the
+    worker's) report from now on."""
+    import sys
+
     from prometheus_client import ProcessCollector
 
     ProcessCollector(registry=REGISTRY)
     REGISTRY.register(QueueCollector(redis_client, owned))
     start_http_server(port, addr=address, registry=REGISTRY)
-    global enabled
-    enabled = True
+    hooks.subscribe(sys.modules[__name__])
     logger.info("metrics: serving Prometheus metrics on %s:%d/metrics", address, port)

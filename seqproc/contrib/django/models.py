@@ -20,9 +20,8 @@ import django
 from django.db import models
 
 from seqproc.models.errors import SeqprocError
-from seqproc.models.fields import MAX_KEY_LENGTH
-from seqproc.models.tables.ledger import DISCARDED_BY_LENGTH, LEDGER_KEY_LENGTH, dead_letter_state
-from seqproc.models.tables.stock import ReservationStatus
+from seqproc.models.fields import LEDGER_KEY_LENGTH, MAX_KEY_LENGTH, ReservationStatus
+from seqproc.models.tables.ledger import DISCARDED_BY_LENGTH, dead_letter_state
 
 __all__ = [
     "ArticleLike",

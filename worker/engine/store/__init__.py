@@ -17,7 +17,7 @@ from typing import Protocol
 
 from sqlalchemy import Connection
 
-from seqproc.models.outcomes import Outcome
+from seqproc.models.outcomes import Outcome, Status
 
 #: The status a claimed key starts with: most events are applied plainly, so only the others need a second write.
 CLAIMED_STATUS = "applied"
@@ -102,6 +102,26 @@ class Store(Protocol):
         ...
 
     def store_dead_letters(self, conn: Connection, records: Sequence[DeadLetterRecord]) -> None: ...
+
+
+def status_of(value: str | None) -> Status:
+    """A ledger row's status as an outcome's (a claimed key not decided otherwise was applied)."""
+    if value in ("applied", "rejected"):
+        return value  # type: ignore[return-value]
+    return "applied"
+
+
+def dead_letter_row(d: DeadLetterRecord) -> dict[str, object]:
+    """The ``dead_letter`` row of ``d`` (both stores insert it)."""
+    return {
+        "partition": d.partition,
+        "queue": d.queue,
+        "event_key": d.event_key,
+        "entity_key": d.entity_key,
+        "content_type": d.content_type,
+        "body": d.body,
+        "error": d.error,
+    }
 
 
 def store_for(conn: Connection) -> Store:

@@ -1,4 +1,5 @@
-"""The portable store: SQLAlchemy Core statements that SQLite (and PostgreSQL) understand. See ``worker.store``."""
+"""The portable store: SQLAlchemy Core statements that SQLite (and PostgreSQL) understand. See ``worker.engine.store``
+(the base both stores import; neither imports the other)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,16 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from seqproc.models.db import upsert
-from seqproc.models.outcomes import Outcome, Status
+from seqproc.models.outcomes import Outcome
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.ledger import DeadLetter, LedgerEntry, ParkedKey
 from seqproc.models.tables.partition import Partition
-from seqproc.worker.engine.store import CLAIMED_STATUS, DeadLetterRecord, Loaded, Writes
+from seqproc.worker.engine.store import CLAIMED_STATUS, DeadLetterRecord, Loaded, Writes, dead_letter_row, status_of
 
 LEDGER = table_of(LedgerEntry)
 DEAD_LETTERS = table_of(DeadLetter)
 PARTITIONS = table_of(Partition)
 PARKED = table_of(ParkedKey)
-
-
-def status_of(value: str | None) -> Status:
-    if value in ("applied", "rejected"):
-        return value  # type: ignore[return-value]
-    return "applied"
 
 
 class SqlStore:
@@ -109,18 +104,6 @@ class SqlStore:
     def store_dead_letters(self, conn: Connection, records: Sequence[DeadLetterRecord]) -> None:
         if records:
             conn.execute(insert(DEAD_LETTERS), [dead_letter_row(d) for d in records])
-
-
-def dead_letter_row(d: DeadLetterRecord) -> dict[str, object]:
-    return {
-        "partition": d.partition,
-        "queue": d.queue,
-        "event_key": d.event_key,
-        "entity_key": d.entity_key,
-        "content_type": d.content_type,
-        "body": d.body,
-        "error": d.error,
-    }
 
 
 __all__ = ["SqlStore"]

@@ -14,8 +14,7 @@ from sqlalchemy import Connection
 
 from seqproc.models.db import array, columns, driver, pipeline
 from seqproc.models.outcomes import Outcome
-from seqproc.worker.engine.store import CLAIMED_STATUS, DeadLetterRecord, Loaded, Writes
-from seqproc.worker.engine.store.portable import dead_letter_row, status_of
+from seqproc.worker.engine.store import CLAIMED_STATUS, DeadLetterRecord, Loaded, Writes, dead_letter_row, status_of
 
 CLAIM = """
 INSERT INTO idempotency_ledger (key, partition, event_type, status)

@@ -1,0 +1,30 @@
+"""What the broker holds at the instant of a fault, read straight from Redis: the proof that a fault landed
+mid-batch (a worker killed with messages in ``unacked``), not between batches where it proves nothing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+#: The hash of fetched, unacknowledged messages (seqproc's transport keeps kombu's name).
+UNACKED = "unacked"
+
+
+def events_of(raw: bytes | str) -> list[dict[str, Any]]:
+    """The events of one queued message (kombu's envelope around the task's ``[args, kwargs, embed]`` body)."""
+    body = json.loads(json.loads(raw)["body"])
+    return list(body[1]["events"])
+
+
+def unacked_event_ids(client: Any) -> list[str]:
+    """The ids of the events of every message fetched and not yet acknowledged (``[message, exchange, queue]``)."""
+    return [
+        str(event["id"])
+        for entry in client.hvals(UNACKED)
+        for event in json.loads(json.loads(entry)[0]["body"])[1]["events"]
+    ]
+
+
+def queued_event_ids(client: Any, queue: str) -> list[str]:
+    """The ids of the events waiting in ``queue``, next to be fetched first."""
+    return [str(event["id"]) for raw in reversed(client.lrange(queue, 0, -1)) for event in events_of(raw)]
