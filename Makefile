@@ -70,9 +70,11 @@ services:
 
 # The programs tests behind a guarantee need besides the services, as command:Debian package: wrk (the HTTP load of
 # `seqproc bench --server`), openssl (the TLS broker's certificates), redis-server (the fault tests' private
-# brokers) and pg_ctlcluster (the PostgreSQL restart test). Without one its tests fail in CI (CI=true) and skip
-# elsewhere. Installed with apt-get when missing and this runs as root; otherwise it says how.
-TOOLS := wrk:wrk openssl:openssl redis-server:redis-server redis-cli:redis-tools pg_ctlcluster:postgresql-common
+# brokers), pg_ctlcluster (the PostgreSQL restart test) and chromium (the browser the example page's tests drive,
+# through Playwright). Without one its tests fail in CI (CI=true) and skip elsewhere. Installed with apt-get when
+# missing and this runs as root; otherwise it says how.
+TOOLS := wrk:wrk openssl:openssl redis-server:redis-server redis-cli:redis-tools pg_ctlcluster:postgresql-common \
+	chromium:chromium chromedriver:chromium-driver
 
 tools:
 	@missing=""; \

@@ -198,6 +198,12 @@ def columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[str]:
     return [array(row[i] for row in rows) for i in range(width)]
 
 
+def psycopg_driver(conn: Connection) -> bool:
+    """True when ``conn`` runs on a synchronous psycopg connection that :func:`driver` may hand statements to
+    (PostgreSQL; not an asyncio engine's, which a preview's ``run_sync`` lends to the domains' loads)."""
+    return conn.dialect.name == "postgresql" and not conn.dialect.is_async
+
+
 def driver(conn: Connection) -> Any:
     """The psycopg connection under SQLAlchemy's, in the same transaction."""
     return conn.connection.driver_connection

@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from seqproc.models.errors import ConfigError, InvalidEvent, SeqprocError
-from seqproc.models.fields import MAX_REASON_LENGTH, EventId, LedgerKey, Stamp
+from seqproc.models.fields import MAX_REASON_LENGTH, EventId, LedgerKey, NotifyOn, Stamp, Topic
 
 #: Fields every event carries on the wire, filled in by the producer: not for a domain's own fields.
-RESERVED_FIELDS = ("type", "key", "id", "stamp")
+RESERVED_FIELDS = ("type", "key", "id", "stamp", "notify", "notify_on")
 #: A type name on the wire is at most this long (the ledger's ``event_type`` column).
 MAX_TYPE_LENGTH = 64
 
@@ -80,6 +80,11 @@ class EventModel(BaseModel):
     id: EventId | None = None
     #: Ordering stamp from the producer's clock (nanoseconds, strictly increasing per producer process).
     stamp: Stamp | None = None
+    #: The topic the worker publishes this event's outcome to after its commit (``seqproc.notifications``). Left
+    #: out of the wire form when None, so that events without it read as they did.
+    notify: Topic | None = Field(default=None, exclude_if=lambda value: value is None)
+    #: ``"rejected"``: publish only a rejection or a dead letter; None: every outcome.
+    notify_on: NotifyOn | None = Field(default=None, exclude_if=lambda value: value is None)
 
     #: Set on each registered event class by :meth:`Domain.event`.
     domain: ClassVar[Domain]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -33,6 +33,10 @@ CallerKey = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_KEY_L
 LedgerKey = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_KEY_LENGTH + 16, pattern=_NO_CONTROL_CHARS)]
 EventId = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_EVENT_ID_LENGTH, pattern=_NO_CONTROL_CHARS)]
 Stamp = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
+#: A notification topic (``notify="user:42"``): named like an entity key, ``<letters, digits, - or _>:<anything>``.
+Topic = Annotated[str, Field(strict=True, min_length=3, max_length=200, pattern=r"^[A-Za-z0-9_-]+:[^\x00-\x1f\x7f]+$")]
+#: ``notify_on="rejected"``: notify only rejections and dead letters (None: every outcome).
+NotifyOn = Literal["rejected"]
 #: An entity key as ``seqproc deadletter replay`` takes it: ``<entity>:<key>`` (``article:42``, ``wallet:7``).
 EntityKey = Annotated[
     str, Field(strict=True, min_length=3, max_length=200, pattern=r"^[A-Za-z0-9_-]+:[^\x00-\x1f\x7f]+$")

@@ -72,34 +72,72 @@ end
 return out
 """
 
-#: The producer's push of a send: KEYS queue1, bell1, queue2, bell2, ...; ARGV message1, message2, ... Each message is
-#: pushed (LPUSH, as kombu does) and its queue's bell rung, kept to one token; one command, one reply, for the lot.
-PUSH_AND_RING = """
-for i = 1, #ARGV do
-    redis.call('LPUSH', KEYS[2 * i - 1], ARGV[i])
+#: Held by both push scripts below, at their end: each pushed event's entry in the pending index of its entity key
+#: (``seqproc:pending:<key>``, a hash: event id -> order + event JSON), for ``seqproc.preview`` to read in one
+#: command whatever the queue's depth. The order is the server's clock (TIME, microseconds) and the entry's rank in
+#: the push, so that a key's entries sort as they were pushed. KEYS[first ..]: the indexes; ARGV[a]: their time to
+#: live, then per index: how many entries, then (event id, event JSON) for each. Costs one HSET per event and one
+#: EXPIRE per key; the worker's ack deletes the entries (``Channel.ack_fetched``).
+_HOLD_PENDING = """
+local function hold_pending(first, a)
+    if first > #KEYS then return end
+    local ttl = ARGV[a]
+    a = a + 1
+    local now = redis.call('TIME')
+    local order = string.format('%010d%06d', now[1], now[2])
+    local rank = 0
+    for k = first, #KEYS do
+        local count = tonumber(ARGV[a])
+        a = a + 1
+        for _ = 1, count do
+            rank = rank + 1
+            redis.call('HSET', KEYS[k], ARGV[a], order .. string.format('%06d', rank) .. ARGV[a + 1])
+            a = a + 2
+        end
+        redis.call('EXPIRE', KEYS[k], ttl)
+    end
+end
+"""
+
+#: The producer's push of a send: KEYS queue1, bell1, queue2, bell2, ..., then the pending indexes; ARGV how many
+#: messages, message1, message2, ..., then the pending entries (see ``_HOLD_PENDING``). Each message is pushed
+#: (LPUSH, as kombu does) and its queue's bell rung, kept to one token; one command, one reply, for the lot.
+PUSH_AND_RING = (
+    _HOLD_PENDING
+    + """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+    redis.call('LPUSH', KEYS[2 * i - 1], ARGV[i + 1])
     redis.call('LPUSH', KEYS[2 * i], '1')
     redis.call('LTRIM', KEYS[2 * i], 0, 0)
 end
-return #ARGV
+hold_pending(2 * n + 1, n + 2)
+return n
 """
+)
 
-#: KEYS: the queue's push count, the queue, its bell. ARGV: the count the relay recorded, then the messages, oldest
-#: first. Pushes them and raises the count only if the count is the recorded one. Returns {1, new count} or
-#: {0, count found}.
-RELAY_PUSH_IF_COUNT = """
+#: KEYS: the queue's push count, the queue, its bell, then the pending indexes. ARGV: the count the relay recorded,
+#: how many messages, the messages, oldest first, then the pending entries (see ``_HOLD_PENDING``). Pushes them and
+#: raises the count only if the count is the recorded one. Returns {1, new count} or {0, count found}.
+RELAY_PUSH_IF_COUNT = (
+    _HOLD_PENDING
+    + """
 local count = tonumber(redis.call('GET', KEYS[1]) or '0')
 if count ~= tonumber(ARGV[1]) then
     return {0, count}
 end
-for i = 2, #ARGV do
+local n = tonumber(ARGV[2])
+for i = 3, n + 2 do
     redis.call('LPUSH', KEYS[2], ARGV[i])
 end
-count = count + #ARGV - 1
+count = count + n
 redis.call('SET', KEYS[1], count)
 redis.call('LPUSH', KEYS[3], '1')
 redis.call('LTRIM', KEYS[3], 0, 0)
+hold_pending(4, n + 3)
 return {1, count}
 """
+)
 
 #: KEYS: the outbox's counter of a queue, the shared counter of the same queue (before counters were per outbox).
 #: ARGV: the count this outbox recorded. Sets the outbox's counter, if it has none, to the shared one's value capped
@@ -163,6 +201,25 @@ for i, key in ipairs(KEYS) do
     redis.call('EXPIRE', key, ttl)
 end
 return #KEYS
+"""
+
+#: KEYS: per notice, its topic's stream and its set of keys told. ARGV: the time to live, the cap, then per notice
+#: its ``once``, idempotency key, type, entity key, status and reason ('' for none). Returns how many it appended.
+PUBLISH_NOTIFICATIONS = """
+local ttl, cap = ARGV[1], ARGV[2]
+local appended = 0
+for i = 1, #KEYS / 2 do
+    local stream, told = KEYS[2 * i - 1], KEYS[2 * i]
+    local a = 2 + (i - 1) * 6
+    if redis.call('SADD', told, ARGV[a + 1]) == 1 then
+        redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', 'idempotency_key', ARGV[a + 2], 'type', ARGV[a + 3],
+            'key', ARGV[a + 4], 'status', ARGV[a + 5], 'reason', ARGV[a + 6])
+        appended = appended + 1
+    end
+    redis.call('EXPIRE', stream, ttl)
+    redis.call('EXPIRE', told, ttl)
+end
+return appended
 """
 
 PUSH_AND_RING_SHA = sha1(PUSH_AND_RING)

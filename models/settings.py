@@ -28,6 +28,10 @@ DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6379/1"
 #: 16 partitions: enough to spread over a few worker hosts; fixed per deployment (changing it re-routes keys).
 DEFAULT_PARTITIONS = 16
+#: Outcome notifications are kept a day after a topic's last one, and about a thousand per topic: room for a user's
+#: session of clicks, bounded memory for a topic nobody reads (a few hundred bytes each).
+DEFAULT_NOTIFY_TTL_S = 86_400
+DEFAULT_NOTIFY_MAX = 1_000
 MAX_PARTITIONS = 1024
 
 ENV_PREFIX = "SEQPROC_"
@@ -85,6 +89,15 @@ class Settings(BaseSettings):
     publish_refused_retry_s: Annotated[float, Field(ge=0, le=300)] = 1
     #: Outcomes kept in the result backend for ``receipt.wait()``.
     outcome_ttl_s: Annotated[int, Field(ge=60, le=30 * 86_400)] = 86_400
+    #: A key's pending index (what ``seqproc.preview`` reads) is kept this long after the key's last push: an entry
+    #: whose message the broker lost (a failover) leaves the preview after it. A backlog older than this is not
+    #: previewed in full. 0: no index (a push costs one HSET per event and one EXPIRE per key less; previews then
+    #: show the applied state only).
+    pending_ttl_s: Annotated[int, Field(ge=0, le=30 * 86_400)] = 3_600
+    #: Outcome notifications (``notify="user:42"``): a topic keeps them this long after its last one...
+    notify_ttl_s: Annotated[int, Field(ge=1, le=30 * 86_400)] = DEFAULT_NOTIFY_TTL_S
+    #: ... and about this many (the oldest dropped first; Redis trims streams approximately, ``MAXLEN ~``).
+    notify_max: Annotated[int, Field(ge=1, le=10_000_000)] = DEFAULT_NOTIFY_MAX
 
     #: How long a worker, relay or beat waits for a reply on an open broker connection before it counts the
     #: connection as dead and opens another: the bound on noticing a broker connection gone half-open (a black-holed

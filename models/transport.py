@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from json import JSONDecoder
@@ -339,11 +339,16 @@ class Channel(kombu_redis.Channel):
         return len(items)
 
     # -- a chunk consumer's acks and give-backs -------------------------------------------------------------------
-    def ack_fetched(self, tags: list[str]) -> None:
-        """Forget ``tags`` (applied and committed) in one round trip: what ``QoS.ack`` does per message."""
+    def ack_fetched(self, tags: list[str], settled: Mapping[str, list[str]] | None = None) -> None:
+        """Forget ``tags`` (applied and committed) in one round trip: what ``QoS.ack`` does per message; and the
+        entries of their events in the pending indexes (``settled``: event ids by index)."""
         if not tags:
             return
-        self._held().run(pack("HDEL", self.unacked_key, *tags) + pack("ZREM", self.unacked_index_key, *tags), 2)
+        packed = pack("HDEL", self.unacked_key, *tags) + pack("ZREM", self.unacked_index_key, *tags)
+        indexes = settled or {}
+        for index, event_ids in indexes.items():
+            packed += pack("HDEL", index, *event_ids)
+        self._held().run(packed, 2 + len(indexes))
 
     def give_back_fetched(self, messages: list[Fetched]) -> None:
         """Put ``messages`` (oldest first) back at the head of their queues, in order, and forget them, atomically;

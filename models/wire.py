@@ -78,6 +78,10 @@ PARTITION_COUNT_KEY = "seqproc:partitions"
 #: The name (``CLIENT SETNAME``) of the producers' broker connections: ``seqproc partitions set`` closes them, so that
 #: each reads the new count when it connects again (and refuses to route with the old one).
 PRODUCER_CLIENT_NAME = "seqproc-producer"
+#: An entity key's pending index: the events pushed for it and not acknowledged yet (a hash: event id -> order +
+#: event JSON), written by the push scripts, deleted by the worker's ack, kept ``SEQPROC_PENDING_TTL_S`` after the
+#: key's last push (``seqproc.preview`` reads it). ``seqproc:pending:article:42``.
+PENDING_PREFIX = "seqproc:pending:"
 #: A scheduled job's singleton lock (redis-py Lock, or a Redlock over ``SEQPROC_LOCK_URLS``).
 JOB_LOCK_PREFIX = "seqproc:job-lock:"
 
@@ -85,10 +89,18 @@ JOB_LOCK_PREFIX = "seqproc:job-lock:"
 
 #: One event's outcome (for ``receipt.wait()``), kept ``SEQPROC_OUTCOME_TTL_S``.
 OUTCOME_KEY_PREFIX = "seqproc:outcome:"
+#: A notification topic's stream (``notify="user:42"``): ``seqproc:notify:user:42``, kept ``SEQPROC_NOTIFY_TTL_S``.
+NOTIFY_PREFIX = "seqproc:notify:"
+#: The idempotency keys a topic was told of (a set beside its stream, same expiry): each outcome is told once.
+NOTIFIED_PREFIX = "seqproc:notified:"
 
 
 def bell_key(queue: str) -> str:
     return BELL_PREFIX + queue
+
+
+def pending_key(entity_key: str) -> str:
+    return PENDING_PREFIX + entity_key
 
 
 def lease_key(queue: str) -> str:
@@ -113,6 +125,14 @@ def job_lock_key(job: str) -> str:
 
 def outcome_key(event_id: str) -> str:
     return OUTCOME_KEY_PREFIX + event_id
+
+
+def notify_key(topic: str) -> str:
+    return NOTIFY_PREFIX + topic
+
+
+def notified_key(topic: str) -> str:
+    return NOTIFIED_PREFIX + topic
 
 
 #: kombu's form of a replicated Redis behind Sentinel: ``sentinel://h1:26379;sentinel://h2:26379/0``.

@@ -12,6 +12,11 @@ through a Django alias (``seqproc.contrib.django.outbox.like``), and the asyncio
 What a front adds is its sender's: a keyword-only option (``timeout_s`` for the broker, ``using`` for Django: the
 keys of :class:`SendOptions`, typed per front, ``Never`` where a front takes none), or the connection, first.
 
+Every call takes ``notify="user:42"`` (a topic of the caller's choosing, named like an entity key): after the commit
+that applies, rejects or dead-letters the event, the worker publishes its outcome there (``seqproc.notifications``);
+``notify_on="rejected"`` publishes only rejections and dead letters. Both travel in the event itself, so every front
+has them for nothing.
+
 A new event type of a built-in domain needs its schema and its rules only: ``send``, ``send_many`` and ``seqproc
 enqueue`` take it in every front. A named call for it (as ``like`` is) is one method here; each front module then
 exports it by name (one line), which ``tests/unit/test_fronts.py`` checks against :data:`CALLS`.
@@ -24,7 +29,8 @@ from typing import Any, Generic, Protocol, TypedDict, TypeVar, Unpack
 
 from seqproc.models.domain import EventModel
 from seqproc.models.events import Event
-from seqproc.producer.build import build_events, make_event, prepare
+from seqproc.models.fields import NotifyOn
+from seqproc.producer.build import build_events, make_event, notice, prepare
 
 #: The type of the ``timeout_s`` option in a front (``float | None`` for the broker's, ``Never`` elsewhere).
 T = TypeVar("T")
@@ -66,18 +72,36 @@ class Calls(Generic[T, U, One, Many]):
         self.sender = sender
 
     def like(
-        self, article_id: int, user_id: int, *, idempotency_key: str | None = None, **options: Unpack[SendOptions[T, U]]
+        self,
+        article_id: int,
+        user_id: int,
+        *,
+        idempotency_key: str | None = None,
+        notify: str | None = None,
+        notify_on: NotifyOn | None = None,
+        **options: Unpack[SendOptions[T, U]],
     ) -> One:
         """``user_id`` likes ``article_id`` (a repeated like changes nothing)."""
         fields = {"article_id": article_id, "user_id": user_id}
-        return self.sender.one(make_event("like", fields, idempotency_key=idempotency_key), options)
+        return self.sender.one(
+            make_event("like", fields, idempotency_key=idempotency_key, notify=notify, notify_on=notify_on), options
+        )
 
     def unlike(
-        self, article_id: int, user_id: int, *, idempotency_key: str | None = None, **options: Unpack[SendOptions[T, U]]
+        self,
+        article_id: int,
+        user_id: int,
+        *,
+        idempotency_key: str | None = None,
+        notify: str | None = None,
+        notify_on: NotifyOn | None = None,
+        **options: Unpack[SendOptions[T, U]],
     ) -> One:
         """``user_id`` takes back their like of ``article_id`` (an unlike without a like changes nothing)."""
         fields = {"article_id": article_id, "user_id": user_id}
-        return self.sender.one(make_event("unlike", fields, idempotency_key=idempotency_key), options)
+        return self.sender.one(
+            make_event("unlike", fields, idempotency_key=idempotency_key, notify=notify, notify_on=notify_on), options
+        )
 
     def restock(
         self,
@@ -85,40 +109,82 @@ class Calls(Generic[T, U, One, Many]):
         quantity: int,
         *,
         idempotency_key: str | None = None,
+        notify: str | None = None,
+        notify_on: NotifyOn | None = None,
         **options: Unpack[SendOptions[T, U]],
     ) -> One:
         """Add ``quantity`` units of ``product_id`` (creating the product on its first restock)."""
         fields = {"product_id": product_id, "quantity": quantity}
-        return self.sender.one(make_event("restock", fields, idempotency_key=idempotency_key), options)
+        return self.sender.one(
+            make_event("restock", fields, idempotency_key=idempotency_key, notify=notify, notify_on=notify_on), options
+        )
 
     def reserve(
-        self, product_id: int, quantity: int, *, reservation_id: str, **options: Unpack[SendOptions[T, U]]
+        self,
+        product_id: int,
+        quantity: int,
+        *,
+        reservation_id: str,
+        notify: str | None = None,
+        notify_on: NotifyOn | None = None,
+        **options: Unpack[SendOptions[T, U]],
     ) -> One:
         """Hold ``quantity`` units of ``product_id``; rejected with ``insufficient_stock`` if fewer are available."""
         fields = {"product_id": product_id, "quantity": quantity, "reservation_id": reservation_id}
-        return self.sender.one(make_event("reserve", fields), options)
+        return self.sender.one(make_event("reserve", fields, notify=notify, notify_on=notify_on), options)
 
-    def release(self, product_id: int, reservation_id: str, **options: Unpack[SendOptions[T, U]]) -> One:
+    def release(
+        self,
+        product_id: int,
+        reservation_id: str,
+        *,
+        notify: str | None = None,
+        notify_on: NotifyOn | None = None,
+        **options: Unpack[SendOptions[T, U]],
+    ) -> One:
         """Give a reservation's units back (once). A release that arrives before its reservation cancels it."""
         fields = {"product_id": product_id, "reservation_id": reservation_id}
-        return self.sender.one(make_event("release", fields), options)
+        return self.sender.one(make_event("release", fields, notify=notify, notify_on=notify_on), options)
 
-    def commit(self, product_id: int, reservation_id: str, **options: Unpack[SendOptions[T, U]]) -> One:
+    def commit(
+        self,
+        product_id: int,
+        reservation_id: str,
+        *,
+        notify: str | None = None,
+        notify_on: NotifyOn | None = None,
+        **options: Unpack[SendOptions[T, U]],
+    ) -> One:
         """Turn an applied reservation into a sale. Rejected for an unknown or released reservation."""
         fields = {"product_id": product_id, "reservation_id": reservation_id}
-        return self.sender.one(make_event("commit", fields), options)
+        return self.sender.one(make_event("commit", fields, notify=notify, notify_on=notify_on), options)
 
     def send(
-        self, event: EventModel, *, idempotency_key: str | None = None, **options: Unpack[SendOptions[T, U]]
+        self,
+        event: EventModel,
+        *,
+        idempotency_key: str | None = None,
+        notify: str | None = None,
+        notify_on: NotifyOn | None = None,
+        **options: Unpack[SendOptions[T, U]],
     ) -> One:
         """An event of any domain (``send(Deposit(account_id=7, amount=100), idempotency_key="req-1")``).
 
         Without ``idempotency_key`` every call is a new event; a caller that may retry passes its own (a request
         id), and the retry is then a ``duplicate``. Events whose key follows from their fields (a reservation, a
         transfer) take no key."""
-        return self.sender.one(prepare([event], idempotency_keys=[idempotency_key])[0], options)
+        return self.sender.one(
+            prepare([event], idempotency_keys=[idempotency_key], notified=notice(notify, notify_on))[0], options
+        )
 
-    def send_many(self, events: Iterable[Mapping[str, Any] | EventModel], **options: Unpack[SendOptions[T, U]]) -> Many:
+    def send_many(
+        self,
+        events: Iterable[Mapping[str, Any] | EventModel],
+        *,
+        notify: str | None = None,
+        notify_on: NotifyOn | None = None,
+        **options: Unpack[SendOptions[T, U]],
+    ) -> Many:
         """Many events at once: with few messages (one per partition, and per ``max_events_per_message``), or in
         one insert into the outbox.
 
@@ -126,7 +192,7 @@ class Calls(Generic[T, U, One, Many]):
         calls take them, e.g. ``{"type": "like", "article_id": 1, "user_id": 2}``. All are validated before any is
         sent or written; the first bad one raises :class:`InvalidEvent` naming its index and field
         (``events[3].quantity: ...``). Order is kept per partition, hence per entity."""
-        return self.sender.many(build_events(events), options)
+        return self.sender.many(build_events(events, notified=notice(notify, notify_on)), options)
 
 
 #: The calls every front exports, in the order they are defined: the one list the fronts' names are checked against.

@@ -35,18 +35,9 @@ from seqproc.producer.calls import Calls, SendOptions
 from seqproc.producer.fronts import PerConnection
 from seqproc.producer.receipt import Receipt
 
-__all__ = [
-    "OutboxConnectionError",
-    "commit",
-    "like",
-    "release",
-    "reserve",
-    "restock",
-    "send",
-    "send_many",
-    "unlike",
-    "write",
-]
+__all__ = ["OutboxConnectionError", "write"]
+# The calls (producer.calls.CALLS): every front exports the same list.
+__all__ += ["commit", "like", "release", "reserve", "restock", "send", "send_many", "unlike"]
 
 #: The insert, with psycopg's (and Django's) placeholders: nothing is inserted unless the outbox database records no
 #: partition count or the one the row was routed with (``partitions``). Constant text: psycopg prepares it after a
@@ -119,14 +110,10 @@ class OutboxSender:
 SENT = "Written into the outbox through ``conn``, inside its transaction: sent if and only if it commits."
 
 _front = PerConnection(OutboxSender, __name__, sent=SENT)
-like = _front.export(Calls.like)
-unlike = _front.export(Calls.unlike)
-restock = _front.export(Calls.restock)
-reserve = _front.export(Calls.reserve)
-release = _front.export(Calls.release)
-commit = _front.export(Calls.commit)
-send = _front.export(Calls.send)
-send_many = _front.export(Calls.send_many)
+like, unlike = _front.export(Calls.like), _front.export(Calls.unlike)
+restock, reserve = _front.export(Calls.restock), _front.export(Calls.reserve)
+release, commit = _front.export(Calls.release), _front.export(Calls.commit)
+send, send_many = _front.export(Calls.send), _front.export(Calls.send_many)
 
 
 def write(conn: Any, events: Sequence[Event], *, settings: Settings | None = None) -> list[Receipt]:

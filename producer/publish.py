@@ -29,16 +29,17 @@ from redis.retry import Retry
 
 from seqproc.models.celery import celery_config
 from seqproc.models.clients import redis_client, wait_timeout_ms
-from seqproc.models.envelope import task_envelope
+from seqproc.models.envelope import envelope_of_json
 from seqproc.models.errors import PartitionCountMismatch, PublishError, first_line
 from seqproc.models.events import Event
 from seqproc.models.outcomes import OutcomeStore, outcome_store
 from seqproc.models.partition_count import BrokerPartitionCount
+from seqproc.models.pending import event_texts, hold_args
 from seqproc.models.resp import command, pack_texts
 from seqproc.models.scripts import PUSH_AND_RING, PUSH_AND_RING_SHA
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.stamps import unique_id
-from seqproc.models.transport import SEQPROC_TRANSPORTS, ring
+from seqproc.models.transport import SEQPROC_TRANSPORTS
 from seqproc.models.wire import APPLY_TASK, PRODUCER_CLIENT_NAME, bell_key, partition_for, queue_name
 from seqproc.producer.attempts import (
     BOUND_SLACK_S,
@@ -241,14 +242,7 @@ class Publisher:
         list) plus seqproc's bell, for every message: one script call, on a connection held for the sends (the
         client's pool, retry and pipeline layers cost more CPU than the command itself). Its socket waits no
         longer than ``remaining_s``."""
-        keys: list[str] = []
-        bodies: list[str] = []
-        for n, (partition, group) in enumerate(messages):
-            queue = queue_name(partition)
-            keys += (queue, bell_key(queue))
-            place = None if places is None else places[n]
-            bodies.append(task_envelope(queue, partition, group, task_id=unique_id(), sequence=place))
-        command = pack_push(keys, bodies)
+        command = pack_push(*push_parts(messages, self.settings.pending_ttl_s, places))
         with self._push_lock:
             connection = self._connection(client)
             bound = remaining_s < self._timeout_s - BOUND_SLACK_S
@@ -377,10 +371,31 @@ def wait_for_replica(connection: Any, seconds: float) -> None:
 _PUSH_HEAD = pack_texts(["EVALSHA", PUSH_AND_RING_SHA])
 
 
-def pack_push(keys: Sequence[str], bodies: Sequence[str]) -> bytes:
-    """The EVALSHA of the push script for ``keys`` (queue, bell, ...) and ``bodies``, in RESP: what redis-py's
+def push_parts(
+    messages: Sequence[tuple[int, Sequence[Event]]], pending_ttl_s: int, places: Sequence[Place] | None = None
+) -> tuple[list[str], list[str]]:
+    """The keys and arguments of the push script (``PUSH_AND_RING``) for ``messages``: each message's queue and
+    bell, then the pending indexes of their keys; the number of messages, the messages, then the index entries.
+    ``places``: each message's place in its producer's sequence (loss detection), written into its envelope."""
+    keys: list[str] = []
+    bodies: list[str] = []
+    entries: list[tuple[str, str, str]] = []
+    for n, (partition, group) in enumerate(messages):
+        queue = queue_name(partition)
+        keys += (queue, bell_key(queue))
+        texts = event_texts(group)
+        array = "[" + ",".join(texts) + "]"
+        place = None if places is None else places[n]
+        bodies.append(envelope_of_json(queue, partition, array, len(group), task_id=unique_id(), sequence=place))
+        entries += ((event.entity_key, str(event.id), text) for event, text in zip(group, texts, strict=True))
+    pending_keys, pending_args = hold_args(pending_ttl_s, entries)
+    return [*keys, *pending_keys], [str(len(bodies)), *bodies, *map(str, pending_args)]
+
+
+def pack_push(keys: Sequence[str], args: Sequence[str]) -> bytes:
+    """The EVALSHA of the push script for ``keys`` and ``args`` (:func:`push_parts`), in RESP: what redis-py's
     ``pack_command`` writes, without its per-argument type checks (every argument here is text)."""
-    return command(3 + len(keys) + len(bodies), _PUSH_HEAD, pack_texts([len(keys), *keys, *bodies]))
+    return command(3 + len(keys) + len(args), _PUSH_HEAD, pack_texts([len(keys), *keys, *args]))
 
 
 def push_on(connection: Any, command: bytes) -> None:
@@ -444,15 +459,16 @@ def _socket_of(connection: Any) -> Any:
 
 
 def stage_messages(
-    pipe: Any, messages: Sequence[tuple[int, Sequence[Event]]], places: Sequence[Place] | None = None
+    pipe: Any,
+    messages: Sequence[tuple[int, Sequence[Event]]],
+    pending_ttl_s: int,
+    places: Sequence[Place] | None = None,
 ) -> None:
-    """Queue each message's push and its bell on ``pipe``: a redis-py pipeline, plain or asyncio (both buffer the
-    commands until ``execute``)."""
-    for n, (partition, group) in enumerate(messages):
-        queue = queue_name(partition)
-        place = None if places is None else places[n]
-        pipe.lpush(queue, task_envelope(queue, partition, group, task_id=unique_id(), sequence=place))
-        ring(pipe.execute_command, queue)
+    """Queue the push script's call for ``messages`` on ``pipe``: a redis-py pipeline, plain or asyncio (both
+    buffer the commands until ``execute``). By EVAL: Redis caches the script by its digest, and a pipeline's EVALSHA
+    would need a round trip of its own to load it after a restart."""
+    keys, args = push_parts(messages, pending_ttl_s, places)
+    pipe.execute_command("EVAL", PUSH_AND_RING, len(keys), *keys, *args)
 
 
 _PUBLISHERS: dict[Settings, Publisher] = {}

@@ -32,9 +32,13 @@ from seqproc.models.errors import (
     SeqprocError,
     ServiceUnavailable,
 )
+from seqproc.models.notifications import Notification
 from seqproc.models.outcomes import Outcome
 from seqproc.producer import api as _api
+from seqproc.producer import previews as _previews
 from seqproc.producer.api import *  # noqa: F403 (the calls, configure, connect: as producer.api lists them)
+from seqproc.producer.notify import notifications
+from seqproc.producer.previews import *  # noqa: F403 (preview, preview_article, preview_product and their results)
 from seqproc.producer.receipt import Receipt, wait_all
 
 __all__ = [
@@ -42,6 +46,7 @@ __all__ = [
     "Domain",
     "EventModel",
     "InvalidEvent",
+    "Notification",
     "Outcome",
     "OutcomeTimeout",
     "OutcomeUnavailable",
@@ -52,8 +57,10 @@ __all__ = [
     "SeqprocError",
     "ServiceUnavailable",
     "aio",
+    "notifications",
     "outbox",
     "producer",
     "wait_all",
 ]
 __all__ += _api.__all__
+__all__ += _previews.__all__

@@ -50,6 +50,7 @@ from seqproc.models.clients import wait_timeout_ms
 from seqproc.models.envelope import envelope_of_json
 from seqproc.models.errors import ConfigError, PartitionCountMismatch, first_line
 from seqproc.models.partition_count import mismatch
+from seqproc.models.pending import hold_args, index_entries
 from seqproc.models.scripts import RELAY_PUSH_IF_COUNT
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.stamps import unique_id
@@ -281,9 +282,10 @@ class Relay:
                 )
                 for rows in messages
             ]
+            pending_keys, pending_args = hold_args(self.settings.pending_ttl_s, index_entries(rows))
             self._push(
-                keys=[relay_pushed_key(self.outbox_id, queue), queue, bell_key(queue)],
-                args=[int(recorded.get(partition, 0)), *bodies],
+                keys=[relay_pushed_key(self.outbox_id, queue), queue, bell_key(queue), *pending_keys],
+                args=[int(recorded.get(partition, 0)), len(bodies), *bodies, *pending_args],
                 client=pipe,
             )
         # With a replica, the pushes are recorded sent once it has them too (durability ``replica``): a failover

@@ -9,6 +9,8 @@ Endpoints:
   the event went) once the broker holds the event. An ``Idempotency-Key`` header makes a client's retry a
   duplicate; ``?wait_s=5`` also waits for the outcome.
 - ``GET /articles/{id}``: the like count, read from seqproc's table (read-only: only seqproc's worker writes it).
+- ``GET /page?user=7``: a page with a like button and a "reserve" button that shows each click at once from the
+  preview the response carries, and the worker's rejections as they come (server-sent events): ``page.py``.
 - ``POST /articles/{id}/comments`` with ``{"user_id": 7, "body": "..."}``: the application's own row in
   ``fastapi_comment`` and a like, in one transaction: both or neither. A body the database refuses (its CHECK: 1 to
   500 characters) rolls the like back too: nothing is enqueued.
@@ -34,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 import seqproc
 import seqproc.aio
+from examples.fastapi_likes.page import router as page_router
 from seqproc.models.settings import get_settings
 from seqproc.models.tables.likes import ArticleLikeCount
 
@@ -83,6 +86,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(title="seqproc likes (FastAPI example)", lifespan=lifespan)
+app.include_router(page_router)  # the example page: send, preview, notify (page.py)
 
 
 @app.exception_handler(seqproc.InvalidEvent)

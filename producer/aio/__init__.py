@@ -14,6 +14,8 @@ from seqproc.producer.aio import api as _api
 from seqproc.producer.aio import outbox
 from seqproc.producer.aio.api import *  # noqa: F403 (the calls, wait, wait_all, aclose: as aio.api lists them)
 from seqproc.producer.aio.api import publisher
+from seqproc.producer.aio.notify import notifications
+from seqproc.producer.aio.previews import preview, preview_article, preview_product
 
-__all__ = ["outbox", "publisher"]
+__all__ = ["notifications", "outbox", "preview", "preview_article", "preview_product", "publisher"]
 __all__ += _api.__all__

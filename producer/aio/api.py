@@ -30,19 +30,9 @@ from seqproc.producer.receipt import (
     outcomes_unavailable,
 )
 
-__all__ = [
-    "aclose",
-    "commit",
-    "like",
-    "release",
-    "reserve",
-    "restock",
-    "send",
-    "send_many",
-    "unlike",
-    "wait",
-    "wait_all",
-]
+__all__ = ["aclose", "wait", "wait_all"]
+# The calls (producer.calls.CALLS): every front exports the same list.
+__all__ += ["commit", "like", "release", "reserve", "restock", "send", "send_many", "unlike"]
 
 
 async def publisher() -> AsyncPublisher:
@@ -71,14 +61,10 @@ _front = Front(
     "reached within ``timeout_s`` (keyword-only, default ``SEQPROC_PUBLISH_TIMEOUT_S``).",
     asynchronous=True,
 )
-like = _front.export(Calls.like)
-unlike = _front.export(Calls.unlike)
-restock = _front.export(Calls.restock)
-reserve = _front.export(Calls.reserve)
-release = _front.export(Calls.release)
-commit = _front.export(Calls.commit)
-send = _front.export(Calls.send)
-send_many = _front.export(Calls.send_many)
+like, unlike = _front.export(Calls.like), _front.export(Calls.unlike)
+restock, reserve = _front.export(Calls.restock), _front.export(Calls.reserve)
+release, commit = _front.export(Calls.release), _front.export(Calls.commit)
+send, send_many = _front.export(Calls.send), _front.export(Calls.send_many)
 
 
 async def wait(receipt: Receipt, timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> Outcome:

@@ -36,18 +36,9 @@ from seqproc.producer.outbox import (
 )
 from seqproc.producer.receipt import Receipt
 
-__all__ = [
-    "OutboxConnectionError",
-    "commit",
-    "like",
-    "release",
-    "reserve",
-    "restock",
-    "send",
-    "send_many",
-    "unlike",
-    "write",
-]
+__all__ = ["OutboxConnectionError", "write"]
+# The calls (producer.calls.CALLS): every front exports the same list.
+__all__ += ["commit", "like", "release", "reserve", "restock", "send", "send_many", "unlike"]
 
 
 class AsyncOutboxSender:
@@ -66,14 +57,10 @@ class AsyncOutboxSender:
 
 
 _front = PerConnection(AsyncOutboxSender, __name__, sent=f"Awaited. {SENT}", asynchronous=True)
-like = _front.export(Calls.like)
-unlike = _front.export(Calls.unlike)
-restock = _front.export(Calls.restock)
-reserve = _front.export(Calls.reserve)
-release = _front.export(Calls.release)
-commit = _front.export(Calls.commit)
-send = _front.export(Calls.send)
-send_many = _front.export(Calls.send_many)
+like, unlike = _front.export(Calls.like), _front.export(Calls.unlike)
+restock, reserve = _front.export(Calls.restock), _front.export(Calls.reserve)
+release, commit = _front.export(Calls.release), _front.export(Calls.commit)
+send, send_many = _front.export(Calls.send), _front.export(Calls.send_many)
 
 
 async def write(conn: Any, events: Sequence[Event], *, settings: Settings | None = None) -> list[Receipt]:

@@ -93,7 +93,7 @@ class AsyncPublisher:
         while True:
             # A retry after a failed round trip may push a message twice; the ledger makes the copy a duplicate.
             pipe = self._redis.pipeline(transaction=False)
-            stage_messages(pipe, messages, places)
+            stage_messages(pipe, messages, self.settings.pending_ttl_s, places)
             remaining_s = attempts.remaining_s()
             if self.settings.publish_durability == "replica":
                 # In the same round trip: once a replica has the pushes (or the time left is up).

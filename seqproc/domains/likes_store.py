@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_, update
 
-from seqproc.models.db import array, columns, driver, pipeline, upsert
+from seqproc.models.db import array, columns, driver, pipeline, psycopg_driver, upsert
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount, ArticleUnlike
 
@@ -63,7 +63,7 @@ def load_pairs(conn: Connection, pairs: Sequence[Pair]) -> dict[Pair, PairState 
 def start_loading(conn: Connection, pairs: Sequence[Pair]) -> Callable[[], dict[Pair, PairState | None]]:
     """Issue the read of ``pairs`` (on PostgreSQL, inside an enclosing pipeline, only sent); the function returned
     reads the answer."""
-    if conn.dialect.name == "postgresql" and pairs:
+    if psycopg_driver(conn) and pairs:
         a, u = columns(pairs, 2)
         cursor = driver(conn).execute(LOAD_PAIRS, (a, u, a, u))
         return lambda: _found(pairs, cursor.fetchall())

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
-from seqproc.models.db import array, columns, driver, pipeline, upsert
+from seqproc.models.db import array, columns, driver, pipeline, psycopg_driver, upsert
 from seqproc.models.fields import ReservationStatus
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.stock import ProductStock, Reservation
@@ -56,7 +56,7 @@ def load(conn: Connection, product_ids: Sequence[int], reservation_ids: Sequence
 def start_loading(conn: Connection, product_ids: Sequence[int], reservation_ids: Sequence[str]) -> Callable[[], Found]:
     """Issue the reads (on PostgreSQL, inside an enclosing pipeline, only sent); the function returned reads the
     answers."""
-    if conn.dialect.name == "postgresql":
+    if psycopg_driver(conn):
         pg = driver(conn)
         product_rows = reservation_rows = None
         with pipeline(conn):

@@ -8,16 +8,21 @@ seqproc's tables are the test database itself (the example's ``seqproc`` alias),
 from __future__ import annotations
 
 import functools
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
 import psycopg
 from sqlalchemy import make_url, text
 
 from seqproc.migrations import migrate_outbox
 from seqproc.models.db import ensure_database, make_engine
 from seqproc.models.settings import Settings
-from tests.conftest import ROOT, TEST_DATABASE_URL, settings_env
+from tests.conftest import ROOT, TEST_DATABASE_URL, settings_env, wait_for
 
 EXAMPLE_DIR = ROOT / "examples" / "django_shop"
 SETTINGS_MODULE = "shop_project.settings"
@@ -92,3 +97,56 @@ def table_names(url: str) -> set[str]:
             return {row[0] for row in rows}
     finally:
         engine.dispose()
+
+
+@contextmanager
+def serve_shop(settings: Settings, log_path: Path, *, port: int, workers: int) -> Iterator[str]:
+    """gunicorn serving the example with ``workers`` processes on ``port``, over clean databases; its URL. Stopped
+    (SIGTERM) at the end."""
+    prepare_shop_database(settings)
+    reset_shop_database()
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "gunicorn", "shop_project.wsgi:application"),
+                *("--workers", str(workers), "--bind", f"127.0.0.1:{port}", "--timeout", "60"),
+            ],
+            cwd=EXAMPLE_DIR,
+            env=example_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+
+            def up() -> bool:
+                if server.poll() is not None:
+                    raise AssertionError(f"gunicorn exited with {server.returncode}")
+                try:
+                    return httpx.get(f"{url}/articles/1", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(up, 30, "gunicorn to serve", interval_s=0.2)
+            wait_for(lambda: len(children(server.pid)) == workers, 20, "every gunicorn worker")
+            yield url
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(10)
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (gunicorn's workers, for its master), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found

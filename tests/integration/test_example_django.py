@@ -30,8 +30,7 @@ from tests.integration.django_example import (
     EXAMPLE_DIR,
     SHOP_DATABASE_URL,
     example_env,
-    prepare_shop_database,
-    reset_shop_database,
+    serve_shop,
 )
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(120)]
@@ -50,54 +49,8 @@ SECRET = "s3cr3t-db-password"
 @pytest.fixture
 def shop_url(clean: Settings, tmp_path: Path) -> Iterator[str]:
     """A running gunicorn serving the example, over clean databases; stopped (SIGTERM) at the end."""
-    prepare_shop_database(clean)
-    reset_shop_database()
-    port = free_port()
-    with (tmp_path / "gunicorn.log").open("wb") as log:
-        server = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "gunicorn", "shop_project.wsgi:application"),
-                *("--workers", str(GUNICORN_WORKERS), "--bind", f"127.0.0.1:{port}", "--timeout", "60"),
-            ],
-            cwd=EXAMPLE_DIR,
-            env=example_env(clean),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-
-            def up() -> bool:
-                if server.poll() is not None:
-                    raise AssertionError(f"gunicorn exited with {server.returncode}")
-                try:
-                    return httpx.get(f"{url}/articles/1", timeout=2).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_for(up, 30, "gunicorn to serve", interval_s=0.2)
-            wait_for(lambda: len(children(server.pid)) == GUNICORN_WORKERS, 20, "every gunicorn worker")
-            yield url
-        finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(10)
-
-
-def children(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (gunicorn's workers, for its master), from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
+    with serve_shop(clean, tmp_path / "gunicorn.log", port=free_port(), workers=GUNICORN_WORKERS) as url:
+        yield url
 
 
 def ledger_keys(engine: Engine) -> set[str]:

@@ -29,9 +29,11 @@ class Uvicorn(LoggedProcess):
 
     what = "uvicorn"
 
-    def __init__(self, settings: Settings, log_dir: Path, workers: int = UVICORN_WORKERS) -> None:
+    def __init__(
+        self, settings: Settings, log_dir: Path, workers: int = UVICORN_WORKERS, *, port: int | None = None
+    ) -> None:
         self.workers = workers
-        self.url = f"http://127.0.0.1:{free_port()}"
+        self.url = f"http://127.0.0.1:{port or free_port()}"
         port = self.url.rsplit(":", 1)[1]
         argv = ["uvicorn", "examples.fastapi_likes.app:app", "--host", "127.0.0.1", "--port", port]
         super().__init__([*argv, "--workers", str(workers)], settings, log_dir / "uvicorn.log")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -125,29 +126,43 @@ def batches(draw: st.DrawFn, events: list[Event]) -> list[list[Event]]:
     return [events[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
+@dataclass(frozen=True)
+class PropertyDatabase:
+    """Where the property tests below apply their streams, and how each example empties it first."""
+
+    engine: Engine
+    clear: Callable[[], None]
+
+
+@pytest.fixture
+def property_db(sqlite_engine: Engine, clear_sqlite: Callable[[], None]) -> PropertyDatabase:
+    """A migrated SQLite file; tests/integration/test_apply_pg.py runs the same properties on PostgreSQL."""
+    return PropertyDatabase(sqlite_engine, clear_sqlite)
+
+
 @HYPOTHESIS
 @given(data=st.data())
 def test_any_duplication_and_batching_ends_as_applying_once_in_order(
-    sqlite_engine: Engine, clear_sqlite: Callable[[], None], data: st.DataObject
+    property_db: PropertyDatabase, data: st.DataObject
 ) -> None:
     events = data.draw(streams(), label="events")
     delivered = data.draw(deliveries(events), label="delivered")
     split = data.draw(batches(delivered), label="batches")
 
     # Reference: each event once, in order, one transaction.
-    clear_sqlite()
-    reference = apply(sqlite_engine, events)
+    property_db.clear()
+    reference = apply(property_db.engine, events)
     first_outcome = {event.key: outcome for event, outcome in zip(events, reference.outcomes, strict=True)}
     assert reference.duplicates == 0
-    with sqlite_engine.connect() as conn:
+    with property_db.engine.connect() as conn:
         expected = snapshot(conn)
-    assert_invariants(sqlite_engine)
+    assert_invariants(property_db.engine)
 
-    clear_sqlite()
+    property_db.clear()
     seen: set[str] = set()
     for batch in split:
-        result = apply(sqlite_engine, batch)
-        assert_invariants(sqlite_engine)  # (c): after every committed batch
+        result = apply(property_db.engine, batch)
+        assert_invariants(property_db.engine)  # (c): after every committed batch
         assert len(result.outcomes) == len(batch)
         for event, outcome in zip(batch, result.outcomes, strict=True):
             if event.key in seen:
@@ -157,32 +172,28 @@ def test_any_duplication_and_batching_ends_as_applying_once_in_order(
                 seen.add(event.key)
         assert result.duplicates == sum(o.status == "duplicate" for o in result.outcomes)
     assert seen == set(first_outcome)
-    with sqlite_engine.connect() as conn:
+    with property_db.engine.connect() as conn:
         assert snapshot(conn) == expected
 
 
 @HYPOTHESIS
 @given(data=st.data())
-def test_one_batch_or_one_event_per_batch_is_the_same(
-    sqlite_engine: Engine, clear_sqlite: Callable[[], None], data: st.DataObject
-) -> None:
+def test_one_batch_or_one_event_per_batch_is_the_same(property_db: PropertyDatabase, data: st.DataObject) -> None:
     events = data.draw(streams(), label="events")
-    clear_sqlite()
-    together = apply(sqlite_engine, events).outcomes
-    with sqlite_engine.connect() as conn:
+    property_db.clear()
+    together = apply(property_db.engine, events).outcomes
+    with property_db.engine.connect() as conn:
         expected = snapshot(conn)
-    clear_sqlite()
-    alone = [apply(sqlite_engine, [event]).outcomes[0] for event in events]
+    property_db.clear()
+    alone = [apply(property_db.engine, [event]).outcomes[0] for event in events]
     assert alone == together
-    with sqlite_engine.connect() as conn:
+    with property_db.engine.connect() as conn:
         assert snapshot(conn) == expected
 
 
 @HYPOTHESIS
 @given(data=st.data())
-def test_like_unlike_out_of_order_ends_in_the_newest_action(
-    sqlite_engine: Engine, clear_sqlite: Callable[[], None], data: st.DataObject
-) -> None:
+def test_like_unlike_out_of_order_ends_in_the_newest_action(property_db: PropertyDatabase, data: st.DataObject) -> None:
     kinds = data.draw(st.lists(st.sampled_from(["like", "unlike"]), min_size=1, max_size=12), label="actions")
     # Issued in this order: stamps rise. A second user's like keeps the article's count honest alongside.
     issued = [make(kind, stamp=1000 + i, article_id=7, user_id=1) for i, kind in enumerate(kinds)]
@@ -190,12 +201,12 @@ def test_like_unlike_out_of_order_ends_in_the_newest_action(
     delivered = data.draw(st.permutations([*issued, other]), label="delivered")
     split = data.draw(batches(delivered), label="batches")
 
-    clear_sqlite()
+    property_db.clear()
     for batch in split:
-        apply(sqlite_engine, batch)
-        assert_invariants(sqlite_engine)
+        apply(property_db.engine, batch)
+        assert_invariants(property_db.engine)
     newest = issued[-1]
-    with sqlite_engine.connect() as conn:
+    with property_db.engine.connect() as conn:
         liked = conn.execute(text("SELECT stamp FROM article_like WHERE article_id = 7 AND user_id = 1")).all()
         unliked = conn.execute(text("SELECT stamp FROM article_unlike WHERE article_id = 7 AND user_id = 1")).all()
         state = article_state(conn, 7)

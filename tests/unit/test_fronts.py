@@ -18,16 +18,16 @@ from seqproc.producer.receipt import Receipt
 pytest.importorskip("django")
 
 #: What each call took before the calls were written once (parameter kinds and defaults, no annotations): the
-#: signatures users call, kept.
+#: signatures users call, kept; plus ``notify``/``notify_on`` (issue 21), on every call of every front.
 CALL_PARAMETERS = {
-    "like": "(article_id, user_id, *, idempotency_key=None)",
-    "unlike": "(article_id, user_id, *, idempotency_key=None)",
-    "restock": "(product_id, quantity, *, idempotency_key=None)",
-    "reserve": "(product_id, quantity, *, reservation_id)",
-    "release": "(product_id, reservation_id)",
-    "commit": "(product_id, reservation_id)",
-    "send": "(event, *, idempotency_key=None)",
-    "send_many": "(events)",
+    "like": "(article_id, user_id, *, idempotency_key=None, notify=None, notify_on=None)",
+    "unlike": "(article_id, user_id, *, idempotency_key=None, notify=None, notify_on=None)",
+    "restock": "(product_id, quantity, *, idempotency_key=None, notify=None, notify_on=None)",
+    "reserve": "(product_id, quantity, *, reservation_id, notify=None, notify_on=None)",
+    "release": "(product_id, reservation_id, *, notify=None, notify_on=None)",
+    "commit": "(product_id, reservation_id, *, notify=None, notify_on=None)",
+    "send": "(event, *, idempotency_key=None, notify=None, notify_on=None)",
+    "send_many": "(events, *, notify=None, notify_on=None)",
 }
 
 #: Each front module: whether its calls are coroutine functions, its own parameter (first, or keyword-only), and

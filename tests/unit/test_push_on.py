@@ -38,13 +38,19 @@ def connection(sock: Socket) -> redis.Connection:
     return conn
 
 
-COMMAND = pack_push(["seqproc.p03", "seqproc.bell.seqproc.p03"], ['{"body": "x"}'])
+COMMAND = pack_push(["seqproc.p03", "seqproc.bell.seqproc.p03"], ["1", '{"body": "x"}'])
 
 
 def test_the_command_is_what_redis_py_packs() -> None:
     packed = b"".join(
         redis.Connection(protocol=2).pack_command(
-            "EVALSHA", COMMAND.split(b"\r\n")[4].decode(), 2, "seqproc.p03", "seqproc.bell.seqproc.p03", '{"body": "x"}'
+            "EVALSHA",
+            COMMAND.split(b"\r\n")[4].decode(),
+            2,
+            "seqproc.p03",
+            "seqproc.bell.seqproc.p03",
+            1,
+            '{"body": "x"}',
         )
     )
     assert packed == COMMAND

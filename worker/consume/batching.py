@@ -35,7 +35,9 @@ from kombu.transport.virtual import QoS as VirtualQoS
 
 from seqproc.models.errors import PartitionFenced
 from seqproc.models.events import Event, Replay
+from seqproc.models.notifications import Notices, notices_of
 from seqproc.models.outcomes import DEAD_LETTER_REASONS, Outcome
+from seqproc.models.pending import settled_by_key
 from seqproc.models.transport import FETCH_MAX, Fetched
 from seqproc.models.wire import queue_name
 from seqproc.worker.consume.decode import Decoded, decode_chunk, decode_message
@@ -488,15 +490,21 @@ class Batcher:
         if dead_letters:
             # First: should an id come twice, the outcome of an event applied under it wins (put_many keeps the last).
             pairs[:0] = dead_letter_outcomes(dead_letters)
-        self._publish_outcomes(partition, pairs)
+        notices = notices_of(events, outcomes)
+        settings = self.rt.settings
+        self._publish_outcomes(
+            partition, pairs, Notices(notices, settings.notify_ttl_s, settings.notify_max) if notices else None
+        )
 
-    def _publish_outcomes(self, partition: int | None, pairs: list[tuple[str, Outcome]]) -> None:
+    def _publish_outcomes(
+        self, partition: int | None, pairs: list[tuple[str, Outcome]], notices: Notices | None = None
+    ) -> None:
         """Publish the outcomes before acking. The result backend unreachable (a restart, a failover): retry in
         place, so that every waiter gets its outcome; shutting down meanwhile, the messages go back unacked and
         their redelivery reports ``duplicate`` with the first outcome (the ledger has it)."""
         try:
             retry_in_place(
-                partial(self.rt.outcomes.put_many, pairs),
+                partial(self.rt.outcomes.put_many, pairs, notices),
                 what=f"partition {partition}: publish {len(pairs)} outcome(s)"
                 if partition is not None
                 else f"publish {len(pairs)} outcome(s) of dead letters",
@@ -524,7 +532,8 @@ class Batcher:
         fetched = [item for item in items if isinstance(item.message, Fetched)]
         if fetched:
             try:
-                fetched[0].message.channel.ack_fetched([item.message.delivery_tag for item in fetched])
+                settled = settled_by_key(event for item in fetched for event in item.decoded.events)
+                fetched[0].message.channel.ack_fetched([item.message.delivery_tag for item in fetched], settled)
             except Exception:
                 # Committed already: a redelivered copy is reported as a duplicate, not applied again.
                 logger.warning("could not ack %d message(s) (committed; a redelivery is a duplicate)", len(fetched))

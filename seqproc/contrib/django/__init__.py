@@ -8,6 +8,7 @@
         outbox.reserve(order.product_id, order.quantity, reservation_id=order.reservation_id)
 
 - :mod:`.outbox`: the outbox calls, written through Django's connection inside the current ``atomic`` block;
+- :mod:`.previews`: ``preview(key, using=...)``, ``preview_article``, ``preview_product`` through Django's connection;
 - :mod:`.conf`: seqproc's settings from the ``SEQPROC`` dict of Django's settings over the ``SEQPROC_*`` environment;
 - :mod:`.models`: read-only, unmanaged models of seqproc's tables (``seqproc migrate`` owns the schema);
 - :mod:`.admin`: dead letters and parked keys with a replay action, like counts, stock and reservations;
@@ -18,5 +19,6 @@ ready.
 """
 
 from seqproc.contrib.django import outbox
+from seqproc.contrib.django.previews import preview, preview_article, preview_product
 
-__all__ = ["outbox"]
+__all__ = ["outbox", "preview", "preview_article", "preview_product"]

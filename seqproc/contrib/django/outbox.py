@@ -65,14 +65,10 @@ _front = Front(
     sent="Written into the outbox of the database ``using`` names, inside its current ``atomic`` block: sent if and "
     "only if that block commits.",
 )
-like = _front.export(Calls.like)
-unlike = _front.export(Calls.unlike)
-restock = _front.export(Calls.restock)
-reserve = _front.export(Calls.reserve)
-release = _front.export(Calls.release)
-commit = _front.export(Calls.commit)
-send = _front.export(Calls.send)
-send_many = _front.export(Calls.send_many)
+like, unlike = _front.export(Calls.like), _front.export(Calls.unlike)
+restock, reserve = _front.export(Calls.restock), _front.export(Calls.reserve)
+release, commit = _front.export(Calls.release), _front.export(Calls.commit)
+send, send_many = _front.export(Calls.send), _front.export(Calls.send_many)
 
 
 def write(events: Sequence[Event], *, using: str = DEFAULT_DB_ALIAS) -> list[Receipt]:

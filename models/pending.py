@@ -1,0 +1,92 @@
+"""The pending index: per entity key, the events pushed for it and not acknowledged by a worker yet.
+
+A partition's queue holds messages of many keys, each message many events; finding one key's events there would
+cost a read of the whole queue (and of the unacknowledged messages). So every push also writes each event into its
+key's index (``seqproc:pending:<key>``, a hash: event id -> order + event JSON; ``_HOLD_PENDING`` in
+:mod:`seqproc.models.scripts`, in the same script as the push), and the worker's ack deletes the entries of the
+events it settled, after their commit. ``seqproc.preview`` then reads one key's pending events with one ``HGETALL``,
+whatever the depth of the queue.
+
+An entry lives from the push to the ack: a message fetched and being applied is still pending (its commit may fail
+and the message come back); one committed but not yet acknowledged is pending too, for the short time between the
+commit and the ack: the preview skips an event whose idempotency key the ledger already holds. An entry whose
+message the broker lost (an asynchronous replica's failover) leaves the index with its expiry
+(``SEQPROC_PENDING_TTL_S`` after the key's last push).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pydantic import SerializeAsAny, TypeAdapter
+
+from seqproc.models.domain import EventModel
+from seqproc.models.errors import SeqprocError
+from seqproc.models.events import Event, parse_event
+from seqproc.models.wire import pending_key
+
+#: One event in wire form (as the envelope writes it inside its array).
+_EVENT: TypeAdapter[Any] = TypeAdapter(SerializeAsAny[EventModel])
+#: An entry's order prefix: the push's time (seconds, microseconds) and the entry's rank in the push.
+ORDER_CHARS = 22
+
+
+def event_texts(events: Sequence[Event]) -> list[str]:
+    """Each event in wire form; joined with commas inside brackets they are the envelope's event array."""
+    return [_EVENT.dump_json(event).decode() for event in events]
+
+
+def hold_args(ttl_s: int, entries: Iterable[tuple[str, str, str]]) -> tuple[list[str], list[Any]]:
+    """The keys and arguments the push scripts take for ``entries`` (entity key, event id, event JSON): the indexes
+    first, then the time to live and, per index, its count and its (id, JSON) pairs. None when ``ttl_s`` is 0 (the
+    index is off: previews show the applied state only)."""
+    if not ttl_s:
+        return [], []
+    by_key: dict[str, list[str]] = {}
+    for entity_key, event_id, text in entries:
+        by_key.setdefault(entity_key, []).extend((event_id, text))
+    args: list[Any] = [ttl_s]
+    for pairs in by_key.values():
+        args.append(len(pairs) // 2)
+        args.extend(pairs)
+    return [pending_key(key) for key in by_key], args
+
+
+def index_entries(rows: Iterable[tuple[int, str]]) -> list[tuple[str, str, str]]:
+    """The index entries of outbox rows (row id, event JSON) as the relay pushes them: a body that does not parse
+    (the worker dead-letters it) has none."""
+    entries = []
+    for _, body in rows:
+        event = _parsed(body)
+        if event is not None:
+            entries.append((event.entity_key, str(event.id), body))
+    return entries
+
+
+def settled_by_key(events: Iterable[EventModel]) -> dict[str, list[str]]:
+    """The index entries to delete once ``events`` are settled: event ids by pending index."""
+    by_key: dict[str, list[str]] = {}
+    for event in events:
+        if event.id is not None:
+            by_key.setdefault(pending_key(event.entity_key), []).append(event.id)
+    return by_key
+
+
+def pending_events(raw: dict[Any, Any], entity_key: str) -> list[Event]:
+    """The events of an ``HGETALL`` of ``entity_key``'s index, in push order. An entry that does not parse (an event
+    type this process does not know: the worker's to dead-letter) or belongs to another key is left out."""
+    texts = sorted(value.decode() if isinstance(value, bytes) else str(value) for value in raw.values())
+    events = (_parsed(text[ORDER_CHARS:]) for text in texts)
+    return [event for event in events if event is not None and event.entity_key == entity_key]
+
+
+def _parsed(text: str) -> Event | None:
+    """The event in wire form ``text``, validated; None if it is not one."""
+    try:
+        return parse_event(_JSON.validate_json(text))
+    except (ValueError, SeqprocError):  # pydantic's ValidationError is a ValueError
+        return None
+
+
+_JSON: TypeAdapter[Any] = TypeAdapter(Any)
