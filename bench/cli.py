@@ -151,6 +151,14 @@ def _show(console: Console, as_json: bool, data: dict[str, Any], table: Table, r
     help="The benchmark's own database on the configured PostgreSQL server (each run empties its tables).",
 )
 @click.option(
+    "--durability-cost",
+    "durability_calls",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Instead: this many single-event calls with SEQPROC_PUBLISH_DURABILITY=async, then replica (the broker "
+    "needs a replica), from --producers threads: calls/s, latency, and replica's ratio to async.",
+)
+@click.option(
     "--soak-s",
     type=float,
     default=None,
@@ -178,6 +186,7 @@ def bench(
     threads: int,
     duration_s: int,
     database: str,
+    durability_calls: int | None,
     soak_s: float | None,
 ) -> None:
     """Compare seqproc with row locks, atomic updates, optimistic and serializable retries, and Redis write-behind."""
@@ -227,6 +236,14 @@ def bench(
         report = cpu.measure(settings, cpu_calls)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "cpu.json").write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(json.dumps(report, sort_keys=True))
+        return
+    if durability_calls is not None:
+        from . import durability
+
+        report = durability.measure(settings, durability_calls, int(_csv(producers_csv)[-1]))
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "durability.json").write_text(json.dumps(report, indent=2) + "\n")
         click.echo(json.dumps(report, sort_keys=True))
         return
     if soak_s is not None:

@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 
 from kombu import Queue
 
+from seqproc.models.clients import SentinelUrl, is_sentinel_url, sentinel_transport_options
 from seqproc.models.settings import Settings
-from seqproc.models.transport import TRANSPORT
+from seqproc.models.transport import SENTINEL_TRANSPORT, TRANSPORT
 from seqproc.models.wire import IDLE_QUEUE, JOB_TASK_PREFIX, JOBS_QUEUE, is_redis_url, queue_name
 
 
@@ -30,20 +31,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # No priorities on partition queues: one Redis list per queue keeps BRPOP short and FIFO exact.
             "priority_steps": [0],
             "socket_connect_timeout": 5,
-            # Bounds a publish or ack on a broker that vanished without closing the connection.
-            "socket_timeout": 30,
+            # Bounds a publish, ack or fetch on a broker that vanished without closing the connection (half-open).
+            "socket_timeout": settings.broker_socket_timeout_s,
             "socket_keepalive": True,
             "health_check_interval": 10,
             # Bodies as they are (JSON text), not base64: a third smaller, and no encode/decode per message.
             # A consumer decodes each message by its own body_encoding property, so mixed queues are fine.
             "body_encoding": None,
         }
+        if is_sentinel_url(settings.broker_url):
+            transport_options |= sentinel_transport_options(settings.sentinel_master, timeout_s=2)
+            transport_options["sentinels"] = settings.broker_url
     return {
         # seqproc's Redis transport (reliable, fenced fetch; one client per channel: seqproc.models.transport), on
         # plain and TLS Redis alike. Always set, also to None (kombu picks the transport from the URL): an app
         # reconfigured from Redis to memory:// must not keep it.
-        "broker_transport": TRANSPORT if redis_broker else None,
-        "broker_url": settings.broker_url,
+        "broker_transport": broker_transport(settings.broker_url),
+        "broker_url": celery_broker_url(settings.broker_url),
         "broker_use_ssl": broker_ssl(settings.broker_url),
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
@@ -84,6 +88,25 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
     }
+
+
+def broker_transport(url: str) -> str | None:
+    """seqproc's Redis transport for a Redis broker (its Sentinel form for ``sentinel://``); None: kombu's own."""
+    if not is_redis_url(url):
+        return None
+    return SENTINEL_TRANSPORT if is_sentinel_url(url) else TRANSPORT
+
+
+def celery_broker_url(url: str) -> str:
+    """The broker URL Celery is given: the URL, but only the first sentinel of a Sentinel one (the transport reads
+    every sentinel from its ``sentinels`` option; see ``seqproc.models.transport.SentinelChannel``)."""
+    if not is_sentinel_url(url):
+        return url
+    parsed = SentinelUrl.parse(url)
+    host, port = parsed.sentinels[0]
+    first = url.split(";", 1)[0].strip()
+    userinfo = first[len("sentinel://") :].rpartition("@")[0]  # as given (quoted), if any
+    return f"sentinel://{userinfo + '@' if userinfo else ''}{host}:{port}/{parsed.db}"
 
 
 def broker_ssl(url: str) -> dict[str, Any] | None:

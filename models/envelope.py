@@ -49,15 +49,30 @@ def events_json(events: Sequence[Event]) -> str:
     return _EVENTS.dump_json(list(events)).decode()
 
 
-def task_envelope(queue: str, partition: int, events: Sequence[Event], *, task_id: str) -> str:
+def task_envelope(
+    queue: str, partition: int, events: Sequence[Event], *, task_id: str, sequence: tuple[str, int] | None = None
+) -> str:
     """The JSON text to push onto ``queue`` for one apply-task message carrying ``events`` of ``partition``."""
-    return envelope_of_json(queue, partition, events_json(events), len(events), task_id=task_id)
+    return envelope_of_json(queue, partition, events_json(events), len(events), task_id=task_id, sequence=sequence)
 
 
-def envelope_of_json(queue: str, partition: int, events_array: str, count: int, *, task_id: str) -> str:
+def envelope_of_json(
+    queue: str,
+    partition: int,
+    events_array: str,
+    count: int,
+    *,
+    task_id: str,
+    sequence: tuple[str, int] | None = None,
+) -> str:
     """The same, for ``count`` events already in wire form: ``events_array`` is their JSON array's text (the relay
-    joins the outbox rows' bodies, which were validated when they were written)."""
-    body = f'[[], {{"partition": {int(partition)}, "events": {events_array}}}, {_EMBED}]'
+    joins the outbox rows' bodies, which were validated when they were written).
+
+    ``sequence``: the producer and the number of the first event on the partition (``producer.sequence``), as
+    ``"seq": [producer, first]`` among the task's arguments, for the worker's loss detection; the relay's messages
+    carry none (the outbox sends again what a broker lost)."""
+    seq = "" if sequence is None else f', "seq": [{json.dumps(sequence[0])}, {int(sequence[1])}]'
+    body = f'[[], {{"partition": {int(partition)}, "events": {events_array}{seq}}}, {_EMBED}]'
     before_body, before_id, before_root, before_correlation, before_tag, end = _template(
         queue, int(partition), count, origin()
     )

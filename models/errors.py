@@ -56,11 +56,35 @@ class PublishError(ServiceUnavailable):
     """The broker did not accept an event within the bounded retry (``setting`` is ``SEQPROC_BROKER_URL``).
 
     The event was NOT sent, unless the message says otherwise: when the broker stopped answering after the message
-    was written, it may hold it (``maybe_sent``), and only a resend with the same idempotency key is safe."""
+    was written, it may hold it (``maybe_sent``), and only a resend with the same idempotency key is safe. With
+    ``SEQPROC_PUBLISH_DURABILITY=replica``, a push the primary took but no replica acknowledged in time is also
+    ``maybe_sent``. ``receipts``: the receipts of the call's events (as it would have returned them), to ``wait()``
+    on or to send again with the same keys; ``receipt`` is the first."""
 
-    def __init__(self, message: str, *, setting: str = "", url: str = "", maybe_sent: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        setting: str = "",
+        url: str = "",
+        maybe_sent: bool = False,
+        receipts: Sequence[Any] = (),
+    ) -> None:
         super().__init__(message, setting=setting, url=url)
         self.maybe_sent = maybe_sent
+        self.receipts = list(receipts)
+
+    @property
+    def receipt(self) -> Any:
+        return self.receipts[0] if self.receipts else None
+
+    def for_receipts(self, receipts: Sequence[Any]) -> PublishError:
+        """The same error, carrying ``receipts`` (one caller's, when several calls shared the failed send)."""
+        error = PublishError(
+            str(self), setting=self.setting, url=self.url, maybe_sent=self.maybe_sent, receipts=receipts
+        )
+        error.__cause__ = self.__cause__
+        return error
 
 
 class OutcomeUnavailable(ServiceUnavailable):

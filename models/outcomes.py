@@ -26,7 +26,7 @@ from seqproc.models.notifications import (
     xread_args,
 )
 from seqproc.models.scripts import PUBLISH_NOTIFICATIONS, PUT_OUTCOMES
-from seqproc.models.wire import outcome_key
+from seqproc.models.wire import DEFAULT_SENTINEL_MASTER, outcome_key
 
 Status = Literal["applied", "duplicate", "rejected"]
 
@@ -92,11 +92,13 @@ class OutcomeStore(Protocol):
 class RedisOutcomeStore:
     """Outcomes in Redis, one list of one element per event id, expiring after ``ttl_s``."""
 
-    def __init__(self, url: str, *, ttl_s: int) -> None:
-        #: The result backend's URL (``seqproc.aio`` reads the same outcomes through its own asyncio client).
+    def __init__(self, url: str, *, ttl_s: int, sentinel_master: str = DEFAULT_SENTINEL_MASTER) -> None:
+        #: The result backend's URL and, for a ``sentinel://`` one, its master's name (``seqproc.aio`` reads the
+        #: same outcomes through its own asyncio client).
         self.url = url
+        self.sentinel_master = sentinel_master
         # Blocking reads come in slices of WAIT_SLICE_S; the socket timeout must outlast a slice.
-        self._client = redis_client(url, timeout_s=WAIT_SLICE_S + 10)
+        self._client = redis_client(url, sentinel_master=sentinel_master, timeout_s=WAIT_SLICE_S + 10)
         self._ttl_s = ttl_s
         self._put_script = self._client.register_script(PUT_OUTCOMES)
         self._publish_script = self._client.register_script(PUBLISH_NOTIFICATIONS)
@@ -214,18 +216,20 @@ class MemoryOutcomeStore:
 
 
 _MEMORY_STORE = MemoryOutcomeStore()
-_STORES: dict[tuple[str, int], OutcomeStore] = {}
+_STORES: dict[tuple[str, int, str], OutcomeStore] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def outcome_store(url: str, *, ttl_s: int) -> OutcomeStore:
-    """The store for a result-backend URL, one per URL per process."""
+def outcome_store(url: str, *, ttl_s: int, sentinel_master: str = DEFAULT_SENTINEL_MASTER) -> OutcomeStore:
+    """The store for a result-backend URL (for ``sentinel://``, of the master so named), one per URL per process."""
     if url.startswith("memory://"):
         return _MEMORY_STORE
     with _STORES_LOCK:
-        store = _STORES.get((url, ttl_s))
+        store = _STORES.get((url, ttl_s, sentinel_master))
         if store is None:
-            store = _STORES[(url, ttl_s)] = RedisOutcomeStore(url, ttl_s=ttl_s)
+            store = _STORES[(url, ttl_s, sentinel_master)] = RedisOutcomeStore(
+                url, ttl_s=ttl_s, sentinel_master=sentinel_master
+            )
         return store
 
 

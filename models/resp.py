@@ -44,6 +44,14 @@ class ReplyLost(redis.ConnectionError):
     send it again blindly (a fetch run twice would hold messages nobody delivers)."""
 
 
+def _connected(connection: Any) -> None:
+    """Open ``connection`` through its own ``connect()`` if it is closed: a Sentinel connection asks the sentinels
+    for the current master there only (``send_packed_command`` alone would reconnect to the address it had, a
+    master a failover may have demoted)."""
+    if connection._sock is None:
+        connection.connect()
+
+
 class Held:
     """A connection taken from ``client``'s pool and kept, for commands packed by hand: no pool, retry or encoder
     layer per call. A connection error disconnects it (a command half sent or a reply unread never meets the next
@@ -64,9 +72,11 @@ class Held:
         sent = False
         try:
             try:
+                _connected(connection)
                 connection.send_packed_command([packed])
             except (redis.ConnectionError, OSError):
                 connection.disconnect()  # nothing was sent: once more, connecting again
+                _connected(connection)
                 connection.send_packed_command([packed])
             sent = True
             try:

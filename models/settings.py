@@ -13,14 +13,14 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from seqproc.models.errors import ConfigError
-from seqproc.models.wire import is_redis_url
+from seqproc.models.wire import DEFAULT_SENTINEL_MASTER, SENTINEL_SCHEME, is_redis_url
 
 #: Local services on a developer machine; docker-compose overrides these.
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/seqproc"
@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     database_url: str = DEFAULT_DATABASE_URL
     broker_url: str = DEFAULT_BROKER_URL
     result_backend: str = DEFAULT_RESULT_BACKEND
+    #: The master the sentinels of a ``sentinel://`` broker or result backend monitor (``sentinel monitor <name>``).
+    sentinel_master: Annotated[str, Field(min_length=1)] = DEFAULT_SENTINEL_MASTER
     partitions: Annotated[int, Field(ge=1, le=MAX_PARTITIONS)] = DEFAULT_PARTITIONS
 
     #: Most events applied in one database transaction.
@@ -77,6 +79,11 @@ class Settings(BaseSettings):
     #: Producer: how long a call may wait for a broker that does not answer (or drops its connection) before it
     #: raises :class:`PublishError`; a call's ``timeout_s=`` overrides it.
     publish_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10
+    #: Producer: when a direct publish returns. ``async``: once the broker's primary holds it (a failover before
+    #: its replica copied it loses it: counted lost, see ``SEQPROC_LOSS_GRACE_S``). ``replica``: once a replica
+    #: acknowledges it too (``WAIT 1``); if none does within ``publish_timeout_s`` the call raises
+    #: :class:`PublishError` (``maybe_sent``: it reached the primary) carrying the receipts.
+    publish_durability: Literal["async", "replica"] = "async"
     #: ... but a broker that refuses the connection (nothing listens there, or its host name does not resolve) is
     #: retried this long at most, in case it is restarting: a web request learns within about a second.
     publish_refused_retry_s: Annotated[float, Field(ge=0, le=300)] = 1
@@ -92,6 +99,14 @@ class Settings(BaseSettings):
     #: ... and about this many (the oldest dropped first; Redis trims streams approximately, ``MAXLEN ~``).
     notify_max: Annotated[int, Field(ge=1, le=10_000_000)] = DEFAULT_NOTIFY_MAX
 
+    #: How long a worker, relay or beat waits for a reply on an open broker connection before it counts the
+    #: connection as dead and opens another: the bound on noticing a broker connection gone half-open (a black-holed
+    #: peer, a dead host), with TCP keepalive and the idle health check (``health_check_interval``, 10 s) besides.
+    broker_socket_timeout_s: Annotated[float, Field(ge=1, le=3_600)] = 30
+    #: Loss detection: a gap in a producer's sequence (events that did not come before later ones) still open after
+    #: this long is declared lost (logged, ``seqproc_events_lost_total``, ``lost`` in ``seqproc status``). Longer than
+    #: the visibility timeout: a redelivered message comes back within it and fills its gap.
+    loss_grace_s: Annotated[float, Field(ge=1, le=86_400)] = 120
     #: ``--partitions auto``: how long a partition lease lasts without renewal (renewed every third of it). A worker
     #: that stops renewing loses its partitions to the others after this long.
     lease_s: Annotated[float, Field(ge=1, le=600)] = 10
@@ -167,7 +182,11 @@ class Settings(BaseSettings):
     @classmethod
     def _broker_url(cls, value: str) -> str:
         if not (is_redis_url(value) or value.startswith(("memory://", "amqp://", "pyamqp://"))):
-            raise ValueError("must be a redis://, rediss:// or memory:// URL (amqp:// works, Redis is advised)")
+            raise ValueError(
+                "must be a redis://, rediss://, sentinel://h:p;sentinel://h:p/db or memory:// URL "
+                "(amqp:// works, Redis is advised)"
+            )
+        _check_sentinel_url(value)
         query = urlsplit(value).query
         if any(param.partition("=")[0].strip().lower() == "password" for param in query.split("&")):
             # Kombu reads the password from the user info only; a password= parameter crashes it.
@@ -178,7 +197,11 @@ class Settings(BaseSettings):
     @classmethod
     def _result_backend(cls, value: str) -> str:
         if not (is_redis_url(value) or value.startswith("memory://")):
-            raise ValueError("must be a redis://, rediss:// or memory:// URL (it holds per-event outcomes)")
+            raise ValueError(
+                "must be a redis://, rediss://, sentinel://h:p;sentinel://h:p/db or memory:// URL "
+                "(it holds per-event outcomes)"
+            )
+        _check_sentinel_url(value)
         return value
 
     @field_validator("lock_urls", mode="before")
@@ -302,10 +325,23 @@ class Settings(BaseSettings):
 SECRET_QUERY_PARAMS = ("password", "passwd", "pass", "pwd", "sslpassword", "secret", "token")
 
 
+def _check_sentinel_url(value: str) -> None:
+    if not value.startswith(SENTINEL_SCHEME):
+        return
+    for part in value.split(";"):
+        if not part.strip().startswith(SENTINEL_SCHEME):
+            raise ValueError("must list its sentinels as sentinel://h1:p1;sentinel://h2:p2/db (every part sentinel://)")
+        tail = urlsplit(part.strip()).path.strip("/")
+        if tail and not tail.isdigit():
+            raise ValueError("must end with the database number (sentinel://h1:p1;sentinel://h2:p2/0)")
+
+
 def mask_url(url: str) -> str:
     """``redis://:secret@host/0`` -> ``redis://:***@host/0``, ``redis://host/0?password=secret`` ->
     ``redis://host/0?password=***``; URLs without a password are unchanged. Text that does not parse as a URL but
-    may hold a password (an ``@`` or a ``?``) is masked whole."""
+    may hold a password (an ``@`` or a ``?``) is masked whole. A Sentinel URL is masked part by part."""
+    if url.startswith(SENTINEL_SCHEME) and ";" in url:
+        return ";".join(mask_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
         password = parts.password

@@ -30,7 +30,7 @@ object holds no connection of its own (it borrows them from the channel's pool a
 one per channel is enough.
 
 Selected by ``broker_transport`` (``seqproc.models.celery``) for ``redis://`` and ``rediss://`` URLs (producers and
-workers alike).
+workers alike); :class:`SentinelTransport` for ``sentinel://`` ones.
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from kombu.utils.uuid import uuid
+from redis import Redis
+from redis.sentinel import Sentinel
 
+from seqproc.models.clients import SentinelUrl
 from seqproc.models.envelope import read_own
 from seqproc.models.resp import Held, ReplyLost, command, pack, pack_texts
 from seqproc.models.scripts import FETCH_AND_HOLD, FETCH_AND_HOLD_SHA
@@ -412,5 +415,50 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """seqproc's channel on the master that Sentinel names (kombu's ``sentinel://`` form and ``master_name``
+    option): every connection asks the sentinels for the master as it opens, and one that meets a demoted master
+    (``READONLY``) closes and asks again; the fetch, the bells and the fences are the same.
+
+    The sentinels come from the ``sentinels`` transport option (the whole ``sentinel://...;sentinel://.../db``
+    URL), not from the connection's failover alternates: Celery is given the first sentinel's URL only
+    (``seqproc.models.celery``), because kombu, switching to an alternate URL after a connection error, re-reads
+    the transport from its scheme and would carry on with kombu's stock Sentinel transport (no fenced fetch)."""
+
+    from_transport_options = (
+        *Channel.from_transport_options,
+        *(n for n in kombu_redis.SentinelChannel.from_transport_options if n not in Channel.from_transport_options),
+        "sentinels",
+    )
+    sentinels: str | None = None
+    master_name: str | None = None
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        if not self.sentinels:
+            return super()._sentinel_managed_pool(asynchronous)  # type: ignore[misc]  # not in the stubs
+        if not self.master_name:
+            raise ValueError("the 'master_name' transport option must be given (SEQPROC_SENTINEL_MASTER)")
+        params = self._connparams(asynchronous)  # type: ignore[attr-defined]  # kombu has it; the stubs lack it
+        params.pop("host", None)
+        params.pop("port", None)
+        parsed = SentinelUrl.parse(self.sentinels)
+        manager = Sentinel(list(parsed.sentinels), sentinel_kwargs=getattr(self, "sentinel_kwargs", None), **params)
+        if asynchronous:
+            self._async_sentinel_manager = manager
+        else:
+            self._sentinel_manager = manager
+        credentials = {name: params[name] for name in ("username", "password") if params.get(name)}
+        return manager.master_for(self.master_name, Redis, **credentials).connection_pool
+
+
+class SentinelTransport(Transport):
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port
+
+
 #: What ``broker_transport`` names.
 TRANSPORT = "seqproc.models.transport:Transport"
+#: ... for a ``sentinel://`` broker.
+SENTINEL_TRANSPORT = "seqproc.models.transport:SentinelTransport"
+#: Both: a producer on either pushes its messages itself (``producer.publish``).
+SEQPROC_TRANSPORTS = (TRANSPORT, SENTINEL_TRANSPORT)

@@ -135,10 +135,15 @@ def notified_key(topic: str) -> str:
     return NOTIFIED_PREFIX + topic
 
 
-#: URL schemes served by seqproc's own Redis transport (plain and TLS).
-REDIS_SCHEMES = ("redis://", "rediss://")
+#: kombu's form of a replicated Redis behind Sentinel: ``sentinel://h1:26379;sentinel://h2:26379/0``.
+SENTINEL_SCHEME = "sentinel://"
+#: ``SEQPROC_SENTINEL_MASTER``'s default: the name the sentinels monitor (``sentinel monitor seqproc ...``).
+DEFAULT_SENTINEL_MASTER = "seqproc"
+#: URL schemes served by seqproc's own Redis transport (plain, TLS, and the master that Sentinel names).
+REDIS_SCHEMES = ("redis://", "rediss://", SENTINEL_SCHEME)
 
 
 def is_redis_url(url: str) -> bool:
-    """True for ``redis://`` and ``rediss://`` (TLS) URLs: the broker (or backend) is a Redis server."""
+    """True for ``redis://``, ``rediss://`` (TLS) and ``sentinel://`` URLs: the broker (or backend) is a Redis
+    server (for Sentinel, the master it names)."""
     return url.startswith(REDIS_SCHEMES)

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 #: The setting that names the broker, for the errors that cannot reach it.
 BROKER_SETTING = "SEQPROC_BROKER_URL"
+DURABILITY_SETTING = "SEQPROC_PUBLISH_DURABILITY"
 #: A call whose remaining time is within this of the socket's own timeout leaves the socket as it is (a first attempt
 #: starts microseconds after its deadline was set): the bound costs nothing on the common path.
 BOUND_SLACK_S = 0.01

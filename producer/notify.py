@@ -25,5 +25,7 @@ def notifications(
     empty list. Each carries its ``cursor``, ``idempotency_key``, ``type``, ``key``, ``status`` and ``reason``."""
     notice(topic, None)  # the topic named as a send names it, or InvalidEvent on ``notify``
     settings = current_settings()
-    store = outcome_store(settings.result_backend, ttl_s=settings.outcome_ttl_s)
+    store = outcome_store(
+        settings.result_backend, ttl_s=settings.outcome_ttl_s, sentinel_master=settings.sentinel_master
+    )
     return store.notifications(topic, after, max(0.0, timeout_s))

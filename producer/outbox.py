@@ -154,7 +154,7 @@ def count_refused(rows: Sequence[Mapping[str, Any]], recorded: object) -> Partit
 
 
 def receipts_for(events: Sequence[Event], rows: Sequence[Mapping[str, Any]], settings: Settings) -> list[Receipt]:
-    store = _outcomes(settings.result_backend, settings.outcome_ttl_s)
+    store = _outcomes(settings.result_backend, settings.outcome_ttl_s, settings.sentinel_master)
     return [Receipt.of(event, row["partition"], store) for event, row in zip(events, rows, strict=True)]
 
 
@@ -163,8 +163,8 @@ def _scalar(row: Any) -> object:
 
 
 @functools.cache
-def _outcomes(url: str, ttl_s: int) -> OutcomeStore:
-    return outcome_store(url, ttl_s=ttl_s)
+def _outcomes(url: str, ttl_s: int, sentinel_master: str) -> OutcomeStore:
+    return outcome_store(url, ttl_s=ttl_s, sentinel_master=sentinel_master)
 
 
 def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:

@@ -30,7 +30,7 @@ from typing import Annotated, Any
 import redis
 from pydantic import TypeAdapter, ValidationError
 
-from seqproc.models.clients import redis_client
+from seqproc.models.clients import broker_client
 from seqproc.models.domain import Applied, Domain, EventModel, domains
 from seqproc.models.errors import InvalidEvent
 from seqproc.models.fields import EntityKey
@@ -234,11 +234,12 @@ _CLIENTS_LOCK = threading.Lock()
 
 def pending_index(key: str) -> dict[Any, Any]:
     """``key``'s pending index, from the broker of the current settings (none on another broker)."""
-    url = current_settings().broker_url
+    settings = current_settings()
+    url = settings.broker_url
     if not is_redis_url(url):
         return {}
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(url)
         if client is None:
-            client = _CLIENTS[url] = redis_client(url)
+            client = _CLIENTS[url] = broker_client(settings)
     return client.hgetall(pending_key(key))

@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from seqproc.models.celery import celery_config
-from seqproc.models.clients import redis_client
+from seqproc.models.clients import redis_client, wait_timeout_ms
 from seqproc.models.envelope import envelope_of_json
 from seqproc.models.errors import PartitionCountMismatch, PublishError, first_line
 from seqproc.models.events import Event
@@ -39,11 +39,12 @@ from seqproc.models.resp import command, pack_texts
 from seqproc.models.scripts import PUSH_AND_RING, PUSH_AND_RING_SHA
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.stamps import unique_id
-from seqproc.models.transport import TRANSPORT
+from seqproc.models.transport import SEQPROC_TRANSPORTS
 from seqproc.models.wire import APPLY_TASK, PRODUCER_CLIENT_NAME, bell_key, partition_for, queue_name
 from seqproc.producer.attempts import (
     BOUND_SLACK_S,
     BROKER_SETTING,
+    DURABILITY_SETTING,
     Attempts,
     NoReply,
     deadline_of,
@@ -51,6 +52,7 @@ from seqproc.producer.attempts import (
 )
 from seqproc.producer.coalesce import Coalescer
 from seqproc.producer.receipt import Receipt
+from seqproc.producer.sequence import Place, Sequencer
 
 logger = logging.getLogger(__name__)
 
@@ -68,18 +70,21 @@ class Publisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app = client_app(settings)
-        self.outcomes: OutcomeStore = outcome_store(settings.result_backend, ttl_s=settings.outcome_ttl_s)
+        self.outcomes: OutcomeStore = outcome_store(
+            settings.result_backend, ttl_s=settings.outcome_ttl_s, sentinel_master=settings.sentinel_master
+        )
         #: seqproc's own Redis transport: push the messages directly (see producer.envelope).
         self._redis: redis.Redis | None = None
         #: The socket's waits: the transport's, never past the publish timeout (a call with less time left bounds
         #: them further, see ``_bound``).
         self._connect_timeout_s = self._timeout_s = settings.publish_timeout_s
-        if self.app.conf.broker_transport == TRANSPORT:
+        if self.app.conf.broker_transport in SEQPROC_TRANSPORTS:
             options = self.app.conf.broker_transport_options
             self._connect_timeout_s = min(options["socket_connect_timeout"], settings.publish_timeout_s)
             self._timeout_s = min(options["socket_timeout"], settings.publish_timeout_s)
             self._redis = redis_client(
                 settings.broker_url,
+                sentinel_master=settings.sentinel_master,
                 connect_timeout_s=self._connect_timeout_s,
                 timeout_s=self._timeout_s,
                 socket_keepalive=options["socket_keepalive"],
@@ -102,6 +107,8 @@ class Publisher:
             kombu.exceptions.OperationalError,  # what kombu raises when it cannot connect, whatever the transport
         )
         self._coalescer = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
+        #: Numbers this process's events per partition, for the workers' loss detection (seqproc's transport only).
+        self.sequencer = Sequencer()
         #: The connection pushes go out on, with the pid that opened it (see ``_connection``).
         self._held: tuple[int, Any] | None = None
         self._push_lock = threading.Lock()
@@ -119,7 +126,10 @@ class Publisher:
         as long as the longest ``timeout_s`` (default ``publish_timeout_s``) of the calls it carries. Raises
         :class:`PublishError` if they could not be sent.
         """
-        self._coalescer.submit(events, deadline_of(self.settings, timeout_s))
+        try:
+            self._coalescer.submit(events, deadline_of(self.settings, timeout_s))
+        except PublishError as error:
+            raise error.for_receipts([self.receipt(event) for event in events]) from error
         return [self.receipt(event) for event in events]
 
     def receipt(self, event: Event) -> Receipt:
@@ -131,6 +141,8 @@ class Publisher:
         again until ``deadline`` (``time.monotonic()``; default: the publish timeout from now), one that refuses
         the connection for ``publish_refused_retry_s`` at most. Raises :class:`PublishError`."""
         messages = self.messages_for(events)
+        # Numbered once: a retry sends the same numbers (a copy is then a duplicate, not a gap).
+        places = self.sequencer.number(messages) if self._redis is not None else None
         attempts: Attempts | None = None  # made at the first failure: nothing to count on the common path
         while True:
             if attempts is not None:
@@ -138,16 +150,20 @@ class Publisher:
             else:
                 remaining_s = self.settings.publish_timeout_s if deadline is None else deadline - time.monotonic()
             try:
-                self._send_messages(messages, remaining_s)
+                self._send_messages(messages, remaining_s, places)
                 return
             except PartitionCountMismatch:
                 raise  # checked as the connection opened: nothing was sent, and a retry would not change it
+            except NotReplicated as error:
+                raise self.not_replicated(events, error) from error  # on the primary: sending again would copy
             except Exception as error:
                 if attempts is None:
                     attempts = Attempts(self.settings, deadline)
                 written = isinstance(error, NoReply) if self._redis is not None else no_reply_in_time(error)
                 pause_s = attempts.retry_after(error, transient=self.is_transient(error), written=written)
                 if pause_s is None:
+                    if places is not None and not attempts.maybe_sent:
+                        self.sequencer.give_back(messages, places)
                     raise self.not_sent(events, error, maybe_sent=attempts.maybe_sent) from error
                 time.sleep(pause_s)
 
@@ -185,11 +201,29 @@ class Publisher:
             what += "; they were NOT sent"
         return PublishError(what, setting=BROKER_SETTING, url=url, maybe_sent=maybe_sent)
 
-    def _send_messages(self, messages: Sequence[tuple[int, Sequence[Event]]], remaining_s: float) -> None:
+    def not_replicated(self, events: Sequence[Event], error: NotReplicated) -> PublishError:
+        """The error of a send the primary took but no replica acknowledged in time (durability ``replica``)."""
+        url = mask_url(self.settings.broker_url)
+        return PublishError(
+            f"{len(events)} event(s) (first key {events[0].key!r}) reached the broker's primary at "
+            f"{BROKER_SETTING}={url}, but {error} ({DURABILITY_SETTING}=replica): they may still be applied, or be "
+            "lost if the primary fails before a replica copies them; wait() on their receipts, or send them again "
+            "with the same idempotency keys (a copy is then a duplicate)",
+            setting=BROKER_SETTING,
+            url=url,
+            maybe_sent=True,
+        )
+
+    def _send_messages(
+        self,
+        messages: Sequence[tuple[int, Sequence[Event]]],
+        remaining_s: float,
+        places: Sequence[Place] | None = None,
+    ) -> None:
         # A retry after a failed flush may send a message twice; the ledger makes the copy a duplicate. It never
         # reports as sent a message the broker did not accept.
         if self._redis is not None:
-            self._push(self._redis, messages, remaining_s)
+            self._push(self._redis, messages, remaining_s, places)
         else:
             self._publish(messages)
         events = sum(len(group) for _, group in messages)
@@ -198,13 +232,17 @@ class Publisher:
         logger.debug("sent %d message(s), %d event(s)", len(messages), events)
 
     def _push(
-        self, client: redis.Redis, messages: Sequence[tuple[int, Sequence[Event]]], remaining_s: float = math.inf
+        self,
+        client: redis.Redis,
+        messages: Sequence[tuple[int, Sequence[Event]]],
+        remaining_s: float = math.inf,
+        places: Sequence[Place] | None = None,
     ) -> None:
         """What kombu's Redis transport does for a publish to the default exchange (an LPUSH onto the queue's
         list) plus seqproc's bell, for every message: one script call, on a connection held for the sends (the
         client's pool, retry and pipeline layers cost more CPU than the command itself). Its socket waits no
         longer than ``remaining_s``."""
-        command = pack_push(*push_parts(messages, self.settings.pending_ttl_s))
+        command = pack_push(*push_parts(messages, self.settings.pending_ttl_s, places))
         with self._push_lock:
             connection = self._connection(client)
             bound = remaining_s < self._timeout_s - BOUND_SLACK_S
@@ -217,6 +255,8 @@ class Publisher:
                     connection.send_command("SCRIPT", "LOAD", PUSH_AND_RING)
                     connection.read_response()
                     push_on(connection, command)
+                if self.settings.publish_durability == "replica":
+                    wait_for_replica(connection, min(remaining_s, self._timeout_s))
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 connection.disconnect()  # the next send connects again (a reply half read must not be reused)
                 raise
@@ -309,21 +349,44 @@ class Publisher:
                 )
 
 
+class NotReplicated(Exception):
+    """The primary took the push, but no replica acknowledged it within the time left (``WAIT`` said 0)."""
+
+
+def wait_for_replica(connection: Any, seconds: float) -> None:
+    """``WAIT 1`` on ``connection`` (right after its push): return once a replica has everything this connection
+    wrote, or raise :class:`NotReplicated` after ``seconds``. The connection's socket waits at least as long."""
+    timeout_ms = wait_timeout_ms(seconds)
+    try:
+        connection.send_command("WAIT", 1, timeout_ms)
+        acked = int(connection.read_response())
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+        # The push's reply came: the primary has it, whatever happens to the WAIT.
+        connection.disconnect()
+        raise NotReplicated(f"no answer from the primary about its replicas ({type(error).__name__})") from error
+    if acked < 1:
+        raise NotReplicated(f"no replica acknowledged them within {timeout_ms / 1000:g} s")
+
+
 _PUSH_HEAD = pack_texts(["EVALSHA", PUSH_AND_RING_SHA])
 
 
-def push_parts(messages: Sequence[tuple[int, Sequence[Event]]], pending_ttl_s: int) -> tuple[list[str], list[str]]:
+def push_parts(
+    messages: Sequence[tuple[int, Sequence[Event]]], pending_ttl_s: int, places: Sequence[Place] | None = None
+) -> tuple[list[str], list[str]]:
     """The keys and arguments of the push script (``PUSH_AND_RING``) for ``messages``: each message's queue and
-    bell, then the pending indexes of their keys; the number of messages, the messages, then the index entries."""
+    bell, then the pending indexes of their keys; the number of messages, the messages, then the index entries.
+    ``places``: each message's place in its producer's sequence (loss detection), written into its envelope."""
     keys: list[str] = []
     bodies: list[str] = []
     entries: list[tuple[str, str, str]] = []
-    for partition, group in messages:
+    for n, (partition, group) in enumerate(messages):
         queue = queue_name(partition)
         keys += (queue, bell_key(queue))
         texts = event_texts(group)
         array = "[" + ",".join(texts) + "]"
-        bodies.append(envelope_of_json(queue, partition, array, len(group), task_id=unique_id()))
+        place = None if places is None else places[n]
+        bodies.append(envelope_of_json(queue, partition, array, len(group), task_id=unique_id(), sequence=place))
         entries += ((event.entity_key, str(event.id), text) for event, text in zip(group, texts, strict=True))
     pending_keys, pending_args = hold_args(pending_ttl_s, entries)
     return [*keys, *pending_keys], [str(len(bodies)), *bodies, *map(str, pending_args)]
@@ -345,6 +408,7 @@ def push_on(connection: Any, command: bytes) -> None:
     the connection, so that a command half sent or a reply unread never meets the next call. An error reply is
     raised as redis-py raises it (its own parser maps it: ``NoScriptError`` after a Redis restart, for the caller to
     load the script; ``BusyLoadingError``, a connection error, while Redis loads its data)."""
+    _socket_of(connection)  # first: a Sentinel connection asks for the master only in connect()
     connection.check_health()
     sock = _socket_of(connection)
     try:
@@ -376,7 +440,13 @@ def push_on(connection: Any, command: bytes) -> None:
             connection.next_health_check = time.monotonic() + connection.health_check_interval
         return
     if kind == b"-" and reply.count(b"\r\n") == 1:
-        raise connection._parser.parse_error(reply[1:-2].decode("utf-8", "replace"))
+        refused = connection._parser.parse_error(reply[1:-2].decode("utf-8", "replace"))
+        if isinstance(refused, redis.exceptions.ReadOnlyError):
+            # A failover demoted this server to a replica: the push was refused (not sent). Connect again, to the
+            # master the sentinels name now (redis-py's Sentinel connection does the same for its own commands).
+            connection.disconnect()
+            raise redis.ConnectionError("the broker is a replica now (a failover demoted it); the push was refused")
+        raise refused
     connection.disconnect()
     raise redis.ConnectionError(f"unexpected reply to the push: {reply[:80]!r}")
 
@@ -388,11 +458,16 @@ def _socket_of(connection: Any) -> Any:
     return connection._sock
 
 
-def stage_messages(pipe: Any, messages: Sequence[tuple[int, Sequence[Event]]], pending_ttl_s: int) -> None:
+def stage_messages(
+    pipe: Any,
+    messages: Sequence[tuple[int, Sequence[Event]]],
+    pending_ttl_s: int,
+    places: Sequence[Place] | None = None,
+) -> None:
     """Queue the push script's call for ``messages`` on ``pipe``: a redis-py pipeline, plain or asyncio (both
     buffer the commands until ``execute``). By EVAL: Redis caches the script by its digest, and a pipeline's EVALSHA
     would need a round trip of its own to load it after a restart."""
-    keys, args = push_parts(messages, pending_ttl_s)
+    keys, args = push_parts(messages, pending_ttl_s, places)
     pipe.execute_command("EVAL", PUSH_AND_RING, len(keys), *keys, *args)
 
 

@@ -43,8 +43,11 @@ TEST_REDIS_URL = os.environ.get("SEQPROC_TEST_REDIS_URL", "redis://127.0.0.1:637
 BROKER_DB, RESULTS_DB = 9, 10
 
 #: Tables of the deployment, not of any event's effect: kept between tests (running workers hold epochs in
-#: ``partition``, heartbeats in ``seqproc_worker``; the outbox's id keys its relays' counters in the broker).
-DEPLOYMENT_TABLES = frozenset({"partition", "seqproc_meta", "seqproc_worker", "seqproc_outbox_meta"})
+#: ``partition``, heartbeats in ``seqproc_worker``; the outbox's id keys its relays' counters in the broker; the test
+#: process's publishers go on numbering their events from test to test: ``seqproc_producer_sequence``).
+DEPLOYMENT_TABLES = frozenset(
+    {"partition", "seqproc_meta", "seqproc_worker", "seqproc_outbox_meta", "seqproc_producer_sequence"}
+)
 #: Tables emptied between tests: every table of seqproc's metadata (the outbox's included) but the deployment's.
 DATA_TABLES = tuple(
     table.name

@@ -8,6 +8,7 @@ password masked) and exit code 5, before any partition changes hands.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 
@@ -27,11 +28,17 @@ def preflight(settings: Settings, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> No
     """Raise :class:`ServiceUnavailable` naming every service among the broker, the database and the result
     backend that does not answer within ``timeout_s``."""
     checks: list[tuple[str, str, Callable[[str, float], None]]] = [
-        ("SEQPROC_BROKER_URL", settings.broker_url, _broker),
+        ("SEQPROC_BROKER_URL", settings.broker_url, functools.partial(_broker, master=settings.sentinel_master)),
         ("SEQPROC_DATABASE_URL", settings.database_url, _database),
     ]
     if is_redis_url(settings.result_backend):  # memory:// lives in the process: nothing to reach
-        checks.append(("SEQPROC_RESULT_BACKEND", settings.result_backend, _redis))
+        checks.append(
+            (
+                "SEQPROC_RESULT_BACKEND",
+                settings.result_backend,
+                functools.partial(_redis, master=settings.sentinel_master),
+            )
+        )
     errors: dict[str, str | None] = {}
 
     def run(setting: str, url: str, check: Callable[[str, float], None]) -> None:
@@ -58,17 +65,18 @@ def preflight(settings: Settings, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> No
         raise ServiceUnavailable(f"{said}; the worker claimed no partition", setting=failed[0][0], url=failed[0][1])
 
 
-def _redis(url: str, timeout_s: float) -> None:
-    client = redis_client(url, timeout_s=timeout_s, connect_timeout_s=timeout_s)
+def _redis(url: str, timeout_s: float, *, master: str) -> None:
+    # One try within the probe's time: it asks whether the server answers now, it does not wait for it.
+    client = redis_client(url, sentinel_master=master, timeout_s=timeout_s, connect_timeout_s=timeout_s, retry=None)
     try:
         client.ping()
     finally:
         client.close()
 
 
-def _broker(url: str, timeout_s: float) -> None:
+def _broker(url: str, timeout_s: float, *, master: str) -> None:
     if is_redis_url(url):
-        _redis(url, timeout_s)
+        _redis(url, timeout_s, master=master)
         return
     from kombu import Connection
 

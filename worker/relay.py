@@ -39,12 +39,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
 import redis
 from sqlalchemy import Connection, Engine, text
 
+from seqproc.models.clients import wait_timeout_ms
 from seqproc.models.envelope import envelope_of_json
 from seqproc.models.errors import ConfigError, PartitionCountMismatch, first_line
 from seqproc.models.partition_count import mismatch
@@ -129,6 +131,13 @@ class PassResult:
     full: bool = False
 
 
+#: How long a pass waits for a replica to acknowledge its pushes (``WAIT``), at most: it holds its transaction
+#: (and the partitions' advisory locks) meanwhile.
+RELAY_REPLICA_WAIT_S = 1.0
+#: How often the relay asks whether the broker has a replica.
+REPLICA_CHECK_S = 5.0
+
+
 class Relay:
     """Sends the outbox of ``settings.outbox_url``; see the module docstring. Not thread-safe: one per thread."""
 
@@ -142,6 +151,8 @@ class Relay:
         self.ledger = ledger
         self.client = client
         self._push = client.register_script(RELAY_PUSH_IF_COUNT)
+        #: Whether the broker's primary has a replica (``INFO replication``), and until when that answer holds.
+        self._replicas = (False, 0.0)
         self.partitions = list(range(settings.partitions))
         self.forgetter = Forgetter(outbox, ledger)
         # The deployment's count, checked and copied where the outbox writers and the producers check theirs.
@@ -277,9 +288,24 @@ class Relay:
                 args=[int(recorded.get(partition, 0)), len(bodies), *bodies, *pending_args],
                 client=pipe,
             )
+        # With a replica, the pushes are recorded sent once it has them too (durability ``replica``): a failover
+        # then loses none of them. Without an acknowledgement in time they are recorded all the same: the push
+        # counters show what a failover lost, and those go again (see the module docstring).
+        waiting = self._has_replica()
+        if waiting:
+            pipe.wait(1, wait_timeout_ms(RELAY_REPLICA_WAIT_S))
         # One partition's error (a queue key of the wrong type, a full Redis refusing writes) must not hold back the
         # others: its rows stay unsent, for the next pass; the rest are pushed and recorded.
         replies = pipe.execute(raise_on_error=False)
+        if waiting:
+            acked = replies.pop()
+            if isinstance(acked, Exception) or int(acked) < 1:
+                logger.warning(
+                    "no replica acknowledged the pushes of partitions %s within %g s; a failover now would lose "
+                    "them, and the push counters would send them again",
+                    ",".join(map(str, plan)),
+                    RELAY_REPLICA_WAIT_S,
+                )
         pushed: dict[int, tuple[list[list[tuple[int, str]]], tuple[bool, int]]] = {}
         for partition, reply in zip(plan, replies, strict=True):
             if isinstance(reply, Exception):
@@ -293,6 +319,20 @@ class Relay:
                 continue
             pushed[partition] = (plan[partition], (bool(int(reply[0])), int(reply[1])))
         return pushed
+
+    def _has_replica(self) -> bool:
+        """The broker's primary has a replica connected (asked again every ``REPLICA_CHECK_S``)."""
+        known, until = self._replicas
+        now = time.monotonic()
+        if now < until:
+            return known
+        try:
+            known = int(self.client.info("replication").get("connected_slaves", 0)) > 0
+        except redis.RedisError as error:
+            logger.warning("could not ask the broker for its replicas: %s", first_line(error))
+            known = False
+        self._replicas = (known, now + REPLICA_CHECK_S)
+        return known
 
     # -- the process -------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

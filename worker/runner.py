@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import Engine, inspect
 
 from seqproc.migrations import behind
-from seqproc.models.clients import redis_client
+from seqproc.models.clients import broker_client
 from seqproc.models.db import ledger_engine, make_engine
 from seqproc.models.domain import load_domains
 from seqproc.models.errors import ConfigError, ServiceUnavailable, first_line
@@ -168,7 +168,7 @@ def _consume(
     queues = queues_for(chosen) or [IDLE_QUEUE]
     try:
         if is_redis_url(settings.broker_url):  # where producers read the deployment's partition count
-            with redis_client(settings.broker_url) as broker:
+            with broker_client(settings) as broker:
                 publish_partition_count(rt.engine, settings.partitions, client=broker)
         with app.connection_for_write() as conn:
             if rt.static is not None:
@@ -315,7 +315,7 @@ def _relay(settings: Settings, outbox: Engine, ledger: Engine, *, once: bool, re
     # As a worker does: a relay with another SEQPROC_PARTITIONS would send to other partitions than the workers
     # read (or never send rows of partitions it does not know).
     check_partition_count(ledger, settings.partitions)
-    relay = Relay(settings, outbox, ledger, redis_client(settings.broker_url))
+    relay = Relay(settings, outbox, ledger, broker_client(settings))
     if once:
         result = relay.tick()
         logger.info(
@@ -356,7 +356,7 @@ def start_metrics(settings: Settings, rt: runtime.Runtime) -> None:
     """Serve the worker's Prometheus metrics (``SEQPROC_METRICS_PORT``); the gauges follow the partitions it owns."""
     from seqproc.worker.ops import metrics
 
-    client = redis_client(settings.broker_url, timeout_s=2, connect_timeout_s=2)
+    client = broker_client(settings, timeout_s=2, connect_timeout_s=2)
     _serve_metrics(
         settings,
         lambda: metrics.serve(

@@ -44,7 +44,12 @@ class Runtime:
 
 def build(settings: Settings, engine: Engine, epochs: dict[int, int], *, owner: str | None = None) -> Runtime:
     load_domains(settings.domains)  # every event type the producers may send, before the first message
-    runtime = Runtime(settings, engine, outcome_store(settings.result_backend, ttl_s=settings.outcome_ttl_s), epochs)
+    runtime = Runtime(
+        settings,
+        engine,
+        outcome_store(settings.result_backend, ttl_s=settings.outcome_ttl_s, sentinel_master=settings.sentinel_master),
+        epochs,
+    )
     if owner:
         runtime.owner = owner
     return runtime

@@ -7,6 +7,7 @@ from seqproc.models.tables.jobs import JobRun, PartitionLag
 from seqproc.models.tables.ledger import DeadLetter, LedgerEntry, ParkedKey
 from seqproc.models.tables.likes import ArticleLike, ArticleLikeCount, ArticleUnlike
 from seqproc.models.tables.partition import Meta, Partition, Worker
+from seqproc.models.tables.sequence import ProducerSequence, SequenceGap
 from seqproc.models.tables.stock import ProductStock, Reservation
 
 __all__ = [
@@ -22,8 +23,10 @@ __all__ = [
     "ParkedKey",
     "Partition",
     "PartitionLag",
+    "ProducerSequence",
     "ProductStock",
     "Reservation",
     "ReservationStatus",
+    "SequenceGap",
     "Worker",
 ]

@@ -129,4 +129,4 @@ def _read(future: asyncio.Future[Outcome]) -> bool:
 
 def _reader(clients: LoopClients, receipt: Receipt) -> AsyncOutcomeReader | None:
     store = receipt._store
-    return clients.reader(store.url) if isinstance(store, RedisOutcomeStore) else None
+    return clients.reader(store.url, store.sentinel_master) if isinstance(store, RedisOutcomeStore) else None

@@ -25,7 +25,7 @@ class LoopClients:
 
     def __init__(self) -> None:
         self.publishers: dict[Settings, AsyncPublisher] = {}
-        self.readers: dict[str, AsyncOutcomeReader] = {}
+        self.readers: dict[tuple[str, str], AsyncOutcomeReader] = {}
         self._last: tuple[Settings, AsyncPublisher] | None = None
         #: Closed by the loop's shutdown_asyncgens(); see the module's docstring.
         self._watcher: AsyncGenerator[None, None] | None = None
@@ -41,11 +41,11 @@ class LoopClients:
         self._last = (settings, publisher)
         return publisher
 
-    def reader(self, url: str) -> AsyncOutcomeReader:
-        """This loop's reader of the result backend at ``url``."""
-        reader = self.readers.get(url)
+    def reader(self, url: str, sentinel_master: str) -> AsyncOutcomeReader:
+        """This loop's reader of the result backend at ``url`` (for ``sentinel://``, of the master so named)."""
+        reader = self.readers.get((url, sentinel_master))
         if reader is None:
-            reader = self.readers[url] = AsyncOutcomeReader(url)
+            reader = self.readers[(url, sentinel_master)] = AsyncOutcomeReader(url, sentinel_master=sentinel_master)
         return reader
 
     async def aclose(self) -> None:

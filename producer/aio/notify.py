@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import redis.asyncio
-
-from seqproc.models.clients import DEFAULT_CONNECT_TIMEOUT_S
+from seqproc.models.clients import async_redis_client
 from seqproc.models.notifications import Notification, from_xread, xread_args
 from seqproc.models.outcomes import WAIT_SLICE_S, outcome_store
 from seqproc.models.wire import is_redis_url
@@ -28,8 +26,9 @@ async def notifications(topic: str, after: str | None = None) -> AsyncIterator[N
             for found in await asyncio.to_thread(store.notifications, topic, after, WAIT_SLICE_S):
                 after = found.cursor
                 yield found
-    client = redis.asyncio.Redis.from_url(
-        settings.result_backend, socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_S, socket_timeout=WAIT_SLICE_S + 10
+    # Its blocking read comes in slices of WAIT_SLICE_S: the socket timeout outlasts one.
+    client = async_redis_client(
+        settings.result_backend, sentinel_master=settings.sentinel_master, timeout_s=WAIT_SLICE_S + 10
     )
     try:
         while True:

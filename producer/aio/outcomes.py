@@ -14,11 +14,9 @@ import asyncio
 import json
 from collections.abc import Sequence
 
-import redis.asyncio
-
-from seqproc.models.clients import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S
+from seqproc.models.clients import async_redis_client
 from seqproc.models.outcomes import Outcome
-from seqproc.models.wire import outcome_key
+from seqproc.models.wire import DEFAULT_SENTINEL_MASTER, outcome_key
 
 #: Pause after a pass that resolved a waiter or saw a new one.
 MIN_PAUSE_S = 0.002
@@ -31,11 +29,9 @@ CHUNK = 1000
 class AsyncOutcomeReader:
     """One event loop's reader of one result backend."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, sentinel_master: str = DEFAULT_SENTINEL_MASTER) -> None:
         self.url = url
-        self._client = redis.asyncio.Redis.from_url(
-            url, socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_S, socket_timeout=DEFAULT_TIMEOUT_S
-        )
+        self._client = async_redis_client(url, sentinel_master=sentinel_master)
         self._waiting: dict[str, list[asyncio.Future[Outcome]]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._arrivals = False

@@ -21,15 +21,17 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from seqproc.models.errors import PartitionCountMismatch
+from seqproc.models.clients import async_redis_client, wait_timeout_ms
+from seqproc.models.errors import PartitionCountMismatch, PublishError
 from seqproc.models.events import Event
 from seqproc.models.partition_count import BrokerPartitionCount
-from seqproc.models.transport import TRANSPORT
+from seqproc.models.transport import SEQPROC_TRANSPORTS
 from seqproc.models.wire import PRODUCER_CLIENT_NAME
 from seqproc.producer.aio.coalesce import AsyncCoalescer
 from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of, no_reply_in_time
-from seqproc.producer.publish import Publisher, stage_messages
+from seqproc.producer.publish import NotReplicated, Publisher, stage_messages
 from seqproc.producer.receipt import Receipt
+from seqproc.producer.sequence import Sequencer
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +45,14 @@ class AsyncPublisher:
         self._redis: redis.asyncio.Redis | None = None
         #: A send's longest wait for the broker, unless its deadline is nearer (see ``send``).
         self._timeout_s = settings.publish_timeout_s
-        if threaded.app.conf.broker_transport == TRANSPORT:
+        if threaded.app.conf.broker_transport in SEQPROC_TRANSPORTS:
             options = threaded.app.conf.broker_transport_options
             self._timeout_s = min(options["socket_timeout"], settings.publish_timeout_s)
-            self._redis = redis.asyncio.Redis.from_url(
+            self._redis = async_redis_client(
                 settings.broker_url,
-                socket_connect_timeout=min(options["socket_connect_timeout"], settings.publish_timeout_s),
-                socket_timeout=self._timeout_s,
+                sentinel_master=settings.sentinel_master,
+                connect_timeout_s=min(options["socket_connect_timeout"], settings.publish_timeout_s),
+                timeout_s=self._timeout_s,
                 socket_keepalive=options["socket_keepalive"],
                 health_check_interval=options["health_check_interval"],
                 retry=Retry(NoBackoff(), 0),  # each send retries by its own deadline (as the threaded publisher)
@@ -58,6 +61,8 @@ class AsyncPublisher:
                 redis_connect_func=BrokerPartitionCount(settings.partitions).on_connect_async,
             )
         self._coalescer = AsyncCoalescer(self.send, linger_s=settings.linger_ms / 1000.0)
+        #: This loop's own numbering (its sends are one at a time, apart from the other loops' and threads').
+        self.sequencer = Sequencer()
         #: Messages and events this loop sent so far (through the threaded publisher: counted there too).
         self.sent_messages = 0
         self.sent_events = 0
@@ -66,7 +71,10 @@ class AsyncPublisher:
         """Send ``events`` and return one receipt per event, in order, once the broker holds them all; concurrent
         calls of the loop share messages. ``timeout_s`` as the threaded publisher's. Raises :class:`PublishError`
         if they could not be sent."""
-        await self._coalescer.submit(events, deadline_of(self.settings, timeout_s))
+        try:
+            await self._coalescer.submit(events, deadline_of(self.settings, timeout_s))
+        except PublishError as error:
+            raise error.for_receipts([self.threaded.receipt(event) for event in events]) from error
         return [self.threaded.receipt(event) for event in events]
 
     async def send(self, events: Sequence[Event], deadline: float | None = None) -> None:
@@ -80,25 +88,35 @@ class AsyncPublisher:
             self.sent_messages += len(self.threaded.messages_for(events))
             return
         messages = self.threaded.messages_for(events)
+        places = self.sequencer.number(messages)  # once: the retries send the same numbers
         attempts = Attempts(self.settings, deadline)
         while True:
             # A retry after a failed round trip may push a message twice; the ledger makes the copy a duplicate.
             pipe = self._redis.pipeline(transaction=False)
-            stage_messages(pipe, messages, self.settings.pending_ttl_s)
+            stage_messages(pipe, messages, self.settings.pending_ttl_s, places)
             remaining_s = attempts.remaining_s()
+            if self.settings.publish_durability == "replica":
+                # In the same round trip: once a replica has the pushes (or the time left is up).
+                pipe.execute_command("WAIT", 1, wait_timeout_ms(min(remaining_s, self._timeout_s)))
             try:
                 if remaining_s < self._timeout_s - BOUND_SLACK_S:
                     async with asyncio.timeout(max(remaining_s, 0.001)):
-                        await pipe.execute()
+                        replies = await pipe.execute()
                 else:
-                    await pipe.execute()
+                    replies = await pipe.execute()
+                if self.settings.publish_durability == "replica" and int(replies[-1]) < 1:
+                    raise NotReplicated(f"no replica acknowledged them within {min(remaining_s, self._timeout_s):g} s")
                 break
             except PartitionCountMismatch:
                 raise  # checked as the connection opened: nothing was sent
+            except NotReplicated as error:
+                raise self.threaded.not_replicated(events, error) from error  # on the primary: no copy
             except Exception as error:
                 transient = self.threaded.is_transient(error)  # asyncio.timeout's TimeoutError is an OSError
                 pause_s = attempts.retry_after(error, transient=transient, written=no_reply_in_time(error))
                 if pause_s is None:
+                    if not attempts.maybe_sent:
+                        self.sequencer.give_back(messages, places)
                     raise self.threaded.not_sent(events, error, maybe_sent=attempts.maybe_sent) from error
                 await asyncio.sleep(pause_s)
         self.sent_messages += len(messages)

@@ -40,10 +40,21 @@ def doubled_in_tables(conn: Connection) -> int:
     )
 
 
-def report(fault: str, *, injected: int, sent: int, lost: int, doubled: int, out_of_order: int) -> None:
+def report(
+    fault: str,
+    *,
+    injected: int,
+    sent: int,
+    lost: int,
+    doubled: int,
+    out_of_order: int,
+    lost_detected: int | None = None,
+) -> None:
+    """``lost_detected``: for direct publishes, the events seqproc's loss detection counted lost."""
+    detected = "" if lost_detected is None else f" lost_detected={lost_detected}"
     print(
         f"FAULT | {fault} | injected {injected} | events {sent} | lost={lost} doubled={doubled} "
-        f"out_of_order={out_of_order}"
+        f"out_of_order={out_of_order}{detected}"
     )
 
 

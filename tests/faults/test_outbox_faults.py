@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import DBAPIError
 
 import seqproc
 from seqproc.models.db import make_engine
@@ -63,6 +64,21 @@ def app_engine(clean: Settings) -> Iterator[Engine]:
         conn.execute(text(f"TRUNCATE {APP_TABLE}"))
     yield engine
     engine.dispose()
+
+
+def committed(app: Engine, order: int, timeout_s: float = 30) -> bool:
+    """Whether the transaction that wrote ``order``'s row committed, once the database answers again: a connection
+    lost mid-transaction (a failover) leaves the outcome unknown to the writer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with app.connect() as conn:
+                row = conn.execute(text(f"SELECT 1 FROM {APP_TABLE} WHERE id = :id"), {"id": order}).first()
+                return row is not None
+        except DBAPIError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def outbox_stream(
@@ -116,6 +132,9 @@ def outbox_stream(
                     stream.rolled_back_keys.update(keys)
                     stream.rolled_back_orders.add(order)
                 continue
+            except DBAPIError:
+                if not committed(app, order):  # the database went away mid-transaction (a failover)
+                    continue
             with stream.lock:  # this thread is the only one for its users: its commit order is their order
                 stream.committed_keys.update(keys)
                 stream.committed_orders.add(order)
@@ -136,12 +155,24 @@ def outbox_stream(
             n += 1
             for product in chunk:
                 for step in (seqproc.outbox.reserve, seqproc.outbox.release):
-                    with app.begin() as conn:
-                        if step is seqproc.outbox.reserve:
-                            receipt = step(conn, product, 1, reservation_id=f"{product}-{n}")
-                        else:
-                            receipt = step(conn, product, f"{product}-{n}")
+                    while True:  # until the step committed (a failover may cut a transaction: then again)
+                        with ids_lock:
+                            marker = -next(order_ids)  # its own row tells whether it committed
+                        try:
+                            with app.begin() as conn:
+                                conn.execute(
+                                    text(f"INSERT INTO {APP_TABLE} (id, writer) VALUES (:id, -1)"), {"id": marker}
+                                )
+                                if step is seqproc.outbox.reserve:
+                                    receipt = step(conn, product, 1, reservation_id=f"{product}-{n}")
+                                else:
+                                    receipt = step(conn, product, f"{product}-{n}")
+                        except DBAPIError:
+                            if not committed(app, marker):
+                                continue
+                        break
                     with stream.lock:
+                        stream.committed_orders.add(marker)
                         stream.sequenced.append(receipt)
                         stream.committed_keys.add(receipt.idempotency_key)
             time.sleep(0.003)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ssl
 
-from seqproc.models.celery import celery_config
+from seqproc.models.celery import celery_broker_url, celery_config
+from seqproc.models.clients import SentinelUrl
 from seqproc.models.settings import Settings
-from seqproc.models.transport import TRANSPORT
+from seqproc.models.transport import SENTINEL_TRANSPORT, TRANSPORT
 from seqproc.models.wire import queue_name
 
 
@@ -81,3 +82,26 @@ def test_every_scheduled_job_has_a_body_and_a_task() -> None:
     assert {entry["task"] for entry in schedule.values()} == {f"{JOB_TASK_PREFIX}{name}" for name in names}
     assert {f"{JOB_TASK_PREFIX}{name}" for name in names} <= set(beat_app.tasks)
     assert schedule["seqproc-reconcile"]["schedule"] == 7
+
+
+SENTINELS = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380;sentinel://127.0.0.1:26381/2"
+
+
+def test_a_sentinel_broker_gets_seqprocs_transport_on_the_master_the_sentinels_name() -> None:
+    conf = celery_config(Settings(broker_url=SENTINELS, sentinel_master="orders"))
+    assert conf["broker_transport"] == SENTINEL_TRANSPORT
+    options = conf["broker_transport_options"]
+    assert options["master_name"] == "orders"
+    # Every sentinel reaches the transport through its option; Celery gets the first one only, so that kombu never
+    # switches to an "alternate" URL whose scheme would bring in its stock Sentinel transport (no fenced fetch).
+    assert options["sentinels"] == SENTINELS
+    assert conf["broker_url"] == "sentinel://127.0.0.1:26379/2"
+    assert options["sentinel_kwargs"]["socket_timeout"] <= 2
+    assert celery_config(Settings(broker_url=SENTINELS))["broker_transport_options"]["master_name"] == "seqproc"
+
+
+def test_a_sentinel_url_is_read_as_kombu_writes_it() -> None:
+    parsed = SentinelUrl.parse("sentinel://:p%40ss@a:1;sentinel://b;sentinel://c:3/4")
+    assert parsed.sentinels == (("a", 1), ("b", 26379), ("c", 3))
+    assert (parsed.db, parsed.password) == (4, "p@ss")
+    assert celery_broker_url("sentinel://:p%40ss@a:1;sentinel://b/4") == "sentinel://:p%40ss@a:1/4"

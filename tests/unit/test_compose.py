@@ -352,3 +352,35 @@ def test_compose_commands_exist_in_the_cli(args: tuple[str, ...]) -> None:
     # --help is eager: it exits 0 once every option name in `args` parsed, without running the command.
     result = CliRunner().invoke(cli, [*args, "--help"])
     assert result.exit_code == 0, result.output
+
+
+SENTINEL_FILE = ROOT / "docker-compose.sentinel.yml"
+
+
+def test_the_sentinel_override_points_every_seqproc_service_at_the_sentinels() -> None:
+    base = _load_compose()["services"]
+    override = yaml.safe_load(SENTINEL_FILE.read_text(encoding="utf-8"))["services"]
+    seqproc_services = {
+        name for name, service in base.items() if service.get("image", "").startswith("${SEQPROC_IMAGE")
+    }
+    assert seqproc_services <= set(override)
+    for name in seqproc_services:
+        env = override[name]["environment"]
+        settings = load_settings(
+            broker_url=env["SEQPROC_BROKER_URL"],
+            result_backend=env["SEQPROC_RESULT_BACKEND"],
+            sentinel_master=env["SEQPROC_SENTINEL_MASTER"],
+        )
+        assert settings.broker_url.count("sentinel://") == 3
+        assert settings.broker_url.endswith("/0")
+        assert settings.result_backend.endswith("/1")
+    sentinels = [s for s in override if s.startswith("sentinel-")]
+    assert len(sentinels) == 3  # a quorum of 2 survives the loss of one
+    script = override["sentinel-1"]["entrypoint"][-1]
+    assert "sentinel monitor seqproc redis 6379 2" in script
+    # A failed data node must not come back by itself as a (stale) master.
+    assert override["redis"]["restart"] == "no"
+    assert override["redis-replica"]["restart"] == "no"
+    for node in ("redis", "redis-replica"):
+        command = override[node]["command"]
+        assert command[command.index("--repl-diskless-sync-delay") + 1] == "0"

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from seqproc.models.wire import article_key, partition_for, queue_name
 from seqproc.worker.consume import decode
 from seqproc.worker.consume.decode import decode_message
+from seqproc.worker.engine.sequence import Sequenced
 
 PARTITIONS = 16
 HOME = partition_for(article_key(1), PARTITIONS)
@@ -85,7 +86,7 @@ def test_the_fast_decode_agrees_with_the_event_by_event_one(body: str) -> None:
     accepted = decode._all_valid(body, HOME, PARTITIONS)
     if accepted is not None:  # taken only when the event-by-event path finds nothing wrong
         assert expected.dead_letters == []
-        assert accepted == expected.events
+        assert accepted == (expected.events, expected.sequence)
 
 
 def test_a_valid_body_is_decoded_in_one_call() -> None:
@@ -106,3 +107,17 @@ def test_a_body_nested_deeper_than_the_parser_recurses_is_a_dead_letter() -> Non
     assert decoded.events == []
     assert len(decoded.dead_letters) == 1
     assert "not a seqproc message" in decoded.dead_letters[0].error
+
+
+def test_a_message_says_its_place_in_its_producers_sequence_on_both_paths() -> None:
+    events = [good(n) for n in range(3)]
+    body = json.dumps([[], {"partition": HOME, "events": events, "seq": ["gen1@h/x", 41]}, {}])
+    assert decode_message(message(body), partitions=PARTITIONS).sequence == Sequenced("gen1@h/x", 41, 3)
+    # One bad event sends the message down the event-by-event path: it still arrived, with all three.
+    broken = json.dumps([[], {"partition": HOME, "events": [*events[:2], {"type": "like"}], "seq": ["p", 7]}, {}])
+    decoded = decode_message(message(broken), partitions=PARTITIONS)
+    assert decoded.dead_letters
+    assert decoded.sequence == Sequenced("p", 7, 3)
+    # A malformed place is no place (no check), never a crash.
+    odd = json.dumps([[], {"partition": HOME, "events": events, "seq": ["p", -1]}, {}])
+    assert decode_message(message(odd), partitions=PARTITIONS).sequence is None

@@ -70,13 +70,21 @@ def test_an_integer_reply_is_success_however_it_arrives(chunks: list[bytes]) -> 
     [
         (b"-NOSCRIPT No matching script. Please use EVAL.\r\n", redis.exceptions.NoScriptError),
         (b"-LOADING Redis is loading the dataset in memory\r\n", redis.exceptions.BusyLoadingError),
-        (b"-READONLY You can't write against a read only replica.\r\n", redis.exceptions.ReadOnlyError),
         (b"-ERR Error running script: WRONGTYPE\r\n", redis.exceptions.ResponseError),
     ],
 )
 def test_an_error_reply_is_raised_as_redis_py_raises_it(reply: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         push_on(connection(Socket(reply)), COMMAND)
+
+
+def test_a_demoted_master_is_left_for_the_one_the_sentinels_name() -> None:
+    """READONLY: a failover made this server a replica and it refused the push (not sent): a connection error, so
+    that the call tries again, and the connection closed, so that it opens again on the new master."""
+    sock = Socket(b"-READONLY You can't write against a read only replica.\r\n")
+    with pytest.raises(redis.ConnectionError, match="replica"):
+        push_on(connection(sock), COMMAND)
+    assert sock.closed
 
 
 @pytest.mark.parametrize(

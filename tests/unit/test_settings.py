@@ -201,6 +201,7 @@ def test_overrides_are_validated_too() -> None:
         ("redis://user:secret@[::1/0", "***"),  # does not parse (an unclosed bracket), may hold a password
         ("memory://", "memory://"),
         ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+        ("sentinel://:secret@a:1;sentinel://:secret@b:2/0", "sentinel://:***@a:1;sentinel://:***@b:2/0"),
     ],
 )
 def test_mask_url(url: str, masked: str) -> None:
@@ -257,3 +258,12 @@ def test_cli_prints_masked_settings() -> None:
     assert shown["partitions"] == 8
     assert shown["broker_url"] == "redis://:***@127.0.0.1:6379/0"
     assert "topsecret" not in done.stdout
+
+
+def test_a_sentinel_url_lists_its_sentinels_and_ends_with_a_database() -> None:
+    url = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380/0"
+    assert Settings(broker_url=url, result_backend=url).broker_url == url
+    with pytest.raises(ValueError, match="every part sentinel://"):
+        Settings(broker_url="sentinel://127.0.0.1:26379;redis://127.0.0.1:6379/0")
+    with pytest.raises(ValueError, match="database number"):
+        Settings(result_backend="sentinel://127.0.0.1:26379/x")

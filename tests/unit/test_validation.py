@@ -15,6 +15,7 @@ from seqproc.models.errors import SeqprocError
 from seqproc.models.events import Event
 from seqproc.models.settings import Settings
 from seqproc.producer.publish import Publisher
+from seqproc.producer.sequence import Place
 
 MAX_ID = 2**63 - 1
 
@@ -44,9 +45,14 @@ def sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
     record = Sent()
     original = Publisher._send_messages
 
-    def recording(self: Publisher, messages: Sequence[tuple[int, Sequence[Event]]], remaining_s: float) -> None:
+    def recording(
+        self: Publisher,
+        messages: Sequence[tuple[int, Sequence[Event]]],
+        remaining_s: float,
+        places: Sequence[Place] | None = None,
+    ) -> None:
         record.messages.extend((partition, list(events)) for partition, events in messages)
-        original(self, messages, remaining_s)
+        original(self, messages, remaining_s, places)
 
     monkeypatch.setattr(Publisher, "_send_messages", recording)
     try:

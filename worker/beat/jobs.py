@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, inspect, select
 
 from seqproc.domains.likes import Reconcile
-from seqproc.models.clients import redis_client
+from seqproc.models.clients import broker_client
 from seqproc.models.db import outbox_engine, upsert
 from seqproc.models.errors import LockNotAcquired
 from seqproc.models.fields import ReservationStatus
@@ -197,7 +197,7 @@ def expire_reservations(engine: Engine, settings: Settings, run: Singleton) -> s
 
 
 def snapshot_lag(engine: Engine, settings: Settings, run: Singleton) -> str:
-    client = redis_client(settings.broker_url)
+    client = broker_client(settings)
     try:
         with outbox_engine(settings, engine) as outbox:
             snapshot = collect(engine, client, settings.partitions, outbox_engine=outbox)

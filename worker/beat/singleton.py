@@ -29,7 +29,7 @@ import redis
 from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from seqproc.models.clients import redis_client
+from seqproc.models.clients import broker_client, redis_client
 from seqproc.models.errors import LockLost, LockNotAcquired
 from seqproc.models.settings import Settings
 from seqproc.models.tables.base import table_of
@@ -107,8 +107,12 @@ class RedlockJobLock:
 
 
 def make_lock(settings: Settings, job: str, ttl_s: float) -> JobLock:
-    urls = settings.lock_urls or [settings.broker_url]
-    clients = [redis_client(url, timeout_s=5) for url in urls]
+    if settings.lock_urls:
+        clients = [
+            redis_client(url, timeout_s=5, sentinel_master=settings.sentinel_master) for url in settings.lock_urls
+        ]
+    else:
+        clients = [broker_client(settings, timeout_s=5)]
     name = job_lock_key(job)
     if len(clients) == 1:
         return RedisJobLock(clients[0], name, ttl_s)

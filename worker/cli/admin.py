@@ -15,7 +15,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from seqproc.models.clients import redis_client
+from seqproc.models.clients import broker_client
 from seqproc.models.errors import ConfigError, first_line
 from seqproc.models.settings import Settings, load_settings, mask_url
 from seqproc.models.wire import is_redis_url
@@ -86,6 +86,8 @@ def render(snapshot: dict[str, Any], *, title: str = "seqproc status") -> Table:
         )
     t = snapshot["totals"]
     dead = str(t["dead_letters"]) + (f" (+{t['dead_letters_other']} other)" if t["dead_letters_other"] else "")
+    if t.get("lost"):
+        dead += f", {t['lost']:,} event(s) LOST"  # direct publishes a broker failover dropped (loss detection)
     table.add_section()
     table.add_row(
         "total",
@@ -135,7 +137,7 @@ def status(as_json: bool, watch: bool, interval: float) -> None:
         cleanup.callback(engine.dispose)
         require_partition_count(engine, settings.partitions)  # another count would show part of the deployment
         outbox = cleanup.enter_context(outbox_engine(settings, engine, statement_timeout_s=10))
-        client = redis_client(settings.broker_url)
+        client = broker_client(settings)
         cleanup.callback(client.close)
 
         def snapshot(previous: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -246,7 +248,7 @@ def partitions_set(count: int) -> None:
     engine = make_engine(settings.database_url)
     try:
         with outbox_engine(settings, engine) as outbox:
-            old = set_partition_count(engine, redis_client(settings.broker_url), count, outbox=outbox)
+            old = set_partition_count(engine, broker_client(settings), count, outbox=outbox)
     finally:
         engine.dispose()
     click.echo(f"partition count {old} -> {count}; start producers and workers with SEQPROC_PARTITIONS={count}")

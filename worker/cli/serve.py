@@ -36,7 +36,7 @@ def _publish_partition_count(settings: Settings) -> None:
     when they start)."""
     from redis.exceptions import RedisError
 
-    from seqproc.models.clients import redis_client
+    from seqproc.models.clients import broker_client
     from seqproc.models.db import make_engine, outbox_engine
     from seqproc.models.partition_count import mismatch
     from seqproc.models.wire import is_redis_url
@@ -44,7 +44,7 @@ def _publish_partition_count(settings: Settings) -> None:
     from seqproc.worker.ownership.partitions import publish_partition_count
 
     engine = make_engine(settings.database_url)
-    client = redis_client(settings.broker_url, timeout_s=5) if is_redis_url(settings.broker_url) else None
+    client = broker_client(settings, timeout_s=5) if is_redis_url(settings.broker_url) else None
     published = client is not None
     try:
         with outbox_engine(settings, engine) as outbox:

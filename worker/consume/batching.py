@@ -51,6 +51,7 @@ from seqproc.worker.engine.apply import (
     park,
     store_dead_letters,
 )
+from seqproc.worker.engine.sequence import Sequenced
 from seqproc.worker.hooks import Committed, FlushStarting, Settled
 from seqproc.worker.ops.logs import log_event
 from seqproc.worker.ownership.liveness import holder_of
@@ -328,6 +329,7 @@ class Batcher:
             [event for item in items for event in item.decoded.events],
             self.rt.epochs[partition],
             [d for item in items for d in item.decoded.dead_letters],
+            [item.decoded.sequence for item in items if item.decoded.sequence is not None],
         )
 
     def _isolate_each(
@@ -389,10 +391,15 @@ class Batcher:
             return apply_partitions(conn, batches, reservation_ttl_s=self.rt.settings.reservation_ttl_s)
 
     def _transaction_one(
-        self, partition: int, events: list[Event], epoch: int | None, dead: list[DeadLetterRecord]
+        self,
+        partition: int,
+        events: list[Event],
+        epoch: int | None,
+        dead: list[DeadLetterRecord],
+        sequences: Sequence[Sequenced] = (),
     ) -> BatchResult:
         with self.rt.engine.begin() as conn:
-            return apply_batch(conn, partition, events, epoch=epoch, dead_letters=dead)
+            return apply_batch(conn, partition, events, epoch=epoch, dead_letters=dead, sequences=sequences)
 
     def _isolate(self, batch: PartitionBatch) -> BatchResult:
         """Apply events one per transaction. One that still fails (a bug, a constraint that cannot hold) is
@@ -400,9 +407,13 @@ class Batcher:
         until ``seqproc deadletter replay``; the other entities flow on."""
         partition, epoch = batch.partition, batch.epoch
         total = BatchResult()
-        if batch.dead_letters:
-            what = f"partition {partition}: dead letters"
-            self._retry(partial(self._transaction_one, partition, [], epoch, list(batch.dead_letters)), what)
+        if batch.dead_letters or batch.sequences:
+            # What arrived (the messages' places in their producers' sequences) is recorded first, on its own.
+            what = f"partition {partition}: dead letters and sequences"
+            self._retry(
+                partial(self._transaction_one, partition, [], epoch, list(batch.dead_letters), batch.sequences),
+                what,
+            )
         for event in batch.events:
             try:
                 one = self._retry(

@@ -16,8 +16,10 @@ from pydantic import Field, TypeAdapter, ValidationError, create_model
 from seqproc.models.domain import event_types, registry_version
 from seqproc.models.errors import InvalidEvent
 from seqproc.models.events import Event, oversized_key, parse_event, readable_event_id
+from seqproc.models.tables.sequence import PRODUCER_ID_LENGTH
 from seqproc.models.wire import APPLY_TASK, partition_for, partition_of_queue
 from seqproc.worker.engine.apply import DeadLetterRecord
+from seqproc.worker.engine.sequence import Sequenced
 
 #: Largest message body accepted: 500 events take ~100 KiB; far more than that is not ours.
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -34,6 +36,8 @@ class Decoded:
     task_id: str | None
     events: list[Event] = field(default_factory=list)
     dead_letters: list[DeadLetterRecord] = field(default_factory=list)
+    #: Its place in its producer's sequence of the partition (direct publishes; loss detection), if it says.
+    sequence: Sequenced | None = None
 
 
 def body_text(body: bytes | str | None) -> str:
@@ -78,7 +82,7 @@ _VALIDATORS: list[_Validators] = []
 def _validators() -> _Validators:
     version = registry_version()
     if not _VALIDATORS or _VALIDATORS[0].version != version:
-        kwargs = create_model("_Kwargs", events=(_events_type(), ...))
+        kwargs = create_model("_Kwargs", events=(_events_type(), ...), seq=(tuple[str, int] | None, None))
         body: Any = tuple[list[Any], kwargs, dict[str, Any]]  # type: ignore[valid-type]
         _VALIDATORS[:] = [_Validators(version, TypeAdapter(body), TypeAdapter(list[body]))]
     return _VALIDATORS[0]
@@ -108,9 +112,10 @@ def _at_home(events: list[Event], partition: int, partitions: int) -> bool:
     return True
 
 
-def _all_valid(raw: Any, partition: int, partitions: int) -> list[Event] | None:
-    """The events of a body that is valid through and through (the usual case), else None. The same schema as
-    :func:`models.events.parse_event`, so it accepts exactly what the event-by-event path accepts."""
+def _all_valid(raw: Any, partition: int, partitions: int) -> tuple[list[Event], Sequenced | None] | None:
+    """The events of a body that is valid through and through (the usual case) and its place in its producer's
+    sequence, else None. The same schema as :func:`models.events.parse_event`, so it accepts exactly what the
+    event-by-event path accepts."""
     try:
         _args, kwargs, _embed = _validators().body.validate_json(raw)
     except ValidationError:
@@ -120,7 +125,23 @@ def _all_valid(raw: Any, partition: int, partitions: int) -> list[Event] | None:
         return None
     if not _at_home(events, partition, partitions):
         return None
-    return events
+    return events, _sequenced(kwargs.seq, len(events))
+
+
+def _sequenced(seq: object, count: int) -> Sequenced | None:
+    """``"seq": [producer, first]`` of a message of ``count`` events, if well formed (else: no check, as for a
+    message that carries none)."""
+    if (
+        isinstance(seq, list | tuple)
+        and len(seq) == 2
+        and isinstance(seq[0], str)
+        and 0 < len(seq[0]) <= PRODUCER_ID_LENGTH
+        and isinstance(seq[1], int)
+        and seq[1] >= 1
+        and count > 0
+    ):
+        return Sequenced(seq[0], seq[1], count)
+    return None
 
 
 def decode_message(message: Any, *, partitions: int) -> Decoded:
@@ -155,7 +176,7 @@ def decode_message(message: Any, *, partitions: int) -> Decoded:
     if partition is not None:
         valid = _all_valid(raw, partition, partitions)
         if valid is not None:
-            decoded.events = valid
+            decoded.events, decoded.sequence = valid
             return decoded
     # Something is wrong somewhere: read it event by event, to dead-letter exactly what is at fault.
     try:
@@ -168,6 +189,8 @@ def decode_message(message: Any, *, partitions: int) -> Decoded:
         return dead(f"not a seqproc message (expected [args, {{'events': [...]}}, embed]): {error}")
     if partition is None:
         return dead(f"received on {queue!r}, which is not a partition queue", event_ids=_ids_of(events))
+    # Its events arrived, applied or dead-lettered: either way not lost.
+    decoded.sequence = _sequenced(kwargs.get("seq") if isinstance(kwargs, dict) else None, len(events))
     for raw_event in events:
         key = raw_event.get("key") if isinstance(raw_event, dict) else None
         event_key = key[:160] if isinstance(key, str) else None
@@ -229,7 +252,8 @@ def decode_chunk(chunk: Sequence[Any], *, partitions: int) -> list[Decoded]:
                 events = kwargs.events
                 if not _complete(events) or not _at_home(events, partition, partitions):
                     break
-                decoded.append(Decoded(partition, message.queue, message.headers.get("id"), events))
+                sequence = _sequenced(kwargs.seq, len(events))
+                decoded.append(Decoded(partition, message.queue, message.headers.get("id"), events, [], sequence))
             else:
                 return decoded
     return [decode_fetched(message, partitions=partitions) for message in chunk]

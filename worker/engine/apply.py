@@ -25,6 +25,7 @@ from seqproc.models.errors import InvalidEvent, PartitionFenced
 from seqproc.models.events import Event, Replay, parse_event
 from seqproc.models.outcomes import Outcome, Status
 from seqproc.models.wire import queue_name
+from seqproc.worker.engine.sequence import Sequenced, check_sequences
 from seqproc.worker.engine.store import DeadLetterRecord, Fence, Loaded, Store, Writes, store_for
 from seqproc.worker.ops.logs import log_event
 
@@ -78,6 +79,8 @@ class PartitionBatch:
     events: Sequence[Event]
     epoch: int | None
     dead_letters: Sequence[DeadLetterRecord] = ()
+    #: The messages' places in their producers' sequences, in the order received (loss detection).
+    sequences: Sequence[Sequenced] = ()
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,10 @@ def apply_batch(
     *,
     epoch: int | None,
     dead_letters: Sequence[DeadLetterRecord] = (),
+    sequences: Sequence[Sequenced] = (),
 ) -> BatchResult:
     """Apply the events of one partition inside the caller's transaction; see :func:`apply_partitions`."""
-    return apply_partitions(conn, [PartitionBatch(partition, events, epoch, dead_letters)])[0]
+    return apply_partitions(conn, [PartitionBatch(partition, events, epoch, dead_letters, sequences)])[0]
 
 
 def apply_partitions(
@@ -134,6 +138,7 @@ def apply_partitions(
             for i, outcome in decided.items()
             if (outcome.status != "applied" or outcome.reason is not None) and claim.keys[i] not in writes.unclaim
         ]
+        _check_sequences(conn, batches)
         _write(conn, store, batches, results, writes, changed)
     finally:
         reset_batch_context(token)
@@ -322,6 +327,21 @@ def _report(
         else:
             result.outcomes.append(outcome)
     return results
+
+
+def _check_sequences(conn: Connection, batches: Sequence[PartitionBatch]) -> None:
+    """Move the producers' sequences past the messages of each batch, in the transaction; a gap is logged now and
+    counted lost if it is still open after the grace (``worker.engine.sequence``)."""
+    for batch in batches:
+        for gap in check_sequences(conn, batch.partition, batch.sequences):
+            logger.warning(
+                "partition %d: events %d-%d of producer %s did not come before later ones (a broker failover may "
+                "have dropped them); counted lost unless they arrive within the grace",
+                gap.partition,
+                gap.first,
+                gap.first + gap.count - 1,
+                gap.producer,
+            )
 
 
 def _write(

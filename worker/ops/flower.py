@@ -53,4 +53,5 @@ def flower_app(settings: Settings) -> Celery:
     app = configure(settings)
     if is_redis_url(settings.broker_url):
         app.conf.broker_transport = None
+        app.conf.update(broker_url=settings.broker_url)  # every sentinel of a Sentinel URL (kombu's own form)
     return app

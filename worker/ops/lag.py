@@ -36,11 +36,13 @@ One row per partition (``SEQPROC_PARTITIONS`` of them), and a totals line. Where
   discarded); those with no partition (a message on a queue that is not a partition queue) are counted in the
   totals as ``dead_letters_other``.
 - In the totals, ``workers``: the worker processes alive (heartbeating), those waiting for their partitions
-  included; ``owners``: the distinct live owners; ``unowned``: the partitions without a live owner.
+  included; ``owners``: the distinct live owners; ``unowned``: the partitions without a live owner; ``lost``:
+  direct-publish events declared lost (a gap in their producer's sequence that outlived ``SEQPROC_LOSS_GRACE_S``;
+  ``seqproc_sequence_gap``).
 
 Round trips: one Redis pipeline (``LLEN``, ``LINDEX -1`` and the lease ``GET`` per partition, one script counting
-``unacked``) and seven SQL queries (the partition rows, their owners' liveness, the live workers, parked keys and
-dead letters grouped by partition, the outbox's totals and per partition).
+``unacked``) and eight SQL queries (the partition rows, their owners' liveness, the live workers, parked keys and
+dead letters grouped by partition, the events declared lost, the outbox's totals and per partition).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from seqproc.models.tables.base import table_of
 from seqproc.models.tables.ledger import DeadLetter, ParkedKey
 from seqproc.models.tables.partition import Partition
 from seqproc.models.wire import UNACKED_KEY, lease_key, queue_name
+from seqproc.worker.engine.sequence import lost_total
 from seqproc.worker.ownership.liveness import live_workers, ownership
 
 #: The per-partition counters summed into ``totals``.
@@ -95,6 +98,7 @@ def collect(
         }
         owned = ownership(conn, range(partitions))
         workers = live_workers(conn)
+        lost = lost_total(conn)
         parked_counts = {
             int(p): int(n)
             for p, n in conn.execute(select(parked.c.partition, func.count()).group_by(parked.c.partition))
@@ -151,6 +155,7 @@ def collect(
     totals["outbox_depth"] = outbox["depth"]
     totals["outbox_unsent"] = outbox["unsent"]
     totals["outbox_oldest_age_s"] = outbox["oldest_age_s"]
+    totals["lost"] = lost
     return {
         "partitions": entries,
         "totals": totals,

@@ -10,6 +10,9 @@ the worker's lifecycle hooks (``worker.hooks``: its functions ``after_commit``, 
   ...); dead-lettered and parked events are counted in the next one only
 - ``seqproc_events_dead_lettered_total{partition,type}``: events (or undecodable messages, ``type="message"``) put
   in the dead-letter store, including the later events of a parked key
+- ``seqproc_events_lost_total{partition}``: direct-publish events that never arrived (their producer's sequence
+  has a gap that outlived ``SEQPROC_LOSS_GRACE_S``: a broker failover dropped pushes it had acknowledged); counted by
+  the worker that declares the gap, logged with the producer
 - ``seqproc_apply_latency_seconds``: from the start of a flush to its commit (one transaction, every partition it
   carried)
 - ``seqproc_batch_size_events{}``: events per partition per transaction
@@ -75,6 +78,12 @@ DEAD_LETTERED = Counter(
     ["partition", "type"],
     registry=REGISTRY,
 )
+LOST = Counter(
+    "seqproc_events_lost",
+    "Direct-publish events that never arrived (a gap in their producer's sequence, past SEQPROC_LOSS_GRACE_S)",
+    ["partition"],
+    registry=REGISTRY,
+)
 APPLY_LATENCY = Histogram(
     "seqproc_apply_latency_seconds",
     "Seconds from the start of a flush to its commit",
@@ -111,6 +120,13 @@ def count_dead_letters(records: Iterable[Any]) -> None:
     for record in records:
         partition = "none" if record.partition is None else str(record.partition)
         DEAD_LETTERED.labels(partition, "message").inc()
+
+
+def count_lost(gaps: Iterable[Any]) -> None:
+    """Count the events of gaps just declared lost (by this worker: each gap is declared once, by one worker).
+    Rare, so counted whether or not this worker serves the metrics."""
+    for gap in gaps:
+        LOST.labels(str(gap.partition)).inc(gap.count)
 
 
 def observe_flush(seconds: float, batch_sizes: Iterable[int]) -> None:

@@ -21,12 +21,13 @@ from collections.abc import Callable
 import redis
 from sqlalchemy import Engine
 
-from seqproc.models.clients import redis_client
+from seqproc.models.clients import broker_client
 from seqproc.models.errors import first_line
 from seqproc.models.scripts import RELEASE_OWN_LEASE, RENEW_OWN_LEASE
 from seqproc.models.settings import Settings
 from seqproc.models.wire import WORKERS_KEY, queue_name
 from seqproc.models.wire import lease_key as queue_lease_key
+from seqproc.worker.ops import metrics
 from seqproc.worker.ownership.liveness import beat
 from seqproc.worker.ownership.partitions import claim, is_lock_timeout
 
@@ -42,7 +43,7 @@ class LeaseManager:
         self.settings = settings
         self.engine = engine
         self.owner = owner
-        self.client = client or redis_client(settings.broker_url)
+        self.client = client or broker_client(settings)
         self.lease_ms = int(settings.lease_s * 1000)
         #: How often the consumer's loop ticks (renews): every third of the lease.
         self.interval_s = settings.lease_s / 3
@@ -133,9 +134,17 @@ class LeaseManager:
         leases alone decide who applies: a database that cannot be reached is no reason to let them go."""
         try:
             with self.engine.begin() as conn:
-                beat(conn, self.owner, partitions="auto", liveness_s=self.settings.lease_s)
+                lost = beat(
+                    conn,
+                    self.owner,
+                    partitions="auto",
+                    liveness_s=self.settings.lease_s,
+                    loss_grace_s=self.settings.loss_grace_s,
+                )
         except Exception as error:
             logger.warning("heartbeat not recorded in the database: %s", first_line(error))
+            return
+        metrics.count_lost(lost)  # committed
 
     def _candidates(self) -> list[int]:
         """Free partitions, starting from a place that depends on this worker, so that starting workers spread."""

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, and_, case, delete, exists, func, sel
 from seqproc.models.db import upsert
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.partition import Partition, Worker
+from seqproc.worker.engine.sequence import Gap, declare_lost
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +90,33 @@ def _ahead(conn: Connection, seconds: float) -> Any:
     return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
-def beat(conn: Connection, owner: str, *, partitions: str, liveness_s: float) -> None:
-    """Record that ``owner`` (started for ``partitions``, as given) is alive for ``liveness_s`` more."""
+def beat(
+    conn: Connection, owner: str, *, partitions: str, liveness_s: float, loss_grace_s: float | None = None
+) -> list[Gap]:
+    """Record that ``owner`` (started for ``partitions``, as given) is alive for ``liveness_s`` more; with
+    ``loss_grace_s``, declare lost the sequence gaps open for longer (``worker.engine.sequence``): logged here, and
+    returned for the caller to count (``seqproc_events_lost_total``) once its transaction committed."""
     expires = _ahead(conn, liveness_s)
     conn.execute(
         upsert(conn, WORKERS)
         .values(owner=owner, partitions=partitions, expires_at=expires)
         .on_conflict_do_update(index_elements=[WORKERS.c.owner], set_={"expires_at": expires})
     )
+    if loss_grace_s is None:
+        return []
+    lost = declare_lost(conn, grace_s=loss_grace_s)
+    for gap in lost:
+        logger.error(
+            "partition %d: %d event(s) LOST from producer %s (its events %d-%d never arrived, %g s after later "
+            "ones did): a broker failover dropped pushes it had acknowledged",
+            gap.partition,
+            gap.count,
+            gap.producer,
+            gap.first,
+            gap.first + gap.count - 1,
+            loss_grace_s,
+        )
+    return lost
 
 
 def ownership(conn: Connection, partitions: Iterable[int] | None = None, *, lock: bool = False) -> dict[int, Ownership]:

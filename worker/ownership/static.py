@@ -32,12 +32,13 @@ from typing import Any
 import redis
 from sqlalchemy import Connection, Engine
 
-from seqproc.models.clients import redis_client
+from seqproc.models.clients import broker_client
 from seqproc.models.errors import first_line
 from seqproc.models.scripts import RELEASE_OWN_LEASE
 from seqproc.models.settings import Settings
 from seqproc.models.transport import Channel
 from seqproc.models.wire import is_redis_url
+from seqproc.worker.ops import metrics
 from seqproc.worker.ownership.leases import lease_key
 from seqproc.worker.ownership.liveness import BEATS_PER_LIMIT, beat, ownership
 from seqproc.worker.ownership.partitions import claim
@@ -116,7 +117,7 @@ class StaticOwnership:
         is gone. A broker that cannot be reached is logged: the next claim of those partitions overwrites them."""
         if not is_redis_url(self.settings.broker_url):
             return
-        client = redis_client(self.settings.broker_url, timeout_s=2, connect_timeout_s=2)
+        client = broker_client(self.settings, timeout_s=2, connect_timeout_s=2)
         try:
             release = client.register_script(RELEASE_OWN_LEASE)
             pipe = client.pipeline(transaction=False)
@@ -143,7 +144,15 @@ class StaticOwnership:
             self._beat(conn)
 
     def _beat(self, conn: Connection) -> None:
-        beat(conn, self.owner, partitions=self.spec, liveness_s=self.settings.lease_s)
+        lost = beat(
+            conn,
+            self.owner,
+            partitions=self.spec,
+            liveness_s=self.settings.lease_s,
+            loss_grace_s=self.settings.loss_grace_s,
+        )
+        # Counted as declared: the transaction ends right after (a rollback would declare them again, once more).
+        metrics.count_lost(lost)
         self._next_beat_s = time.monotonic() + self.settings.lease_s / BEATS_PER_LIMIT
 
     def tick(
