@@ -14,6 +14,9 @@ import asyncio
 import json
 from collections.abc import Sequence
 
+import redis.asyncio.retry
+from redis.backoff import ExponentialBackoff
+
 from seqproc.models.clients import async_redis_client
 from seqproc.models.outcomes import Outcome
 from seqproc.models.wire import DEFAULT_SENTINEL_MASTER, outcome_key
@@ -26,12 +29,18 @@ MAX_PAUSE_S = 0.1
 CHUNK = 1000
 
 
+#: The reader's tries of a read that met a connection error: 2 more, 0.25 s then 0.5 s later.
+READER_RETRY = redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.25), 2)
+
+
 class AsyncOutcomeReader:
     """One event loop's reader of one result backend."""
 
     def __init__(self, url: str, *, sentinel_master: str = DEFAULT_SENTINEL_MASTER) -> None:
         self.url = url
-        self._client = async_redis_client(url, sentinel_master=sentinel_master)
+        # Few tries, quickly: a waiter whose result backend cannot be read hears so (OutcomeUnavailable: the event
+        # was sent) within its timeout, rather than an OutcomeTimeout after the client's 5.7 s of tries.
+        self._client = async_redis_client(url, sentinel_master=sentinel_master, retry=READER_RETRY)
         self._waiting: dict[str, list[asyncio.Future[Outcome]]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._arrivals = False
