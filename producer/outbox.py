@@ -21,6 +21,7 @@ trip is added, and a ``seqproc partitions set`` is seen by the very next insert.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Never, cast
 
@@ -168,19 +169,13 @@ def _outcomes(url: str, ttl_s: int, sentinel_master: str) -> OutcomeStore:
 
 
 def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
-    """One statement through the caller's connection (several rows: one executemany)."""
-    from sqlalchemy import Connection, CursorResult, Engine, text
-    from sqlalchemy.orm import Session
+    """One statement through the caller's connection (several rows: one executemany).
 
-    if isinstance(conn, Connection | Session):
-        refuse_sqlalchemy_autocommit(conn.connection() if isinstance(conn, Session) else conn)
-        inserted = cast("CursorResult[Any]", conn.execute(text(INSERT_NAMED), rows if len(rows) > 1 else rows[0]))
-        if inserted.rowcount != len(rows):
-            raise count_refused(rows, conn.execute(text(RECORDED_COUNT)).scalar())
-        return
-    import psycopg
-
-    if isinstance(conn, psycopg.Connection):
+    A library is imported here only if the caller's connection can be one of its: a connection of a library not
+    imported yet cannot exist (and a forked web server process that writes through psycopg must not pay
+    SQLAlchemy's import, ~0.15 s and more under load, at its first request)."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(conn, psycopg.Connection):
         refuse_autocommit(conn)
         with conn.cursor() as cursor:
             if len(rows) == 1:
@@ -190,12 +185,27 @@ def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
             if cursor.rowcount != len(rows):
                 raise count_refused(rows, _scalar(cursor.execute(RECORDED_COUNT).fetchone()))
         return
+    if "sqlalchemy" not in sys.modules:
+        raise _not_a_connection(conn)
+    from sqlalchemy import Connection, CursorResult, Engine, text
+    from sqlalchemy.orm import Session
+
+    if isinstance(conn, Connection | Session):
+        refuse_sqlalchemy_autocommit(conn.connection() if isinstance(conn, Session) else conn)
+        inserted = cast("CursorResult[Any]", conn.execute(text(INSERT_NAMED), rows if len(rows) > 1 else rows[0]))
+        if inserted.rowcount != len(rows):
+            raise count_refused(rows, conn.execute(text(RECORDED_COUNT)).scalar())
+        return
     if isinstance(conn, Engine):
         raise OutboxConnectionError(
             "conn: must be the Connection of your transaction (engine.begin() as conn), not an Engine: an event "
             "written outside your transaction would be sent whether it commits or not"
         )
-    raise OutboxConnectionError(
+    raise _not_a_connection(conn)
+
+
+def _not_a_connection(conn: Any) -> OutboxConnectionError:
+    return OutboxConnectionError(
         "conn: must be a SQLAlchemy Connection or Session, or a psycopg 3 Connection "
         f"(got {type(conn).__module__}.{type(conn).__qualname__}); async ones go through seqproc.aio.outbox, "
         "Django's through seqproc.contrib.django.outbox"
