@@ -16,17 +16,19 @@ from typing import Any
 import redis
 
 
-def bulk(data: bytes) -> bytes:
-    """One argument, as a RESP bulk string."""
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
 def pack_texts(args: Iterable[str | bytes | int]) -> bytes:
-    """Arguments as consecutive bulk strings (text is UTF-8; an int its decimal digits)."""
-    return b"".join(
-        bulk(arg if isinstance(arg, bytes) else str(arg).encode() if isinstance(arg, int) else arg.encode())
-        for arg in args
-    )
+    """Arguments as consecutive bulk strings (text is UTF-8; an int its decimal digits). One loop, no call per
+    argument: a producer's push packs a dozen arguments per request."""
+    parts = []
+    for arg in args:
+        if isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, bytes):
+            data = arg
+        else:
+            data = b"%d" % arg
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 def pack(*args: str | bytes | int) -> bytes:
