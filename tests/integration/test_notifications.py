@@ -140,7 +140,8 @@ def test_a_worker_killed_between_commit_and_publish_still_notifies_once(
         *({"type": "reserve", "product_id": 8, "quantity": 1, "reservation_id": f"k{n}"} for n in range(4)),
     ]
     receipts = seqproc.send_many(stream, notify="user:8")
-    dying = start_worker(clean, SEQPROC_FAULT_EXIT_AFTER_COMMITS="1")
+    # Not waited on as ready: with the events already queued, it may commit and die before it says so.
+    dying = start_worker(clean, ready=False, SEQPROC_FAULT_EXIT_AFTER_COMMITS="1")
     wait_for(lambda: dying.process.poll() is not None, 30, "the worker to die after its commit")
     assert seqproc.notifications("user:8", timeout_s=0) == []  # committed, nothing published yet
     start_worker(clean)
