@@ -35,6 +35,8 @@ class FaultProxy:
         self.dropped = {"up": 0, "down": 0}
         #: Connections accepted (and forwarded) so far: a client that reconnects shows here.
         self.accepted = 0
+        #: Chunks forwarded late (``latency``) so far.
+        self.delayed = 0
         #: ``black_hole_after``: the pattern armed, the directions it black-holes, and how many times it fired.
         self._trigger: tuple[bytes, bool, bool] | None = None
         self.triggered = 0
@@ -122,6 +124,7 @@ class FaultProxy:
                 writer.close()  # a clean close goes on to the other side (FIN)
                 return
             if self.delay_s:
+                self.delayed += 1
                 await asyncio.sleep(self.delay_s)
             if self._dropping(direction):
                 self.dropped[direction] += len(data)  # black-holed: never arrives, nothing is closed
