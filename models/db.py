@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
-from seqproc.models.db_wire import tcp_params, watch_replies
+from seqproc.models.db_wire import server_options, tcp_params, watch_replies
 from seqproc.models.services import mark_engine
 from seqproc.models.settings import Settings, mask_url
 
@@ -77,9 +77,10 @@ def _make_engine(
         options.append(f"-c statement_timeout={int(statement_timeout_s * 1000)}")
     if idle_in_transaction_timeout_s is not None:
         options.append(f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_timeout_s * 1000)}")
-    connect_args["options"] = " ".join(options)
     if socket_timeout_s is not None:
+        options.extend(server_options(socket_timeout_s))
         connect_args.update(tcp_params(socket_timeout_s, given=dict(make_url(url).query)))
+    connect_args["options"] = " ".join(options)
     engine = create_engine(
         url,
         pool_pre_ping=pre_ping,

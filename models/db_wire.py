@@ -17,7 +17,10 @@ holding its batch and its consumer's loop. Two layers bound that wait, both from
   the pool: keepalives (first probe after ``socket_timeout_s`` of silence, then every third of it, three probes) and
   ``tcp_user_timeout`` (libpq >= 12: unacknowledged data for ``socket_timeout_s`` drops the connection); and a new
   connection that does not complete its handshake gives up after ``connect_timeout`` (``socket_timeout_s``, at least
-  libpq's 2 s). A parameter the database URL sets itself (``?keepalives_idle=30``) is left as given.
+  libpq's 2 s). A parameter the database URL sets itself (``?keepalives_idle=30``) is left as given. The server's
+  end of the session gets the same keepalives (``tcp_keepalives_*``, ``tcp_user_timeout``, set for the session):
+  a session whose client gave up on a cut link, left waiting for the rest of a pipeline with its row locks held (no
+  server timeout applies there), is ended by the server's kernel instead of after its default two hours.
 
 The deadline wraps the generators psycopg hands to ``Connection.wait`` (one per round trip): every wait function of
 psycopg wakes it at least every tenth of a second (``Ready.NONE``), so it is checked whether bytes come or not.
@@ -92,16 +95,32 @@ class WatchedConnection(psycopg.Connection[Any]):
 def tcp_params(socket_timeout_s: float, *, given: dict[str, Any] | None = None) -> dict[str, Any]:
     """libpq connection parameters that make the kernel drop a connection whose peer went silent, and bound a new
     connection's handshake, by ``socket_timeout_s``; those ``given`` already (the URL's own) are left out."""
-    whole_s = max(1, round(socket_timeout_s))
+    idle_s, interval_s = _keepalive_s(socket_timeout_s)
     params = {
         "keepalives": 1,
-        "keepalives_idle": whole_s,
-        "keepalives_interval": max(1, round(socket_timeout_s / KEEPALIVE_PROBES)),
+        "keepalives_idle": idle_s,
+        "keepalives_interval": interval_s,
         "keepalives_count": KEEPALIVE_PROBES,
         "tcp_user_timeout": int(socket_timeout_s * 1000),
         "connect_timeout": max(MIN_CONNECT_TIMEOUT_S, math.ceil(socket_timeout_s)),
     }
     return {name: value for name, value in params.items() if name not in (given or {})}
+
+
+def server_options(socket_timeout_s: float) -> list[str]:
+    """The same keepalives and user timeout for the server's end of each session (``-c`` options at connect)."""
+    idle_s, interval_s = _keepalive_s(socket_timeout_s)
+    return [
+        f"-c tcp_keepalives_idle={idle_s}",
+        f"-c tcp_keepalives_interval={interval_s}",
+        f"-c tcp_keepalives_count={KEEPALIVE_PROBES}",
+        f"-c tcp_user_timeout={int(socket_timeout_s * 1000)}",
+    ]
+
+
+def _keepalive_s(socket_timeout_s: float) -> tuple[int, int]:
+    """Whole seconds (the kernel's unit): silence before the first probe, and between probes."""
+    return max(1, round(socket_timeout_s)), max(1, round(socket_timeout_s / KEEPALIVE_PROBES))
 
 
 def watch_replies(engine: Engine, reply_timeout_s: float) -> None:
