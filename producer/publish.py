@@ -40,7 +40,7 @@ from seqproc.models.scripts import PUSH_AND_RING, PUSH_AND_RING_SHA
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.stamps import unique_id
 from seqproc.models.transport import SEQPROC_TRANSPORTS
-from seqproc.models.wire import APPLY_TASK, PRODUCER_CLIENT_NAME, bell_key, partition_for, queue_name
+from seqproc.models.wire import APPLY_TASK, PRODUCER_CLIENT_NAME, bell_key, partition_for, pending_key, queue_name
 from seqproc.producer.attempts import (
     BOUND_SLACK_S,
     BROKER_SETTING,
@@ -387,7 +387,10 @@ def push_parts(
         array = "[" + ",".join(texts) + "]"
         place = None if places is None else places[n]
         bodies.append(envelope_of_json(queue, partition, array, len(group), task_id=unique_id(), sequence=place))
-        entries += ((event.entity_key, str(event.id), text) for event, text in zip(group, texts, strict=True))
+        entries += (
+            (pending_key(queue, event.entity_key), str(event.id), text)
+            for event, text in zip(group, texts, strict=True)
+        )
     pending_keys, pending_args = hold_args(pending_ttl_s, entries)
     return [*keys, *pending_keys], [str(len(bodies)), *bodies, *map(str, pending_args)]
 

@@ -282,7 +282,7 @@ class Relay:
                 )
                 for rows in messages
             ]
-            pending_keys, pending_args = hold_args(self.settings.pending_ttl_s, index_entries(rows))
+            pending_keys, pending_args = hold_args(self.settings.pending_ttl_s, index_entries(queue, rows))
             self._push(
                 keys=[relay_pushed_key(self.outbox_id, queue), queue, bell_key(queue), *pending_keys],
                 args=[int(recorded.get(partition, 0)), len(bodies), *bodies, *pending_args],
