@@ -30,7 +30,8 @@ object holds no connection of its own (it borrows them from the channel's pool a
 one per channel is enough.
 
 Selected by ``broker_transport`` (``seqproc.models.celery``) for ``redis://`` and ``rediss://`` URLs (producers and
-workers alike); :class:`SentinelTransport` for ``sentinel://`` ones.
+workers alike); :class:`SentinelTransport` for ``sentinel://`` ones; ``seqproc.models.cluster``'s for
+``redis+cluster://`` ones.
 """
 
 from __future__ import annotations
@@ -414,8 +415,11 @@ class Channel(kombu_redis.Channel):
             self._held_connection.close()
             self._held_connection = None
 
-    def _fetch_and_deliver(self) -> int:
+    def _fetch_and_deliver(self, only: list[str] | None = None) -> int:
+        """Fetch from the queues of the cycle (``only``: those of them) for the chunk consumer, or kombu's."""
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
+        if only is not None:
+            queues = [queue for queue in queues if queue in only]
         if self.fetch_filter is not None:
             queues = [queue for queue in queues if self.fetch_filter(queue)]
         chunk_consumer = self.chunk_consumer
@@ -478,7 +482,7 @@ class Channel(kombu_redis.Channel):
             for queue, held in by_queue(messages).items():
                 raws = [message.raw for message in held]
                 tags = [message.delivery_tag for message in held]
-                pipe.eval(GIVE_BACK, 4, *held_keys(queue), len(held), *raws, *tags)
+                pipe.execute_command("EVAL", GIVE_BACK, 4, *held_keys(queue), len(held), *raws, *tags)
             pipe.execute()
 
 
@@ -568,5 +572,7 @@ class SentinelTransport(Transport):
 TRANSPORT = "seqproc.models.transport:Transport"
 #: ... for a ``sentinel://`` broker.
 SENTINEL_TRANSPORT = "seqproc.models.transport:SentinelTransport"
-#: Both: a producer on either pushes its messages itself (``producer.publish``).
-SEQPROC_TRANSPORTS = (TRANSPORT, SENTINEL_TRANSPORT)
+#: ... for a ``redis+cluster://`` one (:mod:`seqproc.models.cluster`).
+CLUSTER_TRANSPORT = "seqproc.models.cluster:ClusterTransport"
+#: Each of them: a producer on any pushes its messages itself (``producer.publish``).
+SEQPROC_TRANSPORTS = (TRANSPORT, SENTINEL_TRANSPORT, CLUSTER_TRANSPORT)

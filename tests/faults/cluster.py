@@ -24,6 +24,8 @@ from tests.faults.servers import _client, fault_ports, require_binary
 NODE_TIMEOUT_MS = 1000
 #: Three primaries, each with one replica.
 NODES = 6
+#: A node's cluster bus listens on its port + this.
+BUS_OFFSET = 10000
 
 
 def cluster_state(port: int) -> str:
@@ -38,6 +40,8 @@ class ClusterGroup:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.ports = fault_ports(NODES, offset=port_offset)
+        while any(port + BUS_OFFSET > 65535 for port in self.ports):  # free ones: each node's bus needs its own
+            self.ports = fault_ports(NODES, offset=port_offset)
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
