@@ -44,8 +44,13 @@ logger = logging.getLogger(__name__)
 
 #: A bell's wait whose reply is this late (past the server's own timeout) is dropped: a node gone half-open.
 WAIT_OVERDUE_S = 10.0
-#: Redirections and errors that say "not here, not now": nothing ran.
-_REDIRECTED = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
+#: Redirections and errors that say "not here, not now": nothing ran (redis-py's parser strips their codes).
+_REDIRECTED = (
+    redis.exceptions.MovedError,
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
 
 
 @dataclass(slots=True, eq=False)
@@ -181,7 +186,7 @@ class ClusterChannel(Channel):
                 continue
             for queue, reply in zip(served, replies, strict=True):
                 if isinstance(reply, redis.ResponseError):
-                    if str(reply).startswith(_REDIRECTED):
+                    if isinstance(reply, _REDIRECTED):
                         self._refresh()
                         self._due[queue] = None
                         continue
