@@ -28,7 +28,7 @@ from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.worker.ownership.leases import lease_key
 from tests.conftest import LoggedProcess, RelayProcess, WorkerProcess, wait_for
-from tests.faults.landing import UNACKED
+from tests.faults.landing import unacked_count
 from tests.faults.proxy import FaultProxy
 from tests.faults.servers import fault_ports
 from tests.faults.test_outbox_faults import app_engine, outbox_stream
@@ -171,7 +171,7 @@ def under_fault(
             if measured.noticed_s is None and any(marker in tail.text() for marker in NOTICED):
                 measured.noticed_s = time.monotonic() - started
             if path == "worker":
-                measured.unacked_in_fault = max(measured.unacked_in_fault, int(broker.hlen(UNACKED)))
+                measured.unacked_in_fault = max(measured.unacked_in_fault, unacked_count(broker))
             time.sleep(0.05)
         measured.injected = injecting.result()
         at_heal = applied(engine)
