@@ -99,10 +99,14 @@ class Settings(BaseSettings):
     #: ... and about this many (the oldest dropped first; Redis trims streams approximately, ``MAXLEN ~``).
     notify_max: Annotated[int, Field(ge=1, le=10_000_000)] = DEFAULT_NOTIFY_MAX
 
-    #: How long a worker, relay or beat waits for a reply on an open broker connection before it counts the
-    #: connection as dead and opens another: the bound on noticing a broker connection gone half-open (a black-holed
-    #: peer, a dead host), with TCP keepalive and the idle health check (``health_check_interval``, 10 s) besides.
-    broker_socket_timeout_s: Annotated[float, Field(ge=1, le=3_600)] = 30
+    #: How long a worker waits for a reply on an open broker connection before it counts the connection as dead
+    #: and opens another (a fetch, an ack, a lease renewal, an event): the bound on noticing a broker connection
+    #: gone half-open (a black-holed peer, a dead host). The wait on the bells, which has no reply to wait for
+    #: while the queues are idle, is checked every half of it (kombu's ``health_check_interval``): a worker
+    #: notices a half-open broker connection within about ``1 s + broker_socket_timeout_s`` (docs/guarantees.md,
+    #: "Faults on the wire"). Well below ``lease_s``: a worker cut off reconnects within about this long after
+    #: the heal, and takes its partitions back within its lease.
+    broker_socket_timeout_s: Annotated[float, Field(ge=1, le=3_600)] = 5
     #: Loss detection: a gap in a producer's sequence (events that did not come before later ones) still open after
     #: this long is declared lost (logged, ``seqproc_events_lost_total``, ``lost`` in ``seqproc status``). Longer than
     #: the visibility timeout: a redelivered message comes back within it and fills its gap.
