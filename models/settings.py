@@ -99,13 +99,12 @@ class Settings(BaseSettings):
     #: ... and about this many (the oldest dropped first; Redis trims streams approximately, ``MAXLEN ~``).
     notify_max: Annotated[int, Field(ge=1, le=10_000_000)] = DEFAULT_NOTIFY_MAX
 
-    #: How long a worker waits for a reply on an open broker connection before it counts the connection as dead
-    #: and opens another (a fetch, an ack, a lease renewal, an event): the bound on noticing a broker connection
-    #: gone half-open (a black-holed peer, a dead host). The wait on the bells, which has no reply to wait for
-    #: while the queues are idle, is checked every half of it (kombu's ``health_check_interval``): a worker
-    #: notices a half-open broker connection within about ``1 s + broker_socket_timeout_s`` (docs/guarantees.md,
-    #: "Faults on the wire"). Well below ``lease_s``: a worker cut off reconnects within about this long after
-    #: the heal, and takes its partitions back within its lease.
+    #: How long a worker waits for a reply on an open broker connection (a fetch, an ack, a lease renewal, an event)
+    #: before it counts the broker as gone silent (a connection gone half-open, a host gone without closing it): it
+    #: then fails every broker call at once and reconnects (``seqproc.models.broker_watch``). A worker notices within
+    #: this long after it next needs the broker, and within ``1 s`` + this while idle (its wait on the bells, which
+    #: has no socket timeout of its own, is overdue). Keep it well below ``lease_s``: a worker cut off takes its
+    #: partitions back within about this long after the network heals.
     broker_socket_timeout_s: Annotated[float, Field(ge=1, le=3_600)] = 5
     #: Loss detection: a gap in a producer's sequence (events that did not come before later ones) still open after
     #: this long is declared lost (logged, ``seqproc_events_lost_total``, ``lost`` in ``seqproc status``). Longer than

@@ -50,10 +50,10 @@ def sequences(products: list[int], stop: threading.Event, receipts: list[produce
 
 @contextmanager
 def chains(products: list[int]) -> Iterator[tuple[list[producer.Receipt], list[int]]]:
-    """:func:`sequences` on ``products`` (each stocked with one unit first), sent from a thread for as long as the
-    block runs: yields the receipts and the units restocked, as they grow."""
+    """:func:`sequences` on ``products`` (each stocked with one unit first: sent ahead of its chain, on its queue),
+    sent from a thread for as long as the block runs: yields the receipts and the units restocked, as they grow."""
     for product in products:
-        producer.restock(product, 1).wait(30)
+        producer.restock(product, 1)
     receipts: list[producer.Receipt] = []
     units = [0]
     stop = threading.Event()

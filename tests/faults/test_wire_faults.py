@@ -12,22 +12,26 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 import seqproc
 from seqproc import producer
+from seqproc.models.broker_watch import BrokerUnresponsive, BrokerWatch
 from seqproc.models.errors import PublishError
+from seqproc.models.resp import ReplyLost
 from seqproc.models.settings import Settings
+from seqproc.models.tables.partition import Partition
 from seqproc.models.wire import lease_key, queue_name
 from seqproc.worker.ops.inspect import check_invariants, product_state
 from tests.conftest import BROKER_DB, wait_for
 from tests.faults.proxy import FaultProxy
 from tests.faults.servers import fault_ports
 from tests.faults.test_restarts import RESTOCKED, assert_all_applied_in_order, chains, report_sequences
+from tests.integration.test_transport import connection
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(120)]
 
@@ -158,3 +162,109 @@ def test_a_worker_whose_broker_goes_half_open_notices_reconnects_and_loses_nothi
             assert (state["available"], state["reserved"], state["total_received"]) == (1, 0, 1)
         assert product_state(conn, RESTOCKED)["total_received"] == units[0]
         assert check_invariants(conn).ok
+
+
+def received(engine: Engine, product: int) -> int:
+    with engine.connect() as conn:
+        return int(product_state(conn, product)["total_received"])
+
+
+def raises_unresponsive(call: Callable[[], object]) -> bool:
+    try:
+        call()
+    except BrokerUnresponsive:
+        return True
+    return False
+
+
+def test_a_silent_broker_is_noticed_by_a_command_or_by_the_wait_on_the_bells_and_fails_every_channel_at_once(
+    clean: Settings, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The two ways a worker's channels notice a broker gone half-open, on seqproc's transport through the proxy
+    (socket timeout 1 s), and what follows. The wait on the bells (a ``BRPOP`` with a 1 s server-side timeout, and
+    no socket timeout of its own) counts as dead once its timeout plus the socket timeout passed without a reply,
+    not before. Once the watch is marked, every channel sharing it fails at once, without waiting out another
+    timeout. A fetch sent with no reply within the socket timeout marks it too."""
+    settings = through(clean, proxy, broker_socket_timeout_s=1)
+    queue = queue_name(3)
+    watch = BrokerWatch()
+    with connection(settings, broker_watch=watch) as conn, connection(settings, broker_watch=watch) as other:
+        channel, elsewhere = conn.default_channel, other.default_channel
+        channel._active_queues.append(queue)
+        channel._update_queue_cycle()
+        assert channel._fetch([queue], 1) == []  # the held connection open (a handshake would time out instead)
+        wait = channel.client.connection = channel.client.connection_pool.get_connection()  # as kombu's poller does
+        wait.connect()
+        channel._brpop_start()  # the wait on the bells, sent
+        proxy.black_hole()
+        started = time.monotonic()
+        wait_for(lambda: raises_unresponsive(channel.check_responsive), 10, "the wait on the bells counted dead")
+        noticed_s = time.monotonic() - started
+        assert 2.0 - 0.1 < noticed_s < 2.0 + SLACK_S  # not before its 1 s plus the socket timeout's 1 s
+        assert "broker unresponsive" in caplog.text
+        assert "the wait on the bells" in caplog.text
+        for call in (lambda: channel._fetch([queue], 1), lambda: elsewhere._size(queue)):
+            started = time.monotonic()
+            with pytest.raises(BrokerUnresponsive):
+                call()
+            assert time.monotonic() - started < 0.1  # at once: no second timeout waited out
+        watch.clear()
+        started = time.monotonic()
+        with pytest.raises(ReplyLost):  # sent, no reply within the socket timeout...
+            channel._fetch([queue], 1)
+        assert 1.0 - 0.1 < time.monotonic() - started < 1.0 + SLACK_S
+        assert watch.silent is not None  # ... and the watch says so again
+        proxy.heal()
+        watch.clear()  # (the worker clears it once it has reconnected)
+        assert channel._fetch([queue], 1) == []  # a new connection, through the healed network
+        channel._in_poll.disconnect()  # the wait's reply was lost: the close must not wait for it
+        channel._in_poll = None
+
+
+def test_an_idle_worker_with_fixed_partitions_notices_a_silent_broker_and_resumes_after_the_heal(
+    clean: Settings, proxy: FaultProxy, start_worker, engine: Engine
+) -> None:
+    """A worker of fixed partitions (``--partitions 0-15``) with nothing to do: only its wait on the bells, kombu's
+    restores and Celery's heartbeat talk to the broker when both directions go black. It notices within ``1 s`` +
+    the socket timeout all the same, keeps its partitions (their epochs do not move: nobody else claimed them),
+    applies what was sent during the fault once the network heals (within a lease), in order, nothing lost or
+    doubled."""
+    settings = through(clean, proxy, broker_socket_timeout_s=WORKER_SOCKET_TIMEOUT_S, lease_s=WORKER_LEASE_S)
+    worker = start_worker(settings)
+    with engine.connect() as conn:
+        before = dict(conn.execute(select(Partition.partition, Partition.epoch)).all())
+    time.sleep(1.0)  # idle: a wait on the bells every second, nothing fetched
+    mark = len(worker.log())
+    proxy.black_hole()
+    faulted_at = time.monotonic()
+    wait_for(lambda: "broker unresponsive" in worker.log()[mark:], 20, "the worker to notice")
+    noticed_s = time.monotonic() - faulted_at
+    products = [21, 22, 23]
+    with chains(products) as (receipts, units):
+        time.sleep(max(0.0, WORKER_FAULT_S - noticed_s))
+        proxy.heal()
+        healed_at = time.monotonic()
+        wait_for(lambda: received(engine, products[0]), WORKER_LEASE_S + SLACK_S, "the first event applied")
+        resumed_s = time.monotonic() - healed_at
+        time.sleep(1.0)
+    outcomes = producer.wait_all(receipts, timeout_s=30)
+    report_sequences(
+        f"idle worker (fixed partitions) <-> broker half-open both ways for {WORKER_FAULT_S:g} s, then healed "
+        f"(noticed in {noticed_s:.1f} s, applying again {resumed_s:.1f} s after the heal)",
+        outcomes,
+        len(receipts),
+        engine,
+        len(products),
+        units[0],
+    )
+    assert proxy.dropped["up"] > 0  # the fault landed: its waits, restores and heartbeats went nowhere
+    assert noticed_s < 1.0 + WORKER_SOCKET_TIMEOUT_S + SLACK_S
+    assert worker.process.poll() is None
+    with engine.connect() as conn:
+        assert dict(conn.execute(select(Partition.partition, Partition.epoch)).all()) == before
+        for product in products:
+            state = product_state(conn, product)
+            assert (state["available"], state["reserved"], state["total_received"]) == (1, 0, 1)
+        assert product_state(conn, RESTOCKED)["total_received"] == units[0]
+    assert len(outcomes) > 100
+    assert_all_applied_in_order(outcomes)
