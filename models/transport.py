@@ -24,6 +24,12 @@ and the wait times out every ``brpop_timeout`` (1 s) and fetches anyway. One fet
 worth of messages (at most ``FETCH_MAX``), from several queues, in one round trip; when it stops at that limit with
 messages left in any of its queues, it rings a bell so that the next wait returns at once.
 
+**A broker gone silent.** A worker's channels share its :class:`~seqproc.models.broker_watch.BrokerWatch`
+(transport option ``broker_watch``): a command without a reply within the socket timeout
+(``SEQPROC_BROKER_SOCKET_TIMEOUT_S``), or a wait on the bells without one within ``brpop_timeout`` plus that
+(:meth:`Channel.check_responsive`, on every turn of the event loop), marks it; every channel then fails at once and
+the consumer reconnects, instead of each call waiting out its own timeout on a connection gone half-open.
+
 **One client per channel.** kombu 5.7 builds a new ``redis.Redis`` client object on every ``conn_or_acquire()``:
 for each delivery, ack and event publish, ~100 microseconds apiece (PERFORMANCE-NOTES; redis-py issue 3624). A client
 object holds no connection of its own (it borrows them from the channel's pool and checks the pid after a fork), so
@@ -250,7 +256,6 @@ class Channel(kombu_redis.Channel):
             # many messages, instead of a wake-up, a fetch and a wait re-armed per message. Kombu's poller calls this
             # on every turn of the event loop; the wait is armed again once the batch is applied.
             return
-        self.check_responsive()
         if timeout is None:
             timeout = self.brpop_timeout
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]

@@ -43,11 +43,11 @@ class LeaseManager:
         self.settings = settings
         self.engine = engine
         self.owner = owner
-        # One try per command, each bounded by the broker's socket timeout: the tick runs in the consumer's event
-        # loop, and a broker gone half-open must not stall it for retries (the next tick, a third of a lease
-        # later, is the retry; a renewal stays valid for 0.8 lease).
+        # Each command bounded by the broker's socket timeout and never tried again after one: the tick runs in the
+        # consumer's event loop, and a broker gone silent must not stall it (the next tick, a third of a lease
+        # later, tries again; a renewal stays valid for 0.8 lease). A refusal or a reset (a failover) is retried.
         self.client = client or broker_client(
-            settings, timeout_s=settings.broker_socket_timeout_s, retry=bounded_retry(0)
+            settings, timeout_s=settings.broker_socket_timeout_s, retry=bounded_retry(on_timeout=False)
         )
         self.lease_ms = int(settings.lease_s * 1000)
         #: How often the consumer's loop ticks (renews): every third of the lease.
