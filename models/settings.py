@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from seqproc.models.errors import ConfigError
-from seqproc.models.wire import DEFAULT_SENTINEL_MASTER, SENTINEL_SCHEME, is_redis_url
+from seqproc.models.wire import DEFAULT_SENTINEL_MASTER, SENTINEL_SCHEME, is_cluster_url, is_redis_url
 
 #: Local services on a developer machine; docker-compose overrides these.
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/seqproc"
@@ -186,10 +186,11 @@ class Settings(BaseSettings):
     def _broker_url(cls, value: str) -> str:
         if not (is_redis_url(value) or value.startswith(("memory://", "amqp://", "pyamqp://"))):
             raise ValueError(
-                "must be a redis://, rediss://, sentinel://h:p;sentinel://h:p/db or memory:// URL "
-                "(amqp:// works, Redis is advised)"
+                "must be a redis://, rediss://, sentinel://h:p;sentinel://h:p/db, redis+cluster://h:p,h:p or "
+                "memory:// URL (amqp:// works, Redis is advised)"
             )
         _check_sentinel_url(value)
+        _check_cluster_url(value)
         query = urlsplit(value).query
         if any(param.partition("=")[0].strip().lower() == "password" for param in query.split("&")):
             # Kombu reads the password from the user info only; a password= parameter crashes it.
@@ -201,10 +202,11 @@ class Settings(BaseSettings):
     def _result_backend(cls, value: str) -> str:
         if not (is_redis_url(value) or value.startswith("memory://")):
             raise ValueError(
-                "must be a redis://, rediss://, sentinel://h:p;sentinel://h:p/db or memory:// URL "
-                "(it holds per-event outcomes)"
+                "must be a redis://, rediss://, sentinel://h:p;sentinel://h:p/db, redis+cluster://h:p,h:p or "
+                "memory:// URL (it holds per-event outcomes)"
             )
         _check_sentinel_url(value)
+        _check_cluster_url(value)
         return value
 
     @field_validator("lock_urls", mode="before")
@@ -299,6 +301,13 @@ class Settings(BaseSettings):
                 "could be redelivered while it is still being applied "
                 f"(got {self.visibility_timeout_s} and {self.apply_time_limit_s:g})"
             )
+        if self.publish_durability == "replica" and is_cluster_url(self.broker_url):
+            # WAIT answers for the connection it is sent on: a push pipelined to several primaries would need one
+            # per node. Not built yet (issue 20): refused rather than silently weaker.
+            raise ValueError(
+                f"{ENV_PREFIX}PUBLISH_DURABILITY=replica is not supported on a Redis Cluster broker yet: use async "
+                "(losses a failover causes are detected and counted) or the outbox"
+            )
         return self
 
     @property
@@ -326,6 +335,13 @@ class Settings(BaseSettings):
 
 #: Query parameters that carry a password (``redis://h/0?password=...``, libpq's ``sslpassword``): masked too.
 SECRET_QUERY_PARAMS = ("password", "passwd", "pass", "pwd", "sslpassword", "secret", "token")
+
+
+def _check_cluster_url(value: str) -> None:
+    if is_cluster_url(value):
+        from seqproc.models.clients import ClusterUrl  # (redis-py, loaded only for such a URL)
+
+        ClusterUrl.parse(value)  # its ValueError says what is wrong
 
 
 def _check_sentinel_url(value: str) -> None:

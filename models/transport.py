@@ -36,7 +36,8 @@ object holds no connection of its own (it borrows them from the channel's pool a
 one per channel is enough.
 
 Selected by ``broker_transport`` (``seqproc.models.celery``) for ``redis://`` and ``rediss://`` URLs (producers and
-workers alike); :class:`SentinelTransport` for ``sentinel://`` ones.
+workers alike); :class:`SentinelTransport` for ``sentinel://`` ones; ``seqproc.models.cluster``'s for
+``redis+cluster://`` ones.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from kombu.exceptions import ChannelError
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 from kombu.utils.uuid import uuid
 from redis import Redis
 from redis.sentinel import Sentinel
@@ -67,8 +68,15 @@ from seqproc.models.broker_watch import BrokerWatch, timed_out
 from seqproc.models.clients import SentinelUrl
 from seqproc.models.envelope import read_own
 from seqproc.models.resp import Held, ReplyLost, command, pack, pack_texts
-from seqproc.models.scripts import FETCH_AND_HOLD, FETCH_AND_HOLD_SHA
-from seqproc.models.wire import APPLY_TASK, bell_key, lease_key
+from seqproc.models.scripts import FETCH_AND_HOLD, FETCH_AND_HOLD_SHA, GIVE_BACK, RELEASE_OWN_LEASE, RESTORE_HELD
+from seqproc.models.wire import (
+    APPLY_TASK,
+    bell_key,
+    lease_key,
+    unacked_index_key,
+    unacked_key,
+    unacked_mutex_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -173,11 +181,101 @@ class ChunkConsumer(Protocol):
         ...
 
 
+def fetch_keys(queue: str) -> list[str]:
+    """The keys :data:`~seqproc.models.scripts.FETCH_AND_HOLD` takes for ``queue``, all in its slot."""
+    return [queue, bell_key(queue), lease_key(queue), unacked_key(queue), unacked_index_key(queue)]
+
+
+def held_keys(queue: str) -> list[str]:
+    """``queue``, its bell, its unacked hash and index: the keys of a give-back or a restore."""
+    return [queue, bell_key(queue), unacked_key(queue), unacked_index_key(queue)]
+
+
 class QoS(kombu_redis.QoS):
+    """kombu's ack emulation on one ``unacked`` hash and index per queue (in the queue's slot), where kombu keeps
+    one of each for every queue: the queue of a tag is the routing key of its message (every message seqproc's
+    fetch holds is recorded to go back to the queue it came from)."""
+
+    # (kombu's attributes, which its stubs type narrowly or not at all.)
+    channel: Any
+    _delivered: Any
+    _vrestore_count: int
+
     def append(self, message: Any, delivery_tag: str) -> None:
         # The fetch script already recorded the message in unacked, atomically with taking it: only the in-memory
         # bookkeeping is left (kombu would serialise the whole message again for a second HSET).
         VirtualQoS.append(self, message, delivery_tag)
+
+    def _queue_of(self, delivery_tag: str) -> str | None:
+        message = self._delivered.get(delivery_tag)
+        return None if message is None else str(message.delivery_info["routing_key"])
+
+    def _forget(self, delivery_tag: str) -> None:
+        queue = self._queue_of(delivery_tag)
+        if queue is not None:
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+                pipe.zrem(unacked_index_key(queue), delivery_tag)
+                pipe.hdel(unacked_key(queue), delivery_tag)
+                pipe.execute()
+
+    def ack(self, delivery_tag: str) -> None:
+        self._forget(delivery_tag)
+        VirtualQoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        else:
+            self._forget(delivery_tag)
+        VirtualQoS.ack(self, delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        for tag in list(self._delivered):
+            self.restore_by_tag(tag, client=client)
+        self._delivered.clear()
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False, *, queue: str | None = None) -> None:
+        """Put the message held under ``tag`` back in ``queue`` (default: the queue its delivery came from), at the
+        consuming end (next in line) unless ``leftmost``; once, whoever else restores or acks it meanwhile."""
+        tag = bytes_to_str(tag)
+        queue = queue or self._queue_of(tag)
+        if queue is None:
+            return
+        with self.channel.conn_or_acquire(client) as client:
+            raw = client.hget(unacked_key(queue), tag)
+            if raw is None:
+                client.zrem(unacked_index_key(queue), tag)
+                return
+            payload, _exchange, _routing_key = loads(bytes_to_str(raw))
+            try:
+                payload["headers"]["redelivered"] = True
+                payload["properties"]["delivery_info"]["redelivered"] = True
+            except (KeyError, TypeError):
+                pass
+            client.eval(RESTORE_HELD, 4, *held_keys(queue), tag, dumps(payload), "0" if leftmost else "1")
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """kombu's visibility restore, per queue this channel consumes: messages held longer than the visibility
+        timeout go back to their queue, the oldest next in line. One restorer per queue at a time (a lock with a
+        token, as kombu's ``Mutex``)."""
+        self._vrestore_count += 1
+        if (self._vrestore_count - 1) % (interval or 1):
+            return
+        ceil = time() - self.visibility_timeout
+        with self.channel.conn_or_acquire() as client:
+            for queue in sorted(self.channel.active_queues):
+                mutex, token = unacked_mutex_key(queue), uuid()
+                if not client.set(mutex, token, nx=True, ex=self.unacked_mutex_expire):
+                    continue
+                try:
+                    visible = client.zrange(
+                        unacked_index_key(queue), ceil, 0, desc=True, byscore=True, offset=num and start, num=num
+                    )
+                    for tag in visible or []:
+                        self.restore_by_tag(tag, client, queue=queue)
+                finally:
+                    client.eval(RELEASE_OWN_LEASE, 1, mutex, token)
 
 
 class Channel(kombu_redis.Channel):
@@ -241,12 +339,10 @@ class Channel(kombu_redis.Channel):
             ring(pipe.execute_command, queue)
             pipe.execute()
 
-    def _do_restore_message(
-        self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
-    ) -> None:
-        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)  # type: ignore[misc]  # not in stubs
-        for queue in self._lookup(exchange, routing_key):
-            ring(pipe.execute_command, queue)
+    def _restore(self, message: Any, leftmost: bool = False) -> None:
+        # kombu's would read its one unacked hash: the message is in its queue's (see :class:`QoS`).
+        qos: QoS = self.qos  # type: ignore[assignment]  # this channel's QoS class
+        qos.restore_by_tag(message.delivery_tag, leftmost=leftmost, queue=message.delivery_info["routing_key"])
 
     # -- consuming: wait on bells, fetch with the script -------------------------------------------------------
     def _brpop_start(self, timeout: float | None = None) -> None:
@@ -318,7 +414,7 @@ class Channel(kombu_redis.Channel):
                 self._fetch_heads.clear()
             # EVALSHA, the SHA-1, the number of keys and the keys, packed once per set of queues (the queue cycle
             # rotates, so a worker sees as many sets as it has queues); the arguments are packed per call.
-            keys = [self.unacked_key, self.unacked_index_key, *queues, *map(bell_key, queues), *map(lease_key, queues)]
+            keys = [key for queue in queues for key in fetch_keys(queue)]
             head = self._fetch_heads[key] = (
                 3 + len(keys) + 4,
                 pack_texts(["EVALSHA", FETCH_AND_HOLD_SHA, len(keys), *keys]),
@@ -387,8 +483,11 @@ class Channel(kombu_redis.Channel):
             self._held_connection.close()
             self._held_connection = None
 
-    def _fetch_and_deliver(self) -> int:
+    def _fetch_and_deliver(self, only: list[str] | None = None) -> int:
+        """Fetch from the queues of the cycle (``only``: those of them) for the chunk consumer, or kombu's."""
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
+        if only is not None:
+            queues = [queue for queue in queues if queue in only]
         if self.fetch_filter is not None:
             queues = [queue for queue in queues if self.fetch_filter(queue)]
         chunk_consumer = self.chunk_consumer
@@ -426,31 +525,32 @@ class Channel(kombu_redis.Channel):
         return len(items)
 
     # -- a chunk consumer's acks and give-backs -------------------------------------------------------------------
-    def ack_fetched(self, tags: list[str], settled: Mapping[str, list[str]] | None = None) -> None:
-        """Forget ``tags`` (applied and committed) in one round trip: what ``QoS.ack`` does per message; and the
+    def ack_fetched(self, messages: list[Fetched], settled: Mapping[str, list[str]] | None = None) -> None:
+        """Forget ``messages`` (applied and committed) in one round trip: what ``QoS.ack`` does per message; and the
         entries of their events in the pending indexes (``settled``: event ids by index)."""
-        if not tags:
+        if not messages:
             return
-        packed = pack("HDEL", self.unacked_key, *tags) + pack("ZREM", self.unacked_index_key, *tags)
+        packed = b""
+        commands = 0
+        for queue, tags in tags_by_queue(messages).items():
+            packed += pack("HDEL", unacked_key(queue), *tags) + pack("ZREM", unacked_index_key(queue), *tags)
+            commands += 2
         indexes = settled or {}
         for index, event_ids in indexes.items():
             packed += pack("HDEL", index, *event_ids)
-        self._run_held(packed, 2 + len(indexes))
+        self._run_held(packed, commands + len(indexes))
 
     def give_back_fetched(self, messages: list[Fetched]) -> None:
-        """Put ``messages`` (oldest first) back at the head of their queues, in order, and forget them, atomically;
-        ring the queues' bells."""
+        """Put ``messages`` (oldest first) back at the head of their queues, in order, and forget them, atomically
+        per queue; ring the queues' bells."""
         if not messages:
             return
         with self.conn_or_acquire() as client:
-            pipe = client.pipeline(transaction=True)
-            for message in reversed(messages):  # the consuming end is the right: the oldest goes last
-                pipe.rpush(message.queue, message.raw)
-            tags = [message.delivery_tag for message in messages]
-            pipe.hdel(self.unacked_key, *tags)
-            pipe.zrem(self.unacked_index_key, *tags)
-            for queue in dict.fromkeys(message.queue for message in messages):
-                ring(pipe.execute_command, queue)
+            pipe = client.pipeline(transaction=False)
+            for queue, held in by_queue(messages).items():
+                raws = [message.raw for message in held]
+                tags = [message.delivery_tag for message in held]
+                pipe.execute_command("EVAL", GIVE_BACK, 4, *held_keys(queue), len(held), *raws, *tags)
             pipe.execute()
 
 
@@ -460,6 +560,18 @@ def _readable(connection: Any) -> bool:
     if sock is None:
         return True  # disconnected meanwhile: the next turn connects again
     return bool(select.select([sock], [], [], 0)[0])
+
+
+def by_queue(messages: list[Fetched]) -> dict[str, list[Fetched]]:
+    """``messages`` by queue, each queue's in their order."""
+    grouped: dict[str, list[Fetched]] = {}
+    for message in messages:
+        grouped.setdefault(message.queue, []).append(message)
+    return grouped
+
+
+def tags_by_queue(messages: list[Fetched]) -> dict[str, list[str]]:
+    return {queue: [m.delivery_tag for m in held] for queue, held in by_queue(messages).items()}
 
 
 def envelope(item: bytes, queue: str) -> Any:
@@ -548,5 +660,7 @@ class SentinelTransport(Transport):
 TRANSPORT = "seqproc.models.transport:Transport"
 #: ... for a ``sentinel://`` broker.
 SENTINEL_TRANSPORT = "seqproc.models.transport:SentinelTransport"
-#: Both: a producer on either pushes its messages itself (``producer.publish``).
-SEQPROC_TRANSPORTS = (TRANSPORT, SENTINEL_TRANSPORT)
+#: ... for a ``redis+cluster://`` one (:mod:`seqproc.models.cluster`).
+CLUSTER_TRANSPORT = "seqproc.models.cluster:ClusterTransport"
+#: Each of them: a producer on any pushes its messages itself (``producer.publish``).
+SEQPROC_TRANSPORTS = (TRANSPORT, SENTINEL_TRANSPORT, CLUSTER_TRANSPORT)

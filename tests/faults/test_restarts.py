@@ -23,7 +23,7 @@ from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.worker.ops.inspect import check_invariants, product_state
 from tests.conftest import PrivateRedis, require, require_tools, wait_for
-from tests.faults.landing import UNACKED, unacked_event_ids
+from tests.faults.landing import unacked_count, unacked_event_ids
 from tests.faults.matrix import doubled_in_tables, report, report_units, units_doubled
 
 pytestmark = pytest.mark.services
@@ -125,7 +125,7 @@ def test_sigterm_finishes_the_batch_in_hand_and_redelivers_nothing_committed(
     worker.signal(signal.SIGTERM)
     assert worker.process.wait(30) == 0
     assert time.monotonic() - started < 30
-    assert broker.hlen(UNACKED) == 0  # nothing left to a redelivery
+    assert unacked_count(broker) == 0  # nothing left to a redelivery
     assert broker.llen(before[0].queue) == 0
     with engine.connect() as conn:
         ledger = set(conn.execute(select(LedgerEntry.key)).scalars())
@@ -244,11 +244,11 @@ def test_outcomes_wait_for_a_result_backend_that_went_away(
                 "the events committed",
             )
         time.sleep(1.0)
-        assert broker.hlen("unacked") >= 1  # committed, not acked: their outcomes are not out yet
+        assert unacked_count(broker) >= 1  # committed, not acked: their outcomes are not out yet
         backend.start()
         outcomes = producer.wait_all(receipts, timeout_s=60)
         assert [o.status for o in outcomes] == ["applied"] * 20
-        wait_for(lambda: broker.hlen("unacked") == 0, 30, "the messages acked")
+        wait_for(lambda: unacked_count(broker) == 0, 30, "the messages acked")
         with engine.connect() as conn:
             received = product_state(conn, 41)["total_received"]
             assert check_invariants(conn).ok
