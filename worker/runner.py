@@ -156,7 +156,12 @@ def _consume(
     runtime.attach(app, rt)
     # The fetch script takes messages only from queues whose fence (an auto worker's lease, a fixed worker's claim)
     # holds this worker's token, atomically with the take: a worker taken over fetches nothing more from them.
-    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "fetch_owner": rt.owner}
+    # Every channel of the process shares the runtime's broker watch: a broker gone silent fails them all at once.
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "fetch_owner": rt.owner,
+        "broker_watch": rt.broker_watch,
+    }
     if auto:
         from seqproc.worker.ownership.leases import LeaseManager
 
