@@ -14,6 +14,7 @@ On Redis, each connection checks the deployment's partition count as it opens
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -38,7 +39,16 @@ from seqproc.models.scripts import PUSH_AND_RING, PUSH_AND_RING_SHA
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.stamps import unique_id
 from seqproc.models.transport import SEQPROC_TRANSPORTS
-from seqproc.models.wire import APPLY_TASK, PRODUCER_CLIENT_NAME, bell_key, partition_for, queue_name
+from seqproc.models.wire import (
+    APPLY_TASK,
+    PARTITION_COUNT_KEY,
+    PRODUCER_CLIENT_NAME,
+    bell_key,
+    is_cluster_url,
+    partition_for,
+    pending_key,
+    queue_name,
+)
 from seqproc.producer.attempts import (
     BOUND_SLACK_S,
     BROKER_SETTING,
@@ -70,11 +80,19 @@ class Publisher:
         self.outcomes: OutcomeStore = outcome_store(
             settings.result_backend, ttl_s=settings.outcome_ttl_s, sentinel_master=settings.sentinel_master
         )
-        #: seqproc's own Redis transport: the messages are pushed directly (see ``_push``), on this connection.
+        #: seqproc's own Redis transport: the messages are pushed directly (see ``_push``), on this connection (on a
+        #: Redis Cluster: through the cluster's client, ``_redis``).
         self._held: Held | None = None
         #: The socket's waits: the transport's, never past the publish timeout (a call with less time left bounds
         #: them further, see ``_push``).
         self._timeout_s = settings.publish_timeout_s
+        #: The broker's client (None: another transport than seqproc's, through kombu).
+        self._redis: Any = None
+        #: A Redis Cluster (``redis+cluster://``): one push per partition, pipelined per node by redis-py's client.
+        self._cluster = is_cluster_url(settings.broker_url)
+        self.partition_count = BrokerPartitionCount(settings.partitions)
+        #: The pid that read the partition count on a cluster (each process reads it once).
+        self._count_read_by: int | None = None
         if self.app.conf.broker_transport in SEQPROC_TRANSPORTS:
             options = self.app.conf.broker_transport_options
             self._timeout_s = min(options["socket_timeout"], settings.publish_timeout_s)
@@ -92,9 +110,13 @@ class Publisher:
                 # Every connection, as it opens, checks the partition count (and is named, so that `seqproc
                 # partitions set` can close it: the count is read again on reconnecting).
                 client_name=PRODUCER_CLIENT_NAME,
-                redis_connect_func=BrokerPartitionCount(settings.partitions).on_connect,
+                # (On a cluster the count's key lives on one node: read once per process, see ``_push_on_cluster``.)
+                redis_connect_func=None if self._cluster else self.partition_count.on_connect,
             )
-            self._held = Held(client)
+            if self._cluster:
+                self._redis = client
+            else:
+                self._held = Held(client)
         self._connection_errors: tuple[type[BaseException], ...] = (
             *self.app.connection_for_write().connection_errors,
             redis.ConnectionError,
@@ -148,7 +170,7 @@ class Publisher:
         most. Raises :class:`PublishError`."""
         messages = self.grouped(routed)
         # Numbered once: a retry sends the same numbers (a copy is then a duplicate, not a gap).
-        places = self.sequencer.number(messages) if self._held is not None else None
+        places = self.sequencer.number(messages) if self._held is not None or self._redis is not None else None
         attempts: Attempts | None = None  # made at the first failure: nothing to count on the common path
         while True:
             if attempts is not None:
@@ -239,6 +261,8 @@ class Publisher:
         # reports as sent a message the broker did not accept.
         if self._held is not None:
             self._push(self._held, messages, remaining_s, places)
+        elif self._redis is not None:
+            self._push_on_cluster(self._redis, messages, places)
         else:
             self._publish(messages)
         events = sum(len(group) for _, group in messages)
@@ -267,6 +291,29 @@ class Publisher:
                 seconds = self._timeout_s if remaining_s is None else min(remaining_s, self._timeout_s)
                 wait_for_replica(held, seconds, bound)
 
+    def _push_on_cluster(
+        self, client: Any, messages: Sequence[tuple[int, Sequence[Event]]], places: Sequence[Place] | None
+    ) -> None:
+        """On a Redis Cluster: one push script call per message (a script touches one slot: its queue's), pipelined
+        per node; redis-py's cluster client sends each to the primary of its slot and follows ``MOVED``/``ASK``."""
+        self.check_partition_count(client)
+        pipe = client.pipeline(transaction=False)
+        for n, message in enumerate(messages):
+            stage_messages(pipe, [message], self.settings.pending_ttl_s, None if places is None else [places[n]])
+        pipe.execute()
+
+    def partition_count_read(self) -> bool:
+        return self._count_read_by == os.getpid()
+
+    def check_partition_count(self, client: Any) -> None:
+        """The deployment's partition count, read once per process on a cluster (raises on a mismatch)."""
+        if self.partition_count_read():
+            return
+        error = self.partition_count.verify(client.get(PARTITION_COUNT_KEY))
+        if error is not None:
+            raise error
+        self._count_read_by = os.getpid()
+
     def connect(self, *, timeout_s: float | None = None) -> None:
         """Open this process's connection to the broker now (see ``seqproc.connect``), within ``timeout_s`` (default
         the publish timeout; a refused connection ``publish_refused_retry_s``)."""
@@ -293,6 +340,8 @@ class Publisher:
         if self._held is not None:
             with self._push_lock:
                 self._held.open(remaining_s)
+        elif self._redis is not None:
+            self.check_partition_count(self._redis)
         else:
             with self.app.producer_or_acquire() as producer:  # a pooled producer, kept connected for the sends
                 producer.connection.ensure_connection(max_retries=1)
@@ -377,7 +426,9 @@ def push_parts(
         body = envelope_of_json(queue, partition, array.decode(), len(group), task_id=unique_id(), sequence=place)
         bodies.append(body.encode())
         if pending_ttl_s:
-            entries += ((e.entity_key, str(e.id).encode(), text) for e, text in zip(group, texts, strict=True))
+            entries += (
+                (pending_key(queue, e.entity_key), str(e.id).encode(), t) for e, t in zip(group, texts, strict=True)
+            )
     if not entries:
         return keys, bodies
     pending_keys, pending_args = hold_args(pending_ttl_s, entries)

@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import Engine
 
+from seqproc.models.broker_watch import BrokerWatch
 from seqproc.models.domain import load_domains
 from seqproc.models.outcomes import OutcomeStore, outcome_store
 from seqproc.models.settings import Settings
@@ -43,6 +44,9 @@ class Runtime:
     subscribed: bool = False
     #: Called when the consumer stops, after the batch in hand is applied: what a subscriber gathers goes out.
     on_stop: list[Callable[[], object]] = field(default_factory=list)
+    #: Whether the broker went silent: shared by every channel of the process (transport option ``broker_watch``),
+    #: read by the partition ownership's tick, cleared when the consumer has reconnected.
+    broker_watch: BrokerWatch = field(default_factory=BrokerWatch)
 
 
 def build(settings: Settings, engine: Engine, epochs: dict[int, int], *, owner: str | None = None) -> Runtime:

@@ -217,6 +217,24 @@ def settled(engine: Engine, quiet_s: float = 2.0) -> Callable[[], bool]:
     return check
 
 
+def judged(stream: DirectStream, engine: Engine, injected: int, fault: str) -> tuple[int, int, int, int, int]:
+    """Once the applied log settled: (sent, lost, doubled, out of order, lost as the workers declared), against
+    ``stream``'s model, with the ``FAULT`` line printed."""
+    wait_for(settled(engine), 30, "the applied log to stop growing")
+    sent, lost, doubled, out_of_order = stream.count(engine)
+    lost_detected = declared_lost(engine)
+    report(
+        fault,
+        injected=injected,
+        sent=sent,
+        lost=lost,
+        doubled=doubled,
+        out_of_order=out_of_order,
+        lost_detected=lost_detected,
+    )
+    return sent, lost, doubled, out_of_order, lost_detected
+
+
 def declared_lost(engine: Engine, timeout_s: float = 20) -> int:
     """The events the workers declared lost, once no gap is left undeclared (each is declared a grace after it was
     seen, at a worker's heartbeat)."""
@@ -257,17 +275,8 @@ def test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered_a
     seqproc.configure(settings)
     stream = DirectStream(tallies=list(range(1, 9)))
     injected = stream.during(DISRUPTS[replica](sentinel_group))
-    wait_for(settled(engine), 30, "the applied log to stop growing")
-    sent, lost, doubled, out_of_order = stream.count(engine)
-    lost_detected = declared_lost(engine)
-    report(
-        f"Sentinel {FAULTS[replica]} (direct, {durability})",
-        injected=injected,
-        sent=sent,
-        lost=lost,
-        doubled=doubled,
-        out_of_order=out_of_order,
-        lost_detected=lost_detected,
+    sent, lost, doubled, out_of_order, lost_detected = judged(
+        stream, engine, injected, f"Sentinel {FAULTS[replica]} (direct, {durability})"
     )
     assert sent > 500
     if durability == "replica":

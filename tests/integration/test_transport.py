@@ -11,18 +11,29 @@ from kombu import Connection
 from sqlalchemy import Engine, select
 
 from seqproc import producer
+from seqproc.models import transport
 from seqproc.models.celery import celery_config
 from seqproc.models.envelope import task_envelope
 from seqproc.models.resp import ReplyLost
 from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import DeadLetter
 from seqproc.models.transport import fetched
-from seqproc.models.wire import article_key, bell_key, lease_key, partition_for, partition_of_queue, queue_name
+from seqproc.models.wire import (
+    article_key,
+    bell_key,
+    lease_key,
+    partition_for,
+    partition_of_queue,
+    queue_name,
+    unacked_index_key,
+    unacked_key,
+)
 from seqproc.producer.build import build_event
 from seqproc.worker.ops.inspect import article_state
 from seqproc.worker.ownership.partitions import claim, restore_unacked
 from seqproc.worker.ownership.static import StaticOwnership, fence
 from tests.conftest import wait_for
+from tests.faults.landing import unacked_count
 
 pytestmark = pytest.mark.services
 
@@ -51,9 +62,9 @@ def test_a_fetch_records_each_message_in_unacked_in_the_same_step(clean: Setting
         taken = channel._fetch([queue], 4)  # the "worker" takes 4 and dies here
         assert len(taken) == 4
         assert client.llen(queue) == 6
-        assert client.hlen("unacked") == 4
-        assert client.zcard("unacked_index") == 4
-        stored = [json.loads(v) for v in client.hvals("unacked")]
+        assert unacked_count(client) == 4
+        assert client.zcard(unacked_index_key(queue)) == 4
+        stored = [json.loads(v) for v in client.hvals(unacked_key(queue))]
         assert {entry[2] for entry in stored} == {queue}  # [message, exchange, routing_key], as kombu stores it
         # The message is stored exactly as sent: a 19-digit stamp survives (no float round trip in Lua).
         sent_stamps = {r.stamp for r in receipts[:4]}
@@ -61,11 +72,56 @@ def test_a_fetch_records_each_message_in_unacked_in_the_same_step(clean: Setting
         assert stored_stamps == sent_stamps
 
         assert restore_unacked(channel, [queue]) == 4
-    assert client.hlen("unacked") == 0
+    assert unacked_count(client) == 0
     assert client.llen(queue) == 10
     # RPOP order (the consuming end first) is the producer's order again.
     order = [json.loads(json.loads(raw)["body"])[1]["events"][0]["user_id"] for raw in client.lrange(queue, 0, -1)]
     assert list(reversed(order)) == list(range(1, 11))
+
+
+def test_a_restore_in_chunks_keeps_the_order_and_restores_each_message_once(
+    clean: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A takeover's restore sends one script call per chunk of a queue's held messages (not one per message): in
+    chunks of 3 here, 10 held messages come back in their order, each once, marked redelivered; a tag acked between
+    the read and the restore (gone from the hash) is not pushed again, and the visibility restore does the same."""
+    monkeypatch.setattr(transport, "RESTORE_CHUNK", 3)
+    receipts = [producer.like(7, user) for user in range(1, 13)]
+    queue = receipts[0].queue
+    client = redis.Redis.from_url(clean.broker_url)
+    with connection(clean) as conn:
+        channel = conn.default_channel
+        held = channel._fetch([queue], 10)
+        tags = [fetched(q, raw).delivery_tag for q, raw in held]
+        client.hdel(unacked_key(queue), tags[4])  # acked meanwhile: users 1-4 and 6-10 are still held
+        calls = []
+        real_eval = redis.Redis.eval
+
+        def counted(self: redis.Redis, script: str, numkeys: int, *args: Any) -> Any:
+            calls.append(script)
+            return real_eval(self, script, numkeys, *args)
+
+        monkeypatch.setattr(redis.Redis, "eval", counted)
+        assert restore_unacked(channel, [queue]) == 9
+    assert len(calls) == 4  # ceil(10 / 3) chunks
+    assert unacked_count(client) == 0
+    assert client.zcard(unacked_index_key(queue)) == 0
+    raws = client.lrange(queue, 0, -1)
+    assert list(reversed([user_of(raw) for raw in raws])) == [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12]
+    restored = [json.loads(raw) for raw in raws[-9:]]
+    assert all(m["properties"]["delivery_info"]["redelivered"] for m in restored)
+
+    # The visibility restore: every held message older than the timeout, in windows of `num` (newest first).
+    with connection(clean) as conn:
+        channel = conn.default_channel
+        assert len(channel._fetch([queue], 11)) == 11
+        channel._active_queues.append(queue)  # as a consumer of it (kombu keeps the list there)
+        channel.qos.visibility_timeout = 0
+        channel.qos.restore_visible(num=4, interval=1)  # the 4 newest, then the rest, oldest next in line
+        channel.qos.restore_visible(num=4, interval=1)
+        channel.qos.restore_visible(num=4, interval=1)
+    assert unacked_count(client) == 0
+    assert list(reversed([user_of(raw) for raw in client.lrange(queue, 0, -1)])) == [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12]
 
 
 def test_a_fetch_takes_nothing_from_a_queue_whose_lease_moved(clean: Settings) -> None:
@@ -86,7 +142,7 @@ def test_a_fetch_takes_nothing_from_a_queue_whose_lease_moved(clean: Settings) -
     assert {q for q, _ in taken} == {elsewhere}  # only the queue whose lease is still b's
     assert len(taken) == depth[elsewhere]
     assert client.llen(queue) == depth[queue]  # untouched, in order, for the new owner
-    assert client.hlen("unacked") == depth[elsewhere]
+    assert unacked_count(client) == depth[elsewhere]
 
     client.delete(lease_key(elsewhere))  # expired, not yet taken by anyone: not b's either
     client.set(lease_key(queue), "worker-b/1/old")  # and b gets this one back
@@ -359,7 +415,7 @@ def test_a_fetch_whose_reply_was_lost_has_its_messages_back_in_line_before_anyth
         held.socket_timeout = timeout_s  # disconnected: it connects again with its own timeout
         assert channel.fetch_reply_lost
         assert client.llen(queue) == 0  # the fetch ran: everything is in unacked, delivered to nobody
-        assert client.hlen("unacked") == 20
+        assert unacked_count(client) == 20
         newer = task_envelope(queue, 0, [build_event("like", {"article_id": 17, "user_id": 99})], task_id="t99")
         client.lpush(queue, newer)
         assert channel.fetch_now() == 21  # the restored ones, then the newer one (the consumer holds 64 at most)

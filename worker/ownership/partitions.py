@@ -9,15 +9,26 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
+import redis
 from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from seqproc.models.db import upsert
 from seqproc.models.errors import ConfigError
 from seqproc.models.partition_count import mismatch
+from seqproc.models.scripts import RESTORE_LEGACY_HELD
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.partition import Meta, Partition
-from seqproc.models.wire import PARTITION_COUNT_KEY, PRODUCER_CLIENT_NAME, queue_name
+from seqproc.models.wire import (
+    LEGACY_UNACKED_INDEX_KEY,
+    LEGACY_UNACKED_KEY,
+    PARTITION_COUNT_KEY,
+    PRODUCER_CLIENT_NAME,
+    bell_key,
+    queue_name,
+    unacked_index_key,
+    unacked_key,
+)
 from seqproc.worker.ops.lag import outbox_depth
 from seqproc.worker.outbox_identity import record_outbox_partition_count
 from seqproc.worker.ownership.liveness import Ownership, ownership
@@ -259,27 +270,59 @@ def restore_unacked(channel: Any, queues: Iterable[str]) -> int:
     Any still-live holder of such a message is fenced, and the ledger reports the copy as a duplicate.
     """
     qos = getattr(channel, "qos", None)
-    if qos is None or not hasattr(qos, "restore_by_tag"):
+    if qos is None or not hasattr(qos, "restore_tags"):
         return 0
-    wanted = set(queues)
+    restored = 0
+    wanted = sorted(set(queues))
     # The pooled client, never ``channel.client``: on a consuming channel that one has a BRPOP outstanding.
     with channel.conn_or_acquire() as client:
-        tags = []
-        for tag, raw in client.hgetall(channel.unacked_key).items():
-            try:
-                _payload, _exchange, routing_key = json.loads(raw)
-            except (ValueError, TypeError):
+        restored += restore_legacy_unacked(client, wanted)
+        pipe = client.pipeline(transaction=False)
+        for queue in wanted:
+            pipe.zrange(unacked_index_key(queue), 0, -1)
+            pipe.hkeys(unacked_key(queue))
+        replies = pipe.execute()
+        for i, queue in enumerate(wanted):
+            tags, held = replies[2 * i], replies[2 * i + 1]
+            if not tags and not held:
                 continue
-            if routing_key in wanted:
-                tags.append(tag)
-        if not tags:
-            return 0
-        scores = client.zmscore(channel.unacked_index_key, tags)
+            # Oldest first by score; held but not indexed (never, from seqproc's fetch): last.
+            tags += list(set(held) - set(tags))
+            restored += qos.restore_tags(client, queue, tags)
+    if restored:
+        logger.info("restored %d unacknowledged message(s) of %s to the head of their queues", restored, wanted)
+    return restored
+
+
+def restore_legacy_unacked(client: Any, queues: Sequence[str]) -> int:
+    """Upgrading from one ``unacked`` hash for every queue (kombu's, before issue 20): put back, at the head of
+    ``queues``, the messages an older worker held there, in order, ahead of anything held since (they are older).
+    A cluster never had that hash: nothing to do there."""
+    if isinstance(client, redis.RedisCluster) or not client.exists(LEGACY_UNACKED_KEY):
+        return 0
+    wanted = set(queues)
+    routing: dict[Any, str] = {}
+    for tag, raw in client.hgetall(LEGACY_UNACKED_KEY).items():
+        try:
+            _payload, _exchange, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
+            continue
+        if routing_key in wanted:
+            routing[tag] = routing_key
+    tags = list(routing)
+    if not tags:
+        return 0
+    scores = client.zmscore(LEGACY_UNACKED_INDEX_KEY, tags)
     ordered = sorted(zip(tags, scores, strict=True), key=lambda item: item[1] or 0.0)
-    # Each restore pushes onto the consuming end, so restore the newest first: the oldest ends up next in line.
+    # Newest first onto the consuming end: the oldest ends up next in line. Each one moved atomically, once.
     for tag, _score in reversed(ordered):
-        qos.restore_by_tag(tag, leftmost=False)
-    logger.info("restored %d unacknowledged message(s) of %s to the head of their queues", len(tags), sorted(wanted))
+        queue = routing[tag]
+        client.eval(RESTORE_LEGACY_HELD, 4, LEGACY_UNACKED_KEY, LEGACY_UNACKED_INDEX_KEY, queue, bell_key(queue), tag)
+    logger.warning(
+        "restored %d message(s) an older seqproc worker held in the shared unacked hash to the head of %s",
+        len(tags),
+        sorted(wanted),
+    )
     return len(tags)
 
 
@@ -294,8 +337,10 @@ def pending_messages(client: Any, count: int) -> dict[str, int]:
     names = queues_for(range(count))
     for name in names:
         pipe.llen(name)
-    pipe.hlen("unacked")
-    *depths, unacked = pipe.execute()
+    for name in names:
+        pipe.hlen(unacked_key(name))
+    replies = pipe.execute()
+    depths, unacked = replies[: len(names)], sum(int(n) for n in replies[len(names) :])
     pending = {name: int(depth) for name, depth in zip(names, depths, strict=True) if depth}
     if unacked:
         pending["unacked"] = int(unacked)
