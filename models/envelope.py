@@ -24,7 +24,6 @@ from pydantic import SerializeAsAny, TypeAdapter
 
 from seqproc.models.domain import EventModel
 from seqproc.models.events import Event
-from seqproc.models.stamps import unique_id
 from seqproc.models.wire import APPLY_TASK
 
 #: Events in wire form, serialised in pydantic's Rust core (what ``model_dump`` + ``json.dumps`` give, 2x faster),
@@ -66,7 +65,9 @@ def envelope_of_json(
     sequence: tuple[str, int] | None = None,
 ) -> str:
     """The same, for ``count`` events already in wire form: ``events_array`` is their JSON array's text (the relay
-    joins the outbox rows' bodies, which were validated when they were written).
+    joins the outbox rows' bodies, which were validated when they were written). ``task_id``: unique to this message
+    (:func:`~seqproc.models.stamps.unique_id`); it is its delivery tag too (kombu draws another uuid for the tag,
+    but a tag only has to be unique among the messages held).
 
     ``sequence``: the producer and the number of the first event on the partition (``producer.sequence``), as
     ``"seq": [producer, first]`` among the task's arguments, for the worker's loss detection; the relay's messages
@@ -77,11 +78,10 @@ def envelope_of_json(
     before_body, before_id, before_root, before_correlation, before_tag, end = _template(
         queue, partition, count, origin()
     )
-    # Task ids and delivery tags are URL-safe text (``unique_id``: kombu's uuid4 costs a system call each, and a
-    # tag only has to be unique): nothing in them to escape.
+    # Task ids are URL-safe text (``unique_id``: kombu's uuid4 costs a system call each): nothing in them to escape.
     return (
         f"{before_body}{_quote(body)}{before_id}{task_id}{before_root}{task_id}"
-        f"{before_correlation}{task_id}{before_tag}{unique_id()}{end}"
+        f"{before_correlation}{task_id}{before_tag}{task_id}{end}"
     )
 
 
