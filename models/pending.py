@@ -44,6 +44,9 @@ def hold_args(ttl_s: int, entries: Iterable[tuple[str, Any, Any]]) -> tuple[list
     applied state only)."""
     if not ttl_s:
         return [], []
+    if isinstance(entries, list) and len(entries) == 1:  # one event (a web request's): nothing to group
+        ((index, event_id, text),) = entries
+        return [index], [b"%d" % ttl_s, b"1", event_id, text]
     by_key: dict[str, list[Any]] = {}
     for index, event_id, text in entries:
         by_key.setdefault(index, []).extend((event_id, text))
