@@ -171,6 +171,35 @@ end
 return out
 """
 
+#: Put held messages back at the heads of their queues, in one step: what kombu's ``QoS.restore_by_tag`` does per
+#: message in a WATCH transaction of its own (a takeover or a worker back from a failover restores hundreds).
+#: KEYS: unacked hash, unacked index, then the queues, then their bells (same order). ARGV: per message, newest
+#: first, its delivery tag, the number of its queue among the queues (1-based) and the text to push. A message no
+#: longer in unacked (acked or restored meanwhile) is not pushed. Returns how many were.
+RESTORE_HELD = """
+local unacked, index = KEYS[1], KEYS[2]
+local nqueues = (#KEYS - 2) / 2
+local rung = {}
+local restored = 0
+for i = 1, #ARGV, 3 do
+    local tag = ARGV[i]
+    if redis.call('HDEL', unacked, tag) == 1 then
+        local q = tonumber(ARGV[i + 1])
+        -- The consuming end is the right: the newest goes first, the oldest ends up next in line.
+        redis.call('RPUSH', KEYS[2 + q], ARGV[i + 2])
+        rung[q] = true
+        restored = restored + 1
+    end
+    redis.call('ZREM', index, tag)
+end
+for q in pairs(rung) do
+    local bell = KEYS[2 + nqueues + q]
+    redis.call('LPUSH', bell, '1')
+    redis.call('LTRIM', bell, 0, 0)
+end
+return restored
+"""
+
 #: Renew the lease only while we still hold it: KEYS[1] lease, ARGV[1] token, ARGV[2] time limit (ms).
 RENEW_OWN_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then

@@ -15,9 +15,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from seqproc.models.db import upsert
 from seqproc.models.errors import ConfigError
 from seqproc.models.partition_count import mismatch
+from seqproc.models.scripts import RESTORE_HELD
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.partition import Meta, Partition
-from seqproc.models.wire import PARTITION_COUNT_KEY, PRODUCER_CLIENT_NAME, queue_name
+from seqproc.models.wire import PARTITION_COUNT_KEY, PRODUCER_CLIENT_NAME, bell_key, queue_name
 from seqproc.worker.ops.lag import outbox_depth
 from seqproc.worker.outbox_identity import record_outbox_partition_count
 from seqproc.worker.ownership.liveness import Ownership, ownership
@@ -254,33 +255,49 @@ def _log_takeovers(previous: Sequence[Ownership], owner: str) -> None:
 def restore_unacked(channel: Any, queues: Iterable[str]) -> int:
     """Put back, at the head of their queues and in their original order, the unacknowledged messages of
     ``queues`` (Redis transport). Called by a new owner right after its claim: the old owner can no longer commit
-    (fenced), so its held messages need not wait for the visibility timeout.
+    (fenced), so its held messages need not wait for the visibility timeout; and by a worker whose fetch's reply
+    was lost (a failover), for what that fetch may have taken.
 
-    Any still-live holder of such a message is fenced, and the ledger reports the copy as a duplicate.
+    Any still-live holder of such a message is fenced, and the ledger reports the copy as a duplicate. One script
+    call for them all (``RESTORE_HELD``), each message marked redelivered as kombu's ``restore_by_tag`` marks it.
     """
-    qos = getattr(channel, "qos", None)
-    if qos is None or not hasattr(qos, "restore_by_tag"):
+    if not hasattr(channel, "unacked_key"):
         return 0
     wanted = set(queues)
     # The pooled client, never ``channel.client``: on a consuming channel that one has a BRPOP outstanding.
     with channel.conn_or_acquire() as client:
-        tags = []
+        held: list[tuple[bytes, dict[str, Any], str]] = []
         for tag, raw in client.hgetall(channel.unacked_key).items():
             try:
-                _payload, _exchange, routing_key = json.loads(raw)
+                payload, _exchange, routing_key = json.loads(raw)
             except (ValueError, TypeError):
                 continue
-            if routing_key in wanted:
-                tags.append(tag)
-        if not tags:
+            if routing_key in wanted and isinstance(payload, dict):
+                held.append((tag, payload, routing_key))
+        if not held:
             return 0
-        scores = client.zmscore(channel.unacked_index_key, tags)
-    ordered = sorted(zip(tags, scores, strict=True), key=lambda item: item[1] or 0.0)
-    # Each restore pushes onto the consuming end, so restore the newest first: the oldest ends up next in line.
-    for tag, _score in reversed(ordered):
-        qos.restore_by_tag(tag, leftmost=False)
-    logger.info("restored %d unacknowledged message(s) of %s to the head of their queues", len(tags), sorted(wanted))
-    return len(tags)
+        scores = client.zmscore(channel.unacked_index_key, [tag for tag, _, _ in held])
+        ordered = [item for item, _ in sorted(zip(held, scores, strict=True), key=lambda pair: pair[1] or 0.0)]
+        names = sorted({queue for _, _, queue in held})
+        number = {queue: n for n, queue in enumerate(names, start=1)}
+        args: list[Any] = []
+        for tag, payload, queue in reversed(ordered):  # the newest first: the oldest ends up next in line
+            redelivered(payload)
+            args += (tag, number[queue], json.dumps(payload))
+        keys = [channel.unacked_key, channel.unacked_index_key, *names, *map(bell_key, names)]
+        restored = int(client.register_script(RESTORE_HELD)(keys=keys, args=args))
+    logger.info("restored %d unacknowledged message(s) of %s to the head of their queues", restored, sorted(wanted))
+    return restored
+
+
+def redelivered(payload: dict[str, Any]) -> None:
+    """Mark a kombu message as redelivered, as kombu's restore does."""
+    headers, properties = payload.get("headers"), payload.get("properties")
+    if isinstance(headers, dict):
+        headers["redelivered"] = True
+    info = properties.get("delivery_info") if isinstance(properties, dict) else None
+    if isinstance(info, dict):
+        info["redelivered"] = True
 
 
 def queues_for(partitions: Iterable[int]) -> list[str]:
