@@ -24,6 +24,7 @@ from sqlalchemy import Engine, text
 import seqproc
 from seqproc.models.errors import PublishError
 from seqproc.models.settings import Settings
+from seqproc.producer.publish import publisher_for
 from seqproc.worker.engine.sequence import lost_total
 from seqproc.worker.ownership.partitions import pending_messages
 from tests import domains_fixture as fixture
@@ -103,6 +104,45 @@ def kill_master_with_replica_behind(
     return disrupt
 
 
+def kill_master_after_the_last_sends(
+    group: SentinelGroup, stream: DirectStream, worker: WorkerProcess, settings: Settings, *, behind_s: float = 3.0
+) -> Callable[[], int]:
+    """A ``disrupt`` whose losses are all tails: the replica paused and cut off (as ``cut``) and the worker paused
+    too, so that a backlog of ``behind_s`` of pushes sits on the master alone; then the producers stop for good,
+    the master is killed and the replica promoted. No producer sends again: no later message reveals what the
+    failover took, only the producer process's marks (``producer.marks``), which the sentinel waits for."""
+
+    def disrupt() -> int:
+        time.sleep(2.0)
+        group.wait_caught_up()
+        worker.process.send_signal(signal.SIGSTOP)
+        group.signal_replica(signal.SIGSTOP)
+        try:
+            ends = time.monotonic() + behind_s
+            while time.monotonic() < ends:
+                group.cut_replica_link()
+                time.sleep(0.2)
+            stream.halt()  # the last sends: each acknowledged by the master alone
+            old = group.kill_master()
+        finally:
+            group.signal_replica(signal.SIGCONT)
+            worker.process.send_signal(signal.SIGCONT)
+        took_s = group.wait_failover(old)
+        lag_bytes = group.promoted_lag_bytes()
+        print(
+            f"failover with the replica cut off and the worker paused for {behind_s:g} s, no send after the kill: a "
+            f"new master {took_s:.1f} s after the SIGKILL, lacking {lag_bytes} bytes of the old master's writes"
+        )
+        assert lag_bytes > 0, "the fault did not land: the promoted replica had every write of the old master"
+        keeper = publisher_for(settings).marks
+        assert keeper is not None
+        new_master = redis_at(group.master_port() or 0).info("replication")["master_replid"]
+        wait_for(lambda: keeper.master_id == new_master, 15, "the producer's marks on the new master")
+        return 1
+
+    return disrupt
+
+
 def pause_master_past_failover(group: SentinelGroup) -> Callable[[], int]:
     """A ``disrupt``: the master SIGSTOPped past ``down-after-milliseconds`` (the sentinels promote the replica), then
     SIGCONT: it comes back believing it is the master, with clients still connected to it, until the sentinels
@@ -135,6 +175,7 @@ FAULTS = {
     "behind": "primary SIGKILL mid-stream, replica behind",
     "cut": "primary SIGKILL mid-stream, replica behind and its link cut",
     "stale_master": "primary SIGSTOP past down-after, then SIGCONT (stale master)",
+    "tail": "primary SIGKILL after the producers' last sends, replica cut off and worker paused (only tails lost)",
 }
 
 
@@ -195,16 +236,22 @@ class DirectStream:
                 self.acknowledged.setdefault(tally_id, []).append(n)
             time.sleep(0.002)
 
+    threads: list[threading.Thread] = field(default_factory=list)
+
     def during(self, disrupt: Callable[[], int]) -> int:
-        threads = [threading.Thread(target=self.run, args=(t,)) for t in self.tallies]
-        for thread in threads:
+        self.threads = [threading.Thread(target=self.run, args=(t,)) for t in self.tallies]
+        for thread in self.threads:
             thread.start()
         try:
             return disrupt()
         finally:
-            self.stop.set()
-            for thread in threads:
-                thread.join(30)
+            self.halt()
+
+    def halt(self) -> None:
+        """Stop sending, and wait until no send is under way."""
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
 
     def count(self, engine: Engine) -> tuple[int, int, int, int]:
         """(acknowledged, lost, doubled, out of order) against the applied log."""
@@ -264,7 +311,14 @@ def declared_lost(engine: Engine, timeout_s: float = 20) -> int:
 
 @pytest.mark.parametrize(
     ("replica", "durability"),
-    [("caught_up", "async"), ("behind", "async"), ("cut", "async"), ("behind", "replica"), ("stale_master", "async")],
+    [
+        ("caught_up", "async"),
+        ("behind", "async"),
+        ("cut", "async"),
+        ("tail", "async"),
+        ("behind", "replica"),
+        ("stale_master", "async"),
+    ],
 )
 def test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered_and_every_loss_is_counted(
     replica: str,
@@ -277,17 +331,26 @@ def test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered_a
 ) -> None:
     """Direct events. ``async`` (acknowledged by the primary alone): with the replica caught up the failover loses
     nothing; with it behind, the pushes it lacked are lost, and every one is detected (a gap in its producer's
-    sequence) and counted: ``lost == lost_detected``. ``replica`` (acknowledged once a replica has them): nothing
-    acknowledged is lost; a send that no replica acknowledged raised PublishError and was sent again with its key
-    (the gaps such sends left are what ``lost_detected`` counts then)."""
+    sequence) and counted: ``lost == lost_detected``; with its link cut as well (``cut``: the promoted replica lacks
+    megabytes of the old master's writes), the same; when the producers never send again after the kill (``tail``:
+    every loss a tail), the producer process's marks reveal them. ``replica`` (acknowledged once a replica has
+    them): nothing acknowledged is lost; a send that no replica acknowledged raised PublishError and was sent again
+    with its key (the gaps such sends left are what ``lost_detected`` counts then).
+
+    Judged once the new master holds no message, queued or unacknowledged (``drained``): a worker back from a
+    failover takes seconds to take back what it held, during which a quiet log proves nothing."""
     # Gaps are declared lost 2 s after they were seen (production: past the visibility timeout).
     settings = on_sentinel(clean, sentinel_group).model_copy(
         update={"domains": ("tests.domains_fixture",), "loss_grace_s": 2, "publish_durability": durability}
     )
-    start_worker(settings)
+    worker = start_worker(settings)
     seqproc.configure(settings)
     stream = DirectStream(tallies=list(range(1, 9)))
-    injected = stream.during(DISRUPTS[replica](sentinel_group))
+    if replica == "tail":
+        disrupt = kill_master_after_the_last_sends(sentinel_group, stream, worker, settings)
+    else:
+        disrupt = DISRUPTS[replica](sentinel_group)
+    injected = stream.during(disrupt)
     wait_for(drained(sentinel_group, engine, settings.partitions), 60, "every message on the broker applied")
     sent, lost, doubled, out_of_order = stream.count(engine)
     lost_detected = declared_lost(engine)
@@ -311,6 +374,8 @@ def test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered_a
         # events in the runs of 2026-12-06) counted every one.
         if replica == "behind" and lost == 0:
             print("the replica caught up from its socket buffer: no acknowledged push was lost this run")
+        if replica == "tail":
+            assert lost > 0  # the worker was paused: the master died with a backlog no replica had
         assert lost == lost_detected  # every event the failover dropped is counted, none that arrived
     assert doubled == 0
     assert out_of_order == 0

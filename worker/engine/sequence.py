@@ -4,8 +4,10 @@ its first event on the partition (``seq``); the producer numbers its events of e
 Per message, in the order received: the expected number (``seqproc_producer_sequence.next_seq``, 1 for a producer
 not seen yet) moves past it; a message that starts further on leaves a gap (``seqproc_sequence_gap``); one that
 starts before (late, or redelivered) fills what it covers of an open gap, and is otherwise a copy (the ledger makes
-its events duplicates). A gap that outlives ``SEQPROC_LOSS_GRACE_S`` is declared lost by :func:`declare_lost`
-(a worker's heartbeat runs it): a redelivery comes back within the visibility timeout, so the grace must exceed it.
+its events duplicates). A producer's mark (``producer.marks``) is a message of no event: where the producer's
+sequence stood, which reveals a lost tail no later event would. A gap that outlives ``SEQPROC_LOSS_GRACE_S`` is
+declared lost by :func:`declare_lost` (a worker's heartbeat runs it): a redelivery comes back within the
+visibility timeout, so the grace must exceed it.
 
 Written with SQLAlchemy Core over the mapped tables: the same on PostgreSQL and SQLite. The partition's fence makes
 its owner the only writer of its rows.
@@ -68,8 +70,8 @@ def check_sequences(conn: Connection, partition: int, messages: Sequence[Sequenc
         at = expected.get(message.producer, 1)
         if message.first > at:
             opened.append(_Hole(message.producer, at, message.first - at))
-        elif message.first < at:
-            late.append(message)
+        elif message.first < at and message.count:
+            late.append(message)  # (a mark, no event, fills nothing: it says where its producer stood)
         expected[message.producer] = max(at, message.first + message.count)
     if late:
         opened = _fill(conn, partition, late, opened)
