@@ -12,10 +12,10 @@ from urllib.parse import urlsplit
 
 from kombu import Queue
 
-from seqproc.models.clients import SentinelUrl, is_sentinel_url, sentinel_transport_options
+from seqproc.models.clients import ClusterUrl, SentinelUrl, is_sentinel_url, sentinel_transport_options
 from seqproc.models.settings import Settings
-from seqproc.models.transport import SENTINEL_TRANSPORT, TRANSPORT
-from seqproc.models.wire import IDLE_QUEUE, JOB_TASK_PREFIX, JOBS_QUEUE, is_redis_url, queue_name
+from seqproc.models.transport import CLUSTER_TRANSPORT, SENTINEL_TRANSPORT, TRANSPORT
+from seqproc.models.wire import IDLE_QUEUE, JOB_TASK_PREFIX, JOBS_QUEUE, is_cluster_url, is_redis_url, queue_name
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -42,6 +42,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         if is_sentinel_url(settings.broker_url):
             transport_options |= sentinel_transport_options(settings.sentinel_master, timeout_s=2)
             transport_options["sentinels"] = settings.broker_url
+        if is_cluster_url(settings.broker_url):
+            transport_options["cluster"] = settings.broker_url
     return {
         # seqproc's Redis transport (reliable, fenced fetch; one client per channel: seqproc.models.transport), on
         # plain and TLS Redis alike. Always set, also to None (kombu picks the transport from the URL): an app
@@ -94,12 +96,18 @@ def broker_transport(url: str) -> str | None:
     """seqproc's Redis transport for a Redis broker (its Sentinel form for ``sentinel://``); None: kombu's own."""
     if not is_redis_url(url):
         return None
+    if is_cluster_url(url):
+        return CLUSTER_TRANSPORT
     return SENTINEL_TRANSPORT if is_sentinel_url(url) else TRANSPORT
 
 
 def celery_broker_url(url: str) -> str:
     """The broker URL Celery is given: the URL, but only the first sentinel of a Sentinel one (the transport reads
-    every sentinel from its ``sentinels`` option; see ``seqproc.models.transport.SentinelChannel``)."""
+    every sentinel from its ``sentinels`` option; see ``seqproc.models.transport.SentinelChannel``); a cluster's
+    first seed node, plainly (the transport reads the cluster from its ``cluster`` option)."""
+    if is_cluster_url(url):
+        cluster = ClusterUrl.parse(url)
+        return cluster.node_url(*cluster.nodes[0])
     if not is_sentinel_url(url):
         return url
     parsed = SentinelUrl.parse(url)

@@ -11,23 +11,30 @@ last one; a password as ``sentinel://:PASSWORD@h1:26379``, the master's), names 
 ``SEQPROC_SENTINEL_MASTER`` names the master they watch. Every connection asks the sentinels for the current master
 as it opens (a master they hold down is not given), and a connection that finds a demoted master (``READONLY``) is
 closed and opens again on the new one (redis-py's ``SentinelManagedConnection``).
+
+**Redis Cluster.** ``redis+cluster://h1:7000,h2:7001,h3:7002`` (``rediss+cluster://`` for TLS, a password as
+``redis+cluster://:PASSWORD@h1:7000,...``; database 0 only, as a cluster has) names seed nodes; the client
+(redis-py's ``RedisCluster``) learns the slot map from them, sends each command to the primary of its key's slot, and
+follows ``MOVED`` and ``ASK`` redirections (a failover, a slot migrated), reloading the map.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import quote, unquote, urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.retry
 import redis.asyncio.sentinel
+import redis.cluster
 import redis.sentinel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from seqproc.models.wire import DEFAULT_SENTINEL_MASTER, SENTINEL_SCHEME
+from seqproc.models.wire import DEFAULT_SENTINEL_MASTER, SENTINEL_SCHEME, is_cluster_url
 
 if TYPE_CHECKING:
     from seqproc.models.settings import Settings
@@ -80,6 +87,94 @@ class SentinelUrl:
         return cls(tuple(sentinels), db, username, password)
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterUrl:
+    """A ``redis+cluster://[user:password@]h1:p1,h2:p2[/0][?options]`` URL, read."""
+
+    nodes: tuple[tuple[str, int], ...]
+    tls: bool
+    username: str | None
+    password: str | None
+    #: The query string, as redis-py reads it from a plain URL (``ssl_ca_certs=...``).
+    query: str
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterUrl:
+        scheme, _, rest = url.partition("://")
+        if scheme not in ("redis+cluster", "rediss+cluster"):
+            raise ValueError(f"a cluster URL starts with redis+cluster:// or rediss+cluster:// (got {url[:40]!r})")
+        rest, _, query = rest.partition("?")
+        rest, _, path = rest.partition("/")
+        if path.strip("/") not in ("", "0"):
+            raise ValueError("a Redis Cluster has database 0 only: end the URL with /0 or nothing")
+        userinfo, _, hosts = rest.rpartition("@")
+        username, _, password = userinfo.partition(":")
+        nodes = []
+        for part in hosts.split(","):
+            split = urlsplit(f"redis://{part.strip()}")
+            if not split.hostname:
+                raise ValueError(f"a cluster URL names a node without a host: {part[:40]!r}")
+            nodes.append((split.hostname, split.port or 6379))
+        if not nodes:
+            raise ValueError("a cluster URL names at least one node")
+        return cls(
+            tuple(nodes),
+            scheme == "rediss+cluster",
+            unquote(username) if username else None,
+            unquote(password) if password else None,
+            query,
+        )
+
+    def node_url(self, host: str, port: int) -> str:
+        """One node's plain URL (its credentials, TLS and options): what a plain client or kombu connects to."""
+        auth = ""
+        if self.username or self.password:
+            auth = f"{quote(self.username or '', safe='')}:{quote(self.password or '', safe='')}@"
+        query = f"?{self.query}" if self.query else ""
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{host}:{port}/0{query}"
+
+
+def cluster_client(url: str, *, timeout_s: float, connect_timeout_s: float, **options: Any) -> redis.RedisCluster:
+    """redis-py's cluster client of the cluster at ``url`` (see the module docstring). Its retry (connection errors,
+    timeouts, a cluster down while it fails over) is bounded as every client's, and lasts longer than a failover
+    with ``cluster-node-timeout`` 1000 ms; a deployment with the default 15 s gives it ``retry`` of its own."""
+    parsed = ClusterUrl.parse(url)
+    host, port = parsed.nodes[0]
+    options.setdefault("retry", bounded_retry())
+    options.pop("health_check_interval", None)  # per node connection: not a cluster client's option
+    client: redis.RedisCluster = redis.RedisCluster.from_url(
+        parsed.node_url(host, port),
+        startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in parsed.nodes],  # type: ignore[no-untyped-call]
+        socket_timeout=timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        **options,
+    )
+    return client
+
+
+def async_cluster_client(
+    url: str, *, timeout_s: float, connect_timeout_s: float, **options: Any
+) -> redis.asyncio.RedisCluster:
+    """:func:`cluster_client` for an event loop."""
+    parsed = ClusterUrl.parse(url)
+    host, port = parsed.nodes[0]
+    options.setdefault(
+        "retry",
+        redis.asyncio.retry.Retry(
+            ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=RETRY_BACKOFF_BASE_S), DEFAULT_RETRIES
+        ),
+    )
+    options.pop("health_check_interval", None)
+    client: redis.asyncio.RedisCluster = redis.asyncio.RedisCluster.from_url(
+        parsed.node_url(host, port),
+        startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in parsed.nodes],
+        socket_timeout=timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        **options,
+    )
+    return client
+
+
 #: A ``WAIT``'s answer must come before the socket's own timeout (the reply has to travel, on a loaded host too):
 #: it waits a tenth less than the time left, and at least this much less.
 WAIT_SLACK_S = 0.05
@@ -94,9 +189,14 @@ def is_sentinel_url(url: str) -> bool:
     return url.startswith(SENTINEL_SCHEME)
 
 
-def bounded_retry(retries: int = DEFAULT_RETRIES) -> Retry:
-    """redis-py's retry of a command on connection errors and timeouts, bounded (see ``DEFAULT_RETRIES``)."""
-    return Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=RETRY_BACKOFF_BASE_S), retries)
+def bounded_retry(retries: int = DEFAULT_RETRIES, *, on_timeout: bool = True) -> Retry:
+    """redis-py's retry of a command on connection errors and timeouts, bounded (see ``DEFAULT_RETRIES``).
+    ``on_timeout=False``: a refusal or a reset (a failover, a restart) is retried, a wait for a reply that ran out
+    is not (a silent broker: another try would wait as long for nothing)."""
+    backoff = ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=RETRY_BACKOFF_BASE_S)
+    if on_timeout:
+        return Retry(backoff, retries)
+    return Retry(backoff, retries, supported_errors=(redis.ConnectionError,))
 
 
 def redis_client(
@@ -109,6 +209,12 @@ def redis_client(
 ) -> redis.Redis:
     """A client of the Redis server at ``url`` (its own connection pool); for a Sentinel URL, of the current master
     ``sentinel_master``. ``options`` go to redis-py as they are."""
+    if is_cluster_url(url):
+        # A cluster client answers the commands seqproc sends as a client of one server does (routing each by its
+        # key's slot); the callers that must tell them apart ask ``isinstance(client, redis.RedisCluster)``.
+        return cast(
+            redis.Redis, cluster_client(url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, **options)
+        )
     options.setdefault("retry", bounded_retry())
     timeouts: dict[str, Any] = {"socket_connect_timeout": connect_timeout_s, "socket_timeout": timeout_s}
     if not is_sentinel_url(url):
@@ -135,6 +241,11 @@ def async_redis_client(
     **options: Any,
 ) -> redis.asyncio.Redis:
     """:func:`redis_client` for an event loop (``redis.asyncio``); the client belongs to the loop that uses it."""
+    if is_cluster_url(url):
+        return cast(
+            redis.asyncio.Redis,
+            async_cluster_client(url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, **options),
+        )
     options.setdefault(
         "retry",
         redis.asyncio.retry.Retry(

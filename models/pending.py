@@ -2,10 +2,10 @@
 
 A partition's queue holds messages of many keys, each message many events; finding one key's events there would
 cost a read of the whole queue (and of the unacknowledged messages). So every push also writes each event into its
-key's index (``seqproc:pending:<key>``, a hash: event id -> order + event JSON; ``_HOLD_PENDING`` in
-:mod:`seqproc.models.scripts`, in the same script as the push), and the worker's ack deletes the entries of the
-events it settled, after their commit. ``seqproc.preview`` then reads one key's pending events with one ``HGETALL``,
-whatever the depth of the queue.
+key's index (``seqproc:pending:{<queue>}:<key>``, in its queue's slot; a hash: event id -> order + event JSON;
+``_HOLD_PENDING`` in :mod:`seqproc.models.scripts`, in the same script as the push), and the worker's ack deletes
+the entries of the events it settled, after their commit. ``seqproc.preview`` then reads one key's pending events
+with one ``HGETALL``, whatever the depth of the queue.
 
 An entry lives from the push to the ack: a message fetched and being applied is still pending (its commit may fail
 and the message come back); one committed but not yet acknowledged is pending too, for the short time between the
@@ -24,7 +24,7 @@ from pydantic import SerializeAsAny, TypeAdapter
 from seqproc.models.domain import EventModel
 from seqproc.models.errors import SeqprocError
 from seqproc.models.events import Event, parse_event
-from seqproc.models.wire import pending_key
+from seqproc.models.wire import partition_for, pending_key, queue_name
 
 #: One event in wire form (as the envelope writes it inside its array).
 _EVENT: TypeAdapter[Any] = TypeAdapter(SerializeAsAny[EventModel])
@@ -38,38 +38,45 @@ def event_texts(events: Sequence[Event]) -> list[str]:
 
 
 def hold_args(ttl_s: int, entries: Iterable[tuple[str, str, str]]) -> tuple[list[str], list[Any]]:
-    """The keys and arguments the push scripts take for ``entries`` (entity key, event id, event JSON): the indexes
-    first, then the time to live and, per index, its count and its (id, JSON) pairs. None when ``ttl_s`` is 0 (the
-    index is off: previews show the applied state only)."""
+    """The keys and arguments the push scripts take for ``entries`` (pending index, event id, event JSON): the
+    indexes first, then the time to live and, per index, its count and its (id, JSON) pairs. None when ``ttl_s`` is 0
+    (the index is off: previews show the applied state only)."""
     if not ttl_s:
         return [], []
     by_key: dict[str, list[str]] = {}
-    for entity_key, event_id, text in entries:
-        by_key.setdefault(entity_key, []).extend((event_id, text))
+    for index, event_id, text in entries:
+        by_key.setdefault(index, []).extend((event_id, text))
     args: list[Any] = [ttl_s]
     for pairs in by_key.values():
         args.append(len(pairs) // 2)
         args.extend(pairs)
-    return [pending_key(key) for key in by_key], args
+    return list(by_key), args
 
 
-def index_entries(rows: Iterable[tuple[int, str]]) -> list[tuple[str, str, str]]:
-    """The index entries of outbox rows (row id, event JSON) as the relay pushes them: a body that does not parse
-    (the worker dead-letters it) has none."""
+def index_of(entity_key: str, partitions: int) -> str:
+    """The pending index of ``entity_key`` in a deployment of ``partitions`` partitions."""
+    return pending_key(queue_name(partition_for(entity_key, partitions)), entity_key)
+
+
+def index_entries(queue: str, rows: Iterable[tuple[int, str]]) -> list[tuple[str, str, str]]:
+    """The index entries of outbox rows (row id, event JSON) as the relay pushes them onto ``queue``: a body that
+    does not parse (the worker dead-letters it) has none."""
     entries = []
     for _, body in rows:
         event = _parsed(body)
         if event is not None:
-            entries.append((event.entity_key, str(event.id), body))
+            entries.append((pending_key(queue, event.entity_key), str(event.id), body))
     return entries
 
 
-def settled_by_key(events: Iterable[EventModel]) -> dict[str, list[str]]:
-    """The index entries to delete once ``events`` are settled: event ids by pending index."""
+def settled_by_key(queued: Iterable[tuple[str, Iterable[EventModel]]]) -> dict[str, list[str]]:
+    """The index entries to delete once the events are settled (their queue, and the events taken from it): event
+    ids by pending index."""
     by_key: dict[str, list[str]] = {}
-    for event in events:
-        if event.id is not None:
-            by_key.setdefault(pending_key(event.entity_key), []).append(event.id)
+    for queue, events in queued:
+        for event in events:
+            if event.id is not None:
+                by_key.setdefault(pending_key(queue, event.entity_key), []).append(event.id)
     return by_key
 
 

@@ -16,20 +16,23 @@ def sha1(script: str) -> str:
     return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
-#: KEYS: unacked hash, unacked index, then the queues, then their bells, then their leases (same order).
+#: Per queue, five KEYS in a row (:data:`FETCH_KEYS_PER_QUEUE`): the queue, its bell, its fence (lease), its unacked
+#: hash and its unacked index, all in the queue's slot (:mod:`seqproc.models.wire`): on a cluster, one call per queue.
 #: ARGV: now, most messages to take, number of queues, the fence owner token ('' = take from every queue).
 #: Returns queue1, item1, queue2, item2, ..., then one more element ('+') if it stopped at the limit with messages
 #: left in its queues.
 FETCH_AND_HOLD = """
-local unacked, index = KEYS[1], KEYS[2]
 local now, limit, nqueues, owner = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local out = {}
 local taken = 0
+local function ours(i)
+    return owner == '' or redis.call('GET', KEYS[5 * i - 2]) == owner
+end
 for i = 1, nqueues do
-    local queue = KEYS[2 + i]
+    local queue, unacked, index = KEYS[5 * i - 4], KEYS[5 * i - 1], KEYS[5 * i]
     -- Fenced: a queue whose fence is not ours (any more) gives nothing, whatever the caller believed.
-    local ours = owner == '' or redis.call('GET', KEYS[2 + 2 * nqueues + i]) == owner
-    while ours and taken < limit do
+    local mine = ours(i)
+    while mine and taken < limit do
         local item = redis.call('RPOP', queue)
         if not item then break end
         -- The delivery tag, found without decoding the whole message where seqproc's writers put it, last in the
@@ -54,13 +57,12 @@ for i = 1, nqueues do
         out[#out + 1] = item
         taken = taken + 1
     end
-    if ours and taken >= limit then
+    if mine and taken >= limit then
         -- More may be waiting, here or in a later queue (of ours) whose bell the wait that led here consumed: ring
         -- once, so that the next wait returns at once.
         for j = i, nqueues do
-            if (owner == '' or redis.call('GET', KEYS[2 + 2 * nqueues + j]) == owner)
-                    and redis.call('LLEN', KEYS[2 + j]) > 0 then
-                local bell = KEYS[2 + nqueues + j]
+            if ours(j) and redis.call('LLEN', KEYS[5 * j - 4]) > 0 then
+                local bell = KEYS[5 * j - 3]
                 redis.call('LPUSH', bell, '1')
                 redis.call('LTRIM', bell, 0, 0)
                 out[#out + 1] = '+'
@@ -71,6 +73,65 @@ for i = 1, nqueues do
     end
 end
 return out
+"""
+#: How many KEYS :data:`FETCH_AND_HOLD` takes per queue.
+FETCH_KEYS_PER_QUEUE = 5
+
+#: A chunk consumer's give-back of one queue's messages: KEYS the queue, its bell, its unacked hash and index. ARGV:
+#: how many, the messages oldest first, then their delivery tags. Puts them back at the head of the queue, in order
+#: (the oldest next in line), forgets them, and rings the bell, in one step. Returns how many.
+GIVE_BACK = """
+local n = tonumber(ARGV[1])
+for i = n + 1, 2, -1 do
+    redis.call('RPUSH', KEYS[1], ARGV[i])
+end
+for i = n + 2, 2 * n + 1 do
+    redis.call('HDEL', KEYS[3], ARGV[i])
+    redis.call('ZREM', KEYS[4], ARGV[i])
+end
+redis.call('LPUSH', KEYS[2], '1')
+redis.call('LTRIM', KEYS[2], 0, 0)
+return n
+"""
+
+#: Restore one held message, once: KEYS the queue, its bell, its unacked hash and index; ARGV the delivery tag, the
+#: message to push (the held one, marked redelivered by the caller), 1 to push it at the consuming end (next in
+#: line) else 0. Pushes it only if this call is the one that removed the tag from the hash (a restore racing another,
+#: or an ack, pushes nothing). Returns 1 if it pushed.
+RESTORE_HELD = """
+redis.call('ZREM', KEYS[4], ARGV[1])
+if redis.call('HDEL', KEYS[3], ARGV[1]) == 0 then
+    return 0
+end
+if ARGV[3] == '1' then
+    redis.call('RPUSH', KEYS[1], ARGV[2])
+else
+    redis.call('LPUSH', KEYS[1], ARGV[2])
+end
+redis.call('LPUSH', KEYS[2], '1')
+redis.call('LTRIM', KEYS[2], 0, 0)
+return 1
+"""
+
+#: Restore every held message of one queue in one step (a worker back from a failover, or a new owner, restores
+#: hundreds; one call each was a round trip each): KEYS the queue, its bell, its unacked hash and index; ARGV per
+#: message, the newest first, its delivery tag and the message to push (marked redelivered by the caller). Each goes
+#: to the consuming end (so the oldest ends up next in line), once, as :data:`RESTORE_HELD` moves one. Returns how
+#: many it pushed.
+RESTORE_ALL_HELD = """
+local restored = 0
+for i = 1, #ARGV, 2 do
+    redis.call('ZREM', KEYS[4], ARGV[i])
+    if redis.call('HDEL', KEYS[3], ARGV[i]) == 1 then
+        redis.call('RPUSH', KEYS[1], ARGV[i + 1])
+        restored = restored + 1
+    end
+end
+if restored > 0 then
+    redis.call('LPUSH', KEYS[2], '1')
+    redis.call('LTRIM', KEYS[2], 0, 0)
+end
+return restored
 """
 
 #: Held by both push scripts below, at their end: each pushed event's entry in the pending index of its entity key
@@ -140,64 +201,39 @@ return {1, count}
 """
 )
 
-#: KEYS: the outbox's counter of a queue, the shared counter of the same queue (before counters were per outbox).
-#: ARGV: the count this outbox recorded. Sets the outbox's counter, if it has none, to the shared one's value capped
-#: at the record. Returns 1 if it set it.
+#: Upgrading from kombu's one ``unacked`` hash for every queue: KEYS that hash, its index, the queue the message goes
+#: back to, its bell; ARGV the delivery tag. Moves the message back to the consuming end of the queue (next in line)
+#: if this call is the one that removed it from the hash. Returns 1 if it moved it. Single Redis only (that hash
+#: predates the cluster layout).
+RESTORE_LEGACY_HELD = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if not raw or redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+    return 0
+end
+local held = cjson.decode(raw)
+redis.call('RPUSH', KEYS[3], cjson.encode(held[1]))
+redis.call('LPUSH', KEYS[4], '1')
+redis.call('LTRIM', KEYS[4], 0, 0)
+return 1
+"""
+
+#: KEYS: the outbox's counter of a queue, then the counters it had before (``legacy_relay_pushed_keys``: the
+#: outbox's own outside the queue's slot, then the one every outbox shared). ARGV: the count this outbox recorded.
+#: Sets the outbox's counter, if it has none, to the first older counter's value found, capped at the record.
+#: Returns 1 if it set it. Single Redis only: the older keys are in other slots (a cluster has none of them).
 ADOPT_SHARED_RELAY_COUNT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
     return 0
 end
-local shared = redis.call('GET', KEYS[2])
-if not shared then
-    return 0
-end
-redis.call('SET', KEYS[1], math.min(tonumber(shared), tonumber(ARGV[1])))
-return 1
-"""
-
-#: Count the entries of the unacked hash per routing key (the last element of each value), inside Redis.
-#: KEYS[1]: the hash. Returns routing_key1, count1, routing_key2, count2, ...
-COUNT_UNACKED_BY_QUEUE = """
-local counts = {}
-for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
-    local key = string.match(value, '"([^"]*)"%s*%]%s*$')
-    if key then counts[key] = (counts[key] or 0) + 1 end
-end
-local out = {}
-for key, n in pairs(counts) do
-    out[#out + 1] = key
-    out[#out + 1] = n
-end
-return out
-"""
-
-#: Put held messages back at the heads of their queues, in one step: what kombu's ``QoS.restore_by_tag`` does per
-#: message in a WATCH transaction of its own (a takeover or a worker back from a failover restores hundreds).
-#: KEYS: unacked hash, unacked index, then the queues, then their bells (same order). ARGV: per message, newest
-#: first, its delivery tag, the number of its queue among the queues (1-based) and the text to push. A message no
-#: longer in unacked (acked or restored meanwhile) is not pushed. Returns how many were.
-RESTORE_HELD = """
-local unacked, index = KEYS[1], KEYS[2]
-local nqueues = (#KEYS - 2) / 2
-local rung = {}
-local restored = 0
-for i = 1, #ARGV, 3 do
-    local tag = ARGV[i]
-    if redis.call('HDEL', unacked, tag) == 1 then
-        local q = tonumber(ARGV[i + 1])
-        -- The consuming end is the right: the newest goes first, the oldest ends up next in line.
-        redis.call('RPUSH', KEYS[2 + q], ARGV[i + 2])
-        rung[q] = true
-        restored = restored + 1
+for i = 2, #KEYS do
+    local older = redis.call('GET', KEYS[i])
+    if older then
+        redis.call('SET', KEYS[1], math.min(tonumber(older), tonumber(ARGV[1])))
+        return 1
     end
-    redis.call('ZREM', index, tag)
 end
-for q in pairs(rung) do
-    local bell = KEYS[2 + nqueues + q]
-    redis.call('LPUSH', bell, '1')
-    redis.call('LTRIM', bell, 0, 0)
-end
-return restored
+return 0
 """
 
 #: Renew the lease only while we still hold it: KEYS[1] lease, ARGV[1] token, ARGV[2] time limit (ms).

@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from seqproc.models.errors import ConfigError
-from seqproc.models.wire import DEFAULT_SENTINEL_MASTER, SENTINEL_SCHEME, is_redis_url
+from seqproc.models.wire import DEFAULT_SENTINEL_MASTER, SENTINEL_SCHEME, is_cluster_url, is_redis_url
 
 #: Local services on a developer machine; docker-compose overrides these.
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/seqproc"
@@ -33,6 +33,10 @@ DEFAULT_PARTITIONS = 16
 DEFAULT_NOTIFY_TTL_S = 86_400
 DEFAULT_NOTIFY_MAX = 1_000
 MAX_PARTITIONS = 1024
+#: A healthy server answers within its statement time limit; 5 s more covers a congested network, and keeps a worker
+#: whose database connection went half-open from stalling much past the limit (its partitions' lease, 10 s by
+#: default, is renewed from the same loop).
+DEFAULT_DATABASE_SOCKET_TIMEOUT_S = 5.0
 
 ENV_PREFIX = "SEQPROC_"
 
@@ -99,10 +103,19 @@ class Settings(BaseSettings):
     #: ... and about this many (the oldest dropped first; Redis trims streams approximately, ``MAXLEN ~``).
     notify_max: Annotated[int, Field(ge=1, le=10_000_000)] = DEFAULT_NOTIFY_MAX
 
-    #: How long a worker, relay or beat waits for a reply on an open broker connection before it counts the
-    #: connection as dead and opens another: the bound on noticing a broker connection gone half-open (a black-holed
-    #: peer, a dead host), with TCP keepalive and the idle health check (``health_check_interval``, 10 s) besides.
-    broker_socket_timeout_s: Annotated[float, Field(ge=1, le=3_600)] = 30
+    #: How long a worker waits for a reply on an open broker connection (a fetch, an ack, a lease renewal, an event)
+    #: before it counts the broker as gone silent (a connection gone half-open, a host gone without closing it): it
+    #: then fails every broker call at once and reconnects (``seqproc.models.broker_watch``). A worker notices within
+    #: this long after it next needs the broker, and within ``1 s`` + this while idle (its wait on the bells, which
+    #: has no socket timeout of its own, is overdue). Keep it well below ``lease_s``: a worker cut off takes its
+    #: partitions back within about this long after the network heals.
+    broker_socket_timeout_s: Annotated[float, Field(ge=1, le=3_600)] = 5
+    #: How long past a statement's time limit (``apply_time_limit_s``) a worker, relay or beat waits for a byte from
+    #: the database before it counts the connection as dead, closes it and tries again on a new one: the bound on
+    #: noticing a database connection gone half-open (a black-holed peer, a stalled proxy), mid-transaction or idle
+    #: in the pool. Also the TCP keepalive and user timeout of their connections (a peer whose kernel went silent)
+    #: and their connect timeout (at least 2 s).
+    database_socket_timeout_s: Annotated[float, Field(ge=1, le=3_600)] = DEFAULT_DATABASE_SOCKET_TIMEOUT_S
     #: Loss detection: a gap in a producer's sequence (events that did not come before later ones) still open after
     #: this long is declared lost (logged, ``seqproc_events_lost_total``, ``lost`` in ``seqproc status``). Longer than
     #: the visibility timeout: a redelivered message comes back within it and fills its gap.
@@ -188,10 +201,11 @@ class Settings(BaseSettings):
     def _broker_url(cls, value: str) -> str:
         if not (is_redis_url(value) or value.startswith(("memory://", "amqp://", "pyamqp://"))):
             raise ValueError(
-                "must be a redis://, rediss://, sentinel://h:p;sentinel://h:p/db or memory:// URL "
-                "(amqp:// works, Redis is advised)"
+                "must be a redis://, rediss://, sentinel://h:p;sentinel://h:p/db, redis+cluster://h:p,h:p or "
+                "memory:// URL (amqp:// works, Redis is advised)"
             )
         _check_sentinel_url(value)
+        _check_cluster_url(value)
         query = urlsplit(value).query
         if any(param.partition("=")[0].strip().lower() == "password" for param in query.split("&")):
             # Kombu reads the password from the user info only; a password= parameter crashes it.
@@ -203,10 +217,11 @@ class Settings(BaseSettings):
     def _result_backend(cls, value: str) -> str:
         if not (is_redis_url(value) or value.startswith("memory://")):
             raise ValueError(
-                "must be a redis://, rediss://, sentinel://h:p;sentinel://h:p/db or memory:// URL "
-                "(it holds per-event outcomes)"
+                "must be a redis://, rediss://, sentinel://h:p;sentinel://h:p/db, redis+cluster://h:p,h:p or "
+                "memory:// URL (it holds per-event outcomes)"
             )
         _check_sentinel_url(value)
+        _check_cluster_url(value)
         return value
 
     @field_validator("lock_urls", mode="before")
@@ -301,6 +316,13 @@ class Settings(BaseSettings):
                 "could be redelivered while it is still being applied "
                 f"(got {self.visibility_timeout_s} and {self.apply_time_limit_s:g})"
             )
+        if self.publish_durability == "replica" and is_cluster_url(self.broker_url):
+            # WAIT answers for the connection it is sent on: a push pipelined to several primaries would need one
+            # per node. Not built yet (issue 20): refused rather than silently weaker.
+            raise ValueError(
+                f"{ENV_PREFIX}PUBLISH_DURABILITY=replica is not supported on a Redis Cluster broker yet: use async "
+                "(losses a failover causes are detected and counted) or the outbox"
+            )
         return self
 
     @property
@@ -328,6 +350,13 @@ class Settings(BaseSettings):
 
 #: Query parameters that carry a password (``redis://h/0?password=...``, libpq's ``sslpassword``): masked too.
 SECRET_QUERY_PARAMS = ("password", "passwd", "pass", "pwd", "sslpassword", "secret", "token")
+
+
+def _check_cluster_url(value: str) -> None:
+    if is_cluster_url(value):
+        from seqproc.models.clients import ClusterUrl  # (redis-py, loaded only for such a URL)
+
+        ClusterUrl.parse(value)  # its ValueError says what is wrong
 
 
 def _check_sentinel_url(value: str) -> None:

@@ -24,19 +24,27 @@ and the wait times out every ``brpop_timeout`` (1 s) and fetches anyway. One fet
 worth of messages (at most ``FETCH_MAX``), from several queues, in one round trip; when it stops at that limit with
 messages left in any of its queues, it rings a bell so that the next wait returns at once.
 
+**A broker gone silent.** A worker's channels share its :class:`~seqproc.models.broker_watch.BrokerWatch`
+(transport option ``broker_watch``): a command without a reply within the socket timeout
+(``SEQPROC_BROKER_SOCKET_TIMEOUT_S``), or a wait on the bells without one within ``brpop_timeout`` plus that
+(:meth:`Channel.check_responsive`, on every turn of the event loop), marks it; every channel then fails at once and
+the consumer reconnects, instead of each call waiting out its own timeout on a connection gone half-open.
+
 **One client per channel.** kombu 5.7 builds a new ``redis.Redis`` client object on every ``conn_or_acquire()``:
 for each delivery, ack and event publish, ~100 microseconds apiece (PERFORMANCE-NOTES; redis-py issue 3624). A client
 object holds no connection of its own (it borrows them from the channel's pool and checks the pid after a fork), so
 one per channel is enough.
 
 Selected by ``broker_transport`` (``seqproc.models.celery``) for ``redis://`` and ``rediss://`` URLs (producers and
-workers alike); :class:`SentinelTransport` for ``sentinel://`` ones.
+workers alike); :class:`SentinelTransport` for ``sentinel://`` ones; ``seqproc.models.cluster``'s for
+``redis+cluster://`` ones.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import select
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,20 +54,36 @@ from queue import Empty
 from time import monotonic, time
 from typing import Any, Protocol
 
+import redis
 from kombu.exceptions import ChannelError
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 from kombu.utils.uuid import uuid
 from redis import Redis
 from redis.sentinel import Sentinel
 
+from seqproc.models.broker_watch import BrokerWatch, timed_out
 from seqproc.models.clients import SentinelUrl
 from seqproc.models.envelope import read_own
 from seqproc.models.resp import Held, ReplyLost, command, pack, pack_texts
-from seqproc.models.scripts import FETCH_AND_HOLD, FETCH_AND_HOLD_SHA
-from seqproc.models.wire import APPLY_TASK, bell_key, lease_key
+from seqproc.models.scripts import (
+    FETCH_AND_HOLD,
+    FETCH_AND_HOLD_SHA,
+    GIVE_BACK,
+    RELEASE_OWN_LEASE,
+    RESTORE_ALL_HELD,
+    RESTORE_HELD,
+)
+from seqproc.models.wire import (
+    APPLY_TASK,
+    bell_key,
+    lease_key,
+    unacked_index_key,
+    unacked_key,
+    unacked_mutex_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -164,11 +188,123 @@ class ChunkConsumer(Protocol):
         ...
 
 
+def fetch_keys(queue: str) -> list[str]:
+    """The keys :data:`~seqproc.models.scripts.FETCH_AND_HOLD` takes for ``queue``, all in its slot."""
+    return [queue, bell_key(queue), lease_key(queue), unacked_key(queue), unacked_index_key(queue)]
+
+
+def held_keys(queue: str) -> list[str]:
+    """``queue``, its bell, its unacked hash and index: the keys of a give-back or a restore."""
+    return [queue, bell_key(queue), unacked_key(queue), unacked_index_key(queue)]
+
+
+def redelivered(payload: Any) -> Any:
+    """``payload`` (a kombu message) marked redelivered, as kombu's restore marks it."""
+    try:
+        payload["headers"]["redelivered"] = True
+        payload["properties"]["delivery_info"]["redelivered"] = True
+    except (KeyError, TypeError):
+        pass
+    return payload
+
+
 class QoS(kombu_redis.QoS):
+    """kombu's ack emulation on one ``unacked`` hash and index per queue (in the queue's slot), where kombu keeps
+    one of each for every queue: the queue of a tag is the routing key of its message (every message seqproc's
+    fetch holds is recorded to go back to the queue it came from)."""
+
+    # (kombu's attributes, which its stubs type narrowly or not at all.)
+    channel: Any
+    _delivered: Any
+    _vrestore_count: int
+
     def append(self, message: Any, delivery_tag: str) -> None:
         # The fetch script already recorded the message in unacked, atomically with taking it: only the in-memory
         # bookkeeping is left (kombu would serialise the whole message again for a second HSET).
         VirtualQoS.append(self, message, delivery_tag)
+
+    def _queue_of(self, delivery_tag: str) -> str | None:
+        message = self._delivered.get(delivery_tag)
+        return None if message is None else str(message.delivery_info["routing_key"])
+
+    def _forget(self, delivery_tag: str) -> None:
+        queue = self._queue_of(delivery_tag)
+        if queue is not None:
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+                pipe.zrem(unacked_index_key(queue), delivery_tag)
+                pipe.hdel(unacked_key(queue), delivery_tag)
+                pipe.execute()
+
+    def ack(self, delivery_tag: str) -> None:
+        self._forget(delivery_tag)
+        VirtualQoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        else:
+            self._forget(delivery_tag)
+        VirtualQoS.ack(self, delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        for tag in list(self._delivered):
+            self.restore_by_tag(tag, client=client)
+        self._delivered.clear()
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False, *, queue: str | None = None) -> None:
+        """Put the message held under ``tag`` back in ``queue`` (default: the queue its delivery came from), at the
+        consuming end (next in line) unless ``leftmost``; once, whoever else restores or acks it meanwhile."""
+        tag = bytes_to_str(tag)
+        queue = queue or self._queue_of(tag)
+        if queue is None:
+            return
+        with self.channel.conn_or_acquire(client) as client:
+            raw = client.hget(unacked_key(queue), tag)
+            if raw is None:
+                client.zrem(unacked_index_key(queue), tag)
+                return
+            payload, _exchange, _routing_key = loads(bytes_to_str(raw))
+            client.eval(RESTORE_HELD, 4, *held_keys(queue), tag, dumps(redelivered(payload)), "0" if leftmost else "1")
+
+    def restore_queue(self, client: Any, queue: str) -> int:
+        """Put every message held for ``queue`` back at its head, in the order they were fetched (the oldest next in
+        line), in one script call: what :meth:`restore_by_tag` does for each, marked redelivered alike. Returns how
+        many went back."""
+        pipe = client.pipeline(transaction=False)
+        pipe.zrange(unacked_index_key(queue), 0, -1)
+        pipe.hgetall(unacked_key(queue))
+        tags, held = pipe.execute()
+        if not held:
+            return 0
+        indexed = set(tags)
+        order = [tag for tag in tags if tag in held] + [tag for tag in held if tag not in indexed]
+        args: list[Any] = []
+        for tag in reversed(order):  # the newest first onto the consuming end: the oldest ends up next in line
+            args += (tag, dumps(redelivered(loads(bytes_to_str(held[tag]))[0])))
+        return int(client.eval(RESTORE_ALL_HELD, 4, *held_keys(queue), *args))
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """kombu's visibility restore, per queue this channel consumes: messages held longer than the visibility
+        timeout go back to their queue, the oldest next in line. One restorer per queue at a time (a lock with a
+        token, as kombu's ``Mutex``)."""
+        self._vrestore_count += 1
+        if (self._vrestore_count - 1) % (interval or 1):
+            return
+        ceil = time() - self.visibility_timeout
+        with self.channel.conn_or_acquire() as client:
+            for queue in sorted(self.channel.active_queues):
+                mutex, token = unacked_mutex_key(queue), uuid()
+                if not client.set(mutex, token, nx=True, ex=self.unacked_mutex_expire):
+                    continue
+                try:
+                    visible = client.zrange(
+                        unacked_index_key(queue), ceil, 0, desc=True, byscore=True, offset=num and start, num=num
+                    )
+                    for tag in visible or []:
+                        self.restore_by_tag(tag, client, queue=queue)
+                finally:
+                    client.eval(RELEASE_OWN_LEASE, 1, mutex, token)
 
 
 class Channel(kombu_redis.Channel):
@@ -178,9 +314,17 @@ class Channel(kombu_redis.Channel):
     #: (lease) holds it (checked inside the script, atomically with the take). None: no check (producers, the CLI).
     #: ``fetch_filter``: may this process take messages from this queue now? An auto worker answers no for a
     #: partition as soon as it cannot prove its lease is still its own (after a pause, say), before asking Redis.
-    from_transport_options = (*kombu_redis.Channel.from_transport_options, "fetch_owner", "fetch_filter")
+    #: ``broker_watch``: the worker process's :class:`BrokerWatch`: a command without a reply in time marks it, and
+    #: every channel then fails at once until the worker has reconnected. None: each command waits its timeout.
+    from_transport_options = (
+        *kombu_redis.Channel.from_transport_options,
+        "fetch_owner",
+        "fetch_filter",
+        "broker_watch",
+    )
     fetch_owner: str | None = None
     fetch_filter: Callable[[str], bool] | None = None
+    broker_watch: BrokerWatch | None = None
     #: Set by the worker on its task consumer's channel: every fetch goes to it whole (see :class:`Fetched`); the
     #: messages stay in ``unacked`` until it acks them (:meth:`ack_fetched`) or gives them back.
     chunk_consumer: ChunkConsumer | None = None
@@ -202,9 +346,15 @@ class Channel(kombu_redis.Channel):
         if client:
             yield client
             return
+        if self.broker_watch is not None and not getattr(self, "_closing", False):  # (a close sends nothing)
+            self.broker_watch.check()
         if self._shared_client is None:
             self._shared_client = self._create_client()  # type: ignore[attr-defined]  # kombu has it; stubs lack it
-        yield self._shared_client
+        try:
+            yield self._shared_client
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            self._noticed(error, "a command")
+            raise
 
     # -- publishing: ring the bell -----------------------------------------------------------------------------
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
@@ -218,12 +368,10 @@ class Channel(kombu_redis.Channel):
             ring(pipe.execute_command, queue)
             pipe.execute()
 
-    def _do_restore_message(
-        self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
-    ) -> None:
-        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)  # type: ignore[misc]  # not in stubs
-        for queue in self._lookup(exchange, routing_key):
-            ring(pipe.execute_command, queue)
+    def _restore(self, message: Any, leftmost: bool = False) -> None:
+        # kombu's would read its one unacked hash: the message is in its queue's (see :class:`QoS`).
+        qos: QoS = self.qos  # type: ignore[assignment]  # this channel's QoS class
+        qos.restore_by_tag(message.delivery_tag, leftmost=leftmost, queue=message.delivery_info["routing_key"])
 
     # -- consuming: wait on bells, fetch with the script -------------------------------------------------------
     def _brpop_start(self, timeout: float | None = None) -> None:
@@ -295,14 +443,14 @@ class Channel(kombu_redis.Channel):
                 self._fetch_heads.clear()
             # EVALSHA, the SHA-1, the number of keys and the keys, packed once per set of queues (the queue cycle
             # rotates, so a worker sees as many sets as it has queues); the arguments are packed per call.
-            keys = [self.unacked_key, self.unacked_index_key, *queues, *map(bell_key, queues), *map(lease_key, queues)]
+            keys = [key for queue in queues for key in fetch_keys(queue)]
             head = self._fetch_heads[key] = (
                 3 + len(keys) + 4,
                 pack_texts(["EVALSHA", FETCH_AND_HOLD_SHA, len(keys), *keys]),
             )
         count, packed_keys = head
         args = pack_texts([f"{time():.6f}", limit, len(queues), self.fetch_owner or ""])
-        (flat,) = self._held().run(command(count, packed_keys, args), script=FETCH_AND_HOLD)
+        (flat,) = self._run_held(command(count, packed_keys, args), script=FETCH_AND_HOLD)
         self.fetch_left_more = len(flat) % 2 == 1
         return [(bytes_to_str(flat[i]), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
 
@@ -313,14 +461,62 @@ class Channel(kombu_redis.Channel):
                 self._held_connection = Held(client)
         return self._held_connection
 
+    def _run_held(self, packed: bytes, replies: int = 1, *, script: str | None = None) -> list[Any]:
+        """:meth:`Held.run` on this channel's held connection, unless the broker went silent; a command that times
+        out makes it so."""
+        if self.broker_watch is not None:
+            self.broker_watch.check()
+        try:
+            return self._held().run(packed, replies, script=script)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            self._noticed(error, "a fetch or an ack")
+            raise
+
+    # -- a broker gone silent (:class:`BrokerWatch`) ------------------------------------------------------------
+    def _noticed(self, error: BaseException, what: str) -> None:
+        if self.broker_watch is not None and timed_out(error):
+            self.broker_watch.mark(error, timeout_s=self.socket_timeout or 0, where=f"{what} on {self._where()}")
+
+    def _where(self) -> str:
+        client = self.connection.client
+        return client.as_uri() if client is not None else "the broker"
+
+    def check_responsive(self) -> None:
+        """Raise :class:`BrokerUnresponsive` once the broker has gone silent (:class:`BrokerWatch`), which includes
+        a wait on the bells that got no reply for ``brpop_timeout`` plus the socket timeout. That wait has no socket
+        timeout of its own (the event loop waits for its socket to become readable, and a half-open socket never
+        does), while Redis answers a ``BRPOP`` within its timeout whatever happens: a reply that late is a dead
+        connection. Run on every turn of the event loop (:meth:`Transport.register_with_event_loop`): the consumer
+        reconnects at the next turn after any command timed out, and within about ``brpop_timeout`` +
+        ``SEQPROC_BROKER_SOCKET_TIMEOUT_S`` while idle."""
+        watch = self.broker_watch
+        if watch is None:
+            return
+        if watch.silent is None and self._in_poll and self._brpop_sent_at is not None and self.socket_timeout:
+            waited = monotonic() - self._brpop_sent_at
+            if waited > self.brpop_timeout + self.socket_timeout and not _readable(self._in_poll):
+                watch.mark(
+                    TimeoutError(f"no reply in {waited:.1f} s"),
+                    timeout_s=self.socket_timeout,
+                    where=f"the wait on the bells on {self._where()}",
+                )
+        watch.check()
+
     def close(self) -> None:
+        if self.broker_watch is not None and self.broker_watch.silent is not None and self._in_poll:
+            # kombu's close reads a pending wait's reply: on a dead connection, a socket timeout for nothing.
+            self._in_poll.disconnect()
+            self._in_poll = None
         super().close()  # kombu may read a pending wait's reply here, and fetch: the held connection is closed after
         if self._held_connection is not None:
             self._held_connection.close()
             self._held_connection = None
 
-    def _fetch_and_deliver(self) -> int:
+    def _fetch_and_deliver(self, only: list[str] | None = None) -> int:
+        """Fetch from the queues of the cycle (``only``: those of them) for the chunk consumer, or kombu's."""
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
+        if only is not None:
+            queues = [queue for queue in queues if queue in only]
         if self.fetch_filter is not None:
             queues = [queue for queue in queues if self.fetch_filter(queue)]
         chunk_consumer = self.chunk_consumer
@@ -358,32 +554,53 @@ class Channel(kombu_redis.Channel):
         return len(items)
 
     # -- a chunk consumer's acks and give-backs -------------------------------------------------------------------
-    def ack_fetched(self, tags: list[str], settled: Mapping[str, list[str]] | None = None) -> None:
-        """Forget ``tags`` (applied and committed) in one round trip: what ``QoS.ack`` does per message; and the
+    def ack_fetched(self, messages: list[Fetched], settled: Mapping[str, list[str]] | None = None) -> None:
+        """Forget ``messages`` (applied and committed) in one round trip: what ``QoS.ack`` does per message; and the
         entries of their events in the pending indexes (``settled``: event ids by index)."""
-        if not tags:
+        if not messages:
             return
-        packed = pack("HDEL", self.unacked_key, *tags) + pack("ZREM", self.unacked_index_key, *tags)
+        packed = b""
+        commands = 0
+        for queue, tags in tags_by_queue(messages).items():
+            packed += pack("HDEL", unacked_key(queue), *tags) + pack("ZREM", unacked_index_key(queue), *tags)
+            commands += 2
         indexes = settled or {}
         for index, event_ids in indexes.items():
             packed += pack("HDEL", index, *event_ids)
-        self._held().run(packed, 2 + len(indexes))
+        self._run_held(packed, commands + len(indexes))
 
     def give_back_fetched(self, messages: list[Fetched]) -> None:
-        """Put ``messages`` (oldest first) back at the head of their queues, in order, and forget them, atomically;
-        ring the queues' bells."""
+        """Put ``messages`` (oldest first) back at the head of their queues, in order, and forget them, atomically
+        per queue; ring the queues' bells."""
         if not messages:
             return
         with self.conn_or_acquire() as client:
-            pipe = client.pipeline(transaction=True)
-            for message in reversed(messages):  # the consuming end is the right: the oldest goes last
-                pipe.rpush(message.queue, message.raw)
-            tags = [message.delivery_tag for message in messages]
-            pipe.hdel(self.unacked_key, *tags)
-            pipe.zrem(self.unacked_index_key, *tags)
-            for queue in dict.fromkeys(message.queue for message in messages):
-                ring(pipe.execute_command, queue)
+            pipe = client.pipeline(transaction=False)
+            for queue, held in by_queue(messages).items():
+                raws = [message.raw for message in held]
+                tags = [message.delivery_tag for message in held]
+                pipe.execute_command("EVAL", GIVE_BACK, 4, *held_keys(queue), len(held), *raws, *tags)
             pipe.execute()
+
+
+def _readable(connection: Any) -> bool:
+    """A reply (or a close) waits on ``connection``'s socket, unread: not silent, only not served yet."""
+    sock = getattr(connection, "_sock", None)
+    if sock is None:
+        return True  # disconnected meanwhile: the next turn connects again
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def by_queue(messages: list[Fetched]) -> dict[str, list[Fetched]]:
+    """``messages`` by queue, each queue's in their order."""
+    grouped: dict[str, list[Fetched]] = {}
+    for message in messages:
+        grouped.setdefault(message.queue, []).append(message)
+    return grouped
+
+
+def tags_by_queue(messages: list[Fetched]) -> dict[str, list[str]]:
+    return {queue: [m.delivery_tag for m in held] for queue, held in by_queue(messages).items()}
 
 
 def envelope(item: bytes, queue: str) -> Any:
@@ -413,6 +630,18 @@ def envelope(item: bytes, queue: str) -> Any:
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        cycle: Any = self.cycle
+
+        def check_responsive() -> None:
+            # A connection error raised here ends Celery's event loop; the consumer then reconnects.
+            for channel in list(cycle._channels):
+                if isinstance(channel, Channel):
+                    channel.check_responsive()
+
+        loop.on_tick.add(check_responsive)
 
 
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):
@@ -460,5 +689,7 @@ class SentinelTransport(Transport):
 TRANSPORT = "seqproc.models.transport:Transport"
 #: ... for a ``sentinel://`` broker.
 SENTINEL_TRANSPORT = "seqproc.models.transport:SentinelTransport"
-#: Both: a producer on either pushes its messages itself (``producer.publish``).
-SEQPROC_TRANSPORTS = (TRANSPORT, SENTINEL_TRANSPORT)
+#: ... for a ``redis+cluster://`` one (:mod:`seqproc.models.cluster`).
+CLUSTER_TRANSPORT = "seqproc.models.cluster:ClusterTransport"
+#: Each of them: a producer on any pushes its messages itself (``producer.publish``).
+SEQPROC_TRANSPORTS = (TRANSPORT, SENTINEL_TRANSPORT, CLUSTER_TRANSPORT)

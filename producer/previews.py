@@ -35,8 +35,8 @@ from seqproc.models.domain import Applied, Domain, EventModel, domains
 from seqproc.models.errors import InvalidEvent
 from seqproc.models.fields import EntityKey
 from seqproc.models.outcomes import Outcome
-from seqproc.models.pending import pending_events
-from seqproc.models.wire import article_key, is_redis_url, pending_key, product_key
+from seqproc.models.pending import index_of, pending_events
+from seqproc.models.wire import article_key, is_redis_url, product_key
 from seqproc.producer.api import current_settings
 
 __all__ = [
@@ -242,4 +242,4 @@ def pending_index(key: str) -> dict[Any, Any]:
         client = _CLIENTS.get(url)
         if client is None:
             client = _CLIENTS[url] = broker_client(settings)
-    return client.hgetall(pending_key(key))
+    return client.hgetall(index_of(key, settings.partitions))

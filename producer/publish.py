@@ -40,7 +40,16 @@ from seqproc.models.scripts import PUSH_AND_RING, PUSH_AND_RING_SHA
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.stamps import unique_id
 from seqproc.models.transport import SEQPROC_TRANSPORTS
-from seqproc.models.wire import APPLY_TASK, PRODUCER_CLIENT_NAME, bell_key, partition_for, queue_name
+from seqproc.models.wire import (
+    APPLY_TASK,
+    PARTITION_COUNT_KEY,
+    PRODUCER_CLIENT_NAME,
+    bell_key,
+    is_cluster_url,
+    partition_for,
+    pending_key,
+    queue_name,
+)
 from seqproc.producer.attempts import (
     BOUND_SLACK_S,
     BROKER_SETTING,
@@ -84,6 +93,11 @@ class Publisher:
         #: The socket's waits: the transport's, never past the publish timeout (a call with less time left bounds
         #: them further, see ``_bound``).
         self._connect_timeout_s = self._timeout_s = settings.publish_timeout_s
+        #: A Redis Cluster (``redis+cluster://``): one push per partition, pipelined per node by redis-py's client.
+        self._cluster = is_cluster_url(settings.broker_url)
+        self.partition_count = BrokerPartitionCount(settings.partitions)
+        #: The pid that read the partition count on a cluster (each process reads it once).
+        self._count_read_by: int | None = None
         if self.app.conf.broker_transport in SEQPROC_TRANSPORTS:
             options = self.app.conf.broker_transport_options
             self._connect_timeout_s = min(options["socket_connect_timeout"], settings.publish_timeout_s)
@@ -102,7 +116,8 @@ class Publisher:
                 # Every connection, as it opens, checks the partition count (and is named, so that `seqproc
                 # partitions set` can close it: the count is read again on reconnecting).
                 client_name=PRODUCER_CLIENT_NAME,
-                redis_connect_func=BrokerPartitionCount(settings.partitions).on_connect,
+                # (On a cluster the count's key lives on one node: read once per process, see ``_push_on_cluster``.)
+                redis_connect_func=None if self._cluster else self.partition_count.on_connect,
             )
         self._connection_errors: tuple[type[BaseException], ...] = (
             *self.app.connection_for_write().connection_errors,
@@ -114,9 +129,10 @@ class Publisher:
         )
         self._coalescer = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
         #: Marks the partitions after the broker's master changed, for what no later message would reveal
-        #: (:mod:`producer.marks`; seqproc's transport only).
+        #: (:mod:`producer.marks`; seqproc's transport on one Redis or Sentinel: a cluster's shards each have a
+        #: master of their own, which the keeper does not follow yet).
         self.marks: MarkKeeper | None = None
-        if self._redis is not None and settings.sequence_mark_s > 0:
+        if self._redis is not None and not self._cluster and settings.sequence_mark_s > 0:
             self.marks = MarkKeeper(self._redis, self.push_marks, interval_s=settings.sequence_mark_s)
         #: Numbers this process's events per partition, for the workers' loss detection (seqproc's transport only).
         self.sequencer = new_sequencer(self.marks)
@@ -172,7 +188,10 @@ class Publisher:
             except Exception as error:
                 if attempts is None:
                     attempts = Attempts(self.settings, deadline)
-                written = isinstance(error, NoReply) if self._redis is not None else no_reply_in_time(error)
+                if self._redis is not None and not self._cluster:
+                    written = isinstance(error, NoReply)
+                else:
+                    written = no_reply_in_time(error)
                 pause_s = attempts.retry_after(error, transient=self.is_transient(error), written=written)
                 if pause_s is None:
                     if places is not None and not attempts.maybe_sent:
@@ -235,7 +254,9 @@ class Publisher:
     ) -> None:
         # A retry after a failed flush may send a message twice; the ledger makes the copy a duplicate. It never
         # reports as sent a message the broker did not accept.
-        if self._redis is not None:
+        if self._redis is not None and self._cluster:
+            self._push_on_cluster(self._redis, messages, places)
+        elif self._redis is not None:
             self._push(self._redis, messages, remaining_s, places)
         else:
             self._publish(messages)
@@ -286,6 +307,29 @@ class Publisher:
         stage_messages(pipe, [(partition, ()) for partition, _ in marks], 0, [place for _, place in marks])
         pipe.execute()
 
+    def _push_on_cluster(
+        self, client: Any, messages: Sequence[tuple[int, Sequence[Event]]], places: Sequence[Place] | None
+    ) -> None:
+        """On a Redis Cluster: one push script call per message (a script touches one slot: its queue's), pipelined
+        per node; redis-py's cluster client sends each to the primary of its slot and follows ``MOVED``/``ASK``."""
+        self.check_partition_count(client)
+        pipe = client.pipeline(transaction=False)
+        for n, message in enumerate(messages):
+            stage_messages(pipe, [message], self.settings.pending_ttl_s, None if places is None else [places[n]])
+        pipe.execute()
+
+    def partition_count_read(self) -> bool:
+        return self._count_read_by == os.getpid()
+
+    def check_partition_count(self, client: Any) -> None:
+        """The deployment's partition count, read once per process on a cluster (raises on a mismatch)."""
+        if self.partition_count_read():
+            return
+        error = self.partition_count.verify(client.get(PARTITION_COUNT_KEY))
+        if error is not None:
+            raise error
+        self._count_read_by = os.getpid()
+
     def _bound(self, connection: Any, seconds: float | None) -> None:
         """Make ``connection``'s waits (connecting, and the replies on its socket) last ``seconds`` at most, or
         (None) what they were."""
@@ -320,7 +364,9 @@ class Publisher:
                 time.sleep(pause_s)
 
     def _connect_once(self, remaining_s: float) -> None:
-        if self._redis is not None:
+        if self._redis is not None and self._cluster:
+            self.check_partition_count(self._redis)
+        elif self._redis is not None:
             with self._push_lock:
                 connection = self._connection(self._redis)
                 self._bound(connection, remaining_s)
@@ -409,7 +455,10 @@ def push_parts(
         array = "[" + ",".join(texts) + "]"
         place = None if places is None else places[n]
         bodies.append(envelope_of_json(queue, partition, array, len(group), task_id=unique_id(), sequence=place))
-        entries += ((event.entity_key, str(event.id), text) for event, text in zip(group, texts, strict=True))
+        entries += (
+            (pending_key(queue, event.entity_key), str(event.id), text)
+            for event, text in zip(group, texts, strict=True)
+        )
     pending_keys, pending_args = hold_args(pending_ttl_s, entries)
     return [*keys, *pending_keys], [str(len(bodies)), *bodies, *map(str, pending_args)]
 

@@ -4,10 +4,11 @@ Several applications, each with its own outbox database, may share one broker. T
 push onto each partition queue in the broker (loss detection, see :mod:`seqproc.worker.relay`); one counter shared
 by two outboxes would move under each relay's feet (a false "a relay died after pushing", and a real loss hidden
 among the other's pushes). So each outbox database gets an id of its own (its migration makes one) and its relays'
-counters are keyed by it: ``seqproc:relay:pushed:<outbox id>:<queue>``.
+counters are keyed by it: ``seqproc:relay:pushed:<outbox id>:{<queue>}`` (in the queue's Redis Cluster slot).
 
-Upgrading from the shared counters (``seqproc:relay:pushed:<queue>``): a relay that finds no counter of its own for a
-partition it already pushed to takes the old counter's value, capped at the count it recorded (:func:`adopt_counters`),
+Upgrading from older counters (``seqproc:relay:pushed:<outbox id>:<queue>``, outside the queue's slot, or the shared
+``seqproc:relay:pushed:<queue>`` before that): a relay that finds no counter of its own for a partition it already
+pushed to takes the first older counter's value it finds, capped at the count it recorded (:func:`adopt_counters`),
 once, before its first push. The old counter was at least this outbox's record unless the broker lost messages, so:
 no false loss (no resend storm), no false "relay died after pushing", and a loss the broker had before the upgrade
 (old counter below the record) is still seen and sent again. Stop the relays of the previous version before starting
@@ -28,7 +29,7 @@ from seqproc.models.scripts import ADOPT_SHARED_RELAY_COUNT
 from seqproc.models.settings import mask_url
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.outbox import OUTBOX_ID, OUTBOX_PARTITION_COUNT, OutboxMeta
-from seqproc.models.wire import legacy_relay_pushed_key, queue_name, relay_pushed_key
+from seqproc.models.wire import legacy_relay_pushed_keys, queue_name, relay_pushed_key
 
 OUTBOX_META = table_of(OutboxMeta)
 
@@ -71,11 +72,12 @@ def adopt_counters(client: redis.Redis, outbox: str, recorded: Mapping[int, int]
     """Give this outbox a counter for each partition it pushed to (``recorded``: partition -> messages recorded)
     that has none yet, from the shared counter of before (see the module docstring). Returns the partitions done."""
     pushed = {p: n for p, n in recorded.items() if n > 0}
-    if not pushed:
-        return []
+    if not pushed or isinstance(client, redis.RedisCluster):
+        return []  # a cluster never held the older counters (and they would be in other slots)
     adopt = client.register_script(ADOPT_SHARED_RELAY_COUNT)
     pipe = client.pipeline(transaction=False)
     for partition, count in pushed.items():
         queue = queue_name(partition)
-        adopt(keys=[relay_pushed_key(outbox, queue), legacy_relay_pushed_key(queue)], args=[count], client=pipe)
+        keys = [relay_pushed_key(outbox, queue), *legacy_relay_pushed_keys(outbox, queue)]
+        adopt(keys=keys, args=[count], client=pipe)
     return [p for p, done in zip(pushed, pipe.execute(), strict=True) if int(done)]

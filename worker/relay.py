@@ -42,6 +42,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from sqlalchemy import Connection, Engine, text
@@ -151,6 +152,9 @@ class Relay:
         self.ledger = ledger
         self.client = client
         self._push = client.register_script(RELAY_PUSH_IF_COUNT)
+        #: A Redis Cluster: each partition's push its own script call in its queue's slot, by EVAL (a cluster's
+        #: pipeline cannot load a script a node lacks); no WAIT (it answers for one node's connection).
+        self._cluster = isinstance(client, redis.RedisCluster)
         #: Whether the broker's primary has a replica (``INFO replication``), and until when that answer holds.
         self._replicas = (False, 0.0)
         self.partitions = list(range(settings.partitions))
@@ -233,7 +237,10 @@ class Relay:
         partitions = [p for p, n in recorded.items() if n]
         if not partitions:
             return
-        counts = self.client.mget([relay_pushed_key(self.outbox_id, queue_name(p)) for p in partitions])
+        keys = [relay_pushed_key(self.outbox_id, queue_name(p)) for p in partitions]
+        # (Each counter is in its queue's slot: on a cluster, one GET per node's keys, pipelined.)
+        client: Any = self.client
+        counts = client.mget_nonatomic(keys) if self._cluster else client.mget(keys)
         lost = {p: int(c or 0) for p, c in zip(partitions, counts, strict=True) if int(c or 0) < recorded[p]}
         for partition, count in lost.items():
             self._resend(conn, partition, count, recorded[partition], result)
@@ -271,7 +278,7 @@ class Relay:
         partitions the broker did not refuse."""
         limit = self.settings.max_events_per_message
         plan: dict[int, list[list[tuple[int, str]]]] = {}
-        pipe = self.client.pipeline(transaction=False)
+        pipe: Any = self.client.pipeline(transaction=False)
         for partition, rows in by_partition.items():
             messages = [rows[start : start + limit] for start in range(0, len(rows), limit)]
             plan[partition] = messages
@@ -282,16 +289,17 @@ class Relay:
                 )
                 for rows in messages
             ]
-            pending_keys, pending_args = hold_args(self.settings.pending_ttl_s, index_entries(rows))
-            self._push(
-                keys=[relay_pushed_key(self.outbox_id, queue), queue, bell_key(queue), *pending_keys],
-                args=[int(recorded.get(partition, 0)), len(bodies), *bodies, *pending_args],
-                client=pipe,
-            )
+            pending_keys, pending_args = hold_args(self.settings.pending_ttl_s, index_entries(queue, rows))
+            keys = [relay_pushed_key(self.outbox_id, queue), queue, bell_key(queue), *pending_keys]
+            args = [int(recorded.get(partition, 0)), len(bodies), *bodies, *pending_args]
+            if self._cluster:
+                pipe.execute_command("EVAL", RELAY_PUSH_IF_COUNT, len(keys), *keys, *args)
+            else:
+                self._push(keys=keys, args=args, client=pipe)
         # With a replica, the pushes are recorded sent once it has them too (durability ``replica``): a failover
         # then loses none of them. Without an acknowledgement in time they are recorded all the same: the push
         # counters show what a failover lost, and those go again (see the module docstring).
-        waiting = self._has_replica()
+        waiting = not self._cluster and self._has_replica()
         if waiting:
             pipe.wait(1, wait_timeout_ms(RELAY_REPLICA_WAIT_S))
         # One partition's error (a queue key of the wrong type, a full Redis refusing writes) must not hold back the

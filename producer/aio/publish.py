@@ -24,9 +24,8 @@ from redis.backoff import NoBackoff
 from seqproc.models.clients import async_redis_client, wait_timeout_ms
 from seqproc.models.errors import PartitionCountMismatch, PublishError
 from seqproc.models.events import Event
-from seqproc.models.partition_count import BrokerPartitionCount
 from seqproc.models.transport import SEQPROC_TRANSPORTS
-from seqproc.models.wire import PRODUCER_CLIENT_NAME
+from seqproc.models.wire import PRODUCER_CLIENT_NAME, is_cluster_url
 from seqproc.producer.aio.coalesce import AsyncCoalescer
 from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of, no_reply_in_time
 from seqproc.producer.publish import NotReplicated, Publisher, new_sequencer, stage_messages
@@ -42,6 +41,7 @@ class AsyncPublisher:
         self.threaded = threaded
         self.settings = settings = threaded.settings
         self._redis: redis.asyncio.Redis | None = None
+        self._cluster = is_cluster_url(settings.broker_url)
         #: A send's longest wait for the broker, unless its deadline is nearer (see ``send``).
         self._timeout_s = settings.publish_timeout_s
         if threaded.app.conf.broker_transport in SEQPROC_TRANSPORTS:
@@ -57,7 +57,8 @@ class AsyncPublisher:
                 retry=Retry(NoBackoff(), 0),  # each send retries by its own deadline (as the threaded publisher)
                 # As the threaded publisher's: each connection checks the partition count as it opens.
                 client_name=PRODUCER_CLIENT_NAME,
-                redis_connect_func=BrokerPartitionCount(settings.partitions).on_connect_async,
+                # (On a cluster the threaded publisher reads the count once per process: see ``send``.)
+                redis_connect_func=None if self._cluster else threaded.partition_count.on_connect_async,
             )
         self._coalescer = AsyncCoalescer(self.send, linger_s=settings.linger_ms / 1000.0)
         #: This loop's own numbering (its sends are one at a time, apart from the other loops' and threads').
@@ -92,7 +93,14 @@ class AsyncPublisher:
         while True:
             # A retry after a failed round trip may push a message twice; the ledger makes the copy a duplicate.
             pipe = self._redis.pipeline(transaction=False)
-            stage_messages(pipe, messages, self.settings.pending_ttl_s, places)
+            if self._cluster:
+                # One push per message (each touches its queue's slot), pipelined per node.
+                if not self.threaded.partition_count_read():
+                    await asyncio.to_thread(self.threaded.check_partition_count, self.threaded._redis)
+                for n, message in enumerate(messages):
+                    stage_messages(pipe, [message], self.settings.pending_ttl_s, [places[n]])
+            else:
+                stage_messages(pipe, messages, self.settings.pending_ttl_s, places)
             remaining_s = attempts.remaining_s()
             if self.settings.publish_durability == "replica":
                 # In the same round trip: once a replica has the pushes (or the time left is up).

@@ -6,8 +6,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-#: The hash of fetched, unacknowledged messages (seqproc's transport keeps kombu's name).
-UNACKED = "unacked"
+from seqproc.models.wire import UNACKED_PREFIX
+
+
+def unacked_keys(client: Any) -> list[Any]:
+    """Every queue's hash of fetched, unacknowledged messages (``seqproc:unacked:{<queue>}``, kombu's ``unacked``
+    split per queue)."""
+    return list(client.scan_iter(match=UNACKED_PREFIX + "*"))
+
+
+def unacked_count(client: Any) -> int:
+    """How many messages are fetched and not acknowledged, over every queue."""
+    return sum(int(client.hlen(key)) for key in unacked_keys(client))
 
 
 def events_of(raw: bytes | str) -> list[dict[str, Any]]:
@@ -20,7 +30,8 @@ def unacked_event_ids(client: Any) -> list[str]:
     """The ids of the events of every message fetched and not yet acknowledged (``[message, exchange, queue]``)."""
     return [
         str(event["id"])
-        for entry in client.hvals(UNACKED)
+        for key in unacked_keys(client)
+        for entry in client.hvals(key)
         for event in json.loads(json.loads(entry)[0]["body"])[1]["events"]
     ]
 

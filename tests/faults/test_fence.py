@@ -25,6 +25,7 @@ from seqproc.worker.ops.inspect import article_state, check_invariants
 from seqproc.worker.ownership.liveness import beat, release
 from seqproc.worker.ownership.partitions import claim
 from tests.conftest import WorkerProcess, wait_for
+from tests.faults.landing import unacked_count
 from tests.faults.matrix import doubled_in_tables, report, units_doubled
 from tests.faults.test_failover import Sequences, epochs
 from tests.faults.test_ownership import Likes, held_by
@@ -101,7 +102,7 @@ def test_a_worker_paused_mid_batch_is_refused_its_commit_after_a_takeover(
     epoch_before = epochs(engine)[partition]
     counters = applied_counters(engine)
     receipt = producer.like(article, 1)
-    wait_for(lambda: broker.hlen("unacked") == 1, 15, "the worker to take the message (in unacked)")
+    wait_for(lambda: unacked_count(broker) == 1, 15, "the worker to take the message (in unacked)")
     worker.signal(signal.SIGSTOP)  # mid-batch: the message fetched, its transaction not begun
     try:
         taken = claim(engine, [partition], owner=TAKER, total=clean.partitions)[partition]
@@ -111,7 +112,7 @@ def test_a_worker_paused_mid_batch_is_refused_its_commit_after_a_takeover(
     finally:
         worker.signal(signal.SIGCONT)
     # Awake, it runs its transaction with the old epoch; the message leaves unacked whatever happens to it.
-    wait_for(lambda: broker.hlen("unacked") == 0, 20, "the woken worker to finish with its batch")
+    wait_for(lambda: unacked_count(broker) == 0, 20, "the woken worker to finish with its batch")
     time.sleep(0.5)
     assert ledger_rows(engine) == 0, "the worker taken over committed its batch"
     assert applied_counters(engine) == counters

@@ -18,7 +18,7 @@ from seqproc.models.outcomes import outcome_store
 from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import DeadLetter, LedgerEntry
 from seqproc.models.tables.stock import Reservation
-from seqproc.models.wire import article_key, partition_for, product_key, queue_name
+from seqproc.models.wire import article_key, bell_key, partition_for, product_key, queue_name
 from seqproc.worker.consume.decode import MAX_STORED_BODY_BYTES, decode_message
 from seqproc.worker.ops.inspect import check_invariants, product_state
 from tests.conftest import DATA_TABLES, publish_raw, wait_for
@@ -65,7 +65,7 @@ def test_hostile_messages_are_dead_lettered_and_change_nothing(clean: Settings, 
         publish_raw(clean, queue, body, content_type, task(n))
     raw = redis.Redis.from_url(clean.broker_url)
     raw.lpush(queue, b"\xff\xfe not even a kombu envelope")
-    raw.lpush("seqproc.bell." + queue, "1")
+    raw.lpush(bell_key(queue), "1")
 
     # One dead letter per message, except the message of three bad events (three), plus the raw bytes: 15.
     expected = len(hostile) - 1 + 3 + 1

@@ -19,7 +19,7 @@ from seqproc.models.tables.likes import ArticleLike
 from seqproc.models.wire import article_key, partition_for, queue_name
 from seqproc.worker.ops.inspect import check_invariants, product_state
 from tests.conftest import WorkerProcess, wait_for
-from tests.faults.landing import UNACKED, queued_event_ids, unacked_event_ids
+from tests.faults.landing import queued_event_ids, unacked_count, unacked_event_ids
 from tests.faults.matrix import doubled_in_tables, report, units_doubled
 
 pytestmark = pytest.mark.services
@@ -102,7 +102,7 @@ def sigkills_mid_stream(
             worker = start_worker(settings)
             time.sleep(rng.uniform(0.2, 0.8))  # mid-stream: batches in flight, BRPOPs outstanding
             worker.kill()
-            in_hand.append(int(broker.hlen(UNACKED)))  # nothing restores them until the next worker starts
+            in_hand.append(int(unacked_count(broker)))  # nothing restores them until the next worker starts
     finally:
         stop.set()
         for thread in threads:
@@ -175,7 +175,7 @@ def test_a_killed_workers_messages_come_back_after_the_visibility_timeout(
     assert broker.llen(queue) == 0
     wait_for(lambda: set(queued_event_ids(broker, queue)) == sent, 20, "the messages back in their queue")
     back_after_s = time.monotonic() - fetched_at
-    assert broker.hlen(UNACKED) == 0
+    assert unacked_count(broker) == 0
     assert back_after_s >= settings.visibility_timeout_s - 0.5, back_after_s
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() == 0  # nobody applied them

@@ -9,6 +9,8 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from seqproc.producer.publish import publisher_for
 from seqproc.worker.engine.sequence import lost_total
 from seqproc.worker.ops.inspect import check_invariants, product_state
 from tests.conftest import PrivateRedis, require, require_tools, wait_for
-from tests.faults.landing import UNACKED, unacked_event_ids
+from tests.faults.landing import unacked_count, unacked_event_ids
 from tests.faults.matrix import doubled_in_tables, report, report_units, units_doubled
 
 pytestmark = pytest.mark.services
@@ -46,6 +48,25 @@ def sequences(products: list[int], stop: threading.Event, receipts: list[produce
         receipts.append(producer.restock(RESTOCKED, 1))
         units[0] += 1
         time.sleep(0.005)
+
+
+@contextmanager
+def chains(products: list[int]) -> Iterator[tuple[list[producer.Receipt], list[int]]]:
+    """:func:`sequences` on ``products`` (each stocked with one unit first: sent ahead of its chain, on its queue),
+    sent from a thread for as long as the block runs: yields the receipts and the units restocked, as they grow."""
+    for product in products:
+        producer.restock(product, 1)
+    receipts: list[producer.Receipt] = []
+    units = [0]
+    stop = threading.Event()
+    sender = threading.Thread(target=sequences, args=(products, stop, receipts, units))
+    sender.start()
+    try:
+        yield receipts, units
+    finally:
+        stop.set()
+        sender.join(60)  # its last calls wait for the publish timeout at most
+    assert not sender.is_alive(), "the sender did not stop within 60 s"
 
 
 def report_sequences(
@@ -106,7 +127,7 @@ def test_sigterm_finishes_the_batch_in_hand_and_redelivers_nothing_committed(
     worker.signal(signal.SIGTERM)
     assert worker.process.wait(30) == 0
     assert time.monotonic() - started < 30
-    assert broker.hlen(UNACKED) == 0  # nothing left to a redelivery
+    assert unacked_count(broker) == 0  # nothing left to a redelivery
     assert broker.llen(before[0].queue) == 0
     with engine.connect() as conn:
         ledger = set(conn.execute(select(LedgerEntry.key)).scalars())
@@ -130,14 +151,7 @@ def test_postgresql_restart_mid_stream_is_waited_out_in_place(clean: Settings, s
     require(os.path.isdir("/etc/postgresql"), "a local PostgreSQL cluster (/etc/postgresql)", problem="is not found")
     worker = start_worker(clean)
     products = list(range(300, 310))
-    for product in products:
-        producer.restock(product, 1).wait(30)
-    receipts: list[producer.Receipt] = []
-    units = [0]
-    stop = threading.Event()
-    sender = threading.Thread(target=sequences, args=(products, stop, receipts, units))
-    sender.start()
-    try:
+    with chains(products) as (receipts, units):
         time.sleep(1)
         version = sorted(os.listdir("/etc/postgresql"))[0]
         subprocess.run(
@@ -148,10 +162,6 @@ def test_postgresql_restart_mid_stream_is_waited_out_in_place(clean: Settings, s
         time.sleep(3)  # events keep coming; the worker retries in place
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=True, timeout=60)
         time.sleep(2)
-    finally:
-        stop.set()
-        sender.join(60)  # its last calls wait for the publish timeout at most
-    assert not sender.is_alive(), "the sender did not stop within 60 s"
     outcomes = producer.wait_all(receipts, timeout_s=90)
     report_sequences(
         "PostgreSQL stopped and started mid-stream", outcomes, len(receipts), engine, len(products), units[0]
@@ -236,11 +246,11 @@ def test_outcomes_wait_for_a_result_backend_that_went_away(
                 "the events committed",
             )
         time.sleep(1.0)
-        assert broker.hlen("unacked") >= 1  # committed, not acked: their outcomes are not out yet
+        assert unacked_count(broker) >= 1  # committed, not acked: their outcomes are not out yet
         backend.start()
         outcomes = producer.wait_all(receipts, timeout_s=60)
         assert [o.status for o in outcomes] == ["applied"] * 20
-        wait_for(lambda: broker.hlen("unacked") == 0, 30, "the messages acked")
+        wait_for(lambda: unacked_count(broker) == 0, 30, "the messages acked")
         with engine.connect() as conn:
             received = product_state(conn, 41)["total_received"]
             assert check_invariants(conn).ok

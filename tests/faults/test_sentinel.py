@@ -22,6 +22,7 @@ import redis
 from sqlalchemy import Engine, text
 
 import seqproc
+from seqproc.models.clients import bounded_retry, broker_client
 from seqproc.models.errors import PublishError
 from seqproc.models.settings import Settings
 from seqproc.producer.publish import publisher_for
@@ -270,19 +271,17 @@ class DirectStream:
         return sent, lost, doubled, out_of_order
 
 
-def drained(group: SentinelGroup, engine: Engine, partitions: int, quiet_s: float = 1.0) -> Callable[[], bool]:
-    """A condition: the current master holds no message of any partition, queued or unacknowledged, and the applied
-    log has not grown for ``quiet_s`` since: everything that reached the broker was applied. (A quiet log alone is
-    no sign: after a failover the worker waits for the new master, then takes back what it held, for seconds in
-    which nothing is applied while the queues are full.)"""
+def drained(engine: Engine, settings: Settings, quiet_s: float = 1.0) -> Callable[[], bool]:
+    """A condition: the broker (its current master) holds no message of any partition, queued or unacknowledged,
+    and the applied log has not grown for ``quiet_s`` since: everything that reached the broker was applied. (A
+    quiet log alone is no sign: after a failover the worker waits for the new master, then takes back what it
+    held, for seconds in which nothing is applied while the queues are full.)"""
+    client = broker_client(settings, timeout_s=2, connect_timeout_s=2, retry=bounded_retry(0))
     seen: list[tuple[int, float]] = []
 
     def check() -> bool:
-        port = group.master_port()
-        if port is None:
-            return False
         try:
-            left = pending_messages(redis_at(port), partitions)
+            left = pending_messages(client, settings.partitions)
         except redis.RedisError:
             return False
         with engine.connect() as conn:
@@ -293,6 +292,26 @@ def drained(group: SentinelGroup, engine: Engine, partitions: int, quiet_s: floa
         return time.monotonic() - seen[-1][1] >= quiet_s
 
     return check
+
+
+def judged(
+    stream: DirectStream, engine: Engine, injected: int, fault: str, settings: Settings
+) -> tuple[int, int, int, int, int]:
+    """Once every message on the broker was applied (``drained``): (sent, lost, doubled, out of order, lost as the
+    workers declared), against ``stream``'s model, with the ``FAULT`` line printed."""
+    wait_for(drained(engine, settings), 60, "every message on the broker applied")
+    sent, lost, doubled, out_of_order = stream.count(engine)
+    lost_detected = declared_lost(engine)
+    report(
+        fault,
+        injected=injected,
+        sent=sent,
+        lost=lost,
+        doubled=doubled,
+        out_of_order=out_of_order,
+        lost_detected=lost_detected,
+    )
+    return sent, lost, doubled, out_of_order, lost_detected
 
 
 def declared_lost(engine: Engine, timeout_s: float = 20) -> int:
@@ -351,17 +370,8 @@ def test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered_a
     else:
         disrupt = DISRUPTS[replica](sentinel_group)
     injected = stream.during(disrupt)
-    wait_for(drained(sentinel_group, engine, settings.partitions), 60, "every message on the broker applied")
-    sent, lost, doubled, out_of_order = stream.count(engine)
-    lost_detected = declared_lost(engine)
-    report(
-        f"Sentinel {FAULTS[replica]} (direct, {durability})",
-        injected=injected,
-        sent=sent,
-        lost=lost,
-        doubled=doubled,
-        out_of_order=out_of_order,
-        lost_detected=lost_detected,
+    sent, lost, doubled, out_of_order, lost_detected = judged(
+        stream, engine, injected, f"Sentinel {FAULTS[replica]} (direct, {durability})", settings
     )
     assert sent > 500
     if durability == "replica":

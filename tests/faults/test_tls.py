@@ -19,6 +19,7 @@ from seqproc.models.transport import TRANSPORT, Transport
 from seqproc.models.wire import BELL_PREFIX, bell_key
 from seqproc.producer.publish import client_app
 from tests.conftest import PrivateRedis, TlsFiles, require, require_tools, reset_state, wait_for
+from tests.faults.landing import unacked_count
 from tests.faults.test_kill import sigkills_mid_stream
 
 pytestmark = pytest.mark.services
@@ -120,4 +121,4 @@ def test_sigkills_on_a_tls_broker_lose_and_double_nothing(
     assert all(f"Connected to {TRANSPORT}://" in log for log in logs)
     assert broker.script_exists(fetch_sha) == [True]
     wait_for(lambda: not broker.keys(f"{BELL_PREFIX}*"), 15, "the worker to consume every bell")
-    wait_for(lambda: broker.hlen("unacked") == 0, 30, "every message acked")
+    wait_for(lambda: unacked_count(broker) == 0, 30, "every message acked")

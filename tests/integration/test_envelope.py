@@ -15,7 +15,7 @@ from seqproc.models.envelope import events_json
 from seqproc.models.errors import PublishError
 from seqproc.models.events import Event
 from seqproc.models.settings import Settings
-from seqproc.models.wire import queue_name
+from seqproc.models.wire import bell_key, queue_name
 from seqproc.producer.build import build_event
 from seqproc.producer.publish import publisher_for
 
@@ -77,7 +77,7 @@ def test_the_direct_push_writes_what_celery_and_kombu_write(clean: Settings) -> 
         assert message["headers"]["root_id"] == message["headers"]["id"] == message["properties"]["correlation_id"]
     assert pushed["headers"]["id"] != by_kombu["headers"]["id"]
     assert pushed["properties"]["delivery_tag"] != by_kombu["properties"]["delivery_tag"]
-    assert client.lrange(f"seqproc.bell.{queue}", 0, -1) == [b"1"]  # rung, and kept to one token
+    assert client.lrange(bell_key(queue), 0, -1) == [b"1"]  # rung, and kept to one token
 
 
 def test_a_worker_applies_what_the_direct_push_sent(clean: Settings, start_worker) -> None:

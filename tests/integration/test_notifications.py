@@ -15,8 +15,9 @@ from seqproc import producer
 from seqproc.models.errors import InvalidEvent
 from seqproc.models.notifications import Notice, Notices, Notification
 from seqproc.models.outcomes import RedisOutcomeStore
+from seqproc.models.pending import index_of
 from seqproc.models.settings import Settings
-from seqproc.models.wire import notified_key, notify_key, pending_key
+from seqproc.models.wire import notified_key, notify_key
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.services
@@ -155,4 +156,6 @@ def test_a_worker_killed_between_commit_and_publish_still_notifies_once(
     }
     assert len({n.idempotency_key for n in told}) == len(told) == len(stream)
     broker = redis.Redis.from_url(clean.broker_url)
-    wait_for(lambda: broker.exists(pending_key("product:8")) == 0, 10, "the ack to empty the pending index")
+    wait_for(
+        lambda: broker.exists(index_of("product:8", clean.partitions)) == 0, 10, "the ack to empty the pending index"
+    )

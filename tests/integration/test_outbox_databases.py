@@ -16,7 +16,7 @@ import seqproc
 from seqproc.migrations import migrate_outbox
 from seqproc.models.db import ensure_database, make_engine
 from seqproc.models.settings import Settings
-from seqproc.models.wire import article_key, legacy_relay_pushed_key, partition_for, queue_name, relay_pushed_key
+from seqproc.models.wire import article_key, legacy_relay_pushed_keys, partition_for, queue_name, relay_pushed_key
 from seqproc.worker.relay import Relay
 from tests.conftest import TEST_DATABASE_URL
 
@@ -135,8 +135,10 @@ def test_the_shared_counters_of_before_are_taken_over_without_a_resend_storm_or_
         assert before.tick().messages == 1
     client = redis.Redis.from_url(clean.broker_url)
     queue = queue_name(partition_for(article_key(ARTICLE), clean.partitions))
-    client.rename(relay_pushed_key(before.outbox_id, queue), legacy_relay_pushed_key(queue))  # the old key
-    client.incrby(legacy_relay_pushed_key(queue), shared_minus_recorded)
+    client.rename(
+        relay_pushed_key(before.outbox_id, queue), legacy_relay_pushed_keys(before.outbox_id, queue)[1]
+    )  # the old key
+    client.incrby(legacy_relay_pushed_keys(before.outbox_id, queue)[1], shared_minus_recorded)
     caplog.clear()
 
     upgraded = relay_of(clean, url, outbox, engine)

@@ -22,9 +22,9 @@ from seqproc.domains.likes import Like, Unlike
 from seqproc.domains.stock import Commit, Release, Reserve, Restock
 from seqproc.models.domain import EventModel
 from seqproc.models.errors import InvalidEvent
-from seqproc.models.pending import pending_events, settled_by_key
+from seqproc.models.pending import index_of, pending_events, settled_by_key
 from seqproc.models.settings import Settings
-from seqproc.models.wire import partition_for, pending_key
+from seqproc.models.wire import partition_for, queue_name
 from seqproc.worker.engine.apply import PartitionBatch, apply_partitions
 from tests.conftest import reset_state, wait_for
 from tests.domain_properties import produce
@@ -126,7 +126,9 @@ def test_the_preview_after_sending_is_the_state_after_applying(
         for event, outcome in zip(events, result.outcomes, strict=True)
     }
     broker = redis.Redis.from_url(previewing.broker_url)
-    for index, ids in settled_by_key(stream).items():
+    for index, ids in settled_by_key(
+        (queue_name(partition_for(e.entity_key, previewing.partitions)), [e]) for e in stream
+    ).items():
         broker.hdel(index, *ids)
 
     with engine.connect() as conn:
@@ -156,7 +158,9 @@ def test_a_like_shows_at_once_and_stays_once_a_worker_applied_it(clean: Settings
     assert [o.status for o in seqproc.wait_all([first, second], timeout_s=30)] == ["applied", "rejected"]
     broker = redis.Redis.from_url(clean.broker_url)
     for key in ("article:9", "product:3"):  # the worker's ack (after the outcomes) deletes the index entries
-        wait_for(lambda key=key: broker.hlen(pending_key(key)) == 0, 10, f"the ack to empty {key}'s index")
+        wait_for(
+            lambda key=key: broker.hlen(index_of(key, clean.partitions)) == 0, 10, f"the ack to empty {key}'s index"
+        )
     with engine.connect() as conn:
         article = seqproc.preview_article(conn, 9, user_id=1)
         assert (article.like_count, article.liked, article.pending) == (1, True, [])
@@ -191,7 +195,7 @@ def test_the_outbox_relay_fills_the_index_too(clean: Settings, engine: Engine, s
         seqproc.outbox.like(conn, 4, 2)
     start_relay(clean)
     broker = redis.Redis.from_url(clean.broker_url)
-    wait_for(lambda: broker.hlen(pending_key("article:4")) == 1, 30, "the relay's push")
+    wait_for(lambda: broker.hlen(index_of("article:4", clean.partitions)) == 1, 30, "the relay's push")
     with engine.connect() as conn:
         assert seqproc.preview_article(conn, 4, user_id=2).like_count == 1
 
@@ -212,7 +216,7 @@ def test_without_the_index_a_push_writes_none_and_a_preview_is_the_applied_state
     seqproc.configure(clean.model_copy(update={"pending_ttl_s": 0}))
     try:
         seqproc.like(8, 1)
-        assert redis.Redis.from_url(clean.broker_url).exists(pending_key("article:8")) == 0
+        assert redis.Redis.from_url(clean.broker_url).exists(index_of("article:8", clean.partitions)) == 0
         with engine.connect() as conn:
             assert seqproc.preview_article(conn, 8, user_id=1).like_count == 0
     finally:
@@ -229,7 +233,7 @@ def test_an_event_committed_while_the_preview_reads_counts_once(
     with engine.begin() as conn:
         apply_partitions(conn, [PartitionBatch(0, produce([Restock(product_id=9, quantity=2)]), epoch=None)])
     receipt = seqproc.reserve(9, 1, reservation_id="during")
-    raw = redis.Redis.from_url(clean.broker_url).hgetall(pending_key("product:9"))
+    raw = redis.Redis.from_url(clean.broker_url).hgetall(index_of("product:9", clean.partitions))
     [pending] = pending_events(raw, "product:9")
     assert pending.id == receipt.event_id
     original = stock.domain._load

@@ -22,6 +22,7 @@ from seqproc.models.tables.ledger import DeadLetter, ParkedKey
 from seqproc.models.wire import article_key, partition_for, product_key, queue_name
 from seqproc.worker.ops.lag import collect
 from tests.conftest import ROOT, settings_env, wait_for
+from tests.faults.landing import unacked_count
 
 pytestmark = pytest.mark.services
 
@@ -114,7 +115,7 @@ def test_status_reports_lag_then_owner_and_counters(clean: Settings, start_worke
     assert [o.status for o in outcomes].count("duplicate") == 1
     assert [o.status for o in outcomes].count("rejected") == 1
     wait_for(
-        lambda: sum(queue_depths(client).values()) == 0 and client.hlen("unacked") == 0,
+        lambda: sum(queue_depths(client).values()) == 0 and unacked_count(client) == 0,
         30,
         "queues drained and acked",
     )

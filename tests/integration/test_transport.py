@@ -17,12 +17,22 @@ from seqproc.models.resp import ReplyLost
 from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import DeadLetter
 from seqproc.models.transport import fetched
-from seqproc.models.wire import article_key, bell_key, lease_key, partition_for, partition_of_queue, queue_name
+from seqproc.models.wire import (
+    article_key,
+    bell_key,
+    lease_key,
+    partition_for,
+    partition_of_queue,
+    queue_name,
+    unacked_index_key,
+    unacked_key,
+)
 from seqproc.producer.build import build_event
 from seqproc.worker.ops.inspect import article_state
 from seqproc.worker.ownership.partitions import claim, restore_unacked
 from seqproc.worker.ownership.static import StaticOwnership, fence
 from tests.conftest import wait_for
+from tests.faults.landing import unacked_count
 
 pytestmark = pytest.mark.services
 
@@ -51,9 +61,9 @@ def test_a_fetch_records_each_message_in_unacked_in_the_same_step(clean: Setting
         taken = channel._fetch([queue], 4)  # the "worker" takes 4 and dies here
         assert len(taken) == 4
         assert client.llen(queue) == 6
-        assert client.hlen("unacked") == 4
-        assert client.zcard("unacked_index") == 4
-        stored = [json.loads(v) for v in client.hvals("unacked")]
+        assert unacked_count(client) == 4
+        assert client.zcard(unacked_index_key(queue)) == 4
+        stored = [json.loads(v) for v in client.hvals(unacked_key(queue))]
         assert {entry[2] for entry in stored} == {queue}  # [message, exchange, routing_key], as kombu stores it
         # The message is stored exactly as sent: a 19-digit stamp survives (no float round trip in Lua).
         sent_stamps = {r.stamp for r in receipts[:4]}
@@ -61,7 +71,7 @@ def test_a_fetch_records_each_message_in_unacked_in_the_same_step(clean: Setting
         assert stored_stamps == sent_stamps
 
         assert restore_unacked(channel, [queue]) == 4
-    assert client.hlen("unacked") == 0
+    assert unacked_count(client) == 0
     assert client.llen(queue) == 10
     # RPOP order (the consuming end first) is the producer's order again.
     order = [json.loads(json.loads(raw)["body"])[1]["events"][0]["user_id"] for raw in client.lrange(queue, 0, -1)]
@@ -86,7 +96,7 @@ def test_a_fetch_takes_nothing_from_a_queue_whose_lease_moved(clean: Settings) -
     assert {q for q, _ in taken} == {elsewhere}  # only the queue whose lease is still b's
     assert len(taken) == depth[elsewhere]
     assert client.llen(queue) == depth[queue]  # untouched, in order, for the new owner
-    assert client.hlen("unacked") == depth[elsewhere]
+    assert unacked_count(client) == depth[elsewhere]
 
     client.delete(lease_key(elsewhere))  # expired, not yet taken by anyone: not b's either
     client.set(lease_key(queue), "worker-b/1/old")  # and b gets this one back
@@ -359,7 +369,7 @@ def test_a_fetch_whose_reply_was_lost_has_its_messages_back_in_line_before_anyth
         held.socket_timeout = timeout_s  # disconnected: it connects again with its own timeout
         assert channel.fetch_reply_lost
         assert client.llen(queue) == 0  # the fetch ran: everything is in unacked, delivered to nobody
-        assert client.hlen("unacked") == 20
+        assert unacked_count(client) == 20
         newer = task_envelope(queue, 0, [build_event("like", {"article_id": 17, "user_id": 99})], task_id="t99")
         client.lpush(queue, newer)
         assert channel.fetch_now() == 21  # the restored ones, then the newer one (the consumer holds 64 at most)

@@ -543,8 +543,8 @@ class Batcher:
         fetched = [item for item in items if isinstance(item.message, Fetched)]
         if fetched:
             try:
-                settled = settled_by_key(event for item in fetched for event in item.decoded.events)
-                fetched[0].message.channel.ack_fetched([item.message.delivery_tag for item in fetched], settled)
+                settled = settled_by_key((item.message.queue, item.decoded.events) for item in fetched)
+                fetched[0].message.channel.ack_fetched([item.message for item in fetched], settled)
             except Exception:
                 # Committed already: a redelivered copy is reported as a duplicate, not applied again.
                 logger.warning("could not ack %d message(s) (committed; a redelivery is a duplicate)", len(fetched))
@@ -581,7 +581,7 @@ class Batcher:
             qos = getattr(getattr(message, "channel", None), "qos", None)
             try:
                 if qos is not None and hasattr(qos, "restore_by_tag"):
-                    qos.restore_by_tag(message.delivery_tag, leftmost=False)
+                    qos.restore_by_tag(message.delivery_tag, leftmost=False, queue=message.delivery_info["routing_key"])
                     message.ack()  # only frees the prefetch slot: the restore already removed it from unacked
                 else:
                     message.reject(requeue=True)

@@ -57,11 +57,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, text
 
-from seqproc.models.scripts import COUNT_UNACKED_BY_QUEUE
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.ledger import DeadLetter, ParkedKey
 from seqproc.models.tables.partition import Partition
-from seqproc.models.wire import UNACKED_KEY, lease_key, queue_name
+from seqproc.models.wire import lease_key, queue_name, unacked_key
 from seqproc.worker.engine.sequence import lost_total
 from seqproc.worker.ownership.liveness import live_workers, ownership
 
@@ -186,7 +185,7 @@ def probe_queues(
     client: Any, partitions: Sequence[int] | range, *, with_leases: bool = False, with_unacked: bool = False
 ) -> list[QueueProbe]:
     """Depth and oldest waiting event of each of ``partitions`` (and their lease holders, and their unacked
-    messages, counted inside Redis), in one pipelined round trip."""
+    messages), in one pipelined round trip (on a cluster, one per node)."""
     partitions = list(partitions)
     pipe = client.pipeline(transaction=False)
     for p in partitions:
@@ -194,17 +193,15 @@ def probe_queues(
         pipe.lindex(queue_name(p), -1)
         if with_leases:
             pipe.get(lease_key(queue_name(p)))
-    if with_unacked:
-        pipe.eval(COUNT_UNACKED_BY_QUEUE, 1, UNACKED_KEY)
+        if with_unacked:
+            pipe.hlen(unacked_key(queue_name(p)))
     replies = pipe.execute()
-    unacked: dict[str, int] = {}
-    if with_unacked:
-        flat = replies.pop()
-        unacked = {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
-    step = 3 if with_leases else 2
+    step = 2 + with_leases + with_unacked
     probes = []
     for n, p in enumerate(partitions):
-        depth, head, *lease = replies[step * n : step * n + step]
+        depth, head, *more = replies[step * n : step * n + step]
+        lease = more[:1] if with_leases else []
+        unacked = int(more[-1]) if with_unacked else 0
         queue = queue_name(p)
         probes.append(
             QueueProbe(
@@ -212,7 +209,7 @@ def probe_queues(
                 queue=queue,
                 depth=int(depth),
                 oldest_stamp=first_stamp(head) if head is not None else None,
-                unacked=unacked.get(queue, 0),
+                unacked=unacked,
                 lease_owner=_text(lease[0]) if lease and lease[0] is not None else None,
             )
         )

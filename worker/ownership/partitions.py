@@ -9,16 +9,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
+import redis
 from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from seqproc.models.db import upsert
 from seqproc.models.errors import ConfigError
 from seqproc.models.partition_count import mismatch
-from seqproc.models.scripts import RESTORE_HELD
+from seqproc.models.scripts import RESTORE_LEGACY_HELD
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.partition import Meta, Partition
-from seqproc.models.wire import PARTITION_COUNT_KEY, PRODUCER_CLIENT_NAME, bell_key, queue_name
+from seqproc.models.wire import (
+    LEGACY_UNACKED_INDEX_KEY,
+    LEGACY_UNACKED_KEY,
+    PARTITION_COUNT_KEY,
+    PRODUCER_CLIENT_NAME,
+    bell_key,
+    queue_name,
+    unacked_key,
+)
 from seqproc.worker.ops.lag import outbox_depth
 from seqproc.worker.outbox_identity import record_outbox_partition_count
 from seqproc.worker.ownership.liveness import Ownership, ownership
@@ -255,49 +264,55 @@ def _log_takeovers(previous: Sequence[Ownership], owner: str) -> None:
 def restore_unacked(channel: Any, queues: Iterable[str]) -> int:
     """Put back, at the head of their queues and in their original order, the unacknowledged messages of
     ``queues`` (Redis transport). Called by a new owner right after its claim: the old owner can no longer commit
-    (fenced), so its held messages need not wait for the visibility timeout; and by a worker whose fetch's reply
-    was lost (a failover), for what that fetch may have taken.
+    (fenced), so its held messages need not wait for the visibility timeout.
 
-    Any still-live holder of such a message is fenced, and the ledger reports the copy as a duplicate. One script
-    call for them all (``RESTORE_HELD``), each message marked redelivered as kombu's ``restore_by_tag`` marks it.
+    Any still-live holder of such a message is fenced, and the ledger reports the copy as a duplicate.
     """
-    if not hasattr(channel, "unacked_key"):
+    qos = getattr(channel, "qos", None)
+    if qos is None or not hasattr(qos, "restore_queue"):
         return 0
-    wanted = set(queues)
+    restored = 0
+    wanted = sorted(set(queues))
     # The pooled client, never ``channel.client``: on a consuming channel that one has a BRPOP outstanding.
     with channel.conn_or_acquire() as client:
-        held: list[tuple[bytes, dict[str, Any], str]] = []
-        for tag, raw in client.hgetall(channel.unacked_key).items():
-            try:
-                payload, _exchange, routing_key = json.loads(raw)
-            except (ValueError, TypeError):
-                continue
-            if routing_key in wanted and isinstance(payload, dict):
-                held.append((tag, payload, routing_key))
-        if not held:
-            return 0
-        scores = client.zmscore(channel.unacked_index_key, [tag for tag, _, _ in held])
-        ordered = [item for item, _ in sorted(zip(held, scores, strict=True), key=lambda pair: pair[1] or 0.0)]
-        names = sorted({queue for _, _, queue in held})
-        number = {queue: n for n, queue in enumerate(names, start=1)}
-        args: list[Any] = []
-        for tag, payload, queue in reversed(ordered):  # the newest first: the oldest ends up next in line
-            redelivered(payload)
-            args += (tag, number[queue], json.dumps(payload))
-        keys = [channel.unacked_key, channel.unacked_index_key, *names, *map(bell_key, names)]
-        restored = int(client.register_script(RESTORE_HELD)(keys=keys, args=args))
-    logger.info("restored %d unacknowledged message(s) of %s to the head of their queues", restored, sorted(wanted))
+        restored += restore_legacy_unacked(client, wanted)
+        for queue in wanted:
+            restored += qos.restore_queue(client, queue)  # in order, in one script call per queue
+    if restored:
+        logger.info("restored %d unacknowledged message(s) of %s to the head of their queues", restored, wanted)
     return restored
 
 
-def redelivered(payload: dict[str, Any]) -> None:
-    """Mark a kombu message as redelivered, as kombu's restore does."""
-    headers, properties = payload.get("headers"), payload.get("properties")
-    if isinstance(headers, dict):
-        headers["redelivered"] = True
-    info = properties.get("delivery_info") if isinstance(properties, dict) else None
-    if isinstance(info, dict):
-        info["redelivered"] = True
+def restore_legacy_unacked(client: Any, queues: Sequence[str]) -> int:
+    """Upgrading from one ``unacked`` hash for every queue (kombu's, before issue 20): put back, at the head of
+    ``queues``, the messages an older worker held there, in order, ahead of anything held since (they are older).
+    A cluster never had that hash: nothing to do there."""
+    if isinstance(client, redis.RedisCluster) or not client.exists(LEGACY_UNACKED_KEY):
+        return 0
+    wanted = set(queues)
+    routing: dict[Any, str] = {}
+    for tag, raw in client.hgetall(LEGACY_UNACKED_KEY).items():
+        try:
+            _payload, _exchange, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
+            continue
+        if routing_key in wanted:
+            routing[tag] = routing_key
+    tags = list(routing)
+    if not tags:
+        return 0
+    scores = client.zmscore(LEGACY_UNACKED_INDEX_KEY, tags)
+    ordered = sorted(zip(tags, scores, strict=True), key=lambda item: item[1] or 0.0)
+    # Newest first onto the consuming end: the oldest ends up next in line. Each one moved atomically, once.
+    for tag, _score in reversed(ordered):
+        queue = routing[tag]
+        client.eval(RESTORE_LEGACY_HELD, 4, LEGACY_UNACKED_KEY, LEGACY_UNACKED_INDEX_KEY, queue, bell_key(queue), tag)
+    logger.warning(
+        "restored %d message(s) an older seqproc worker held in the shared unacked hash to the head of %s",
+        len(tags),
+        sorted(wanted),
+    )
+    return len(tags)
 
 
 def queues_for(partitions: Iterable[int]) -> list[str]:
@@ -311,8 +326,10 @@ def pending_messages(client: Any, count: int) -> dict[str, int]:
     names = queues_for(range(count))
     for name in names:
         pipe.llen(name)
-    pipe.hlen("unacked")
-    *depths, unacked = pipe.execute()
+    for name in names:
+        pipe.hlen(unacked_key(name))
+    replies = pipe.execute()
+    depths, unacked = replies[: len(names)], sum(int(n) for n in replies[len(names) :])
     pending = {name: int(depth) for name, depth in zip(names, depths, strict=True) if depth}
     if unacked:
         pending["unacked"] = int(unacked)

@@ -97,12 +97,12 @@ class StaticOwnership:
         held = sorted(self.epochs)
         lost = [p for p in self.partitions if p not in self.epochs]
         with channel.conn_or_acquire() as client:
-            release = client.register_script(RELEASE_OWN_LEASE)
             pipe = client.pipeline(transaction=False)
             for partition in held:
                 pipe.set(lease_key(partition), self.owner, nx=True)
             for partition in lost:
-                release(keys=[lease_key(partition)], args=[self.owner], client=pipe)
+                # By EVAL: a pipeline's EVALSHA cannot load the script on a server (a cluster's node) that lacks it.
+                pipe.execute_command("EVAL", RELEASE_OWN_LEASE, 1, lease_key(partition), self.owner)
             replies = pipe.execute()
         for partition, created in zip(held, replies[: len(held)], strict=True):
             if created:
@@ -119,10 +119,9 @@ class StaticOwnership:
             return
         client = broker_client(self.settings, timeout_s=2, connect_timeout_s=2)
         try:
-            release = client.register_script(RELEASE_OWN_LEASE)
-            pipe = client.pipeline(transaction=False)
+            pipe: Any = client.pipeline(transaction=False)
             for partition in self.partitions:
-                release(keys=[lease_key(partition)], args=[self.owner], client=pipe)
+                pipe.execute_command("EVAL", RELEASE_OWN_LEASE, 1, lease_key(partition), self.owner)
             pipe.execute()
         except redis.RedisError as error:
             logger.warning(

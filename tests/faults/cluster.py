@@ -1,0 +1,252 @@
+"""A Redis Cluster a test starts for itself: three primaries and three replicas of ``redis-server --cluster-enabled
+yes`` on loopback ports, in a temporary folder, joined with ``redis-cli --cluster create --cluster-replicas 1``, and
+stopped after.
+
+``cluster-node-timeout`` is 1000 ms: a primary killed is failed over by its replica within a few seconds. The first
+sync of each replica without its default 5 s delay (a failover before it would promote an empty replica). Ports:
+``SEQPROC_TEST_PORT_BASE`` + ``port_offset`` (six in a row; each node's bus is its port + 10000) when set, else free
+ones (then a bus port may collide: set the variable on a shared machine).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from tests.conftest import wait_for
+from tests.faults.servers import fault_ports, redis_at, require_binary
+
+#: How long a node may be unreachable before the others fail it over (ms).
+NODE_TIMEOUT_MS = 1000
+#: Three primaries, each with one replica.
+NODES = 6
+#: A node's cluster bus listens on its port + this.
+BUS_OFFSET = 10000
+
+
+def cluster_state(port: int) -> str:
+    """``cluster_state`` of ``CLUSTER INFO`` on the node on ``port``."""
+    return str(redis_at(port).execute_command("CLUSTER INFO")["cluster_state"])
+
+
+class ClusterGroup:
+    """Six nodes: after :meth:`start`, three primaries holding all 16384 slots, each with a replica."""
+
+    def __init__(self, directory: Path, *, port_offset: int = 0) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ports = fault_ports(NODES, offset=port_offset)
+        while any(port + BUS_OFFSET > 65535 for port in self.ports):  # free ones: each node's bus needs its own
+            self.ports = fault_ports(NODES, offset=port_offset)
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    def start(self) -> ClusterGroup:
+        require_binary("redis-server")
+        require_binary("redis-cli")
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        for port in self.ports:
+            self._node(port)
+        for port in self.ports:
+            wait_for(lambda port=port: self._answers(port), 10, f"redis-server on {port}")
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_for(self.ok, 30, "cluster_state:ok on every node, each primary with a replica")
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+    def _node(self, port: int) -> None:
+        node_dir = self.directory / str(port)
+        node_dir.mkdir(exist_ok=True)
+        log = (node_dir / "redis.log").open("wb")
+        self.processes[port] = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(node_dir / "nodes.conf"),
+                "--cluster-node-timeout",
+                str(NODE_TIMEOUT_MS),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(node_dir),
+                "--repl-diskless-sync",
+                "yes",
+                "--repl-diskless-sync-delay",
+                "0",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @staticmethod
+    def _answers(port: int) -> bool:
+        try:
+            return bool(redis_at(port).ping())
+        except redis.RedisError:
+            return False
+
+    # -- what the tests read ---------------------------------------------------------------------------------------
+    def url(self, *, scheme: str = "redis+cluster") -> str:
+        """``redis+cluster://127.0.0.1:p1,127.0.0.1:p2,...``: every node as a seed."""
+        return f"{scheme}://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def live_ports(self) -> list[int]:
+        return [port for port, process in self.processes.items() if process.poll() is None]
+
+    def ok(self) -> bool:
+        """Every live node says ``cluster_state:ok`` and counts three primaries, each with a live replica."""
+        try:
+            for port in self.live_ports():
+                if cluster_state(port) != "ok":
+                    return False
+            return len(self.primaries()) == 3 and all(self.replica_of(port) for port in self.primaries())
+        except redis.RedisError:
+            return False
+
+    def nodes(self) -> list[dict[str, str]]:
+        """``CLUSTER NODES`` as a live node sees it: id, port, flags, primary id, whether it holds slots."""
+        parsed = redis_at(self.live_ports()[0]).execute_command("CLUSTER NODES")
+        return [
+            {
+                "id": node["node_id"],
+                "port": address.split("@")[0].rsplit(":", 1)[1],
+                "flags": node["flags"],
+                "primary": node["master_id"],
+                "slots": "yes" if node["slots"] else "",
+            }
+            for address, node in parsed.items()
+        ]
+
+    def primaries(self) -> list[int]:
+        """The live primaries' ports (as a live node sees the cluster), those holding slots."""
+        live = set(self.live_ports())
+        return sorted(
+            int(node["port"])
+            for node in self.nodes()
+            if "master" in node["flags"] and "fail" not in node["flags"] and node["slots"] and int(node["port"]) in live
+        )
+
+    def replica_of(self, port: int) -> int | None:
+        """A live replica of the primary on ``port``."""
+        nodes = self.nodes()
+        primary_id = next(node["id"] for node in nodes if int(node["port"]) == port)
+        live = set(self.live_ports())
+        for node in nodes:
+            if node["primary"] == primary_id and "fail" not in node["flags"] and int(node["port"]) in live:
+                return int(node["port"])
+        return None
+
+    def node_id(self, port: int) -> str:
+        return str(redis_at(port).execute_command("CLUSTER MYID").decode())
+
+    def primary_of_slot(self, slot: int) -> int:
+        """The port of the primary that holds ``slot`` now."""
+        for start, end, primary, *_ in redis_at(self.live_ports()[0]).execute_command("CLUSTER SLOTS"):
+            if start <= slot <= end:
+                return int(primary[1])
+        raise AssertionError(f"no node holds slot {slot}")
+
+    def slot_of(self, key: str) -> int:
+        return int(redis_at(self.live_ports()[0]).execute_command("CLUSTER KEYSLOT", key))
+
+    def wait_caught_up(self, timeout_s: float = 15) -> None:
+        """Until every primary's replica has applied everything its primary wrote."""
+
+        def caught_up() -> bool:
+            try:
+                for primary in self.primaries():
+                    replica = self.replica_of(primary)
+                    if replica is None:
+                        return False
+                    primary_info = redis_at(primary).info("replication")
+                    replica_info = redis_at(replica).info("replication")
+                    if replica_info.get("master_link_status") != "up" or int(
+                        replica_info.get("slave_repl_offset", -1)
+                    ) != int(primary_info["master_repl_offset"]):
+                        return False
+                return True
+            except redis.RedisError:
+                return False
+
+        wait_for(caught_up, timeout_s, "every replica caught up with its primary")
+
+    # -- faults ----------------------------------------------------------------------------------------------------
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port``."""
+        self.processes[port].send_signal(signal.SIGKILL)
+        self.processes[port].wait(10)
+
+    def wait_promoted(self, old_port: int, slot: int, timeout_s: float = 20) -> float:
+        """Until another node serves ``slot`` as a primary (the killed one's replica, promoted) and the cluster is
+        ok; returns how long it took."""
+        started = time.monotonic()
+
+        def promoted() -> bool:
+            try:
+                port = self.primary_of_slot(slot)
+                if port == old_port:
+                    return False
+                return all(cluster_state(p) == "ok" for p in self.live_ports())
+            except redis.RedisError:
+                return False
+
+        wait_for(promoted, timeout_s, f"a replica promoted to serve slot {slot}")
+        return time.monotonic() - started
+
+    def migrate_slot(self, slot: int, target_port: int, *, batch: int = 10) -> int:
+        """Move ``slot`` to the primary on ``target_port`` the way ``redis-cli --cluster reshard`` does: IMPORTING on
+        the target, MIGRATING on the source, ``MIGRATE`` its keys a batch at a time, then ``SETSLOT NODE`` on both
+        (and the others). Returns how many keys moved."""
+        source_port = self.primary_of_slot(slot)
+        if source_port == target_port:
+            return 0
+        source, target = redis_at(source_port), redis_at(target_port)
+        source_id, target_id = self.node_id(source_port), self.node_id(target_port)
+        target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while True:
+            keys = source.execute_command("CLUSTER GETKEYSINSLOT", slot, batch)
+            if not keys:
+                break
+            source.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+        for port in self.primaries():
+            redis_at(port).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        return moved

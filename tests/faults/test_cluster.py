@@ -1,0 +1,166 @@
+"""seqproc on a Redis Cluster (issue 20): three primaries and three replicas started by the test
+(``tests.faults.cluster``), every process given ``redis+cluster://`` URLs for the broker and the result backend.
+
+- End to end: likes sent directly over partitions spread on every primary, each waited on (outcomes through the
+  cluster), applied exactly once and in order.
+- A primary SIGKILLed mid-stream (its replica promoted by the cluster): direct events never doubled or reordered,
+  every loss detected; outbox events, nothing lost.
+- A partition's slot migrated to another primary mid-stream (``CLUSTER SETSLOT ... IMPORTING/MIGRATING`` and
+  ``MIGRATE``, as ``redis-cli --cluster reshard`` does): nothing lost, doubled or reordered.
+
+Each fault test prints its ``FAULT`` line; bounded: one fault, well under a minute each.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+import seqproc
+from seqproc.models.settings import Settings
+from seqproc.models.wire import article_key, partition_for, queue_name
+from tests import domains_fixture as fixture
+from tests.conftest import RelayProcess, WorkerProcess
+from tests.faults.cluster import ClusterGroup
+from tests.faults.test_outbox_faults import app_engine, outbox_stream
+from tests.faults.test_sentinel import DirectStream, judged
+from tests.integration.test_domain_parking import tally_tables
+
+pytestmark = [pytest.mark.services, pytest.mark.timeout(120)]
+
+__all__ = ["app_engine", "tally_tables"]  # fixtures, used by name
+
+#: The tallies the direct streams send to (one thread each).
+TALLIES = list(range(1, 9))
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[ClusterGroup]:
+    group = ClusterGroup(tmp_path / "cluster").start()
+    yield group
+    group.stop()
+
+
+def on_cluster(settings: Settings, group: ClusterGroup) -> Settings:
+    return settings.model_copy(update={"broker_url": group.url(), "result_backend": group.url()})
+
+
+def test_cluster_likes_are_applied_exactly_once_in_order(
+    clean: Settings, engine: Engine, redis_cluster: ClusterGroup, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    settings = on_cluster(clean, redis_cluster)
+    nodes = {redis_cluster.primary_of_slot(redis_cluster.slot_of(queue_name(p))) for p in range(settings.partitions)}
+    assert len(nodes) == 3  # the partitions live on every primary
+    start_worker(settings)
+    seqproc.configure(settings)
+    receipts = []
+    for user in range(1, 41):
+        for article in range(1, 11):
+            receipts.append(seqproc.like(article, user))
+    receipts += [seqproc.unlike(article, 1) for article in range(1, 11)]  # after its like: last action wins
+    outcomes = [receipt.wait(timeout_s=30) for receipt in receipts]
+    assert {outcome.status for outcome in outcomes} == {"applied"}
+    with engine.connect() as conn:
+        counts = dict(conn.execute(text("SELECT article_id, like_count FROM article_like_count")).all())
+        liked = conn.execute(text("SELECT count(*) FROM article_like")).scalar_one()
+    assert counts == dict.fromkeys(range(1, 11), 39)
+    assert liked == 390
+    # Sent again with the same keys (a caller's retry): duplicates, applied once.
+    again = seqproc.like(1, 2, idempotency_key=receipts[1].idempotency_key)
+    assert again.wait(timeout_s=30).status == "duplicate"
+    assert {partition_for(article_key(a), settings.partitions) for a in range(1, 11)}  # routing as on one Redis
+
+
+def tally_slot(group: ClusterGroup, settings: Settings, tally_id: int) -> int:
+    key = fixture.Add(tally_id=tally_id, amount=1, label="-").entity_key
+    return group.slot_of(queue_name(partition_for(key, settings.partitions)))
+
+
+def kill_primary_mid_stream(group: ClusterGroup, slot: int) -> Callable[[], int]:
+    """A ``disrupt``: let it flow, wait until the replicas caught up, SIGKILL the primary holding ``slot``, wait for
+    its replica's promotion, let it flow on."""
+
+    def disrupt() -> int:
+        time.sleep(2.0)
+        group.wait_caught_up()
+        old = group.primary_of_slot(slot)
+        group.kill(old)
+        took_s = group.wait_promoted(old, slot)
+        print(f"failover: slot {slot} served by a promoted replica {took_s:.1f} s after the SIGKILL of {old}")
+        time.sleep(3.0)
+        return 1
+
+    return disrupt
+
+
+def migrate_mid_stream(group: ClusterGroup, slot: int) -> Callable[[], int]:
+    """A ``disrupt``: let it flow, move ``slot`` to another primary, keys and all, let it flow on."""
+
+    def disrupt() -> int:
+        time.sleep(2.0)
+        source = group.primary_of_slot(slot)
+        target = next(port for port in group.primaries() if port != source)
+        moved = group.migrate_slot(slot, target)
+        assert group.primary_of_slot(slot) == target
+        print(f"migration: slot {slot} moved from {source} to {target} with {moved} key(s)")
+        time.sleep(3.0)
+        return 1
+
+    return disrupt
+
+
+@pytest.mark.parametrize("fault", ["primary_sigkill", "slot_migration"])
+def test_cluster_direct_events_are_never_doubled_or_reordered_and_every_loss_is_counted(
+    fault: str,
+    clean: Settings,
+    engine: Engine,
+    tally_tables: None,
+    redis_cluster: ClusterGroup,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    settings = on_cluster(clean, redis_cluster).model_copy(
+        update={"domains": ("tests.domains_fixture",), "loss_grace_s": 2}
+    )
+    start_worker(settings)
+    seqproc.configure(settings)
+    slot = tally_slot(redis_cluster, settings, TALLIES[0])
+    disrupt = (kill_primary_mid_stream if fault == "primary_sigkill" else migrate_mid_stream)(redis_cluster, slot)
+    stream = DirectStream(tallies=TALLIES)
+    injected = stream.during(disrupt)
+    fault_line = f"Redis Cluster {fault.replace('_', ' ')} mid-stream (direct)"
+    sent, lost, doubled, out_of_order, lost_detected = judged(stream, engine, injected, fault_line, settings)
+    assert sent > 300
+    assert lost == lost_detected  # every event the failover dropped is counted, none that arrived
+    if fault == "slot_migration":
+        assert lost == 0  # a migration moves the keys whole
+    assert doubled == 0
+    assert out_of_order == 0
+
+
+def test_cluster_primary_sigkill_loses_no_outbox_event(
+    clean: Settings,
+    app_engine: Engine,
+    engine: Engine,
+    redis_cluster: ClusterGroup,
+    start_worker: Callable[..., WorkerProcess],
+    start_relay: Callable[..., RelayProcess],
+) -> None:
+    settings = on_cluster(clean, redis_cluster)
+    worker = start_worker(settings)
+    relay = start_relay(settings)
+    slot = redis_cluster.slot_of(queue_name(partition_for(article_key(1), settings.partitions)))
+    outbox_stream(
+        settings,
+        app_engine,
+        engine,
+        disrupt=kill_primary_mid_stream(redis_cluster, slot),
+        finish=lambda: None,
+        fault="Redis Cluster primary SIGKILL mid-stream (outbox + relay)",
+        min_events=300,
+    )
+    assert worker.process.poll() is None
+    assert relay.process.poll() is None
