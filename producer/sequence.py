@@ -69,10 +69,11 @@ class Sequencer:
     def sent(self, messages: Sequence[tuple[int, Sequence[Event]]], places: Sequence[Place]) -> None:
         """The broker acknowledged ``messages``: their partitions' marks move past them. No lock: one send at a time
         moves them, and the mark keeper copies them whole (:meth:`acked`)."""
-        acked = self._acked
-        for (partition, group), (producer, first) in zip(messages, places, strict=True):
-            if producer == self.producer and first + len(group) > acked.get(partition, 1):
-                acked[partition] = first + len(group)
+        acked, mine = self._acked, self.producer
+        for (partition, group), (producer, first) in zip(messages, places):  # noqa: B905  # one pair per message
+            end = first + len(group)
+            if producer is mine and end > acked.get(partition, 1):
+                acked[partition] = end
 
     def acked(self) -> tuple[str, dict[int, int]]:
         """This producer and, per partition it sent to, the number after its last acknowledged event."""
