@@ -180,7 +180,7 @@ FAULTS = {
 }
 
 
-@pytest.mark.parametrize("replica", ["caught_up", "behind", "stale_master"])
+@pytest.mark.parametrize("replica", ["caught_up", "behind", "cut", "stale_master"])
 def test_sentinel_primary_sigkill_loses_no_outbox_event(
     replica: str,
     clean: Settings,
