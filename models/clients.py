@@ -189,9 +189,14 @@ def is_sentinel_url(url: str) -> bool:
     return url.startswith(SENTINEL_SCHEME)
 
 
-def bounded_retry(retries: int = DEFAULT_RETRIES) -> Retry:
-    """redis-py's retry of a command on connection errors and timeouts, bounded (see ``DEFAULT_RETRIES``)."""
-    return Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=RETRY_BACKOFF_BASE_S), retries)
+def bounded_retry(retries: int = DEFAULT_RETRIES, *, on_timeout: bool = True) -> Retry:
+    """redis-py's retry of a command on connection errors and timeouts, bounded (see ``DEFAULT_RETRIES``).
+    ``on_timeout=False``: a refusal or a reset (a failover, a restart) is retried, a wait for a reply that ran out
+    is not (a silent broker: another try would wait as long for nothing)."""
+    backoff = ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=RETRY_BACKOFF_BASE_S)
+    if on_timeout:
+        return Retry(backoff, retries)
+    return Retry(backoff, retries, supported_errors=(redis.ConnectionError,))
 
 
 def redis_client(

@@ -24,6 +24,12 @@ and the wait times out every ``brpop_timeout`` (1 s) and fetches anyway. One fet
 worth of messages (at most ``FETCH_MAX``), from several queues, in one round trip; when it stops at that limit with
 messages left in any of its queues, it rings a bell so that the next wait returns at once.
 
+**A broker gone silent.** A worker's channels share its :class:`~seqproc.models.broker_watch.BrokerWatch`
+(transport option ``broker_watch``): a command without a reply within the socket timeout
+(``SEQPROC_BROKER_SOCKET_TIMEOUT_S``), or a wait on the bells without one within ``brpop_timeout`` plus that
+(:meth:`Channel.check_responsive`, on every turn of the event loop), marks it; every channel then fails at once and
+the consumer reconnects, instead of each call waiting out its own timeout on a connection gone half-open.
+
 **One client per channel.** kombu 5.7 builds a new ``redis.Redis`` client object on every ``conn_or_acquire()``:
 for each delivery, ack and event publish, ~100 microseconds apiece (PERFORMANCE-NOTES; redis-py issue 3624). A client
 object holds no connection of its own (it borrows them from the channel's pool and checks the pid after a fork), so
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import select
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +54,7 @@ from queue import Empty
 from time import monotonic, time
 from typing import Any, Protocol
 
+import redis
 from kombu.exceptions import ChannelError
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import QoS as VirtualQoS
@@ -56,6 +64,7 @@ from kombu.utils.uuid import uuid
 from redis import Redis
 from redis.sentinel import Sentinel
 
+from seqproc.models.broker_watch import BrokerWatch, timed_out
 from seqproc.models.clients import SentinelUrl
 from seqproc.models.envelope import read_own
 from seqproc.models.resp import Held, ReplyLost, command, pack, pack_texts
@@ -317,6 +326,8 @@ class Channel(kombu_redis.Channel):
     #: (lease) holds it (checked inside the script, atomically with the take). None: no check (producers, the CLI).
     #: ``fetch_filter``: may this process take messages from this queue now? An auto worker answers no for a
     #: partition as soon as it cannot prove its lease is still its own (after a pause, say), before asking Redis.
+    #: ``broker_watch``: the worker process's :class:`BrokerWatch`: a command without a reply in time marks it, and
+    #: every channel then fails at once until the worker has reconnected. None: each command waits its timeout.
     #: ``partitions``: the deployment's partition count (``SEQPROC_PARTITIONS``): the visibility restore looks at
     #: every partition's queue, not only those this worker consumes (kombu's one index covered every queue, so that a
     #: killed worker's messages come back even while nobody owns its partitions).
@@ -324,10 +335,12 @@ class Channel(kombu_redis.Channel):
         *kombu_redis.Channel.from_transport_options,
         "fetch_owner",
         "fetch_filter",
+        "broker_watch",
         "partitions",
     )
     fetch_owner: str | None = None
     fetch_filter: Callable[[str], bool] | None = None
+    broker_watch: BrokerWatch | None = None
     partitions: int | None = None
     #: Set by the worker on its task consumer's channel: every fetch goes to it whole (see :class:`Fetched`); the
     #: messages stay in ``unacked`` until it acks them (:meth:`ack_fetched`) or gives them back.
@@ -350,9 +363,15 @@ class Channel(kombu_redis.Channel):
         if client:
             yield client
             return
+        if self.broker_watch is not None and not getattr(self, "_closing", False):  # (a close sends nothing)
+            self.broker_watch.check()
         if self._shared_client is None:
             self._shared_client = self._create_client()  # type: ignore[attr-defined]  # kombu has it; stubs lack it
-        yield self._shared_client
+        try:
+            yield self._shared_client
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            self._noticed(error, "a command")
+            raise
 
     # -- publishing: ring the bell -----------------------------------------------------------------------------
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
@@ -448,7 +467,7 @@ class Channel(kombu_redis.Channel):
             )
         count, packed_keys = head
         args = pack_texts([f"{time():.6f}", limit, len(queues), self.fetch_owner or ""])
-        (flat,) = self._held().run(command(count, packed_keys, args), script=FETCH_AND_HOLD)
+        (flat,) = self._run_held(command(count, packed_keys, args), script=FETCH_AND_HOLD)
         self.fetch_left_more = len(flat) % 2 == 1
         return [(bytes_to_str(flat[i]), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
 
@@ -459,7 +478,52 @@ class Channel(kombu_redis.Channel):
                 self._held_connection = Held(client)
         return self._held_connection
 
+    def _run_held(self, packed: bytes, replies: int = 1, *, script: str | None = None) -> list[Any]:
+        """:meth:`Held.run` on this channel's held connection, unless the broker went silent; a command that times
+        out makes it so."""
+        if self.broker_watch is not None:
+            self.broker_watch.check()
+        try:
+            return self._held().run(packed, replies, script=script)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            self._noticed(error, "a fetch or an ack")
+            raise
+
+    # -- a broker gone silent (:class:`BrokerWatch`) ------------------------------------------------------------
+    def _noticed(self, error: BaseException, what: str) -> None:
+        if self.broker_watch is not None and timed_out(error):
+            self.broker_watch.mark(error, timeout_s=self.socket_timeout or 0, where=f"{what} on {self._where()}")
+
+    def _where(self) -> str:
+        client = self.connection.client
+        return client.as_uri() if client is not None else "the broker"
+
+    def check_responsive(self) -> None:
+        """Raise :class:`BrokerUnresponsive` once the broker has gone silent (:class:`BrokerWatch`), which includes
+        a wait on the bells that got no reply for ``brpop_timeout`` plus the socket timeout. That wait has no socket
+        timeout of its own (the event loop waits for its socket to become readable, and a half-open socket never
+        does), while Redis answers a ``BRPOP`` within its timeout whatever happens: a reply that late is a dead
+        connection. Run on every turn of the event loop (:meth:`Transport.register_with_event_loop`): the consumer
+        reconnects at the next turn after any command timed out, and within about ``brpop_timeout`` +
+        ``SEQPROC_BROKER_SOCKET_TIMEOUT_S`` while idle."""
+        watch = self.broker_watch
+        if watch is None:
+            return
+        if watch.silent is None and self._in_poll and self._brpop_sent_at is not None and self.socket_timeout:
+            waited = monotonic() - self._brpop_sent_at
+            if waited > self.brpop_timeout + self.socket_timeout and not _readable(self._in_poll):
+                watch.mark(
+                    TimeoutError(f"no reply in {waited:.1f} s"),
+                    timeout_s=self.socket_timeout,
+                    where=f"the wait on the bells on {self._where()}",
+                )
+        watch.check()
+
     def close(self) -> None:
+        if self.broker_watch is not None and self.broker_watch.silent is not None and self._in_poll:
+            # kombu's close reads a pending wait's reply: on a dead connection, a socket timeout for nothing.
+            self._in_poll.disconnect()
+            self._in_poll = None
         super().close()  # kombu may read a pending wait's reply here, and fetch: the held connection is closed after
         if self._held_connection is not None:
             self._held_connection.close()
@@ -520,7 +584,7 @@ class Channel(kombu_redis.Channel):
         indexes = settled or {}
         for index, event_ids in indexes.items():
             packed += pack("HDEL", index, *event_ids)
-        self._held().run(packed, commands + len(indexes))
+        self._run_held(packed, commands + len(indexes))
 
     def give_back_fetched(self, messages: list[Fetched]) -> None:
         """Put ``messages`` (oldest first) back at the head of their queues, in order, and forget them, atomically
@@ -534,6 +598,14 @@ class Channel(kombu_redis.Channel):
                 tags = [message.delivery_tag for message in held]
                 pipe.execute_command("EVAL", GIVE_BACK, 4, *held_keys(queue), len(held), *raws, *tags)
             pipe.execute()
+
+
+def _readable(connection: Any) -> bool:
+    """A reply (or a close) waits on ``connection``'s socket, unread: not silent, only not served yet."""
+    sock = getattr(connection, "_sock", None)
+    if sock is None:
+        return True  # disconnected meanwhile: the next turn connects again
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def by_queue(messages: list[Fetched]) -> dict[str, list[Fetched]]:
@@ -575,6 +647,18 @@ def envelope(item: bytes, queue: str) -> Any:
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        cycle: Any = self.cycle
+
+        def check_responsive() -> None:
+            # A connection error raised here ends Celery's event loop; the consumer then reconnects.
+            for channel in list(cycle._channels):
+                if isinstance(channel, Channel):
+                    channel.check_responsive()
+
+        loop.on_tick.add(check_responsive)
 
 
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):

@@ -62,6 +62,8 @@ def prepare(settings: Settings, partitions: Sequence[int], *, owner: str, spec: 
         # No test round trip per transaction: a connection found dead mid-transaction (a server restart, a session
         # ended) is a transient error, and the transaction is retried in place on a new one (consume/retry.py).
         pre_ping=False,
+        # ... and one that stopped answering (half-open) is found dead by its reply deadline.
+        socket_timeout_s=settings.database_socket_timeout_s,
     )
     lag = behind(engine)
     if lag is not None:
@@ -154,7 +156,12 @@ def _consume(
     runtime.attach(app, rt)
     # The fetch script takes messages only from queues whose fence (an auto worker's lease, a fixed worker's claim)
     # holds this worker's token, atomically with the take: a worker taken over fetches nothing more from them.
-    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "fetch_owner": rt.owner}
+    # Every channel of the process shares the runtime's broker watch: a broker gone silent fails them all at once.
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "fetch_owner": rt.owner,
+        "broker_watch": rt.broker_watch,
+    }
     if auto:
         from seqproc.worker.ownership.leases import LeaseManager
 
@@ -257,7 +264,12 @@ def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) 
     from seqproc.worker.beat.jobs import JOBS
     from seqproc.worker.beat.schedule import register_jobs
 
-    engine = make_engine(settings.database_url, statement_timeout_s=settings.apply_time_limit_s, pool_size=2)
+    engine = make_engine(
+        settings.database_url,
+        statement_timeout_s=settings.apply_time_limit_s,
+        pool_size=2,
+        socket_timeout_s=settings.database_socket_timeout_s,
+    )
     if not inspect(engine).has_table("job_run"):
         raise ConfigError(
             f"the database at {mask_url(settings.database_url)} has no seqproc tables: run `seqproc migrate` first"
@@ -296,6 +308,8 @@ def run_relay(settings: Settings, *, once: bool = False, ready_file: str | None 
         # ends its session, which frees the locks; its pushes without a commit are sent again (duplicates).
         idle_in_transaction_timeout_s=min(settings.apply_time_limit_s, settings.lease_s),
         pool_size=2,
+        # A pass waiting on a connection that stopped answering gives up and is tried again on a new one.
+        socket_timeout_s=settings.database_socket_timeout_s,
     )
     try:
         with ledger_engine(settings, outbox) as ledger:

@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import Engine
 
+from seqproc.models.broker_watch import BrokerWatch
 from seqproc.models.domain import load_domains
 from seqproc.models.outcomes import OutcomeStore, outcome_store
 from seqproc.models.settings import Settings
@@ -40,6 +41,9 @@ class Runtime:
     #: The lifecycle hooks' subscribers (``worker.hooks``): the built-in ones are subscribed by :func:`attach`.
     hooks: Hooks = field(default_factory=Hooks)
     subscribed: bool = False
+    #: Whether the broker went silent: shared by every channel of the process (transport option ``broker_watch``),
+    #: read by the partition ownership's tick, cleared when the consumer has reconnected.
+    broker_watch: BrokerWatch = field(default_factory=BrokerWatch)
 
 
 def build(settings: Settings, engine: Engine, epochs: dict[int, int], *, owner: str | None = None) -> Runtime:

@@ -9,6 +9,8 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,25 @@ def sequences(products: list[int], stop: threading.Event, receipts: list[produce
         receipts.append(producer.restock(RESTOCKED, 1))
         units[0] += 1
         time.sleep(0.005)
+
+
+@contextmanager
+def chains(products: list[int]) -> Iterator[tuple[list[producer.Receipt], list[int]]]:
+    """:func:`sequences` on ``products`` (each stocked with one unit first: sent ahead of its chain, on its queue),
+    sent from a thread for as long as the block runs: yields the receipts and the units restocked, as they grow."""
+    for product in products:
+        producer.restock(product, 1)
+    receipts: list[producer.Receipt] = []
+    units = [0]
+    stop = threading.Event()
+    sender = threading.Thread(target=sequences, args=(products, stop, receipts, units))
+    sender.start()
+    try:
+        yield receipts, units
+    finally:
+        stop.set()
+        sender.join(60)  # its last calls wait for the publish timeout at most
+    assert not sender.is_alive(), "the sender did not stop within 60 s"
 
 
 def report_sequences(
@@ -128,14 +149,7 @@ def test_postgresql_restart_mid_stream_is_waited_out_in_place(clean: Settings, s
     require(os.path.isdir("/etc/postgresql"), "a local PostgreSQL cluster (/etc/postgresql)", problem="is not found")
     worker = start_worker(clean)
     products = list(range(300, 310))
-    for product in products:
-        producer.restock(product, 1).wait(30)
-    receipts: list[producer.Receipt] = []
-    units = [0]
-    stop = threading.Event()
-    sender = threading.Thread(target=sequences, args=(products, stop, receipts, units))
-    sender.start()
-    try:
+    with chains(products) as (receipts, units):
         time.sleep(1)
         version = sorted(os.listdir("/etc/postgresql"))[0]
         subprocess.run(
@@ -146,10 +160,6 @@ def test_postgresql_restart_mid_stream_is_waited_out_in_place(clean: Settings, s
         time.sleep(3)  # events keep coming; the worker retries in place
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=True, timeout=60)
         time.sleep(2)
-    finally:
-        stop.set()
-        sender.join(60)  # its last calls wait for the publish timeout at most
-    assert not sender.is_alive(), "the sender did not stop within 60 s"
     outcomes = producer.wait_all(receipts, timeout_s=90)
     report_sequences(
         "PostgreSQL stopped and started mid-stream", outcomes, len(receipts), engine, len(products), units[0]

@@ -1,25 +1,48 @@
 """Faults on the wire, through a TCP fault proxy (``tests.faults.proxy``): a connection cut (RST), gone half-open
-(one direction black-holed, or both, nothing closed), then healed; between a producer and its broker,
-bounded by ``SEQPROC_PUBLISH_TIMEOUT_S``: a call raises ``PublishError`` within it or returns, never hangs.
+(one direction black-holed, or both, nothing closed), then healed.
+
+- Between a producer and its broker, bounded by ``SEQPROC_PUBLISH_TIMEOUT_S``: a call raises ``PublishError`` within
+  it or returns, never hangs.
+- Between a worker and its broker (every connection of the worker through the proxy; the producer and the result
+  backend direct), bounded by ``SEQPROC_BROKER_SOCKET_TIMEOUT_S``: the worker notices within about one socket
+  timeout, reconnects once the network heals, takes its partitions back within its lease, and a stream of events
+  sent all along is applied with nothing lost, doubled or reordered.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+from sqlalchemy import Engine, select
 
 import seqproc
+from seqproc import producer
+from seqproc.models.broker_watch import BrokerUnresponsive, BrokerWatch
 from seqproc.models.errors import PublishError
+from seqproc.models.resp import ReplyLost
 from seqproc.models.settings import Settings
-from seqproc.models.wire import queue_name
-from tests.conftest import BROKER_DB
+from seqproc.models.tables.partition import Partition
+from seqproc.models.wire import lease_key, queue_name
+from seqproc.worker.ops.inspect import check_invariants, product_state
+from tests.conftest import BROKER_DB, wait_for
 from tests.faults.proxy import FaultProxy
 from tests.faults.servers import fault_ports
+from tests.faults.test_restarts import RESTOCKED, assert_all_applied_in_order, chains, report_sequences
+from tests.integration.test_transport import connection
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(120)]
+
+#: The worker's socket timeout and lease in the worker tests: short, so that a test takes seconds; the lease well
+#: above the socket timeout, as the defaults are (5 s and 10 s).
+WORKER_SOCKET_TIMEOUT_S = 2.0
+WORKER_LEASE_S = 6.0
+#: How long the worker tests hold the fault: past the lease, so that the worker's leases run out meanwhile.
+WORKER_FAULT_S = WORKER_LEASE_S + 2.0
+#: A loaded two-core machine's delay on top of a bound (a turn of the event loop, the log read by polling).
+SLACK_S = 1.5
 
 TIMEOUT_S = 2.0
 
@@ -67,3 +90,181 @@ def test_a_producer_whose_connection_is_reset_sends_again_at_once(clean: Setting
     started = time.monotonic()
     seqproc.like(2, 2)  # reconnects through the proxy (it still accepts): no error
     assert time.monotonic() - started < 1.0
+
+
+def leases_held(client: redis.Redis, pid: int, partitions: int) -> int:
+    """How many partition leases in the broker name the worker process ``pid`` (its owner token holds ``/pid/``)."""
+    values = client.mget([lease_key(queue_name(p)) for p in range(partitions)])
+    return sum(1 for value in values if value is not None and f"/{pid}/".encode() in value)
+
+
+@pytest.mark.parametrize(("up", "down"), [(True, True), (True, False), (False, True)], ids=["both", "up", "down"])
+def test_a_worker_whose_broker_goes_half_open_notices_reconnects_and_loses_nothing(
+    clean: Settings, proxy: FaultProxy, start_worker, engine: Engine, up: bool, down: bool
+) -> None:
+    """A ``--partitions auto`` worker talks to its broker only through the proxy, which black-holes ``both``
+    directions, ``up`` (client -> server: nothing arrives) or ``down`` (server -> client: commands run, replies
+    are lost: a fetch moves messages to ``unacked`` and the worker never hears of them) for longer than the lease,
+    then heals; per-product reserve/release chains and one-unit restocks (``tests.faults.test_restarts``) are sent
+    all along, straight to Redis. The worker logs ``broker unresponsive`` within ``1 s`` + the socket timeout
+    (read from its log as it comes), reconnects after the heal and holds all its leases again within one lease;
+    every event is applied once, in its key's order, judged against what was sent (every chain step applied, every
+    unit received once)."""
+    settings = through(
+        clean, proxy, broker_socket_timeout_s=WORKER_SOCKET_TIMEOUT_S, lease_s=WORKER_LEASE_S
+    )  # the producer stays on ``clean``: straight to Redis
+    broker = redis.Redis.from_url(clean.broker_url)
+    worker = start_worker(settings, "auto")
+    wait_for(lambda: leases_held(broker, worker.pid, clean.partitions) == clean.partitions, 20, "all 16 leases")
+    products = [11, 12, 13]  # a few keys (and RESTOCKED): several partitions, each key's order checked
+    with chains(products) as (receipts, units):
+        wait_for(lambda: len(receipts) > 100, 10, "the stream under way")
+        mark = len(worker.log())
+        proxy.black_hole(up=up, down=down)
+        faulted_at = time.monotonic()
+        wait_for(lambda: "broker unresponsive" in worker.log()[mark:], 20, "the worker to notice")
+        noticed_s = time.monotonic() - faulted_at
+        time.sleep(max(0.0, WORKER_FAULT_S - noticed_s))
+        assert leases_held(broker, worker.pid, clean.partitions) < clean.partitions  # held past the lease
+        proxy.heal()
+        healed_at = time.monotonic()
+        wait_for(
+            lambda: leases_held(broker, worker.pid, clean.partitions) == clean.partitions,
+            WORKER_LEASE_S + SLACK_S,
+            "the worker to hold all its leases again",
+        )
+        back_s = time.monotonic() - healed_at
+        time.sleep(1.0)  # events after the heal, too
+    outcomes = producer.wait_all(receipts, timeout_s=30)
+    label = {(True, True): "both ways", (True, False): "client->server", (False, True): "server->client"}[(up, down)]
+    report_sequences(
+        f"worker <-> broker half-open {label} for {WORKER_FAULT_S:g} s, then healed (noticed in {noticed_s:.1f} s, "
+        f"leases back {back_s:.1f} s after the heal)",
+        outcomes,
+        len(receipts),
+        engine,
+        len(products),
+        units[0],
+    )
+    # The fault landed: the worker's commands were dropped (``up``), or ran and their replies were (``down``); and
+    # the worker said so within the bound.
+    assert (proxy.dropped["up"] > 0) == up, proxy.dropped
+    if not up:
+        assert proxy.dropped["down"] > 0, proxy.dropped
+    assert noticed_s < 1.0 + WORKER_SOCKET_TIMEOUT_S + SLACK_S
+    assert "Connection to broker lost" in worker.log()[mark:]  # Celery's reconnect, not a process restart
+    assert worker.process.poll() is None
+    assert len(outcomes) > 200
+    assert_all_applied_in_order(outcomes)
+    with engine.connect() as conn:
+        for product in products:
+            state = product_state(conn, product)
+            assert (state["available"], state["reserved"], state["total_received"]) == (1, 0, 1)
+        assert product_state(conn, RESTOCKED)["total_received"] == units[0]
+        assert check_invariants(conn).ok
+
+
+def received(engine: Engine, product: int) -> int:
+    with engine.connect() as conn:
+        return int(product_state(conn, product)["total_received"])
+
+
+def raises_unresponsive(call: Callable[[], object]) -> bool:
+    try:
+        call()
+    except BrokerUnresponsive:
+        return True
+    return False
+
+
+def test_a_silent_broker_is_noticed_by_a_command_or_by_the_wait_on_the_bells_and_fails_every_channel_at_once(
+    clean: Settings, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The two ways a worker's channels notice a broker gone half-open, on seqproc's transport through the proxy
+    (socket timeout 1 s), and what follows. The wait on the bells (a ``BRPOP`` with a 1 s server-side timeout, and
+    no socket timeout of its own) counts as dead once its timeout plus the socket timeout passed without a reply,
+    not before. Once the watch is marked, every channel sharing it fails at once, without waiting out another
+    timeout. A fetch sent with no reply within the socket timeout marks it too."""
+    settings = through(clean, proxy, broker_socket_timeout_s=1)
+    queue = queue_name(3)
+    watch = BrokerWatch()
+    with connection(settings, broker_watch=watch) as conn, connection(settings, broker_watch=watch) as other:
+        channel, elsewhere = conn.default_channel, other.default_channel
+        channel._active_queues.append(queue)
+        channel._update_queue_cycle()
+        assert channel._fetch([queue], 1) == []  # the held connection open (a handshake would time out instead)
+        wait = channel.client.connection = channel.client.connection_pool.get_connection()  # as kombu's poller does
+        wait.connect()
+        channel._brpop_start()  # the wait on the bells, sent
+        proxy.black_hole()
+        started = time.monotonic()
+        wait_for(lambda: raises_unresponsive(channel.check_responsive), 10, "the wait on the bells counted dead")
+        noticed_s = time.monotonic() - started
+        assert 2.0 - 0.1 < noticed_s < 2.0 + SLACK_S  # not before its 1 s plus the socket timeout's 1 s
+        assert "broker unresponsive" in caplog.text
+        assert "the wait on the bells" in caplog.text
+        for call in (lambda: channel._fetch([queue], 1), lambda: elsewhere._size(queue)):
+            started = time.monotonic()
+            with pytest.raises(BrokerUnresponsive):
+                call()
+            assert time.monotonic() - started < 0.1  # at once: no second timeout waited out
+        watch.clear()
+        started = time.monotonic()
+        with pytest.raises(ReplyLost):  # sent, no reply within the socket timeout...
+            channel._fetch([queue], 1)
+        assert 1.0 - 0.1 < time.monotonic() - started < 1.0 + SLACK_S
+        assert watch.silent is not None  # ... and the watch says so again
+        proxy.heal()
+        watch.clear()  # (the worker clears it once it has reconnected)
+        assert channel._fetch([queue], 1) == []  # a new connection, through the healed network
+        channel._in_poll.disconnect()  # the wait's reply was lost: the close must not wait for it
+        channel._in_poll = None
+
+
+def test_an_idle_worker_with_fixed_partitions_notices_a_silent_broker_and_resumes_after_the_heal(
+    clean: Settings, proxy: FaultProxy, start_worker, engine: Engine
+) -> None:
+    """A worker of fixed partitions (``--partitions 0-15``) with nothing to do: only its wait on the bells, kombu's
+    restores and Celery's heartbeat talk to the broker when both directions go black. It notices within ``1 s`` +
+    the socket timeout all the same, keeps its partitions (their epochs do not move: nobody else claimed them),
+    applies what was sent during the fault once the network heals (within a lease), in order, nothing lost or
+    doubled."""
+    settings = through(clean, proxy, broker_socket_timeout_s=WORKER_SOCKET_TIMEOUT_S, lease_s=WORKER_LEASE_S)
+    worker = start_worker(settings)
+    with engine.connect() as conn:
+        before = dict(conn.execute(select(Partition.partition, Partition.epoch)).all())
+    time.sleep(1.0)  # idle: a wait on the bells every second, nothing fetched
+    mark = len(worker.log())
+    proxy.black_hole()
+    faulted_at = time.monotonic()
+    wait_for(lambda: "broker unresponsive" in worker.log()[mark:], 20, "the worker to notice")
+    noticed_s = time.monotonic() - faulted_at
+    products = [21, 22, 23]
+    with chains(products) as (receipts, units):
+        time.sleep(max(0.0, WORKER_FAULT_S - noticed_s))
+        proxy.heal()
+        healed_at = time.monotonic()
+        wait_for(lambda: received(engine, products[0]), WORKER_LEASE_S + SLACK_S, "the first event applied")
+        resumed_s = time.monotonic() - healed_at
+        time.sleep(1.0)
+    outcomes = producer.wait_all(receipts, timeout_s=30)
+    report_sequences(
+        f"idle worker (fixed partitions) <-> broker half-open both ways for {WORKER_FAULT_S:g} s, then healed "
+        f"(noticed in {noticed_s:.1f} s, applying again {resumed_s:.1f} s after the heal)",
+        outcomes,
+        len(receipts),
+        engine,
+        len(products),
+        units[0],
+    )
+    assert proxy.dropped["up"] > 0  # the fault landed: its waits, restores and heartbeats went nowhere
+    assert noticed_s < 1.0 + WORKER_SOCKET_TIMEOUT_S + SLACK_S
+    assert worker.process.poll() is None
+    with engine.connect() as conn:
+        assert dict(conn.execute(select(Partition.partition, Partition.epoch)).all()) == before
+        for product in products:
+            state = product_state(conn, product)
+            assert (state["available"], state["reserved"], state["total_received"]) == (1, 0, 1)
+        assert product_state(conn, RESTOCKED)["total_received"] == units[0]
+    assert len(outcomes) > 100
+    assert_all_applied_in_order(outcomes)

@@ -9,11 +9,16 @@ broker reconnect), so that a warm shutdown finishes the batch in hand, commits, 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
+import redis
 from celery import bootsteps
+from celery.worker import heartbeat
 from celery.worker.consumer import Consumer
+from celery.worker.consumer import heart as heart_step
 
+from seqproc.models.broker_watch import timed_out
 from seqproc.models.errors import first_line
 from seqproc.models.transport import Channel
 from seqproc.models.wire import APPLY_TASK, partition_of_queue, queue_name
@@ -66,7 +71,49 @@ def dead_letter_message(rt: runtime.Runtime, message: Any, error: str) -> None:
         rt.hooks.fire(rt.hooks.on_dead_letter, [record])
 
 
+#: Pause between two attempts to reconnect to the broker: Celery's pauses grow to 30 s, so a worker whose broker
+#: came back (a healed network) would wait up to that long more; each attempt on a broker that does not answer
+#: waits out ``SEQPROC_BROKER_SOCKET_TIMEOUT_S`` besides.
+RECONNECT_PAUSE_S = 1.0
+
+
+class Heart(heart_step.Heart):
+    """Celery's worker heartbeat (what Flower shows as online), sent without retries (:class:`BoundedHeart`)."""
+
+    def start(self, c: Any) -> None:
+        interval = self.heartbeat_interval  # type: ignore[attr-defined]  # set by Celery's __init__; not in the stubs
+        c.heart = BoundedHeart(c.timer, c.event_dispatcher, interval)
+        c.heart.start()
+
+
+class BoundedHeart(heartbeat.Heart):
+    """Celery publishes each heartbeat with ``retry=True`` and no retry policy, from the consumer's event loop; kombu
+    then retries a publish on a broker that stopped answering (a half-open connection) without end, opening a
+    channel per try, and the whole worker stalls until the network heals. Sent once instead: one that fails waits
+    out one socket timeout and is kept by the dispatcher (``buffer_while_offline``) until the connection is back."""
+
+    def _send(self, event: str, retry: bool = True) -> Any:
+        return super()._send(event, retry=False)  # type: ignore[misc]  # private in Celery, absent from the stubs
+
+
 class SeqprocConsumer(Consumer):
+    class Blueprint(Consumer.Blueprint):  # type: ignore[valid-type,misc]  # a class attribute in the stubs
+        # Celery's steps, its heartbeat replaced by one that never retries from the event loop.
+        default_steps = [
+            step if step != "celery.worker.consumer.heart:Heart" else Heart for step in Consumer.Blueprint.default_steps
+        ]
+
+    def ensure_connected(self, conn: Any) -> Any:
+        """Celery's reconnect, without its growing pauses (:data:`RECONNECT_PAUSE_S`). Connected (a new channel
+        opened and answered its ``PING``), the broker answers again: the process's :class:`BrokerWatch` is
+        cleared."""
+        conn.ensure_connection = partial(
+            conn.ensure_connection, interval_start=0, interval_step=RECONNECT_PAUSE_S, interval_max=RECONNECT_PAUSE_S
+        )
+        connected = super().ensure_connected(conn)
+        runtime.of(self.app).broker_watch.clear()
+        return connected
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         dead_letter_message(runtime.of(self.app), message, f"cannot decode message: {type(exc).__name__}: {exc}")
 
@@ -99,9 +146,14 @@ class LeaseStep(bootsteps.StartStopStep):
         keeper = _keeper(runtime.of(c.app))
         if keeper is not None:
             self._timer = c.timer.call_repeatedly(keeper.interval_s, self.tick, (c,))
+            if c.restart_count > 0:
+                # Reconnected (the broker was away): take the partitions back now, not a tick later.
+                c.timer.call_after(0.0, self.tick, (c,))
 
     def tick(self, c: Any) -> None:
         rt = runtime.of(c.app)
+        if rt.broker_watch.silent is not None:
+            return  # the broker went silent: the consumer reconnects at the event loop's next turn
         try:
             _keeper(rt).tick(
                 on_acquire=lambda partition, epoch: self._acquired(c, partition, epoch),
@@ -113,6 +165,10 @@ class LeaseStep(bootsteps.StartStopStep):
             # false and nothing is applied to a partition that may have moved; the next tick tries again.
             logger.warning("partition ownership: %s; trying again at the next tick", first_line(error))
             logger.debug("partition ownership tick failed", exc_info=True)
+            if isinstance(error, redis.RedisError) and timed_out(error):
+                timeout_s = rt.settings.broker_socket_timeout_s
+                rt.broker_watch.mark(error, timeout_s=timeout_s, where="the lease renewal")
+                return
         if rt.static is None:
             return
         try:
@@ -155,6 +211,12 @@ def _keeper(rt: runtime.Runtime) -> Any:
     return rt.leases if rt.leases is not None else rt.static
 
 
+def task_channel(c: Any) -> Channel | None:
+    """Consumer ``c``'s channel on seqproc's Redis transport (None on another transport, or before it starts)."""
+    channel = getattr(getattr(c, "task_consumer", None), "channel", None)
+    return channel if isinstance(channel, Channel) else None
+
+
 class ChunkStep(bootsteps.StartStopStep):
     """On seqproc's Redis transport, a partition worker takes each fetch whole: the channel hands the batcher every
     message it fetched in one call (``ChunkConsumer``), instead of building a kombu message and a Celery request
@@ -163,8 +225,8 @@ class ChunkStep(bootsteps.StartStopStep):
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def start(self, c: Any) -> None:
-        channel = getattr(getattr(c, "task_consumer", None), "channel", None)
-        if isinstance(channel, Channel) and runtime.of(c.app).role == "worker":
+        channel = task_channel(c)
+        if channel is not None and runtime.of(c.app).role == "worker":
             batcher = batcher_of(c)
             channel.chunk_consumer = batcher
             batcher.source = channel  # while a batch is open, its timer fetches (no wait on the bells)
@@ -173,8 +235,8 @@ class ChunkStep(bootsteps.StartStopStep):
             batcher.restore_stranded(channel)
 
     def stop(self, c: Any) -> None:
-        channel = getattr(getattr(c, "task_consumer", None), "channel", None)
-        if isinstance(channel, Channel):
+        channel = task_channel(c)
+        if channel is not None:
             if isinstance(channel.chunk_consumer, Batcher):
                 channel.chunk_consumer.source = None
             channel.chunk_consumer = None

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import redis
 from sqlalchemy import Engine
 
-from seqproc.models.clients import broker_client
+from seqproc.models.clients import bounded_retry, broker_client
 from seqproc.models.errors import first_line
 from seqproc.models.scripts import RELEASE_OWN_LEASE, RENEW_OWN_LEASE
 from seqproc.models.settings import Settings
@@ -43,7 +43,12 @@ class LeaseManager:
         self.settings = settings
         self.engine = engine
         self.owner = owner
-        self.client = client or broker_client(settings)
+        # Each command bounded by the broker's socket timeout and never tried again after one: the tick runs in the
+        # consumer's event loop, and a broker gone silent must not stall it (the next tick, a third of a lease
+        # later, tries again; a renewal stays valid for 0.8 lease). A refusal or a reset (a failover) is retried.
+        self.client = client or broker_client(
+            settings, timeout_s=settings.broker_socket_timeout_s, retry=bounded_retry(on_timeout=False)
+        )
         self.lease_ms = int(settings.lease_s * 1000)
         #: How often the consumer's loop ticks (renews): every third of the lease.
         self.interval_s = settings.lease_s / 3
