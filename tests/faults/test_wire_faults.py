@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -268,3 +269,27 @@ def test_an_idle_worker_with_fixed_partitions_notices_a_silent_broker_and_resume
         assert product_state(conn, RESTOCKED)["total_received"] == units[0]
     assert len(outcomes) > 100
     assert_all_applied_in_order(outcomes)
+
+
+@pytest.mark.parametrize("partitions", ["auto", "0-15"])
+def test_a_worker_stopped_while_its_broker_is_half_open_exits_without_waiting_for_it(
+    clean: Settings, proxy: FaultProxy, start_worker, engine: Engine, partitions: str
+) -> None:
+    """SIGTERM while every connection to the broker is black-holed (an operator restarting a worker cut off): it
+    applies nothing more, hands back what it can and exits within a few socket timeouts, not one per partition
+    (each lease or fence left behind expires, or is overwritten by the next claim). Its partitions are marked
+    released in PostgreSQL, which still answers."""
+    settings = through(clean, proxy, broker_socket_timeout_s=WORKER_SOCKET_TIMEOUT_S, lease_s=WORKER_LEASE_S)
+    worker = start_worker(settings, partitions)
+    time.sleep(1.0)
+    proxy.black_hole()
+    worker.signal(signal.SIGTERM)
+    stopped_at = time.monotonic()
+    code = worker.process.wait(60)
+    took_s = time.monotonic() - stopped_at
+    print(f"stopped with the broker half-open ({partitions}): exited {code} in {took_s:.1f} s")
+    assert proxy.dropped["up"] > 0  # the fault landed: what it sent on the way out went nowhere
+    assert took_s < 4 * WORKER_SOCKET_TIMEOUT_S + SLACK_S
+    with engine.connect() as conn:
+        owners = conn.execute(select(Partition.owner, Partition.released_at)).all()
+    assert all(released is not None for owner, released in owners if owner and f"/{worker.pid}/" in owner)

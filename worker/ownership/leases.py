@@ -161,15 +161,22 @@ class LeaseManager:
         taken = pipe.execute()
         return [p for p, exists in zip(order, taken, strict=True) if not exists and p not in self.valid_until]
 
-    def release(self, partition: int) -> None:
+    def release(self, partition: int) -> bool:
+        """Hand ``partition``'s lease back; False if the broker could not be told (the lease then expires)."""
         self.valid_until.pop(partition, None)
         try:
             self._release(keys=[lease_key(partition)], args=[self.owner])
         except redis.RedisError:
             logger.warning("partition %d: could not release the lease; it expires by itself", partition)
+            return False
+        return True
 
     def release_all(self) -> None:
+        """On the way out. A broker that does not answer is not asked again for each partition (a socket timeout
+        apiece would hold the exit up): the leases left expire by themselves, within ``SEQPROC_LEASE_S``."""
         for partition in self.owned:
-            self.release(partition)
+            if not self.release(partition):
+                self.valid_until.clear()
+                return
         with contextlib.suppress(redis.RedisError):
             self.client.zrem(WORKERS_KEY, self.owner)
