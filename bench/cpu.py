@@ -8,6 +8,9 @@
 - **The batched ceiling**: the same N likes queued again while the worker is paused, this time in messages of
   ``BATCHED_EVENTS_PER_MESSAGE`` (as the threaded producer or the relay send them): the events/s and the CPU per event
   of one worker draining them, i.e. what one hot row can take through one worker on this machine.
+- **Redis**: the server's own CPU (``INFO cpu``) over the sending and over the draining, per message; on a Redis
+  Cluster (``redis+cluster://`` URLs) that of each primary, and their sum. One hot article: its queue's work is on
+  the primary of its slot; outcomes (keyed by event) spread over every primary.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import redis
 from sqlalchemy import text
 
 from seqproc import producer
+from seqproc.models.clients import redis_client
 from seqproc.models.settings import Settings
+from seqproc.models.wire import is_cluster_url
 from seqproc.producer.publish import publisher_for
 from seqproc.worker.processes import WorkerGroup, split_partitions
 
@@ -52,12 +57,30 @@ def redis_cpu_s(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def broker_servers(url: str) -> dict[str, redis.Redis]:
+    """The Redis servers behind ``url`` by name: the one server, or each primary of a cluster."""
+    if not is_cluster_url(url):
+        return {"redis": redis.Redis.from_url(url)}
+    cluster: Any = redis_client(url)
+    return {node.name: cluster.get_redis_connection(node) for node in cluster.get_primaries()}
+
+
+def servers_cpu_s(servers: dict[str, redis.Redis]) -> dict[str, float]:
+    return {name: redis_cpu_s(client) for name, client in servers.items()}
+
+
+def empty(url: str) -> None:
+    """FLUSHDB on the server, or on every primary of the cluster."""
+    for client in broker_servers(url).values():
+        client.flushdb()
+
+
 def measure(settings: Settings, calls: int) -> dict[str, Any]:
     engine = harness_engine(settings.database_url)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {DATA_TABLES}"))
     for url in (settings.broker_url, settings.result_backend):
-        redis.Redis.from_url(url).flushdb()
+        empty(url)
     producer.configure(settings)
     publisher = publisher_for(settings)
     try:
@@ -69,21 +92,21 @@ def measure(settings: Settings, calls: int) -> dict[str, Any]:
                 producer.like(ARTICLE, 10**9).wait(timeout_s=30)  # both ends connected and warm
                 os.kill(pid, signal.SIGSTOP)  # the messages wait in the queue: the worker drains a backlog
                 publisher.sent_messages = publisher.sent_events = 0
-                broker = redis.Redis.from_url(settings.broker_url)
-                redis_before = redis_cpu_s(broker)
+                servers = broker_servers(settings.broker_url)
+                redis_before = servers_cpu_s(servers)
                 started_cpu, started_wall = time.process_time(), time.perf_counter()
                 receipts = [producer.like(ARTICLE, user) for user in range(1, calls + 1)]
                 producer_cpu_s = time.process_time() - started_cpu
                 producer_wall_s = time.perf_counter() - started_wall
                 messages = publisher.sent_messages
-                redis_sent = redis_cpu_s(broker)
+                redis_sent = servers_cpu_s(servers)
                 before = process_cpu_s(pid)
                 drain_started = time.perf_counter()
                 os.kill(pid, signal.SIGCONT)
                 producer.wait_all(receipts, timeout_s=600)
                 worker_cpu_s = process_cpu_s(pid) - before
                 drain_s = time.perf_counter() - drain_started
-                redis_drained = redis_cpu_s(broker)
+                redis_drained = servers_cpu_s(servers)
                 batched_cpu_s, batched_s = _drain_batched(pid, calls)
             finally:
                 os.kill(group.pids[0], signal.SIGCONT)
@@ -91,6 +114,23 @@ def measure(settings: Settings, calls: int) -> dict[str, Any]:
     finally:
         producer.configure(None)
         engine.dispose()
+    per_message = max(1, messages)
+
+    def us_per_message(start: dict[str, float], end: dict[str, float]) -> dict[str, float]:
+        return {name: round((end[name] - start[name]) / per_message * 1e6, 1) for name in servers}
+
+    sent_by_server = us_per_message(redis_before, redis_sent)
+    drained_by_server = us_per_message(redis_sent, redis_drained)
+    by_primary = (
+        {
+            "redis_primaries": len(servers),
+            "redis_cpu_us_per_message_by_primary": {
+                name: {"sent": sent_by_server[name], "drained": drained_by_server[name]} for name in sorted(servers)
+            },
+        }
+        if is_cluster_url(settings.broker_url)
+        else {}
+    )
     return {
         "calls": calls,
         "messages": messages,
@@ -98,10 +138,11 @@ def measure(settings: Settings, calls: int) -> dict[str, Any]:
         "producer_calls_per_s": round(calls / producer_wall_s, 1),
         "worker_cpu_us_per_message": round(worker_cpu_s / max(1, messages) * 1e6, 1),
         "worker_messages_per_s": round(messages / drain_s, 1),
-        # The Redis server's own CPU (INFO cpu; broker and results on one server here) per message: pushed, then
-        # fetched, acked and its outcome stored.
-        "redis_cpu_us_per_message_sent": round((redis_sent - redis_before) / max(1, messages) * 1e6, 1),
-        "redis_cpu_us_per_message_drained": round((redis_drained - redis_sent) / max(1, messages) * 1e6, 1),
+        # The Redis server's own CPU (INFO cpu; broker and results on one server here, or on one cluster: the sum of
+        # its primaries) per message: pushed, then fetched, acked and its outcome stored.
+        "redis_cpu_us_per_message_sent": round(sum(sent_by_server.values()), 1),
+        "redis_cpu_us_per_message_drained": round(sum(drained_by_server.values()), 1),
+        **by_primary,
         "worker_cpu_us_per_event_batched": round(batched_cpu_s / calls * 1e6, 1),
         "worker_events_per_s_batched": round(calls / batched_s, 1),
         "events_per_message_batched": BATCHED_EVENTS_PER_MESSAGE,

@@ -24,6 +24,7 @@ from sqlalchemy import make_url
 
 from seqproc.migrations import migrate, migrate_outbox
 from seqproc.models.settings import Settings
+from seqproc.models.wire import is_cluster_url
 
 from .direct import DirectStrategy
 from .harness import DEFAULT_VARIANT, ProducerVariant, RunResult, Strategy, run
@@ -48,6 +49,9 @@ def bench_settings(base: Settings, *, database: str = BENCH_DATABASE) -> Setting
     url = make_url(base.database_url)
     if url.drivername.startswith("postgresql"):
         url = url.set(database=database)
+    if is_cluster_url(base.broker_url):
+        # A cluster has database 0 only: the benchmark empties the cluster it is given (its own, then).
+        return base.model_copy(update={"database_url": url.render_as_string(hide_password=False)})
     redis_base = base.broker_url.rsplit("/", 1)[0] if base.broker_url.count("/") >= 3 else base.broker_url
     return base.model_copy(
         update={

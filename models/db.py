@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
+from seqproc.models.db_wire import server_options, tcp_params, watch_replies
 from seqproc.models.services import mark_engine
 from seqproc.models.settings import Settings, mask_url
 
@@ -25,6 +26,7 @@ def make_engine(
     pool_size: int = 5,
     application_name: str = "seqproc",
     pre_ping: bool = True,
+    socket_timeout_s: float | None = None,
 ) -> Engine:
     """An engine for ``url``. On PostgreSQL, ``statement_timeout_s`` bounds every statement (the apply time limit),
     and ``idle_in_transaction_timeout_s`` ends a session that sits in an open transaction (a worker paused or hung
@@ -33,9 +35,12 @@ def make_engine(
     ``pre_ping``: test each connection with a round trip as it leaves the pool; a caller that retries a transaction
     whose connection turns out dead (the worker) does without that round trip. The errors the engine raises carry
     ``url``, so that a command can say which setting names the database it could not reach
-    (:mod:`seqproc.models.services`)."""
+    (:mod:`seqproc.models.services`). ``socket_timeout_s`` (``SEQPROC_DATABASE_SOCKET_TIMEOUT_S``, PostgreSQL): TCP
+    keepalives, a TCP user timeout and the connect timeout from it, and, with ``statement_timeout_s``, a deadline on
+    every reply: ``statement_timeout_s + socket_timeout_s`` without a byte from the server closes the connection
+    (:mod:`seqproc.models.db_wire`)."""
     engine = _make_engine(
-        url, statement_timeout_s, idle_in_transaction_timeout_s, pool_size, application_name, pre_ping
+        url, statement_timeout_s, idle_in_transaction_timeout_s, pool_size, application_name, pre_ping, socket_timeout_s
     )
     mark_engine(engine, url)
     return engine
@@ -48,6 +53,7 @@ def _make_engine(
     pool_size: int,
     application_name: str,
     pre_ping: bool,
+    socket_timeout_s: float | None,
 ) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -71,14 +77,22 @@ def _make_engine(
         options.append(f"-c statement_timeout={int(statement_timeout_s * 1000)}")
     if idle_in_transaction_timeout_s is not None:
         options.append(f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_timeout_s * 1000)}")
+    if socket_timeout_s is not None:
+        options.extend(server_options(socket_timeout_s))
+        connect_args.update(tcp_params(socket_timeout_s, given=dict(make_url(url).query)))
     connect_args["options"] = " ".join(options)
-    return create_engine(
+    engine = create_engine(
         url,
         pool_pre_ping=pre_ping,
         pool_size=pool_size,
         max_overflow=pool_size,
         connect_args=connect_args,
     )
+    if socket_timeout_s is not None and statement_timeout_s is not None:
+        # A statement runs statement_timeout_s at most on the server: silence past that, and past the slack the
+        # network gets, is a connection gone (half-open), not a slow statement.
+        watch_replies(engine, statement_timeout_s + socket_timeout_s)
+    return engine
 
 
 def outbox_engine(
@@ -95,17 +109,31 @@ def outbox_engine(
 def ledger_engine(settings: Settings, outbox: Engine) -> AbstractContextManager[Engine]:
     """:func:`outbox_engine` the other way round, for a process built around the outbox (the relay): the engine of
     seqproc's own database (the ledger's), ``outbox`` itself when the outbox lives there, else a one-connection
-    engine disposed on exit."""
-    return _engine_of(settings.database_url, same=outbox, same_url=settings.outbox_url)
+    engine disposed on exit, with the relay's limits: its statements' (``SEQPROC_APPLY_TIME_LIMIT_S``) and a
+    connection's that stops answering (``SEQPROC_DATABASE_SOCKET_TIMEOUT_S``)."""
+    return _engine_of(
+        settings.database_url,
+        same=outbox,
+        same_url=settings.outbox_url,
+        statement_timeout_s=settings.apply_time_limit_s,
+        socket_timeout_s=settings.database_socket_timeout_s,
+    )
 
 
 @contextmanager
-def _engine_of(url: str, *, same: Engine, same_url: str, statement_timeout_s: float | None = None) -> Iterator[Engine]:
+def _engine_of(
+    url: str,
+    *,
+    same: Engine,
+    same_url: str,
+    statement_timeout_s: float | None = None,
+    socket_timeout_s: float | None = None,
+) -> Iterator[Engine]:
     # The two databases are usually one: one pool then, not two to the same server.
     if url == same_url:
         yield same
         return
-    engine = make_engine(url, statement_timeout_s=statement_timeout_s, pool_size=1)
+    engine = make_engine(url, statement_timeout_s=statement_timeout_s, pool_size=1, socket_timeout_s=socket_timeout_s)
     try:
         yield engine
     finally:

@@ -94,24 +94,34 @@ redis.call('LTRIM', KEYS[2], 0, 0)
 return n
 """
 
-#: Restore one held message, once: KEYS the queue, its bell, its unacked hash and index; ARGV the delivery tag, the
-#: message to push (the held one, marked redelivered by the caller), 1 to push it at the consuming end (next in
-#: line) else 0. Pushes it only if this call is the one that removed the tag from the hash (a restore racing another,
-#: or an ack, pushes nothing). Returns 1 if it pushed.
+#: Restore held messages of one queue, each once, in one step: KEYS the queue, its bell, its unacked hash and index;
+#: ARGV 1 to push them at the consuming end (next in line) else 0, how many (n), their n delivery tags oldest first,
+#: then the n messages to push (the held ones, marked redelivered by the caller; '' for a tag no longer held). Each
+#: message is pushed only if this call is the one that removed its tag from the hash (a restore racing another, or an
+#: ack, pushes nothing); the oldest ends up first in line of them. Rings the bell if it pushed. Returns how many.
 RESTORE_HELD = """
-redis.call('ZREM', KEYS[4], ARGV[1])
-if redis.call('HDEL', KEYS[3], ARGV[1]) == 0 then
-    return 0
+local n = tonumber(ARGV[2])
+local consuming = ARGV[1] == '1'
+local pushed = 0
+-- At the consuming end the newest goes first, so that the oldest is next; at the other end the oldest goes first.
+local first, last, step = 1, n, 1
+if consuming then first, last, step = n, 1, -1 end
+for i = first, last, step do
+    local tag = ARGV[2 + i]
+    redis.call('ZREM', KEYS[4], tag)
+    if redis.call('HDEL', KEYS[3], tag) == 1 then
+        redis.call(consuming and 'RPUSH' or 'LPUSH', KEYS[1], ARGV[2 + n + i])
+        pushed = pushed + 1
+    end
 end
-if ARGV[3] == '1' then
-    redis.call('RPUSH', KEYS[1], ARGV[2])
-else
-    redis.call('LPUSH', KEYS[1], ARGV[2])
+if pushed > 0 then
+    redis.call('LPUSH', KEYS[2], '1')
+    redis.call('LTRIM', KEYS[2], 0, 0)
 end
-redis.call('LPUSH', KEYS[2], '1')
-redis.call('LTRIM', KEYS[2], 0, 0)
-return 1
+return pushed
 """
+#: Most messages one :data:`RESTORE_HELD` call restores: Redis runs nothing else meanwhile (about 5 ms per 1,000).
+RESTORE_CHUNK = 1000
 
 #: Held by both push scripts below, at their end: each pushed event's entry in the pending index of its entity key
 #: (``seqproc:pending:<key>``, a hash: event id -> order + event JSON), for ``seqproc.preview`` to read in one

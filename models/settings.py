@@ -33,6 +33,10 @@ DEFAULT_PARTITIONS = 16
 DEFAULT_NOTIFY_TTL_S = 86_400
 DEFAULT_NOTIFY_MAX = 1_000
 MAX_PARTITIONS = 1024
+#: A healthy server answers within its statement time limit; 5 s more covers a congested network, and keeps a worker
+#: whose database connection went half-open from stalling much past the limit (its partitions' lease, 10 s by
+#: default, is renewed from the same loop).
+DEFAULT_DATABASE_SOCKET_TIMEOUT_S = 5.0
 
 ENV_PREFIX = "SEQPROC_"
 
@@ -106,6 +110,12 @@ class Settings(BaseSettings):
     #: has no socket timeout of its own, is overdue). Keep it well below ``lease_s``: a worker cut off takes its
     #: partitions back within about this long after the network heals.
     broker_socket_timeout_s: Annotated[float, Field(ge=1, le=3_600)] = 5
+    #: How long past a statement's time limit (``apply_time_limit_s``) a worker, relay or beat waits for a byte from
+    #: the database before it counts the connection as dead, closes it and tries again on a new one: the bound on
+    #: noticing a database connection gone half-open (a black-holed peer, a stalled proxy), mid-transaction or idle
+    #: in the pool. Also the TCP keepalive and user timeout of their connections (a peer whose kernel went silent)
+    #: and their connect timeout (at least 2 s).
+    database_socket_timeout_s: Annotated[float, Field(ge=1, le=3_600)] = DEFAULT_DATABASE_SOCKET_TIMEOUT_S
     #: Loss detection: a gap in a producer's sequence (events that did not come before later ones) still open after
     #: this long is declared lost (logged, ``seqproc_events_lost_total``, ``lost`` in ``seqproc status``). Longer than
     #: the visibility timeout: a redelivered message comes back within it and fills its gap.

@@ -45,7 +45,7 @@ from __future__ import annotations
 import base64
 import logging
 import select
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from json import JSONDecoder
@@ -68,7 +68,14 @@ from seqproc.models.broker_watch import BrokerWatch, timed_out
 from seqproc.models.clients import SentinelUrl
 from seqproc.models.envelope import read_own
 from seqproc.models.resp import Held, ReplyLost, command, pack, pack_texts
-from seqproc.models.scripts import FETCH_AND_HOLD, FETCH_AND_HOLD_SHA, GIVE_BACK, RELEASE_OWN_LEASE, RESTORE_HELD
+from seqproc.models.scripts import (
+    FETCH_AND_HOLD,
+    FETCH_AND_HOLD_SHA,
+    GIVE_BACK,
+    RELEASE_OWN_LEASE,
+    RESTORE_CHUNK,
+    RESTORE_HELD,
+)
 from seqproc.models.wire import (
     APPLY_TASK,
     bell_key,
@@ -231,8 +238,15 @@ class QoS(kombu_redis.QoS):
         VirtualQoS.ack(self, delivery_tag)
 
     def restore_unacked(self, client: Any = None) -> None:
+        # kombu's, on a channel's close: what this channel still holds, per queue, in one call each.
+        by_queue: dict[str, list[str]] = {}
         for tag in list(self._delivered):
-            self.restore_by_tag(tag, client=client)
+            queue = self._queue_of(tag)
+            if queue is not None:
+                by_queue.setdefault(queue, []).append(tag)
+        with self.channel.conn_or_acquire(client) as client:
+            for queue, tags in by_queue.items():
+                self.restore_tags(client, queue, tags)
         self._delivered.clear()
 
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False, *, queue: str | None = None) -> None:
@@ -243,39 +257,63 @@ class QoS(kombu_redis.QoS):
         if queue is None:
             return
         with self.channel.conn_or_acquire(client) as client:
-            raw = client.hget(unacked_key(queue), tag)
-            if raw is None:
-                client.zrem(unacked_index_key(queue), tag)
-                return
-            payload, _exchange, _routing_key = loads(bytes_to_str(raw))
-            try:
-                payload["headers"]["redelivered"] = True
-                payload["properties"]["delivery_info"]["redelivered"] = True
-            except (KeyError, TypeError):
-                pass
-            client.eval(RESTORE_HELD, 4, *held_keys(queue), tag, dumps(payload), "0" if leftmost else "1")
+            self.restore_tags(client, queue, [tag], leftmost=leftmost)
+
+    @staticmethod
+    def restore_tags(client: Any, queue: str, tags: Sequence[Any], *, leftmost: bool = False) -> int:
+        """Put the messages held under ``tags`` (oldest first) back in ``queue``, in their order, the oldest next in
+        line (at the consuming end; at the far end if ``leftmost``); each once, whoever else restores or acks it
+        meanwhile. Two round trips per :data:`RESTORE_CHUNK` messages. Returns how many it put back."""
+        tags = [bytes_to_str(tag) for tag in tags]
+        chunks = [tags[i : i + RESTORE_CHUNK] for i in range(0, len(tags), RESTORE_CHUNK)]
+        # At the consuming end, the newest chunk first: each one goes in front of the one before it.
+        pushed = 0
+        for chunk in chunks if leftmost else reversed(chunks):
+            raws = client.hmget(unacked_key(queue), chunk)
+            messages = [b"" if raw is None else redelivered(raw) for raw in raws]
+            flag = "0" if leftmost else "1"
+            pushed += int(client.eval(RESTORE_HELD, 4, *held_keys(queue), flag, len(chunk), *chunk, *messages))
+        return pushed
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         """kombu's visibility restore, per queue this channel consumes: messages held longer than the visibility
-        timeout go back to their queue, the oldest next in line. One restorer per queue at a time (a lock with a
-        token, as kombu's ``Mutex``)."""
+        timeout go back to their queue, the oldest next in line. One look at every queue's index in one pipeline
+        (per node on a cluster); a queue with messages to restore is restored by one restorer at a time (a lock
+        with a token, as kombu's ``Mutex``)."""
         self._vrestore_count += 1
         if (self._vrestore_count - 1) % (interval or 1):
             return
         ceil = time() - self.visibility_timeout
+        queues = sorted(self.channel.active_queues)
+        if not queues:
+            return
         with self.channel.conn_or_acquire() as client:
-            for queue in sorted(self.channel.active_queues):
+            pipe = client.pipeline(transaction=False)
+            for queue in queues:
+                pipe.zrange(unacked_index_key(queue), ceil, 0, desc=True, byscore=True, offset=num and start, num=num)
+            for queue, visible in zip(queues, pipe.execute(), strict=True):
+                if not visible:
+                    continue
                 mutex, token = unacked_mutex_key(queue), uuid()
                 if not client.set(mutex, token, nx=True, ex=self.unacked_mutex_expire):
                     continue
                 try:
-                    visible = client.zrange(
-                        unacked_index_key(queue), ceil, 0, desc=True, byscore=True, offset=num and start, num=num
-                    )
-                    for tag in visible or []:
-                        self.restore_by_tag(tag, client, queue=queue)
+                    # Newest first (kombu's window): each window goes in front of the older ones restored later.
+                    self.restore_tags(client, queue, list(reversed(visible)))
                 finally:
                     client.eval(RELEASE_OWN_LEASE, 1, mutex, token)
+
+
+def redelivered(raw: bytes | str) -> bytes:
+    """The message held as ``raw`` (``[message, exchange, routing_key]``, as kombu's QoS stores it), marked
+    redelivered as kombu marks a message it restores."""
+    payload, _exchange, _routing_key = loads(bytes_to_str(raw))
+    try:
+        payload["headers"]["redelivered"] = True
+        payload["properties"]["delivery_info"]["redelivered"] = True
+    except (KeyError, TypeError):
+        pass
+    return str(dumps(payload)).encode()
 
 
 class Channel(kombu_redis.Channel):

@@ -61,7 +61,23 @@ DATA_TABLES = tuple(
 SOAK_REASON = "long variant: run with --soak (make soak)"
 #: The long variants (marked ``slow``) that only ``make soak`` runs: the only skips a CI run may report, named one
 #: by one, so that every skip in CI is a decision written down here, never a missing binary or service.
-SOAK_VARIANTS = frozenset({"tests/faults/test_kill.py::test_sigkills_lose_and_double_nothing[60-kills]"})
+_PG_WIRE = "tests/faults/test_pg_wire_faults.py::"
+SOAK_VARIANTS = frozenset(
+    {
+        "tests/faults/test_kill.py::test_sigkills_lose_and_double_nothing[60-kills]",
+        *(
+            f"{_PG_WIRE}test_a_database_connection_gone_half_open_is_noticed_by_the_deadline_and_the_stream_recovers"
+            f"[{directions}-{path}]"
+            for directions in ("up", "down")
+            for path in ("worker", "relay")
+        ),
+        f"{_PG_WIRE}test_a_worker_whose_database_stays_half_open_past_its_lease_takes_its_partitions_back",
+        *(
+            f"{_PG_WIRE}test_a_slow_database_link_times_out_only_past_the_deadline[past-the-deadline-{path}]"
+            for path in ("worker", "relay")
+        ),
+    }
+)
 
 
 # Hypothesis profiles; ``--hypothesis-profile NAME`` chooses another. The domain property cases

@@ -62,6 +62,8 @@ def prepare(settings: Settings, partitions: Sequence[int], *, owner: str, spec: 
         # No test round trip per transaction: a connection found dead mid-transaction (a server restart, a session
         # ended) is a transient error, and the transaction is retried in place on a new one (consume/retry.py).
         pre_ping=False,
+        # ... and one that stopped answering (half-open) is found dead by its reply deadline.
+        socket_timeout_s=settings.database_socket_timeout_s,
     )
     lag = behind(engine)
     if lag is not None:
@@ -265,7 +267,12 @@ def run_beat(settings: Settings, *, loglevel: str, hostname: str | None = None) 
     from seqproc.worker.beat.jobs import JOBS
     from seqproc.worker.beat.schedule import register_jobs
 
-    engine = make_engine(settings.database_url, statement_timeout_s=settings.apply_time_limit_s, pool_size=2)
+    engine = make_engine(
+        settings.database_url,
+        statement_timeout_s=settings.apply_time_limit_s,
+        pool_size=2,
+        socket_timeout_s=settings.database_socket_timeout_s,
+    )
     if not inspect(engine).has_table("job_run"):
         raise ConfigError(
             f"the database at {mask_url(settings.database_url)} has no seqproc tables: run `seqproc migrate` first"
@@ -304,6 +311,8 @@ def run_relay(settings: Settings, *, once: bool = False, ready_file: str | None 
         # ends its session, which frees the locks; its pushes without a commit are sent again (duplicates).
         idle_in_transaction_timeout_s=min(settings.apply_time_limit_s, settings.lease_s),
         pool_size=2,
+        # A pass waiting on a connection that stopped answering gives up and is tried again on a new one.
+        socket_timeout_s=settings.database_socket_timeout_s,
     )
     try:
         with ledger_engine(settings, outbox) as ledger:

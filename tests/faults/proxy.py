@@ -4,7 +4,10 @@ It forwards bytes both ways and, on command, injects what networks do: ``latency
 ``black_hole(up=..., down=...)``: drop one direction or both without closing anything (a half-open connection: the
 client's writes succeed, nothing comes back); ``cut()``: reset every live connection (``SO_LINGER`` 0, then abort:
 the peers see ECONNRESET); ``refuse(True)``: new connections are reset at once; ``heal()``: back to forwarding.
-``up`` is client -> server, ``down`` server -> client. Runs its loop in a thread of its own; ``stop()`` closes all.
+``up`` is client -> server, ``down`` server -> client. ``black_hole_after(pattern)``: forward the next client chunk
+that holds ``pattern`` (a ``COMMIT``), then black-hole: the request reached the server, its reply never comes back.
+A peer's close (FIN) in a black-holed direction is held until the heal, as a partition would hold it. Runs its loop
+in a thread of its own; ``stop()`` closes all.
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ class FaultProxy:
         self.refusing = False
         #: Bytes dropped by a black hole so far (each direction).
         self.dropped = {"up": 0, "down": 0}
+        #: Connections accepted (and forwarded) so far: a client that reconnects shows here.
+        self.accepted = 0
+        #: Chunks forwarded late (``latency``) so far.
+        self.delayed = 0
+        #: ``black_hole_after``: the pattern armed, the directions it black-holes, and how many times it fired.
+        self._trigger: tuple[bytes, bool, bool] | None = None
+        self.triggered = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -53,6 +63,11 @@ class FaultProxy:
     def black_hole(self, *, up: bool = True, down: bool = True) -> None:
         self.drop_up, self.drop_down = up, down
 
+    def black_hole_after(self, pattern: bytes, *, up: bool = False, down: bool = True) -> None:
+        """Once a client chunk holding ``pattern`` was forwarded, black-hole ``up``/``down`` (once; ``heal`` too
+        disarms it)."""
+        self._trigger = (pattern, up, down)
+
     def refuse(self, refusing: bool = True) -> None:
         self.refusing = refusing
 
@@ -62,6 +77,7 @@ class FaultProxy:
 
     def heal(self) -> None:
         self.delay_s, self.drop_up, self.drop_down, self.refusing = 0.0, False, False, False
+        self._trigger = None
 
     @property
     def connections(self) -> int:
@@ -88,6 +104,7 @@ class FaultProxy:
         except OSError:
             _reset(client_writer)
             return
+        self.accepted += 1
         self._writers |= {client_writer, server_writer}
         await asyncio.gather(
             self._pump(client_reader, server_writer, "up"),
@@ -102,15 +119,27 @@ class FaultProxy:
         while True:
             data = await reader.read(CHUNK)
             if not data:
+                while self._dropping(direction):
+                    await asyncio.sleep(0.05)  # a partition holds the FIN too: it arrives after the heal
                 writer.close()  # a clean close goes on to the other side (FIN)
                 return
             if self.delay_s:
+                self.delayed += 1
                 await asyncio.sleep(self.delay_s)
-            if self.drop_up if direction == "up" else self.drop_down:
+            if self._dropping(direction):
                 self.dropped[direction] += len(data)  # black-holed: never arrives, nothing is closed
                 continue
+            trigger = self._trigger
+            if direction == "up" and trigger is not None and trigger[0] in data:
+                # Before the write: this chunk still goes, and no reply to it can slip back first.
+                self._trigger = None
+                self.triggered += 1
+                self.black_hole(up=trigger[1], down=trigger[2])
             writer.write(data)
             await writer.drain()
+
+    def _dropping(self, direction: str) -> bool:
+        return self.drop_up if direction == "up" else self.drop_down
 
     async def _reset_all(self) -> int:
         writers = list(self._writers)

@@ -29,6 +29,7 @@ from tests.faults.cluster import ClusterGroup
 from tests.faults.test_outbox_faults import app_engine, outbox_stream
 from tests.faults.test_sentinel import DirectStream, judged
 from tests.integration.test_domain_parking import tally_tables
+from tests.integration.test_status import by_partition, run_status, status_json
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(120)]
 
@@ -164,3 +165,41 @@ def test_cluster_primary_sigkill_loses_no_outbox_event(
     )
     assert worker.process.poll() is None
     assert relay.process.poll() is None
+
+
+def test_status_on_a_cluster_reads_every_partition_on_its_primary(
+    clean: Settings, engine: Engine, redis_cluster: ClusterGroup, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """``seqproc status`` (and ``--json``) on ``redis+cluster://`` URLs: each partition's depth, unacknowledged count
+    and oldest age read from the primary that holds its slot (partitions on every primary), then its owner and
+    counters once a worker applied them."""
+    settings = on_cluster(clean, redis_cluster)
+    seqproc.configure(settings)
+    articles = range(1, 41)
+    receipts = [seqproc.like(article, user) for article in articles for user in (1, 2)]
+    sent = dict.fromkeys(range(settings.partitions), 0)
+    for article in articles:
+        sent[partition_for(article_key(article), settings.partitions)] += 2
+    queued = {p for p, n in sent.items() if n}
+    assert len({redis_cluster.primary_of_slot(redis_cluster.slot_of(queue_name(p))) for p in queued}) == 3
+
+    before = status_json(settings)
+    entries = by_partition(before)
+    # Each like is its own message (one call, one event): the depth is the events sent there.
+    assert {p: e["depth"] for p, e in entries.items()} == sent
+    assert all(e["unacked"] == 0 for e in entries.values())
+    assert all((e["oldest_age_s"] is not None) == (p in queued) for p, e in entries.items())
+    assert before["totals"]["depth"] == len(receipts)
+    table = run_status(settings, "--interval", "0")
+    assert table.returncode == 0, table.stderr
+    assert "redis+cluster://" in table.stdout  # the title names the broker it read
+    assert str(len(receipts)) in table.stdout
+
+    worker = start_worker(settings)
+    assert {o.status for o in seqproc.wait_all(receipts, timeout_s=60)} == {"applied"}
+    after = by_partition(status_json(settings))
+    for p, e in after.items():
+        assert e["depth"] == 0
+        assert e["owner"] is not None
+        assert f"/{worker.pid}/" in e["owner"]
+        assert e["applied"] - entries[p]["applied"] == sent[p]

@@ -11,6 +11,7 @@ from kombu import Connection
 from sqlalchemy import Engine, select
 
 from seqproc import producer
+from seqproc.models import transport
 from seqproc.models.celery import celery_config
 from seqproc.models.envelope import task_envelope
 from seqproc.models.resp import ReplyLost
@@ -76,6 +77,51 @@ def test_a_fetch_records_each_message_in_unacked_in_the_same_step(clean: Setting
     # RPOP order (the consuming end first) is the producer's order again.
     order = [json.loads(json.loads(raw)["body"])[1]["events"][0]["user_id"] for raw in client.lrange(queue, 0, -1)]
     assert list(reversed(order)) == list(range(1, 11))
+
+
+def test_a_restore_in_chunks_keeps_the_order_and_restores_each_message_once(
+    clean: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A takeover's restore sends one script call per chunk of a queue's held messages (not one per message): in
+    chunks of 3 here, 10 held messages come back in their order, each once, marked redelivered; a tag acked between
+    the read and the restore (gone from the hash) is not pushed again, and the visibility restore does the same."""
+    monkeypatch.setattr(transport, "RESTORE_CHUNK", 3)
+    receipts = [producer.like(7, user) for user in range(1, 13)]
+    queue = receipts[0].queue
+    client = redis.Redis.from_url(clean.broker_url)
+    with connection(clean) as conn:
+        channel = conn.default_channel
+        held = channel._fetch([queue], 10)
+        tags = [fetched(q, raw).delivery_tag for q, raw in held]
+        client.hdel(unacked_key(queue), tags[4])  # acked meanwhile: users 1-4 and 6-10 are still held
+        calls = []
+        real_eval = redis.Redis.eval
+
+        def counted(self: redis.Redis, script: str, numkeys: int, *args: Any) -> Any:
+            calls.append(script)
+            return real_eval(self, script, numkeys, *args)
+
+        monkeypatch.setattr(redis.Redis, "eval", counted)
+        assert restore_unacked(channel, [queue]) == 9
+    assert len(calls) == 4  # ceil(10 / 3) chunks
+    assert unacked_count(client) == 0
+    assert client.zcard(unacked_index_key(queue)) == 0
+    raws = client.lrange(queue, 0, -1)
+    assert list(reversed([user_of(raw) for raw in raws])) == [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12]
+    restored = [json.loads(raw) for raw in raws[-9:]]
+    assert all(m["properties"]["delivery_info"]["redelivered"] for m in restored)
+
+    # The visibility restore: every held message older than the timeout, in windows of `num` (newest first).
+    with connection(clean) as conn:
+        channel = conn.default_channel
+        assert len(channel._fetch([queue], 11)) == 11
+        channel._active_queues.append(queue)  # as a consumer of it (kombu keeps the list there)
+        channel.qos.visibility_timeout = 0
+        channel.qos.restore_visible(num=4, interval=1)  # the 4 newest, then the rest, oldest next in line
+        channel.qos.restore_visible(num=4, interval=1)
+        channel.qos.restore_visible(num=4, interval=1)
+    assert unacked_count(client) == 0
+    assert list(reversed([user_of(raw) for raw in client.lrange(queue, 0, -1)])) == [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12]
 
 
 def test_a_fetch_takes_nothing_from_a_queue_whose_lease_moved(clean: Settings) -> None:

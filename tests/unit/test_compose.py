@@ -17,6 +17,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from seqproc.models.clients import ClusterUrl
 from seqproc.models.settings import load_settings
 from seqproc.worker.cli import cli
 from seqproc.worker.ops.flower import flower_argv
@@ -384,3 +385,54 @@ def test_the_sentinel_override_points_every_seqproc_service_at_the_sentinels() -
     for node in ("redis", "redis-replica"):
         command = override[node]["command"]
         assert command[command.index("--repl-diskless-sync-delay") + 1] == "0"
+
+
+CLUSTER_FILE = ROOT / "docker-compose.cluster.yml"
+
+
+def test_the_cluster_file_runs_seqproc_on_three_primaries_with_a_replica_each() -> None:
+    services = yaml.safe_load(CLUSTER_FILE.read_text(encoding="utf-8"))["services"]
+    nodes = sorted(name for name in services if re.fullmatch(r"redis-\d+", name))
+    assert len(nodes) == 6  # 3 primaries + 3 replicas
+    for node in nodes:
+        script = services[node]["entrypoint"][-1]
+        assert "--cluster-enabled yes" in script
+        assert "--appendonly yes" in script  # the broker holds events not yet applied
+        # Clients are told the node's service name (what this network resolves), not a container's IP.
+        assert '--cluster-announce-hostname "$$NODE"' in script
+        assert "--cluster-preferred-endpoint-type hostname" in script
+        assert services[node]["environment"]["NODE"] == node
+        assert services[node]["healthcheck"]["test"][-1] == "ping"
+    create = services["redis-cluster-create"]
+    script = create["entrypoint"][-1]
+    assert "redis-cli --cluster create $$nodes --cluster-replicas 1 --cluster-yes" in script
+    assert all(node in script for node in nodes)
+    assert "getent hosts" in script  # redis-cli --cluster create takes IP addresses only
+    assert create["restart"] == "no"
+    assert {name for name, dep in create["depends_on"].items() if dep["condition"] == "service_healthy"} == set(nodes)
+    assert {"postgres", "migrate", "relay", "beat", "flower"} <= set(services)
+
+    seqproc = {name: svc for name, svc in services.items() if _command(svc)[:1] == ["seqproc"]}
+    for name, service in seqproc.items():
+        env = _environment(service)
+        settings = load_settings(
+            database_url=_interpolate_defaults(env["SEQPROC_DATABASE_URL"]),
+            broker_url=env["SEQPROC_BROKER_URL"],
+            result_backend=env["SEQPROC_RESULT_BACKEND"],
+        )
+        for url in (settings.broker_url, settings.result_backend):
+            seeds = ClusterUrl.parse(url).nodes
+            assert {host for host, _port in seeds} <= set(nodes), (name, url)
+            assert len(seeds) >= 2, (name, url)  # a seed node down does not keep a process from starting
+        if name != "migrate":  # the migration needs PostgreSQL only
+            assert services[name]["depends_on"]["redis-cluster-create"]["condition"] == (
+                "service_completed_successfully"
+            )
+    workers = [svc for svc in seqproc.values() if _command(svc)[:2] == ["seqproc", "worker"]]
+    total = int(workers[0]["environment"]["SEQPROC_PARTITIONS"])
+    owned = [p for svc in workers for p in parse_partitions(_option(_command(svc), "--partitions"), total)]
+    assert sorted(owned) == list(range(total))  # every partition exactly once
+    for service in seqproc.values():
+        healthcheck = service.get("healthcheck")
+        if healthcheck and healthcheck["test"][:2] == ["CMD", "python"]:
+            compile(healthcheck["test"][-1], "healthcheck", "exec")

@@ -270,21 +270,25 @@ def restore_unacked(channel: Any, queues: Iterable[str]) -> int:
     Any still-live holder of such a message is fenced, and the ledger reports the copy as a duplicate.
     """
     qos = getattr(channel, "qos", None)
-    if qos is None or not hasattr(qos, "restore_by_tag"):
+    if qos is None or not hasattr(qos, "restore_tags"):
         return 0
     restored = 0
     wanted = sorted(set(queues))
     # The pooled client, never ``channel.client``: on a consuming channel that one has a BRPOP outstanding.
     with channel.conn_or_acquire() as client:
         restored += restore_legacy_unacked(client, wanted)
+        pipe = client.pipeline(transaction=False)
         for queue in wanted:
-            # Oldest first by score; each restore pushes onto the consuming end, so the newest goes first.
-            tags = client.zrange(unacked_index_key(queue), 0, -1)
-            held = set(client.hkeys(unacked_key(queue)))
-            tags += list(held - set(tags))  # held but not indexed (never, from seqproc's fetch): last
-            for tag in reversed(tags):
-                qos.restore_by_tag(tag, client, leftmost=False, queue=queue)
-            restored += len(tags)
+            pipe.zrange(unacked_index_key(queue), 0, -1)
+            pipe.hkeys(unacked_key(queue))
+        replies = pipe.execute()
+        for i, queue in enumerate(wanted):
+            tags, held = replies[2 * i], replies[2 * i + 1]
+            if not tags and not held:
+                continue
+            # Oldest first by score; held but not indexed (never, from seqproc's fetch): last.
+            tags += list(set(held) - set(tags))
+            restored += qos.restore_tags(client, queue, tags)
     if restored:
         logger.info("restored %d unacknowledged message(s) of %s to the head of their queues", restored, wanted)
     return restored
