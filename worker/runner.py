@@ -171,7 +171,8 @@ def _consume(
         rt.leases = LeaseManager(settings, rt.engine, rt.owner)
         # Skip queues we cannot prove ours before asking Redis at all.
         app.conf.broker_transport_options = {**app.conf.broker_transport_options, "fetch_filter": _lease_filter(rt)}
-        rt.leases.tick(on_acquire=rt.epochs.__setitem__)  # the first share, claimed before consuming
+        while rt.leases.tick(on_acquire=rt.epochs.__setitem__):  # the first share, claimed before consuming
+            pass
         chosen = rt.leases.owned
     else:
         rt.static = StaticOwnership(settings, rt.engine, rt.owner, chosen, rt.epochs, spec=_span(chosen))
