@@ -411,9 +411,10 @@ class Channel(kombu_redis.Channel):
         try:
             try:
                 self.client.parse_response(self.client.connection, "BRPOP", **options)
-            except self.connection_errors:  # type: ignore[attr-defined]  # not in stubs
+            except self.connection_errors as error:  # type: ignore[attr-defined]  # not in stubs
                 # Disconnect, so that the next iteration reconnects (as kombu does).
                 self.client.connection.disconnect()
+                self._noticed(error, "the wait on the bells")  # (read with a timeout: at a close)
                 raise
         finally:
             self._in_poll = None
@@ -520,10 +521,14 @@ class Channel(kombu_redis.Channel):
         watch.check()
 
     def close(self) -> None:
-        if self.broker_watch is not None and self.broker_watch.silent is not None and self._in_poll:
-            # kombu's close reads a pending wait's reply: on a dead connection, a socket timeout for nothing.
-            self._in_poll.disconnect()
-            self._in_poll = None
+        if self.broker_watch is not None and self.broker_watch.silent is not None:
+            # kombu's close reads a pending wait's reply and deletes the auto-delete queues (the pidbox's binding) on
+            # its own client: on a dead connection, a socket timeout apiece for nothing. The binding left behind
+            # expires (kombu's sweep) or is bound again by the next worker of that name.
+            self.auto_delete_queues.clear()
+            if self._in_poll:
+                self._in_poll.disconnect()
+                self._in_poll = None
         super().close()  # kombu may read a pending wait's reply here, and fetch: the held connection is closed after
         if self._held_connection is not None:
             self._held_connection.close()

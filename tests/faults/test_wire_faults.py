@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -98,9 +99,31 @@ def leases_held(client: redis.Redis, pid: int, partitions: int) -> int:
     return sum(1 for value in values if value is not None and f"/{pid}/".encode() in value)
 
 
-@pytest.mark.parametrize(("up", "down"), [(True, True), (True, False), (False, True)], ids=["both", "up", "down"])
+#: The defaults the worker runs with: the socket timeout, and the lease.
+DEFAULT_TIMEOUTS = (
+    Settings.model_fields["broker_socket_timeout_s"].default,
+    Settings.model_fields["lease_s"].default,
+)
+
+
+@pytest.mark.parametrize(
+    ("up", "down", "timeouts"),
+    [
+        (True, True, (WORKER_SOCKET_TIMEOUT_S, WORKER_LEASE_S)),
+        (True, False, (WORKER_SOCKET_TIMEOUT_S, WORKER_LEASE_S)),
+        (False, True, (WORKER_SOCKET_TIMEOUT_S, WORKER_LEASE_S)),
+        (True, True, DEFAULT_TIMEOUTS),
+    ],
+    ids=["both", "up", "down", "both-defaults"],
+)
 def test_a_worker_whose_broker_goes_half_open_notices_reconnects_and_loses_nothing(
-    clean: Settings, proxy: FaultProxy, start_worker, engine: Engine, up: bool, down: bool
+    clean: Settings,
+    proxy: FaultProxy,
+    start_worker,
+    engine: Engine,
+    up: bool,
+    down: bool,
+    timeouts: tuple[float, float],
 ) -> None:
     """A ``--partitions auto`` worker talks to its broker only through the proxy, which black-holes ``both``
     directions, ``up`` (client -> server: nothing arrives) or ``down`` (server -> client: commands run, replies
@@ -109,10 +132,12 @@ def test_a_worker_whose_broker_goes_half_open_notices_reconnects_and_loses_nothi
     all along, straight to Redis. The worker logs ``broker unresponsive`` within ``1 s`` + the socket timeout
     (read from its log as it comes), reconnects after the heal and holds all its leases again within one lease;
     every event is applied once, in its key's order, judged against what was sent (every chain step applied, every
-    unit received once)."""
-    settings = through(
-        clean, proxy, broker_socket_timeout_s=WORKER_SOCKET_TIMEOUT_S, lease_s=WORKER_LEASE_S
-    )  # the producer stays on ``clean``: straight to Redis
+    unit received once). ``both-defaults``: the same with the defaults (a 5 s socket timeout, a 10 s lease); the
+    others with 2 s and 6 s, for time."""
+    socket_timeout_s, lease_s = timeouts
+    fault_s = lease_s + 2.0  # past the lease: the worker's leases run out meanwhile
+    # The producer stays on ``clean``: straight to Redis.
+    settings = through(clean, proxy, broker_socket_timeout_s=socket_timeout_s, lease_s=lease_s)
     broker = redis.Redis.from_url(clean.broker_url)
     worker = start_worker(settings, "auto")
     wait_for(lambda: leases_held(broker, worker.pid, clean.partitions) == clean.partitions, 20, "all 16 leases")
@@ -124,13 +149,13 @@ def test_a_worker_whose_broker_goes_half_open_notices_reconnects_and_loses_nothi
         faulted_at = time.monotonic()
         wait_for(lambda: "broker unresponsive" in worker.log()[mark:], 20, "the worker to notice")
         noticed_s = time.monotonic() - faulted_at
-        time.sleep(max(0.0, WORKER_FAULT_S - noticed_s))
+        time.sleep(max(0.0, fault_s - noticed_s))
         assert leases_held(broker, worker.pid, clean.partitions) < clean.partitions  # held past the lease
         proxy.heal()
         healed_at = time.monotonic()
         wait_for(
             lambda: leases_held(broker, worker.pid, clean.partitions) == clean.partitions,
-            WORKER_LEASE_S + SLACK_S,
+            lease_s + SLACK_S,
             "the worker to hold all its leases again",
         )
         back_s = time.monotonic() - healed_at
@@ -138,8 +163,8 @@ def test_a_worker_whose_broker_goes_half_open_notices_reconnects_and_loses_nothi
     outcomes = producer.wait_all(receipts, timeout_s=30)
     label = {(True, True): "both ways", (True, False): "client->server", (False, True): "server->client"}[(up, down)]
     report_sequences(
-        f"worker <-> broker half-open {label} for {WORKER_FAULT_S:g} s, then healed (noticed in {noticed_s:.1f} s, "
-        f"leases back {back_s:.1f} s after the heal)",
+        f"worker <-> broker half-open {label} for {fault_s:g} s (socket timeout {socket_timeout_s:g} s, lease "
+        f"{lease_s:g} s), then healed (noticed in {noticed_s:.1f} s, leases back {back_s:.1f} s after the heal)",
         outcomes,
         len(receipts),
         engine,
@@ -151,7 +176,7 @@ def test_a_worker_whose_broker_goes_half_open_notices_reconnects_and_loses_nothi
     assert (proxy.dropped["up"] > 0) == up, proxy.dropped
     if not up:
         assert proxy.dropped["down"] > 0, proxy.dropped
-    assert noticed_s < 1.0 + WORKER_SOCKET_TIMEOUT_S + SLACK_S
+    assert noticed_s < 1.0 + socket_timeout_s + SLACK_S
     assert "Connection to broker lost" in worker.log()[mark:]  # Celery's reconnect, not a process restart
     assert worker.process.poll() is None
     assert len(outcomes) > 200
@@ -268,3 +293,27 @@ def test_an_idle_worker_with_fixed_partitions_notices_a_silent_broker_and_resume
         assert product_state(conn, RESTOCKED)["total_received"] == units[0]
     assert len(outcomes) > 100
     assert_all_applied_in_order(outcomes)
+
+
+@pytest.mark.parametrize("partitions", ["auto", "0-15"])
+def test_a_worker_stopped_while_its_broker_is_half_open_exits_without_waiting_for_it(
+    clean: Settings, proxy: FaultProxy, start_worker, engine: Engine, partitions: str
+) -> None:
+    """SIGTERM while every connection to the broker is black-holed (an operator restarting a worker cut off): it
+    applies nothing more, hands back what it can and exits within a few socket timeouts, not one per partition
+    (each lease or fence left behind expires, or is overwritten by the next claim). Its partitions are marked
+    released in PostgreSQL, which still answers."""
+    settings = through(clean, proxy, broker_socket_timeout_s=WORKER_SOCKET_TIMEOUT_S, lease_s=WORKER_LEASE_S)
+    worker = start_worker(settings, partitions)
+    time.sleep(1.0)
+    proxy.black_hole()
+    worker.signal(signal.SIGTERM)
+    stopped_at = time.monotonic()
+    code = worker.process.wait(60)
+    took_s = time.monotonic() - stopped_at
+    print(f"stopped with the broker half-open ({partitions}): exited {code} in {took_s:.1f} s")
+    assert proxy.dropped["up"] > 0  # the fault landed: what it sent on the way out went nowhere
+    assert took_s < 4 * WORKER_SOCKET_TIMEOUT_S + SLACK_S
+    with engine.connect() as conn:
+        owners = conn.execute(select(Partition.owner, Partition.released_at)).all()
+    assert all(released is not None for owner, released in owners if owner and f"/{worker.pid}/" in owner)
