@@ -60,10 +60,16 @@ from seqproc.producer.attempts import (
     no_reply_in_time,
 )
 from seqproc.producer.coalesce import Coalescer
+from seqproc.producer.marks import MarkKeeper
 from seqproc.producer.receipt import Receipt
 from seqproc.producer.sequence import Place, Sequencer
 
 logger = logging.getLogger(__name__)
+
+
+def new_sequencer(marks: MarkKeeper | None) -> Sequencer:
+    """A sender's numbering, whose partitions ``marks`` keeps from its first send on (None: no marks)."""
+    return Sequencer(on_new_producer=marks.watch if marks is not None else None)
 
 
 def client_app(settings: Settings) -> Celery:
@@ -122,8 +128,14 @@ class Publisher:
             kombu.exceptions.OperationalError,  # what kombu raises when it cannot connect, whatever the transport
         )
         self._coalescer = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
+        #: Marks the partitions after the broker's master changed, for what no later message would reveal
+        #: (:mod:`producer.marks`; seqproc's transport on one Redis or Sentinel: a cluster's shards each have a
+        #: master of their own, which the keeper does not follow yet).
+        self.marks: MarkKeeper | None = None
+        if self._redis is not None and not self._cluster and settings.sequence_mark_s > 0:
+            self.marks = MarkKeeper(self._redis, self.push_marks, interval_s=settings.sequence_mark_s)
         #: Numbers this process's events per partition, for the workers' loss detection (seqproc's transport only).
-        self.sequencer = Sequencer()
+        self.sequencer = new_sequencer(self.marks)
         #: The connection pushes go out on, with the pid that opened it (see ``_connection``).
         self._held: tuple[int, Any] | None = None
         self._push_lock = threading.Lock()
@@ -166,6 +178,8 @@ class Publisher:
                 remaining_s = self.settings.publish_timeout_s if deadline is None else deadline - time.monotonic()
             try:
                 self._send_messages(messages, remaining_s, places)
+                if places is not None:
+                    self.sequencer.sent(messages, places)
                 return
             except PartitionCountMismatch:
                 raise  # checked as the connection opened: nothing was sent, and a retry would not change it
@@ -283,6 +297,15 @@ class Publisher:
             finally:
                 if bound:
                     self._bound(connection, None)
+
+    def push_marks(self, marks: Sequence[tuple[int, Place]]) -> None:
+        """Push a mark (a message with no event, ``producer.marks``) onto each partition's queue: ``(partition,
+        place)`` pairs, in one round trip, on a connection of their own (not the one the sends go out on)."""
+        if self._redis is None or not marks:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        stage_messages(pipe, [(partition, ()) for partition, _ in marks], 0, [place for _, place in marks])
+        pipe.execute()
 
     def _push_on_cluster(
         self, client: Any, messages: Sequence[tuple[int, Sequence[Event]]], places: Sequence[Place] | None
