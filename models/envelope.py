@@ -24,7 +24,6 @@ from pydantic import SerializeAsAny, TypeAdapter
 
 from seqproc.models.domain import EventModel
 from seqproc.models.events import Event
-from seqproc.models.stamps import unique_id
 from seqproc.models.wire import APPLY_TASK
 
 #: Events in wire form, serialised in pydantic's Rust core (what ``model_dump`` + ``json.dumps`` give, 2x faster),
@@ -66,22 +65,34 @@ def envelope_of_json(
     sequence: tuple[str, int] | None = None,
 ) -> str:
     """The same, for ``count`` events already in wire form: ``events_array`` is their JSON array's text (the relay
-    joins the outbox rows' bodies, which were validated when they were written).
+    joins the outbox rows' bodies, which were validated when they were written). ``task_id``: unique to this message
+    (:func:`~seqproc.models.stamps.unique_id`); it is its delivery tag too (kombu draws another uuid for the tag,
+    but a tag only has to be unique among the messages held).
 
     ``sequence``: the producer and the number of the first event on the partition (``producer.sequence``), as
     ``"seq": [producer, first]`` among the task's arguments, for the worker's loss detection; the relay's messages
     carry none (the outbox sends again what a broker lost)."""
-    seq = "" if sequence is None else f', "seq": [{json.dumps(sequence[0])}, {int(sequence[1])}]'
-    body = f'[[], {{"partition": {int(partition)}, "events": {events_array}{seq}}}, {_EMBED}]'
+    partition = int(partition)
+    seq = "" if sequence is None else f', "seq": [{_quoted(sequence[0])}, {int(sequence[1])}]'
+    body = f'[[], {{"partition": {partition}, "events": {events_array}{seq}}}, {_EMBED}]'
     before_body, before_id, before_root, before_correlation, before_tag, end = _template(
-        queue, int(partition), count, origin()
+        queue, partition, count, origin()
     )
-    # Task ids and delivery tags are URL-safe text (``unique_id``: kombu's uuid4 costs a system call each, and a
-    # tag only has to be unique): nothing in them to escape.
+    # Task ids are URL-safe text (``unique_id``: kombu's uuid4 costs a system call each): nothing in them to escape.
     return (
-        f"{before_body}{json.dumps(body)}{before_id}{task_id}{before_root}{task_id}"
-        f"{before_correlation}{task_id}{before_tag}{unique_id()}{end}"
+        f"{before_body}{_quote(body)}{before_id}{task_id}{before_root}{task_id}"
+        f"{before_correlation}{task_id}{before_tag}{task_id}{end}"
     )
+
+
+#: ``json.dumps`` of a string, without its Python layers (the C function it calls for one: the same text).
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+@functools.lru_cache(maxsize=256)
+def _quoted(text: str) -> str:
+    """``json.dumps(text)`` for a text that repeats (a producer's name: one per process and event loop)."""
+    return _quote(text)
 
 
 _BODY_SLOT = "\x00body\x00"

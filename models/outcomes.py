@@ -25,7 +25,8 @@ from seqproc.models.notifications import (
     publish_args,
     xread_args,
 )
-from seqproc.models.scripts import PUBLISH_NOTIFICATIONS, PUT_OUTCOMES
+from seqproc.models.resp import Held, ReplyLost, pack
+from seqproc.models.scripts import PUBLISH_NOTIFICATIONS, PUT_OUTCOMES, PUT_OUTCOMES_SHA
 from seqproc.models.wire import DEFAULT_SENTINEL_MASTER, outcome_key
 
 Status = Literal["applied", "duplicate", "rejected"]
@@ -102,6 +103,10 @@ class RedisOutcomeStore:
         self._ttl_s = ttl_s
         self._put_script = self._client.register_script(PUT_OUTCOMES)
         self._publish_script = self._client.register_script(PUBLISH_NOTIFICATIONS)
+        #: A worker's puts go out packed by hand on a connection of their own (made at the first put: a producer,
+        #: which only reads, never opens it); one put at a time.
+        self._held = Held(self._client)
+        self._held_lock = threading.Lock()
 
     def put_many(self, outcomes: Sequence[tuple[str, Outcome]], notices: Notices | None = None) -> None:
         """Write ``outcomes``; then publish ``notices`` to their topics, in the round trip of the last chunk."""
@@ -154,7 +159,17 @@ class RedisOutcomeStore:
     def _put(self, outcomes: Sequence[tuple[str, Outcome]], *, client: Any = None) -> None:
         # One command for the chunk; the loop runs inside Redis.
         keys, args = self._put_args(outcomes)
-        self._put_script(keys=keys, args=args, client=client)
+        if client is not None:
+            self._put_script(keys=keys, args=args, client=client)
+            return
+        packed = pack("EVALSHA", PUT_OUTCOMES_SHA, len(keys), *keys, *args)
+        with self._held_lock:
+            try:
+                self._held.run(packed, script=PUT_OUTCOMES)
+            except ReplyLost:
+                # A connection the server closed while idle, or one lost before the reply: the same outcomes
+                # written twice are the same, so once more, at once, on a new connection.
+                self._held.run(packed, script=PUT_OUTCOMES)
 
     def _put_args(self, outcomes: Sequence[tuple[str, Outcome]]) -> tuple[list[str], list[Any]]:
         # The outcomes with a value of their own come first, each with its value; the plain "applied" ones (nearly

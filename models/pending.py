@@ -16,39 +16,43 @@ message the broker lost (an asynchronous replica's failover) leaves the index wi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
-from pydantic import SerializeAsAny, TypeAdapter
+from pydantic import TypeAdapter
 
 from seqproc.models.domain import EventModel
 from seqproc.models.errors import SeqprocError
 from seqproc.models.events import Event, parse_event
 from seqproc.models.wire import partition_for, pending_key, queue_name
 
-#: One event in wire form (as the envelope writes it inside its array).
-_EVENT: TypeAdapter[Any] = TypeAdapter(SerializeAsAny[EventModel])
 #: An entry's order prefix: the push's time (seconds, microseconds) and the entry's rank in the push.
 ORDER_CHARS = 22
 
 
-def event_texts(events: Sequence[Event]) -> list[str]:
-    """Each event in wire form; joined with commas inside brackets they are the envelope's event array."""
-    return [_EVENT.dump_json(event).decode() for event in events]
+def event_json(event: Event) -> bytes:
+    """``event`` in wire form, as the envelope's event array holds it (joined with commas inside brackets): its own
+    schema's serializer, called straight (what a ``SerializeAsAny[EventModel]`` adapter writes, without the
+    adapter's Python layer: a producer's call serialises its event once)."""
+    return type(event).__pydantic_serializer__.to_json(event)
 
 
-def hold_args(ttl_s: int, entries: Iterable[tuple[str, str, str]]) -> tuple[list[str], list[Any]]:
-    """The keys and arguments the push scripts take for ``entries`` (pending index, event id, event JSON): the
-    indexes first, then the time to live and, per index, its count and its (id, JSON) pairs. None when ``ttl_s`` is 0
-    (the index is off: previews show the applied state only)."""
+def hold_args(ttl_s: int, entries: Iterable[tuple[str, Any, Any]]) -> tuple[list[str], list[Any]]:
+    """The keys and arguments the push scripts take for ``entries`` (pending index, event id, event JSON; the last two
+    as text or bytes, passed on as they are): the indexes first, then the time to live and, per index, its count and
+    its (id, JSON) pairs (the numbers as bytes). None when ``ttl_s`` is 0 (the index is off: previews show the
+    applied state only)."""
     if not ttl_s:
         return [], []
-    by_key: dict[str, list[str]] = {}
+    if isinstance(entries, list) and len(entries) == 1:  # one event (a web request's): nothing to group
+        ((index, event_id, text),) = entries
+        return [index], [b"%d" % ttl_s, b"1", event_id, text]
+    by_key: dict[str, list[Any]] = {}
     for index, event_id, text in entries:
         by_key.setdefault(index, []).extend((event_id, text))
-    args: list[Any] = [ttl_s]
+    args: list[Any] = [b"%d" % ttl_s]
     for pairs in by_key.values():
-        args.append(len(pairs) // 2)
+        args.append(b"%d" % (len(pairs) // 2))
         args.extend(pairs)
     return list(by_key), args
 

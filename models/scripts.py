@@ -152,15 +152,18 @@ end
 
 #: The producer's push of a send: KEYS queue1, bell1, queue2, bell2, ..., then the pending indexes; ARGV how many
 #: messages, message1, message2, ..., then the pending entries (see ``_HOLD_PENDING``). Each message is pushed
-#: (LPUSH, as kombu does) and its queue's bell rung, kept to one token; one command, one reply, for the lot.
+#: (LPUSH, as kombu does) and its queue's bell rung unless it rings already (one token at most: under a stream of
+#: sends the worker fetches on its batch's timer and leaves the bell rung, so most pushes only look); one command,
+#: one reply, for the lot.
 PUSH_AND_RING = (
     _HOLD_PENDING
     + """
 local n = tonumber(ARGV[1])
 for i = 1, n do
     redis.call('LPUSH', KEYS[2 * i - 1], ARGV[i + 1])
-    redis.call('LPUSH', KEYS[2 * i], '1')
-    redis.call('LTRIM', KEYS[2 * i], 0, 0)
+    if redis.call('LLEN', KEYS[2 * i]) == 0 then
+        redis.call('LPUSH', KEYS[2 * i], '1')
+    end
 end
 hold_pending(2 * n + 1, n + 2)
 return n
@@ -279,3 +282,4 @@ return appended
 
 PUSH_AND_RING_SHA = sha1(PUSH_AND_RING)
 FETCH_AND_HOLD_SHA = sha1(FETCH_AND_HOLD)
+PUT_OUTCOMES_SHA = sha1(PUT_OUTCOMES)

@@ -83,11 +83,6 @@ class Attempts:
         return pause_s
 
 
-class NoReply(redis.ConnectionError):
-    """A push was written but its reply never came (the broker stopped answering, or closed the connection): the
-    broker may hold the message."""
-
-
 def no_reply_in_time(error: BaseException) -> bool:
     """True when ``error`` is a wait for the broker's reply that ran out (redis-py's "Timeout reading from ...",
     ``asyncio.timeout``'s): the broker may run the command yet (a busy or paused server reads it later). A connection

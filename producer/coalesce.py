@@ -22,18 +22,21 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from typing import Generic, TypeVar
 
 from seqproc.models.errors import PublishError, SeqprocError
-from seqproc.models.events import Event
+
+#: What a call submits and a send carries: events (the publisher's, each with its partition).
+Item = TypeVar("Item")
 
 
-class _Ticket:
+class _Ticket(Generic[Item]):
     """One call's events. ``wake`` is a lock held from the start; releasing it wakes the caller, once: because its
     events were sent (``done``), or because it was given the lead (cheaper than a threading.Event per call)."""
 
     __slots__ = ("deadline", "done", "error", "events", "leads", "next", "wake")
 
-    def __init__(self, events: Sequence[Event], deadline: float | None) -> None:
+    def __init__(self, events: Sequence[Item], deadline: float | None) -> None:
         self.events = events
         self.deadline = deadline
         self.wake = threading.Lock()
@@ -43,28 +46,28 @@ class _Ticket:
         self.leads = False
         self.error: SeqprocError | None = None
         #: The caller of the same send that this one wakes once it is woken itself.
-        self.next: _Ticket | None = None
+        self.next: _Ticket[Item] | None = None
 
 
-class Coalescer:
+class Coalescer(Generic[Item]):
     """Turns concurrent ``submit`` calls into few ``send`` calls; thread-safe."""
 
     def __init__(
-        self, send: Callable[[list[Event], float | None], None], *, linger_s: float, max_in_flight: int = 1
+        self, send: Callable[[list[Item], float | None], None], *, linger_s: float, max_in_flight: int = 1
     ) -> None:
         self._send = send
         self._linger_s = linger_s
         self._max_in_flight = max_in_flight
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
-        self._pending: list[_Ticket] = []
+        self._pending: list[_Ticket[Item]] = []
         self._leaders = 0
         #: Calls carried by the previous send: how many to expect when lingering.
         self._last_batch = 0
         self._expected = 0
         self._lingering = 0
 
-    def submit(self, events: Sequence[Event], deadline: float | None = None) -> None:
+    def submit(self, events: Sequence[Item], deadline: float | None = None) -> None:
         """Publish ``events``, possibly together with other callers'; return once published. ``deadline``
         (``time.monotonic()``; None: the sender's default) bounds how long a send may try."""
         with self._lock:
@@ -94,7 +97,7 @@ class Coalescer:
         if ticket.error is not None:
             raise ticket.error
 
-    def _send_alone(self, events: Sequence[Event], deadline: float | None) -> None:
+    def _send_alone(self, events: Sequence[Item], deadline: float | None) -> None:
         """No send under way and nobody waiting (a sequential caller, a prefork web worker): send at once, without a
         ticket."""
         try:
@@ -104,7 +107,7 @@ class Coalescer:
         except Exception as failure:
             raise _not_sent(failure) from failure
 
-    def _wait(self, ticket: _Ticket) -> None:
+    def _wait(self, ticket: _Ticket[Item]) -> None:
         """Until some leader sent the ticket's events or handed it the lead; then wake the next caller of the same
         send. Interrupted (KeyboardInterrupt in the main thread, a greenlet killed), a call that no send took yet
         just leaves (its events were not sent); one that a send carries, or that was handed the lead, first does
@@ -126,13 +129,13 @@ class Coalescer:
         if ticket.next is not None:
             ticket.next.wake.release()  # the next caller of the same send
 
-    def _abdicate(self, ticket: _Ticket) -> None:
+    def _abdicate(self, ticket: _Ticket[Item]) -> None:
         """``ticket`` was handed the lead but its caller is going away: its events stay unsent, the lead passes on."""
         with self._lock:
             self._pending.remove(ticket)
             self._hand_on()
 
-    def _lead(self, leader: _Ticket) -> None:
+    def _lead(self, leader: _Ticket[Item]) -> None:
         with self._lock:
             expected = self._expected = self._last_batch
             if self._linger_s and expected > 1 and len(self._pending) < expected:

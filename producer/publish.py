@@ -14,7 +14,6 @@ On Redis, each connection checks the deployment's partition count as it opens
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -34,8 +33,8 @@ from seqproc.models.errors import PartitionCountMismatch, PublishError, first_li
 from seqproc.models.events import Event
 from seqproc.models.outcomes import OutcomeStore, outcome_store
 from seqproc.models.partition_count import BrokerPartitionCount
-from seqproc.models.pending import event_texts, hold_args
-from seqproc.models.resp import command, pack_texts
+from seqproc.models.pending import event_json, hold_args
+from seqproc.models.resp import Held, ReplyLost, pack, pack_texts
 from seqproc.models.scripts import PUSH_AND_RING, PUSH_AND_RING_SHA
 from seqproc.models.settings import Settings, mask_url
 from seqproc.models.stamps import unique_id
@@ -55,7 +54,6 @@ from seqproc.producer.attempts import (
     BROKER_SETTING,
     DURABILITY_SETTING,
     Attempts,
-    NoReply,
     deadline_of,
     no_reply_in_time,
 )
@@ -88,11 +86,16 @@ class Publisher:
         self.outcomes: OutcomeStore = outcome_store(
             settings.result_backend, ttl_s=settings.outcome_ttl_s, sentinel_master=settings.sentinel_master
         )
-        #: seqproc's own Redis transport: push the messages directly (see producer.envelope).
-        self._redis: redis.Redis | None = None
+        #: seqproc's own Redis transport: the messages are pushed directly (see ``_push``), on this connection (on a
+        #: Redis Cluster: through the cluster's client, ``_redis``).
+        self._held: Held | None = None
+        #: The client the marks go out on (one Redis or Sentinel: the held connection's client, another connection).
+        self._marks_client: Any = None
         #: The socket's waits: the transport's, never past the publish timeout (a call with less time left bounds
-        #: them further, see ``_bound``).
-        self._connect_timeout_s = self._timeout_s = settings.publish_timeout_s
+        #: them further, see ``_push``).
+        self._timeout_s = settings.publish_timeout_s
+        #: The broker's client (None: another transport than seqproc's, through kombu).
+        self._redis: Any = None
         #: A Redis Cluster (``redis+cluster://``): one push per partition, pipelined per node by redis-py's client.
         self._cluster = is_cluster_url(settings.broker_url)
         self.partition_count = BrokerPartitionCount(settings.partitions)
@@ -100,16 +103,15 @@ class Publisher:
         self._count_read_by: int | None = None
         if self.app.conf.broker_transport in SEQPROC_TRANSPORTS:
             options = self.app.conf.broker_transport_options
-            self._connect_timeout_s = min(options["socket_connect_timeout"], settings.publish_timeout_s)
             self._timeout_s = min(options["socket_timeout"], settings.publish_timeout_s)
-            self._redis = redis_client(
+            client = redis_client(
                 settings.broker_url,
                 sentinel_master=settings.sentinel_master,
-                connect_timeout_s=self._connect_timeout_s,
+                connect_timeout_s=min(options["socket_connect_timeout"], settings.publish_timeout_s),
                 timeout_s=self._timeout_s,
                 socket_keepalive=options["socket_keepalive"],
                 health_check_interval=options["health_check_interval"],
-                protocol=2,  # push_on reads integer replies itself: no RESP3 push frames on this connection
+                protocol=2,  # Held.call reads integer replies itself: no RESP3 push frames on this connection
                 # Each call retries by its own deadline (``send``); redis-py's retries (ten, with backoff) would
                 # come on top of it, each reconnecting, unbounded by it.
                 retry=Retry(NoBackoff(), 0),
@@ -119,6 +121,11 @@ class Publisher:
                 # (On a cluster the count's key lives on one node: read once per process, see ``_push_on_cluster``.)
                 redis_connect_func=None if self._cluster else self.partition_count.on_connect,
             )
+            if self._cluster:
+                self._redis = client
+            else:
+                self._held = Held(client)
+                self._marks_client = client
         self._connection_errors: tuple[type[BaseException], ...] = (
             *self.app.connection_for_write().connection_errors,
             redis.ConnectionError,
@@ -127,17 +134,16 @@ class Publisher:
             OSError,
             kombu.exceptions.OperationalError,  # what kombu raises when it cannot connect, whatever the transport
         )
-        self._coalescer = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
+        self._coalescer: Coalescer[tuple[int, Event]] = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
         #: Marks the partitions after the broker's master changed, for what no later message would reveal
         #: (:mod:`producer.marks`; seqproc's transport on one Redis or Sentinel: a cluster's shards each have a
         #: master of their own, which the keeper does not follow yet).
         self.marks: MarkKeeper | None = None
-        if self._redis is not None and not self._cluster and settings.sequence_mark_s > 0:
-            self.marks = MarkKeeper(self._redis, self.push_marks, interval_s=settings.sequence_mark_s)
+        if self._marks_client is not None and settings.sequence_mark_s > 0:
+            self.marks = MarkKeeper(self._marks_client, self.push_marks, interval_s=settings.sequence_mark_s)
         #: Numbers this process's events per partition, for the workers' loss detection (seqproc's transport only).
         self.sequencer = new_sequencer(self.marks)
-        #: The connection pushes go out on, with the pid that opened it (see ``_connection``).
-        self._held: tuple[int, Any] | None = None
+        #: One push (and its WAIT) at a time on the held connection.
         self._push_lock = threading.Lock()
         #: Messages and events sent so far (the benchmark reports events per message).
         self.sent_messages = 0
@@ -153,23 +159,33 @@ class Publisher:
         as long as the longest ``timeout_s`` (default ``publish_timeout_s``) of the calls it carries. Raises
         :class:`PublishError` if they could not be sent.
         """
+        routed = self.route(events)  # once: the send and the receipts share it
         try:
-            self._coalescer.submit(events, deadline_of(self.settings, timeout_s))
+            self._coalescer.submit(routed, deadline_of(self.settings, timeout_s))
         except PublishError as error:
-            raise error.for_receipts([self.receipt(event) for event in events]) from error
-        return [self.receipt(event) for event in events]
+            raise error.for_receipts(self._receipts(routed)) from error
+        return self._receipts(routed)
+
+    def route(self, events: Sequence[Event]) -> list[tuple[int, Event]]:
+        """Each event with its partition."""
+        partitions = self.settings.partitions
+        return [(partition_for(event.entity_key, partitions), event) for event in events]
 
     def receipt(self, event: Event) -> Receipt:
         return Receipt.of(event, self.partition_of(event), self.outcomes)
 
-    def send(self, events: Sequence[Event], deadline: float | None = None) -> None:
-        """Publish ``events`` now: one message per partition (split at ``max_events_per_message``), every message
-        in one pipelined round trip. Order is kept within each partition. A broker that cannot be reached is tried
-        again until ``deadline`` (``time.monotonic()``; default: the publish timeout from now), one that refuses
-        the connection for ``publish_refused_retry_s`` at most. Raises :class:`PublishError`."""
-        messages = self.messages_for(events)
+    def _receipts(self, routed: Sequence[tuple[int, Event]]) -> list[Receipt]:
+        return [Receipt.of(event, partition, self.outcomes) for partition, event in routed]
+
+    def send(self, routed: Sequence[tuple[int, Event]], deadline: float | None = None) -> None:
+        """Publish events now (``routed``: each with its partition, see :meth:`route`): one message per partition
+        (split at ``max_events_per_message``), every message in one pipelined round trip. Order is kept within each
+        partition. A broker that cannot be reached is tried again until ``deadline`` (``time.monotonic()``;
+        default: the publish timeout from now), one that refuses the connection for ``publish_refused_retry_s`` at
+        most. Raises :class:`PublishError`."""
+        messages = self.grouped(routed)
         # Numbered once: a retry sends the same numbers (a copy is then a duplicate, not a gap).
-        places = self.sequencer.number(messages) if self._redis is not None else None
+        places = self.sequencer.number(messages) if self._held is not None or self._redis is not None else None
         attempts: Attempts | None = None  # made at the first failure: nothing to count on the common path
         while True:
             if attempts is not None:
@@ -184,27 +200,33 @@ class Publisher:
             except PartitionCountMismatch:
                 raise  # checked as the connection opened: nothing was sent, and a retry would not change it
             except NotReplicated as error:
+                events = [event for _, event in routed]
                 raise self.not_replicated(events, error) from error  # on the primary: sending again would copy
             except Exception as error:
                 if attempts is None:
                     attempts = Attempts(self.settings, deadline)
-                if self._redis is not None and not self._cluster:
-                    written = isinstance(error, NoReply)
-                else:
-                    written = no_reply_in_time(error)
+                written = isinstance(error, ReplyLost) if self._held is not None else no_reply_in_time(error)
                 pause_s = attempts.retry_after(error, transient=self.is_transient(error), written=written)
                 if pause_s is None:
                     if places is not None and not attempts.maybe_sent:
                         self.sequencer.give_back(messages, places)
+                    events = [event for _, event in routed]
                     raise self.not_sent(events, error, maybe_sent=attempts.maybe_sent) from error
                 time.sleep(pause_s)
 
     def messages_for(self, events: Sequence[Event]) -> list[tuple[int, Sequence[Event]]]:
         """``(partition, events)`` per message: one per partition, split at ``max_events_per_message``, each
         partition's events in their order (``seqproc.aio`` sends the same messages)."""
+        return self.grouped(self.route(events))
+
+    def grouped(self, routed: Sequence[tuple[int, Event]]) -> list[tuple[int, Sequence[Event]]]:
+        """:meth:`messages_for` of events routed already."""
+        if len(routed) == 1:  # a single call's event (a prefork web server's every request)
+            partition, event = routed[0]
+            return [(partition, [event])]
         by_partition: dict[int, list[Event]] = {}
-        for event in events:
-            by_partition.setdefault(self.partition_of(event), []).append(event)
+        for partition, event in routed:
+            by_partition.setdefault(partition, []).append(event)
         limit = self.settings.max_events_per_message
         return [
             (partition, group[start : start + limit])
@@ -254,10 +276,10 @@ class Publisher:
     ) -> None:
         # A retry after a failed flush may send a message twice; the ledger makes the copy a duplicate. It never
         # reports as sent a message the broker did not accept.
-        if self._redis is not None and self._cluster:
-            self._push_on_cluster(self._redis, messages, places)
+        if self._held is not None:
+            self._push(self._held, messages, remaining_s, places)
         elif self._redis is not None:
-            self._push(self._redis, messages, remaining_s, places)
+            self._push_on_cluster(self._redis, messages, places)
         else:
             self._publish(messages)
         events = sum(len(group) for _, group in messages)
@@ -267,43 +289,31 @@ class Publisher:
 
     def _push(
         self,
-        client: redis.Redis,
+        held: Held,
         messages: Sequence[tuple[int, Sequence[Event]]],
-        remaining_s: float = math.inf,
+        remaining_s: float | None = None,
         places: Sequence[Place] | None = None,
     ) -> None:
         """What kombu's Redis transport does for a publish to the default exchange (an LPUSH onto the queue's
-        list) plus seqproc's bell, for every message: one script call, on a connection held for the sends (the
-        client's pool, retry and pipeline layers cost more CPU than the command itself). Its socket waits no
-        longer than ``remaining_s``."""
+        list) plus seqproc's bell, for every message: one script call on the held connection (the client's pool,
+        retry and pipeline layers cost more CPU than the command itself). Its socket waits no longer than
+        ``remaining_s``."""
         command = pack_push(*push_parts(messages, self.settings.pending_ttl_s, places))
+        # A call whose time left is within a hair of the socket's own timeout leaves the socket as it is: the bound
+        # costs nothing on the common path (a first attempt starts microseconds after its deadline was set).
+        bound = remaining_s if remaining_s is not None and remaining_s < self._timeout_s - BOUND_SLACK_S else None
         with self._push_lock:
-            connection = self._connection(client)
-            bound = remaining_s < self._timeout_s - BOUND_SLACK_S
-            if bound:
-                self._bound(connection, remaining_s)
-            try:
-                try:
-                    push_on(connection, command)
-                except redis.exceptions.NoScriptError:
-                    connection.send_command("SCRIPT", "LOAD", PUSH_AND_RING)
-                    connection.read_response()
-                    push_on(connection, command)
-                if self.settings.publish_durability == "replica":
-                    wait_for_replica(connection, min(remaining_s, self._timeout_s))
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                connection.disconnect()  # the next send connects again (a reply half read must not be reused)
-                raise
-            finally:
-                if bound:
-                    self._bound(connection, None)
+            held.call(command, script=PUSH_AND_RING, timeout_s=bound)
+            if self.settings.publish_durability == "replica":
+                seconds = self._timeout_s if remaining_s is None else min(remaining_s, self._timeout_s)
+                wait_for_replica(held, seconds, bound)
 
     def push_marks(self, marks: Sequence[tuple[int, Place]]) -> None:
         """Push a mark (a message with no event, ``producer.marks``) onto each partition's queue: ``(partition,
         place)`` pairs, in one round trip, on a connection of their own (not the one the sends go out on)."""
-        if self._redis is None or not marks:
+        if self._marks_client is None or not marks:
             return
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._marks_client.pipeline(transaction=False)
         stage_messages(pipe, [(partition, ()) for partition, _ in marks], 0, [place for _, place in marks])
         pipe.execute()
 
@@ -330,17 +340,6 @@ class Publisher:
             raise error
         self._count_read_by = os.getpid()
 
-    def _bound(self, connection: Any, seconds: float | None) -> None:
-        """Make ``connection``'s waits (connecting, and the replies on its socket) last ``seconds`` at most, or
-        (None) what they were."""
-        connect_s, read_s = self._connect_timeout_s, self._timeout_s
-        if seconds is not None:
-            connect_s, read_s = max(min(connect_s, seconds), 0.001), max(min(read_s, seconds), 0.001)
-        connection.socket_connect_timeout = connect_s
-        connection.socket_timeout = read_s
-        if connection._sock is not None:
-            connection._sock.settimeout(read_s)
-
     def connect(self, *, timeout_s: float | None = None) -> None:
         """Open this process's connection to the broker now (see ``seqproc.connect``), within ``timeout_s`` (default
         the publish timeout; a refused connection ``publish_refused_retry_s``)."""
@@ -364,29 +363,14 @@ class Publisher:
                 time.sleep(pause_s)
 
     def _connect_once(self, remaining_s: float) -> None:
-        if self._redis is not None and self._cluster:
-            self.check_partition_count(self._redis)
-        elif self._redis is not None:
+        if self._held is not None:
             with self._push_lock:
-                connection = self._connection(self._redis)
-                self._bound(connection, remaining_s)
-                try:
-                    _socket_of(connection)
-                finally:
-                    self._bound(connection, None)
+                self._held.open(remaining_s)
+        elif self._redis is not None:
+            self.check_partition_count(self._redis)
         else:
             with self.app.producer_or_acquire() as producer:  # a pooled producer, kept connected for the sends
                 producer.connection.ensure_connection(max_retries=1)
-
-    def _connection(self, client: redis.Redis) -> Any:
-        """The connection this process sends on (a new one in a forked child: the parent's socket is not ours). By
-        its pid, not a fork hook: uWSGI forks its workers without running Python's (unless
-        ``py-call-osafterfork``). Not connected yet: it connects on its first use, within the waits its caller
-        allows (the pool's ``get_connection`` would connect at once, with the client's own timeouts)."""
-        pid = os.getpid()
-        if self._held is None or self._held[0] != pid:
-            self._held = (pid, client.connection_pool.make_connection())
-        return self._held[1]
 
     def _publish(self, messages: Sequence[tuple[int, Sequence[Event]]]) -> None:
         """Through kombu, for any other broker (the embedded demo's memory transport)."""
@@ -421,112 +405,74 @@ class NotReplicated(Exception):
     """The primary took the push, but no replica acknowledged it within the time left (``WAIT`` said 0)."""
 
 
-def wait_for_replica(connection: Any, seconds: float) -> None:
-    """``WAIT 1`` on ``connection`` (right after its push): return once a replica has everything this connection
-    wrote, or raise :class:`NotReplicated` after ``seconds``. The connection's socket waits at least as long."""
+def wait_for_replica(held: Held, seconds: float, bound_s: float | None = None) -> None:
+    """``WAIT 1`` on ``held`` (right after its push): return once a replica has everything its connection wrote, or
+    raise :class:`NotReplicated` after ``seconds``. The connection's socket waits at least as long (``bound_s``, if
+    given, at most)."""
     timeout_ms = wait_timeout_ms(seconds)
     try:
-        connection.send_command("WAIT", 1, timeout_ms)
-        acked = int(connection.read_response())
+        acked = held.call(pack("WAIT", 1, timeout_ms), timeout_s=bound_s)
     except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
         # The push's reply came: the primary has it, whatever happens to the WAIT.
-        connection.disconnect()
         raise NotReplicated(f"no answer from the primary about its replicas ({type(error).__name__})") from error
     if acked < 1:
         raise NotReplicated(f"no replica acknowledged them within {timeout_ms / 1000:g} s")
 
 
+#: EVALSHA and the push script's SHA-1, packed once.
 _PUSH_HEAD = pack_texts(["EVALSHA", PUSH_AND_RING_SHA])
+#: Per partition: its queue's name, and the queue and its bell as the push script's keys (see ``queue_keys``).
+_QUEUE_KEYS: dict[int, tuple[str, bytes, bytes]] = {}
+
+
+def queue_keys(partition: int) -> tuple[str, bytes, bytes]:
+    """``partition``'s queue name, then its queue and its bell as the push takes them (made once per partition)."""
+    keys = _QUEUE_KEYS.get(partition)
+    if keys is None:
+        queue = queue_name(partition)
+        keys = _QUEUE_KEYS[partition] = (queue, queue.encode(), bell_key(queue).encode())
+    return keys
 
 
 def push_parts(
     messages: Sequence[tuple[int, Sequence[Event]]], pending_ttl_s: int, places: Sequence[Place] | None = None
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[bytes], list[bytes]]:
     """The keys and arguments of the push script (``PUSH_AND_RING``) for ``messages``: each message's queue and
     bell, then the pending indexes of their keys; the number of messages, the messages, then the index entries.
     ``places``: each message's place in its producer's sequence (loss detection), written into its envelope."""
-    keys: list[str] = []
-    bodies: list[str] = []
-    entries: list[tuple[str, str, str]] = []
+    keys: list[bytes] = []
+    bodies: list[bytes] = [b"%d" % len(messages)]
+    entries: list[tuple[str, bytes, bytes]] = []
     for n, (partition, group) in enumerate(messages):
-        queue = queue_name(partition)
-        keys += (queue, bell_key(queue))
-        texts = event_texts(group)
-        array = "[" + ",".join(texts) + "]"
+        queue, queue_key, bell = queue_keys(partition)
+        keys += (queue_key, bell)
+        texts = [event_json(event) for event in group]
+        array = b"[" + b",".join(texts) + b"]"
         place = None if places is None else places[n]
-        bodies.append(envelope_of_json(queue, partition, array, len(group), task_id=unique_id(), sequence=place))
-        entries += (
-            (pending_key(queue, event.entity_key), str(event.id), text)
-            for event, text in zip(group, texts, strict=True)
-        )
+        body = envelope_of_json(queue, partition, array.decode(), len(group), task_id=unique_id(), sequence=place)
+        bodies.append(body.encode())
+        if pending_ttl_s:
+            entries += (
+                (pending_key(queue, e.entity_key), str(e.id).encode(), t) for e, t in zip(group, texts, strict=True)
+            )
+    if not entries:
+        return keys, bodies
     pending_keys, pending_args = hold_args(pending_ttl_s, entries)
-    return [*keys, *pending_keys], [str(len(bodies)), *bodies, *map(str, pending_args)]
+    return keys + [key.encode() for key in pending_keys], bodies + pending_args
 
 
-def pack_push(keys: Sequence[str], args: Sequence[str]) -> bytes:
+def pack_push(keys: Sequence[bytes], args: Sequence[bytes]) -> bytes:
     """The EVALSHA of the push script for ``keys`` and ``args`` (:func:`push_parts`), in RESP: what redis-py's
-    ``pack_command`` writes, without its per-argument type checks (every argument here is text)."""
-    return command(3 + len(keys) + len(args), _PUSH_HEAD, pack_texts([len(keys), *keys, *args]))
-
-
-def push_on(connection: Any, command: bytes) -> None:
-    """Send ``command`` (:func:`pack_push`) on ``connection`` and read its reply, an integer, off the socket.
-
-    The connection is redis-py's, speaking RESP2 (the publisher's client asks for it: no out-of-band push frames):
-    redis-py connected it, authenticated, selected the database and checks its health when idle; only this
-    command's round trip skips its layers (send wrappers, the reply parser), about a third of a single-event call's
-    CPU on the producer's side. Anything that stops the exchange half-way (an error, a timeout, an interrupt) closes
-    the connection, so that a command half sent or a reply unread never meets the next call. An error reply is
-    raised as redis-py raises it (its own parser maps it: ``NoScriptError`` after a Redis restart, for the caller to
-    load the script; ``BusyLoadingError``, a connection error, while Redis loads its data)."""
-    _socket_of(connection)  # first: a Sentinel connection asks for the master only in connect()
-    connection.check_health()
-    sock = _socket_of(connection)
-    try:
-        sock.sendall(command)
-    except BaseException:
-        connection.disconnect()
-        raise
-    reply = b""
-    try:
-        reply = sock.recv(4096)
-        while not reply.endswith(b"\r\n"):
-            more = sock.recv(4096)
-            if not more:
-                raise redis.ConnectionError("the broker closed the connection before replying")
-            reply += more
-    except Exception as error:
-        connection.disconnect()
-        if reply or isinstance(error, TimeoutError):
-            # A reply begun: the broker ran the push. None in time: it may run it yet (a busy or paused server
-            # reads it later). Only a connection closed (or reset) before any reply means it never took it.
-            raise NoReply(f"no reply to the push: {type(error).__name__}: {error}") from error
-        raise
-    except BaseException:
-        connection.disconnect()
-        raise
-    kind = reply[:1]
-    if kind == b":" and reply.count(b"\r\n") == 1:
-        if connection.health_check_interval:
-            connection.next_health_check = time.monotonic() + connection.health_check_interval
-        return
-    if kind == b"-" and reply.count(b"\r\n") == 1:
-        refused = connection._parser.parse_error(reply[1:-2].decode("utf-8", "replace"))
-        if isinstance(refused, redis.exceptions.ReadOnlyError):
-            # A failover demoted this server to a replica: the push was refused (not sent). Connect again, to the
-            # master the sentinels name now (redis-py's Sentinel connection does the same for its own commands).
-            connection.disconnect()
-            raise redis.ConnectionError("the broker is a replica now (a failover demoted it); the push was refused")
-        raise refused
-    connection.disconnect()
-    raise redis.ConnectionError(f"unexpected reply to the push: {reply[:80]!r}")
-
-
-def _socket_of(connection: Any) -> Any:
-    """The socket of redis-py's ``connection``, connected (and authenticated) first if it is not."""
-    if connection._sock is None:
-        connection.connect()
-    return connection._sock
+    ``pack_command`` writes, without its per-argument type checks (every argument here is bytes)."""
+    return b"".join(
+        [
+            b"*%d\r\n" % (3 + len(keys) + len(args)),
+            _PUSH_HEAD,
+            b"$%d\r\n%d\r\n" % (len(str(len(keys))), len(keys)),
+            *[b"$%d\r\n%s\r\n" % (len(part), part) for part in keys],
+            *[b"$%d\r\n%s\r\n" % (len(part), part) for part in args],
+        ]
+    )
 
 
 def stage_messages(

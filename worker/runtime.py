@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,8 @@ class Runtime:
     #: The lifecycle hooks' subscribers (``worker.hooks``): the built-in ones are subscribed by :func:`attach`.
     hooks: Hooks = field(default_factory=Hooks)
     subscribed: bool = False
+    #: Called when the consumer stops, after the batch in hand is applied: what a subscriber gathers goes out.
+    on_stop: list[Callable[[], object]] = field(default_factory=list)
     #: Whether the broker went silent: shared by every channel of the process (transport option ``broker_watch``),
     #: read by the partition ownership's tick, cleared when the consumer has reconnected.
     broker_watch: BrokerWatch = field(default_factory=BrokerWatch)

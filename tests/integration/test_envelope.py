@@ -61,16 +61,18 @@ def strip(message: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_direct_push_writes_what_celery_and_kombu_write(clean: Settings) -> None:
     publisher = publisher_for(clean)
-    assert publisher._redis is not None  # the redis:// broker takes the direct path
+    held = publisher._held
+    assert held is not None  # the redis:// broker takes the direct path
     events = [e for e in built() if e.type in ("reserve", "release", "commit", "restock")]  # all of product 9
     partition = publisher.partition_of(events[0])
     queue = queue_name(partition)
     client = redis.Redis.from_url(clean.broker_url)
-    if publisher._held is not None:  # a connection an earlier test's `partitions set` closed: _push alone does not
-        publisher._held[1].disconnect()  # retry (send does), so start from a new one
+    # A connection an earlier test's `partitions set` closed: _push alone does not retry (send does), so start from
+    # a new one.
+    held.connection().disconnect()
 
     publisher._publish([(partition, events)])  # Celery's as_task_v2 + kombu's producer
-    publisher._push(publisher._redis, [(partition, events)])  # ours
+    publisher._push(held, [(partition, events)])  # ours
     pushed, by_kombu = (json.loads(raw) for raw in client.lrange(queue, 0, -1))  # LPUSH: newest first
     assert strip(pushed) == strip(by_kombu)
     for message in (pushed, by_kombu):
@@ -97,7 +99,7 @@ def test_the_direct_push_recovers_from_a_script_cache_flush_and_a_dropped_connec
     producer.like(21, 2)  # NOSCRIPT: loaded, sent again
     held = publisher_for(clean)._held
     assert held is not None
-    host, port = held[1]._sock.getsockname()[:2]
+    host, port = held.connection()._sock.getsockname()[:2]
     client.client_kill(f"{host}:{port}")  # the server drops the producer's connection
     producer.like(21, 3)  # the dead connection: reconnected, sent again
     users = [json.loads(json.loads(raw)["body"])[1]["events"][0]["user_id"] for raw in client.lrange(queue, 0, -1)]
@@ -120,15 +122,14 @@ def test_an_error_reply_to_the_push_fails_the_call_and_sends_nothing(clean: Sett
 def test_connect_opens_the_connection_the_calls_send_on(clean: Settings) -> None:
     """``seqproc.connect()`` (a prefork worker's post-fork hook): the connection is open before the first call,
     and the first call sends on it."""
-    publisher = publisher_for(clean)
-    if publisher._held is not None:
-        publisher._held[1].disconnect()
+    held = publisher_for(clean)._held
+    assert held is not None
+    held.connection().disconnect()
     seqproc.connect()
-    assert publisher._held is not None
-    sock = publisher._held[1]._sock
+    sock = held.connection()._sock
     assert sock is not None
     producer.like(23, 1)
-    assert publisher._held[1]._sock is sock
+    assert held.connection()._sock is sock
 
 
 @pytest.mark.parametrize("scheme", ["redis", "amqp"])

@@ -51,3 +51,19 @@ def test_the_last_report_of_an_event_in_one_batch_wins(clean: Settings) -> None:
     store = RedisOutcomeStore(clean.result_backend, ttl_s=60)
     store.put_many([("d1", Outcome("applied")), ("d1", Outcome("duplicate", first=Outcome("applied")))])
     assert store.get_many(["d1"]) == [Outcome("duplicate", first=Outcome("applied"))]
+
+
+def test_puts_survive_a_script_cache_flush_and_a_dropped_connection(clean: Settings) -> None:
+    """A worker's puts go packed by hand on a connection of their own: a Redis that lost its scripts (a restart) gets
+    the script again; a connection the server dropped is made again and the put written again (the same outcomes
+    written twice are the same)."""
+    store = RedisOutcomeStore(clean.result_backend, ttl_s=60)
+    client = redis.Redis.from_url(clean.result_backend)
+    store.put_many([("f1", Outcome("applied"))])
+    client.script_flush()
+    store.put_many([("f2", Outcome("rejected", "sold_out"))])  # NOSCRIPT: loaded, sent again
+    host, port = store._held.connection()._sock.getsockname()[:2]
+    client.client_kill(f"{host}:{port}")
+    store.put_many([("f3", Outcome("applied"))])  # the dropped connection: made again
+    expected = [Outcome("applied"), Outcome("rejected", "sold_out"), Outcome("applied")]
+    assert store.get_many(["f1", "f2", "f3"]) == expected

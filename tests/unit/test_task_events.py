@@ -118,3 +118,59 @@ def test_nothing_when_task_events_are_off_and_kept_for_later_when_the_broker_fai
     [(events, routing_key)] = failing._outbound_buffer  # what EventDispatcher keeps for its next flush
     assert routing_key == "task.multi"
     assert [e["uuid"] for e in events] == [MESSAGES[0].task_id] * 2 + [MESSAGES[2].task_id] * 2
+
+
+class Timer:
+    """A consumer's timer whose entries fire when the test says so."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[float, Any]] = []
+
+    def call_after(self, seconds: float, fun: Any) -> Any:
+        entry = SimpleNamespace(fun=fun, cancelled=False)
+        entry.cancel = lambda: setattr(entry, "cancelled", True)
+        self.entries.append((seconds, entry))
+        return entry
+
+    def fire(self) -> None:
+        entries, self.entries = self.entries, []
+        for _, entry in entries:
+            if not entry.cancelled:
+                entry.fun()
+
+
+def settled(task_id: str) -> Any:
+    decoded = SimpleNamespace(task_id=task_id, partition=3, events=[object()], dead_letters=[])
+    return SimpleNamespace(messages=[decoded], outcomes=[APPLIED], elapsed_s=0.001)
+
+
+def test_the_batches_settled_within_the_interval_go_out_in_one_publish() -> None:
+    producer, timer = Producer(), Timer()
+    consumer = SimpleNamespace(event_dispatcher=dispatcher(producer), timer=timer, hub=object())
+    flower = task_events.FlowerEvents(lambda: consumer)
+    flower.after_settle(settled("t1"))
+    flower.after_settle(settled("t2"))
+    assert producer.published == []  # waiting for the timer
+    assert [seconds for seconds, _ in timer.entries] == [task_events.TASK_EVENTS_INTERVAL_S]  # one timer, not two
+    timer.fire()
+    [(body, _)] = producer.published
+    assert [e["uuid"] for e in json.loads(body)] == ["t1", "t1", "t2", "t2"]
+    flower.after_settle(settled("t3"))
+    flower.flush()  # the consumer stops: what waits goes out now, and its timer is cancelled
+    assert [e["uuid"] for e in json.loads(producer.published[-1][0])] == ["t3", "t3"]
+    timer.fire()
+    assert len(producer.published) == 2
+
+
+def test_without_an_event_loop_or_past_the_limit_they_go_at_once() -> None:
+    producer = Producer()
+    alone = SimpleNamespace(event_dispatcher=dispatcher(producer), timer=None, hub=None)
+    task_events.FlowerEvents(lambda: alone).after_settle(settled("t1"))
+    assert len(producer.published) == 1
+    timer = Timer()
+    busy = SimpleNamespace(event_dispatcher=dispatcher(producer), timer=timer, hub=object())
+    flower = task_events.FlowerEvents(lambda: busy)
+    for n in range(task_events.TASK_EVENTS_MAX_MESSAGES):
+        flower.after_settle(settled(f"m{n}"))
+    assert len(producer.published) == 2  # the last one reached the limit
+    assert len(json.loads(producer.published[-1][0])) == 2 * task_events.TASK_EVENTS_MAX_MESSAGES

@@ -258,6 +258,12 @@ class FlushOnStop(bootsteps.StartStopStep):
         if batcher is not None and batcher.buffer:
             logger.info("consumer stopping: applying the %d message(s) in hand", len(batcher.buffer))
             batcher.flush()
+        if batcher is not None:
+            for stopping in batcher.rt.on_stop:
+                try:
+                    stopping()
+                except Exception:
+                    logger.warning("consumer stopping: %r failed", stopping, exc_info=True)
 
     def shutdown(self, c: Any) -> None:
         self.stop(c)

@@ -39,7 +39,9 @@ def subscribe_all(rt: Runtime, batcher: Any) -> None:
     hooks = rt.hooks
     hooks.subscribe(CeleryTallies)
     if rt.settings.task_events:
-        hooks.subscribe(FlowerEvents(lambda: getattr(batcher.consumer, "event_dispatcher", None)))
+        flower = FlowerEvents(lambda: batcher.consumer)
+        hooks.subscribe(flower)
+        rt.on_stop.append(flower.flush)  # what waits goes out before the consumer's connection closes
     faults.subscribe(hooks)
     for subscriber in user_subscribers(rt.settings.hooks):
         hooks.subscribe(subscriber)

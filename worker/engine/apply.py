@@ -25,7 +25,7 @@ from seqproc.models.errors import InvalidEvent, PartitionFenced
 from seqproc.models.events import Event, Replay, parse_event
 from seqproc.models.outcomes import Outcome, Status
 from seqproc.models.wire import queue_name
-from seqproc.worker.engine.sequence import Sequenced, check_sequences
+from seqproc.worker.engine.sequence import Sequenced, advance, fill_late, streams_of
 from seqproc.worker.engine.store import DeadLetterRecord, Fence, Loaded, Store, Writes, store_for
 from seqproc.worker.ops.logs import log_event
 
@@ -138,7 +138,7 @@ def apply_partitions(
             for i, outcome in decided.items()
             if (outcome.status != "applied" or outcome.reason is not None) and claim.keys[i] not in writes.unclaim
         ]
-        _check_sequences(conn, batches)
+        _move_sequences(conn, batches, claim.positions, writes)
         _write(conn, store, batches, results, writes, changed)
     finally:
         reset_batch_context(token)
@@ -161,6 +161,8 @@ class _Claim:
     seen_before: dict[str, Outcome]
     #: States loaded with the claim, by domain, for the domains whose loads can join its round trip.
     preloaded: dict[int, dict[Any, Any]] = field(default_factory=dict)
+    #: Where the producers' sequences of the batches' messages stood (loaded with the claim too).
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def _claim(conn: Connection, store: Store, batches: Sequence[PartitionBatch], plan: Sequence[_Planned]) -> _Claim:
@@ -179,7 +181,9 @@ def _claim(conn: Connection, store: Store, batches: Sequence[PartitionBatch], pl
         every = _by_domain(events, range(len(events)))
         grouped = {domain: every[domain] if domain.conflict else of for domain, of in grouped.items()}
     loading = {}
+    streams = streams_of((batch.partition, batch.sequences) for batch in batches)
     with pipeline(conn):
+        positions = store.load_sequences(conn, streams) if streams else lambda: {}
         loaded = store.claim(
             conn,
             [(keys[i], events[i].type, batches[plan[i].batch].partition) for i in candidates],
@@ -192,8 +196,9 @@ def _claim(conn: Connection, store: Store, batches: Sequence[PartitionBatch], pl
                 loading[id(domain)] = domain.start_loading(conn, keys_of, domain_events)
     claimed = loaded()
     preloaded = {domain_id: finish() for domain_id, finish in loading.items()}
+    stood = positions()
     seen_before = store.first_outcomes(conn, [keys[i] for i in candidates if keys[i] not in claimed.new_keys])
-    return _Claim(events, keys, first_index, candidates, claimed, seen_before, preloaded)
+    return _Claim(events, keys, first_index, candidates, claimed, seen_before, preloaded, stood)
 
 
 def _by_domain(events: Sequence[Event], indexes: Sequence[int]) -> dict[Domain, list[int]]:
@@ -329,19 +334,26 @@ def _report(
     return results
 
 
-def _check_sequences(conn: Connection, batches: Sequence[PartitionBatch]) -> None:
-    """Move the producers' sequences past the messages of each batch, in the transaction; a gap is logged now and
-    counted lost if it is still open after the grace (``worker.engine.sequence``)."""
-    for batch in batches:
-        for gap in check_sequences(conn, batch.partition, batch.sequences):
-            logger.warning(
-                "partition %d: events %d-%d of producer %s did not come before later ones (a broker failover may "
-                "have dropped them); counted lost unless they arrive within the grace",
-                gap.partition,
-                gap.first,
-                gap.first + gap.count - 1,
-                gap.producer,
-            )
+def _move_sequences(
+    conn: Connection, batches: Sequence[PartitionBatch], positions: dict[tuple[str, int], int], writes: Writes
+) -> None:
+    """Move the producers' sequences past the messages of each batch (from where the claim found them), in the
+    transaction: written with the other writes; a gap is logged now and counted lost if it is still open after the
+    grace (``worker.engine.sequence``)."""
+    moves = advance(positions, ((batch.partition, batch.sequences) for batch in batches))
+    if moves.late:
+        fill_late(conn, moves)  # before this transaction's own gaps are written, as they were found
+    writes.sequences = [(producer, partition, n) for (producer, partition), n in moves.next_seqs.items()]
+    writes.gaps = [(g.producer, g.partition, g.first, g.count) for g in moves.gaps]
+    for gap in moves.gaps:
+        logger.warning(
+            "partition %d: events %d-%d of producer %s did not come before later ones (a broker failover may "
+            "have dropped them); counted lost unless they arrive within the grace",
+            gap.partition,
+            gap.first,
+            gap.first + gap.count - 1,
+            gap.producer,
+        )
 
 
 def _write(

@@ -5,30 +5,31 @@ Per message, in the order received: the expected number (``seqproc_producer_sequ
 not seen yet) moves past it; a message that starts further on leaves a gap (``seqproc_sequence_gap``); one that
 starts before (late, or redelivered) fills what it covers of an open gap, and is otherwise a copy (the ledger makes
 its events duplicates). A producer's mark (``producer.marks``) is a message of no event: where the producer's
-sequence stood, which reveals a lost tail no later event would. A gap that outlives ``SEQPROC_LOSS_GRACE_S`` is
-declared lost by :func:`declare_lost` (a worker's heartbeat runs it): a redelivery comes back within the
-visibility timeout, so the grace must exceed it.
+sequence stood, which reveals a lost tail no later event would. The store reads where the streams stand with the
+transaction's claim, and writes where they moved (and the gaps) with its other writes: no round trip of their own
+(:func:`advance` decides in between). A gap that outlives ``SEQPROC_LOSS_GRACE_S`` is declared lost by
+:func:`declare_lost` (a worker's heartbeat runs it): a redelivery comes back within the visibility timeout, so the
+grace must exceed it.
 
-Written with SQLAlchemy Core over the mapped tables: the same on PostgreSQL and SQLite. The partition's fence makes
-its owner the only writer of its rows.
+The late messages' fills, the declarations and the totals are written with SQLAlchemy Core over the mapped tables:
+the same on PostgreSQL and SQLite. The partition's fence makes its owner the only writer of its rows.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from seqproc.models.tables.base import table_of
-from seqproc.models.tables.sequence import ProducerSequence, SequenceGap
+from seqproc.models.tables.sequence import SequenceGap
 
 logger = logging.getLogger(__name__)
 
-SEQUENCES = table_of(ProducerSequence)
 GAPS = table_of(SequenceGap)
 
 
@@ -49,47 +50,72 @@ class Gap:
     count: int
 
 
-def check_sequences(conn: Connection, partition: int, messages: Sequence[Sequenced]) -> list[Gap]:
-    """Move the producers' sequences of ``partition`` past ``messages`` (in the order received); returns the gaps
-    they opened (less what a late message of the same batch filled). Part of the caller's transaction."""
-    if not messages:
-        return []
-    producers = sorted({m.producer for m in messages})
-    known: dict[str, int] = {
-        producer: int(next_seq)
-        for producer, next_seq in conn.execute(
-            select(SEQUENCES.c.producer, SEQUENCES.c.next_seq).where(
-                SEQUENCES.c.partition == partition, SEQUENCES.c.producer.in_(producers)
-            )
-        )
-    }
+#: ``(producer, partition)``: one producer's sequence of one partition.
+Stream = tuple[str, int]
+
+
+@dataclass
+class Moves:
+    """What a transaction's messages do to their producers' sequences (:func:`advance`), to be written with it."""
+
+    #: The streams that moved on (or are new): their next expected number.
+    next_seqs: dict[Stream, int] = field(default_factory=dict)
+    #: The holes the messages left.
+    gaps: list[Gap] = field(default_factory=list)
+    #: Messages that came after later ones (late, or redelivered), by partition: they may fill a gap.
+    late: list[tuple[int, Sequenced]] = field(default_factory=list)
+
+
+def streams_of(batches: Iterable[tuple[int, Sequence[Sequenced]]]) -> list[Stream]:
+    """The streams that ``(partition, messages)`` pairs touch, each once (to read where they stand)."""
+    return list(dict.fromkeys((m.producer, partition) for partition, messages in batches for m in messages))
+
+
+def advance(known: Mapping[Stream, int], batches: Iterable[tuple[int, Sequence[Sequenced]]]) -> Moves:
+    """Move the streams past the messages of each ``(partition, messages)`` pair, in the order received; ``known``:
+    where the streams stood (a stream not in it is new: it expects 1)."""
+    moves = Moves()
     expected = dict(known)
-    opened: list[_Hole] = []
-    late: list[Sequenced] = []
-    for message in messages:
-        at = expected.get(message.producer, 1)
-        if message.first > at:
-            opened.append(_Hole(message.producer, at, message.first - at))
-        elif message.first < at and message.count:
-            late.append(message)  # (a mark, no event, fills nothing: it says where its producer stood)
-        expected[message.producer] = max(at, message.first + message.count)
-    if late:
-        opened = _fill(conn, partition, late, opened)
-    for producer, next_seq in expected.items():
-        if producer not in known:
-            conn.execute(insert(SEQUENCES).values(producer=producer, partition=partition, next_seq=next_seq))
-        elif next_seq != known[producer]:
-            conn.execute(
-                update(SEQUENCES)
-                .where(SEQUENCES.c.producer == producer, SEQUENCES.c.partition == partition)
-                .values(next_seq=next_seq, seen_at=func.now())
-            )
-    if opened:
-        conn.execute(
-            insert(GAPS),
-            [{"producer": h.producer, "partition": partition, "first_seq": h.first, "count": h.count} for h in opened],
-        )
-    return [Gap(h.producer, partition, h.first, h.count) for h in opened]
+    for partition, messages in batches:
+        for message in messages:
+            stream = (message.producer, partition)
+            at = expected.get(stream, 1)
+            if message.first > at:
+                moves.gaps.append(Gap(message.producer, partition, at, message.first - at))
+            elif message.first < at and message.count:  # (a mark, no event, fills nothing: where its producer stood)
+                moves.gaps = _filled(moves.gaps, partition, message)  # a hole this batch opened, filled in it
+                moves.late.append((partition, message))  # and what was recorded before, by the store
+            expected[stream] = max(at, message.first + message.count)
+    moves.next_seqs = {stream: n for stream, n in expected.items() if known.get(stream) != n}
+    return moves
+
+
+def _filled(gaps: list[Gap], partition: int, message: Sequenced) -> list[Gap]:
+    """``gaps`` less what ``message`` (late, of ``partition``) covers of them: what is left of each stays."""
+    start, end = message.first, message.first + message.count
+    left: list[Gap] = []
+    for gap in gaps:
+        if (
+            gap.producer != message.producer
+            or gap.partition != partition
+            or gap.first >= end
+            or gap.first + gap.count <= start
+        ):
+            left.append(gap)
+            continue
+        pieces = [(gap.first, start - gap.first), (end, gap.first + gap.count - end)]
+        left += [Gap(gap.producer, partition, first, count) for first, count in pieces if count > 0]
+    return left
+
+
+def fill_late(conn: Connection, moves: Moves) -> None:
+    """The late messages of ``moves`` fill what they cover of the gaps recorded before (rare: a redelivery, a
+    restore, a failover); one read per partition, whatever their number."""
+    by_partition: dict[int, list[Sequenced]] = {}
+    for partition, message in moves.late:
+        by_partition.setdefault(partition, []).append(message)
+    for partition, late in by_partition.items():
+        _fill(conn, partition, late, [])
 
 
 @dataclass(slots=True)

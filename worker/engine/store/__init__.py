@@ -73,6 +73,10 @@ class Writes:
     unpark: list[str] = field(default_factory=list)
     #: Dead letters applied by a replay.
     replayed: list[int] = field(default_factory=list)
+    #: Producers' sequences moved on, or seen for the first time: (producer, partition, next number expected).
+    sequences: list[tuple[str, int, int]] = field(default_factory=list)
+    #: Holes found in them: (producer, partition, first number missing, how many).
+    gaps: list[tuple[str, int, int, int]] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -82,6 +86,14 @@ class Store(Protocol):
         """Insert the ``(key, event_type, partition)`` rows into the ledger (``ON CONFLICT DO NOTHING RETURNING``) and
         ask which of ``entity_keys`` are parked; the answer is read when the returned function is called (on
         PostgreSQL, statements issued before that, in the same pipeline, share the round trip)."""
+        ...
+
+    def load_sequences(
+        self, conn: Connection, streams: Sequence[tuple[str, int]]
+    ) -> Callable[[], dict[tuple[str, int], int]]:
+        """Where each ``(producer, partition)`` of ``streams`` stands (the next number expected; a stream never seen
+        is left out); read when the returned function is called (on PostgreSQL, in the round trip of the claim that
+        encloses it)."""
         ...
 
     def load_replay(
@@ -96,7 +108,8 @@ class Store(Protocol):
         ...
 
     def write(self, conn: Connection, writes: Writes) -> Callable[[], list[int]]:
-        """Write the outcomes, dead letters and counters; check each partition's fencing epoch last (under the
+        """Write the outcomes, dead letters, producers' sequences and their gaps, and counters; check each partition's
+        fencing epoch last (under the
         partition row's lock). The function returned gives the partitions whose epoch is no longer current (on
         PostgreSQL, read once the round trip that carries the writes is done): if any, the caller must roll back."""
         ...

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_, update
 
 from seqproc.models.db import upsert
 from seqproc.models.outcomes import Outcome
 from seqproc.models.tables.base import table_of
 from seqproc.models.tables.ledger import DeadLetter, LedgerEntry, ParkedKey
 from seqproc.models.tables.partition import Partition
+from seqproc.models.tables.sequence import ProducerSequence, SequenceGap
 from seqproc.worker.engine.store import CLAIMED_STATUS, DeadLetterRecord, Loaded, Writes, dead_letter_row, status_of
 
 LEDGER = table_of(LedgerEntry)
 DEAD_LETTERS = table_of(DeadLetter)
 PARTITIONS = table_of(Partition)
 PARKED = table_of(ParkedKey)
+SEQUENCES = table_of(ProducerSequence)
+GAPS = table_of(SequenceGap)
 
 
 class SqlStore:
@@ -39,6 +42,17 @@ class SqlStore:
             )
         loaded = Loaded(new_keys, parked)
         return lambda: loaded
+
+    def load_sequences(
+        self, conn: Connection, streams: Sequence[tuple[str, int]]
+    ) -> Callable[[], dict[tuple[str, int], int]]:
+        rows = conn.execute(
+            select(SEQUENCES.c.producer, SEQUENCES.c.partition, SEQUENCES.c.next_seq).where(
+                tuple_(SEQUENCES.c.producer, SEQUENCES.c.partition).in_(list(streams))
+            )
+        )
+        found = {(producer, int(partition)): int(n) for producer, partition, n in rows}
+        return lambda: found
 
     def load_replay(
         self, conn: Connection, entity_keys: Sequence[str]
@@ -83,6 +97,20 @@ class SqlStore:
         if writes.replayed:
             conn.execute(
                 update(DEAD_LETTERS).where(DEAD_LETTERS.c.id.in_(writes.replayed)).values(replayed_at=func.now())
+            )
+        if writes.sequences:
+            stmt = upsert(conn, SEQUENCES)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[SEQUENCES.c.producer, SEQUENCES.c.partition],
+                    set_={"next_seq": stmt.excluded.next_seq, "seen_at": func.now()},
+                ),
+                [{"producer": p, "partition": n, "next_seq": s} for p, n, s in writes.sequences],
+            )
+        if writes.gaps:
+            conn.execute(
+                insert(GAPS),
+                [{"producer": p, "partition": n, "first_seq": f, "count": c} for p, n, f, c in writes.gaps],
             )
         fenced = []
         for f in writes.fences:

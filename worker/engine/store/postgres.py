@@ -2,8 +2,9 @@
 
 Every statement has constant text whatever the batch size (arrays, not expanding IN lists or executemany), so
 psycopg prepares it after a few uses and nothing is re-parsed or recompiled per batch. The framework's part of a
-batch costs two round trips, (claim the keys + see what is parked) and (write the outcomes + check the fence), plus
-the commit; each domain loads and saves its own rows.
+batch costs two round trips, (claim the keys + see what is parked + where the producers' sequences stand) and
+(write the outcomes + move the sequences + check the fence), plus the commit; each domain loads and saves its own
+rows.
 """
 
 from __future__ import annotations
@@ -44,6 +45,20 @@ INSERT_DEAD_LETTER = """
 INSERT INTO dead_letter (partition, queue, event_key, entity_key, content_type, body, error)
 VALUES (%(partition)s, %(queue)s, %(event_key)s, %(entity_key)s, %(content_type)s, %(body)s, %(error)s)
 """
+LOAD_SEQUENCES = """
+SELECT s.producer, s.partition, s.next_seq
+FROM seqproc_producer_sequence s JOIN unnest(%s::text[], %s::int[]) AS u(producer, partition)
+ON s.producer = u.producer AND s.partition = u.partition
+"""
+MOVE_SEQUENCES = """
+INSERT INTO seqproc_producer_sequence (producer, partition, next_seq)
+SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[])
+ON CONFLICT (producer, partition) DO UPDATE SET next_seq = EXCLUDED.next_seq, seen_at = now()
+"""
+OPEN_GAPS = """
+INSERT INTO seqproc_sequence_gap (producer, partition, first_seq, count)
+SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bigint[])
+"""
 FENCE = """
 UPDATE partition SET applied = applied + %s, duplicates = duplicates + %s, rejected = rejected + %s
 WHERE partition = %s AND epoch = %s
@@ -72,6 +87,12 @@ class PostgresStore:
             )
 
         return loaded
+
+    def load_sequences(
+        self, conn: Connection, streams: Sequence[tuple[str, int]]
+    ) -> Callable[[], dict[tuple[str, int], int]]:
+        found = driver(conn).execute(LOAD_SEQUENCES, columns(streams, 2))
+        return lambda: {(producer, partition): int(n) for producer, partition, n in found.fetchall()}
 
     def load_replay(
         self, conn: Connection, entity_keys: Sequence[str]
@@ -114,6 +135,10 @@ class PostgresStore:
                 pg.execute(UNPARK, (array(writes.unpark),))
             if writes.replayed:
                 pg.execute(MARK_REPLAYED, (array(writes.replayed),))
+            if writes.sequences:
+                pg.execute(MOVE_SEQUENCES, columns(writes.sequences, 3))
+            if writes.gaps:
+                pg.execute(OPEN_GAPS, columns(writes.gaps, 4))
             # Last: each partition row's lock orders this transaction against a takeover of that partition.
             for f in writes.fences:
                 if f.epoch is not None:
