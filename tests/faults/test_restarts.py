@@ -70,7 +70,14 @@ def chains(products: list[int]) -> Iterator[tuple[list[producer.Receipt], list[i
 
 
 def report_sequences(
-    fault: str, outcomes: list[producer.Outcome], sent: int, engine: Engine, extra: int, units: int
+    fault: str,
+    outcomes: list[producer.Outcome],
+    sent: int,
+    engine: Engine,
+    extra: int,
+    units: int,
+    *,
+    injected: int = 1,
 ) -> None:
     with engine.connect() as conn:
         ledger_rows = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() - extra
@@ -78,7 +85,7 @@ def report_sequences(
         doubled = units_doubled(received, units) + doubled_in_tables(conn)
     report(
         fault,
-        injected=1,
+        injected=injected,
         sent=sent,
         lost=max(0, sent - ledger_rows) + max(0, units - received),
         doubled=doubled,
