@@ -38,6 +38,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # Bodies as they are (JSON text), not base64: a third smaller, and no encode/decode per message.
             # A consumer decodes each message by its own body_encoding property, so mixed queues are fine.
             "body_encoding": None,
+            # The visibility restore looks at every partition's queue (the unacked hash is per queue).
+            "partitions": settings.partitions,
         }
         if is_sentinel_url(settings.broker_url):
             transport_options |= sentinel_transport_options(settings.sentinel_master, timeout_s=2)

@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     #: this long is declared lost (logged, ``seqproc_events_lost_total``, ``lost`` in ``seqproc status``). Longer than
     #: the visibility timeout: a redelivered message comes back within it and fills its gap.
     loss_grace_s: Annotated[float, Field(ge=1, le=86_400)] = 120
+    #: Loss detection of a producer's last events (a tail no later message reveals): a producer process looks at the
+    #: broker this often while some of its events are not known to be on a replica, and after the broker's master
+    #: changed (a failover, a restart) it sends each partition a mark of where its sequence stands, which reveals
+    #: what the old master took with it (``seqproc.producer.marks``). 0: no marks.
+    sequence_mark_s: Annotated[float, Field(ge=0, le=3_600)] = 1
     #: ``--partitions auto``: how long a partition lease lasts without renewal (renewed every third of it). A worker
     #: that stops renewing loses its partitions to the others after this long.
     lease_s: Annotated[float, Field(ge=1, le=600)] = 10

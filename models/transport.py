@@ -80,6 +80,7 @@ from seqproc.models.wire import (
     APPLY_TASK,
     bell_key,
     lease_key,
+    queue_name,
     unacked_index_key,
     unacked_key,
     unacked_mutex_key,
@@ -276,15 +277,17 @@ class QoS(kombu_redis.QoS):
         return pushed
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
-        """kombu's visibility restore, per queue this channel consumes: messages held longer than the visibility
-        timeout go back to their queue, the oldest next in line. One look at every queue's index in one pipeline
+        """kombu's visibility restore, per queue this channel consumes and per partition queue (every one, with the
+        ``partitions`` option): messages held longer than the visibility timeout go back to their queue, the oldest
+        next in line. One look at every queue's index in one pipeline
         (per node on a cluster); a queue with messages to restore is restored by one restorer at a time (a lock
         with a token, as kombu's ``Mutex``)."""
         self._vrestore_count += 1
         if (self._vrestore_count - 1) % (interval or 1):
             return
         ceil = time() - self.visibility_timeout
-        queues = sorted(self.channel.active_queues)
+        partitions = self.channel.partitions or 0
+        queues = sorted({*self.channel.active_queues, *map(queue_name, range(partitions))})
         if not queues:
             return
         with self.channel.conn_or_acquire() as client:
@@ -325,15 +328,20 @@ class Channel(kombu_redis.Channel):
     #: partition as soon as it cannot prove its lease is still its own (after a pause, say), before asking Redis.
     #: ``broker_watch``: the worker process's :class:`BrokerWatch`: a command without a reply in time marks it, and
     #: every channel then fails at once until the worker has reconnected. None: each command waits its timeout.
+    #: ``partitions``: the deployment's partition count (``SEQPROC_PARTITIONS``): the visibility restore looks at
+    #: every partition's queue, not only those this worker consumes (kombu's one index covered every queue, so that a
+    #: killed worker's messages come back even while nobody owns its partitions).
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,
         "fetch_owner",
         "fetch_filter",
         "broker_watch",
+        "partitions",
     )
     fetch_owner: str | None = None
     fetch_filter: Callable[[str], bool] | None = None
     broker_watch: BrokerWatch | None = None
+    partitions: int | None = None
     #: Set by the worker on its task consumer's channel: every fetch goes to it whole (see :class:`Fetched`); the
     #: messages stay in ``unacked`` until it acks them (:meth:`ack_fetched`) or gives them back.
     chunk_consumer: ChunkConsumer | None = None
@@ -403,9 +411,10 @@ class Channel(kombu_redis.Channel):
         try:
             try:
                 self.client.parse_response(self.client.connection, "BRPOP", **options)
-            except self.connection_errors:  # type: ignore[attr-defined]  # not in stubs
+            except self.connection_errors as error:  # type: ignore[attr-defined]  # not in stubs
                 # Disconnect, so that the next iteration reconnects (as kombu does).
                 self.client.connection.disconnect()
+                self._noticed(error, "the wait on the bells")  # (read with a timeout: at a close)
                 raise
         finally:
             self._in_poll = None
@@ -512,10 +521,14 @@ class Channel(kombu_redis.Channel):
         watch.check()
 
     def close(self) -> None:
-        if self.broker_watch is not None and self.broker_watch.silent is not None and self._in_poll:
-            # kombu's close reads a pending wait's reply: on a dead connection, a socket timeout for nothing.
-            self._in_poll.disconnect()
-            self._in_poll = None
+        if self.broker_watch is not None and self.broker_watch.silent is not None:
+            # kombu's close reads a pending wait's reply and deletes the auto-delete queues (the pidbox's binding) on
+            # its own client: on a dead connection, a socket timeout apiece for nothing. The binding left behind
+            # expires (kombu's sweep) or is bound again by the next worker of that name.
+            self.auto_delete_queues.clear()
+            if self._in_poll:
+                self._in_poll.disconnect()
+                self._in_poll = None
         super().close()  # kombu may read a pending wait's reply here, and fetch: the held connection is closed after
         if self._held_connection is not None:
             self._held_connection.close()

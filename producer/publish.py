@@ -58,10 +58,16 @@ from seqproc.producer.attempts import (
     no_reply_in_time,
 )
 from seqproc.producer.coalesce import Coalescer
+from seqproc.producer.marks import MarkKeeper
 from seqproc.producer.receipt import Receipt
 from seqproc.producer.sequence import Place, Sequencer
 
 logger = logging.getLogger(__name__)
+
+
+def new_sequencer(marks: MarkKeeper | None) -> Sequencer:
+    """A sender's numbering, whose partitions ``marks`` keeps from its first send on (None: no marks)."""
+    return Sequencer(on_new_producer=marks.watch if marks is not None else None)
 
 
 def client_app(settings: Settings) -> Celery:
@@ -83,6 +89,8 @@ class Publisher:
         #: seqproc's own Redis transport: the messages are pushed directly (see ``_push``), on this connection (on a
         #: Redis Cluster: through the cluster's client, ``_redis``).
         self._held: Held | None = None
+        #: The client the marks go out on (one Redis or Sentinel: the held connection's client, another connection).
+        self._marks_client: Any = None
         #: The socket's waits: the transport's, never past the publish timeout (a call with less time left bounds
         #: them further, see ``_push``).
         self._timeout_s = settings.publish_timeout_s
@@ -117,6 +125,7 @@ class Publisher:
                 self._redis = client
             else:
                 self._held = Held(client)
+                self._marks_client = client
         self._connection_errors: tuple[type[BaseException], ...] = (
             *self.app.connection_for_write().connection_errors,
             redis.ConnectionError,
@@ -126,8 +135,14 @@ class Publisher:
             kombu.exceptions.OperationalError,  # what kombu raises when it cannot connect, whatever the transport
         )
         self._coalescer: Coalescer[tuple[int, Event]] = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
+        #: Marks the partitions after the broker's master changed, for what no later message would reveal
+        #: (:mod:`producer.marks`; seqproc's transport on one Redis or Sentinel: a cluster's shards each have a
+        #: master of their own, which the keeper does not follow yet).
+        self.marks: MarkKeeper | None = None
+        if self._marks_client is not None and settings.sequence_mark_s > 0:
+            self.marks = MarkKeeper(self._marks_client, self.push_marks, interval_s=settings.sequence_mark_s)
         #: Numbers this process's events per partition, for the workers' loss detection (seqproc's transport only).
-        self.sequencer = Sequencer()
+        self.sequencer = new_sequencer(self.marks)
         #: One push (and its WAIT) at a time on the held connection.
         self._push_lock = threading.Lock()
         #: Messages and events sent so far (the benchmark reports events per message).
@@ -179,6 +194,8 @@ class Publisher:
                 remaining_s = self.settings.publish_timeout_s if deadline is None else deadline - time.monotonic()
             try:
                 self._send_messages(messages, remaining_s, places)
+                if places is not None:
+                    self.sequencer.sent(messages, places)
                 return
             except PartitionCountMismatch:
                 raise  # checked as the connection opened: nothing was sent, and a retry would not change it
@@ -290,6 +307,15 @@ class Publisher:
             if self.settings.publish_durability == "replica":
                 seconds = self._timeout_s if remaining_s is None else min(remaining_s, self._timeout_s)
                 wait_for_replica(held, seconds, bound)
+
+    def push_marks(self, marks: Sequence[tuple[int, Place]]) -> None:
+        """Push a mark (a message with no event, ``producer.marks``) onto each partition's queue: ``(partition,
+        place)`` pairs, in one round trip, on a connection of their own (not the one the sends go out on)."""
+        if self._marks_client is None or not marks:
+            return
+        pipe = self._marks_client.pipeline(transaction=False)
+        stage_messages(pipe, [(partition, ()) for partition, _ in marks], 0, [place for _, place in marks])
+        pipe.execute()
 
     def _push_on_cluster(
         self, client: Any, messages: Sequence[tuple[int, Sequence[Event]]], places: Sequence[Place] | None

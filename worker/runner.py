@@ -132,10 +132,13 @@ def run_worker(
     finally:
         if ready_file:
             Path(ready_file).unlink(missing_ok=True)
-        if rt.leases is not None:
+        # A broker gone silent is not asked again on the way out (a socket timeout for nothing): the leases expire
+        # within SEQPROC_LEASE_S, and the next claim of the partitions overwrites the fences.
+        broker_answers = rt.broker_watch.silent is None
+        if rt.leases is not None and broker_answers:
             rt.leases.release_all()  # hand the partitions back at once instead of after the lease time
         _release(rt.engine, owner)
-        if rt.static is not None:
+        if rt.static is not None and broker_answers:
             rt.static.release_fences()  # after the release: a dead broker must not hold the hand-back up
 
 
@@ -168,7 +171,8 @@ def _consume(
         rt.leases = LeaseManager(settings, rt.engine, rt.owner)
         # Skip queues we cannot prove ours before asking Redis at all.
         app.conf.broker_transport_options = {**app.conf.broker_transport_options, "fetch_filter": _lease_filter(rt)}
-        rt.leases.tick(on_acquire=rt.epochs.__setitem__)  # the first share, claimed before consuming
+        while rt.leases.tick(on_acquire=rt.epochs.__setitem__):  # the first share, claimed before consuming
+            pass
         chosen = rt.leases.owned
     else:
         rt.static = StaticOwnership(settings, rt.engine, rt.owner, chosen, rt.epochs, spec=_span(chosen))

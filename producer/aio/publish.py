@@ -28,9 +28,8 @@ from seqproc.models.transport import SEQPROC_TRANSPORTS
 from seqproc.models.wire import PRODUCER_CLIENT_NAME, is_cluster_url
 from seqproc.producer.aio.coalesce import AsyncCoalescer
 from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of, no_reply_in_time
-from seqproc.producer.publish import NotReplicated, Publisher, stage_messages
+from seqproc.producer.publish import NotReplicated, Publisher, new_sequencer, stage_messages
 from seqproc.producer.receipt import Receipt
-from seqproc.producer.sequence import Sequencer
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ class AsyncPublisher:
             )
         self._coalescer = AsyncCoalescer(self.send, linger_s=settings.linger_ms / 1000.0)
         #: This loop's own numbering (its sends are one at a time, apart from the other loops' and threads').
-        self.sequencer = Sequencer()
+        self.sequencer = new_sequencer(threaded.marks)
         #: Messages and events this loop sent so far (through the threaded publisher: counted there too).
         self.sent_messages = 0
         self.sent_events = 0
@@ -114,6 +113,7 @@ class AsyncPublisher:
                     replies = await pipe.execute()
                 if self.settings.publish_durability == "replica" and int(replies[-1]) < 1:
                     raise NotReplicated(f"no replica acknowledged them within {min(remaining_s, self._timeout_s):g} s")
+                self.sequencer.sent(messages, places)
                 break
             except PartitionCountMismatch:
                 raise  # checked as the connection opened: nothing was sent

@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 
 from tests.conftest import wait_for
-from tests.faults.servers import _client, fault_ports, require_binary
+from tests.faults.servers import fault_ports, redis_at, require_binary
 
 #: How long a node may be unreachable before the others fail it over (ms).
 NODE_TIMEOUT_MS = 1000
@@ -30,7 +30,7 @@ BUS_OFFSET = 10000
 
 def cluster_state(port: int) -> str:
     """``cluster_state`` of ``CLUSTER INFO`` on the node on ``port``."""
-    return str(_client(port).execute_command("CLUSTER INFO")["cluster_state"])
+    return str(redis_at(port).execute_command("CLUSTER INFO")["cluster_state"])
 
 
 class ClusterGroup:
@@ -117,7 +117,7 @@ class ClusterGroup:
     @staticmethod
     def _answers(port: int) -> bool:
         try:
-            return bool(_client(port).ping())
+            return bool(redis_at(port).ping())
         except redis.RedisError:
             return False
 
@@ -141,7 +141,7 @@ class ClusterGroup:
 
     def nodes(self) -> list[dict[str, str]]:
         """``CLUSTER NODES`` as a live node sees it: id, port, flags, primary id, whether it holds slots."""
-        parsed = _client(self.live_ports()[0]).execute_command("CLUSTER NODES")
+        parsed = redis_at(self.live_ports()[0]).execute_command("CLUSTER NODES")
         return [
             {
                 "id": node["node_id"],
@@ -173,17 +173,17 @@ class ClusterGroup:
         return None
 
     def node_id(self, port: int) -> str:
-        return str(_client(port).execute_command("CLUSTER MYID").decode())
+        return str(redis_at(port).execute_command("CLUSTER MYID").decode())
 
     def primary_of_slot(self, slot: int) -> int:
         """The port of the primary that holds ``slot`` now."""
-        for start, end, primary, *_ in _client(self.live_ports()[0]).execute_command("CLUSTER SLOTS"):
+        for start, end, primary, *_ in redis_at(self.live_ports()[0]).execute_command("CLUSTER SLOTS"):
             if start <= slot <= end:
                 return int(primary[1])
         raise AssertionError(f"no node holds slot {slot}")
 
     def slot_of(self, key: str) -> int:
-        return int(_client(self.live_ports()[0]).execute_command("CLUSTER KEYSLOT", key))
+        return int(redis_at(self.live_ports()[0]).execute_command("CLUSTER KEYSLOT", key))
 
     def wait_caught_up(self, timeout_s: float = 15) -> None:
         """Until every primary's replica has applied everything its primary wrote."""
@@ -194,8 +194,8 @@ class ClusterGroup:
                     replica = self.replica_of(primary)
                     if replica is None:
                         return False
-                    primary_info = _client(primary).info("replication")
-                    replica_info = _client(replica).info("replication")
+                    primary_info = redis_at(primary).info("replication")
+                    replica_info = redis_at(replica).info("replication")
                     if replica_info.get("master_link_status") != "up" or int(
                         replica_info.get("slave_repl_offset", -1)
                     ) != int(primary_info["master_repl_offset"]):
@@ -236,7 +236,7 @@ class ClusterGroup:
         source_port = self.primary_of_slot(slot)
         if source_port == target_port:
             return 0
-        source, target = _client(source_port), _client(target_port)
+        source, target = redis_at(source_port), redis_at(target_port)
         source_id, target_id = self.node_id(source_port), self.node_id(target_port)
         target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
         source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
@@ -248,5 +248,5 @@ class ClusterGroup:
             source.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
             moved += len(keys)
         for port in self.primaries():
-            _client(port).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+            redis_at(port).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
         return moved

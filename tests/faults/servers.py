@@ -45,7 +45,8 @@ def require_binary(name: str) -> None:
         pytest.skip(f"{name} is not installed")
 
 
-def _client(port: int) -> redis.Redis:
+def redis_at(port: int) -> redis.Redis:
+    """A client of the server on ``port`` (a data server or a sentinel), with short timeouts and no retries."""
     return redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=1, retry=None)
 
 
@@ -58,6 +59,8 @@ class SentinelGroup:
         ports = fault_ports(5, offset=port_offset)
         self.data_ports, self.sentinel_ports = ports[:2], ports[2:]
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        #: The master's replication offset when :meth:`kill_master` killed it.
+        self.killed_offset = 0
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def start(self) -> SentinelGroup:
@@ -116,14 +119,14 @@ class SentinelGroup:
     @staticmethod
     def _answers(port: int) -> bool:
         try:
-            return bool(_client(port).ping())
+            return bool(redis_at(port).ping())
         except redis.RedisError:
             return False
 
     def _watching(self) -> bool:
         try:
             for port in self.sentinel_ports:
-                state = _client(port).sentinel_master(MASTER)
+                state = redis_at(port).sentinel_master(MASTER)
                 if int(state["num-slaves"]) < 1 or int(state["num-other-sentinels"]) < 2:
                     return False
             return True
@@ -139,7 +142,7 @@ class SentinelGroup:
         """The master's port as the sentinels name it now (None while none does)."""
         for port in self.sentinel_ports:
             try:
-                address = _client(port).sentinel_get_master_addr_by_name(MASTER)
+                address = redis_at(port).sentinel_get_master_addr_by_name(MASTER)
             except redis.RedisError:
                 continue
             if address:
@@ -158,8 +161,8 @@ class SentinelGroup:
 
         def caught_up() -> bool:
             try:
-                primary_info = _client(master).info("replication")
-                replica_info = _client(replica).info("replication")
+                primary_info = redis_at(master).info("replication")
+                replica_info = redis_at(replica).info("replication")
             except redis.RedisError:
                 return False
             return replica_info.get("master_link_status") == "up" and int(
@@ -169,9 +172,11 @@ class SentinelGroup:
         wait_for(caught_up, timeout_s, "the replica to catch up with the primary")
 
     def kill_master(self) -> int:
-        """SIGKILL the current master; returns its port. The group then has no replica until a test restarts it."""
+        """SIGKILL the current master; returns its port. The group then has no replica until a test restarts it.
+        Its replication offset just before the kill is kept (:meth:`promoted_lag_bytes`)."""
         port = self.master_port()
         assert port is not None
+        self.killed_offset = int(redis_at(port).info("replication")["master_repl_offset"])
         self.processes[port].send_signal(signal.SIGKILL)
         self.processes[port].wait(10)
         return port
@@ -191,7 +196,7 @@ class SentinelGroup:
 
         def replica() -> bool:
             try:
-                return bool(_client(port).info("replication")["role"] == "slave")
+                return bool(redis_at(port).info("replication")["role"] == "slave")
             except redis.RedisError:
                 return False
 
@@ -200,6 +205,21 @@ class SentinelGroup:
     def signal_replica(self, signum: int) -> None:
         """SIGSTOP the replica (it falls behind: the master goes on taking writes), SIGCONT it."""
         self.processes[self.replica_port()].send_signal(signum)
+
+    def cut_replica_link(self) -> int:
+        """The master closes its replicas' connections (``CLIENT KILL TYPE replica``); returns how many."""
+        port = self.master_port()
+        assert port is not None
+        return int(redis_at(port).execute_command("CLIENT", "KILL", "TYPE", "replica"))
+
+    def promoted_lag_bytes(self) -> int:
+        """After a failover that followed :meth:`kill_master`: how many bytes of the old master's replication stream
+        (its writes) the promoted replica never got, read from its ``second_repl_offset`` (where its copy of the
+        old master's history ends, plus one). 0: it had every write the old master took before the kill."""
+        port = self.master_port()
+        assert port is not None
+        had = int(redis_at(port).info("replication")["second_repl_offset"]) - 1
+        return max(0, self.killed_offset - had)
 
     def wait_failover(self, old_port: int, timeout_s: float = 20) -> float:
         """Until the sentinels name another master that answers as one; returns how long it took."""
@@ -210,7 +230,7 @@ class SentinelGroup:
             if port is None or port == old_port:
                 return False
             try:
-                return bool(_client(port).info("replication")["role"] == "master")
+                return bool(redis_at(port).info("replication")["role"] == "master")
             except redis.RedisError:
                 return False
 

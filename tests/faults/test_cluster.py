@@ -133,7 +133,7 @@ def test_cluster_direct_events_are_never_doubled_or_reordered_and_every_loss_is_
     stream = DirectStream(tallies=TALLIES)
     injected = stream.during(disrupt)
     fault_line = f"Redis Cluster {fault.replace('_', ' ')} mid-stream (direct)"
-    sent, lost, doubled, out_of_order, lost_detected = judged(stream, engine, injected, fault_line)
+    sent, lost, doubled, out_of_order, lost_detected = judged(stream, engine, injected, fault_line, settings)
     assert sent > 300
     assert lost == lost_detected  # every event the failover dropped is counted, none that arrived
     if fault == "slot_migration":

@@ -13,6 +13,7 @@ import redis
 from sqlalchemy import Engine, func, select
 
 from seqproc import producer
+from seqproc.models.errors import OutcomeTimeout
 from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import LedgerEntry
 from seqproc.models.tables.likes import ArticleLike
@@ -28,7 +29,12 @@ KILLS = 20
 
 
 @pytest.mark.parametrize(
-    "kills", [pytest.param(KILLS, id="20-kills"), pytest.param(60, id="60-kills", marks=pytest.mark.slow)]
+    "kills",
+    [
+        # Time for the kills (a worker start each, slower on a loaded machine) and for the drain after them.
+        pytest.param(KILLS, id="20-kills", marks=pytest.mark.timeout(600)),
+        pytest.param(60, id="60-kills", marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
+    ],
 )
 def test_sigkills_lose_and_double_nothing(clean: Settings, start_worker, engine: Engine, kills: int) -> None:
     sigkills_mid_stream(clean, start_worker, engine, kills=kills)
@@ -108,7 +114,7 @@ def sigkills_mid_stream(
         for thread in threads:
             thread.join()
     start_worker(settings)
-    outcomes = producer.wait_all(receipts, timeout_s=90)
+    outcomes = wait_while_draining(receipts, engine)
     assert {o.status for o in producer.wait_all(stocked, timeout_s=90)} == {"applied"}
     sequence_outcomes = producer.wait_all(sequenced, timeout_s=90)
     reordered = [o for o in sequence_outcomes if o.effective.status != "applied" or o.effective.reason]
@@ -150,6 +156,27 @@ def sigkills_mid_stream(
         rows = set(conn.execute(select(ArticleLike.article_id, ArticleLike.user_id)))
         assert rows == {pair for pair, liked in model.items() if liked}
         assert check_invariants(conn).ok
+
+
+def wait_while_draining(
+    receipts: list[producer.Receipt], engine: Engine, *, stall_s: float = 60, cap_s: float = 300
+) -> list[producer.Outcome]:
+    """The outcomes of ``receipts``, waited on as long as the worker applies events (the ledger grows within each
+    ``stall_s``), at most ``cap_s``. The backlog the kills leave is what the producers sent meanwhile, and each worker
+    start takes longer on a loaded machine: a fixed 90 s ran out at a load average of 10-14 with the last worker still
+    applying (before the per-queue layout too). A worker that stops applying still fails within ``stall_s``."""
+    deadline = time.monotonic() + cap_s
+    applied = -1
+    while True:
+        try:
+            return producer.wait_all(receipts, timeout_s=max(1.0, min(stall_s, deadline - time.monotonic())))
+        except OutcomeTimeout:
+            with engine.connect() as conn:
+                now = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one()
+            if now == applied or time.monotonic() >= deadline:
+                raise
+            print(f"still draining: {now} ledger rows, {now - max(applied, 0)} more in the last wait")
+            applied = now
 
 
 def test_a_killed_workers_messages_come_back_after_the_visibility_timeout(

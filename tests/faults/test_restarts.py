@@ -21,6 +21,8 @@ from seqproc import producer
 from seqproc.models.errors import OutcomeTimeout, PublishError
 from seqproc.models.settings import Settings
 from seqproc.models.tables.ledger import LedgerEntry
+from seqproc.producer.publish import publisher_for
+from seqproc.worker.engine.sequence import lost_total
 from seqproc.worker.ops.inspect import check_invariants, product_state
 from tests.conftest import PrivateRedis, require, require_tools, wait_for
 from tests.faults.landing import unacked_count, unacked_event_ids
@@ -68,7 +70,14 @@ def chains(products: list[int]) -> Iterator[tuple[list[producer.Receipt], list[i
 
 
 def report_sequences(
-    fault: str, outcomes: list[producer.Outcome], sent: int, engine: Engine, extra: int, units: int
+    fault: str,
+    outcomes: list[producer.Outcome],
+    sent: int,
+    engine: Engine,
+    extra: int,
+    units: int,
+    *,
+    injected: int = 1,
 ) -> None:
     with engine.connect() as conn:
         ledger_rows = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() - extra
@@ -76,7 +85,7 @@ def report_sequences(
         doubled = units_doubled(received, units) + doubled_in_tables(conn)
     report(
         fault,
-        injected=1,
+        injected=injected,
         sent=sent,
         lost=max(0, sent - ledger_rows) + max(0, units - received),
         doubled=doubled,
@@ -301,5 +310,55 @@ def test_direct_sends_held_by_a_redis_that_crashes(
                 received=received,
             )
         assert received == (0 if persistence == "off" else 200)
+    finally:
+        broker.stop()
+
+
+def test_a_producers_last_sends_lost_in_a_crash_are_counted_by_its_mark(
+    clean: Settings, tmp_path: Path, start_worker, engine: Engine
+) -> None:
+    """The tail case of loss detection: 50 direct sends held by a broker without persistence that crashes, and no
+    send after it, so no later message of the producer reveals the gap. The producer's mark keeper
+    (``producer.marks``) sees the master's replication id change and marks the partition with where its
+    acknowledged events end: the worker counts all 50 lost. (Its looks are made by hand here, one before the
+    crash and one after; on its own it looks every ``SEQPROC_SEQUENCE_MARK_S``.)"""
+    broker = PrivateRedis(tmp_path, persistent=False)
+    broker.start()
+    try:
+        settings = clean.model_copy(
+            update={"broker_url": broker.url(0), "loss_grace_s": 1, "sequence_mark_s": 3600}
+        )  # outcomes on the test's own Redis
+        producer.configure(settings)
+        receipts = [producer.restock(8, 1) for _ in range(50)]  # no worker yet: all of them wait in the broker
+        keeper = publisher_for(settings).marks
+        assert keeper is not None
+        assert keeper.look() == 0  # the first look notes the master's replication id
+        assert broker.process is not None
+        broker.process.send_signal(signal.SIGKILL)
+        broker.process.wait(10)
+        broker.start()
+        assert keeper.look() == 1  # another master: one mark, on product 8's partition
+        start_worker(settings)
+        with engine.connect() as conn:
+
+            def counted() -> int:
+                conn.rollback()
+                return lost_total(conn)
+
+            wait_for(lambda: counted() >= 50, 30, "the 50 events counted lost")
+            received = int(product_state(conn, 8)["total_received"])
+            report(
+                "broker Redis SIGKILL, no persistence, 50 direct sends queued and none after (the producer's mark)",
+                injected=1,
+                sent=50,
+                lost=50 - received,
+                doubled=units_doubled(received, 50) + doubled_in_tables(conn),
+                out_of_order=0,
+                lost_detected=counted(),
+            )
+            assert received == 0
+            assert counted() == 50
+        with pytest.raises(OutcomeTimeout):
+            receipts[-1].wait(timeout_s=0.5)
     finally:
         broker.stop()

@@ -18,16 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import Engine, text
 
 import seqproc
+from seqproc.models.clients import bounded_retry, broker_client
 from seqproc.models.errors import PublishError
 from seqproc.models.settings import Settings
+from seqproc.producer.publish import publisher_for
 from seqproc.worker.engine.sequence import lost_total
+from seqproc.worker.ownership.partitions import pending_messages
 from tests import domains_fixture as fixture
 from tests.conftest import RelayProcess, WorkerProcess, wait_for
 from tests.faults.matrix import report
-from tests.faults.servers import SentinelGroup
+from tests.faults.servers import SentinelGroup, redis_at
 from tests.faults.test_outbox_faults import app_engine, outbox_stream
 from tests.integration.test_domain_parking import tally_tables
 
@@ -63,22 +67,78 @@ def kill_master_mid_stream(group: SentinelGroup, *, before_s: float = 2.0, after
     return disrupt
 
 
-def kill_master_with_replica_behind(group: SentinelGroup, *, behind_s: float = 4.0) -> Callable[[], int]:
+def kill_master_with_replica_behind(
+    group: SentinelGroup, *, behind_s: float = 4.0, cut: bool = False
+) -> Callable[[], int]:
     """A ``disrupt``: the replica paused for ``behind_s`` (the master takes writes it never copies), then the master
-    killed and the replica resumed: the sentinels promote a replica that lacks the last ``behind_s`` of pushes."""
+    killed and the replica resumed: the sentinels promote a replica that lacks the last ``behind_s`` of pushes.
+
+    What the master sent the paused replica may still wait in the replica's socket buffer and be read after
+    SIGCONT, so the plain pause does not always lose anything. ``cut``: the master also closes its replica's link
+    (``CLIENT KILL TYPE replica``, every 0.2 s of the pause): nothing written after the first cut reaches the
+    replica, which the test checks (the promoted replica lacks part of the old master's stream)."""
 
     def disrupt() -> int:
         time.sleep(2.0)
         group.wait_caught_up()
         group.signal_replica(signal.SIGSTOP)
         try:
-            time.sleep(behind_s)
+            ends = time.monotonic() + behind_s
+            while cut and time.monotonic() < ends:
+                group.cut_replica_link()
+                time.sleep(0.2)
+            time.sleep(max(0.0, ends - time.monotonic()))
             old = group.kill_master()
         finally:
             group.signal_replica(signal.SIGCONT)
         took_s = group.wait_failover(old)
-        print(f"failover with the replica {behind_s:g} s behind: a new master {took_s:.1f} s after the SIGKILL")
+        lag_bytes = group.promoted_lag_bytes()
+        print(
+            f"failover with the replica {behind_s:g} s behind{' and cut off' if cut else ''}: a new master "
+            f"{took_s:.1f} s after the SIGKILL, lacking {lag_bytes} bytes of the old master's writes"
+        )
+        if cut:
+            assert lag_bytes > 0, "the fault did not land: the promoted replica had every write of the old master"
         time.sleep(3.0)
+        return 1
+
+    return disrupt
+
+
+def kill_master_after_the_last_sends(
+    group: SentinelGroup, stream: DirectStream, worker: WorkerProcess, settings: Settings, *, behind_s: float = 3.0
+) -> Callable[[], int]:
+    """A ``disrupt`` whose losses are all tails: the replica paused and cut off (as ``cut``) and the worker paused
+    too, so that a backlog of ``behind_s`` of pushes sits on the master alone; then the producers stop for good,
+    the master is killed and the replica promoted. No producer sends again: no later message reveals what the
+    failover took, only the producer process's marks (``producer.marks``), which the sentinel waits for."""
+
+    def disrupt() -> int:
+        time.sleep(2.0)
+        group.wait_caught_up()
+        worker.process.send_signal(signal.SIGSTOP)
+        group.signal_replica(signal.SIGSTOP)
+        try:
+            ends = time.monotonic() + behind_s
+            while time.monotonic() < ends:
+                group.cut_replica_link()
+                time.sleep(0.2)
+            stream.halt()  # the last sends: each acknowledged by the master alone
+            old = group.kill_master()
+        finally:
+            group.signal_replica(signal.SIGCONT)
+            worker.process.send_signal(signal.SIGCONT)
+        took_s = group.wait_failover(old)
+        lag_bytes = group.promoted_lag_bytes()
+        print(
+            f"failover with the replica cut off and the worker paused for {behind_s:g} s, no send after the kill: a "
+            f"new master {took_s:.1f} s after the SIGKILL, lacking {lag_bytes} bytes of the old master's writes"
+        )
+        assert lag_bytes > 0, "the fault did not land: the promoted replica had every write of the old master"
+        keeper = publisher_for(settings).marks
+        assert keeper is not None
+        new_master = redis_at(group.master_port() or 0).info("replication")["master_replid"]
+        wait_for(lambda: keeper.master_id == new_master, 15, "the producer's marks on the new master")
         return 1
 
     return disrupt
@@ -108,16 +168,19 @@ def pause_master_past_failover(group: SentinelGroup) -> Callable[[], int]:
 DISRUPTS = {
     "caught_up": kill_master_mid_stream,
     "behind": kill_master_with_replica_behind,
+    "cut": lambda group: kill_master_with_replica_behind(group, cut=True),
     "stale_master": pause_master_past_failover,
 }
 FAULTS = {
     "caught_up": "primary SIGKILL mid-stream, replica caught up",
     "behind": "primary SIGKILL mid-stream, replica behind",
+    "cut": "primary SIGKILL mid-stream, replica behind and its link cut",
     "stale_master": "primary SIGSTOP past down-after, then SIGCONT (stale master)",
+    "tail": "primary SIGKILL after the producers' last sends, replica cut off and worker paused (only tails lost)",
 }
 
 
-@pytest.mark.parametrize("replica", ["caught_up", "behind", "stale_master"])
+@pytest.mark.parametrize("replica", ["caught_up", "behind", "cut", "stale_master"])
 def test_sentinel_primary_sigkill_loses_no_outbox_event(
     replica: str,
     clean: Settings,
@@ -174,16 +237,22 @@ class DirectStream:
                 self.acknowledged.setdefault(tally_id, []).append(n)
             time.sleep(0.002)
 
+    threads: list[threading.Thread] = field(default_factory=list)
+
     def during(self, disrupt: Callable[[], int]) -> int:
-        threads = [threading.Thread(target=self.run, args=(t,)) for t in self.tallies]
-        for thread in threads:
+        self.threads = [threading.Thread(target=self.run, args=(t,)) for t in self.tallies]
+        for thread in self.threads:
             thread.start()
         try:
             return disrupt()
         finally:
-            self.stop.set()
-            for thread in threads:
-                thread.join(30)
+            self.halt()
+
+    def halt(self) -> None:
+        """Stop sending, and wait until no send is under way."""
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
 
     def count(self, engine: Engine) -> tuple[int, int, int, int]:
         """(acknowledged, lost, doubled, out of order) against the applied log."""
@@ -202,14 +271,22 @@ class DirectStream:
         return sent, lost, doubled, out_of_order
 
 
-def settled(engine: Engine, quiet_s: float = 2.0) -> Callable[[], bool]:
-    """A condition: the applied log has not grown for ``quiet_s`` (everything that will be applied was)."""
+def drained(engine: Engine, settings: Settings, quiet_s: float = 1.0) -> Callable[[], bool]:
+    """A condition: the broker (its current master) holds no message of any partition, queued or unacknowledged,
+    and the applied log has not grown for ``quiet_s`` since: everything that reached the broker was applied. (A
+    quiet log alone is no sign: after a failover the worker waits for the new master, then takes back what it
+    held, for seconds in which nothing is applied while the queues are full.)"""
+    client = broker_client(settings, timeout_s=2, connect_timeout_s=2, retry=bounded_retry(0))
     seen: list[tuple[int, float]] = []
 
     def check() -> bool:
+        try:
+            left = pending_messages(client, settings.partitions)
+        except redis.RedisError:
+            return False
         with engine.connect() as conn:
             rows = int(conn.execute(text("SELECT count(*) FROM fixture_tally_log")).scalar_one())
-        if not seen or seen[-1][0] != rows:
+        if left or not seen or seen[-1][0] != rows:
             seen.append((rows, time.monotonic()))
             return False
         return time.monotonic() - seen[-1][1] >= quiet_s
@@ -217,10 +294,12 @@ def settled(engine: Engine, quiet_s: float = 2.0) -> Callable[[], bool]:
     return check
 
 
-def judged(stream: DirectStream, engine: Engine, injected: int, fault: str) -> tuple[int, int, int, int, int]:
-    """Once the applied log settled: (sent, lost, doubled, out of order, lost as the workers declared), against
-    ``stream``'s model, with the ``FAULT`` line printed."""
-    wait_for(settled(engine), 30, "the applied log to stop growing")
+def judged(
+    stream: DirectStream, engine: Engine, injected: int, fault: str, settings: Settings
+) -> tuple[int, int, int, int, int]:
+    """Once every message on the broker was applied (``drained``): (sent, lost, doubled, out of order, lost as the
+    workers declared), against ``stream``'s model, with the ``FAULT`` line printed."""
+    wait_for(drained(engine, settings), 60, "every message on the broker applied")
     sent, lost, doubled, out_of_order = stream.count(engine)
     lost_detected = declared_lost(engine)
     report(
@@ -251,7 +330,14 @@ def declared_lost(engine: Engine, timeout_s: float = 20) -> int:
 
 @pytest.mark.parametrize(
     ("replica", "durability"),
-    [("caught_up", "async"), ("behind", "async"), ("behind", "replica"), ("stale_master", "async")],
+    [
+        ("caught_up", "async"),
+        ("behind", "async"),
+        ("cut", "async"),
+        ("tail", "async"),
+        ("behind", "replica"),
+        ("stale_master", "async"),
+    ],
 )
 def test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered_and_every_loss_is_counted(
     replica: str,
@@ -264,19 +350,28 @@ def test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered_a
 ) -> None:
     """Direct events. ``async`` (acknowledged by the primary alone): with the replica caught up the failover loses
     nothing; with it behind, the pushes it lacked are lost, and every one is detected (a gap in its producer's
-    sequence) and counted: ``lost == lost_detected``. ``replica`` (acknowledged once a replica has them): nothing
-    acknowledged is lost; a send that no replica acknowledged raised PublishError and was sent again with its key
-    (the gaps such sends left are what ``lost_detected`` counts then)."""
+    sequence) and counted: ``lost == lost_detected``; with its link cut as well (``cut``: the promoted replica lacks
+    megabytes of the old master's writes), the same; when the producers never send again after the kill (``tail``:
+    every loss a tail), the producer process's marks reveal them. ``replica`` (acknowledged once a replica has
+    them): nothing acknowledged is lost; a send that no replica acknowledged raised PublishError and was sent again
+    with its key (the gaps such sends left are what ``lost_detected`` counts then).
+
+    Judged once the new master holds no message, queued or unacknowledged (``drained``): a worker back from a
+    failover takes seconds to take back what it held, during which a quiet log proves nothing."""
     # Gaps are declared lost 2 s after they were seen (production: past the visibility timeout).
     settings = on_sentinel(clean, sentinel_group).model_copy(
         update={"domains": ("tests.domains_fixture",), "loss_grace_s": 2, "publish_durability": durability}
     )
-    start_worker(settings)
+    worker = start_worker(settings)
     seqproc.configure(settings)
     stream = DirectStream(tallies=list(range(1, 9)))
-    injected = stream.during(DISRUPTS[replica](sentinel_group))
+    if replica == "tail":
+        disrupt = kill_master_after_the_last_sends(sentinel_group, stream, worker, settings)
+    else:
+        disrupt = DISRUPTS[replica](sentinel_group)
+    injected = stream.during(disrupt)
     sent, lost, doubled, out_of_order, lost_detected = judged(
-        stream, engine, injected, f"Sentinel {FAULTS[replica]} (direct, {durability})"
+        stream, engine, injected, f"Sentinel {FAULTS[replica]} (direct, {durability})", settings
     )
     assert sent > 500
     if durability == "replica":
@@ -289,6 +384,8 @@ def test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered_a
         # events in the runs of 2026-12-06) counted every one.
         if replica == "behind" and lost == 0:
             print("the replica caught up from its socket buffer: no acknowledged push was lost this run")
+        if replica == "tail":
+            assert lost > 0  # the worker was paused: the master died with a backlog no replica had
         assert lost == lost_detected  # every event the failover dropped is counted, none that arrived
     assert doubled == 0
     assert out_of_order == 0

@@ -65,6 +65,30 @@ def test_a_gap_is_recorded_filled_by_a_late_message_and_declared_lost_only_past_
         assert declare_lost(conn, grace_s=0) == []  # declared once
 
 
+def test_a_late_message_fills_a_gap_opened_in_its_own_batch_and_many_late_ones_fill_in_one_read(
+    clean: Settings, engine: Engine
+) -> None:
+    """A redelivery can bring an older message behind a newer one in the same batch: the gap the newer one opened is
+    filled by the older one before anything is recorded. Hundreds of late messages (a failover's restore) fill
+    what they cover of recorded gaps, the pieces left keeping when they were detected."""
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM seqproc_producer_sequence WHERE producer LIKE 'test-%'"))
+    arrive(engine, Sequenced("test-c", 1, 3), Sequenced("test-c", 8, 2), Sequenced("test-c", 5, 1))
+    assert [g for g in gaps(engine) if g[0] == "test-c"] == [("test-c", 4, 1, False), ("test-c", 6, 2, False)]
+    arrive(engine, Sequenced("test-d", 1, 1), Sequenced("test-d", 1000, 1))  # 2..999 did not come
+    with engine.connect() as conn:
+        detected = conn.execute(
+            text("SELECT detected_at FROM seqproc_sequence_gap WHERE producer = 'test-d'")
+        ).scalar_one()
+    arrive(engine, *(Sequenced("test-d", n, 1) for n in range(2, 999, 2)))  # every even number, late
+    odd = [("test-d", n, 1, False) for n in range(3, 1000, 2)]
+    assert [g for g in gaps(engine) if g[0] == "test-d"] == odd
+    with engine.connect() as conn:
+        assert set(
+            conn.execute(text("SELECT detected_at FROM seqproc_sequence_gap WHERE producer = 'test-d'")).scalars()
+        ) == {detected}
+
+
 def test_the_apply_transaction_moves_the_sequence_with_its_events(clean: Settings, engine: Engine) -> None:
     """In the same transaction as the events: a batch rolled back leaves the sequence where it was."""
     event = Like(article_id=7, user_id=1, key="seq-like-1", id="seq-like-1", stamp=1)

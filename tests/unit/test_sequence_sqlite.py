@@ -56,3 +56,18 @@ def test_advance_moves_each_stream_in_the_order_received() -> None:
     assert moves.next_seqs == {("a", 0): 10, ("a", 1): 2}  # b stood where it was: nothing to write for it
     assert moves.gaps == [Gap("a", 0, 7, 2)]
     assert moves.late == [(0, Sequenced("b", 1, 1))]
+
+
+def test_advance_fills_a_hole_its_own_batch_opened_and_a_mark_fills_nothing() -> None:
+    # 3 came before 2 (a redelivery behind a newer message): the hole 2 opened is filled in the same batch.
+    moves = advance({}, [(0, [Sequenced("a", 1, 1), Sequenced("a", 3, 1), Sequenced("a", 2, 1)])])
+    assert moves.gaps == []
+    assert moves.next_seqs == {("a", 0): 4}
+    # Only part of a hole filled: what is left stays, on both sides.
+    moves = advance({}, [(0, [Sequenced("a", 10, 1), Sequenced("a", 4, 2)])])
+    assert moves.gaps == [Gap("a", 0, 1, 3), Gap("a", 0, 6, 4)]
+    # A mark (no event) that starts behind where its stream stands is neither late nor a filler.
+    moves = advance({("a", 0): 8}, [(0, [Sequenced("a", 5, 0)])])
+    assert moves.gaps == []
+    assert moves.late == []
+    assert moves.next_seqs == {}

@@ -130,7 +130,8 @@ def _all_valid(raw: Any, partition: int, partitions: int) -> tuple[list[Event], 
 
 def _sequenced(seq: object, count: int) -> Sequenced | None:
     """``"seq": [producer, first]`` of a message of ``count`` events, if well formed (else: no check, as for a
-    message that carries none)."""
+    message that carries none). A message of no event is a producer's mark (``producer.marks``): its events before
+    ``first`` were all sent."""
     if (
         isinstance(seq, list | tuple)
         and len(seq) == 2
@@ -138,7 +139,6 @@ def _sequenced(seq: object, count: int) -> Sequenced | None:
         and 0 < len(seq[0]) <= PRODUCER_ID_LENGTH
         and isinstance(seq[1], int)
         and seq[1] >= 1
-        and count > 0
     ):
         return Sequenced(seq[0], seq[1], count)
     return None

@@ -155,11 +155,13 @@ class LeaseStep(bootsteps.StartStopStep):
         if rt.broker_watch.silent is not None:
             return  # the broker went silent: the consumer reconnects at the event loop's next turn
         try:
-            _keeper(rt).tick(
+            more = _keeper(rt).tick(
                 on_acquire=lambda partition, epoch: self._acquired(c, partition, epoch),
                 on_release=lambda partition: self._releasing(c, partition),
                 on_lost=lambda partition: self._lost(c, partition),
             )
+            if more:  # out of time for claims, partitions left to take: again after a turn of the event loop
+                c.timer.call_after(0.0, self.tick, (c,))
         except Exception as error:
             # Redis or PostgreSQL unreachable: leases are not renewed (nor heartbeats written), so ``fresh`` turns
             # false and nothing is applied to a partition that may have moved; the next tick tries again.

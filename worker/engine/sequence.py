@@ -4,10 +4,12 @@ its first event on the partition (``seq``); the producer numbers its events of e
 Per message, in the order received: the expected number (``seqproc_producer_sequence.next_seq``, 1 for a producer
 not seen yet) moves past it; a message that starts further on leaves a gap (``seqproc_sequence_gap``); one that
 starts before (late, or redelivered) fills what it covers of an open gap, and is otherwise a copy (the ledger makes
-its events duplicates). The store reads where the streams stand with the transaction's claim, and writes where they
-moved (and the gaps) with its other writes: no round trip of their own (:func:`advance` decides in between). A gap
-that outlives ``SEQPROC_LOSS_GRACE_S`` is declared lost by :func:`declare_lost` (a worker's heartbeat runs it): a
-redelivery comes back within the visibility timeout, so the grace must exceed it.
+its events duplicates). A producer's mark (``producer.marks``) is a message of no event: where the producer's
+sequence stood, which reveals a lost tail no later event would. The store reads where the streams stand with the
+transaction's claim, and writes where they moved (and the gaps) with its other writes: no round trip of their own
+(:func:`advance` decides in between). A gap that outlives ``SEQPROC_LOSS_GRACE_S`` is declared lost by
+:func:`declare_lost` (a worker's heartbeat runs it): a redelivery comes back within the visibility timeout, so the
+grace must exceed it.
 
 The late messages' fills, the declarations and the totals are written with SQLAlchemy Core over the mapped tables:
 the same on PostgreSQL and SQLite. The partition's fence makes its owner the only writer of its rows.
@@ -80,59 +82,116 @@ def advance(known: Mapping[Stream, int], batches: Iterable[tuple[int, Sequence[S
             at = expected.get(stream, 1)
             if message.first > at:
                 moves.gaps.append(Gap(message.producer, partition, at, message.first - at))
-            elif message.first < at:
-                moves.late.append((partition, message))
+            elif message.first < at and message.count:  # (a mark, no event, fills nothing: where its producer stood)
+                moves.gaps = _filled(moves.gaps, partition, message)  # a hole this batch opened, filled in it
+                moves.late.append((partition, message))  # and what was recorded before, by the store
             expected[stream] = max(at, message.first + message.count)
     moves.next_seqs = {stream: n for stream, n in expected.items() if known.get(stream) != n}
     return moves
 
 
+def _filled(gaps: list[Gap], partition: int, message: Sequenced) -> list[Gap]:
+    """``gaps`` less what ``message`` (late, of ``partition``) covers of them: what is left of each stays."""
+    start, end = message.first, message.first + message.count
+    left: list[Gap] = []
+    for gap in gaps:
+        if (
+            gap.producer != message.producer
+            or gap.partition != partition
+            or gap.first >= end
+            or gap.first + gap.count <= start
+        ):
+            left.append(gap)
+            continue
+        pieces = [(gap.first, start - gap.first), (end, gap.first + gap.count - end)]
+        left += [Gap(gap.producer, partition, first, count) for first, count in pieces if count > 0]
+    return left
+
+
 def fill_late(conn: Connection, moves: Moves) -> None:
     """The late messages of ``moves`` fill what they cover of the gaps recorded before (rare: a redelivery, a
-    restore); statements of their own."""
+    restore, a failover); one read per partition, whatever their number."""
+    by_partition: dict[int, list[Sequenced]] = {}
     for partition, message in moves.late:
-        _fill(conn, partition, message)
+        by_partition.setdefault(partition, []).append(message)
+    for partition, late in by_partition.items():
+        _fill(conn, partition, late, [])
 
 
-def _fill(conn: Connection, partition: int, message: Sequenced) -> None:
-    """A late message: the part of any open gap it covers is no gap any more (what is left of the gap stays)."""
-    start, end = message.first, message.first + message.count
-    covered = conn.execute(
-        select(GAPS.c.first_seq, GAPS.c.count, GAPS.c.detected_at, GAPS.c.declared_at).where(
-            GAPS.c.producer == message.producer,
-            GAPS.c.partition == partition,
-            GAPS.c.first_seq < end,
-            GAPS.c.first_seq + GAPS.c.count > start,
-        )
-    ).all()
-    for first_seq, count, detected_at, declared_at in covered:
-        if declared_at is not None:
-            # Already counted lost (a counter never goes back): say that they came after all.
-            logger.warning(
-                "partition %d: events %d-%d of producer %s arrived after they were counted lost",
-                partition,
-                max(start, first_seq),
-                min(end, first_seq + count) - 1,
-                message.producer,
+@dataclass(slots=True)
+class _Hole:
+    """A gap while a batch is checked: recorded already (``stored``) or opened by this batch."""
+
+    producer: str
+    first: int
+    count: int
+    detected_at: Any = None
+    declared_at: Any = None
+    stored: bool = False
+
+
+def _fill(conn: Connection, partition: int, late: Sequence[Sequenced], opened: list[_Hole]) -> list[_Hole]:
+    """Late messages (redelivered, or held up): the part of any open gap they cover is no gap any more (what is left
+    of it stays), whether the gap was recorded before or opened by this batch. One read of the recorded gaps they
+    may touch, whatever their number (a failover brings back hundreds at once, most of them touching none).
+    Returns what is left of ``opened``."""
+    start, end = min(m.first for m in late), max(m.first + m.count for m in late)
+    holes = [
+        _Hole(producer, int(first_seq), int(count), detected_at, declared_at, stored=True)
+        for producer, first_seq, count, detected_at, declared_at in conn.execute(
+            select(GAPS.c.producer, GAPS.c.first_seq, GAPS.c.count, GAPS.c.detected_at, GAPS.c.declared_at).where(
+                GAPS.c.partition == partition,
+                GAPS.c.producer.in_(sorted({m.producer for m in late})),
+                GAPS.c.first_seq < end,
+                GAPS.c.first_seq + GAPS.c.count > start,
             )
-            continue
+        )
+    ]
+    holes += opened
+    removed: list[_Hole] = []
+    for message in late:
+        m_start, m_end = message.first, message.first + message.count
+        for hole in [h for h in holes if h.producer == message.producer]:
+            if hole.first >= m_end or hole.first + hole.count <= m_start:
+                continue
+            if hole.declared_at is not None:
+                # Already counted lost (a counter never goes back): say that they came after all.
+                logger.warning(
+                    "partition %d: events %d-%d of producer %s arrived after they were counted lost",
+                    partition,
+                    max(m_start, hole.first),
+                    min(m_end, hole.first + hole.count) - 1,
+                    message.producer,
+                )
+                continue
+            holes = [h for h in holes if h is not hole]
+            if hole.stored:
+                removed.append(hole)
+            pieces = [(hole.first, m_start - hole.first), (m_end, hole.first + hole.count - m_end)]
+            holes += [_Hole(hole.producer, first, count, hole.detected_at) for first, count in pieces if count > 0]
+    for hole in removed:
         conn.execute(
             delete(GAPS).where(
-                GAPS.c.producer == message.producer, GAPS.c.partition == partition, GAPS.c.first_seq == first_seq
+                GAPS.c.producer == hole.producer, GAPS.c.partition == partition, GAPS.c.first_seq == hole.first
             )
         )
-        pieces = [(first_seq, start - first_seq), (end, first_seq + count - end)]
-        for piece_first, piece_count in pieces:
-            if piece_count > 0:
-                conn.execute(
-                    insert(GAPS).values(
-                        producer=message.producer,
-                        partition=partition,
-                        first_seq=piece_first,
-                        count=piece_count,
-                        detected_at=detected_at,
-                    )
-                )
+    # Pieces of recorded gaps keep when they were detected (the grace runs from then); the rest are this batch's.
+    kept = [h for h in holes if not h.stored and h.detected_at is not None]
+    if kept:
+        conn.execute(
+            insert(GAPS),
+            [
+                {
+                    "producer": h.producer,
+                    "partition": partition,
+                    "first_seq": h.first,
+                    "count": h.count,
+                    "detected_at": h.detected_at,
+                }
+                for h in kept
+            ],
+        )
+    return [h for h in holes if not h.stored and h.detected_at is None]
 
 
 def declare_lost(conn: Connection, *, grace_s: float) -> list[Gap]:

@@ -75,10 +75,12 @@ class LeaseManager:
         on_acquire: Callable[[int, int], None] | None = None,
         on_release: Callable[[int], None] | None = None,
         on_lost: Callable[[int], None] | None = None,
-    ) -> None:
+    ) -> bool:
         """Heartbeat, renew, then move towards a fair share. The callbacks let the consumer start and stop queues:
         ``on_acquire(partition, epoch)`` after the claim, ``on_release(partition)`` before a voluntary release (apply
-        what is held, stop consuming), ``on_lost(partition)`` when a lease turned out to be gone."""
+        what is held, stop consuming), ``on_lost(partition)`` when a lease turned out to be gone. True: it ran out of
+        its time for claims with free partitions left to take (a worker back from a partition takes all of its share
+        again): the caller ticks again soon, after a turn of its event loop, rather than a third of a lease later."""
         started = time.monotonic()
         now = time.time()
         pipe = self.client.pipeline(transaction=False)
@@ -111,8 +113,10 @@ class LeaseManager:
                 on_release(partition)
             self.release(partition)
         for partition in self._candidates():
-            if len(self.valid_until) >= target or time.monotonic() > budget_until:
+            if len(self.valid_until) >= target:
                 break
+            if time.monotonic() > budget_until:
+                return True
             if self.client.set(lease_key(partition), self.owner, nx=True, px=self.lease_ms):
                 self.valid_until[partition] = self._validity(started)
                 try:
@@ -133,6 +137,7 @@ class LeaseManager:
                     if not is_lock_timeout(error):
                         raise  # the database or the broker is away: the other candidates would fail alike
                     logger.warning("partition %d: its row is still locked by the previous owner; next tick", partition)
+        return False
 
     def _beat(self) -> None:
         """The worker's heartbeat in PostgreSQL (``seqproc status`` counts live workers and owners by it). The
@@ -161,15 +166,22 @@ class LeaseManager:
         taken = pipe.execute()
         return [p for p, exists in zip(order, taken, strict=True) if not exists and p not in self.valid_until]
 
-    def release(self, partition: int) -> None:
+    def release(self, partition: int) -> bool:
+        """Hand ``partition``'s lease back; False if the broker could not be told (the lease then expires)."""
         self.valid_until.pop(partition, None)
         try:
             self._release(keys=[lease_key(partition)], args=[self.owner])
         except redis.RedisError:
             logger.warning("partition %d: could not release the lease; it expires by itself", partition)
+            return False
+        return True
 
     def release_all(self) -> None:
+        """On the way out. A broker that does not answer is not asked again for each partition (a socket timeout
+        apiece would hold the exit up): the leases left expire by themselves, within ``SEQPROC_LEASE_S``."""
         for partition in self.owned:
-            self.release(partition)
+            if not self.release(partition):
+                self.valid_until.clear()
+                return
         with contextlib.suppress(redis.RedisError):
             self.client.zrem(WORKERS_KEY, self.owner)

@@ -32,7 +32,7 @@ from typing import Any
 import redis
 from sqlalchemy import Connection, Engine
 
-from seqproc.models.clients import broker_client
+from seqproc.models.clients import bounded_retry, broker_client
 from seqproc.models.errors import first_line
 from seqproc.models.scripts import RELEASE_OWN_LEASE
 from seqproc.models.settings import Settings
@@ -117,7 +117,8 @@ class StaticOwnership:
         is gone. A broker that cannot be reached is logged: the next claim of those partitions overwrites them."""
         if not is_redis_url(self.settings.broker_url):
             return
-        client = broker_client(self.settings, timeout_s=2, connect_timeout_s=2)
+        # One pipeline, not tried again after a timeout: a broker gone silent must not hold the exit up.
+        client = broker_client(self.settings, timeout_s=2, connect_timeout_s=2, retry=bounded_retry(on_timeout=False))
         try:
             pipe: Any = client.pipeline(transaction=False)
             for partition in self.partitions:
