@@ -259,10 +259,17 @@ def lost_commit_reply(proxy: FaultProxy) -> int:
     return proxy.triggered
 
 
-def resets(times: int, *, every_s: float = 0.5) -> Callable[[FaultProxy], int]:
+def resets(times: int, *, every_s: float = 0.5, reconnect_within_s: float = 10.0) -> Callable[[FaultProxy], int]:
+    """``times`` resets, ``every_s`` apart, each once the process holds a connection again (on a loaded machine its
+    retry pause may outlast ``every_s``: a reset of nothing would prove nothing); one it never reopens within
+    ``reconnect_within_s`` leaves that reset unmade, which the test's count shows."""
+
     def inject(proxy: FaultProxy) -> int:
         cut = 0
         for _ in range(times):
+            deadline = time.monotonic() + reconnect_within_s
+            while proxy.connections == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
             cut += proxy.cut()
             time.sleep(every_s)
         return cut
