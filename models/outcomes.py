@@ -105,7 +105,8 @@ class RedisOutcomeStore:
         self._publish_script = self._client.register_script(PUBLISH_NOTIFICATIONS)
         #: A worker's puts go out packed by hand on a connection of their own (made at the first put: a producer,
         #: which only reads, never opens it); one put at a time.
-        self._held = Held(self._client)
+        #: (None on a Redis Cluster: its puts go through the cluster's client, one slot per outcome.)
+        self._held = None if isinstance(self._client, redis.RedisCluster) else Held(self._client)
         self._held_lock = threading.Lock()
 
     def put_many(self, outcomes: Sequence[tuple[str, Outcome]], notices: Notices | None = None) -> None:
