@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 
 from tests.conftest import wait_for
-from tests.faults.servers import fault_ports, redis_at, require_binary
+from tests.faults.servers import fault_ports, redis_answers, redis_at, require_binary
 
 #: How long a node may be unreachable before the others fail it over (ms).
 NODE_TIMEOUT_MS = 1000
@@ -59,7 +59,7 @@ class ClusterGroup:
         for port in self.ports:
             self._node(port)
         for port in self.ports:
-            wait_for(lambda port=port: self._answers(port), 10, f"redis-server on {port}")
+            wait_for(lambda port=port: redis_answers(port), 10, f"redis-server on {port}")
         subprocess.run(
             [
                 "redis-cli",
@@ -113,13 +113,6 @@ class ClusterGroup:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-
-    @staticmethod
-    def _answers(port: int) -> bool:
-        try:
-            return bool(redis_at(port).ping())
-        except redis.RedisError:
-            return False
 
     # -- what the tests read ---------------------------------------------------------------------------------------
     def url(self, *, scheme: str = "redis+cluster") -> str:

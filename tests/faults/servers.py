@@ -50,6 +50,14 @@ def redis_at(port: int) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=1, retry=None)
 
 
+def redis_answers(port: int) -> bool:
+    """Whether a Redis on ``port`` (loopback) answers a PING."""
+    try:
+        return bool(redis_at(port).ping())
+    except redis.RedisError:
+        return False
+
+
 class SentinelGroup:
     """A primary, a replica and three sentinels watching them as ``MASTER``."""
 
@@ -110,18 +118,11 @@ class SentinelGroup:
             "0",
             *extra,
         )
-        wait_for(lambda: self._answers(port), 10, f"redis-server on {port}")
+        wait_for(lambda: redis_answers(port), 10, f"redis-server on {port}")
 
     def _spawn(self, port: int, *args: str) -> subprocess.Popen[bytes]:
         log = (self.directory / f"{port}.log").open("wb")
         return subprocess.Popen(["redis-server", *args], stdout=log, stderr=subprocess.STDOUT)
-
-    @staticmethod
-    def _answers(port: int) -> bool:
-        try:
-            return bool(redis_at(port).ping())
-        except redis.RedisError:
-            return False
 
     def _watching(self) -> bool:
         try:
