@@ -24,8 +24,6 @@ from tests.faults.servers import fault_ports, redis_answers, redis_at, require_b
 NODE_TIMEOUT_MS = 1000
 #: Three primaries, each with one replica.
 NODES = 6
-#: A node's cluster bus listens on its port + this.
-BUS_OFFSET = 10000
 
 
 def cluster_state(port: int) -> str:
@@ -39,9 +37,10 @@ class ClusterGroup:
     def __init__(self, directory: Path, *, port_offset: int = 0) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.ports = fault_ports(NODES, offset=port_offset)
-        while any(port + BUS_OFFSET > 65535 for port in self.ports):  # free ones: each node's bus needs its own
-            self.ports = fault_ports(NODES, offset=port_offset)
+        ports = fault_ports(2 * NODES, offset=port_offset)
+        self.ports = ports[:NODES]
+        #: Each node's cluster bus port, by its port.
+        self.bus_ports = dict(zip(self.ports, ports[NODES:], strict=True))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -82,6 +81,11 @@ class ClusterGroup:
                 process.kill()
                 process.wait(10)
 
+    def flush(self) -> None:
+        """Empty every primary (``FLUSHALL``): a test that shares the cluster of its module starts from nothing."""
+        for port in self.primaries():
+            redis_at(port).flushall()
+
     def _node(self, port: int) -> None:
         node_dir = self.directory / str(port)
         node_dir.mkdir(exist_ok=True)
@@ -95,6 +99,8 @@ class ClusterGroup:
                 "127.0.0.1",
                 "--cluster-enabled",
                 "yes",
+                "--cluster-port",
+                str(self.bus_ports[port]),
                 "--cluster-config-file",
                 str(node_dir / "nodes.conf"),
                 "--cluster-node-timeout",
@@ -222,10 +228,11 @@ class ClusterGroup:
         wait_for(promoted, timeout_s, f"a replica promoted to serve slot {slot}")
         return time.monotonic() - started
 
-    def migrate_slot(self, slot: int, target_port: int, *, batch: int = 10) -> int:
+    def migrate_slot(self, slot: int, target_port: int, *, batch: int = 10, pause_s: float = 0.0) -> int:
         """Move ``slot`` to the primary on ``target_port`` the way ``redis-cli --cluster reshard`` does: IMPORTING on
-        the target, MIGRATING on the source, ``MIGRATE`` its keys a batch at a time, then ``SETSLOT NODE`` on both
-        (and the others). Returns how many keys moved."""
+        the target, MIGRATING on the source, ``MIGRATE`` its keys a batch at a time (``pause_s`` after each: a slow
+        reshard, whose clients meet the slot half moved), then ``SETSLOT NODE`` on both (and the others). Returns how
+        many keys moved."""
         source_port = self.primary_of_slot(slot)
         if source_port == target_port:
             return 0
@@ -240,6 +247,7 @@ class ClusterGroup:
                 break
             source.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
             moved += len(keys)
+            time.sleep(pause_s)
         for port in self.primaries():
             redis_at(port).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
         return moved

@@ -1,8 +1,8 @@
 """seqproc on a Redis Cluster (issue 20): three primaries and three replicas started by the test
 (``tests.faults.cluster``), every process given ``redis+cluster://`` URLs for the broker and the result backend.
 
-- End to end: likes sent directly over partitions spread on every primary, each waited on (outcomes through the
-  cluster), applied exactly once and in order.
+- End to end: likes sent directly over partitions spread on every primary, through the threaded producer and
+  through ``seqproc.aio``, each waited on (outcomes through the cluster), applied exactly once and in order.
 - A primary SIGKILLed mid-stream (its replica promoted by the cluster): direct events never doubled or reordered,
   every loss detected; outbox events, nothing lost.
 - A partition's slot migrated to another primary mid-stream (``CLUSTER SETSLOT ... IMPORTING/MIGRATING`` and
@@ -13,6 +13,7 @@ Each fault test prints its ``FAULT`` line; bounded: one fault, well under a minu
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 import seqproc
+from seqproc.models.outcomes import Outcome
 from seqproc.models.settings import Settings
 from seqproc.models.wire import article_key, partition_for, queue_name
 from tests import domains_fixture as fixture
@@ -50,30 +52,46 @@ def on_cluster(settings: Settings, group: ClusterGroup) -> Settings:
     return settings.model_copy(update={"broker_url": group.url(), "result_backend": group.url()})
 
 
+@pytest.mark.parametrize("front", ["sync", "asyncio"])
 def test_cluster_likes_are_applied_exactly_once_in_order(
-    clean: Settings, engine: Engine, redis_cluster: ClusterGroup, start_worker: Callable[..., WorkerProcess]
+    front: str,
+    clean: Settings,
+    engine: Engine,
+    redis_cluster: ClusterGroup,
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
+    """400 likes, then an unlike of each article (after its like: the last action wins), each waited on, and a
+    caller's retry: through ``seqproc.like`` and ``Receipt.wait``, or ``seqproc.aio`` (the likes as 400 concurrent
+    coroutines) and ``seqproc.aio.wait_all``."""
     settings = on_cluster(clean, redis_cluster)
     nodes = {redis_cluster.primary_of_slot(redis_cluster.slot_of(queue_name(p))) for p in range(settings.partitions)}
     assert len(nodes) == 3  # the partitions live on every primary
     start_worker(settings)
     seqproc.configure(settings)
-    receipts = []
-    for user in range(1, 41):
-        for article in range(1, 11):
-            receipts.append(seqproc.like(article, user))
-    receipts += [seqproc.unlike(article, 1) for article in range(1, 11)]  # after its like: last action wins
-    outcomes = [receipt.wait(timeout_s=30) for receipt in receipts]
+    pairs = [(article, user) for user in range(1, 41) for article in range(1, 11)]
+    if front == "sync":
+        receipts = [seqproc.like(article, user) for article, user in pairs]
+        receipts += [seqproc.unlike(article, 1) for article in range(1, 11)]
+        outcomes = [receipt.wait(timeout_s=30) for receipt in receipts]
+        # Sent again with the same key (a caller's retry): a duplicate, applied once.
+        again = seqproc.like(1, 2, idempotency_key=receipts[1].idempotency_key).wait(timeout_s=30)
+    else:
+
+        async def run() -> tuple[list[seqproc.Receipt], list[Outcome], Outcome]:
+            receipts = list(await asyncio.gather(*(seqproc.aio.like(article, user) for article, user in pairs)))
+            receipts += [await seqproc.aio.unlike(article, 1) for article in range(1, 11)]
+            outcomes = await seqproc.aio.wait_all(receipts, timeout_s=30)
+            retry = await seqproc.aio.like(1, 2, idempotency_key=receipts[1].idempotency_key)
+            return receipts, outcomes, await seqproc.aio.wait(retry, timeout_s=30)
+
+        receipts, outcomes, again = asyncio.run(run())
     assert {outcome.status for outcome in outcomes} == {"applied"}
     with engine.connect() as conn:
         counts = dict(conn.execute(text("SELECT article_id, like_count FROM article_like_count")).all())
         liked = conn.execute(text("SELECT count(*) FROM article_like")).scalar_one()
     assert counts == dict.fromkeys(range(1, 11), 39)
     assert liked == 390
-    # Sent again with the same keys (a caller's retry): duplicates, applied once.
-    again = seqproc.like(1, 2, idempotency_key=receipts[1].idempotency_key)
-    assert again.wait(timeout_s=30).status == "duplicate"
-    assert {partition_for(article_key(a), settings.partitions) for a in range(1, 11)}  # routing as on one Redis
+    assert again.status == "duplicate"
 
 
 def tally_slot(group: ClusterGroup, settings: Settings, tally_id: int) -> int:
