@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from seqproc.models.celery import celery_config
-from seqproc.models.clients import redis_client, wait_timeout_ms
+from seqproc.models.clients import CLUSTER_NOT_NOW, redis_client, wait_timeout_ms
 from seqproc.models.envelope import envelope_of_json
 from seqproc.models.errors import PartitionCountMismatch, PublishError, first_line
 from seqproc.models.events import Event
@@ -133,6 +133,9 @@ class Publisher:
             ConnectionError,
             OSError,
             kombu.exceptions.OperationalError,  # what kombu raises when it cannot connect, whatever the transport
+            # A slot moving or failing over: the push ran nowhere (a pipeline's other pushes may have: sent again,
+            # their copies are duplicates).
+            *(CLUSTER_NOT_NOW if self._cluster else ()),
         )
         self._coalescer: Coalescer[tuple[int, Event]] = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
         #: Marks the partitions after the broker's master changed, for what no later message would reveal
@@ -205,7 +208,9 @@ class Publisher:
             except Exception as error:
                 if attempts is None:
                     attempts = Attempts(self.settings, deadline)
-                written = isinstance(error, ReplyLost) if self._held is not None else no_reply_in_time(error)
+                written = (
+                    isinstance(error, ReplyLost) if self._held is not None else self.may_have_written(error, messages)
+                )
                 pause_s = attempts.retry_after(error, transient=self.is_transient(error), written=written)
                 if pause_s is None:
                     if places is not None and not attempts.maybe_sent:
@@ -233,6 +238,11 @@ class Publisher:
             for partition, group in by_partition.items()
             for start in range(0, len(group), limit)
         ]
+
+    def may_have_written(self, error: BaseException, messages: Sequence[object]) -> bool:
+        """Whether a pipelined push that failed with ``error`` may have left messages on the broker: a reply that
+        never came in time, or on a cluster one push of several that met a slot not served (the others ran)."""
+        return no_reply_in_time(error) or (self._cluster and len(messages) > 1 and isinstance(error, CLUSTER_NOT_NOW))
 
     def is_transient(self, error: BaseException) -> bool:
         """The broker could not be reached: worth retrying until ``publish_timeout_s``."""

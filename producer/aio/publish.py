@@ -27,7 +27,7 @@ from seqproc.models.events import Event
 from seqproc.models.transport import SEQPROC_TRANSPORTS
 from seqproc.models.wire import PRODUCER_CLIENT_NAME, is_cluster_url
 from seqproc.producer.aio.coalesce import AsyncCoalescer
-from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of, no_reply_in_time
+from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of
 from seqproc.producer.publish import NotReplicated, Publisher, new_sequencer, stage_messages
 from seqproc.producer.receipt import Receipt
 
@@ -123,7 +123,8 @@ class AsyncPublisher:
                 raise self.threaded.not_replicated(events, error) from error  # on the primary: no copy
             except Exception as error:
                 transient = self.threaded.is_transient(error)  # asyncio.timeout's TimeoutError is an OSError
-                pause_s = attempts.retry_after(error, transient=transient, written=no_reply_in_time(error))
+                written = self.threaded.may_have_written(error, messages)
+                pause_s = attempts.retry_after(error, transient=transient, written=written)
                 if pause_s is None:
                     if not attempts.maybe_sent:
                         self.sequencer.give_back(messages, places)

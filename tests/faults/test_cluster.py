@@ -14,6 +14,7 @@ Each fault test prints its ``FAULT`` line; bounded: one fault, well under a minu
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,8 @@ from seqproc.models.wire import article_key, partition_for, queue_name
 from tests import domains_fixture as fixture
 from tests.conftest import RelayProcess, WorkerProcess
 from tests.faults.cluster import ClusterGroup
+from tests.faults.matrix import doubled_in_tables, report
+from tests.faults.servers import redis_at
 from tests.faults.test_outbox_faults import app_engine, outbox_stream
 from tests.faults.test_sentinel import DirectStream, judged
 from tests.integration.test_domain_parking import tally_tables
@@ -158,6 +161,67 @@ def test_cluster_direct_events_are_never_doubled_or_reordered_and_every_loss_is_
         assert lost == 0  # a migration moves the keys whole
     assert doubled == 0
     assert out_of_order == 0
+
+
+def tryagain_replies(group: ClusterGroup) -> int:
+    """``TRYAGAIN`` replies the primaries gave so far (``INFO errorstats``): a script whose keys were split between
+    a migrating slot's two nodes."""
+    return sum(
+        int(redis_at(port).info("errorstats").get("errorstat_TRYAGAIN", {}).get("count", 0))
+        for port in group.primaries()
+    )
+
+
+@pytest.mark.parametrize("front", ["sync", "asyncio"])
+def test_sends_during_a_slow_resharding_wait_for_the_slot(
+    front: str,
+    clean: Settings,
+    engine: Engine,
+    redis_cluster: ClusterGroup,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A partition's slot moved a key a second (as a resharding of a busy slot, its queue, bell and pending index
+    split between two primaries for seconds): each push that meets the slot half moved (``TRYAGAIN``) is sent again
+    until its publish timeout, and none fails (redis-py's own redirections give up within ~0.5 s: "TTL
+    exhausted", and every such like raised PublishError); each like is applied once. Through ``seqproc.like`` and
+    ``seqproc.aio.like``."""
+    settings = on_cluster(clean, redis_cluster)
+    seqproc.configure(settings)
+    receipts = [seqproc.like(1, 1)]  # no worker yet: the slot holds the queue, its bell and the pending index
+    slot = redis_cluster.slot_of(queue_name(partition_for(article_key(1), settings.partitions)))
+    source = redis_cluster.primary_of_slot(slot)
+    target = next(port for port in redis_cluster.primaries() if port != source)
+    before = tryagain_replies(redis_cluster)
+    moved: list[int] = []
+    migration = threading.Thread(
+        target=lambda: moved.append(redis_cluster.migrate_slot(slot, target, batch=1, pause_s=1.0))
+    )
+    migration.start()
+    while migration.is_alive():
+        user = len(receipts) + 1
+        receipts.append(seqproc.like(1, user) if front == "sync" else asyncio.run(seqproc.aio.like(1, user)))
+        time.sleep(0.02)
+    migration.join()
+    tryagain = tryagain_replies(redis_cluster) - before
+    assert moved[0] >= 2  # the keys were split for a second at least
+    assert redis_cluster.primary_of_slot(slot) == target
+    start_worker(settings)
+    assert {o.status for o in seqproc.wait_all(receipts, timeout_s=60)} == {"applied"}
+    with engine.connect() as conn:
+        liked = conn.execute(text("SELECT count(*) FROM article_like WHERE article_id = 1")).scalar_one()
+        count = conn.execute(text("SELECT like_count FROM article_like_count WHERE article_id = 1")).scalar_one()
+        doubled = doubled_in_tables(conn)
+    report(
+        f"Redis Cluster slot moved a key a second under sends ({moved[0]} keys, {tryagain} TRYAGAIN replies)",
+        injected=1,
+        sent=len(receipts),
+        lost=len(receipts) - liked,
+        doubled=doubled,
+        out_of_order=0,
+    )
+    assert tryagain > 0  # the pushes met the slot half moved
+    assert liked == count == len(receipts)
+    assert doubled == 0
 
 
 def test_cluster_primary_sigkill_loses_no_outbox_event(
