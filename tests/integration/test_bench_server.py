@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import make_url, text
@@ -132,13 +133,26 @@ def check_counted(result: dict, bench_url: str, table: str, count_table: str) ->
     assert rows == count == result["accepted"]
 
 
-def test_gunicorn_serves_the_noop_and_seqproc_endpoints_and_counts_every_accepted_like(
+def check_floor(floor: dict[str, Any]) -> None:
+    """The broker floor: correct means the broker's list held exactly as many messages as the server accepted
+    requests (the bench compares the two counts); Redis did the work, no seqproc worker ran."""
+    assert floor["correct"], floor["detail"]
+    assert floor["accepted"] > 0
+    assert floor["like_count"] is None
+    assert floor["worker_cpu_us_per_event"] is None
+    assert floor["redis_cpu_us_per_event"] > 0
+
+
+def test_gunicorn_serves_the_noop_broker_and_seqproc_endpoints_and_counts_every_accepted_like(
     pg_url: str, redis_base: str, tmp_path: Path
 ) -> None:
     require_tools("wrk")
-    data, bench_url = run_bench("gunicorn", "noop,seqproc", pg_url, redis_base, tmp_path)
-    check_common(data, "gunicorn", ["noop", "seqproc"])
+    data, bench_url = run_bench("gunicorn", "noop,broker,seqproc", pg_url, redis_base, tmp_path)
+    check_common(data, "gunicorn", ["broker", "noop", "seqproc"])  # as saved: by name
     noop, seqproc = data["strategies"]["noop"], data["strategies"]["seqproc"]
+    check_floor(data["strategies"]["broker"])
+    assert seqproc["x_noop"] is not None
+    assert data["ratios"]["seqproc_vs_broker_events_per_s"] > 0
     assert noop["like_count"] is None
     assert noop["worker_cpu_us_per_event"] is None
     assert noop["x_noop"] == 1.0
@@ -158,8 +172,9 @@ def test_uvicorn_serves_the_atomic_and_outbox_endpoints_and_counts_every_accepte
     pg_url: str, redis_base: str, tmp_path: Path
 ) -> None:
     require_tools("wrk")
-    data, bench_url = run_bench("uvicorn", "atomic,outbox", pg_url, redis_base, tmp_path)
-    check_common(data, "uvicorn", ["atomic", "outbox"])
+    data, bench_url = run_bench("uvicorn", "atomic,broker,outbox", pg_url, redis_base, tmp_path)
+    check_common(data, "uvicorn", ["atomic", "broker", "outbox"])
+    check_floor(data["strategies"]["broker"])
     atomic, outbox = data["strategies"]["atomic"], data["strategies"]["outbox"]
     check_counted(atomic, bench_url, "bench_like", "bench_like_count")
     check_counted(outbox, bench_url, "article_like", "article_like_count")
