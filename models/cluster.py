@@ -153,7 +153,9 @@ class ClusterChannel(Channel):
         kombu: Any = self  # (kombu's attributes, absent from its stubs)
         kombu.auto_delete_queues.discard(queue)
         member = self.sep.join([routing_key or "", pattern or "", queue or ""])
-        client = kwargs.get("client") or self.cluster_client()
+        # Never the ``client`` kombu passes (its plain one, at a close): a plain client's SREM on another node's slot
+        # is MOVED, and the close failed (a pidbox reset, after a failed control command, stopped the consumer).
+        client = self.cluster_client()
         client.srem(self.keyprefix_queue % (exchange,), member)
         client.srem(kombu.keyprefix_binding_permanent % (exchange,), member)
         for key in self._priority_keys(queue):

@@ -234,6 +234,32 @@ def test_flower_on_a_cluster_shows_workers_tasks_inspect_and_queue_lengths(
     assert flower.stop() == 0
 
 
+def test_a_closing_channel_deletes_its_pidbox_binding_on_the_cluster(
+    cluster: Settings, ops_cluster: ClusterGroup
+) -> None:
+    """A worker's pidbox queue (``inspect``, ``ping``) is an auto-deleted fanout binding in kombu's binding table, a
+    key in its own slot. kombu deletes it when the channel closes, with its plain client (one seed node): on a cluster
+    that was ``MOVED`` when another primary holds the table, and Celery's pidbox reset (after any failed control
+    command) stopped the worker's consumer. The cluster channel deletes it through the cluster client."""
+    from seqproc.worker.app import configure
+
+    app = configure(cluster)
+    mailbox = app.control.mailbox
+    table = f"_kombu.binding.{mailbox.exchange.name}"
+    client = cluster_client(cluster.broker_url, timeout_s=5, connect_timeout_s=5)
+    with app.connection_for_read() as conn:
+        node = mailbox.Node("probe@cluster-test")
+        node.channel = conn.channel()
+        seed = node.channel.client.connection_pool.connection_kwargs["port"]
+        # The table lives on another primary than the seed node kombu's plain client talks to.
+        assert ops_cluster.primary_of_slot(ops_cluster.slot_of(table)) != seed
+        node.listen(callback=lambda body, message: None)
+        bound = [m for m in client.smembers(table) if b"probe@cluster-test" in m]
+        assert len(bound) == 1
+        node.channel.close()
+        assert not [m for m in client.smembers(table) if b"probe@cluster-test" in m]
+
+
 def test_two_beats_on_a_cluster_run_each_slot_once_through_a_failover_of_the_locks_primary(
     cluster: Settings, ops_cluster: ClusterGroup, engine: Engine, start_beat: Callable[..., BeatProcess]
 ) -> None:
