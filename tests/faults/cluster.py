@@ -4,8 +4,9 @@ stopped after.
 
 ``cluster-node-timeout`` is 1000 ms: a primary killed is failed over by its replica within a few seconds. The first
 sync of each replica without its default 5 s delay (a failover before it would promote an empty replica). Ports:
-``SEQPROC_TEST_PORT_BASE`` + ``port_offset`` (six in a row; each node's bus is its port + 10000) when set, else free
-ones (then a bus port may collide: set the variable on a shared machine).
+``SEQPROC_TEST_PORT_BASE`` + ``port_offset`` (six in a row for the nodes, the next six for their cluster buses) when
+set, else free ones. Each bus port is given (``cluster-port``): Redis's default, the port + 10000, falls in the
+kernel's range of ephemeral ports, where a busy machine's client sockets took it.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ class ClusterGroup:
     def __init__(self, directory: Path, *, port_offset: int = 0) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        ports = fault_ports(2 * NODES, offset=port_offset)
-        self.ports = ports[:NODES]
+        self.ports = fault_ports(NODES, offset=port_offset)
         #: Each node's cluster bus port, by its port.
-        self.bus_ports = dict(zip(self.ports, ports[NODES:], strict=True))
+        self.bus_ports = dict(zip(self.ports, fault_ports(NODES, offset=port_offset + NODES), strict=True))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -80,11 +80,6 @@ class ClusterGroup:
             if process.poll() is None:
                 process.kill()
                 process.wait(10)
-
-    def flush(self) -> None:
-        """Empty every primary (``FLUSHALL``): a test that shares the cluster of its module starts from nothing."""
-        for port in self.primaries():
-            redis_at(port).flushall()
 
     def _node(self, port: int) -> None:
         node_dir = self.directory / str(port)
@@ -210,6 +205,18 @@ class ClusterGroup:
         """SIGKILL the node on ``port``."""
         self.processes[port].send_signal(signal.SIGKILL)
         self.processes[port].wait(10)
+
+    def restart(self, port: int, timeout_s: float = 30) -> None:
+        """Start the node on ``port`` again (killed before) and wait until it rejoined: with its ``nodes.conf`` it
+        comes back as a replica of the primary that took its slots, and every primary has a replica again."""
+        self._node(port)
+        wait_for(lambda: redis_answers(port), 10, f"redis-server on {port} again")
+        wait_for(self.ok, timeout_s, "the cluster whole again, each primary with a replica")
+
+    def flush(self) -> None:
+        """Every key of every primary deleted (a clean namespace for the next test on the same cluster)."""
+        for port in self.primaries():
+            redis_at(port).flushall()
 
     def wait_promoted(self, old_port: int, slot: int, timeout_s: float = 20) -> float:
         """Until another node serves ``slot`` as a primary (the killed one's replica, promoted) and the cluster is
