@@ -33,38 +33,43 @@ for i = 1, nqueues do
     local held_tail = ',"",' .. cjson.encode(queue) .. ']'
     -- Fenced: a queue whose fence is not ours (any more) gives nothing, whatever the caller believed.
     local mine = ours(i)
-    while mine and taken < limit do
-        local item = redis.call('RPOP', queue)
-        if not item then break end
-        -- The delivery tag, found without decoding the whole message where seqproc's writers put it, last in the
-        -- text ("delivery_tag": "..."}}: the worker's fast read takes it from there too; a quote inside a JSON
-        -- string is escaped, so no string value can fake it); a message written otherwise is decoded. Recorded as
-        -- kombu's QoS.append would: [message, exchange, routing_key], the message as it was sent, to go back to
-        -- this queue (default exchange). Looked for in the text's last 160 bytes only: Lua tries an unanchored
-        -- pattern at every position, which cost ~25 us of Redis CPU per 1 KB message; the match is the same (the
-        -- tag holds no quote, so only one place can match at the end), a longer tag falls to the decode.
-        local tag = string.match(item, '"delivery_tag": "([^"\\\\]+)"}}$', -160)
-        if not tag then
-            local ok, msg = pcall(cjson.decode, item)
-            if ok and type(msg) == 'table' and type(msg.properties) == 'table'
-                    and type(msg.properties.delivery_tag) == 'string' then
-                tag = msg.properties.delivery_tag
+    local waiting, want = 0, 0
+    if mine and taken < limit then
+        -- One LLEN, then one RPOP of all it takes: the queue is not touched once this may have emptied it. (On a
+        -- Redis Cluster slot being migrated, a key gone from the node fails every later command on it, "non local
+        -- key", after the moves before it were done: the messages taken would be held, delivered to nobody.)
+        waiting = redis.call('LLEN', queue)
+        want = math.min(waiting, limit - taken)
+    end
+    if want > 0 then
+        for _, item in ipairs(redis.call('RPOP', queue, want)) do
+            local tag = string.match(item, '"delivery_tag": "([^"\\\\]+)"}}$', -160)
+            if not tag then
+                local ok, msg = pcall(cjson.decode, item)
+                if ok and type(msg) == 'table' and type(msg.properties) == 'table'
+                        and type(msg.properties.delivery_tag) == 'string' then
+                    tag = msg.properties.delivery_tag
+                end
             end
+            if tag then
+                redis.call('HSET', unacked, tag, '[' .. item .. held_tail)
+                -- One microsecond apart: a restore sorts by this score, so it must keep the fetch order.
+                redis.call('ZADD', index, string.format('%.6f', now + taken / 1000000), tag)
+            end
+            out[#out + 1] = queue
+            out[#out + 1] = item
+            taken = taken + 1
         end
-        if tag then
-            redis.call('HSET', unacked, tag, '[' .. item .. held_tail)
-            -- One microsecond apart: a restore sorts by this score, so it must keep the fetch order.
-            redis.call('ZADD', index, string.format('%.6f', now + taken / 1000000), tag)
-        end
-        out[#out + 1] = queue
-        out[#out + 1] = item
-        taken = taken + 1
     end
     if mine and taken >= limit then
         -- More may be waiting, here or in a later queue (of ours) whose bell the wait that led here consumed: ring
         -- once, so that the next wait returns at once.
         for j = i, nqueues do
-            if ours(j) and redis.call('LLEN', KEYS[5 * j - 4]) > 0 then
+            local left = waiting - want
+            if j > i then
+                left = ours(j) and redis.call('LLEN', KEYS[5 * j - 4]) or 0
+            end
+            if left > 0 then
                 local bell = KEYS[5 * j - 3]
                 redis.call('LPUSH', bell, '1')
                 redis.call('LTRIM', bell, 0, 0)

@@ -14,6 +14,7 @@ Each fault test prints its ``FAULT`` line; bounded: one fault, well under a minu
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,9 +24,12 @@ import pytest
 from sqlalchemy import Engine, text
 
 import seqproc
+from seqproc.models.clients import redis_client
 from seqproc.models.outcomes import Outcome
+from seqproc.models.scripts import FETCH_AND_HOLD, FETCH_KEYS_PER_QUEUE
 from seqproc.models.settings import Settings
-from seqproc.models.wire import article_key, partition_for, queue_name
+from seqproc.models.transport import fetch_keys
+from seqproc.models.wire import article_key, lease_key, partition_for, queue_name, unacked_index_key, unacked_key
 from tests import domains_fixture as fixture
 from tests.conftest import RelayProcess, WorkerProcess
 from tests.faults.cluster import ClusterGroup
@@ -222,6 +226,40 @@ def test_sends_during_a_slow_resharding_wait_for_the_slot(
     assert tryagain > 0  # the pushes met the slot half moved
     assert liked == count == len(receipts)
     assert doubled == 0
+
+
+def test_a_fetch_that_empties_a_queue_whose_slot_is_migrating_holds_what_it_returns(
+    clean: Settings, redis_cluster: ClusterGroup
+) -> None:
+    """On a slot being migrated, every key a fetch names is on the source (so the script runs there), and the queue
+    holds one message: the fetch takes it and returns it. (Popping once more after the queue emptied made the key
+    "non local" on the source: the script failed after the message had moved to unacked, held and delivered to
+    nobody, and the worker fetched the queue's later messages first: found by the model check, out of order.)"""
+    settings = on_cluster(clean, redis_cluster)
+    seqproc.configure(settings)
+    receipt = seqproc.like(1, 1)  # the queue holds one message, its bell is rung
+    queue = receipt.queue
+    owner = "test-owner"
+    client = redis_client(settings.broker_url)
+    client.set(lease_key(queue), owner)
+    client.hset(unacked_key(queue), "earlier", "-")
+    client.zadd(unacked_index_key(queue), {"earlier": 0})
+    slot = redis_cluster.slot_of(queue)
+    source = redis_cluster.primary_of_slot(slot)
+    target = next(port for port in redis_cluster.primaries() if port != source)
+    redis_at(target).execute_command("CLUSTER SETSLOT", slot, "IMPORTING", redis_cluster.node_id(source))
+    redis_at(source).execute_command("CLUSTER SETSLOT", slot, "MIGRATING", redis_cluster.node_id(target))
+    try:
+        reply = redis_at(source).eval(
+            FETCH_AND_HOLD, FETCH_KEYS_PER_QUEUE, *fetch_keys(queue), time.time(), 10, 1, owner
+        )
+        held = redis_at(source).hkeys(unacked_key(queue))
+    finally:
+        for port in (source, target):
+            redis_at(port).execute_command("CLUSTER SETSLOT", slot, "STABLE")
+    assert [item.decode() for item in reply[::2]] == [queue]
+    assert json.loads(reply[1])["properties"]["delivery_tag"] in {tag.decode() for tag in held}
+    assert redis_at(source).llen(queue) == 0
 
 
 def test_cluster_primary_sigkill_loses_no_outbox_event(
