@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, select, text
@@ -69,6 +69,8 @@ from tests.unit.test_domain_properties import (
 
 pytestmark = [pytest.mark.services]
 
+#: The module's cluster: ports SEQPROC_TEST_PORT_BASE + this (twelve), when that is set.
+PORT_OFFSET = 20
 #: Examples in ``make test``: about 1-2 s each on a loaded machine; the long variant runs the profile's count.
 EXAMPLES = 60
 #: Each example's ids are its number times this plus the drawn ones (1-4): no two examples share a key.
@@ -102,7 +104,7 @@ class Totals:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterGroup]:
-    group = ClusterGroup(tmp_path_factory.mktemp("cluster")).start()
+    group = ClusterGroup(tmp_path_factory.mktemp("model-cluster"), port_offset=PORT_OFFSET).start()
     yield group
     group.stop()
 
@@ -327,7 +329,11 @@ def check_example(
     t.lost += lost
     t.doubled += doubled
     t.out_of_order += out_of_order
-    where = f"example {n}: {len(events)} events, fronts {Counter(fronts)}, migration before call {migrate_at}"
+    sent_as = [(front, r.partition) for front, r in receipts]
+    where = (
+        f"example {n}: {len(events)} events (front, partition): {sent_as}; migration before call {migrate_at}"
+        f" (partition {None if migrate_at is None else receipts[migrate_at][1].partition})"
+    )
     assert not wrong, f"{where}: outcomes differ from the model (index, event, got, model): {wrong}"
     assert ledger == expected_ledger, f"{where}: ledger\n  model:  {expected_ledger}\n  worker: {ledger}"
     assert not differing, f"{where}: {differing} differ from the model\n  model:  {expected_state}\n  worker: {state}"
@@ -378,6 +384,9 @@ def settings_for(examples: int) -> hypothesis_settings:
         max_examples=examples,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        # No shrinking: each example runs against a live worker (seconds each, up to a minute when outcomes are
+        # missing); the failing example is reported as drawn, with what it sent where (the assertion's message).
+        phases=(Phase.explicit, Phase.reuse, Phase.generate),
     )
 
 
