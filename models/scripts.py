@@ -93,9 +93,15 @@ local n = tonumber(ARGV[1])
 for i = n + 1, 2, -1 do
     redis.call('RPUSH', KEYS[1], ARGV[i])
 end
+-- Forgotten in one command per key: a key emptied is not touched again (on a Redis Cluster slot being migrated, a key
+-- gone from the node fails every later command on it, "non local key", after the writes before it were done).
+local tags = {}
 for i = n + 2, 2 * n + 1 do
-    redis.call('HDEL', KEYS[3], ARGV[i])
-    redis.call('ZREM', KEYS[4], ARGV[i])
+    tags[#tags + 1] = ARGV[i]
+end
+if n > 0 then
+    redis.call('HDEL', KEYS[3], unpack(tags))
+    redis.call('ZREM', KEYS[4], unpack(tags))
 end
 redis.call('LPUSH', KEYS[2], '1')
 redis.call('LTRIM', KEYS[2], 0, 0)
@@ -111,17 +117,28 @@ RESTORE_HELD = """
 local n = tonumber(ARGV[2])
 local consuming = ARGV[1] == '1'
 local pushed = 0
+if n == 0 then return 0 end
+-- Which tags are still held, read first; the hash and the index are then emptied in one command each, last: a key
+-- emptied is not touched again (on a Redis Cluster slot being migrated, a key gone from the node fails every later
+-- command on it, "non local key", after the writes before it were done).
+local tags = {}
+for i = 1, n do
+    tags[i] = ARGV[2 + i]
+end
+local held = redis.call('HMGET', KEYS[3], unpack(tags))
 -- At the consuming end the newest goes first, so that the oldest is next; at the other end the oldest goes first.
 local first, last, step = 1, n, 1
 if consuming then first, last, step = n, 1, -1 end
+local seen = {}
 for i = first, last, step do
-    local tag = ARGV[2 + i]
-    redis.call('ZREM', KEYS[4], tag)
-    if redis.call('HDEL', KEYS[3], tag) == 1 then
+    if held[i] and not seen[tags[i]] then  -- a tag named twice is one message: pushed once
+        seen[tags[i]] = true
         redis.call(consuming and 'RPUSH' or 'LPUSH', KEYS[1], ARGV[2 + n + i])
         pushed = pushed + 1
     end
 end
+redis.call('ZREM', KEYS[4], unpack(tags))
+redis.call('HDEL', KEYS[3], unpack(tags))
 if pushed > 0 then
     redis.call('LPUSH', KEYS[2], '1')
     redis.call('LTRIM', KEYS[2], 0, 0)

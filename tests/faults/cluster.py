@@ -14,6 +14,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -234,6 +236,20 @@ class ClusterGroup:
 
         wait_for(promoted, timeout_s, f"a replica promoted to serve slot {slot}")
         return time.monotonic() - started
+
+    @contextmanager
+    def migrating(self, slot: int) -> Iterator[int]:
+        """``slot`` marked ``MIGRATING`` on its primary and ``IMPORTING`` on another, no key moved (a resharding
+        as it starts); yields the source's port; ``STABLE`` on both after (the source's again, whole)."""
+        source = self.primary_of_slot(slot)
+        target = next(port for port in self.primaries() if port != source)
+        redis_at(target).execute_command("CLUSTER SETSLOT", slot, "IMPORTING", self.node_id(source))
+        redis_at(source).execute_command("CLUSTER SETSLOT", slot, "MIGRATING", self.node_id(target))
+        try:
+            yield source
+        finally:
+            for port in (source, target):
+                redis_at(port).execute_command("CLUSTER SETSLOT", slot, "STABLE")
 
     def migrate_slot(self, slot: int, target_port: int, *, batch: int = 10, pause_s: float = 0.0) -> int:
         """Move ``slot`` to the primary on ``target_port`` the way ``redis-cli --cluster reshard`` does: IMPORTING on
