@@ -77,6 +77,28 @@ def client_app(settings: Settings) -> Celery:
     return app
 
 
+class PartlySent(Exception):
+    """Some pushes of a cluster's pipeline failed (``unsent``: their indexes, in order), the others went; ``cause``:
+    the first failure. Sending the whole pipeline again would push the others twice: their events would be applied
+    once, but their callers told ``duplicate``."""
+
+    def __init__(self, error: BaseException, unsent: list[int], *, some_sent: bool) -> None:
+        super().__init__(str(error))
+        self.cause = error
+        self.unsent = unsent
+        self.some_sent = some_sent
+
+    @classmethod
+    def check(cls, replies: Sequence[Any]) -> None:
+        """Raise for ``replies`` (a pipeline's, errors as values) if any is an error (the first one, if all are)."""
+        unsent = [n for n, reply in enumerate(replies) if isinstance(reply, Exception)]
+        if not unsent:
+            return
+        if len(unsent) == len(replies):
+            raise replies[unsent[0]]
+        raise cls(replies[unsent[0]], unsent, some_sent=True)
+
+
 class Publisher:
     """Routes events to partition queues and sends them. Thread-safe; one per settings per process."""
 
@@ -190,13 +212,19 @@ class Publisher:
         # Numbered once: a retry sends the same numbers (a copy is then a duplicate, not a gap).
         places = self.sequencer.number(messages) if self._held is not None or self._redis is not None else None
         attempts: Attempts | None = None  # made at the first failure: nothing to count on the common path
+        #: The messages still to send: all, but on a cluster after some pushes of a pipeline failed (only those go).
+        unsent = list(range(len(messages)))
         while True:
             if attempts is not None:
                 remaining_s = attempts.remaining_s()
             else:
                 remaining_s = self.settings.publish_timeout_s if deadline is None else deadline - time.monotonic()
             try:
-                self._send_messages(messages, remaining_s, places)
+                if len(unsent) == len(messages):
+                    self._send_messages(messages, remaining_s, places)
+                else:
+                    left = None if places is None else [places[i] for i in unsent]
+                    self._send_messages([messages[i] for i in unsent], remaining_s, left)
                 if places is not None:
                     self.sequencer.sent(messages, places)
                 return
@@ -205,18 +233,21 @@ class Publisher:
             except NotReplicated as error:
                 events = [event for _, event in routed]
                 raise self.not_replicated(events, error) from error  # on the primary: sending again would copy
-            except Exception as error:
+            except Exception as failed:
                 if attempts is None:
                     attempts = Attempts(self.settings, deadline)
-                written = (
-                    isinstance(error, ReplyLost) if self._held is not None else self.may_have_written(error, messages)
-                )
-                pause_s = attempts.retry_after(error, transient=self.is_transient(error), written=written)
+                cause: BaseException = failed
+                if isinstance(failed, PartlySent):  # the pushes that went are not sent again (no copies)
+                    unsent = [unsent[i] for i in failed.unsent]
+                    cause, written = failed.cause, failed.some_sent
+                else:
+                    written = isinstance(cause, ReplyLost) if self._held is not None else no_reply_in_time(cause)
+                pause_s = attempts.retry_after(cause, transient=self.is_transient(cause), written=written)
                 if pause_s is None:
                     if places is not None and not attempts.maybe_sent:
                         self.sequencer.give_back(messages, places)
                     events = [event for _, event in routed]
-                    raise self.not_sent(events, error, maybe_sent=attempts.maybe_sent) from error
+                    raise self.not_sent(events, cause, maybe_sent=attempts.maybe_sent) from cause
                 time.sleep(pause_s)
 
     def messages_for(self, events: Sequence[Event]) -> list[tuple[int, Sequence[Event]]]:
@@ -238,11 +269,6 @@ class Publisher:
             for partition, group in by_partition.items()
             for start in range(0, len(group), limit)
         ]
-
-    def may_have_written(self, error: BaseException, messages: Sequence[object]) -> bool:
-        """Whether a pipelined push that failed with ``error`` may have left messages on the broker: a reply that
-        never came in time, or on a cluster one push of several that met a slot not served (the others ran)."""
-        return no_reply_in_time(error) or (self._cluster and len(messages) > 1 and isinstance(error, CLUSTER_NOT_NOW))
 
     def is_transient(self, error: BaseException) -> bool:
         """The broker could not be reached: worth retrying until ``publish_timeout_s``."""
@@ -336,7 +362,7 @@ class Publisher:
         pipe = client.pipeline(transaction=False)
         for n, message in enumerate(messages):
             stage_messages(pipe, [message], self.settings.pending_ttl_s, None if places is None else [places[n]])
-        pipe.execute()
+        PartlySent.check(pipe.execute(raise_on_error=False))
 
     def partition_count_read(self) -> bool:
         return self._count_read_by == os.getpid()

@@ -27,8 +27,8 @@ from seqproc.models.events import Event
 from seqproc.models.transport import SEQPROC_TRANSPORTS
 from seqproc.models.wire import PRODUCER_CLIENT_NAME, is_cluster_url
 from seqproc.producer.aio.coalesce import AsyncCoalescer
-from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of
-from seqproc.producer.publish import NotReplicated, Publisher, new_sequencer, stage_messages
+from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of, no_reply_in_time
+from seqproc.producer.publish import NotReplicated, PartlySent, Publisher, new_sequencer, stage_messages
 from seqproc.producer.receipt import Receipt
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class AsyncPublisher:
         messages = self.threaded.messages_for(events)
         places = self.sequencer.number(messages)  # once: the retries send the same numbers
         attempts = Attempts(self.settings, deadline)
+        unsent = list(range(len(messages)))  # on a cluster, a retry sends only the pushes that failed
         while True:
             # A retry after a failed round trip may push a message twice; the ledger makes the copy a duplicate.
             pipe = self._redis.pipeline(transaction=False)
@@ -99,8 +100,8 @@ class AsyncPublisher:
                 # One push per message (each touches its queue's slot), pipelined per node.
                 if not self.threaded.partition_count_read():
                     await asyncio.to_thread(self.threaded.check_partition_count, self.threaded._redis)
-                for n, message in enumerate(messages):
-                    stage_messages(pipe, [message], self.settings.pending_ttl_s, [places[n]])
+                for n in unsent:
+                    stage_messages(pipe, [messages[n]], self.settings.pending_ttl_s, [places[n]])
             else:
                 stage_messages(pipe, messages, self.settings.pending_ttl_s, places)
             remaining_s = attempts.remaining_s()
@@ -110,9 +111,11 @@ class AsyncPublisher:
             try:
                 if remaining_s < self._timeout_s - BOUND_SLACK_S:
                     async with asyncio.timeout(max(remaining_s, 0.001)):
-                        replies = await pipe.execute()
+                        replies = await pipe.execute(raise_on_error=not self._cluster)
                 else:
-                    replies = await pipe.execute()
+                    replies = await pipe.execute(raise_on_error=not self._cluster)
+                if self._cluster:
+                    PartlySent.check(replies)
                 if self.settings.publish_durability == "replica" and int(replies[-1]) < 1:
                     raise NotReplicated(f"no replica acknowledged them within {min(remaining_s, self._timeout_s):g} s")
                 self.sequencer.sent(messages, places)
@@ -121,14 +124,19 @@ class AsyncPublisher:
                 raise  # checked as the connection opened: nothing was sent
             except NotReplicated as error:
                 raise self.threaded.not_replicated(events, error) from error  # on the primary: no copy
-            except Exception as error:
-                transient = self.threaded.is_transient(error)  # asyncio.timeout's TimeoutError is an OSError
-                written = self.threaded.may_have_written(error, messages)
-                pause_s = attempts.retry_after(error, transient=transient, written=written)
+            except Exception as failed:
+                cause: BaseException = failed
+                if isinstance(failed, PartlySent):  # the pushes that went are not sent again (no copies)
+                    unsent = [unsent[i] for i in failed.unsent]
+                    cause, written = failed.cause, failed.some_sent
+                else:
+                    written = no_reply_in_time(cause)
+                transient = self.threaded.is_transient(cause)  # asyncio.timeout's TimeoutError is an OSError
+                pause_s = attempts.retry_after(cause, transient=transient, written=written)
                 if pause_s is None:
                     if not attempts.maybe_sent:
                         self.sequencer.give_back(messages, places)
-                    raise self.threaded.not_sent(events, error, maybe_sent=attempts.maybe_sent) from error
+                    raise self.threaded.not_sent(events, cause, maybe_sent=attempts.maybe_sent) from cause
                 await asyncio.sleep(pause_s)
         self.sent_messages += len(messages)
         self.sent_events += len(events)

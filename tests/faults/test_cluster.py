@@ -17,6 +17,7 @@ import asyncio
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 import seqproc
+from seqproc.domains.likes import Like
 from seqproc.models.clients import redis_client
 from seqproc.models.outcomes import Outcome
 from seqproc.models.scripts import FETCH_AND_HOLD, FETCH_KEYS_PER_QUEUE, RESTORE_HELD
@@ -185,14 +187,21 @@ def test_sends_during_a_slow_resharding_wait_for_the_slot(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """A partition's slot moved a key a second (as a resharding of a busy slot, its queue, bell and pending index
-    split between two primaries for seconds): each push that meets the slot half moved (``TRYAGAIN``) is sent again
-    until its publish timeout, and none fails (redis-py's own redirections give up within ~0.5 s: "TTL
-    exhausted", and every such like raised PublishError); each like is applied once. Through ``seqproc.like`` and
-    ``seqproc.aio.like``."""
+    split between two primaries for seconds) while likes are sent to it, each call with a like of another article
+    on another slot (one pipeline): each push that meets the slot half moved (``TRYAGAIN``) is sent again until its
+    publish timeout, and none fails (redis-py's own redirections give up within ~0.5 s: "TTL exhausted", and every
+    such call raised PublishError); the other push is not sent again (it was pushed again with the failed one: its
+    outcome read ``duplicate``). Each like applied once, each outcome ``applied``. Through ``seqproc.send_many``
+    and ``seqproc.aio.send_many``."""
     settings = on_cluster(clean, redis_cluster)
     seqproc.configure(settings)
     receipts = [seqproc.like(1, 1)]  # no worker yet: the slot holds the queue, its bell and the pending index
     slot = redis_cluster.slot_of(queue_name(partition_for(article_key(1), settings.partitions)))
+    other = next(
+        a
+        for a in range(2, 100)
+        if redis_cluster.slot_of(queue_name(partition_for(article_key(a), settings.partitions))) != slot
+    )
     source = redis_cluster.primary_of_slot(slot)
     target = next(port for port in redis_cluster.primaries() if port != source)
     before = tryagain_replies(redis_cluster)
@@ -201,30 +210,33 @@ def test_sends_during_a_slow_resharding_wait_for_the_slot(
         target=lambda: moved.append(redis_cluster.migrate_slot(slot, target, batch=1, pause_s=1.0))
     )
     migration.start()
+    users = 1
     while migration.is_alive():
-        user = len(receipts) + 1
-        receipts.append(seqproc.like(1, user) if front == "sync" else asyncio.run(seqproc.aio.like(1, user)))
+        users += 1
+        pair = [Like(article_id=1, user_id=users), Like(article_id=other, user_id=users)]
+        receipts += seqproc.send_many(pair) if front == "sync" else asyncio.run(seqproc.aio.send_many(pair))
         time.sleep(0.02)
     migration.join()
     tryagain = tryagain_replies(redis_cluster) - before
     assert moved[0] >= 2  # the keys were split for a second at least
     assert redis_cluster.primary_of_slot(slot) == target
     start_worker(settings)
-    assert {o.status for o in seqproc.wait_all(receipts, timeout_s=60)} == {"applied"}
+    statuses = Counter(o.status for o in seqproc.wait_all(receipts, timeout_s=60))
     with engine.connect() as conn:
-        liked = conn.execute(text("SELECT count(*) FROM article_like WHERE article_id = 1")).scalar_one()
-        count = conn.execute(text("SELECT like_count FROM article_like_count WHERE article_id = 1")).scalar_one()
+        liked = dict(conn.execute(text("SELECT article_id, count(*) FROM article_like GROUP BY article_id")).all())
+        counts = dict(conn.execute(text("SELECT article_id, like_count FROM article_like_count")).all())
         doubled = doubled_in_tables(conn)
     report(
         f"Redis Cluster slot moved a key a second under sends ({moved[0]} keys, {tryagain} TRYAGAIN replies)",
         injected=1,
         sent=len(receipts),
-        lost=len(receipts) - liked,
+        lost=len(receipts) - sum(liked.values()),
         doubled=doubled,
         out_of_order=0,
     )
     assert tryagain > 0  # the pushes met the slot half moved
-    assert liked == count == len(receipts)
+    assert statuses == {"applied": len(receipts)}
+    assert liked == counts == {1: users, other: users - 1}
     assert doubled == 0
 
 
