@@ -58,7 +58,7 @@ from seqproc.producer.attempts import (
     no_reply_in_time,
 )
 from seqproc.producer.coalesce import Coalescer
-from seqproc.producer.marks import MarkKeeper
+from seqproc.producer.marks import ClusterMasters, MarkKeeper, OneMaster
 from seqproc.producer.receipt import Receipt
 from seqproc.producer.sequence import Place, Sequencer
 
@@ -89,7 +89,8 @@ class Publisher:
         #: seqproc's own Redis transport: the messages are pushed directly (see ``_push``), on this connection (on a
         #: Redis Cluster: through the cluster's client, ``_redis``).
         self._held: Held | None = None
-        #: The client the marks go out on (one Redis or Sentinel: the held connection's client, another connection).
+        #: The client the marks go out on (one Redis or Sentinel: the held connection's client, another connection;
+        #: a cluster: ``_redis``).
         self._marks_client: Any = None
         #: The socket's waits: the transport's, never past the publish timeout (a call with less time left bounds
         #: them further, see ``_push``).
@@ -135,12 +136,12 @@ class Publisher:
             kombu.exceptions.OperationalError,  # what kombu raises when it cannot connect, whatever the transport
         )
         self._coalescer: Coalescer[tuple[int, Event]] = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
-        #: Marks the partitions after the broker's master changed, for what no later message would reveal
-        #: (:mod:`producer.marks`; seqproc's transport on one Redis or Sentinel: a cluster's shards each have a
-        #: master of their own, which the keeper does not follow yet).
+        #: Marks the partitions after the master holding them changed, for what no later message would reveal
+        #: (:mod:`producer.marks`; seqproc's transport: one Redis, Sentinel's master, each primary of a cluster).
         self.marks: MarkKeeper | None = None
-        if self._marks_client is not None and settings.sequence_mark_s > 0:
-            self.marks = MarkKeeper(self._marks_client, self.push_marks, interval_s=settings.sequence_mark_s)
+        if settings.sequence_mark_s > 0 and (self._redis is not None or self._marks_client is not None):
+            masters = ClusterMasters(self._redis) if self._redis is not None else OneMaster(self._marks_client)
+            self.marks = MarkKeeper(masters, self.push_marks, interval_s=settings.sequence_mark_s)
         #: Numbers this process's events per partition, for the workers' loss detection (seqproc's transport only).
         self.sequencer = new_sequencer(self.marks)
         #: One push (and its WAIT) at a time on the held connection.
@@ -311,10 +312,17 @@ class Publisher:
     def push_marks(self, marks: Sequence[tuple[int, Place]]) -> None:
         """Push a mark (a message with no event, ``producer.marks``) onto each partition's queue: ``(partition,
         place)`` pairs, in one round trip, on a connection of their own (not the one the sends go out on)."""
-        if self._marks_client is None or not marks:
+        if not marks:
             return
-        pipe = self._marks_client.pipeline(transaction=False)
-        stage_messages(pipe, [(partition, ()) for partition, _ in marks], 0, [place for _, place in marks])
+        if self._redis is not None:  # a cluster: one script call per mark (each in its queue's slot), per node
+            pipe = self._redis.pipeline(transaction=False)
+            for partition, place in marks:
+                stage_messages(pipe, [(partition, ())], 0, [place])
+        elif self._marks_client is not None:
+            pipe = self._marks_client.pipeline(transaction=False)
+            stage_messages(pipe, [(partition, ()) for partition, _ in marks], 0, [place for _, place in marks])
+        else:
+            return
         pipe.execute()
 
     def _push_on_cluster(

@@ -4,8 +4,9 @@ stopped after.
 
 ``cluster-node-timeout`` is 1000 ms: a primary killed is failed over by its replica within a few seconds. The first
 sync of each replica without its default 5 s delay (a failover before it would promote an empty replica). Ports:
-``SEQPROC_TEST_PORT_BASE`` + ``port_offset`` (six in a row; each node's bus is its port + 10000) when set, else free
-ones (then a bus port may collide: set the variable on a shared machine).
+``SEQPROC_TEST_PORT_BASE`` + ``port_offset`` (six in a row, then the six nodes' cluster buses) when set, else free
+ones. The buses are given their ports (``cluster-port``): Redis's default, the port + 10000, lands in the kernel's
+ephemeral range (32768-60999) for ports above 22767, where an outgoing connection may hold it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from tests.faults.servers import fault_ports, redis_answers, redis_at, require_b
 NODE_TIMEOUT_MS = 1000
 #: Three primaries, each with one replica.
 NODES = 6
-#: A node's cluster bus listens on its port + this.
-BUS_OFFSET = 10000
 
 
 def cluster_state(port: int) -> str:
@@ -40,8 +39,8 @@ class ClusterGroup:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.ports = fault_ports(NODES, offset=port_offset)
-        while any(port + BUS_OFFSET > 65535 for port in self.ports):  # free ones: each node's bus needs its own
-            self.ports = fault_ports(NODES, offset=port_offset)
+        #: Each node's cluster bus port, by its port.
+        self.bus_ports = dict(zip(self.ports, fault_ports(NODES, offset=port_offset + NODES), strict=True))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -95,6 +94,8 @@ class ClusterGroup:
                 "127.0.0.1",
                 "--cluster-enabled",
                 "yes",
+                "--cluster-port",
+                str(self.bus_ports[port]),
                 "--cluster-config-file",
                 str(node_dir / "nodes.conf"),
                 "--cluster-node-timeout",
@@ -204,6 +205,25 @@ class ClusterGroup:
         """SIGKILL the node on ``port``."""
         self.processes[port].send_signal(signal.SIGKILL)
         self.processes[port].wait(10)
+
+    def signal(self, port: int, sig: signal.Signals) -> None:
+        """Send ``sig`` to the node on ``port`` (SIGSTOP: silent, its connections open; SIGCONT: back)."""
+        self.processes[port].send_signal(sig)
+
+    def cut_replica_link(self, primary: int) -> int:
+        """The primary on ``primary`` closes its replicas' connections (``CLIENT KILL TYPE replica``); how many."""
+        return int(redis_at(primary).execute_command("CLIENT", "KILL", "TYPE", "replica"))
+
+    def offset(self, primary: int) -> int:
+        """The replication offset of the primary on ``primary``: how far its writes went."""
+        return int(redis_at(primary).info("replication")["master_repl_offset"])
+
+    def promoted_lag_bytes(self, slot: int, killed_offset: int) -> int:
+        """After a failover: how many bytes of the old primary's writes (its offset ``killed_offset`` when it died)
+        the replica promoted to serve ``slot`` never got, read from its ``second_repl_offset`` (where its copy of the
+        old primary's history ends, plus one). 0: it had every write."""
+        had = int(redis_at(self.primary_of_slot(slot)).info("replication")["second_repl_offset"]) - 1
+        return max(0, killed_offset - had)
 
     def wait_promoted(self, old_port: int, slot: int, timeout_s: float = 20) -> float:
         """Until another node serves ``slot`` as a primary (the killed one's replica, promoted) and the cluster is

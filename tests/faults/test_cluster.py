@@ -13,6 +13,7 @@ Each fault test prints its ``FAULT`` line; bounded: one fault, well under a minu
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,9 +24,11 @@ from sqlalchemy import Engine, text
 import seqproc
 from seqproc.models.settings import Settings
 from seqproc.models.wire import article_key, partition_for, queue_name
+from seqproc.producer.publish import publisher_for
 from tests import domains_fixture as fixture
-from tests.conftest import RelayProcess, WorkerProcess
+from tests.conftest import RelayProcess, WorkerProcess, wait_for
 from tests.faults.cluster import ClusterGroup
+from tests.faults.servers import redis_at
 from tests.faults.test_outbox_faults import app_engine, outbox_stream
 from tests.faults.test_sentinel import DirectStream, judged
 from tests.integration.test_domain_parking import tally_tables
@@ -112,6 +115,95 @@ def migrate_mid_stream(group: ClusterGroup, slot: int) -> Callable[[], int]:
         return 1
 
     return disrupt
+
+
+def kill_primary_after_the_last_sends(
+    group: ClusterGroup,
+    slot: int,
+    stream: DirectStream,
+    worker: WorkerProcess,
+    settings: Settings,
+    *,
+    behind_s: float = 3.0,
+) -> Callable[[], int]:
+    """A ``disrupt`` whose losses are all tails (the Sentinel ``tail`` case, on one shard): the replica of the
+    primary holding ``slot`` paused and its link cut (``CLIENT KILL TYPE replica`` every 0.2 s), the worker paused
+    too, so that ``behind_s`` of pushes sit on that primary alone; then the producers stop for good, the primary is
+    SIGKILLed and the cluster promotes its replica. No producer sends again: only the producer process's marks
+    (``producer.marks``, per shard) reveal what the failover took, which the test waits for."""
+
+    def disrupt() -> int:
+        time.sleep(2.0)
+        group.wait_caught_up()
+        primary = group.primary_of_slot(slot)
+        replica = group.replica_of(primary)
+        assert replica is not None
+        keeper = publisher_for(settings).marks
+        assert keeper is not None
+        old_id = redis_at(primary).info("replication")["master_replid"]
+        wait_for(lambda: keeper.knows(old_id), 10, "the producer's keeper to have looked at the primary")
+        worker.process.send_signal(signal.SIGSTOP)
+        group.signal(replica, signal.SIGSTOP)
+        try:
+            ends = time.monotonic() + behind_s
+            while time.monotonic() < ends:
+                group.cut_replica_link(primary)
+                time.sleep(0.2)
+            stream.halt()  # the last sends: each acknowledged by the primary alone
+            killed_offset = group.offset(primary)
+            group.kill(primary)
+        finally:
+            group.signal(replica, signal.SIGCONT)
+            worker.process.send_signal(signal.SIGCONT)
+        took_s = group.wait_promoted(primary, slot)
+        lag_bytes = group.promoted_lag_bytes(slot, killed_offset)
+        print(
+            f"failover with the replica cut off and the worker paused for {behind_s:g} s, no send after the kill: "
+            f"slot {slot} served by the promoted replica {took_s:.1f} s after the SIGKILL of {primary}, lacking "
+            f"{lag_bytes} bytes of the old primary's writes"
+        )
+        assert lag_bytes > 0, "the fault did not land: the promoted replica had every write of the old primary"
+        new_id = redis_at(group.primary_of_slot(slot)).info("replication")["master_replid"]
+        wait_for(lambda: keeper.knows(new_id), 15, "the producer's marks on the promoted primary")
+        return 1
+
+    return disrupt
+
+
+def test_a_producers_tail_lost_in_a_primarys_failover_is_counted_by_its_marks(
+    clean: Settings,
+    engine: Engine,
+    tally_tables: None,
+    redis_cluster: ClusterGroup,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Direct events whose losses are all tails: the producers' last sends sit on one primary alone (its replica cut
+    off, the worker paused), then that primary is SIGKILLed and no producer sends again. The producer process's mark
+    keeper follows each primary's replication id; it finds the partitions of the killed primary on a primary it
+    never saw (the promoted replica) and marks them there: the workers count every event lost (``lost ==
+    lost_detected``, ``lost > 0``), judged against the events the producers had acknowledged. Nothing doubled or
+    reordered."""
+    settings = on_cluster(clean, redis_cluster).model_copy(
+        update={"domains": ("tests.domains_fixture",), "loss_grace_s": 2}
+    )
+    worker = start_worker(settings)
+    seqproc.configure(settings)
+    slot = tally_slot(redis_cluster, settings, TALLIES[0])
+    stream = DirectStream(tallies=TALLIES)
+    injected = stream.during(kill_primary_after_the_last_sends(redis_cluster, slot, stream, worker, settings))
+    sent, lost, doubled, out_of_order, lost_detected = judged(
+        stream,
+        engine,
+        injected,
+        "Redis Cluster primary SIGKILL after the producers' last sends, replica cut off and worker paused (only "
+        "tails lost; the marks per shard)",
+        settings,
+    )
+    assert sent > 300
+    assert lost > 0  # the worker was paused: the primary died with a backlog its replica never had
+    assert lost == lost_detected  # every tail counted, through the marks alone
+    assert doubled == 0
+    assert out_of_order == 0
 
 
 @pytest.mark.parametrize("fault", ["primary_sigkill", "slot_migration"])
