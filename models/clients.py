@@ -165,6 +165,10 @@ def async_cluster_client(
         ),
     )
     options.pop("health_check_interval", None)
+    # Not an asyncio cluster client's option either (it raised TypeError: ``seqproc.aio`` could not open one); the
+    # producers read the partition count on a cluster once per process instead.
+    if options.pop("redis_connect_func", None) is not None:
+        raise ValueError("redis_connect_func: not supported by the asyncio cluster client")
     client: redis.asyncio.RedisCluster = redis.asyncio.RedisCluster.from_url(
         parsed.node_url(host, port),
         startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in parsed.nodes],

@@ -316,13 +316,6 @@ class Settings(BaseSettings):
                 "could be redelivered while it is still being applied "
                 f"(got {self.visibility_timeout_s} and {self.apply_time_limit_s:g})"
             )
-        if self.publish_durability == "replica" and is_cluster_url(self.broker_url):
-            # WAIT answers for the connection it is sent on: a push pipelined to several primaries would need one
-            # per node. Not built yet (issue 20): refused rather than silently weaker.
-            raise ValueError(
-                f"{ENV_PREFIX}PUBLISH_DURABILITY=replica is not supported on a Redis Cluster broker yet: use async "
-                "(losses a failover causes are detected and counted) or the outbox"
-            )
         return self
 
     @property

@@ -13,6 +13,7 @@ On Redis, each connection checks the deployment's partition count as it opens
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -28,6 +29,7 @@ from redis.retry import Retry
 
 from seqproc.models.celery import celery_config
 from seqproc.models.clients import redis_client, wait_timeout_ms
+from seqproc.models.cluster import run_packed
 from seqproc.models.envelope import envelope_of_json
 from seqproc.models.errors import PartitionCountMismatch, PublishError, first_line
 from seqproc.models.events import Event
@@ -280,7 +282,7 @@ class Publisher:
         if self._held is not None:
             self._push(self._held, messages, remaining_s, places)
         elif self._redis is not None:
-            self._push_on_cluster(self._redis, messages, places)
+            self._push_on_cluster(self._redis, messages, places, remaining_s)
         else:
             self._publish(messages)
         events = sum(len(group) for _, group in messages)
@@ -326,15 +328,86 @@ class Publisher:
         pipe.execute()
 
     def _push_on_cluster(
-        self, client: Any, messages: Sequence[tuple[int, Sequence[Event]]], places: Sequence[Place] | None
+        self,
+        client: Any,
+        messages: Sequence[tuple[int, Sequence[Event]]],
+        places: Sequence[Place] | None,
+        remaining_s: float | None = None,
     ) -> None:
         """On a Redis Cluster: one push script call per message (a script touches one slot: its queue's), pipelined
-        per node; redis-py's cluster client sends each to the primary of its slot and follows ``MOVED``/``ASK``."""
+        per node; redis-py's cluster client sends each to the primary of its slot and follows ``MOVED``/``ASK``.
+        Durability ``replica``: :meth:`_push_on_cluster_and_wait`."""
         self.check_partition_count(client)
+        if self.settings.publish_durability == "replica":
+            seconds = self._timeout_s if remaining_s is None else min(remaining_s, self._timeout_s)
+            self._push_on_cluster_and_wait(client, messages, places, seconds)
+            return
         pipe = client.pipeline(transaction=False)
         for n, message in enumerate(messages):
             stage_messages(pipe, [message], self.settings.pending_ttl_s, None if places is None else [places[n]])
         pipe.execute()
+
+    def _push_on_cluster_and_wait(
+        self,
+        client: Any,
+        messages: Sequence[tuple[int, Sequence[Event]]],
+        places: Sequence[Place] | None,
+        seconds: float,
+    ) -> None:
+        """Durability ``replica`` on a cluster. ``WAIT`` answers for the writes of the connection it is sent on, on
+        the node it reaches: so per node, the pushes of the messages whose slots it serves and then ``WAIT 1`` go
+        out on one connection of that node, and the call returns once every node's replica acknowledged them
+        (:class:`NotReplicated` after ``seconds`` otherwise). A push redirected ran nothing: after ``MOVED`` (a
+        failover, a migration done) it goes again to the slot's primary as the map says after reading it again,
+        after ``ASK`` (a migration under way) to the node named, after ``ASKING``, and waits there."""
+        ttl_s = self.settings.pending_ttl_s
+        todo: list[tuple[str, bytes, tuple[str, int] | None]] = []
+        for n, (partition, group) in enumerate(messages):
+            keys, args = push_parts([(partition, group)], ttl_s, None if places is None else [places[n]])
+            todo.append((queue_keys(partition)[0], pack("EVAL", PUSH_AND_RING, len(keys), *keys, *args), None))
+        wait = pack("WAIT", 1, wait_timeout_ms(seconds))
+        for _ in range(CLUSTER_REDIRECTS_MAX):
+            by_node: dict[str, tuple[Any, list[tuple[str, bytes, tuple[str, int] | None]]]] = {}
+            for item in todo:
+                queue, _, asked = item
+                node = client.get_node(*asked) if asked else client.get_node_from_key(queue)
+                if node is None:  # a node the map does not know yet (ASK to a new one)
+                    client.nodes_manager.initialize()
+                    node = client.get_node(*asked) if asked else client.get_node_from_key(queue)
+                by_node.setdefault(node.name, (node, []))[1].append(item)
+            todo = []
+            for node, items in by_node.values():
+                packed = b"".join((_ASKING if asked else b"") + push for _, push, asked in items) + wait
+                count = sum(2 if asked else 1 for _, _, asked in items) + 1
+                pool = client.get_redis_connection(node).connection_pool
+                connection = pool.get_connection()
+                try:
+                    replies = run_packed(connection, packed, count)
+                finally:
+                    pool.release(connection)
+                at = list(itertools.accumulate((2 if asked else 1 for _, _, asked in items), initial=-1))[1:]
+                ran = 0
+                for item, reply in zip(items, [replies[n] for n in at], strict=True):  # (not ASKING's +OK)
+                    if isinstance(reply, redis.exceptions.AskError):
+                        todo.append((item[0], item[1], (reply.host, reply.port)))
+                    elif isinstance(reply, redis.exceptions.MovedError | redis.exceptions.TryAgainError):
+                        todo.append((item[0], item[1], None))
+                    elif isinstance(reply, redis.exceptions.ClusterDownError):
+                        raise redis.ConnectionError(f"the cluster is down (a failover under way): {reply}")
+                    elif isinstance(reply, redis.ResponseError):
+                        raise reply
+                    else:
+                        ran += 1
+                acked = replies[-1]
+                if ran and (not isinstance(acked, int) or acked < 1):
+                    raise NotReplicated(
+                        f"no replica of the primary at {node.name} acknowledged them within {seconds:g} s"
+                    )
+            if not todo:
+                return
+            if any(asked is None for _, _, asked in todo):
+                client.nodes_manager.initialize()  # MOVED: the slot map changed
+        raise redis.ConnectionError(f"pushes still redirected after {CLUSTER_REDIRECTS_MAX} tries (a resharding?)")
 
     def partition_count_read(self) -> bool:
         return self._count_read_by == os.getpid()
@@ -407,6 +480,12 @@ class Publisher:
                     retry=False,
                     **message.properties,
                 )
+
+
+#: How many times a durable push on a cluster follows redirections before the call retries it whole.
+CLUSTER_REDIRECTS_MAX = 5
+#: ``ASKING``, packed: sent right before a push that an ``ASK`` redirected (a slot being migrated).
+_ASKING = pack("ASKING")
 
 
 class NotReplicated(Exception):

@@ -81,7 +81,9 @@ class AsyncPublisher:
         """Publish ``events`` now: one message per partition, all in one pipelined round trip; retried while the
         broker is unreachable until ``deadline`` (default: the publish timeout from now; a refused connection
         ``publish_refused_retry_s`` at most). Raises :class:`PublishError`."""
-        if self._redis is None:
+        if self._redis is None or (self._cluster and self.settings.publish_durability == "replica"):
+            # Another broker; or durability ``replica`` on a cluster, whose per-node WAIT (on the connection that
+            # pushed) the threaded publisher makes (redis-py's asyncio cluster pipeline would send WAIT anywhere).
             timeout_s = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             await asyncio.to_thread(self.threaded.publish, events, timeout_s=timeout_s)
             self.sent_events += len(events)

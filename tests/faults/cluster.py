@@ -42,6 +42,8 @@ class ClusterGroup:
         #: Each node's cluster bus port, by its port.
         self.bus_ports = dict(zip(self.ports, fault_ports(NODES, offset=port_offset + NODES), strict=True))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        #: Nodes SIGSTOPped (:meth:`signal`): alive, but not asked about the cluster.
+        self.stopped: set[int] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def start(self) -> ClusterGroup:
@@ -121,7 +123,8 @@ class ClusterGroup:
         return f"{scheme}://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
 
     def live_ports(self) -> list[int]:
-        return [port for port, process in self.processes.items() if process.poll() is None]
+        """The nodes that run and answer (not killed, not stopped)."""
+        return [port for port, process in self.processes.items() if process.poll() is None and port not in self.stopped]
 
     def ok(self) -> bool:
         """Every live node says ``cluster_state:ok`` and counts three primaries, each with a live replica."""
@@ -209,6 +212,10 @@ class ClusterGroup:
     def signal(self, port: int, sig: signal.Signals) -> None:
         """Send ``sig`` to the node on ``port`` (SIGSTOP: silent, its connections open; SIGCONT: back)."""
         self.processes[port].send_signal(sig)
+        if sig == signal.SIGSTOP:
+            self.stopped.add(port)
+        elif sig == signal.SIGCONT:
+            self.stopped.discard(port)
 
     def cut_replica_link(self, primary: int) -> int:
         """The primary on ``primary`` closes its replicas' connections (``CLIENT KILL TYPE replica``); how many."""
