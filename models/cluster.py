@@ -11,8 +11,14 @@ key of a queue lives in the queue's slot (:mod:`seqproc.models.wire`):
 - **Waiting**: a ``BRPOP`` may name keys of one slot only, so the worker waits on each queue's bell on a connection
   of its own, to the node that holds it, all registered with kombu's event loop; a wake-up fetches the queues whose
   waits returned (a bell, or the 1 s timeout: a lost bell costs at most that).
-- **Acks, give-backs, restores, leases, probes**: redis-py's cluster client (``conn_or_acquire``), which routes each
+- **Acks**: per node, pipelined on the connection the fetches go through (a part redirected, or a node gone before
+  anything was sent, goes again through the cluster client).
+- **Give-backs, restores, leases, probes**: redis-py's cluster client (``conn_or_acquire``), which routes each
   command and script by its key's slot and follows redirections.
+- **A silent node** (:class:`~seqproc.models.broker_watch.BrokerWatch`): a fetch or an ack on a node without a reply
+  within the socket timeout (``SEQPROC_BROKER_SOCKET_TIMEOUT_S``), or a wait on a bell without one within
+  ``brpop_timeout`` plus that, marks the worker's broker watch: every channel fails at once and the consumer
+  reconnects, with a new cluster client that reads the slot map again.
 - **Celery's own traffic** (task events, the pidbox's broadcasts): kombu's fanout is Redis pub/sub, which a cluster
   carries from any node to every node: kombu's plain client connects to a live seed node for it. kombu's binding
   tables and Celery's job queue are plain keys, served by the cluster client.

@@ -85,8 +85,9 @@ class Settings(BaseSettings):
     publish_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10
     #: Producer: when a direct publish returns. ``async``: once the broker's primary holds it (a failover before
     #: its replica copied it loses it: counted lost, see ``SEQPROC_LOSS_GRACE_S``). ``replica``: once a replica
-    #: acknowledges it too (``WAIT 1``); if none does within ``publish_timeout_s`` the call raises
-    #: :class:`PublishError` (``maybe_sent``: it reached the primary) carrying the receipts.
+    #: acknowledges it too (``WAIT 1``; on a Redis Cluster, on each primary that took a push, on the connection
+    #: that pushed); if none does within ``publish_timeout_s`` the call raises :class:`PublishError`
+    #: (``maybe_sent``: it reached the primary) carrying the receipts.
     publish_durability: Literal["async", "replica"] = "async"
     #: ... but a broker that refuses the connection (nothing listens there, or its host name does not resolve) is
     #: retried this long at most, in case it is restarting: a web request learns within about a second.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -231,6 +232,40 @@ class ClusterGroup:
         old primary's history ends, plus one). 0: it had every write."""
         had = int(redis_at(self.primary_of_slot(slot)).info("replication")["second_repl_offset"]) - 1
         return max(0, killed_offset - had)
+
+    def kill_primary_past_its_replica(
+        self,
+        slot: int,
+        *,
+        behind_s: float,
+        paused: Sequence[subprocess.Popen[str] | subprocess.Popen[bytes]] = (),
+        before_kill: Callable[[], object] | None = None,
+    ) -> tuple[int, float, int]:
+        """The replica of the primary holding ``slot`` SIGSTOPped (and ``paused``, other processes) and its link cut
+        every 0.2 s (``CLIENT KILL TYPE replica``) for ``behind_s``, ``before_kill`` called, the primary SIGKILLed,
+        everything resumed; then the cluster promotes that replica, which lacks the primary's last writes. Returns
+        the old primary, how long the promotion took and how many bytes of its writes the promoted replica lacks."""
+        primary = self.primary_of_slot(slot)
+        replica = self.replica_of(primary)
+        assert replica is not None
+        for process in paused:
+            process.send_signal(signal.SIGSTOP)
+        self.signal(replica, signal.SIGSTOP)
+        try:
+            ends = time.monotonic() + behind_s
+            while time.monotonic() < ends:
+                self.cut_replica_link(primary)
+                time.sleep(0.2)
+            if before_kill is not None:
+                before_kill()
+            killed_offset = self.offset(primary)
+            self.kill(primary)
+        finally:
+            self.signal(replica, signal.SIGCONT)
+            for process in paused:
+                process.send_signal(signal.SIGCONT)
+        took_s = self.wait_promoted(primary, slot)
+        return primary, took_s, self.promoted_lag_bytes(slot, killed_offset)
 
     def wait_promoted(self, old_port: int, slot: int, timeout_s: float = 20) -> float:
         """Until another node serves ``slot`` as a primary (the killed one's replica, promoted) and the cluster is

@@ -71,6 +71,14 @@ def on_cluster(settings: Settings, group: ClusterGroup) -> Settings:
     return settings.model_copy(update={"broker_url": group.url(), "result_backend": group.url()})
 
 
+def for_direct_events(settings: Settings, group: ClusterGroup, **update: object) -> Settings:
+    """``settings`` on the cluster for the direct-event streams (``DirectStream``'s tallies; gaps declared lost 2 s
+    after they were seen), with ``update``."""
+    return on_cluster(settings, group).model_copy(
+        update={"domains": ("tests.domains_fixture",), "loss_grace_s": 2, **update}
+    )
+
+
 def test_cluster_likes_are_applied_exactly_once_in_order(
     clean: Settings, engine: Engine, redis_cluster: ClusterGroup, start_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -159,28 +167,14 @@ def kill_primary_after_the_last_sends(
     def disrupt() -> int:
         time.sleep(2.0)
         group.wait_caught_up()
-        primary = group.primary_of_slot(slot)
-        replica = group.replica_of(primary)
-        assert replica is not None
         keeper = publisher_for(settings).marks
         assert keeper is not None
-        old_id = redis_at(primary).info("replication")["master_replid"]
+        old_id = redis_at(group.primary_of_slot(slot)).info("replication")["master_replid"]
         wait_for(lambda: keeper.knows(old_id), 10, "the producer's keeper to have looked at the primary")
-        worker.process.send_signal(signal.SIGSTOP)
-        group.signal(replica, signal.SIGSTOP)
-        try:
-            ends = time.monotonic() + behind_s
-            while time.monotonic() < ends:
-                group.cut_replica_link(primary)
-                time.sleep(0.2)
-            stream.halt()  # the last sends: each acknowledged by the primary alone
-            killed_offset = group.offset(primary)
-            group.kill(primary)
-        finally:
-            group.signal(replica, signal.SIGCONT)
-            worker.process.send_signal(signal.SIGCONT)
-        took_s = group.wait_promoted(primary, slot)
-        lag_bytes = group.promoted_lag_bytes(slot, killed_offset)
+        # The last sends (stream.halt): each acknowledged by the primary alone.
+        primary, took_s, lag_bytes = group.kill_primary_past_its_replica(
+            slot, behind_s=behind_s, paused=[worker.process], before_kill=stream.halt
+        )
         print(
             f"failover with the replica cut off and the worker paused for {behind_s:g} s, no send after the kill: "
             f"slot {slot} served by the promoted replica {took_s:.1f} s after the SIGKILL of {primary}, lacking "
@@ -207,9 +201,7 @@ def test_a_producers_tail_lost_in_a_primarys_failover_is_counted_by_its_marks(
     never saw (the promoted replica) and marks them there: the workers count every event lost (``lost ==
     lost_detected``, ``lost > 0``), judged against the events the producers had acknowledged. Nothing doubled or
     reordered."""
-    settings = on_cluster(clean, redis_cluster).model_copy(
-        update={"domains": ("tests.domains_fixture",), "loss_grace_s": 2}
-    )
+    settings = for_direct_events(clean, redis_cluster)
     worker = start_worker(settings)
     seqproc.configure(settings)
     slot = tally_slot(redis_cluster, settings, TALLIES[0])
@@ -270,9 +262,7 @@ def test_cluster_direct_events_are_never_doubled_or_reordered_and_every_loss_is_
     redis_cluster: ClusterGroup,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    settings = on_cluster(clean, redis_cluster).model_copy(
-        update={"domains": ("tests.domains_fixture",), "loss_grace_s": 2}
-    )
+    settings = for_direct_events(clean, redis_cluster)
     start_worker(settings)
     seqproc.configure(settings)
     slot = tally_slot(redis_cluster, settings, TALLIES[0])
@@ -368,13 +358,7 @@ def test_a_silent_primary_is_noticed_within_the_socket_timeout_and_the_worker_ca
     ``SEQPROC_BROKER_SOCKET_TIMEOUT_S`` (a fetch or an ack on that node without a reply, or a wait on a bell there
     overdue), reconnects (Celery's reconnect: a new slot map) and applies on the promoted replica; nothing doubled
     or reordered, every loss counted (judged against the events the producers had acknowledged)."""
-    settings = on_cluster(clean, redis_cluster).model_copy(
-        update={
-            "domains": ("tests.domains_fixture",),
-            "loss_grace_s": 2,
-            "broker_socket_timeout_s": SILENT_SOCKET_TIMEOUT_S,
-        }
-    )
+    settings = for_direct_events(clean, redis_cluster, broker_socket_timeout_s=SILENT_SOCKET_TIMEOUT_S)
     worker = start_worker(settings)
     seqproc.configure(settings.model_copy(update={"broker_socket_timeout_s": 5}))
     slot = tally_slot(redis_cluster, settings, TALLIES[0])
@@ -474,21 +458,7 @@ def kill_primary_with_replica_behind(group: ClusterGroup, slot: int, *, behind_s
     def disrupt() -> int:
         time.sleep(2.0)
         group.wait_caught_up()
-        primary = group.primary_of_slot(slot)
-        replica = group.replica_of(primary)
-        assert replica is not None
-        group.signal(replica, signal.SIGSTOP)
-        try:
-            ends = time.monotonic() + behind_s
-            while time.monotonic() < ends:
-                group.cut_replica_link(primary)
-                time.sleep(0.2)
-            killed_offset = group.offset(primary)
-            group.kill(primary)
-        finally:
-            group.signal(replica, signal.SIGCONT)
-        took_s = group.wait_promoted(primary, slot)
-        lag_bytes = group.promoted_lag_bytes(slot, killed_offset)
+        primary, took_s, lag_bytes = group.kill_primary_past_its_replica(slot, behind_s=behind_s)
         print(
             f"failover with the replica {behind_s:g} s behind and cut off: slot {slot} served by the promoted replica "
             f"{took_s:.1f} s after the SIGKILL of {primary}, lacking {lag_bytes} bytes of the old primary's writes"
@@ -512,9 +482,7 @@ def test_replica_durability_on_a_cluster_loses_nothing_acknowledged_in_a_primary
     returned for: ``lost == 0`` against the events the producers had acknowledged (sends to that primary raised
     ``PublishError`` meanwhile and were sent again with their keys until one returned). Nothing doubled or
     reordered."""
-    settings = on_cluster(clean, redis_cluster).model_copy(
-        update={"domains": ("tests.domains_fixture",), "loss_grace_s": 2, "publish_durability": "replica"}
-    )
+    settings = for_direct_events(clean, redis_cluster, publish_durability="replica")
     start_worker(settings)
     seqproc.configure(settings)
     slot = tally_slot(redis_cluster, settings, TALLIES[0])
