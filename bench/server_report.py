@@ -96,14 +96,15 @@ class ServerComparison:
 
     def ratios(self) -> dict[str, float]:
         """The issue's targets, as measured in this run: seqproc's and the outbox's events/s against the no-op's and
-        the atomic update's, and their p99 over the no-op's."""
+        the atomic update's (and the broker floor's: the most any broker-backed 202 can do), and their p99 over the
+        no-op's."""
         by = self.by_name()
         out: dict[str, float] = {}
         for name in ASYNCHRONOUS:
             result = by.get(name)
             if result is None:
                 continue
-            for base in ("noop", "atomic"):
+            for base in ("noop", "atomic", "broker"):
                 ratio = self.times(result, base)
                 if ratio is not None:
                     out[f"{name}_vs_{base}_events_per_s"] = ratio

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import redis
 from sqlalchemy import text
 
 from seqproc.models.settings import Settings
@@ -24,15 +25,17 @@ from seqproc.models.tables.likes import ArticleLikeCount
 from seqproc.worker.ops.inspect import article_state, check_invariants
 
 from . import wrk
+from .cpu import redis_cpu_s
 from .direct import libpq_url, reset_tables
 from .harness import DRAIN_TIMEOUT_S, HARNESS_APPLICATION_NAME, harness_engine, process_cpu_s
 from .scenarios import HOT_ARTICLE, workload
 from .seqproc_strategy import OutboxStrategy, SeqprocStrategy, relay_pushed_messages
 from .server_report import ServerComparison, ServerResult
-from .servers import ServerProcess
+from .servers import FLOOR_KEY, ServerProcess
 
-#: The endpoints, in the order they run (the baselines first).
-SERVER_STRATEGIES = ("noop", "atomic", "seqproc", "outbox")
+#: The endpoints, in the order they run (the baselines first). ``broker`` is the floor of any broker-backed 202: one
+#: plain-socket LPUSH of a message as long as seqproc's per request (``web/seqproc_bench_app.BrokerFloor``).
+SERVER_STRATEGIES = ("noop", "atomic", "broker", "seqproc", "outbox")
 #: How often the like count is read while the clock runs: the clock's resolution.
 SAMPLE_EVERY_S = 0.01
 
@@ -105,17 +108,29 @@ class Backend:
             self.seqproc = SeqprocStrategy("seqproc_batched", self.settings, workers=self.workers)
         elif self.name == "outbox":
             self.seqproc = OutboxStrategy(self.settings, workers=self.workers)
+        elif self.name == "broker":
+            self.floor_list().delete(FLOOR_KEY)
         if self.seqproc is not None:
             self.seqproc.setup(load)  # emptied tables and Redis, workers (and the relay) started and ready
 
+    def floor_list(self) -> redis.Redis:
+        """The broker floor's Redis (the benchmark's broker)."""
+        return redis.Redis.from_url(self.settings.broker_url)
+
+    def floor_length(self) -> int:
+        """How many messages the floor's list holds: what the broker took, counted by the broker."""
+        return int(self.floor_list().llen(FLOOR_KEY))
+
     @property
     def count_table(self) -> str | None:
-        if self.name == "noop":
+        if self.name in ("noop", "broker"):
             return None
         return "bench_like_count" if self.name == "atomic" else ArticleLikeCount.__tablename__
 
     def mark_cpu(self, moment: str) -> None:
-        """CPU seconds so far of the worker processes, Redis and the relay (for seqproc)."""
+        """CPU seconds so far of the worker processes, Redis and the relay (for seqproc; Redis for the floor)."""
+        if self.name == "broker":
+            self.cpu_at[f"redis_{moment}"] = redis_cpu_s(self.floor_list())
         if self.seqproc is None:
             return
         worker_s, redis_s = self.seqproc.service_cpu_s()
@@ -150,6 +165,8 @@ class Backend:
             engine.dispose()
 
     def teardown(self) -> None:
+        if self.name == "broker":
+            self.floor_list().delete(FLOOR_KEY)
         if self.seqproc is not None:
             self.seqproc.teardown()
             self.seqproc = None
@@ -210,6 +227,11 @@ def run_strategy(name: str, load: ServerLoad, settings: Settings, directory: Pat
             backend.mark_cpu("end")
             rows, count, invariants = backend.state(load.article)
             problems += [invariants] if invariants else []
+        elif name == "broker":
+            backend.mark_cpu("end")
+            held = backend.floor_length()
+            if held != accepted:
+                problems.append(f"the broker holds {held} floor messages, {accepted} requests accepted")
         problems += count_problems(figures, accepted, rows, count, connections=load.connections)
         if figures.non_2xx:
             problems.append(f"the server's log: {server.log_tail(1500)}")

@@ -30,6 +30,7 @@ if str(WEB_DIR) not in sys.path:
     sys.path.append(str(WEB_DIR))
 
 from seqproc_bench_app import COUNTS_DIR_ENV, read_counts, ready_processes  # noqa: E402
+from seqproc_bench_app import FLOOR_KEY as FLOOR_KEY  # noqa: E402 (the floor's list, for server_run)
 
 SERVERS = ("gunicorn", "uvicorn")
 #: ``--server-workers`` by default: gunicorn's sync workers handle one request each at a time, uvicorn's many.

@@ -51,6 +51,11 @@ class BrokerWatch:
             error,
         )
 
+    def __json__(self) -> dict[str, str | None]:
+        """What ``celery inspect stats`` (and Flower's worker page) shows of it: the worker's transport options are
+        in its stats, and a reply that cannot be encoded fails the whole command."""
+        return {"silent": None if self.silent is None else str(self.silent)}
+
     def check(self) -> None:
         """Raise :class:`BrokerUnresponsive` while the broker counts as silent."""
         if self.silent is not None:

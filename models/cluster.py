@@ -163,6 +163,40 @@ class ClusterChannel(Channel):
         """Nothing to sweep (see :meth:`_queue_bind`)."""
         return 0
 
+    # -- kombu's queue commands, unpipelined: a cluster pipeline's ``delete`` returns None, not the pipeline --------
+    # (kombu chains ``pipe = pipe.delete(...)``: the pidbox's reply queue, deleted after each ``inspect``, failed.)
+    def _delete(self, queue: str, exchange: str, routing_key: str, pattern: str, *args: Any, **kwargs: Any) -> None:
+        kombu: Any = self  # (kombu's attributes, absent from its stubs)
+        kombu.auto_delete_queues.discard(queue)
+        member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+        # Never the ``client`` kombu passes (its plain one, at a close): a plain client's SREM on another node's slot
+        # is MOVED, and the close failed (a pidbox reset, after a failed control command, stopped the consumer).
+        client = self.cluster_client()
+        client.srem(self.keyprefix_queue % (exchange,), member)
+        client.srem(kombu.keyprefix_binding_permanent % (exchange,), member)
+        for key in self._priority_keys(queue):
+            client.delete(key)
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        client = self.cluster_client()
+        return any(client.exists(key) for key in self._priority_keys(queue))
+
+    def _size(self, queue: str) -> int:
+        client = self.cluster_client()
+        return sum(int(client.llen(key)) for key in self._priority_keys(queue))
+
+    def _purge(self, queue: str) -> int:
+        client = self.cluster_client()
+        purged = 0
+        for key in self._priority_keys(queue):
+            purged += int(client.llen(key))
+            client.delete(key)
+        return purged
+
+    def _priority_keys(self, queue: str) -> list[str]:
+        kombu: Any = self
+        return [kombu._q_for_pri(queue, pri) for pri in self.priority_steps]
+
     # -- fetching: one script call per queue, pipelined per node ---------------------------------------------------
     def _fetch(self, queues: list[str], limit: int) -> list[tuple[str, bytes]]:
         if self.broker_watch is not None:

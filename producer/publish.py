@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from seqproc.models.celery import celery_config
-from seqproc.models.clients import redis_client, wait_timeout_ms
+from seqproc.models.clients import CLUSTER_NOT_NOW, redis_client, wait_timeout_ms
 from seqproc.models.cluster import run_packed
 from seqproc.models.envelope import envelope_of_json
 from seqproc.models.errors import PartitionCountMismatch, PublishError, first_line
@@ -136,6 +136,9 @@ class Publisher:
             ConnectionError,
             OSError,
             kombu.exceptions.OperationalError,  # what kombu raises when it cannot connect, whatever the transport
+            # A slot moving or failing over: the push ran nowhere (a pipeline's other pushes may have: sent again,
+            # their copies are duplicates).
+            *(CLUSTER_NOT_NOW if self._cluster else ()),
         )
         self._coalescer: Coalescer[tuple[int, Event]] = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
         #: Marks the partitions after the master holding them changed, for what no later message would reveal
@@ -208,7 +211,9 @@ class Publisher:
             except Exception as error:
                 if attempts is None:
                     attempts = Attempts(self.settings, deadline)
-                written = isinstance(error, ReplyLost) if self._held is not None else no_reply_in_time(error)
+                written = (
+                    isinstance(error, ReplyLost) if self._held is not None else self.may_have_written(error, messages)
+                )
                 pause_s = attempts.retry_after(error, transient=self.is_transient(error), written=written)
                 if pause_s is None:
                     if places is not None and not attempts.maybe_sent:
@@ -236,6 +241,11 @@ class Publisher:
             for partition, group in by_partition.items()
             for start in range(0, len(group), limit)
         ]
+
+    def may_have_written(self, error: BaseException, messages: Sequence[object]) -> bool:
+        """Whether a pipelined push that failed with ``error`` may have left messages on the broker: a reply that
+        never came in time, or on a cluster one push of several that met a slot not served (the others ran)."""
+        return no_reply_in_time(error) or (self._cluster and len(messages) > 1 and isinstance(error, CLUSTER_NOT_NOW))
 
     def is_transient(self, error: BaseException) -> bool:
         """The broker could not be reached: worth retrying until ``publish_timeout_s``."""
@@ -366,6 +376,7 @@ class Publisher:
             keys, args = push_parts([(partition, group)], ttl_s, None if places is None else [places[n]])
             todo.append((queue_keys(partition)[0], pack("EVAL", PUSH_AND_RING, len(keys), *keys, *args), None))
         wait = pack("WAIT", 1, wait_timeout_ms(seconds))
+        pushed = 0
         for _ in range(CLUSTER_REDIRECTS_MAX):
             by_node: dict[str, tuple[Any, list[tuple[str, bytes, tuple[str, int] | None]]]] = {}
             for item in todo:
@@ -383,6 +394,11 @@ class Publisher:
                 connection = pool.get_connection()
                 try:
                     replies = run_packed(connection, packed, count)
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+                    if not pushed:
+                        raise
+                    # Another primary's pushes ran: a failure now leaves the call's messages partly sent.
+                    raise redis.exceptions.ClusterError(f"{node.name}: {error}") from error
                 finally:
                     pool.release(connection)
                 at = list(itertools.accumulate((2 if asked else 1 for _, _, asked in items), initial=-1))[1:]
@@ -392,12 +408,11 @@ class Publisher:
                         todo.append((item[0], item[1], (reply.host, reply.port)))
                     elif isinstance(reply, redis.exceptions.MovedError | redis.exceptions.TryAgainError):
                         todo.append((item[0], item[1], None))
-                    elif isinstance(reply, redis.exceptions.ClusterDownError):
-                        raise redis.ConnectionError(f"the cluster is down (a failover under way): {reply}")
-                    elif isinstance(reply, redis.ResponseError):
+                    elif isinstance(reply, redis.ResponseError):  # CLUSTERDOWN (a failover): retried; any other: raised
                         raise reply
                     else:
                         ran += 1
+                pushed += ran
                 acked = replies[-1]
                 if ran and (not isinstance(acked, int) or acked < 1):
                     raise NotReplicated(
@@ -407,7 +422,9 @@ class Publisher:
                 return
             if any(asked is None for _, _, asked in todo):
                 client.nodes_manager.initialize()  # MOVED: the slot map changed
-        raise redis.ConnectionError(f"pushes still redirected after {CLUSTER_REDIRECTS_MAX} tries (a resharding?)")
+        raise redis.exceptions.TryAgainError(
+            f"pushes still redirected after {CLUSTER_REDIRECTS_MAX} tries (a migration)"
+        )
 
     def partition_count_read(self) -> bool:
         return self._count_read_by == os.getpid()

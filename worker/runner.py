@@ -15,6 +15,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,7 @@ def _consume(
 
         rt.leases = LeaseManager(settings, rt.engine, rt.owner)
         # Skip queues we cannot prove ours before asking Redis at all.
-        app.conf.broker_transport_options = {**app.conf.broker_transport_options, "fetch_filter": _lease_filter(rt)}
+        app.conf.broker_transport_options = {**app.conf.broker_transport_options, "fetch_filter": _LeaseFilter(rt)}
         while rt.leases.tick(on_acquire=rt.epochs.__setitem__):  # the first share, claimed before consuming
             pass
         chosen = rt.leases.owned
@@ -393,12 +394,20 @@ def _serve_metrics(settings: Settings, serve: Callable[[], None]) -> None:
         ) from error
 
 
-def _lease_filter(rt: runtime.Runtime) -> Callable[[str], bool]:
-    def may_fetch(queue: str) -> bool:
-        partition = partition_of_queue(queue)
-        return partition is not None and partition in rt.epochs and rt.leases.fresh(partition)
+@dataclass(frozen=True)
+class _LeaseFilter:
+    """An auto worker's fetch filter (transport option ``fetch_filter``): the queues whose lease is ours and fresh."""
 
-    return may_fetch
+    rt: runtime.Runtime
+
+    def __call__(self, queue: str) -> bool:
+        partition = partition_of_queue(queue)
+        rt = self.rt
+        return partition is not None and partition in rt.epochs and rt.leases is not None and rt.leases.fresh(partition)
+
+    def __json__(self) -> str:
+        """What ``celery inspect stats`` shows of it (the transport options are in a worker's stats)."""
+        return "the queues whose lease this worker holds, fresh"
 
 
 def _announce_ready(path: str) -> None:

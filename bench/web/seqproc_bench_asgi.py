@@ -16,7 +16,14 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
-from seqproc_bench_app import ATOMIC_INCREMENT, ATOMIC_INSERT, COUNTS_DIR_ENV, Counters, libpq_urls
+from seqproc_bench_app import (
+    ATOMIC_INCREMENT,
+    ATOMIC_INSERT,
+    COUNTS_DIR_ENV,
+    AsyncBrokerFloor,
+    Counters,
+    libpq_urls,
+)
 
 import seqproc.aio
 from seqproc.producer.aio import publisher as aio_publisher
@@ -36,6 +43,9 @@ class Process:
     outbox_lock: asyncio.Lock
     publisher: AsyncPublisher
     counters: Counters
+    #: Opened by the first ``/broker`` request (the floor needs a plain redis:// broker; the others do not).
+    floor: AsyncBrokerFloor | None = None
+    floor_lock: asyncio.Lock | None = None
 
 
 @asynccontextmanager
@@ -53,6 +63,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         counters=Counters(os.environ[COUNTS_DIR_ENV]),
     )
     yield
+    if app.state.process.floor is not None:
+        await app.state.process.floor.close()
     await seqproc.aio.aclose()
     for conn in {db, outbox_db}:
         await conn.close()
@@ -95,5 +107,20 @@ async def outbox(article: int, user: int) -> str:
     p = process()
     async with p.outbox_lock, p.outbox_db.transaction():  # the request's transaction: sent iff it commits
         await seqproc.aio.outbox.like(p.outbox_db, article, user)
+    p.counters.accept()
+    return BODY
+
+
+@app.post("/broker", response_class=PlainTextResponse, status_code=202)
+async def broker(article: int, user: int) -> str:
+    """The floor of any broker-backed 202 (``seqproc_bench_app.AsyncBrokerFloor``)."""
+    p = process()
+    if p.floor is None:
+        if p.floor_lock is None:
+            p.floor_lock = asyncio.Lock()
+        async with p.floor_lock:
+            if p.floor is None:
+                p.floor = await AsyncBrokerFloor.open(current_settings())
+    await p.floor.push()
     p.counters.accept()
     return BODY

@@ -7,7 +7,9 @@ Endpoints (POST, ``?article=1&user=7``; each answers a 2-byte body):
 - ``/noop``: nothing: the server's own ceiling;
 - ``/atomic``: ``INSERT like; UPDATE count = count + 1`` in one transaction on the process's connection;
 - ``/seqproc``: ``seqproc.like`` (202 once the broker holds the event);
-- ``/outbox``: ``seqproc.outbox.like`` in a transaction on the process's connection (202 once it commits).
+- ``/outbox``: ``seqproc.outbox.like`` in a transaction on the process's connection (202 once it commits);
+- ``/broker``: the floor of any broker-backed 202: one ``LPUSH`` of a message as long as seqproc's, on a plain
+  socket (``BrokerFloor``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from seqproc_bench_app import (
     ATOMIC_INCREMENT,
     ATOMIC_INSERT,
     COUNTS_DIR_ENV,
+    BrokerFloor,
     Counters,
     libpq_urls,
     like_of,
@@ -47,6 +50,8 @@ class Process:
     outbox_db: psycopg.Connection[Any]
     publisher: Publisher
     counters: Counters
+    #: Opened by the first ``/broker`` request (the floor needs a plain redis:// broker; the others do not).
+    floor: BrokerFloor | None = None
 
 
 class BenchApp:
@@ -61,6 +66,7 @@ class BenchApp:
             "/atomic": self.atomic,
             "/seqproc": self.seqproc,
             "/outbox": self.outbox,
+            "/broker": self.broker,
         }
 
     def connect(self) -> None:
@@ -112,6 +118,15 @@ class BenchApp:
         with db.transaction():  # the request's transaction: the event is sent iff it commits
             seqproc.outbox.like(db, article, user)
         self.process.counters.accept()
+        return "202 Accepted"
+
+    def broker(self, query: str) -> str:
+        like_of(query)  # parsed as the others are
+        process = self.process
+        if process.floor is None:
+            process.floor = BrokerFloor(current_settings())
+        process.floor.push()
+        process.counters.accept()
         return "202 Accepted"
 
 

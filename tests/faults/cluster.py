@@ -4,9 +4,9 @@ stopped after.
 
 ``cluster-node-timeout`` is 1000 ms: a primary killed is failed over by its replica within a few seconds. The first
 sync of each replica without its default 5 s delay (a failover before it would promote an empty replica). Ports:
-``SEQPROC_TEST_PORT_BASE`` + ``port_offset`` (six in a row, then the six nodes' cluster buses) when set, else free
-ones. The buses are given their ports (``cluster-port``): Redis's default, the port + 10000, lands in the kernel's
-ephemeral range (32768-60999) for ports above 22767, where an outgoing connection may hold it.
+``SEQPROC_TEST_PORT_BASE`` + ``port_offset`` (six in a row for the nodes, the next six for their cluster buses) when
+set, else free ones. Each bus port is given (``cluster-port``): Redis's default, the port + 10000, falls in the
+kernel's range of ephemeral ports, where a busy machine's client sockets took it.
 """
 
 from __future__ import annotations
@@ -267,6 +267,18 @@ class ClusterGroup:
         took_s = self.wait_promoted(primary, slot)
         return primary, took_s, self.promoted_lag_bytes(slot, killed_offset)
 
+    def restart(self, port: int, timeout_s: float = 30) -> None:
+        """Start the node on ``port`` again (killed before) and wait until it rejoined: with its ``nodes.conf`` it
+        comes back as a replica of the primary that took its slots, and every primary has a replica again."""
+        self._node(port)
+        wait_for(lambda: redis_answers(port), 10, f"redis-server on {port} again")
+        wait_for(self.ok, timeout_s, "the cluster whole again, each primary with a replica")
+
+    def flush(self) -> None:
+        """Every key of every primary deleted (a clean namespace for the next test on the same cluster)."""
+        for port in self.primaries():
+            redis_at(port).flushall()
+
     def wait_promoted(self, old_port: int, slot: int, timeout_s: float = 20) -> float:
         """Until another node serves ``slot`` as a primary (the killed one's replica, promoted) and the cluster is
         ok; returns how long it took."""
@@ -284,10 +296,11 @@ class ClusterGroup:
         wait_for(promoted, timeout_s, f"a replica promoted to serve slot {slot}")
         return time.monotonic() - started
 
-    def migrate_slot(self, slot: int, target_port: int, *, batch: int = 10) -> int:
+    def migrate_slot(self, slot: int, target_port: int, *, batch: int = 10, pause_s: float = 0.0) -> int:
         """Move ``slot`` to the primary on ``target_port`` the way ``redis-cli --cluster reshard`` does: IMPORTING on
-        the target, MIGRATING on the source, ``MIGRATE`` its keys a batch at a time, then ``SETSLOT NODE`` on both
-        (and the others). Returns how many keys moved."""
+        the target, MIGRATING on the source, ``MIGRATE`` its keys a batch at a time (``pause_s`` after each: a slow
+        reshard, whose clients meet the slot half moved), then ``SETSLOT NODE`` on both (and the others). Returns how
+        many keys moved."""
         source_port = self.primary_of_slot(slot)
         if source_port == target_port:
             return 0
@@ -302,6 +315,7 @@ class ClusterGroup:
                 break
             source.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
             moved += len(keys)
+            time.sleep(pause_s)
         for port in self.primaries():
             redis_at(port).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
         return moved

@@ -1,8 +1,8 @@
 """seqproc on a Redis Cluster (issue 20): three primaries and three replicas started by the test
 (``tests.faults.cluster``), every process given ``redis+cluster://`` URLs for the broker and the result backend.
 
-- End to end: likes sent directly over partitions spread on every primary, each waited on (outcomes through the
-  cluster), applied exactly once and in order.
+- End to end: likes sent directly over partitions spread on every primary, through the threaded producer and
+  through ``seqproc.aio``, each waited on (outcomes through the cluster), applied exactly once and in order.
 - A primary SIGKILLed mid-stream (its replica promoted by the cluster): direct events never doubled or reordered,
   every loss detected; outbox events, nothing lost.
 - A partition's slot migrated to another primary mid-stream (``CLUSTER SETSLOT ... IMPORTING/MIGRATING`` and
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from sqlalchemy import Engine, text
 import seqproc
 import seqproc.aio
 from seqproc.models.errors import PublishError
+from seqproc.models.outcomes import Outcome
 from seqproc.models.settings import Settings
 from seqproc.models.wire import article_key, partition_for, queue_name
 from seqproc.producer import publish
@@ -32,6 +34,7 @@ from seqproc.producer.publish import publisher_for
 from tests import domains_fixture as fixture
 from tests.conftest import RelayProcess, WorkerProcess, wait_for
 from tests.faults.cluster import ClusterGroup
+from tests.faults.matrix import doubled_in_tables, report
 from tests.faults.servers import redis_at
 from tests.faults.test_outbox_faults import app_engine, outbox_stream
 from tests.faults.test_sentinel import DirectStream, judged
@@ -79,36 +82,46 @@ def for_direct_events(settings: Settings, group: ClusterGroup, **update: object)
     )
 
 
+@pytest.mark.parametrize("front", ["sync", "asyncio"])
 def test_cluster_likes_are_applied_exactly_once_in_order(
-    clean: Settings, engine: Engine, redis_cluster: ClusterGroup, start_worker: Callable[..., WorkerProcess]
+    front: str,
+    clean: Settings,
+    engine: Engine,
+    redis_cluster: ClusterGroup,
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
+    """400 likes, then an unlike of each article (after its like: the last action wins), each waited on, and a
+    caller's retry: through ``seqproc.like`` and ``Receipt.wait``, or ``seqproc.aio`` (the likes as 400 concurrent
+    coroutines) and ``seqproc.aio.wait_all``."""
     settings = on_cluster(clean, redis_cluster)
     nodes = {redis_cluster.primary_of_slot(redis_cluster.slot_of(queue_name(p))) for p in range(settings.partitions)}
     assert len(nodes) == 3  # the partitions live on every primary
     start_worker(settings)
     seqproc.configure(settings)
-    receipts = []
-    for user in range(1, 41):
-        for article in range(1, 11):
-            receipts.append(seqproc.like(article, user))
-    receipts += [seqproc.unlike(article, 1) for article in range(1, 11)]  # after its like: last action wins
-    outcomes = [receipt.wait(timeout_s=30) for receipt in receipts]
+    pairs = [(article, user) for user in range(1, 41) for article in range(1, 11)]
+    if front == "sync":
+        receipts = [seqproc.like(article, user) for article, user in pairs]
+        receipts += [seqproc.unlike(article, 1) for article in range(1, 11)]
+        outcomes = [receipt.wait(timeout_s=30) for receipt in receipts]
+        # Sent again with the same key (a caller's retry): a duplicate, applied once.
+        again = seqproc.like(1, 2, idempotency_key=receipts[1].idempotency_key).wait(timeout_s=30)
+    else:
+
+        async def run() -> tuple[list[seqproc.Receipt], list[Outcome], Outcome]:
+            receipts = list(await asyncio.gather(*(seqproc.aio.like(article, user) for article, user in pairs)))
+            receipts += [await seqproc.aio.unlike(article, 1) for article in range(1, 11)]
+            outcomes = await seqproc.aio.wait_all(receipts, timeout_s=30)
+            retry = await seqproc.aio.like(1, 2, idempotency_key=receipts[1].idempotency_key)
+            return receipts, outcomes, await seqproc.aio.wait(retry, timeout_s=30)
+
+        receipts, outcomes, again = asyncio.run(run())
     assert {outcome.status for outcome in outcomes} == {"applied"}
     with engine.connect() as conn:
         counts = dict(conn.execute(text("SELECT article_id, like_count FROM article_like_count")).all())
         liked = conn.execute(text("SELECT count(*) FROM article_like")).scalar_one()
     assert counts == dict.fromkeys(range(1, 11), 39)
     assert liked == 390
-    # Sent again with the same keys (a caller's retry): duplicates, applied once.
-    again = seqproc.like(1, 2, idempotency_key=receipts[1].idempotency_key)
-    assert again.wait(timeout_s=30).status == "duplicate"
-    assert {partition_for(article_key(a), settings.partitions) for a in range(1, 11)}  # routing as on one Redis
-
-    async def from_a_loop() -> list[seqproc.Outcome]:  # seqproc.aio on the cluster: its own client, per node
-        sent = [await seqproc.aio.like(article, 41) for article in range(1, 11)]
-        return await seqproc.aio.wait_all(sent, timeout_s=30)
-
-    assert {outcome.status for outcome in asyncio.run(from_a_loop())} == {"applied"}
+    assert again.status == "duplicate"
 
 
 def tally_slot(group: ClusterGroup, settings: Settings, tally_id: int) -> int:
@@ -277,6 +290,67 @@ def test_cluster_direct_events_are_never_doubled_or_reordered_and_every_loss_is_
         assert lost == 0  # a migration moves the keys whole
     assert doubled == 0
     assert out_of_order == 0
+
+
+def tryagain_replies(group: ClusterGroup) -> int:
+    """``TRYAGAIN`` replies the primaries gave so far (``INFO errorstats``): a script whose keys were split between
+    a migrating slot's two nodes."""
+    return sum(
+        int(redis_at(port).info("errorstats").get("errorstat_TRYAGAIN", {}).get("count", 0))
+        for port in group.primaries()
+    )
+
+
+@pytest.mark.parametrize("front", ["sync", "asyncio"])
+def test_sends_during_a_slow_resharding_wait_for_the_slot(
+    front: str,
+    clean: Settings,
+    engine: Engine,
+    redis_cluster: ClusterGroup,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A partition's slot moved a key a second (as a resharding of a busy slot, its queue, bell and pending index
+    split between two primaries for seconds): each push that meets the slot half moved (``TRYAGAIN``) is sent again
+    until its publish timeout, and none fails (redis-py's own redirections give up within ~0.5 s: "TTL
+    exhausted", and every such like raised PublishError); each like is applied once. Through ``seqproc.like`` and
+    ``seqproc.aio.like``."""
+    settings = on_cluster(clean, redis_cluster)
+    seqproc.configure(settings)
+    receipts = [seqproc.like(1, 1)]  # no worker yet: the slot holds the queue, its bell and the pending index
+    slot = redis_cluster.slot_of(queue_name(partition_for(article_key(1), settings.partitions)))
+    source = redis_cluster.primary_of_slot(slot)
+    target = next(port for port in redis_cluster.primaries() if port != source)
+    before = tryagain_replies(redis_cluster)
+    moved: list[int] = []
+    migration = threading.Thread(
+        target=lambda: moved.append(redis_cluster.migrate_slot(slot, target, batch=1, pause_s=1.0))
+    )
+    migration.start()
+    while migration.is_alive():
+        user = len(receipts) + 1
+        receipts.append(seqproc.like(1, user) if front == "sync" else asyncio.run(seqproc.aio.like(1, user)))
+        time.sleep(0.02)
+    migration.join()
+    tryagain = tryagain_replies(redis_cluster) - before
+    assert moved[0] >= 2  # the keys were split for a second at least
+    assert redis_cluster.primary_of_slot(slot) == target
+    start_worker(settings)
+    assert {o.status for o in seqproc.wait_all(receipts, timeout_s=60)} == {"applied"}
+    with engine.connect() as conn:
+        liked = conn.execute(text("SELECT count(*) FROM article_like WHERE article_id = 1")).scalar_one()
+        count = conn.execute(text("SELECT like_count FROM article_like_count WHERE article_id = 1")).scalar_one()
+        doubled = doubled_in_tables(conn)
+    report(
+        f"Redis Cluster slot moved a key a second under sends ({moved[0]} keys, {tryagain} TRYAGAIN replies)",
+        injected=1,
+        sent=len(receipts),
+        lost=len(receipts) - liked,
+        doubled=doubled,
+        out_of_order=0,
+    )
+    assert tryagain > 0  # the pushes met the slot half moved
+    assert liked == count == len(receipts)
+    assert doubled == 0
 
 
 def test_cluster_primary_sigkill_loses_no_outbox_event(

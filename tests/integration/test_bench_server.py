@@ -10,7 +10,9 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import make_url, text
@@ -67,32 +69,36 @@ STRATEGY_KEYS = {
 CONNECTIONS = 8
 
 
-def bench_processes() -> set[int]:
-    """Processes serving the bench's applications or loading them with wrk now (another run's too)."""
+def bench_processes(tag: bytes) -> set[int]:
+    """Processes serving the bench's applications or loading them with wrk now, started by the run whose
+    environment holds ``tag`` (another bench running on the machine is not this test's business)."""
     found = set()
     for entry in Path("/proc").iterdir():
         try:
             command = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+            if not any(name in command for name in (b"seqproc_bench_wsgi:app", b"seqproc_bench_asgi:app", b"wrk_hot")):
+                continue
+            if tag in (entry / "environ").read_bytes().split(b"\0"):
+                found.add(int(entry.name))
         except OSError:
             continue
-        if any(name in command for name in (b"seqproc_bench_wsgi:app", b"seqproc_bench_asgi:app", b"wrk_hot_likes")):
-            found.add(int(entry.name))
     return found
 
 
 def run_bench(server: str, strategies: str, pg_url: str, redis_base: str, results: Path) -> tuple[dict, str]:
     """``seqproc bench --server ... --json`` on a database of the test's own; its JSON, and that database's URL."""
     database = f"{make_url(pg_url).database}_bench"
+    tag = f"BENCH_TEST_RUN={uuid.uuid4().hex}"
     env = dict(os.environ, SEQPROC_DATABASE_URL=pg_url, SEQPROC_BROKER_URL=f"{redis_base}/0")
+    env["BENCH_TEST_RUN"] = tag.split("=", 1)[1]
     env.pop("SEQPROC_RESULT_BACKEND", None)
     env.pop("SEQPROC_OUTBOX_DATABASE_URL", None)
-    before = bench_processes()
     command = [sys.executable, "-m", "seqproc", "bench", "--server", server, "--server-workers", "2"]
     command += ["--duration-s", "1", "--connections", str(CONNECTIONS), "--strategies", strategies, "--json"]
     command += ["--no-chart", "--results-dir", str(results), "--database", database]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert bench_processes() - before == set(), "the bench left a server or wrk behind"
+    assert bench_processes(tag.encode()) == set(), "the bench left a server or wrk behind"
     printed = json.loads(done.stdout)
     saved = json.loads((results / f"server-{server}.json").read_text())
     assert saved == printed
@@ -132,13 +138,26 @@ def check_counted(result: dict, bench_url: str, table: str, count_table: str) ->
     assert rows == count == result["accepted"]
 
 
-def test_gunicorn_serves_the_noop_and_seqproc_endpoints_and_counts_every_accepted_like(
+def check_floor(floor: dict[str, Any]) -> None:
+    """The broker floor: correct means the broker's list held exactly as many messages as the server accepted
+    requests (the bench compares the two counts); Redis did the work, no seqproc worker ran."""
+    assert floor["correct"], floor["detail"]
+    assert floor["accepted"] > 0
+    assert floor["like_count"] is None
+    assert floor["worker_cpu_us_per_event"] is None
+    assert floor["redis_cpu_us_per_event"] > 0
+
+
+def test_gunicorn_serves_the_noop_broker_and_seqproc_endpoints_and_counts_every_accepted_like(
     pg_url: str, redis_base: str, tmp_path: Path
 ) -> None:
     require_tools("wrk")
-    data, bench_url = run_bench("gunicorn", "noop,seqproc", pg_url, redis_base, tmp_path)
-    check_common(data, "gunicorn", ["noop", "seqproc"])
+    data, bench_url = run_bench("gunicorn", "noop,broker,seqproc", pg_url, redis_base, tmp_path)
+    check_common(data, "gunicorn", ["broker", "noop", "seqproc"])  # as saved: by name
     noop, seqproc = data["strategies"]["noop"], data["strategies"]["seqproc"]
+    check_floor(data["strategies"]["broker"])
+    assert seqproc["x_noop"] is not None
+    assert data["ratios"]["seqproc_vs_broker_events_per_s"] > 0
     assert noop["like_count"] is None
     assert noop["worker_cpu_us_per_event"] is None
     assert noop["x_noop"] == 1.0
@@ -158,8 +177,9 @@ def test_uvicorn_serves_the_atomic_and_outbox_endpoints_and_counts_every_accepte
     pg_url: str, redis_base: str, tmp_path: Path
 ) -> None:
     require_tools("wrk")
-    data, bench_url = run_bench("uvicorn", "atomic,outbox", pg_url, redis_base, tmp_path)
-    check_common(data, "uvicorn", ["atomic", "outbox"])
+    data, bench_url = run_bench("uvicorn", "atomic,broker,outbox", pg_url, redis_base, tmp_path)
+    check_common(data, "uvicorn", ["atomic", "broker", "outbox"])
+    check_floor(data["strategies"]["broker"])
     atomic, outbox = data["strategies"]["atomic"], data["strategies"]["outbox"]
     check_counted(atomic, bench_url, "bench_like", "bench_like_count")
     check_counted(outbox, bench_url, "article_like", "article_like_count")

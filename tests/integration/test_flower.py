@@ -122,6 +122,9 @@ def test_flower_lists_the_workers_and_their_tasks(
     workers = wait_for(lambda: api(flower, "/api/workers?refresh=1", prefix).get(node), 30, "the worker in inspect")
     queues = {queue["name"] for queue in workers["active_queues"]}
     assert queues == {f"seqproc.p{p:02d}" for p in range(16)}
+    # Its stats too: they carry the worker's transport options, each of which must encode (a broker watch did not).
+    assert workers["stats"]["pid"] == worker.pid
+    assert "Control command error" not in worker.log()
 
     # The password appears nowhere in Flower's output.
     assert flower.stop() == 0

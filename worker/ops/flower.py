@@ -7,12 +7,16 @@ replies (``inspect``). It listens on 127.0.0.1 unless told otherwise; on any oth
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
+import flower.views
 from celery import Celery
+from flower.utils.broker import Broker, RedisBase
 
+from seqproc.models.clients import async_cluster_client
 from seqproc.models.errors import ConfigError
 from seqproc.models.settings import Settings
-from seqproc.models.wire import is_redis_url
+from seqproc.models.wire import is_cluster_url, is_redis_url
 
 
 def is_loopback(address: str) -> bool:
@@ -44,14 +48,47 @@ def flower_app(settings: Settings) -> Celery:
     """The workers' Celery app, set up for Flower.
 
     Flower only listens (task events, remote-control replies) and reads queue lengths; it never consumes a
-    partition queue. It runs on kombu's stock Redis transport, which speaks the same lists and channels as
-    seqproc's: Flower recognises a broker by its URL scheme, and seqproc's transport (a class path) would hide the
-    ``redis://`` URL from it, leaving its Broker tab and ``/api/queues/length`` empty.
+    partition queue. On one Redis (or Sentinel) it runs on kombu's stock Redis transport, which speaks the same lists
+    and channels as seqproc's: Flower recognises a broker by its URL scheme, and seqproc's transport (a class path)
+    would hide the ``redis://`` URL from it, leaving its Broker tab and ``/api/queues/length`` empty.
+
+    On a Redis Cluster kombu's stock transport cannot run (kombu has no cluster client): Flower keeps seqproc's
+    cluster transport (task events over pub/sub, ``inspect`` over the pidbox), and its queue lengths are read by
+    :class:`ClusterQueueLengths`, which Flower is given in place of its own broker reader.
     """
     from seqproc.worker.app import configure
 
     app = configure(settings)
-    if is_redis_url(settings.broker_url):
+    if is_cluster_url(settings.broker_url):
+        use_cluster_queue_lengths()
+    elif is_redis_url(settings.broker_url):
         app.conf.broker_transport = None
         app.conf.update(broker_url=settings.broker_url)  # every sentinel of a Sentinel URL (kombu's own form)
     return app
+
+
+def use_cluster_queue_lengths() -> None:
+    """Give Flower's views (its Broker tab, ``/api/queues/length``) :class:`ClusterQueueLengths` where the app's
+    transport options name a cluster. Flower picks its broker reader by the URL's scheme only (``flower.utils.broker
+    .Broker``, looked up by ``flower.views``), and has none for a cluster."""
+
+    def reader(broker_url: str, *args: Any, **kwargs: Any) -> Any:
+        if (kwargs.get("broker_options") or {}).get("cluster"):
+            return ClusterQueueLengths(broker_url, *args, **kwargs)
+        return Broker(broker_url, *args, **kwargs)
+
+    flower.views.Broker = reader  # Flower's own name, read at each request
+
+
+class ClusterQueueLengths(RedisBase):  # type: ignore[misc]
+    """Flower's Redis queue-length reader on a Redis Cluster: each queue's ``LLEN`` on the primary of its slot
+    (redis-py's asyncio cluster client, pipelined per node), the cluster named by the ``cluster`` transport option
+    (``SEQPROC_BROKER_URL``). Flower's own ``queues`` does the rest (and closes the client)."""
+
+    def __init__(self, broker_url: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(broker_url, *args, **kwargs)
+        self.redis = async_cluster_client(
+            kwargs["broker_options"]["cluster"],
+            timeout_s=self.socket_timeout,
+            connect_timeout_s=self.socket_connect_timeout,
+        )
