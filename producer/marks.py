@@ -33,8 +33,10 @@ those fill the gap it opened (not a loss), as a late message does.
 
 Not covered: a failover within the first look after a process's first send (no replication id to compare with
 yet), a process that exits or dies before its keeper's next look after the failover (nothing of it is left to
-say where it stood), and a send that raised ``PublishError`` (its numbers are not in the mark: the caller was told
-it may not have arrived).
+say where it stood), a send that raised ``PublishError`` (its numbers are not in the mark: the caller was told
+it may not have arrived), and on a cluster a slot migrated whose new primary fails before its replica copied the
+migrated keys while the producer's slot map still names the old primary (its events are judged by the old one's
+replica).
 """
 
 from __future__ import annotations
