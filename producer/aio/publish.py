@@ -27,7 +27,7 @@ from seqproc.models.events import Event
 from seqproc.models.transport import SEQPROC_TRANSPORTS
 from seqproc.models.wire import PRODUCER_CLIENT_NAME, is_cluster_url
 from seqproc.producer.aio.coalesce import AsyncCoalescer
-from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of, no_reply_in_time
+from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of
 from seqproc.producer.publish import NotReplicated, PartlySent, Publisher, new_sequencer, stage_messages
 from seqproc.producer.receipt import Receipt
 
@@ -83,7 +83,9 @@ class AsyncPublisher:
         """Publish ``events`` now: one message per partition, all in one pipelined round trip; retried while the
         broker is unreachable until ``deadline`` (default: the publish timeout from now; a refused connection
         ``publish_refused_retry_s`` at most). Raises :class:`PublishError`."""
-        if self._redis is None:
+        if self._redis is None or (self._cluster and self.settings.publish_durability == "replica"):
+            # Another broker; or durability ``replica`` on a cluster, whose per-node WAIT (on the connection that
+            # pushed) the threaded publisher makes (redis-py's asyncio cluster pipeline would send WAIT anywhere).
             timeout_s = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             await asyncio.to_thread(self.threaded.publish, events, timeout_s=timeout_s)
             self.sent_events += len(events)
@@ -130,7 +132,7 @@ class AsyncPublisher:
                     unsent = [unsent[i] for i in failed.unsent]
                     cause, written = failed.cause, failed.some_sent
                 else:
-                    written = no_reply_in_time(cause)
+                    written = self.threaded.may_have_written(cause, messages)
                 transient = self.threaded.is_transient(cause)  # asyncio.timeout's TimeoutError is an OSError
                 pause_s = attempts.retry_after(cause, transient=transient, written=written)
                 if pause_s is None:
