@@ -486,6 +486,27 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.stop()
 
 
+@pytest.fixture
+def start_redis(tmp_path: Path) -> Iterator[Callable[..., PrivateRedis]]:
+    """Start private redis-servers (:class:`PrivateRedis`'s options, each in a folder of its own); every one is
+    stopped at the end of the test. Ask for it before ``start_worker`` and ``start_relay``: fixtures are torn down
+    in the reverse order, so their processes stop while the Redis they use still answers (a worker stopped on a
+    Redis already gone waits out its client's retries first, about 8 s)."""
+    require_tools("redis-server")
+    started: list[PrivateRedis] = []
+
+    def start(**options: Any) -> PrivateRedis:
+        server = PrivateRedis(tmp_path / f"redis-{len(started)}", **options)
+        server.directory.mkdir()
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 def publish_raw(settings: Settings, queue: str, body: bytes | str, content_type: str, headers: dict[str, Any]) -> None:
     """Put a message on ``queue`` as any client could: whatever body, content type and headers."""
     with Connection(settings.broker_url) as conn:
