@@ -62,6 +62,7 @@ SOAK_REASON = "long variant: run with --soak (make soak)"
 #: The long variants (marked ``slow``) that only ``make soak`` runs: the only skips a CI run may report, named one
 #: by one, so that every skip in CI is a decision written down here, never a missing binary or service.
 _PG_WIRE = "tests/faults/test_pg_wire_faults.py::"
+_SENTINEL = "tests/faults/test_sentinel.py::"
 SOAK_VARIANTS = frozenset(
     {
         "tests/faults/test_kill.py::test_sigkills_lose_and_double_nothing[60-kills]",
@@ -75,6 +76,15 @@ SOAK_VARIANTS = frozenset(
         *(
             f"{_PG_WIRE}test_a_slow_database_link_times_out_only_past_the_deadline[past-the-deadline-{path}]"
             for path in ("worker", "relay")
+        ),
+        *(
+            f"{_SENTINEL}test_sentinel_primary_sigkill_loses_no_outbox_event[{replica}]"
+            for replica in ("caught_up", "behind")
+        ),
+        *(
+            f"{_SENTINEL}test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered_and_every_loss_is_"
+            f"counted[{replica}-async]"
+            for replica in ("caught_up", "behind")
         ),
     }
 )
