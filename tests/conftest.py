@@ -63,6 +63,7 @@ SOAK_REASON = "long variant: run with --soak (make soak)"
 #: by one, so that every skip in CI is a decision written down here, never a missing binary or service.
 _PG_WIRE = "tests/faults/test_pg_wire_faults.py::"
 _SENTINEL = "tests/faults/test_sentinel.py::"
+_WIRE = "tests/faults/test_wire_faults.py::"
 SOAK_VARIANTS = frozenset(
     {
         "tests/faults/test_kill.py::test_sigkills_lose_and_double_nothing[60-kills]",
@@ -80,6 +81,10 @@ SOAK_VARIANTS = frozenset(
         *(
             f"{_SENTINEL}test_sentinel_primary_sigkill_loses_no_outbox_event[{replica}]"
             for replica in ("caught_up", "behind")
+        ),
+        *(
+            f"{_WIRE}test_a_worker_whose_broker_goes_half_open_notices_reconnects_and_loses_nothing[{variant}]"
+            for variant in ("up", "both-defaults")
         ),
         *(
             f"{_SENTINEL}test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered_and_every_loss_is_"
