@@ -19,7 +19,6 @@ import redis
 from sqlalchemy import Engine, func, insert, select, update
 
 from seqproc import producer
-from seqproc.models import clients
 from seqproc.models.errors import LockLost, LockNotAcquired
 from seqproc.models.settings import Settings
 from seqproc.models.tables.base import table_of
@@ -289,12 +288,10 @@ def three_redis(tmp_path: Path) -> Iterator[list[PrivateRedis]]:
 
 
 def test_several_lock_urls_make_a_redlock_quorum(
-    clean: Settings, three_redis: list[PrivateRedis], monkeypatch: pytest.MonkeyPatch
+    clean: Settings, three_redis: list[PrivateRedis], quick_retries: None
 ) -> None:
-    # A call to a stopped master is refused at once, then tried again DEFAULT_RETRIES times with pauses of up to 2 s
-    # (5.7 s in all, each lock operation): the quorum, not the pauses, is what this test is about.
-    monkeypatch.setattr(clients, "RETRY_BACKOFF_BASE_S", 0.01)
-    monkeypatch.setattr(clients, "RETRY_BACKOFF_CAP_S", 0.02)
+    # Each lock operation that meets a stopped master is refused, then tried again (quick_retries: the quorum, not
+    # the pauses between the tries, is what this test is about).
     settings = clean.model_copy(update={"lock_urls": tuple(s.url(0) for s in three_redis), "job_lock_s": 10.0})
     first = make_lock(settings, "reconcile", 10)
     assert isinstance(first, RedlockJobLock)
