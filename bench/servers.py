@@ -182,3 +182,12 @@ class ServerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)  # its session's leftovers: workers that outlived it
         if self.process.poll() is None:
             self.process.wait(10)
+        # A SIGKILLed leftover is gone only once it has exited and been reaped: until then it still holds its memory
+        # and its sockets (and a caller that looks for the server's processes finds it). Wait for the group to empty.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)

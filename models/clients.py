@@ -134,6 +134,18 @@ class ClusterUrl:
         return f"{'rediss' if self.tls else 'redis'}://{auth}{host}:{port}/0{query}"
 
 
+#: What redis-py's cluster client raises when a slot is not served here and now: a resharding half done (``TRYAGAIN``
+#: for a script whose keys are split between the two nodes, ``ASK``), a failover (``MOVED``, ``CLUSTERDOWN``, a slot
+#: not covered), after following a few redirections within about half a second ("TTL exhausted"). The command ran
+#: nowhere: a caller tries again until its own deadline, as for a broker it cannot reach.
+CLUSTER_NOT_NOW: tuple[type[BaseException], ...] = (
+    redis.exceptions.ClusterError,  # "TTL exhausted", CLUSTERDOWN, MASTERDOWN
+    redis.exceptions.TryAgainError,
+    redis.exceptions.AskError,  # MOVED too
+    redis.exceptions.SlotNotCoveredError,
+)
+
+
 def cluster_client(url: str, *, timeout_s: float, connect_timeout_s: float, **options: Any) -> redis.RedisCluster:
     """redis-py's cluster client of the cluster at ``url`` (see the module docstring). Its retry (connection errors,
     timeouts, a cluster down while it fails over) is bounded as every client's, and lasts longer than a failover

@@ -11,8 +11,14 @@ key of a queue lives in the queue's slot (:mod:`seqproc.models.wire`):
 - **Waiting**: a ``BRPOP`` may name keys of one slot only, so the worker waits on each queue's bell on a connection
   of its own, to the node that holds it, all registered with kombu's event loop; a wake-up fetches the queues whose
   waits returned (a bell, or the 1 s timeout: a lost bell costs at most that).
-- **Acks, give-backs, restores, leases, probes**: redis-py's cluster client (``conn_or_acquire``), which routes each
+- **Acks**: per node, pipelined on the connection the fetches go through (a part redirected, or a node gone before
+  anything was sent, goes again through the cluster client).
+- **Give-backs, restores, leases, probes**: redis-py's cluster client (``conn_or_acquire``), which routes each
   command and script by its key's slot and follows redirections.
+- **A silent node** (:class:`~seqproc.models.broker_watch.BrokerWatch`): a fetch or an ack on a node without a reply
+  within the socket timeout (``SEQPROC_BROKER_SOCKET_TIMEOUT_S``), or a wait on a bell without one within
+  ``brpop_timeout`` plus that, marks the worker's broker watch: every channel fails at once and the consumer
+  reconnects, with a new cluster client that reads the slot map again.
 - **Celery's own traffic** (task events, the pidbox's broadcasts): kombu's fanout is Redis pub/sub, which a cluster
   carries from any node to every node: kombu's plain client connects to a live seed node for it. kombu's binding
   tables and Celery's job queue are plain keys, served by the cluster client.
@@ -37,7 +43,8 @@ from kombu.utils.encoding import bytes_to_str
 from seqproc.models.clients import ClusterUrl, bounded_retry, cluster_client
 from seqproc.models.resp import ReplyLost, pack
 from seqproc.models.scripts import FETCH_AND_HOLD, FETCH_AND_HOLD_SHA, FETCH_KEYS_PER_QUEUE
-from seqproc.models.transport import Channel, Fetched, Transport, fetch_keys, tags_by_queue
+from seqproc.models.settings import mask_url
+from seqproc.models.transport import Channel, Fetched, Transport, fetch_keys, readable, tags_by_queue
 from seqproc.models.wire import bell_key, unacked_index_key, unacked_key
 
 logger = logging.getLogger(__name__)
@@ -93,7 +100,16 @@ class ClusterChannel(Channel):
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
-        yield client or self.cluster_client()
+        if client:
+            yield client
+            return
+        if self.broker_watch is not None and not getattr(self, "_closing", False):  # (a close sends nothing)
+            self.broker_watch.check()
+        try:
+            yield self.cluster_client()
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            self._noticed(error, "a command")
+            raise
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         # kombu's own client (pub/sub for task events and the pidbox) goes to a seed node that answers now: the
@@ -183,6 +199,8 @@ class ClusterChannel(Channel):
 
     # -- fetching: one script call per queue, pipelined per node ---------------------------------------------------
     def _fetch(self, queues: list[str], limit: int) -> list[tuple[str, bytes]]:
+        if self.broker_watch is not None:
+            self.broker_watch.check()
         client = self.cluster_client()
         queues = queues[: max(limit, 1)]  # each queue takes at least one: no more queues than the limit
         each = max(limit // len(queues), 1) if queues else 0
@@ -213,6 +231,7 @@ class ClusterChannel(Channel):
             try:
                 replies = self._run(self._node_connection(nodes[name]), packed, len(served))
             except ReplyLost as error:
+                self._noticed(error, f"a fetch on node {name}")  # no reply within the socket timeout: silent
                 lost = error  # the other nodes' fetches stand; this one's messages may be stranded
                 continue
             except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -236,38 +255,52 @@ class ClusterChannel(Channel):
 
     @staticmethod
     def _run(connection: Any, packed: bytes, replies: int) -> list[Any]:
-        """Send ``packed`` (``replies`` commands) on ``connection`` and read every reply, errors as values (a script
-        not loaded on this node is loaded, and the lot sent again: a NOSCRIPT ran nothing)."""
-        if connection._sock is None:
-            connection.connect()
-        sent = False
-        try:
-            connection.send_packed_command([packed])
-            sent = True
-            out = [_read(connection) for _ in range(replies)]
-            if any(isinstance(r, redis.exceptions.NoScriptError) for r in out):
-                connection.send_command("SCRIPT", "LOAD", FETCH_AND_HOLD)
-                connection.read_response()
-                connection.send_packed_command([packed])
-                out = [_read(connection) for _ in range(replies)]
-            return out
-        except BaseException as error:
-            connection.disconnect()
-            if sent and isinstance(error, redis.ConnectionError | redis.TimeoutError | OSError):
-                raise ReplyLost(f"sent, but the reply was lost: {error}") from error
-            raise
+        return run_packed(connection, packed, replies, script=FETCH_AND_HOLD)
 
-    # -- acks and give-backs through the cluster client ------------------------------------------------------------
+    # -- acks on the held node connections; give-backs through the cluster client -----------------------------------
     def ack_fetched(self, messages: list[Fetched], settled: Mapping[str, list[str]] | None = None) -> None:
+        """Forget ``messages`` (committed) and their events' pending entries: per node, pipelined on the connection
+        the fetches go through (one socket timeout at most: a silent node marks the broker watch). A node that
+        redirects (a failover, a migration) or cannot be reached before anything was sent has its part sent through
+        the cluster client, which follows the redirection."""
         if not messages:
             return
-        pipe = self.cluster_client().pipeline(transaction=False)
+        if self.broker_watch is not None:
+            self.broker_watch.check()
+        client = self.cluster_client()
+        commands: list[tuple[str, tuple[Any, ...]]] = []
         for queue, tags in tags_by_queue(messages).items():
-            pipe.hdel(unacked_key(queue), *tags)
-            pipe.zrem(unacked_index_key(queue), *tags)
-        for index, event_ids in (settled or {}).items():
-            pipe.hdel(index, *event_ids)
-        pipe.execute()
+            commands += [
+                (queue, ("HDEL", unacked_key(queue), *tags)),
+                (queue, ("ZREM", unacked_index_key(queue), *tags)),
+            ]
+        commands += [(index, ("HDEL", index, *event_ids)) for index, event_ids in (settled or {}).items()]
+        by_node: dict[str, tuple[Any, list[tuple[Any, ...]]]] = {}
+        for key, args in commands:
+            node = client.get_node_from_key(key)
+            by_node.setdefault(node.name, (node, []))[1].append(args)
+        again: list[tuple[Any, ...]] = []
+        for name, (node, node_commands) in by_node.items():
+            packed = b"".join(pack(*args) for args in node_commands)
+            try:
+                replies = self._run(self._node_connection(node), packed, len(node_commands))
+            except ReplyLost as error:
+                self._noticed(error, f"an ack on node {name}")
+                raise
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                again += node_commands  # not sent: the node is gone (a failover)
+                continue
+            for args, reply in zip(node_commands, replies, strict=True):
+                if isinstance(reply, _REDIRECTED):
+                    again.append(args)  # ran nothing there: the slot is elsewhere now
+                elif isinstance(reply, redis.ResponseError):
+                    raise reply
+        if again:
+            self._refresh()
+            pipe = client.pipeline(transaction=False)
+            for args in again:
+                pipe.execute_command(*args)
+            pipe.execute()
 
     # -- waiting: one BRPOP per queue, on the node that holds its bell --------------------------------------------
     def _brpop_start(self, timeout: float | None = None) -> None:
@@ -350,6 +383,31 @@ class ClusterChannel(Channel):
             woken.append(waiter.queue)
         return woken
 
+    def check_responsive(self) -> None:
+        """As on one Redis (:meth:`Channel.check_responsive`), for each queue's wait on its bell: one without a reply
+        for ``brpop_timeout`` plus the socket timeout (the node answers a ``BRPOP`` within its timeout whatever
+        happens) is a node gone silent, and marks the broker watch."""
+        watch = self.broker_watch
+        if watch is None:
+            return
+        if watch.silent is None and self.socket_timeout:
+            now = monotonic()
+            for waiter in list(self._waiters.values()):
+                if waiter.sent_at is None:
+                    continue
+                waited = now - waiter.sent_at
+                if waited > self.brpop_timeout + self.socket_timeout and not readable(waiter.connection):
+                    watch.mark(
+                        TimeoutError(f"no reply in {waited:.1f} s"),
+                        timeout_s=self.socket_timeout,
+                        where=f"the wait on {waiter.queue}'s bell on node {waiter.node}",
+                    )
+                    break
+        watch.check()
+
+    def _where(self) -> str:
+        return f"the cluster at {mask_url(self.cluster or '')}"
+
     def _unregister_waiter(self, waiter: Waiter) -> None:
         """Take ``waiter``'s socket out of the event loop (its wait returned, or it is dropped)."""
         cycle: Any = self.connection.cycle
@@ -370,6 +428,31 @@ class ClusterChannel(Channel):
         if self._cluster_client is not None:
             self._cluster_client.close()
             self._cluster_client = None
+
+
+def run_packed(connection: Any, packed: bytes, replies: int, *, script: str | None = None) -> list[Any]:
+    """Send ``packed`` (``replies`` commands) on ``connection`` (one node's) and read every reply, errors as values
+    (``MOVED``, ``ASK``: the command ran nothing there). ``script``: the script run by SHA-1, loaded and the lot sent
+    again if the node does not know it (a NOSCRIPT ran nothing). A reply lost after the send (a timeout, a reset)
+    raises :class:`ReplyLost`: the node may have run the commands."""
+    if connection._sock is None:
+        connection.connect()
+    sent = False
+    try:
+        connection.send_packed_command([packed])
+        sent = True
+        out = [_read(connection) for _ in range(replies)]
+        if script is not None and any(isinstance(r, redis.exceptions.NoScriptError) for r in out):
+            connection.send_command("SCRIPT", "LOAD", script)
+            connection.read_response()
+            connection.send_packed_command([packed])
+            out = [_read(connection) for _ in range(replies)]
+        return out
+    except BaseException as error:
+        connection.disconnect()
+        if sent and isinstance(error, redis.ConnectionError | redis.TimeoutError | OSError):
+            raise ReplyLost(f"sent, but the reply was lost: {error}") from error
+        raise
 
 
 def _read(connection: Any) -> Any:

@@ -85,8 +85,9 @@ class Settings(BaseSettings):
     publish_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10
     #: Producer: when a direct publish returns. ``async``: once the broker's primary holds it (a failover before
     #: its replica copied it loses it: counted lost, see ``SEQPROC_LOSS_GRACE_S``). ``replica``: once a replica
-    #: acknowledges it too (``WAIT 1``); if none does within ``publish_timeout_s`` the call raises
-    #: :class:`PublishError` (``maybe_sent``: it reached the primary) carrying the receipts.
+    #: acknowledges it too (``WAIT 1``; on a Redis Cluster, on each primary that took a push, on the connection
+    #: that pushed); if none does within ``publish_timeout_s`` the call raises :class:`PublishError`
+    #: (``maybe_sent``: it reached the primary) carrying the receipts.
     publish_durability: Literal["async", "replica"] = "async"
     #: ... but a broker that refuses the connection (nothing listens there, or its host name does not resolve) is
     #: retried this long at most, in case it is restarting: a web request learns within about a second.
@@ -315,13 +316,6 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}VISIBILITY_TIMEOUT_S: must be >= 2 * {ENV_PREFIX}APPLY_TIME_LIMIT_S, or a message "
                 "could be redelivered while it is still being applied "
                 f"(got {self.visibility_timeout_s} and {self.apply_time_limit_s:g})"
-            )
-        if self.publish_durability == "replica" and is_cluster_url(self.broker_url):
-            # WAIT answers for the connection it is sent on: a push pipelined to several primaries would need one
-            # per node. Not built yet (issue 20): refused rather than silently weaker.
-            raise ValueError(
-                f"{ENV_PREFIX}PUBLISH_DURABILITY=replica is not supported on a Redis Cluster broker yet: use async "
-                "(losses a failover causes are detected and counted) or the outbox"
             )
         return self
 

@@ -512,7 +512,7 @@ class Channel(kombu_redis.Channel):
             return
         if watch.silent is None and self._in_poll and self._brpop_sent_at is not None and self.socket_timeout:
             waited = monotonic() - self._brpop_sent_at
-            if waited > self.brpop_timeout + self.socket_timeout and not _readable(self._in_poll):
+            if waited > self.brpop_timeout + self.socket_timeout and not readable(self._in_poll):
                 watch.mark(
                     TimeoutError(f"no reply in {waited:.1f} s"),
                     timeout_s=self.socket_timeout,
@@ -605,7 +605,7 @@ class Channel(kombu_redis.Channel):
             pipe.execute()
 
 
-def _readable(connection: Any) -> bool:
+def readable(connection: Any) -> bool:
     """A reply (or a close) waits on ``connection``'s socket, unread: not silent, only not served yet."""
     sock = getattr(connection, "_sock", None)
     if sock is None:

@@ -97,7 +97,11 @@ def preview(conn: Any, key: str) -> Preview:
 
 def preview_article(conn: Any, article_id: int, user_id: int | None = None) -> ArticlePreview:
     """``like_count`` (applied plus pending) and ``liked`` (``user_id``'s latest action, pending included)."""
-    return article_preview(conn, preview(conn, article_key(article_id)), article_id, user_id)
+    for attempt in range(1, LOADS + 1):
+        shown, moved = article_preview(conn, preview(conn, article_key(article_id)), article_id, user_id)
+        if not moved or attempt == LOADS:
+            break
+    return shown
 
 
 def preview_product(conn: Any, product_id: int) -> ProductPreview:
@@ -142,7 +146,10 @@ def predict(conn: Any, domain: Domain, key: str, value: Any, raw: Mapping[Any, A
     return Preview(state, pending)
 
 
-def article_preview(conn: Any, found: Preview, article_id: int, user_id: int | None) -> ArticlePreview:
+def article_preview(conn: Any, found: Preview, article_id: int, user_id: int | None) -> tuple[ArticlePreview, bool]:
+    """The article's preview from ``found`` and its applied count, and whether it moved: a pending event of
+    ``found`` committed before the count was read (the count holds it, and so does the pending delta: the caller
+    previews again, as :func:`predict` loads again)."""
     # Imported here: a producer's import loads no table and no SQLAlchemy (models/__init__.py).
     from sqlalchemy import select
 
@@ -168,7 +175,11 @@ def article_preview(conn: Any, found: Preview, article_id: int, user_id: int | N
                 select(ArticleLike.user_id).where(ArticleLike.article_id == article_id, ArticleLike.user_id == user_id)
             ).first()
             liked = row is not None
-    return ArticlePreview(int(count or 0) + delta, liked, found.pending)
+    # The count is read after the state, outside predict's ledger checks: a worker's commit in between counted the
+    # like twice (in the count and as pending). Read the ledger once more, after the count.
+    waiting = [p.event.ledger_key for p in found.pending if p.outcome.status != "duplicate"]
+    moved = bool(waiting) and bool(_in_ledger(conn, waiting))
+    return ArticlePreview(int(count or 0) + delta, liked, found.pending), moved
 
 
 def product_preview(found: Preview, product_id: int) -> ProductPreview:

@@ -13,6 +13,7 @@ On Redis, each connection checks the deployment's partition count as it opens
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -27,7 +28,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from seqproc.models.celery import celery_config
-from seqproc.models.clients import redis_client, wait_timeout_ms
+from seqproc.models.clients import CLUSTER_NOT_NOW, redis_client, wait_timeout_ms
+from seqproc.models.cluster import run_packed
 from seqproc.models.envelope import envelope_of_json
 from seqproc.models.errors import PartitionCountMismatch, PublishError, first_line
 from seqproc.models.events import Event
@@ -58,7 +60,7 @@ from seqproc.producer.attempts import (
     no_reply_in_time,
 )
 from seqproc.producer.coalesce import Coalescer
-from seqproc.producer.marks import MarkKeeper
+from seqproc.producer.marks import ClusterMasters, MarkKeeper, OneMaster
 from seqproc.producer.receipt import Receipt
 from seqproc.producer.sequence import Place, Sequencer
 
@@ -89,7 +91,8 @@ class Publisher:
         #: seqproc's own Redis transport: the messages are pushed directly (see ``_push``), on this connection (on a
         #: Redis Cluster: through the cluster's client, ``_redis``).
         self._held: Held | None = None
-        #: The client the marks go out on (one Redis or Sentinel: the held connection's client, another connection).
+        #: The client the marks go out on (one Redis or Sentinel: the held connection's client, another connection;
+        #: a cluster: ``_redis``).
         self._marks_client: Any = None
         #: The socket's waits: the transport's, never past the publish timeout (a call with less time left bounds
         #: them further, see ``_push``).
@@ -133,14 +136,17 @@ class Publisher:
             ConnectionError,
             OSError,
             kombu.exceptions.OperationalError,  # what kombu raises when it cannot connect, whatever the transport
+            # A slot moving or failing over: the push ran nowhere (a pipeline's other pushes may have: sent again,
+            # their copies are duplicates).
+            *(CLUSTER_NOT_NOW if self._cluster else ()),
         )
         self._coalescer: Coalescer[tuple[int, Event]] = Coalescer(self.send, linger_s=settings.linger_ms / 1000.0)
-        #: Marks the partitions after the broker's master changed, for what no later message would reveal
-        #: (:mod:`producer.marks`; seqproc's transport on one Redis or Sentinel: a cluster's shards each have a
-        #: master of their own, which the keeper does not follow yet).
+        #: Marks the partitions after the master holding them changed, for what no later message would reveal
+        #: (:mod:`producer.marks`; seqproc's transport: one Redis, Sentinel's master, each primary of a cluster).
         self.marks: MarkKeeper | None = None
-        if self._marks_client is not None and settings.sequence_mark_s > 0:
-            self.marks = MarkKeeper(self._marks_client, self.push_marks, interval_s=settings.sequence_mark_s)
+        if settings.sequence_mark_s > 0 and (self._redis is not None or self._marks_client is not None):
+            masters = ClusterMasters(self._redis) if self._redis is not None else OneMaster(self._marks_client)
+            self.marks = MarkKeeper(masters, self.push_marks, interval_s=settings.sequence_mark_s)
         #: Numbers this process's events per partition, for the workers' loss detection (seqproc's transport only).
         self.sequencer = new_sequencer(self.marks)
         #: One push (and its WAIT) at a time on the held connection.
@@ -205,7 +211,9 @@ class Publisher:
             except Exception as error:
                 if attempts is None:
                     attempts = Attempts(self.settings, deadline)
-                written = isinstance(error, ReplyLost) if self._held is not None else no_reply_in_time(error)
+                written = (
+                    isinstance(error, ReplyLost) if self._held is not None else self.may_have_written(error, messages)
+                )
                 pause_s = attempts.retry_after(error, transient=self.is_transient(error), written=written)
                 if pause_s is None:
                     if places is not None and not attempts.maybe_sent:
@@ -233,6 +241,11 @@ class Publisher:
             for partition, group in by_partition.items()
             for start in range(0, len(group), limit)
         ]
+
+    def may_have_written(self, error: BaseException, messages: Sequence[object]) -> bool:
+        """Whether a pipelined push that failed with ``error`` may have left messages on the broker: a reply that
+        never came in time, or on a cluster one push of several that met a slot not served (the others ran)."""
+        return no_reply_in_time(error) or (self._cluster and len(messages) > 1 and isinstance(error, CLUSTER_NOT_NOW))
 
     def is_transient(self, error: BaseException) -> bool:
         """The broker could not be reached: worth retrying until ``publish_timeout_s``."""
@@ -279,7 +292,7 @@ class Publisher:
         if self._held is not None:
             self._push(self._held, messages, remaining_s, places)
         elif self._redis is not None:
-            self._push_on_cluster(self._redis, messages, places)
+            self._push_on_cluster(self._redis, messages, places, remaining_s)
         else:
             self._publish(messages)
         events = sum(len(group) for _, group in messages)
@@ -311,22 +324,107 @@ class Publisher:
     def push_marks(self, marks: Sequence[tuple[int, Place]]) -> None:
         """Push a mark (a message with no event, ``producer.marks``) onto each partition's queue: ``(partition,
         place)`` pairs, in one round trip, on a connection of their own (not the one the sends go out on)."""
-        if self._marks_client is None or not marks:
+        if not marks:
             return
-        pipe = self._marks_client.pipeline(transaction=False)
-        stage_messages(pipe, [(partition, ()) for partition, _ in marks], 0, [place for _, place in marks])
+        if self._redis is not None:  # a cluster: one script call per mark (each in its queue's slot), per node
+            pipe = self._redis.pipeline(transaction=False)
+            for partition, place in marks:
+                stage_messages(pipe, [(partition, ())], 0, [place])
+        elif self._marks_client is not None:
+            pipe = self._marks_client.pipeline(transaction=False)
+            stage_messages(pipe, [(partition, ()) for partition, _ in marks], 0, [place for _, place in marks])
+        else:
+            return
         pipe.execute()
 
     def _push_on_cluster(
-        self, client: Any, messages: Sequence[tuple[int, Sequence[Event]]], places: Sequence[Place] | None
+        self,
+        client: Any,
+        messages: Sequence[tuple[int, Sequence[Event]]],
+        places: Sequence[Place] | None,
+        remaining_s: float | None = None,
     ) -> None:
         """On a Redis Cluster: one push script call per message (a script touches one slot: its queue's), pipelined
-        per node; redis-py's cluster client sends each to the primary of its slot and follows ``MOVED``/``ASK``."""
+        per node; redis-py's cluster client sends each to the primary of its slot and follows ``MOVED``/``ASK``.
+        Durability ``replica``: :meth:`_push_on_cluster_and_wait`."""
         self.check_partition_count(client)
+        if self.settings.publish_durability == "replica":
+            seconds = self._timeout_s if remaining_s is None else min(remaining_s, self._timeout_s)
+            self._push_on_cluster_and_wait(client, messages, places, seconds)
+            return
         pipe = client.pipeline(transaction=False)
         for n, message in enumerate(messages):
             stage_messages(pipe, [message], self.settings.pending_ttl_s, None if places is None else [places[n]])
         pipe.execute()
+
+    def _push_on_cluster_and_wait(
+        self,
+        client: Any,
+        messages: Sequence[tuple[int, Sequence[Event]]],
+        places: Sequence[Place] | None,
+        seconds: float,
+    ) -> None:
+        """Durability ``replica`` on a cluster. ``WAIT`` answers for the writes of the connection it is sent on, on
+        the node it reaches: so per node, the pushes of the messages whose slots it serves and then ``WAIT 1`` go
+        out on one connection of that node, and the call returns once every node's replica acknowledged them
+        (:class:`NotReplicated` after ``seconds`` otherwise). A push redirected ran nothing: after ``MOVED`` (a
+        failover, a migration done) it goes again to the slot's primary as the map says after reading it again,
+        after ``ASK`` (a migration under way) to the node named, after ``ASKING``, and waits there."""
+        ttl_s = self.settings.pending_ttl_s
+        todo: list[tuple[str, bytes, tuple[str, int] | None]] = []
+        for n, (partition, group) in enumerate(messages):
+            keys, args = push_parts([(partition, group)], ttl_s, None if places is None else [places[n]])
+            todo.append((queue_keys(partition)[0], pack("EVAL", PUSH_AND_RING, len(keys), *keys, *args), None))
+        wait = pack("WAIT", 1, wait_timeout_ms(seconds))
+        pushed = 0
+        for _ in range(CLUSTER_REDIRECTS_MAX):
+            by_node: dict[str, tuple[Any, list[tuple[str, bytes, tuple[str, int] | None]]]] = {}
+            for item in todo:
+                queue, _, asked = item
+                node = client.get_node(*asked) if asked else client.get_node_from_key(queue)
+                if node is None:  # a node the map does not know yet (ASK to a new one)
+                    client.nodes_manager.initialize()
+                    node = client.get_node(*asked) if asked else client.get_node_from_key(queue)
+                by_node.setdefault(node.name, (node, []))[1].append(item)
+            todo = []
+            for node, items in by_node.values():
+                packed = b"".join((_ASKING if asked else b"") + push for _, push, asked in items) + wait
+                count = sum(2 if asked else 1 for _, _, asked in items) + 1
+                pool = client.get_redis_connection(node).connection_pool
+                connection = pool.get_connection()
+                try:
+                    replies = run_packed(connection, packed, count)
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+                    if not pushed:
+                        raise
+                    # Another primary's pushes ran: a failure now leaves the call's messages partly sent.
+                    raise redis.exceptions.ClusterError(f"{node.name}: {error}") from error
+                finally:
+                    pool.release(connection)
+                at = list(itertools.accumulate((2 if asked else 1 for _, _, asked in items), initial=-1))[1:]
+                ran = 0
+                for item, reply in zip(items, [replies[n] for n in at], strict=True):  # (not ASKING's +OK)
+                    if isinstance(reply, redis.exceptions.AskError):
+                        todo.append((item[0], item[1], (reply.host, reply.port)))
+                    elif isinstance(reply, redis.exceptions.MovedError | redis.exceptions.TryAgainError):
+                        todo.append((item[0], item[1], None))
+                    elif isinstance(reply, redis.ResponseError):  # CLUSTERDOWN (a failover): retried; any other: raised
+                        raise reply
+                    else:
+                        ran += 1
+                pushed += ran
+                acked = replies[-1]
+                if ran and (not isinstance(acked, int) or acked < 1):
+                    raise NotReplicated(
+                        f"no replica of the primary at {node.name} acknowledged them within {seconds:g} s"
+                    )
+            if not todo:
+                return
+            if any(asked is None for _, _, asked in todo):
+                client.nodes_manager.initialize()  # MOVED: the slot map changed
+        raise redis.exceptions.TryAgainError(
+            f"pushes still redirected after {CLUSTER_REDIRECTS_MAX} tries (a migration)"
+        )
 
     def partition_count_read(self) -> bool:
         return self._count_read_by == os.getpid()
@@ -399,6 +497,12 @@ class Publisher:
                     retry=False,
                     **message.properties,
                 )
+
+
+#: How many times a durable push on a cluster follows redirections before the call retries it whole.
+CLUSTER_REDIRECTS_MAX = 5
+#: ``ASKING``, packed: sent right before a push that an ``ASK`` redirected (a slot being migrated).
+_ASKING = pack("ASKING")
 
 
 class NotReplicated(Exception):

@@ -67,6 +67,7 @@ _WIRE = "tests/faults/test_wire_faults.py::"
 SOAK_VARIANTS = frozenset(
     {
         "tests/faults/test_kill.py::test_sigkills_lose_and_double_nothing[60-kills]",
+        "tests/faults/test_cluster_model.py::test_any_stream_on_a_cluster_ends_as_the_model_says_long",
         *(
             f"{_PG_WIRE}test_a_database_connection_gone_half_open_is_noticed_by_the_deadline_and_the_stream_recovers"
             f"[{directions}-{path}]"

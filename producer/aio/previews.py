@@ -9,6 +9,7 @@ from typing import Any
 
 from seqproc.models.wire import article_key, product_key
 from seqproc.producer.previews import (
+    LOADS,
     ArticlePreview,
     Preview,
     ProductPreview,
@@ -30,9 +31,13 @@ async def preview(conn: Any, key: str) -> Preview:
 
 async def preview_article(conn: Any, article_id: int, user_id: int | None = None) -> ArticlePreview:
     """:func:`seqproc.preview_article`, awaited."""
-    found = await preview(conn, article_key(article_id))
-    result: ArticlePreview = await conn.run_sync(lambda sync: article_preview(sync, found, article_id, user_id))
-    return result
+    for attempt in range(1, LOADS + 1):
+        found = await preview(conn, article_key(article_id))
+        shown: ArticlePreview
+        shown, moved = await conn.run_sync(lambda sync, f=found: article_preview(sync, f, article_id, user_id))
+        if not moved or attempt == LOADS:
+            break
+    return shown
 
 
 async def preview_product(conn: Any, product_id: int) -> ProductPreview:

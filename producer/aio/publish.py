@@ -27,7 +27,7 @@ from seqproc.models.events import Event
 from seqproc.models.transport import SEQPROC_TRANSPORTS
 from seqproc.models.wire import PRODUCER_CLIENT_NAME, is_cluster_url
 from seqproc.producer.aio.coalesce import AsyncCoalescer
-from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of, no_reply_in_time
+from seqproc.producer.attempts import BOUND_SLACK_S, Attempts, deadline_of
 from seqproc.producer.publish import NotReplicated, Publisher, new_sequencer, stage_messages
 from seqproc.producer.receipt import Receipt
 
@@ -47,6 +47,10 @@ class AsyncPublisher:
         if threaded.app.conf.broker_transport in SEQPROC_TRANSPORTS:
             options = threaded.app.conf.broker_transport_options
             self._timeout_s = min(options["socket_timeout"], settings.publish_timeout_s)
+            # As the threaded publisher's: each connection checks the partition count as it opens. (On a cluster the
+            # threaded publisher reads the count once per process, see ``send``: redis-py's asyncio cluster client
+            # takes no connect callback, and refuses the argument even as None.)
+            on_connect = {} if self._cluster else {"redis_connect_func": threaded.partition_count.on_connect_async}
             self._redis = async_redis_client(
                 settings.broker_url,
                 sentinel_master=settings.sentinel_master,
@@ -55,10 +59,8 @@ class AsyncPublisher:
                 socket_keepalive=options["socket_keepalive"],
                 health_check_interval=options["health_check_interval"],
                 retry=Retry(NoBackoff(), 0),  # each send retries by its own deadline (as the threaded publisher)
-                # As the threaded publisher's: each connection checks the partition count as it opens.
                 client_name=PRODUCER_CLIENT_NAME,
-                # (On a cluster the threaded publisher reads the count once per process: see ``send``.)
-                redis_connect_func=None if self._cluster else threaded.partition_count.on_connect_async,
+                **on_connect,
             )
         self._coalescer = AsyncCoalescer(self.send, linger_s=settings.linger_ms / 1000.0)
         #: This loop's own numbering (its sends are one at a time, apart from the other loops' and threads').
@@ -81,7 +83,9 @@ class AsyncPublisher:
         """Publish ``events`` now: one message per partition, all in one pipelined round trip; retried while the
         broker is unreachable until ``deadline`` (default: the publish timeout from now; a refused connection
         ``publish_refused_retry_s`` at most). Raises :class:`PublishError`."""
-        if self._redis is None:
+        if self._redis is None or (self._cluster and self.settings.publish_durability == "replica"):
+            # Another broker; or durability ``replica`` on a cluster, whose per-node WAIT (on the connection that
+            # pushed) the threaded publisher makes (redis-py's asyncio cluster pipeline would send WAIT anywhere).
             timeout_s = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             await asyncio.to_thread(self.threaded.publish, events, timeout_s=timeout_s)
             self.sent_events += len(events)
@@ -121,7 +125,8 @@ class AsyncPublisher:
                 raise self.threaded.not_replicated(events, error) from error  # on the primary: no copy
             except Exception as error:
                 transient = self.threaded.is_transient(error)  # asyncio.timeout's TimeoutError is an OSError
-                pause_s = attempts.retry_after(error, transient=transient, written=no_reply_in_time(error))
+                written = self.threaded.may_have_written(error, messages)
+                pause_s = attempts.retry_after(error, transient=transient, written=written)
                 if pause_s is None:
                     if not attempts.maybe_sent:
                         self.sequencer.give_back(messages, places)

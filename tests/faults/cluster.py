@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -42,6 +43,8 @@ class ClusterGroup:
         #: Each node's cluster bus port, by its port.
         self.bus_ports = dict(zip(self.ports, fault_ports(NODES, offset=port_offset + NODES), strict=True))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        #: Nodes SIGSTOPped (:meth:`signal`): alive, but not asked about the cluster.
+        self.stopped: set[int] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def start(self) -> ClusterGroup:
@@ -121,7 +124,8 @@ class ClusterGroup:
         return f"{scheme}://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
 
     def live_ports(self) -> list[int]:
-        return [port for port, process in self.processes.items() if process.poll() is None]
+        """The nodes that run and answer (not killed, not stopped)."""
+        return [port for port, process in self.processes.items() if process.poll() is None and port not in self.stopped]
 
     def ok(self) -> bool:
         """Every live node says ``cluster_state:ok`` and counts three primaries, each with a live replica."""
@@ -206,6 +210,63 @@ class ClusterGroup:
         self.processes[port].send_signal(signal.SIGKILL)
         self.processes[port].wait(10)
 
+    def signal(self, port: int, sig: signal.Signals) -> None:
+        """Send ``sig`` to the node on ``port`` (SIGSTOP: silent, its connections open; SIGCONT: back)."""
+        self.processes[port].send_signal(sig)
+        if sig == signal.SIGSTOP:
+            self.stopped.add(port)
+        elif sig == signal.SIGCONT:
+            self.stopped.discard(port)
+
+    def cut_replica_link(self, primary: int) -> int:
+        """The primary on ``primary`` closes its replicas' connections (``CLIENT KILL TYPE replica``); how many."""
+        return int(redis_at(primary).execute_command("CLIENT", "KILL", "TYPE", "replica"))
+
+    def offset(self, primary: int) -> int:
+        """The replication offset of the primary on ``primary``: how far its writes went."""
+        return int(redis_at(primary).info("replication")["master_repl_offset"])
+
+    def promoted_lag_bytes(self, slot: int, killed_offset: int) -> int:
+        """After a failover: how many bytes of the old primary's writes (its offset ``killed_offset`` when it died)
+        the replica promoted to serve ``slot`` never got, read from its ``second_repl_offset`` (where its copy of the
+        old primary's history ends, plus one). 0: it had every write."""
+        had = int(redis_at(self.primary_of_slot(slot)).info("replication")["second_repl_offset"]) - 1
+        return max(0, killed_offset - had)
+
+    def kill_primary_past_its_replica(
+        self,
+        slot: int,
+        *,
+        behind_s: float,
+        paused: Sequence[subprocess.Popen[str] | subprocess.Popen[bytes]] = (),
+        before_kill: Callable[[], object] | None = None,
+    ) -> tuple[int, float, int]:
+        """The replica of the primary holding ``slot`` SIGSTOPped (and ``paused``, other processes) and its link cut
+        every 0.2 s (``CLIENT KILL TYPE replica``) for ``behind_s``, ``before_kill`` called, the primary SIGKILLed,
+        everything resumed; then the cluster promotes that replica, which lacks the primary's last writes. Returns
+        the old primary, how long the promotion took and how many bytes of its writes the promoted replica lacks."""
+        primary = self.primary_of_slot(slot)
+        replica = self.replica_of(primary)
+        assert replica is not None
+        for process in paused:
+            process.send_signal(signal.SIGSTOP)
+        self.signal(replica, signal.SIGSTOP)
+        try:
+            ends = time.monotonic() + behind_s
+            while time.monotonic() < ends:
+                self.cut_replica_link(primary)
+                time.sleep(0.2)
+            if before_kill is not None:
+                before_kill()
+            killed_offset = self.offset(primary)
+            self.kill(primary)
+        finally:
+            self.signal(replica, signal.SIGCONT)
+            for process in paused:
+                process.send_signal(signal.SIGCONT)
+        took_s = self.wait_promoted(primary, slot)
+        return primary, took_s, self.promoted_lag_bytes(slot, killed_offset)
+
     def restart(self, port: int, timeout_s: float = 30) -> None:
         """Start the node on ``port`` again (killed before) and wait until it rejoined: with its ``nodes.conf`` it
         comes back as a replica of the primary that took its slots, and every primary has a replica again."""
@@ -235,10 +296,11 @@ class ClusterGroup:
         wait_for(promoted, timeout_s, f"a replica promoted to serve slot {slot}")
         return time.monotonic() - started
 
-    def migrate_slot(self, slot: int, target_port: int, *, batch: int = 10) -> int:
+    def migrate_slot(self, slot: int, target_port: int, *, batch: int = 10, pause_s: float = 0.0) -> int:
         """Move ``slot`` to the primary on ``target_port`` the way ``redis-cli --cluster reshard`` does: IMPORTING on
-        the target, MIGRATING on the source, ``MIGRATE`` its keys a batch at a time, then ``SETSLOT NODE`` on both
-        (and the others). Returns how many keys moved."""
+        the target, MIGRATING on the source, ``MIGRATE`` its keys a batch at a time (``pause_s`` after each: a slow
+        reshard, whose clients meet the slot half moved), then ``SETSLOT NODE`` on both (and the others). Returns how
+        many keys moved."""
         source_port = self.primary_of_slot(slot)
         if source_port == target_port:
             return 0
@@ -253,6 +315,7 @@ class ClusterGroup:
                 break
             source.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
             moved += len(keys)
+            time.sleep(pause_s)
         for port in self.primaries():
             redis_at(port).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
         return moved

@@ -1,8 +1,8 @@
 """seqproc on a Redis Cluster (issue 20): three primaries and three replicas started by the test
 (``tests.faults.cluster``), every process given ``redis+cluster://`` URLs for the broker and the result backend.
 
-- End to end: likes sent directly over partitions spread on every primary, each waited on (outcomes through the
-  cluster), applied exactly once and in order.
+- End to end: likes sent directly over partitions spread on every primary, through the threaded producer and
+  through ``seqproc.aio``, each waited on (outcomes through the cluster), applied exactly once and in order.
 - A primary SIGKILLed mid-stream (its replica promoted by the cluster): direct events never doubled or reordered,
   every loss detected; outbox events, nothing lost.
 - A partition's slot migrated to another primary mid-stream (``CLUSTER SETSLOT ... IMPORTING/MIGRATING`` and
@@ -13,6 +13,9 @@ Each fault test prints its ``FAULT`` line; bounded: one fault, well under a minu
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,11 +24,18 @@ import pytest
 from sqlalchemy import Engine, text
 
 import seqproc
+import seqproc.aio
+from seqproc.models.errors import PublishError
+from seqproc.models.outcomes import Outcome
 from seqproc.models.settings import Settings
 from seqproc.models.wire import article_key, partition_for, queue_name
+from seqproc.producer import publish
+from seqproc.producer.publish import publisher_for
 from tests import domains_fixture as fixture
-from tests.conftest import RelayProcess, WorkerProcess
+from tests.conftest import RelayProcess, WorkerProcess, wait_for
 from tests.faults.cluster import ClusterGroup
+from tests.faults.matrix import doubled_in_tables, report
+from tests.faults.servers import redis_at
 from tests.faults.test_outbox_faults import app_engine, outbox_stream
 from tests.faults.test_sentinel import DirectStream, judged
 from tests.integration.test_domain_parking import tally_tables
@@ -44,36 +54,74 @@ def redis_cluster(tmp_path: Path) -> Iterator[ClusterGroup]:
     group = ClusterGroup(tmp_path / "cluster").start()
     yield group
     group.stop()
+    forget_publishers(group.url())
+
+
+def forget_publishers(broker_url: str) -> None:
+    """Drop this process's publishers of ``broker_url`` (and stop their mark keepers). With fixed ports
+    (``SEQPROC_TEST_PORT_BASE``) the next test's cluster has the same URL, so equal settings would find this test's
+    publisher: its numbering would go on past what the next test's fresh database expects (a gap from 1), and its
+    keeper, knowing this cluster's primaries, would mark the next one's as a failover."""
+    for settings, publisher in list(publish._PUBLISHERS.items()):
+        if settings.broker_url == broker_url:
+            if publisher.marks is not None:
+                publisher.marks.close()
+            del publish._PUBLISHERS[settings]
+    publish._last = None
 
 
 def on_cluster(settings: Settings, group: ClusterGroup) -> Settings:
     return settings.model_copy(update={"broker_url": group.url(), "result_backend": group.url()})
 
 
+def for_direct_events(settings: Settings, group: ClusterGroup, **update: object) -> Settings:
+    """``settings`` on the cluster for the direct-event streams (``DirectStream``'s tallies; gaps declared lost 2 s
+    after they were seen), with ``update``."""
+    return on_cluster(settings, group).model_copy(
+        update={"domains": ("tests.domains_fixture",), "loss_grace_s": 2, **update}
+    )
+
+
+@pytest.mark.parametrize("front", ["sync", "asyncio"])
 def test_cluster_likes_are_applied_exactly_once_in_order(
-    clean: Settings, engine: Engine, redis_cluster: ClusterGroup, start_worker: Callable[..., WorkerProcess]
+    front: str,
+    clean: Settings,
+    engine: Engine,
+    redis_cluster: ClusterGroup,
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
+    """400 likes, then an unlike of each article (after its like: the last action wins), each waited on, and a
+    caller's retry: through ``seqproc.like`` and ``Receipt.wait``, or ``seqproc.aio`` (the likes as 400 concurrent
+    coroutines) and ``seqproc.aio.wait_all``."""
     settings = on_cluster(clean, redis_cluster)
     nodes = {redis_cluster.primary_of_slot(redis_cluster.slot_of(queue_name(p))) for p in range(settings.partitions)}
     assert len(nodes) == 3  # the partitions live on every primary
     start_worker(settings)
     seqproc.configure(settings)
-    receipts = []
-    for user in range(1, 41):
-        for article in range(1, 11):
-            receipts.append(seqproc.like(article, user))
-    receipts += [seqproc.unlike(article, 1) for article in range(1, 11)]  # after its like: last action wins
-    outcomes = [receipt.wait(timeout_s=30) for receipt in receipts]
+    pairs = [(article, user) for user in range(1, 41) for article in range(1, 11)]
+    if front == "sync":
+        receipts = [seqproc.like(article, user) for article, user in pairs]
+        receipts += [seqproc.unlike(article, 1) for article in range(1, 11)]
+        outcomes = [receipt.wait(timeout_s=30) for receipt in receipts]
+        # Sent again with the same key (a caller's retry): a duplicate, applied once.
+        again = seqproc.like(1, 2, idempotency_key=receipts[1].idempotency_key).wait(timeout_s=30)
+    else:
+
+        async def run() -> tuple[list[seqproc.Receipt], list[Outcome], Outcome]:
+            receipts = list(await asyncio.gather(*(seqproc.aio.like(article, user) for article, user in pairs)))
+            receipts += [await seqproc.aio.unlike(article, 1) for article in range(1, 11)]
+            outcomes = await seqproc.aio.wait_all(receipts, timeout_s=30)
+            retry = await seqproc.aio.like(1, 2, idempotency_key=receipts[1].idempotency_key)
+            return receipts, outcomes, await seqproc.aio.wait(retry, timeout_s=30)
+
+        receipts, outcomes, again = asyncio.run(run())
     assert {outcome.status for outcome in outcomes} == {"applied"}
     with engine.connect() as conn:
         counts = dict(conn.execute(text("SELECT article_id, like_count FROM article_like_count")).all())
         liked = conn.execute(text("SELECT count(*) FROM article_like")).scalar_one()
     assert counts == dict.fromkeys(range(1, 11), 39)
     assert liked == 390
-    # Sent again with the same keys (a caller's retry): duplicates, applied once.
-    again = seqproc.like(1, 2, idempotency_key=receipts[1].idempotency_key)
-    assert again.wait(timeout_s=30).status == "duplicate"
-    assert {partition_for(article_key(a), settings.partitions) for a in range(1, 11)}  # routing as on one Redis
+    assert again.status == "duplicate"
 
 
 def tally_slot(group: ClusterGroup, settings: Settings, tally_id: int) -> int:
@@ -114,6 +162,110 @@ def migrate_mid_stream(group: ClusterGroup, slot: int) -> Callable[[], int]:
     return disrupt
 
 
+def kill_primary_after_the_last_sends(
+    group: ClusterGroup,
+    slot: int,
+    stream: DirectStream,
+    worker: WorkerProcess,
+    settings: Settings,
+    *,
+    behind_s: float = 3.0,
+) -> Callable[[], int]:
+    """A ``disrupt`` whose losses are all tails (the Sentinel ``tail`` case, on one shard): the replica of the
+    primary holding ``slot`` paused and its link cut (``CLIENT KILL TYPE replica`` every 0.2 s), the worker paused
+    too, so that ``behind_s`` of pushes sit on that primary alone; then the producers stop for good, the primary is
+    SIGKILLed and the cluster promotes its replica. No producer sends again: only the producer process's marks
+    (``producer.marks``, per shard) reveal what the failover took, which the test waits for."""
+
+    def disrupt() -> int:
+        time.sleep(2.0)
+        group.wait_caught_up()
+        keeper = publisher_for(settings).marks
+        assert keeper is not None
+        old_id = redis_at(group.primary_of_slot(slot)).info("replication")["master_replid"]
+        wait_for(lambda: keeper.knows(old_id), 10, "the producer's keeper to have looked at the primary")
+        # The last sends (stream.halt): each acknowledged by the primary alone.
+        primary, took_s, lag_bytes = group.kill_primary_past_its_replica(
+            slot, behind_s=behind_s, paused=[worker.process], before_kill=stream.halt
+        )
+        print(
+            f"failover with the replica cut off and the worker paused for {behind_s:g} s, no send after the kill: "
+            f"slot {slot} served by the promoted replica {took_s:.1f} s after the SIGKILL of {primary}, lacking "
+            f"{lag_bytes} bytes of the old primary's writes"
+        )
+        assert lag_bytes > 0, "the fault did not land: the promoted replica had every write of the old primary"
+        new_id = redis_at(group.primary_of_slot(slot)).info("replication")["master_replid"]
+        wait_for(lambda: keeper.knows(new_id), 15, "the producer's marks on the promoted primary")
+        return 1
+
+    return disrupt
+
+
+def test_a_producers_tail_lost_in_a_primarys_failover_is_counted_by_its_marks(
+    clean: Settings,
+    engine: Engine,
+    tally_tables: None,
+    redis_cluster: ClusterGroup,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Direct events whose losses are all tails: the producers' last sends sit on one primary alone (its replica cut
+    off, the worker paused), then that primary is SIGKILLed and no producer sends again. The producer process's mark
+    keeper follows each primary's replication id; it finds the partitions of the killed primary on a primary it
+    never saw (the promoted replica) and marks them there: the workers count every event lost (``lost ==
+    lost_detected``, ``lost > 0``), judged against the events the producers had acknowledged. Nothing doubled or
+    reordered."""
+    settings = for_direct_events(clean, redis_cluster)
+    worker = start_worker(settings)
+    seqproc.configure(settings)
+    slot = tally_slot(redis_cluster, settings, TALLIES[0])
+    stream = DirectStream(tallies=TALLIES)
+    injected = stream.during(kill_primary_after_the_last_sends(redis_cluster, slot, stream, worker, settings))
+    sent, lost, doubled, out_of_order, lost_detected = judged(
+        stream,
+        engine,
+        injected,
+        "Redis Cluster primary SIGKILL after the producers' last sends, replica cut off and worker paused (only "
+        "tails lost; the marks per shard)",
+        settings,
+    )
+    assert sent > 300
+    assert lost > 0  # the worker was paused: the primary died with a backlog its replica never had
+    assert lost == lost_detected  # every tail counted, through the marks alone
+    assert doubled == 0
+    assert out_of_order == 0
+
+
+def stop_primary_mid_stream(
+    group: ClusterGroup, slot: int, worker: WorkerProcess, noticed: list[float]
+) -> Callable[[], int]:
+    """A ``disrupt``: SIGSTOP the primary holding ``slot`` (a silent node: its connections stay open, nothing
+    answers), read from the worker's log when it notices (``broker unresponsive``; into ``noticed``), wait for the
+    cluster to promote its replica, let it flow on the new slot map, then SIGCONT the old primary (it rejoins as a
+    replica)."""
+
+    def disrupt() -> int:
+        time.sleep(2.0)
+        group.wait_caught_up()
+        old = group.primary_of_slot(slot)
+        mark = len(worker.log())
+        group.signal(old, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            wait_for(lambda: "broker unresponsive" in worker.log()[mark:], 30, "the worker to notice the silent node")
+            noticed.append(time.monotonic() - stopped_at)
+            took_s = group.wait_promoted(old, slot)
+            print(
+                f"silent node: the worker noticed the SIGSTOP of {old} after {noticed[0]:.1f} s; slot {slot} served "
+                f"by a promoted replica {took_s:.1f} s after it"
+            )
+            time.sleep(3.0)
+        finally:
+            group.signal(old, signal.SIGCONT)
+        return 1
+
+    return disrupt
+
+
 @pytest.mark.parametrize("fault", ["primary_sigkill", "slot_migration"])
 def test_cluster_direct_events_are_never_doubled_or_reordered_and_every_loss_is_counted(
     fault: str,
@@ -123,9 +275,7 @@ def test_cluster_direct_events_are_never_doubled_or_reordered_and_every_loss_is_
     redis_cluster: ClusterGroup,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    settings = on_cluster(clean, redis_cluster).model_copy(
-        update={"domains": ("tests.domains_fixture",), "loss_grace_s": 2}
-    )
+    settings = for_direct_events(clean, redis_cluster)
     start_worker(settings)
     seqproc.configure(settings)
     slot = tally_slot(redis_cluster, settings, TALLIES[0])
@@ -140,6 +290,67 @@ def test_cluster_direct_events_are_never_doubled_or_reordered_and_every_loss_is_
         assert lost == 0  # a migration moves the keys whole
     assert doubled == 0
     assert out_of_order == 0
+
+
+def tryagain_replies(group: ClusterGroup) -> int:
+    """``TRYAGAIN`` replies the primaries gave so far (``INFO errorstats``): a script whose keys were split between
+    a migrating slot's two nodes."""
+    return sum(
+        int(redis_at(port).info("errorstats").get("errorstat_TRYAGAIN", {}).get("count", 0))
+        for port in group.primaries()
+    )
+
+
+@pytest.mark.parametrize("front", ["sync", "asyncio"])
+def test_sends_during_a_slow_resharding_wait_for_the_slot(
+    front: str,
+    clean: Settings,
+    engine: Engine,
+    redis_cluster: ClusterGroup,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A partition's slot moved a key a second (as a resharding of a busy slot, its queue, bell and pending index
+    split between two primaries for seconds): each push that meets the slot half moved (``TRYAGAIN``) is sent again
+    until its publish timeout, and none fails (redis-py's own redirections give up within ~0.5 s: "TTL
+    exhausted", and every such like raised PublishError); each like is applied once. Through ``seqproc.like`` and
+    ``seqproc.aio.like``."""
+    settings = on_cluster(clean, redis_cluster)
+    seqproc.configure(settings)
+    receipts = [seqproc.like(1, 1)]  # no worker yet: the slot holds the queue, its bell and the pending index
+    slot = redis_cluster.slot_of(queue_name(partition_for(article_key(1), settings.partitions)))
+    source = redis_cluster.primary_of_slot(slot)
+    target = next(port for port in redis_cluster.primaries() if port != source)
+    before = tryagain_replies(redis_cluster)
+    moved: list[int] = []
+    migration = threading.Thread(
+        target=lambda: moved.append(redis_cluster.migrate_slot(slot, target, batch=1, pause_s=1.0))
+    )
+    migration.start()
+    while migration.is_alive():
+        user = len(receipts) + 1
+        receipts.append(seqproc.like(1, user) if front == "sync" else asyncio.run(seqproc.aio.like(1, user)))
+        time.sleep(0.02)
+    migration.join()
+    tryagain = tryagain_replies(redis_cluster) - before
+    assert moved[0] >= 2  # the keys were split for a second at least
+    assert redis_cluster.primary_of_slot(slot) == target
+    start_worker(settings)
+    assert {o.status for o in seqproc.wait_all(receipts, timeout_s=60)} == {"applied"}
+    with engine.connect() as conn:
+        liked = conn.execute(text("SELECT count(*) FROM article_like WHERE article_id = 1")).scalar_one()
+        count = conn.execute(text("SELECT like_count FROM article_like_count WHERE article_id = 1")).scalar_one()
+        doubled = doubled_in_tables(conn)
+    report(
+        f"Redis Cluster slot moved a key a second under sends ({moved[0]} keys, {tryagain} TRYAGAIN replies)",
+        injected=1,
+        sent=len(receipts),
+        lost=len(receipts) - liked,
+        doubled=doubled,
+        out_of_order=0,
+    )
+    assert tryagain > 0  # the pushes met the slot half moved
+    assert liked == count == len(receipts)
+    assert doubled == 0
 
 
 def test_cluster_primary_sigkill_loses_no_outbox_event(
@@ -203,3 +414,163 @@ def test_status_on_a_cluster_reads_every_partition_on_its_primary(
         assert e["owner"] is not None
         assert f"/{worker.pid}/" in e["owner"]
         assert e["applied"] - entries[p]["applied"] == sent[p]
+
+
+#: The worker's socket timeout in the silent-node test (the default is 5 s: shorter, for time).
+SILENT_SOCKET_TIMEOUT_S = 2.0
+
+
+def test_a_silent_primary_is_noticed_within_the_socket_timeout_and_the_worker_carries_on_on_the_new_slot_map(
+    clean: Settings,
+    engine: Engine,
+    tally_tables: None,
+    redis_cluster: ClusterGroup,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A primary SIGSTOPped mid-stream (silent: its connections stay open and nothing answers, as a node gone
+    half-open) while direct events flow: the worker notices within ``brpop_timeout`` (1 s) plus
+    ``SEQPROC_BROKER_SOCKET_TIMEOUT_S`` (a fetch or an ack on that node without a reply, or a wait on a bell there
+    overdue), reconnects (Celery's reconnect: a new slot map) and applies on the promoted replica; nothing doubled
+    or reordered, every loss counted (judged against the events the producers had acknowledged)."""
+    settings = for_direct_events(clean, redis_cluster, broker_socket_timeout_s=SILENT_SOCKET_TIMEOUT_S)
+    worker = start_worker(settings)
+    seqproc.configure(settings.model_copy(update={"broker_socket_timeout_s": 5}))
+    slot = tally_slot(redis_cluster, settings, TALLIES[0])
+    stream = DirectStream(tallies=TALLIES)
+    noticed: list[float] = []
+    mark = len(worker.log())
+    injected = stream.during(stop_primary_mid_stream(redis_cluster, slot, worker, noticed))
+    sent, lost, doubled, out_of_order, lost_detected = judged(
+        stream,
+        engine,
+        injected,
+        f"Redis Cluster primary SIGSTOP mid-stream, a silent node (worker socket timeout {SILENT_SOCKET_TIMEOUT_S:g} "
+        f"s; noticed in {noticed[0]:.1f} s)",
+        settings,
+    )
+    assert noticed[0] < 1.0 + SILENT_SOCKET_TIMEOUT_S + 1.5  # the bound, with a loaded machine's slack
+    assert "Connection to broker lost" in worker.log()[mark:]  # Celery's reconnect, not a process restart
+    assert worker.process.poll() is None
+    assert sent > 300
+    assert lost == lost_detected
+    assert doubled == 0
+    assert out_of_order == 0
+
+
+def article_on(group: ClusterGroup, settings: Settings, primary: int, *, other: bool = False) -> int:
+    """An article whose partition's slot the primary on ``primary`` serves (``other``: one it does not)."""
+    for article in range(1, 1000):
+        slot = group.slot_of(queue_name(partition_for(article_key(article), settings.partitions)))
+        if (group.primary_of_slot(slot) == primary) != other:
+            return article
+    raise AssertionError(f"no article's partition on {'another primary than ' if other else ''}{primary}")
+
+
+def replica_llen(port: int, queue: str) -> int:
+    """The length of ``queue`` as the replica on ``port`` holds it (``READONLY``: a cluster replica reads)."""
+    client = redis_at(port)
+    client.execute_command("READONLY")
+    return int(client.llen(queue))
+
+
+#: The publish timeout of the durability tests: a send with no replica's acknowledgement raises after it.
+DURABLE_TIMEOUT_S = 1.0
+
+
+def test_replica_durability_on_a_cluster_waits_for_the_replica_of_the_primary_that_took_each_push(
+    clean: Settings, redis_cluster: ClusterGroup
+) -> None:
+    """``SEQPROC_PUBLISH_DURABILITY=replica`` on a cluster: a call returns once the replica of the primary that took
+    the push holds it (``WAIT 1`` on that primary's connection); with that replica paused, a call to one of its
+    partitions raises ``PublishError`` (``maybe_sent``, with the receipt) within the publish timeout, sync and
+    asyncio, while calls to the other primaries' partitions return as before."""
+    settings = on_cluster(clean, redis_cluster).model_copy(
+        update={"publish_durability": "replica", "publish_timeout_s": DURABLE_TIMEOUT_S}
+    )
+    seqproc.configure(settings)
+    primary = redis_cluster.primaries()[0]
+    replica = redis_cluster.replica_of(primary)
+    assert replica is not None
+    article, elsewhere = (
+        article_on(redis_cluster, settings, primary),
+        article_on(redis_cluster, settings, primary, other=True),
+    )
+    first = seqproc.like(article, 1)
+    assert replica_llen(replica, first.queue) == 1  # returned only once the replica held it
+    both = seqproc.send_many(
+        [{"type": "like", "article_id": article, "user_id": 5}, {"type": "like", "article_id": elsewhere, "user_id": 5}]
+    )
+    assert replica_llen(replica, first.queue) == 2  # one call, two primaries: each waited on its own replica
+    redis_cluster.signal(replica, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(PublishError) as caught:
+            seqproc.like(article, 2)
+        took_s = time.monotonic() - started
+        aio_started = time.monotonic()
+        with pytest.raises(PublishError) as caught_aio:
+            asyncio.run(seqproc.aio.like(article, 3))
+        aio_took_s = time.monotonic() - aio_started
+        unaffected = seqproc.like(elsewhere, 2)  # another primary, its replica running: returns
+    finally:
+        redis_cluster.signal(replica, signal.SIGCONT)
+    for error, seconds in ((caught.value, took_s), (caught_aio.value, aio_took_s)):
+        assert seconds < DURABLE_TIMEOUT_S + 1.0  # within the publish timeout: never hangs
+        assert error.maybe_sent
+        assert "SEQPROC_PUBLISH_DURABILITY=replica" in str(error)
+        assert error.receipt is not None
+        assert error.receipt.partition == first.partition
+    assert unaffected.partition == both[1].partition
+    assert int(redis_at(primary).llen(first.queue)) == 4  # they reached the primary all the same
+
+
+def kill_primary_with_replica_behind(group: ClusterGroup, slot: int, *, behind_s: float = 3.0) -> Callable[[], int]:
+    """A ``disrupt``: the replica of the primary holding ``slot`` paused and its link cut (every 0.2 s) for
+    ``behind_s``, then the primary SIGKILLed and the replica resumed: the cluster promotes a replica that lacks the
+    primary's last writes (checked)."""
+
+    def disrupt() -> int:
+        time.sleep(2.0)
+        group.wait_caught_up()
+        primary, took_s, lag_bytes = group.kill_primary_past_its_replica(slot, behind_s=behind_s)
+        print(
+            f"failover with the replica {behind_s:g} s behind and cut off: slot {slot} served by the promoted replica "
+            f"{took_s:.1f} s after the SIGKILL of {primary}, lacking {lag_bytes} bytes of the old primary's writes"
+        )
+        assert lag_bytes > 0, "the fault did not land: the promoted replica had every write of the old primary"
+        time.sleep(3.0)
+        return 1
+
+    return disrupt
+
+
+def test_replica_durability_on_a_cluster_loses_nothing_acknowledged_in_a_primarys_failover(
+    clean: Settings,
+    engine: Engine,
+    tally_tables: None,
+    redis_cluster: ClusterGroup,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Direct events with ``replica`` durability while a primary's replica falls behind (paused, its link cut) and
+    the primary is SIGKILLed: the promoted replica lacks the old primary's last writes, but none that a call
+    returned for: ``lost == 0`` against the events the producers had acknowledged (sends to that primary raised
+    ``PublishError`` meanwhile and were sent again with their keys until one returned). Nothing doubled or
+    reordered."""
+    settings = for_direct_events(clean, redis_cluster, publish_durability="replica")
+    start_worker(settings)
+    seqproc.configure(settings)
+    slot = tally_slot(redis_cluster, settings, TALLIES[0])
+    stream = DirectStream(tallies=TALLIES)
+    injected = stream.during(kill_primary_with_replica_behind(redis_cluster, slot))
+    sent, lost, doubled, out_of_order, _detected = judged(
+        stream,
+        engine,
+        injected,
+        "Redis Cluster primary SIGKILL mid-stream, replica behind and its link cut (direct, replica durability)",
+        settings,
+    )
+    assert sent > 300
+    assert stream.errors > 0  # the fault held sends up: no replica acknowledged them
+    assert lost == 0
+    assert doubled == 0
+    assert out_of_order == 0

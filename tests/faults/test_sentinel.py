@@ -138,7 +138,7 @@ def kill_master_after_the_last_sends(
         keeper = publisher_for(settings).marks
         assert keeper is not None
         new_master = redis_at(group.master_port() or 0).info("replication")["master_replid"]
-        wait_for(lambda: keeper.master_id == new_master, 15, "the producer's marks on the new master")
+        wait_for(lambda: keeper.knows(new_master), 15, "the producer's marks on the new master")
         return 1
 
     return disrupt

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -68,32 +69,36 @@ STRATEGY_KEYS = {
 CONNECTIONS = 8
 
 
-def bench_processes() -> set[int]:
-    """Processes serving the bench's applications or loading them with wrk now (another run's too)."""
+def bench_processes(tag: bytes) -> set[int]:
+    """Processes serving the bench's applications or loading them with wrk now, started by the run whose
+    environment holds ``tag`` (another bench running on the machine is not this test's business)."""
     found = set()
     for entry in Path("/proc").iterdir():
         try:
             command = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+            if not any(name in command for name in (b"seqproc_bench_wsgi:app", b"seqproc_bench_asgi:app", b"wrk_hot")):
+                continue
+            if tag in (entry / "environ").read_bytes().split(b"\0"):
+                found.add(int(entry.name))
         except OSError:
             continue
-        if any(name in command for name in (b"seqproc_bench_wsgi:app", b"seqproc_bench_asgi:app", b"wrk_hot_likes")):
-            found.add(int(entry.name))
     return found
 
 
 def run_bench(server: str, strategies: str, pg_url: str, redis_base: str, results: Path) -> tuple[dict, str]:
     """``seqproc bench --server ... --json`` on a database of the test's own; its JSON, and that database's URL."""
     database = f"{make_url(pg_url).database}_bench"
+    tag = f"BENCH_TEST_RUN={uuid.uuid4().hex}"
     env = dict(os.environ, SEQPROC_DATABASE_URL=pg_url, SEQPROC_BROKER_URL=f"{redis_base}/0")
+    env["BENCH_TEST_RUN"] = tag.split("=", 1)[1]
     env.pop("SEQPROC_RESULT_BACKEND", None)
     env.pop("SEQPROC_OUTBOX_DATABASE_URL", None)
-    before = bench_processes()
     command = [sys.executable, "-m", "seqproc", "bench", "--server", server, "--server-workers", "2"]
     command += ["--duration-s", "1", "--connections", str(CONNECTIONS), "--strategies", strategies, "--json"]
     command += ["--no-chart", "--results-dir", str(results), "--database", database]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert bench_processes() - before == set(), "the bench left a server or wrk behind"
+    assert bench_processes(tag.encode()) == set(), "the bench left a server or wrk behind"
     printed = json.loads(done.stdout)
     saved = json.loads((results / f"server-{server}.json").read_text())
     assert saved == printed

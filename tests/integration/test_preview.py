@@ -253,3 +253,51 @@ def test_an_event_committed_while_the_preview_reads_counts_once(
         shown = seqproc.preview_product(conn, 9)
     assert (shown.available, shown.reserved, shown.pending) == (1, 1, [])
     assert len(loads) == 2  # read again once the ledger moved
+
+
+@pytest.mark.parametrize("front", ["sync", "asyncio"])
+def test_a_like_committed_before_the_count_is_read_counts_once(
+    front: str, clean: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker commits a pending like after the preview loaded the article's pairs and looked at the ledger,
+    before it read the applied count: the count holds the like, and so would the pending delta. The preview reads
+    again and counts it once, not twice (found by the model check on a Redis Cluster, a worker applying meanwhile:
+    ``tests/faults/test_cluster_model.py``)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from seqproc.producer import previews
+    from seqproc.producer.aio import previews as aio_previews
+
+    receipt = seqproc.like(9, 1)
+    raw = redis.Redis.from_url(clean.broker_url).hgetall(index_of("article:9", clean.partitions))
+    [pending] = pending_events(raw, "article:9")
+    assert pending.id == receipt.event_id
+    original = previews.predict
+    found: list[Any] = []
+
+    def predict_then_commit(*args: Any, **kwargs: Any) -> Any:
+        preview = original(*args, **kwargs)
+        found.append(preview)
+        if len(found) == 1:  # the worker commits between the state's load and the count's read
+            with engine.begin() as other:
+                apply_partitions(other, [PartitionBatch(0, [pending], epoch=None)])
+        return preview
+
+    monkeypatch.setattr(previews, "predict", predict_then_commit)
+    monkeypatch.setattr(aio_previews, "predict", predict_then_commit)
+    if front == "sync":
+        with engine.connect() as conn:
+            shown = seqproc.preview_article(conn, 9, user_id=1)
+    else:
+
+        async def run() -> Any:
+            async_engine = create_async_engine(engine.url)
+            try:
+                async with async_engine.connect() as conn:
+                    return await seqproc.aio.preview_article(conn, 9, user_id=1)
+            finally:
+                await async_engine.dispose()
+
+        shown = asyncio.run(run())
+    assert (shown.like_count, shown.liked, shown.pending) == (1, True, [])
+    assert [len(p.pending) for p in found] == [1, 0]  # read again once the like committed

@@ -1,7 +1,7 @@
 """The producer's sequence marks (``producer.marks``) against a scripted broker: when the keeper asks the master,
 when it counts a partition's events safe (on a replica, or no replica to wait for), and what it marks after the
-master changed. The marks' effect on a worker is proven against real servers (``tests/faults/test_restarts.py``,
-``tests/faults/test_sentinel.py``)."""
+master changed; on a scripted cluster, per shard. The marks' effect on a worker is proven against real servers
+(``tests/faults/test_restarts.py``, ``tests/faults/test_sentinel.py``, ``tests/faults/test_cluster.py``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from seqproc.producer.marks import MarkKeeper
+from seqproc.producer.marks import MarkKeeper, OneMaster
 from seqproc.producer.sequence import Place, Sequencer
 
 
@@ -44,7 +44,7 @@ def keeper_of(broker: Broker) -> tuple[MarkKeeper, Sequencer, list[tuple[int, Pl
     def push(marks: Sequence[tuple[int, Place]]) -> None:
         pushed.extend(marks)
 
-    keeper = MarkKeeper(broker, push, interval_s=3600)  # type: ignore[arg-type]  # looks made by hand
+    keeper = MarkKeeper(OneMaster(broker), push, interval_s=3600)  # looks made by hand
     return keeper, Sequencer(on_new_producer=keeper.watch), pushed
 
 
@@ -133,7 +133,7 @@ def test_marks_that_could_not_be_pushed_are_pushed_at_the_next_look() -> None:
         if len(attempts) == 1:
             raise ConnectionError("the new master is not writable yet")
 
-    keeper = MarkKeeper(broker, push, interval_s=3600)  # type: ignore[arg-type]
+    keeper = MarkKeeper(OneMaster(broker), push, interval_s=3600)
     sequencer = Sequencer(on_new_producer=keeper.watch)
     send(sequencer, 5, 1)
     keeper.look()
@@ -142,3 +142,77 @@ def test_marks_that_could_not_be_pushed_are_pushed_at_the_next_look() -> None:
         keeper.look()
     assert keeper.look() == 1
     assert attempts == [[(5, (sequencer.producer, 2))]] * 2
+
+
+class Shards:
+    """A scripted Redis Cluster (:class:`~seqproc.producer.marks.Masters`): primaries by name, each a
+    :class:`Broker`, and which partitions each holds; ``down``: primaries that do not answer."""
+
+    def __init__(self, holds: dict[str, list[int]]) -> None:
+        self.brokers = {name: Broker() for name in holds}
+        for n, broker in enumerate(self.brokers.values()):
+            broker.replid = str(n) * 40
+        self.holds = holds
+        self.down: set[str] = set()
+        self.refreshed = 0
+
+    def layout(self, partitions: Sequence[int]) -> list[tuple[Any, list[int]]]:
+        return [(name, [p for p in partitions if p in held]) for name, held in self.holds.items()]
+
+    def info(self, master: Any) -> dict[str, Any]:
+        if master in self.down:
+            raise ConnectionError(f"{master} is down")
+        return self.brokers[master].info("replication")
+
+    def refresh(self) -> None:
+        self.refreshed += 1
+
+    def fail_over(self, old: str, new: str) -> None:
+        """``old``'s replica promoted as ``new``: a new replication id, the same partitions."""
+        self.brokers[new] = Broker()
+        self.brokers[new].replid = new * 40
+        self.holds[new] = self.holds.pop(old)
+
+
+def test_on_a_cluster_each_primary_is_followed_and_only_the_failed_over_ones_partitions_are_marked() -> None:
+    shards = Shards({"a": [1, 2], "b": [3], "c": [4]})
+    for broker in shards.brokers.values():
+        broker.replicas = [50]  # behind: nothing is known to be on a replica
+    pushed: list[tuple[int, Place]] = []
+    keeper = MarkKeeper(shards, pushed.extend, interval_s=3600)
+    sequencer = Sequencer(on_new_producer=keeper.watch)
+    send(sequencer, 1, 2)  # on a
+    send(sequencer, 3, 4)  # on b
+    assert keeper.look() == 0  # the first look notes every primary's id (c's too: it holds none of ours yet)
+    assert all(keeper.knows(broker.replid) for broker in shards.brokers.values())
+    send(sequencer, 4, 1)  # on c, first sent to after that look: c's id is known, nothing to mark
+    assert keeper.look() == 0
+    shards.down.add("a")  # a dies: its partitions cannot be judged until the slot map says where they went...
+    with pytest.raises(ConnectionError):
+        keeper.look()
+    assert shards.refreshed == 1  # ... so the map is read again
+    assert pushed == []
+    shards.fail_over("a", "a2")  # its replica promoted: a primary the keeper never saw holds partitions 1 and 2
+    assert keeper.look() == 1
+    assert pushed == [(1, (sequencer.producer, 3))]  # 2 had nothing sent: only a's partitions sent to are marked
+    assert keeper.knows("a2" * 40)
+    pushed.clear()
+    assert keeper.look() == 0  # marked once
+
+
+def test_on_a_cluster_a_shard_whose_replica_has_the_events_needs_no_mark() -> None:
+    shards = Shards({"a": [1], "b": [2]})
+    pushed: list[tuple[int, Place]] = []
+    keeper = MarkKeeper(shards, pushed.extend, interval_s=3600)
+    sequencer = Sequencer(on_new_producer=keeper.watch)
+    for broker in shards.brokers.values():
+        broker.replicas = [50]  # behind its primary's offset (100)
+    send(sequencer, 1, 3)
+    send(sequencer, 2, 3)
+    keeper.look()
+    shards.brokers["b"].replicas = [100]  # b's replica reached the look's offset; a's has not
+    keeper.look()  # b: 1-3 of partition 2 safe
+    shards.fail_over("a", "a2")
+    shards.fail_over("b", "b2")
+    assert keeper.look() == 1
+    assert pushed == [(1, (sequencer.producer, 4))]

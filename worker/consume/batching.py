@@ -95,6 +95,8 @@ class Batcher:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.consumer: Any = None
+        #: How many times Celery's consumer started with this batcher (more than once: after a connection error).
+        self.consumer_starts = 0
         self.buffer: list[Held] = []
         self.events_held = 0
         self._timer: Any = None

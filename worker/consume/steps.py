@@ -233,8 +233,11 @@ class ChunkStep(bootsteps.StartStopStep):
             channel.chunk_consumer = batcher
             batcher.source = channel  # while a batch is open, its timer fetches (no wait on the bells)
             # A consumer restarted after a connection error: a fetch whose reply was lost may have left messages in
-            # unacked, delivered to nobody; they go back in line before anything newer is fetched.
-            batcher.restore_stranded(channel)
+            # unacked, delivered to nobody; they go back in line before anything newer is fetched. (Its first start
+            # needs none: the runner restored them as the worker started, a lease's claim as it takes a partition.)
+            batcher.consumer_starts += 1
+            if batcher.consumer_starts > 1:
+                batcher.restore_stranded(channel)
 
     def stop(self, c: Any) -> None:
         channel = task_channel(c)
