@@ -62,6 +62,8 @@ SOAK_REASON = "long variant: run with --soak (make soak)"
 #: The long variants (marked ``slow``) that only ``make soak`` runs: the only skips a CI run may report, named one
 #: by one, so that every skip in CI is a decision written down here, never a missing binary or service.
 _PG_WIRE = "tests/faults/test_pg_wire_faults.py::"
+_SENTINEL = "tests/faults/test_sentinel.py::"
+_WIRE = "tests/faults/test_wire_faults.py::"
 SOAK_VARIANTS = frozenset(
     {
         "tests/faults/test_kill.py::test_sigkills_lose_and_double_nothing[60-kills]",
@@ -76,6 +78,19 @@ SOAK_VARIANTS = frozenset(
         *(
             f"{_PG_WIRE}test_a_slow_database_link_times_out_only_past_the_deadline[past-the-deadline-{path}]"
             for path in ("worker", "relay")
+        ),
+        *(
+            f"{_SENTINEL}test_sentinel_primary_sigkill_loses_no_outbox_event[{replica}]"
+            for replica in ("caught_up", "behind")
+        ),
+        *(
+            f"{_WIRE}test_a_worker_whose_broker_goes_half_open_notices_reconnects_and_loses_nothing[{variant}]"
+            for variant in ("up", "both-defaults")
+        ),
+        *(
+            f"{_SENTINEL}test_sentinel_primary_sigkill_direct_events_are_never_doubled_or_reordered_and_every_loss_is_"
+            f"counted[{replica}-async]"
+            for replica in ("caught_up", "behind")
         ),
     }
 )
@@ -485,6 +500,38 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def start_redis(tmp_path: Path) -> Iterator[Callable[..., PrivateRedis]]:
+    """Start private redis-servers (:class:`PrivateRedis`'s options, each in a folder of its own); every one is
+    stopped at the end of the test. Ask for it before ``start_worker`` and ``start_relay``: fixtures are torn down
+    in the reverse order, so their processes stop while the Redis they use still answers (a worker stopped on a
+    Redis already gone waits out its client's retries first, about 8 s)."""
+    require_tools("redis-server")
+    started: list[PrivateRedis] = []
+
+    def start(**options: Any) -> PrivateRedis:
+        server = PrivateRedis(tmp_path / f"redis-{len(started)}", **options)
+        server.directory.mkdir()
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Redis clients this process makes from now on still try a command ``DEFAULT_RETRIES`` more times, with
+    pauses of 10-20 ms instead of 0.25 s doubling to 2 s (5.7 s in all): for tests about what follows once the tries
+    are spent on a Redis that is gone, not about the pauses. Processes the test starts keep the real pauses."""
+    from seqproc.models import clients
+
+    monkeypatch.setattr(clients, "RETRY_BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(clients, "RETRY_BACKOFF_CAP_S", 0.02)
 
 
 def publish_raw(settings: Settings, queue: str, body: bytes | str, content_type: str, headers: dict[str, Any]) -> None:

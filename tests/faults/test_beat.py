@@ -287,7 +287,11 @@ def three_redis(tmp_path: Path) -> Iterator[list[PrivateRedis]]:
         server.stop()
 
 
-def test_several_lock_urls_make_a_redlock_quorum(clean: Settings, three_redis: list[PrivateRedis]) -> None:
+def test_several_lock_urls_make_a_redlock_quorum(
+    clean: Settings, three_redis: list[PrivateRedis], quick_retries: None
+) -> None:
+    # Each lock operation that meets a stopped master is refused, then tried again (quick_retries: the quorum, not
+    # the pauses between the tries, is what this test is about).
     settings = clean.model_copy(update={"lock_urls": tuple(s.url(0) for s in three_redis), "job_lock_s": 10.0})
     first = make_lock(settings, "reconcile", 10)
     assert isinstance(first, RedlockJobLock)

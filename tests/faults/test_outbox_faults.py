@@ -29,7 +29,7 @@ from seqproc.worker.faults import RELAY_PUSHED_DELAY_ENV
 from seqproc.worker.ops.inspect import check_invariants, product_state
 from seqproc.worker.ops.lag import outbox_depth
 from seqproc.worker.relay import LOCK_NAMESPACE
-from tests.conftest import PrivateRedis, RelayProcess, WorkerProcess, require_tools, wait_for
+from tests.conftest import PrivateRedis, RelayProcess, WorkerProcess, wait_for
 from tests.faults.matrix import doubled_in_tables, report, units_doubled
 
 pytestmark = pytest.mark.services
@@ -295,16 +295,13 @@ def test_a_broker_that_lost_its_last_second_of_writes_loses_no_committed_event(
     clean: Settings,
     app_engine: Engine,
     engine: Engine,
-    tmp_path: Path,
+    start_redis: Callable[..., PrivateRedis],
     start_worker: Callable[..., WorkerProcess],
     start_relay: Callable[..., RelayProcess],
 ) -> None:
     """The broker's Redis (append-only, fsync every second) is killed with SIGKILL and comes back without the
     writes of its last second (its append-only file cut back to where it stood a second before the kill), twice."""
-    require_tools("redis-server")
-    broker = PrivateRedis(tmp_path / "broker", fsync="everysec")
-    broker.directory.mkdir()
-    broker.start()
+    broker = start_redis(fsync="everysec")
     settings = clean.model_copy(update={"broker_url": broker.url(0)})
     start_worker(settings)
     relay = start_relay(settings)
@@ -339,7 +336,6 @@ def test_a_broker_that_lost_its_last_second_of_writes_loses_no_committed_event(
         finish=lambda: None,
         fault="broker Redis SIGKILL, last second of writes lost (outbox + relay)",
     )
-    broker.stop()
     assert all(n > 0 for n in lost_bytes), lost_bytes  # the crashes really lost writes...
     assert "the broker lost" in relay.log()  # ...the relay saw its count go back, and sent those events again
 
@@ -355,40 +351,34 @@ def advisory_locks_held(engine: Engine) -> int:
 
 
 def test_a_relay_stuck_inside_its_transaction_lets_go_of_the_partitions(
-    clean: Settings, engine: Engine, tmp_path: Path, start_relay: Callable[..., RelayProcess]
+    clean: Settings, engine: Engine, start_redis: Callable[..., PrivateRedis], start_relay: Callable[..., RelayProcess]
 ) -> None:
     """The broker stops answering (SIGSTOP) while the relay is inside a pass: the relay waits on it, holding every
     partition's advisory lock. PostgreSQL ends its idle transaction after min(apply time limit, lease) (1 s here),
     which frees the locks for other relays, long before the relay's own Redis timeout (10 s); once the broker is
     back, the relay sends on."""
-    require_tools("redis-server")
-    broker = PrivateRedis(tmp_path / "broker")
-    broker.directory.mkdir()
-    broker.start()
+    broker = start_redis()
     settings = clean.model_copy(update={"broker_url": broker.url(0), "apply_time_limit_s": 1, "lease_s": 1})
     seqproc.configure(settings)
+    with engine.begin() as conn:
+        first = seqproc.outbox.like(conn, 41, 1)
+    relay = start_relay(settings)
+    wait_for(lambda: not outbox_depth(engine)["unsent"], 15, "the first event sent")
+    assert broker.process is not None
+    broker.process.send_signal(signal.SIGSTOP)
     try:
         with engine.begin() as conn:
-            first = seqproc.outbox.like(conn, 41, 1)
-        relay = start_relay(settings)
-        wait_for(lambda: not outbox_depth(engine)["unsent"], 15, "the first event sent")
-        assert broker.process is not None
-        broker.process.send_signal(signal.SIGSTOP)
-        try:
-            with engine.begin() as conn:
-                later = seqproc.outbox.like(conn, 41, 2)
-            wait_for(lambda: advisory_locks_held(engine), 5, "the relay waiting on the broker inside its transaction")
-            stuck_at = time.monotonic()
-            wait_for(lambda: advisory_locks_held(engine) == 0, 5, "PostgreSQL to end the stuck transaction")
-            freed_after_s = time.monotonic() - stuck_at
-        finally:
-            broker.process.send_signal(signal.SIGCONT)
-        wait_for(lambda: not outbox_depth(engine)["unsent"], 30, "the later event sent once the broker is back")
-        client = redis.Redis.from_url(settings.broker_url)
-        queued = [json.loads(m) for m in client.lrange(queue_name(first.partition), 0, -1)]
-        ids = [e["id"] for m in reversed(queued) for e in json.loads(m["body"])[1]["events"]]
-        assert ids == [first.event_id, later.event_id]
-        assert "relay pass failed" in relay.log()
-        assert freed_after_s < 4
+            later = seqproc.outbox.like(conn, 41, 2)
+        wait_for(lambda: advisory_locks_held(engine), 5, "the relay waiting on the broker inside its transaction")
+        stuck_at = time.monotonic()
+        wait_for(lambda: advisory_locks_held(engine) == 0, 5, "PostgreSQL to end the stuck transaction")
+        freed_after_s = time.monotonic() - stuck_at
     finally:
-        broker.stop()
+        broker.process.send_signal(signal.SIGCONT)
+    wait_for(lambda: not outbox_depth(engine)["unsent"], 30, "the later event sent once the broker is back")
+    client = redis.Redis.from_url(settings.broker_url)
+    queued = [json.loads(m) for m in client.lrange(queue_name(first.partition), 0, -1)]
+    ids = [e["id"] for m in reversed(queued) for e in json.loads(m["body"])[1]["events"]]
+    assert ids == [first.event_id, later.event_id]
+    assert "relay pass failed" in relay.log()
+    assert freed_after_s < 4

@@ -9,9 +9,8 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import redis
@@ -232,50 +231,46 @@ def test_a_producer_that_loses_its_broker_says_so_and_never_claims_a_send(
 
 
 def test_outcomes_wait_for_a_result_backend_that_went_away(
-    clean: Settings, tmp_path: Path, start_worker, engine: Engine
+    clean: Settings, start_redis: Callable[..., PrivateRedis], start_worker, engine: Engine
 ) -> None:
     """The worker commits, cannot publish the outcomes (their Redis is down): it retries in place before acking,
     so every waiter gets its outcome once that Redis is back, and nothing is acked without its outcome."""
-    backend = PrivateRedis(tmp_path, persistent=False)
-    backend.start()
+    backend = start_redis(persistent=False)
     settings = clean.model_copy(update={"result_backend": backend.url(0)})
     producer.configure(settings)
-    try:
-        start_worker(settings)
-        backend.stop()
-        # One message, so one batch: the worker holds it (retrying the outcomes in place) and takes nothing else.
-        receipts = producer.send_many([{"type": "restock", "product_id": 41, "quantity": 1} for _ in range(20)])
-        broker = redis.Redis.from_url(settings.broker_url)
-        with engine.connect() as conn:
-            wait_for(
-                lambda: conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() == 20,
-                30,
-                "the events committed",
-            )
-        time.sleep(1.0)
-        assert unacked_count(broker) >= 1  # committed, not acked: their outcomes are not out yet
-        backend.start()
-        outcomes = producer.wait_all(receipts, timeout_s=60)
-        assert [o.status for o in outcomes] == ["applied"] * 20
-        wait_for(lambda: unacked_count(broker) == 0, 30, "the messages acked")
-        with engine.connect() as conn:
-            received = product_state(conn, 41)["total_received"]
-            assert check_invariants(conn).ok
-            report_units(
-                conn,
-                "result backend (outcomes' Redis) down while the worker commits, then back",
-                injected=1,
-                sent=len(receipts),
-                received=received,
-            )
-        assert received == 20
-    finally:
-        backend.stop()
+    start_worker(settings)
+    backend.stop()
+    # One message, so one batch: the worker holds it (retrying the outcomes in place) and takes nothing else.
+    receipts = producer.send_many([{"type": "restock", "product_id": 41, "quantity": 1} for _ in range(20)])
+    broker = redis.Redis.from_url(settings.broker_url)
+    with engine.connect() as conn:
+        wait_for(
+            lambda: conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one() == 20,
+            30,
+            "the events committed",
+        )
+    time.sleep(1.0)
+    assert unacked_count(broker) >= 1  # committed, not acked: their outcomes are not out yet
+    backend.start()
+    outcomes = producer.wait_all(receipts, timeout_s=60)
+    assert [o.status for o in outcomes] == ["applied"] * 20
+    wait_for(lambda: unacked_count(broker) == 0, 30, "the messages acked")
+    with engine.connect() as conn:
+        received = product_state(conn, 41)["total_received"]
+        assert check_invariants(conn).ok
+        report_units(
+            conn,
+            "result backend (outcomes' Redis) down while the worker commits, then back",
+            injected=1,
+            sent=len(receipts),
+            received=received,
+        )
+    assert received == 20
 
 
 @pytest.mark.parametrize("persistence", ["off", "everysec"])
 def test_direct_sends_held_by_a_redis_that_crashes(
-    clean: Settings, tmp_path: Path, start_worker, engine: Engine, persistence: str
+    clean: Settings, start_redis: Callable[..., PrivateRedis], start_worker, engine: Engine, persistence: str
 ) -> None:
     """The broker's redis-server is killed with SIGKILL (a crash, not a clean shutdown) while it holds 200 direct
     sends (``seqproc.restock``: each call returned, so each was sent), and started again. Without persistence the
@@ -284,81 +279,73 @@ def test_direct_sends_held_by_a_redis_that_crashes(
     process crash loses none: each write reached the append-only file (in the OS's cache) before its reply; what
     ``everysec`` risks is a crash of the machine (the last second not yet on disk, which ``test_outbox_faults``
     reproduces by cutting the file)."""
-    broker = PrivateRedis(tmp_path, persistent=persistence != "off", fsync="everysec")
+    broker = start_redis(persistent=persistence != "off", fsync="everysec")
+    settings = clean.model_copy(update={"broker_url": broker.url(0)})  # outcomes on the test's own Redis
+    producer.configure(settings)
+    receipts = [producer.restock(8, 1) for _ in range(200)]  # no worker yet: all of them wait in the broker
+    assert broker.process is not None
+    broker.process.send_signal(signal.SIGKILL)
+    broker.process.wait(10)
     broker.start()
-    try:
-        settings = clean.model_copy(update={"broker_url": broker.url(0)})  # outcomes on the test's own Redis
-        producer.configure(settings)
-        receipts = [producer.restock(8, 1) for _ in range(200)]  # no worker yet: all of them wait in the broker
-        assert broker.process is not None
-        broker.process.send_signal(signal.SIGKILL)
-        broker.process.wait(10)
-        broker.start()
-        start_worker(settings)
-        if persistence == "off":
-            with pytest.raises(OutcomeTimeout, match="200 of 200 events have no outcome"):
-                producer.wait_all(receipts, timeout_s=5)
-        else:
-            assert Counter(o.status for o in producer.wait_all(receipts, timeout_s=60)) == {"applied": 200}
-        with engine.connect() as conn:
-            received = int(product_state(conn, 8)["total_received"])
-            report_units(
-                conn,
-                f"broker Redis SIGKILL with 200 direct sends queued, persistence {persistence}",
-                injected=1,
-                sent=200,
-                received=received,
-            )
-        assert received == (0 if persistence == "off" else 200)
-    finally:
-        broker.stop()
+    start_worker(settings)
+    if persistence == "off":
+        with pytest.raises(OutcomeTimeout, match="200 of 200 events have no outcome"):
+            producer.wait_all(receipts, timeout_s=5)
+    else:
+        assert Counter(o.status for o in producer.wait_all(receipts, timeout_s=60)) == {"applied": 200}
+    with engine.connect() as conn:
+        received = int(product_state(conn, 8)["total_received"])
+        report_units(
+            conn,
+            f"broker Redis SIGKILL with 200 direct sends queued, persistence {persistence}",
+            injected=1,
+            sent=200,
+            received=received,
+        )
+    assert received == (0 if persistence == "off" else 200)
 
 
 def test_a_producers_last_sends_lost_in_a_crash_are_counted_by_its_mark(
-    clean: Settings, tmp_path: Path, start_worker, engine: Engine
+    clean: Settings, start_redis: Callable[..., PrivateRedis], start_worker, engine: Engine
 ) -> None:
     """The tail case of loss detection: 50 direct sends held by a broker without persistence that crashes, and no
     send after it, so no later message of the producer reveals the gap. The producer's mark keeper
     (``producer.marks``) sees the master's replication id change and marks the partition with where its
     acknowledged events end: the worker counts all 50 lost. (Its looks are made by hand here, one before the
     crash and one after; on its own it looks every ``SEQPROC_SEQUENCE_MARK_S``.)"""
-    broker = PrivateRedis(tmp_path, persistent=False)
+    broker = start_redis(persistent=False)
+    settings = clean.model_copy(
+        update={"broker_url": broker.url(0), "loss_grace_s": 1, "sequence_mark_s": 3600}
+    )  # outcomes on the test's own Redis
+    producer.configure(settings)
+    receipts = [producer.restock(8, 1) for _ in range(50)]  # no worker yet: all of them wait in the broker
+    keeper = publisher_for(settings).marks
+    assert keeper is not None
+    assert keeper.look() == 0  # the first look notes the master's replication id
+    assert broker.process is not None
+    broker.process.send_signal(signal.SIGKILL)
+    broker.process.wait(10)
     broker.start()
-    try:
-        settings = clean.model_copy(
-            update={"broker_url": broker.url(0), "loss_grace_s": 1, "sequence_mark_s": 3600}
-        )  # outcomes on the test's own Redis
-        producer.configure(settings)
-        receipts = [producer.restock(8, 1) for _ in range(50)]  # no worker yet: all of them wait in the broker
-        keeper = publisher_for(settings).marks
-        assert keeper is not None
-        assert keeper.look() == 0  # the first look notes the master's replication id
-        assert broker.process is not None
-        broker.process.send_signal(signal.SIGKILL)
-        broker.process.wait(10)
-        broker.start()
-        assert keeper.look() == 1  # another master: one mark, on product 8's partition
-        start_worker(settings)
-        with engine.connect() as conn:
+    assert keeper.look() == 1  # another master: one mark, on product 8's partition
+    start_worker(settings)
+    with engine.connect() as conn:
 
-            def counted() -> int:
-                conn.rollback()
-                return lost_total(conn)
+        def counted() -> int:
+            conn.rollback()
+            return lost_total(conn)
 
-            wait_for(lambda: counted() >= 50, 30, "the 50 events counted lost")
-            received = int(product_state(conn, 8)["total_received"])
-            report(
-                "broker Redis SIGKILL, no persistence, 50 direct sends queued and none after (the producer's mark)",
-                injected=1,
-                sent=50,
-                lost=50 - received,
-                doubled=units_doubled(received, 50) + doubled_in_tables(conn),
-                out_of_order=0,
-                lost_detected=counted(),
-            )
-            assert received == 0
-            assert counted() == 50
-        with pytest.raises(OutcomeTimeout):
-            receipts[-1].wait(timeout_s=0.5)
-    finally:
-        broker.stop()
+        wait_for(lambda: counted() >= 50, 30, "the 50 events counted lost")
+        received = int(product_state(conn, 8)["total_received"])
+        report(
+            "broker Redis SIGKILL, no persistence, 50 direct sends queued and none after (the producer's mark)",
+            injected=1,
+            sent=50,
+            lost=50 - received,
+            doubled=units_doubled(received, 50) + doubled_in_tables(conn),
+            out_of_order=0,
+            lost_detected=counted(),
+        )
+        assert received == 0
+        assert counted() == 50
+    with pytest.raises(OutcomeTimeout):
+        receipts[-1].wait(timeout_s=0.5)

@@ -109,12 +109,13 @@ DEFAULT_TIMEOUTS = (
 @pytest.mark.parametrize(
     ("up", "down", "timeouts"),
     [
-        (True, True, (WORKER_SOCKET_TIMEOUT_S, WORKER_LEASE_S)),
-        (True, False, (WORKER_SOCKET_TIMEOUT_S, WORKER_LEASE_S)),
-        (False, True, (WORKER_SOCKET_TIMEOUT_S, WORKER_LEASE_S)),
-        (True, True, DEFAULT_TIMEOUTS),
+        pytest.param(True, True, (WORKER_SOCKET_TIMEOUT_S, WORKER_LEASE_S), id="both"),
+        # ``up`` (nothing arrives) is what ``both`` does to a worker, whose commands then get no reply either;
+        # ``both-defaults`` is ``both`` with the longer default timeouts: under ``make soak`` only.
+        pytest.param(True, False, (WORKER_SOCKET_TIMEOUT_S, WORKER_LEASE_S), id="up", marks=pytest.mark.slow),
+        pytest.param(False, True, (WORKER_SOCKET_TIMEOUT_S, WORKER_LEASE_S), id="down"),
+        pytest.param(True, True, DEFAULT_TIMEOUTS, id="both-defaults", marks=pytest.mark.slow),
     ],
-    ids=["both", "up", "down", "both-defaults"],
 )
 def test_a_worker_whose_broker_goes_half_open_notices_reconnects_and_loses_nothing(
     clean: Settings,

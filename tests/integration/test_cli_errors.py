@@ -81,9 +81,9 @@ def test_a_result_backend_that_is_down_says_the_event_was_sent(
         )
 
 
-def test_waiting_on_an_unreadable_result_backend_raises_a_seqproc_error(clean: Settings) -> None:
+def test_waiting_on_an_unreadable_result_backend_raises_a_seqproc_error(clean: Settings, quick_retries: None) -> None:
     """`receipt.wait()`, `wait_all()` and their asyncio forms: OutcomeUnavailable (a SeqprocError) carrying the
-    receipts, never redis-py's ConnectionError."""
+    receipts, never redis-py's ConnectionError (once the client's tries are spent: quick_retries)."""
     backend = closed_redis(1)
     seqproc.configure(clean.model_copy(update={"result_backend": backend}))
     receipt = seqproc.like(43, 1)
