@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -22,6 +23,8 @@ from seqproc.models.wire import is_redis_url
 
 #: How long each service may take to answer (they are asked at the same time, so this bounds the whole check).
 DEFAULT_TIMEOUT_S = 3.0
+#: The oldest Redis the broker may run: the fetch script pops many messages with one ``RPOP key count`` (6.2).
+MIN_REDIS_VERSION = (6, 2)
 
 
 def preflight(settings: Settings, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
@@ -45,8 +48,10 @@ def preflight(settings: Settings, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> No
         try:
             check(url, timeout_s)
             errors[setting] = None
+        except BrokerTooOld as error:
+            errors[setting] = str(error)
         except Exception as error:
-            errors[setting] = first_line(error, limit=300)
+            errors[setting] = f"cannot reach {mask_url(url)} ({first_line(error, limit=300)})"
 
     # Daemon threads: a check stuck past its timeout (a DNS lookup that hangs) must not keep the process alive.
     threads = [threading.Thread(target=run, args=check, daemon=True) for check in checks]
@@ -57,11 +62,11 @@ def preflight(settings: Settings, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> No
     failed = []
     for setting, url, _check in checks:
         if setting not in errors:
-            errors[setting] = f"no answer within {timeout_s:g} s"
+            errors[setting] = f"cannot reach {mask_url(url)} (no answer within {timeout_s:g} s)"
         if errors[setting] is not None:
             failed.append((setting, mask_url(url), errors[setting]))
     if failed:
-        said = "; ".join(f"{setting}: cannot reach {url} ({error})" for setting, url, error in failed)
+        said = "; ".join(f"{setting}: {error}" for setting, _url, error in failed)
         raise ServiceUnavailable(f"{said}; the worker claimed no partition", setting=failed[0][0], url=failed[0][1])
 
 
@@ -74,9 +79,37 @@ def _redis(url: str, timeout_s: float, *, master: str) -> None:
         client.close()
 
 
+class BrokerTooOld(Exception):
+    """The broker answers, but runs a Redis seqproc cannot use."""
+
+
+def redis_too_old(versions: Iterable[str]) -> str | None:
+    """What is wrong with a broker whose servers run ``versions`` (``INFO server``'s ``redis_version``), if anything."""
+    for version in versions:
+        numbers = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+        if numbers < MIN_REDIS_VERSION:
+            wanted = ".".join(map(str, MIN_REDIS_VERSION))
+            return f"Redis {version} is too old: seqproc's broker needs Redis {wanted} or newer (RPOP with a count)"
+    return None
+
+
+def _server_versions(info: dict[str, Any]) -> list[str]:
+    """``redis_version`` of one server's ``INFO server``, or of each node's (a cluster client answers per node)."""
+    if "redis_version" in info:
+        return [str(info["redis_version"])]
+    return [str(node["redis_version"]) for node in info.values() if isinstance(node, dict) and "redis_version" in node]
+
+
 def _broker(url: str, timeout_s: float, *, master: str) -> None:
     if is_redis_url(url):
         _redis(url, timeout_s, master=master)
+        client = redis_client(url, sentinel_master=master, timeout_s=timeout_s, connect_timeout_s=timeout_s, retry=None)
+        try:
+            problem = redis_too_old(_server_versions(client.info("server")))
+        finally:
+            client.close()
+        if problem is not None:
+            raise BrokerTooOld(problem)
         return
     from kombu import Connection
 
