@@ -70,5 +70,7 @@ def test_a_broker_older_than_redis_6_2_is_refused_by_name() -> None:
     assert redis_too_old(["6.2.0"]) is None
     assert redis_too_old(["7.0.15", "7.2.4"]) is None
     problem = redis_too_old(["7.0.15", "6.0.16"])  # a cluster: one old node is enough to refuse
-    assert problem is not None and problem.startswith("Redis 6.0.16 is too old") and "6.2 or newer" in problem
+    assert problem is not None
+    assert problem.startswith("Redis 6.0.16 is too old")
+    assert "6.2 or newer" in problem
     assert redis_too_old(["5.0.14"]) is not None
