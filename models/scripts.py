@@ -43,6 +43,9 @@ for i = 1, nqueues do
     end
     if want > 0 then
         for _, item in ipairs(redis.call('RPOP', queue, want)) do
+            -- The delivery tag, where seqproc's writers put it: last in the text (a quote inside a JSON string is
+            -- escaped, so no value can fake it). Looked for in the last 160 bytes only: Lua tries an unanchored
+            -- pattern at every position (~4 us of Redis CPU per 1 KB message); a longer tag falls to the decode.
             local tag = string.match(item, '"delivery_tag": "([^"\\\\]+)"}}$', -160)
             if not tag then
                 local ok, msg = pcall(cjson.decode, item)
