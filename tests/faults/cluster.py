@@ -20,6 +20,7 @@ from pathlib import Path
 
 import redis
 
+from seqproc.producer import publish
 from tests.conftest import wait_for
 from tests.faults.servers import fault_ports, redis_answers, redis_at, require_binary
 
@@ -84,6 +85,7 @@ class ClusterGroup:
             if process.poll() is None:
                 process.kill()
                 process.wait(10)
+        forget_publishers(self.url())
 
     def _node(self, port: int) -> None:
         node_dir = self.directory / str(port)
@@ -334,3 +336,18 @@ class ClusterGroup:
         for port in self.primaries():
             redis_at(port).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
         return moved
+
+
+def forget_publishers(broker_url: str) -> None:
+    """Drop this process's publishers of ``broker_url`` and stop their mark keepers, once its cluster is gone. A
+    keeper left running asks the dead cluster's primaries every second for as long as the test process lives (redis-py
+    logs each failed topology refresh at ERROR, into later tests' logs); with fixed ports
+    (``SEQPROC_TEST_PORT_BASE``) the next test's cluster has the same URL, so equal settings would find this test's
+    publisher: its numbering would go on past what the next test's fresh database expects (a gap from 1), and its
+    keeper, knowing this cluster's primaries, would mark the next one's as a failover."""
+    for settings, publisher in list(publish._PUBLISHERS.items()):
+        if settings.broker_url == broker_url:
+            if publisher.marks is not None:
+                publisher.marks.close()
+            del publish._PUBLISHERS[settings]
+    publish._last = None

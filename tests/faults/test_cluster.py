@@ -35,7 +35,6 @@ from seqproc.models.scripts import FETCH_AND_HOLD, FETCH_KEYS_PER_QUEUE, RESTORE
 from seqproc.models.settings import Settings
 from seqproc.models.transport import fetch_keys, held_keys
 from seqproc.models.wire import article_key, lease_key, partition_for, queue_name, unacked_index_key, unacked_key
-from seqproc.producer import publish
 from seqproc.producer.publish import publisher_for
 from tests import domains_fixture as fixture
 from tests.conftest import RelayProcess, WorkerProcess, wait_for
@@ -59,21 +58,7 @@ TALLIES = list(range(1, 9))
 def redis_cluster(tmp_path: Path) -> Iterator[ClusterGroup]:
     group = ClusterGroup(tmp_path / "cluster").start()
     yield group
-    group.stop()
-    forget_publishers(group.url())
-
-
-def forget_publishers(broker_url: str) -> None:
-    """Drop this process's publishers of ``broker_url`` (and stop their mark keepers). With fixed ports
-    (``SEQPROC_TEST_PORT_BASE``) the next test's cluster has the same URL, so equal settings would find this test's
-    publisher: its numbering would go on past what the next test's fresh database expects (a gap from 1), and its
-    keeper, knowing this cluster's primaries, would mark the next one's as a failover."""
-    for settings, publisher in list(publish._PUBLISHERS.items()):
-        if settings.broker_url == broker_url:
-            if publisher.marks is not None:
-                publisher.marks.close()
-            del publish._PUBLISHERS[settings]
-    publish._last = None
+    group.stop()  # and forgets this process's publishers of it
 
 
 def on_cluster(settings: Settings, group: ClusterGroup) -> Settings:
