@@ -71,10 +71,16 @@ def preflight(settings: Settings, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> No
 
 
 def _redis(url: str, timeout_s: float, *, master: str) -> None:
-    # One try within the probe's time: it asks whether the server answers now, it does not wait for it.
+    _ask_redis(url, timeout_s, master=master)
+
+
+def _ask_redis(url: str, timeout_s: float, *, master: str) -> dict[str, Any]:
+    """``INFO server`` of the Redis at ``url`` (it answers, as a PING would); one try within the probe's time: it
+    asks whether the server answers now, it does not wait for it."""
     client = redis_client(url, sentinel_master=master, timeout_s=timeout_s, connect_timeout_s=timeout_s, retry=None)
     try:
-        client.ping()
+        info: dict[str, Any] = client.info("server")
+        return info
     finally:
         client.close()
 
@@ -102,12 +108,7 @@ def _server_versions(info: dict[str, Any]) -> list[str]:
 
 def _broker(url: str, timeout_s: float, *, master: str) -> None:
     if is_redis_url(url):
-        _redis(url, timeout_s, master=master)
-        client = redis_client(url, sentinel_master=master, timeout_s=timeout_s, connect_timeout_s=timeout_s, retry=None)
-        try:
-            problem = redis_too_old(_server_versions(client.info("server")))
-        finally:
-            client.close()
+        problem = redis_too_old(_server_versions(_ask_redis(url, timeout_s, master=master)))
         if problem is not None:
             raise BrokerTooOld(problem)
         return
