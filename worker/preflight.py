@@ -71,16 +71,10 @@ def preflight(settings: Settings, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> No
 
 
 def _redis(url: str, timeout_s: float, *, master: str) -> None:
-    _ask_redis(url, timeout_s, master=master)
-
-
-def _ask_redis(url: str, timeout_s: float, *, master: str) -> dict[str, Any]:
-    """``INFO server`` of the Redis at ``url`` (it answers, as a PING would); one try within the probe's time: it
-    asks whether the server answers now, it does not wait for it."""
+    # One try within the probe's time: it asks whether the server answers now, it does not wait for it.
     client = redis_client(url, sentinel_master=master, timeout_s=timeout_s, connect_timeout_s=timeout_s, retry=None)
     try:
-        info: dict[str, Any] = client.info("server")
-        return info
+        client.ping()
     finally:
         client.close()
 
@@ -108,7 +102,12 @@ def _server_versions(info: dict[str, Any]) -> list[str]:
 
 def _broker(url: str, timeout_s: float, *, master: str) -> None:
     if is_redis_url(url):
-        problem = redis_too_old(_server_versions(_ask_redis(url, timeout_s, master=master)))
+        _redis(url, timeout_s, master=master)
+        client = redis_client(url, sentinel_master=master, timeout_s=timeout_s, connect_timeout_s=timeout_s, retry=None)
+        try:
+            problem = redis_too_old(_server_versions(client.info("server")))
+        finally:
+            client.close()
         if problem is not None:
             raise BrokerTooOld(problem)
         return
